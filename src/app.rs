@@ -1,0 +1,130 @@
+//! Wiring: from a checked `Config` to connected pools, connectors, the sink,
+//! and ready-to-run coordinators and workers. The binary and the integration
+//! tests build processes the same way, through here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_redis::Pool;
+
+use crate::config::{Config, SinkConfig};
+use crate::coordinator::Coordinator;
+use crate::db::{self, PoolError};
+use crate::keys::Keys;
+use crate::lock::LockManager;
+use crate::sinks::Sink;
+use crate::sinks::directory::DirectorySink;
+use crate::sources::{self, Source};
+use crate::state::StateStore;
+use crate::types::SourceId;
+use crate::worker::Worker;
+
+/// Failures while wiring up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Redis pool could not be created.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// A connector could not be built.
+    #[error("source {0}: {1}")]
+    Source(SourceId, sources::Error),
+    /// The HTTP client could not be built.
+    #[error("http client: {0}")]
+    Http(String),
+}
+
+/// Everything a tidemark process shares.
+#[derive(Clone)]
+pub struct App {
+    /// The checked configuration.
+    pub config: Config,
+    /// Main Redis: streams and state.
+    pub pool: Pool,
+    /// Key names.
+    pub keys: Keys,
+    /// Locks over the lock nodes.
+    pub locks: LockManager,
+    /// Connectors by source id.
+    pub sources: HashMap<SourceId, Arc<dyn Source>>,
+    /// The sink.
+    pub sink: Arc<dyn Sink>,
+}
+
+impl App {
+    /// Connects pools and builds connectors (Redis is contacted lazily).
+    pub fn new(config: Config) -> Result<Self, Error> {
+        let r = &config.redis;
+        let pool = db::pool(&r.url, r.pool_size, r.response_timeout)?;
+        let lock_pools = r
+            .lock_urls
+            .iter()
+            .map(|u| {
+                if u == &r.url {
+                    Ok(pool.clone())
+                } else {
+                    db::pool(u, 4, r.response_timeout)
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys = Keys::new(r.namespace.clone());
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("tidemark/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| Error::Http(e.to_string()))?;
+        let mut sources = HashMap::new();
+        for s in &config.sources {
+            let connector =
+                sources::build(s.id.clone(), &s.settings, http.clone()).map_err(|e| Error::Source(s.id.clone(), e))?;
+            sources.insert(s.id.clone(), connector);
+        }
+        let sink: Arc<dyn Sink> = match &config.sink {
+            SinkConfig::Directory { path } => Arc::new(DirectorySink::new(path.clone())),
+        };
+        Ok(Self {
+            locks: LockManager::new(lock_pools, keys.clone()),
+            config,
+            pool,
+            keys,
+            sources,
+            sink,
+        })
+    }
+
+    /// The state store.
+    pub fn state(&self) -> StateStore {
+        StateStore::new(self.pool.clone(), self.keys.clone())
+    }
+
+    /// A coordinator named `consumer`.
+    pub fn coordinator(&self, consumer: impl Into<String>) -> Arc<Coordinator> {
+        Arc::new(Coordinator::new(
+            self.pool.clone(),
+            self.keys.clone(),
+            self.locks.clone(),
+            self.sources.clone(),
+            &self.config.sources,
+            self.config.sync.clone(),
+            consumer.into(),
+        ))
+    }
+
+    /// A worker named `consumer`.
+    pub fn worker(&self, consumer: impl Into<String>) -> Arc<Worker> {
+        Arc::new(Worker::new(
+            self.pool.clone(),
+            self.keys.clone(),
+            self.sources.clone(),
+            self.sink.clone(),
+            self.config.sync.clone(),
+            consumer.into(),
+        ))
+    }
+}
+
+/// A consumer name unique to this process: `$HOSTNAME` (the pod name on Kubernetes) plus a random suffix.
+pub fn consumer_name(role: &str) -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    format!("{role}-{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}

@@ -1,0 +1,111 @@
+//! Command-line definitions (clap); no behaviour lives here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// tidemark: incremental sync of knowledge-base sources.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, short, global = true, env = "TIDEMARK_CONFIG", default_value = "tidemark.toml")]
+    pub config: PathBuf,
+    /// Log format.
+    #[arg(long, global = true, env = "TIDEMARK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a coordinator: take sync requests, lock, read change feeds, enqueue page jobs.
+    Coordinator,
+    /// Run a worker: process page jobs.
+    Worker {
+        /// Pages in flight (overrides sync.worker_concurrency).
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
+    /// Run a coordinator and N workers in one process, over the same streams.
+    Standalone {
+        /// Worker loops to run.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
+    /// Ask for a sync of SOURCE.
+    Enqueue {
+        /// Source id.
+        source: String,
+        /// Full re-sync instead of incremental.
+        #[arg(long)]
+        full: bool,
+        /// Block until the run serving this request ends; print its figures.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds (exit 3).
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show sources' checkpoints, documents, recent runs, and queue figures.
+    Status {
+        /// Only this source.
+        source: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Runs to show per source.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// Validate the configuration file and exit.
+    CheckConfig,
+    /// Run a simulator of a third-party API.
+    Simulate {
+        /// Which service.
+        #[command(subcommand)]
+        service: Simulated,
+    },
+}
+
+/// Simulated services.
+#[derive(Debug, Subcommand)]
+pub enum Simulated {
+    /// Confluence Cloud REST API (v2 pages, v1 CQL search).
+    Confluence {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: SocketAddr,
+        /// Pages to seed.
+        #[arg(long, default_value_t = 500)]
+        pages: usize,
+        /// Space key.
+        #[arg(long, default_value = "ENG")]
+        space_key: String,
+        /// Requests per second before 429s.
+        #[arg(long)]
+        rate_limit: Option<u32>,
+        /// The simulated user's timezone (IANA), used by CQL date literals.
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+        /// Seconds the simulated server's clock is ahead (negative: behind).
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        clock_skew_secs: i64,
+    },
+}

@@ -1,0 +1,559 @@
+//! Configuration: the file as written (`RawConfig`) and the checked, typed `Config`.
+//!
+//! `Config::load` reads a TOML file, applies environment overrides, and
+//! validates everything before anything starts. Validation reports *every*
+//! problem at once, each with its key path and the bad value
+//! (`sources[1].id: "Eng" ...`), never just the first.
+//!
+//! Secrets never live in the file: connectors take the *name* of an environment
+//! variable or a file path for their credentials.
+
+use std::collections::HashSet;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::sources::SourceSettings;
+use crate::types::SourceId;
+
+/// A configuration that cannot be used, with every problem found.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not have the expected shape.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and key.
+        message: String,
+    },
+    /// The values are wrong; one line per problem.
+    #[error("config {path}: {} problem(s):\n  {}", problems.len(), problems.join("\n  "))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// `key.path: problem` lines.
+        problems: Vec<String>,
+    },
+}
+
+/// The file as written. Unknown keys are errors, so a typo is never silently ignored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[redis]`
+    pub redis: RawRedis,
+    /// `[sync]`, optional.
+    #[serde(default)]
+    pub sync: RawSync,
+    /// `[sink]`
+    pub sink: RawSink,
+    /// `[[sources]]`
+    #[serde(default)]
+    pub sources: Vec<RawSource>,
+    /// `[api]`, optional.
+    #[serde(default)]
+    pub api: RawApi,
+}
+
+/// `[redis]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://host:port/db`. Env override: `TIDEMARK_REDIS_URL`.
+    pub url: String,
+    /// Independent Redis nodes for the lock (Redlock). Default: just `url`.
+    #[serde(default)]
+    pub lock_urls: Vec<String>,
+    /// Key prefix. Default `tm`.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Connections per pool. Default 16.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// How long one Redis command may take before it fails. Default 5000 ms.
+    #[serde(default = "default_response_timeout_ms")]
+    pub response_timeout_ms: u64,
+}
+
+fn default_namespace() -> String {
+    "tm".into()
+}
+fn default_pool_size() -> usize {
+    16
+}
+fn default_response_timeout_ms() -> u64 {
+    5000
+}
+
+/// `[sync]` as written; every field has a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSync {
+    /// Documents per page job. Default 50.
+    pub page_size: usize,
+    /// Lock time-to-live; the holder extends it every third of it. Default 30000 ms.
+    pub lock_ttl_ms: u64,
+    /// A delivered job not acked for this long is claimed by another worker. Default 30000 ms.
+    pub job_idle_timeout_ms: u64,
+    /// Deliveries before an entry goes to the dead-letter stream. Default 5.
+    pub max_deliveries: u32,
+    /// A run with no page finished for this long is failed. Default 600 s.
+    pub stall_timeout_secs: u64,
+    /// Pages one worker process handles at once. Default 4.
+    pub worker_concurrency: usize,
+    /// Runs (of different sources) one coordinator drives at once. Default 4.
+    pub max_concurrent_runs: usize,
+    /// How long XREADGROUP blocks waiting for entries. Default 2000 ms.
+    pub block_ms: u64,
+}
+
+impl Default for RawSync {
+    fn default() -> Self {
+        Self {
+            page_size: 50,
+            lock_ttl_ms: 30_000,
+            job_idle_timeout_ms: 30_000,
+            max_deliveries: 5,
+            stall_timeout_secs: 600,
+            worker_concurrency: 4,
+            max_concurrent_runs: 4,
+            block_ms: 2000,
+        }
+    }
+}
+
+/// `[sink]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    /// `directory` (the only kind so far).
+    pub kind: String,
+    /// For `directory`: where documents are written. Env override: `TIDEMARK_SINK_PATH`.
+    pub path: Option<PathBuf>,
+}
+
+/// One `[[sources]]` entry as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    /// Unique id, `[a-z0-9][a-z0-9_-]*`.
+    pub id: String,
+    /// Connector kind, e.g. `confluence`.
+    pub kind: String,
+    /// Sync this source incrementally every N seconds (optional).
+    pub schedule_every_secs: Option<u64>,
+    /// The connector's own settings (`[sources.settings]`).
+    #[serde(default = "empty_table")]
+    pub settings: toml::Value,
+}
+
+fn empty_table() -> toml::Value {
+    toml::Value::Table(Default::default())
+}
+
+/// `[api]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawApi {
+    /// Where the coordinator serves its HTTP API. Default `0.0.0.0:8080`; `""` disables it.
+    pub listen: String,
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+        }
+    }
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Redis connection.
+    pub redis: RedisConfig,
+    /// Queue and run tuning.
+    pub sync: SyncConfig,
+    /// Where documents go.
+    pub sink: SinkConfig,
+    /// The configured sources, ids unique.
+    pub sources: Vec<SourceConfig>,
+    /// HTTP API address, if enabled.
+    pub api_listen: Option<std::net::SocketAddr>,
+}
+
+/// Checked `[redis]`.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// Main node: streams and state.
+    pub url: String,
+    /// Lock nodes (Redlock); one entry means a single-node lock.
+    pub lock_urls: Vec<String>,
+    /// Key prefix.
+    pub namespace: String,
+    /// Connections per pool.
+    pub pool_size: usize,
+    /// Per-command timeout.
+    pub response_timeout: Duration,
+}
+
+/// Checked `[sync]`.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// Documents per page job.
+    pub page_size: NonZeroUsize,
+    /// Lock TTL.
+    pub lock_ttl: Duration,
+    /// Idle time after which a delivered job is claimed by another worker.
+    pub job_idle_timeout: Duration,
+    /// Deliveries before dead-lettering.
+    pub max_deliveries: u32,
+    /// No progress for this long fails a run.
+    pub stall_timeout: Duration,
+    /// Pages in flight per worker process.
+    pub worker_concurrency: NonZeroUsize,
+    /// Runs in flight per coordinator process.
+    pub max_concurrent_runs: NonZeroUsize,
+    /// XREADGROUP BLOCK.
+    pub block: Duration,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        let raw = RawSync::default();
+        let mut problems = Vec::new();
+        // The defaults are valid by construction; a failure here is a bug caught by the unit tests.
+        check_sync(&raw, &mut problems).expect("default sync settings are valid")
+    }
+}
+
+/// Checked `[sink]`.
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    /// One JSON file per document under `path/<source>/`.
+    Directory {
+        /// Root directory.
+        path: PathBuf,
+    },
+}
+
+/// One checked source.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Its id.
+    pub id: SourceId,
+    /// Connector settings.
+    pub settings: SourceSettings,
+    /// Periodic incremental sync, if configured.
+    pub schedule_every: Option<Duration>,
+}
+
+impl Config {
+    /// Reads, overrides from the environment, and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path, |k| std::env::var(k).ok())
+    }
+
+    /// Parses `text`; `env` supplies overrides (a parameter so tests need not touch the process env).
+    pub fn parse(text: &str, path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| Error::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        if let Some(url) = env("TIDEMARK_REDIS_URL") {
+            raw.redis.url = url;
+        }
+        if let Some(p) = env("TIDEMARK_SINK_PATH") {
+            raw.sink.path = Some(PathBuf::from(p));
+        }
+        Self::try_from(raw).map_err(|problems| Error::Invalid {
+            path: path.to_owned(),
+            problems,
+        })
+    }
+
+    /// The source with this id.
+    pub fn source(&self, id: &SourceId) -> Option<&SourceConfig> {
+        self.sources.iter().find(|s| &s.id == id)
+    }
+}
+
+fn check_redis_url(key: &str, url: &str, problems: &mut Vec<String>) {
+    match url::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "redis" | "rediss" | "unix" | "redis+unix") => {}
+        _ => problems.push(format!("{key}: {url:?} is not a redis:// URL")),
+    }
+}
+
+fn check_sync(raw: &RawSync, problems: &mut Vec<String>) -> Option<SyncConfig> {
+    let before = problems.len();
+    let nonzero = |key: &str, v: usize, problems: &mut Vec<String>| {
+        let r = NonZeroUsize::new(v);
+        if r.is_none() {
+            problems.push(format!("sync.{key}: must be at least 1, got 0"));
+        }
+        r
+    };
+    let page_size = nonzero("page_size", raw.page_size, problems);
+    let worker_concurrency = nonzero("worker_concurrency", raw.worker_concurrency, problems);
+    let max_concurrent_runs = nonzero("max_concurrent_runs", raw.max_concurrent_runs, problems);
+    if raw.lock_ttl_ms < 100 {
+        problems.push(format!(
+            "sync.lock_ttl_ms: {} is too short (at least 100)",
+            raw.lock_ttl_ms
+        ));
+    }
+    if raw.job_idle_timeout_ms < 100 {
+        problems.push(format!(
+            "sync.job_idle_timeout_ms: {} is too short (at least 100)",
+            raw.job_idle_timeout_ms
+        ));
+    }
+    if raw.max_deliveries == 0 {
+        problems.push("sync.max_deliveries: must be at least 1, got 0".into());
+    }
+    if raw.block_ms == 0 {
+        problems.push("sync.block_ms: must be at least 1, got 0".into());
+    }
+    if problems.len() > before {
+        return None;
+    }
+    Some(SyncConfig {
+        page_size: page_size?,
+        lock_ttl: Duration::from_millis(raw.lock_ttl_ms),
+        job_idle_timeout: Duration::from_millis(raw.job_idle_timeout_ms),
+        max_deliveries: raw.max_deliveries,
+        stall_timeout: Duration::from_secs(raw.stall_timeout_secs),
+        worker_concurrency: worker_concurrency?,
+        max_concurrent_runs: max_concurrent_runs?,
+        block: Duration::from_millis(raw.block_ms),
+    })
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = Vec<String>;
+
+    fn try_from(raw: RawConfig) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+
+        check_redis_url("redis.url", &raw.redis.url, &mut problems);
+        for (i, u) in raw.redis.lock_urls.iter().enumerate() {
+            check_redis_url(&format!("redis.lock_urls[{i}]"), u, &mut problems);
+        }
+        if raw.redis.lock_urls.len() > 1 && raw.redis.lock_urls.len().is_multiple_of(2) {
+            problems.push(format!(
+                "redis.lock_urls: {} nodes; use an odd number so a majority is well defined",
+                raw.redis.lock_urls.len()
+            ));
+        }
+        if raw.redis.namespace.is_empty() || raw.redis.namespace.contains(['{', '}', ' ']) {
+            problems.push(format!(
+                "redis.namespace: {:?} must be non-empty without braces or spaces",
+                raw.redis.namespace
+            ));
+        }
+        if raw.redis.pool_size == 0 {
+            problems.push("redis.pool_size: must be at least 1, got 0".into());
+        }
+        let sync = check_sync(&raw.sync, &mut problems);
+
+        let sink = match raw.sink.kind.as_str() {
+            "directory" => match &raw.sink.path {
+                Some(path) if !path.as_os_str().is_empty() => Some(SinkConfig::Directory { path: path.clone() }),
+                _ => {
+                    problems.push("sink.path: required for kind \"directory\"".into());
+                    None
+                }
+            },
+            other => {
+                problems.push(format!("sink.kind: unknown kind {other:?} (known: directory)"));
+                None
+            }
+        };
+
+        let mut seen = HashSet::new();
+        let mut sources = Vec::new();
+        for (i, s) in raw.sources.into_iter().enumerate() {
+            let key = format!("sources[{i}]");
+            let id = match SourceId::new(s.id.clone()) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    problems.push(format!("{key}.id: {e}"));
+                    None
+                }
+            };
+            if !seen.insert(s.id.clone()) {
+                problems.push(format!("{key}.id: duplicate source id {:?}", s.id));
+            }
+            if s.schedule_every_secs == Some(0) {
+                problems.push(format!("{key}.schedule_every_secs: must be at least 1, got 0"));
+            }
+            let settings = SourceSettings::parse(&s.kind, s.settings, &key, &mut problems);
+            if let (Some(id), Some(settings)) = (id, settings) {
+                sources.push(SourceConfig {
+                    id,
+                    settings,
+                    schedule_every: s.schedule_every_secs.filter(|s| *s > 0).map(Duration::from_secs),
+                });
+            }
+        }
+
+        let api_listen = if raw.api.listen.is_empty() {
+            None
+        } else {
+            match raw.api.listen.parse() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    problems.push(format!("api.listen: {:?} is not a host:port address", raw.api.listen));
+                    None
+                }
+            }
+        };
+
+        match (problems.is_empty(), sync, sink) {
+            (true, Some(sync), Some(sink)) => {
+                let lock_urls = if raw.redis.lock_urls.is_empty() {
+                    vec![raw.redis.url.clone()]
+                } else {
+                    raw.redis.lock_urls
+                };
+                Ok(Config {
+                    redis: RedisConfig {
+                        url: raw.redis.url,
+                        lock_urls,
+                        namespace: raw.redis.namespace,
+                        pool_size: raw.redis.pool_size,
+                        response_timeout: Duration::from_millis(raw.redis.response_timeout_ms),
+                    },
+                    sync,
+                    sink,
+                    sources,
+                    api_listen,
+                })
+            }
+            _ => Err(problems),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[redis]
+url = "redis://127.0.0.1:6379"
+
+[sink]
+kind = "directory"
+path = "/tmp/kb"
+
+[[sources]]
+id = "eng"
+kind = "confluence"
+[sources.settings]
+base_url = "https://example.atlassian.net"
+space_key = "ENG"
+"#;
+
+    fn parse(text: &str) -> Result<Config, Error> {
+        Config::parse(text, Path::new("t.toml"), |_| None)
+    }
+
+    /// A minimal valid file parses, with documented defaults filled in.
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.sources.len(), 1);
+        assert_eq!(c.sync.page_size.get(), 50);
+        assert_eq!(c.redis.lock_urls, vec!["redis://127.0.0.1:6379".to_string()]);
+        assert!(SyncConfig::default().lock_ttl > Duration::ZERO);
+    }
+
+    /// Every problem is reported at once, each naming its key and value.
+    #[test]
+    fn all_problems_are_reported_with_their_keys() {
+        let text = r#"
+[redis]
+url = "http://nope"
+lock_urls = ["redis://a", "redis://b"]
+
+[sync]
+page_size = 0
+
+[sink]
+kind = "s3"
+
+[[sources]]
+id = "Eng"
+kind = "confluence"
+[sources.settings]
+base_url = "https://example.atlassian.net"
+space_key = "ENG"
+
+[[sources]]
+id = "x"
+kind = "jira"
+
+[[sources]]
+id = "x"
+kind = "confluence"
+[sources.settings]
+base_url = "htp:/x"
+space_key = "ENG"
+"#;
+        let Err(Error::Invalid { problems, .. }) = parse(text) else {
+            panic!("expected invalid config");
+        };
+        let all = problems.join("\n");
+        for needle in [
+            "redis.url: \"http://nope\"",
+            "redis.lock_urls: 2 nodes",
+            "sync.page_size",
+            "sink.kind: unknown kind \"s3\"",
+            "sources[0].id",
+            "sources[1].kind: unknown kind \"jira\"",
+            "sources[2].id: duplicate source id \"x\"",
+            "sources[2].settings.base_url",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    /// An unknown key is an error naming it, not silently ignored.
+    #[test]
+    fn unknown_keys_are_refused() {
+        let text = GOOD.replace("[sink]", "[sink]\ncolour = \"blue\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    /// Environment overrides replace the file's Redis URL and sink path.
+    #[test]
+    fn environment_overrides_apply() {
+        let c = Config::parse(GOOD, Path::new("t.toml"), |k| match k {
+            "TIDEMARK_REDIS_URL" => Some("redis://10.0.0.1:7000".into()),
+            "TIDEMARK_SINK_PATH" => Some("/data/kb".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.redis.url, "redis://10.0.0.1:7000");
+        let SinkConfig::Directory { path } = &c.sink;
+        assert_eq!(path, Path::new("/data/kb"));
+    }
+}

@@ -1,0 +1,772 @@
+//! The coordinator: sync request -> lock -> change feed -> page jobs -> checkpoint.
+//!
+//! For each request read from the requests stream (consumer group `coordinators`):
+//! 1. take the source's lock and register its fencing token with the state store;
+//!    if the source is already syncing, the request is *coalesced* into the
+//!    source's follow-up list and the running sync enqueues exactly one follow-up
+//!    run when it ends (never dropped, never run in parallel);
+//! 2. load the checkpoint and the documents we hold, read the change feed, and
+//!    keep only what changed: observations whose version, title and parent equal
+//!    what we hold are dropped here (de-duplication by version), which makes
+//!    overlap windows and repeated listings cost no processing;
+//! 3. when the feed was a complete listing, ids we hold that it did not list are deletions;
+//! 4. split the changes into page jobs of `page_size` documents on the jobs stream;
+//! 5. wait until every page is done or dead-lettered, then commit the new
+//!    checkpoint under the fencing token (only if no page failed), end the run,
+//!    release the lock.
+//!
+//! While a run is in flight the lock is extended every third of its TTL and the
+//! request entry is kept fresh in the pending list; if this process dies, the
+//! lock expires, the request is claimed by another coordinator after
+//! `3 * lock_ttl`, and the new run marks the old one abandoned. Jobs of the old
+//! run that are still queued are refused by fencing when they reach storage.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use deadpool_redis::Pool;
+use deadpool_redis::redis;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{SourceConfig, SyncConfig};
+use crate::keys::Keys;
+use crate::lock::{self, Lease, LockManager};
+use crate::queue::jobs::{self, Action, JobItem, PageJob, SyncRequest};
+use crate::queue::streams::{self, Entry};
+use crate::queue::{self, dlq};
+use crate::sources::{self, DocMeta, Observation, Source};
+use crate::state::{self, DocState, RunStatus, StateStore};
+use crate::types::{DocumentId, RunId, SourceId, SyncMode};
+
+/// The coordinators' consumer group on the requests stream.
+pub const GROUP: &str = "coordinators";
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The source's change feed failed.
+    #[error("source {source_id}: {error}")]
+    Source {
+        /// Which source.
+        source_id: SourceId,
+        /// What it said.
+        error: sources::Error,
+    },
+    /// The state store failed or refused a stale token.
+    #[error(transparent)]
+    State(#[from] state::Error),
+    /// The queue failed.
+    #[error(transparent)]
+    Queue(#[from] queue::Error),
+    /// The lock could not be used.
+    #[error(transparent)]
+    Lock(#[from] lock::Error),
+    /// The lock was lost mid-run (not extended in time).
+    #[error("lock of {0} lost during the run")]
+    LockLost(SourceId),
+    /// No page finished for too long.
+    #[error("no progress for {0:?}: {1} of {2} pages done")]
+    Stalled(Duration, u64, u64),
+}
+
+/// Drives sync runs.
+pub struct Coordinator {
+    pool: Pool,
+    keys: Keys,
+    state: StateStore,
+    locks: LockManager,
+    sources: HashMap<SourceId, Arc<dyn Source>>,
+    schedules: Vec<(SourceId, Duration)>,
+    cfg: SyncConfig,
+    consumer: String,
+}
+
+/// Enqueues a sync request; returns its request id.
+pub async fn enqueue(pool: &Pool, keys: &Keys, request: &SyncRequest) -> Result<String, queue::Error> {
+    let fields = request.to_fields();
+    streams::add(pool, &keys.requests(), &jobs::as_field_refs(&fields)).await?;
+    Ok(request.request_id.clone())
+}
+
+/// Ancestor titles of `id`, root first, from a parent map; stops at cycles and unknown parents.
+pub fn breadcrumb(id: &DocumentId, tree: &HashMap<DocumentId, (String, Option<DocumentId>)>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::from([id.clone()]);
+    let mut cursor = tree.get(id).and_then(|(_, p)| p.clone());
+    while let Some(p) = cursor {
+        if !seen.insert(p.clone()) {
+            break;
+        }
+        match tree.get(&p) {
+            Some((title, parent)) => {
+                out.push(title.clone());
+                cursor = parent.clone();
+            }
+            None => break,
+        }
+    }
+    out.reverse();
+    out
+}
+
+/// What a run decided to do, before jobs are enqueued.
+#[derive(Debug, Default)]
+struct Plan {
+    items: Vec<JobItem>,
+    unchanged: u64,
+    api_calls: u64,
+    note: Vec<String>,
+}
+
+impl Coordinator {
+    /// A coordinator over `sources`, named `consumer` in the requests group.
+    pub fn new(
+        pool: Pool,
+        keys: Keys,
+        locks: LockManager,
+        sources: HashMap<SourceId, Arc<dyn Source>>,
+        source_configs: &[SourceConfig],
+        cfg: SyncConfig,
+        consumer: String,
+    ) -> Self {
+        let state = StateStore::new(pool.clone(), keys.clone());
+        let schedules = source_configs
+            .iter()
+            .filter_map(|s| s.schedule_every.map(|every| (s.id.clone(), every)))
+            .collect();
+        Self {
+            pool,
+            keys,
+            state,
+            locks,
+            sources,
+            schedules,
+            cfg,
+            consumer,
+        }
+    }
+
+    fn request_idle_timeout(&self) -> Duration {
+        self.cfg.lock_ttl * 3
+    }
+
+    /// Serves requests until `shutdown`; runs in flight finish (up to `drain_timeout`).
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+        drain_timeout: Duration,
+    ) -> Result<(), queue::Error> {
+        let requests = self.keys.requests();
+        streams::ensure_group(&self.pool, &requests, GROUP).await?;
+        streams::ensure_group(&self.pool, &self.keys.jobs(), crate::worker::GROUP).await?;
+        let runs = Arc::new(Semaphore::new(self.cfg.max_concurrent_runs.get()));
+        let tracker = TaskTracker::new();
+        if !self.schedules.is_empty() {
+            tracker.spawn(self.clone().schedule_loop(shutdown.clone()));
+        }
+        let mut last_reclaim = Instant::now();
+        tracing::info!(consumer = %self.consumer, "coordinator started");
+
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = runs.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            };
+            let mut entries = Vec::new();
+            if last_reclaim.elapsed() >= self.request_idle_timeout() / 3 {
+                last_reclaim = Instant::now();
+                match self.claim_orphaned_request().await {
+                    Ok(e) => entries.extend(e),
+                    Err(e) => tracing::warn!(error = %e, "claiming orphaned requests failed"),
+                }
+            }
+            if entries.is_empty() {
+                match streams::read_new(&self.pool, &requests, GROUP, &self.consumer, 1, self.cfg.block).await {
+                    Ok(e) => entries = e,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading requests failed; retrying");
+                        drop(permit);
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        }
+                    }
+                }
+            }
+            let Some(entry) = entries.into_iter().next() else {
+                continue;
+            };
+            let me = self.clone();
+            tracker.spawn(async move {
+                me.handle_request(entry).await;
+                drop(permit);
+            });
+        }
+        tracker.close();
+        if tokio::time::timeout(drain_timeout, tracker.wait()).await.is_err() {
+            tracing::warn!("drain timeout: runs still in flight will be taken over after their locks expire");
+        }
+        tracing::info!(consumer = %self.consumer, "coordinator stopped");
+        Ok(())
+    }
+
+    /// Takes over one request whose coordinator stopped keeping it fresh.
+    async fn claim_orphaned_request(&self) -> Result<Vec<Entry>, queue::Error> {
+        let requests = self.keys.requests();
+        let idle = self.request_idle_timeout();
+        for p in streams::pending_idle(&self.pool, &requests, GROUP, idle, 10).await? {
+            let claimed = streams::claim(&self.pool, &requests, GROUP, &self.consumer, idle, &[p.id.as_str()]).await?;
+            if let Some(entry) = claimed.into_iter().next() {
+                if p.deliveries >= u64::from(self.cfg.max_deliveries) {
+                    let reason = format!("sync request delivered {} times without completing", p.deliveries);
+                    dlq::dead_letter(
+                        &self.pool,
+                        &self.keys.dead_letters(),
+                        &requests,
+                        GROUP,
+                        &entry,
+                        &reason,
+                        p.deliveries,
+                    )
+                    .await?;
+                    continue;
+                }
+                tracing::info!(entry = %entry.id, from = %p.consumer, "took over an orphaned sync request");
+                return Ok(vec![entry]);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// Enqueues scheduled incremental syncs; one replica wins each slot (SET NX PX).
+    async fn schedule_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            for (source, every) in &self.schedules {
+                let slot_key = format!("{}:schedule", self.keys.follow_up(source));
+                let won: Result<bool, _> = async {
+                    let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+                    let r: Option<String> = redis::cmd("SET")
+                        .arg(&slot_key)
+                        .arg(&self.consumer)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(every.as_millis() as u64)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok::<bool, String>(r.is_some())
+                }
+                .await;
+                match won {
+                    Ok(true) => {
+                        let req = SyncRequest::new(source.clone(), SyncMode::Incremental, "schedule");
+                        if let Err(e) = enqueue(&self.pool, &self.keys, &req).await {
+                            tracing::warn!(%source, error = %e, "scheduled request failed");
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(%source, error = %e, "schedule check failed"),
+                }
+            }
+        }
+    }
+
+    async fn ack_request(&self, entry: &Entry) {
+        if let Err(e) = streams::ack(&self.pool, &self.keys.requests(), GROUP, &[entry.id.as_str()]).await {
+            tracing::warn!(entry = %entry.id, error = %e, "acking request failed; it may run again (harmless)");
+        }
+    }
+
+    /// Handles one request entry to its end.
+    pub async fn handle_request(&self, entry: Entry) {
+        let request = match SyncRequest::from_entry(&entry) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(entry = %entry.id, error = %e, "malformed sync request");
+                let _ = dlq::dead_letter(
+                    &self.pool,
+                    &self.keys.dead_letters(),
+                    &self.keys.requests(),
+                    GROUP,
+                    &entry,
+                    &e.to_string(),
+                    1,
+                )
+                .await;
+                return;
+            }
+        };
+        let Some(source) = self.sources.get(&request.source).cloned() else {
+            let reason = format!(
+                "sync request {}: unknown source {:?} (configured: {})",
+                request.request_id,
+                request.source.as_str(),
+                self.sources.keys().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            );
+            tracing::warn!(%reason);
+            let _ = dlq::dead_letter(
+                &self.pool,
+                &self.keys.dead_letters(),
+                &self.keys.requests(),
+                GROUP,
+                &entry,
+                &reason,
+                1,
+            )
+            .await;
+            return;
+        };
+
+        let lease = match self.acquire_or_coalesce(&request).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                self.ack_request(&entry).await;
+                return;
+            }
+            Err(e) => {
+                // Left pending: another coordinator (or this one) retries it later.
+                tracing::warn!(source = %request.source, error = %e, "could not take the lock; request stays pending");
+                return;
+            }
+        };
+
+        // Requests coalesced while we were acquiring are served by this run too.
+        let mut served = vec![request.clone()];
+        match self.drain_follow_ups(&request.source).await {
+            Ok(more) => served.extend(more.into_iter().filter(|r| r.request_id != request.request_id)),
+            Err(e) => tracing::warn!(error = %e, "reading follow-ups failed"),
+        }
+        let mode = if served.iter().any(|r| r.mode == SyncMode::Full) {
+            SyncMode::Full
+        } else {
+            SyncMode::Incremental
+        };
+        let request_ids: Vec<String> = served.iter().flat_map(|r| r.all_request_ids()).collect();
+
+        let lost = CancellationToken::new();
+        let keeper = tokio::spawn(keep_lease(
+            self.locks.clone(),
+            lease.clone(),
+            self.cfg.lock_ttl,
+            lost.clone(),
+            self.pool.clone(),
+            self.keys.requests(),
+            self.consumer.clone(),
+            entry.id.clone(),
+        ));
+        let run = RunId::generate();
+        let outcome = self
+            .sync(
+                source.as_ref(),
+                &lease,
+                &run,
+                mode,
+                &request.requested_by,
+                &request_ids,
+                &lost,
+            )
+            .await;
+        keeper.abort();
+        if let Err(e) = &outcome {
+            tracing::warn!(source = %request.source, run = %run, error = %e, "run failed");
+            let _ = self
+                .state
+                .set_run_fields(
+                    &request.source,
+                    &run,
+                    lease.token,
+                    &[
+                        ("status", RunStatus::Failed.to_string()),
+                        ("ended_at", Utc::now().to_rfc3339()),
+                        ("last_error", e.to_string()),
+                    ],
+                )
+                .await;
+            let _ = self
+                .state
+                .add_run_counters(&request.source, &run, &[("errors", 1)])
+                .await;
+        }
+        let _ = self.state.finish_run_housekeeping(&request.source, &run).await;
+        self.locks.release(&lease).await;
+        self.ack_request(&entry).await;
+        self.enqueue_follow_up(&request.source).await;
+    }
+
+    /// Takes the lock, or records the request as a follow-up of the running sync.
+    async fn acquire_or_coalesce(&self, request: &SyncRequest) -> Result<Option<Lease>, Error> {
+        if let Some(lease) = self.locks.acquire(&request.source, self.cfg.lock_ttl).await? {
+            return Ok(Some(lease));
+        }
+        let body = rmp_serde::to_vec_named(request).expect("MessagePack encoding of an in-memory struct");
+        {
+            let mut conn = self.pool.get().await.map_err(queue::Error::from)?;
+            let _: i64 = redis::cmd("RPUSH")
+                .arg(self.keys.follow_up(&request.source))
+                .arg(body)
+                .query_async(&mut conn)
+                .await
+                .map_err(state::Error::from)?;
+        }
+        // The running sync may have ended between our attempt and the push, and
+        // checked the follow-up list before we wrote to it: try once more so the
+        // request cannot be stranded.
+        if let Some(lease) = self.locks.acquire(&request.source, self.cfg.lock_ttl).await? {
+            return Ok(Some(lease));
+        }
+        tracing::info!(source = %request.source, request = %request.request_id, "source busy: coalesced into its follow-up run");
+        Ok(None)
+    }
+
+    async fn drain_follow_ups(&self, source: &SourceId) -> Result<Vec<SyncRequest>, state::Error> {
+        let key = self.keys.follow_up(source);
+        let mut conn = self.pool.get().await?;
+        let (items, _): (Vec<Vec<u8>>, i64) = redis::pipe()
+            .atomic()
+            .lrange(&key, 0, -1)
+            .del(&key)
+            .query_async(&mut conn)
+            .await?;
+        Ok(items
+            .iter()
+            .filter_map(|b| match rmp_serde::from_slice::<SyncRequest>(b) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "dropping an undecodable follow-up entry");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// After a run: turns every coalesced request into one follow-up request.
+    async fn enqueue_follow_up(&self, source: &SourceId) {
+        let pending = match self.drain_follow_ups(source).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(%source, error = %e, "reading follow-ups failed");
+                return;
+            }
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let mode = if pending.iter().any(|r| r.mode == SyncMode::Full) {
+            SyncMode::Full
+        } else {
+            SyncMode::Incremental
+        };
+        let mut follow_up = SyncRequest::new(source.clone(), mode, "follow-up");
+        follow_up.coalesced = pending.iter().flat_map(|r| r.all_request_ids()).collect();
+        tracing::info!(%source, coalesced = follow_up.coalesced.len(), "enqueueing one follow-up run");
+        if let Err(e) = enqueue(&self.pool, &self.keys, &follow_up).await {
+            tracing::error!(%source, error = %e, "could not enqueue the follow-up run");
+        }
+    }
+
+    /// One run, from the feed to the committed checkpoint.
+    #[allow(clippy::too_many_arguments)]
+    async fn sync(
+        &self,
+        source: &dyn Source,
+        lease: &Lease,
+        run: &RunId,
+        mode: SyncMode,
+        requested_by: &str,
+        request_ids: &[String],
+        lost: &CancellationToken,
+    ) -> Result<(), Error> {
+        let id = source.id().clone();
+        let token = lease.token;
+        self.state.register_token(&id, token).await?;
+        if let Some(prev) = self
+            .state
+            .start_run(&id, run, token, mode, requested_by, request_ids)
+            .await?
+        {
+            tracing::warn!(source = %id, previous = %prev, "previous run was abandoned by its coordinator");
+        }
+        tracing::info!(source = %id, run = %run, %mode, %token, "run started");
+
+        let checkpoint = self.state.checkpoint(&id).await?;
+        let held = self.state.all_docs(&id).await?;
+        let (plan, end) = self.plan(source, &checkpoint, mode, &held, lost).await?;
+
+        let page_size = self.cfg.page_size.get();
+        let mut pages = 0u32;
+        for chunk in plan.items.chunks(page_size) {
+            let job = PageJob {
+                run: run.clone(),
+                source: id.clone(),
+                token,
+                page: pages,
+                items: chunk.to_vec(),
+            };
+            let fields = job.to_fields();
+            streams::add(&self.pool, &self.keys.jobs(), &jobs::as_field_refs(&fields)).await?;
+            pages += 1;
+        }
+        self.state
+            .set_run_fields(
+                &id,
+                run,
+                token,
+                &[
+                    ("pages_total", pages.to_string()),
+                    ("docs_processed", plan.items.len().to_string()),
+                    ("unchanged", plan.unchanged.to_string()),
+                    ("feed_done", "1".into()),
+                    ("note", plan.note.join("; ")),
+                ],
+            )
+            .await?;
+        self.state
+            .add_run_counters(&id, run, &[("api_calls", plan.api_calls)])
+            .await?;
+        tracing::info!(source = %id, run = %run, pages, docs = plan.items.len(), unchanged = plan.unchanged, "feed read, jobs enqueued");
+
+        let record = self.wait_for_pages(&id, run, u64::from(pages), lost).await?;
+        let status = if record.pages_failed == 0 {
+            self.state.commit_checkpoint(&id, token, &end.checkpoint).await?;
+            RunStatus::Completed
+        } else {
+            // The failed pages' documents were not applied; keeping the old
+            // checkpoint makes the next run see them again (and skip the rest by version).
+            RunStatus::CompletedWithErrors
+        };
+        self.state
+            .set_run_fields(
+                &id,
+                run,
+                token,
+                &[("status", status.to_string()), ("ended_at", Utc::now().to_rfc3339())],
+            )
+            .await?;
+        tracing::info!(source = %id, run = %run, %status, "run ended");
+        Ok(())
+    }
+
+    /// Reads the whole feed and decides what to do: the changed documents and the deletions.
+    async fn plan(
+        &self,
+        source: &dyn Source,
+        checkpoint: &sources::Checkpoint,
+        mode: SyncMode,
+        held: &HashMap<DocumentId, DocState>,
+        lost: &CancellationToken,
+    ) -> Result<(Plan, sources::FeedEnd), Error> {
+        let id = source.id().clone();
+        let src_err = |error| Error::Source {
+            source_id: id.clone(),
+            error,
+        };
+        let mut plan = Plan::default();
+        let mut feed = match source.open_feed(checkpoint, mode).await {
+            Err(sources::Error::CursorExpired { context }) => {
+                plan.note.push(format!("{context}: fell back to a full listing"));
+                source.open_feed(checkpoint, SyncMode::Full).await.map_err(src_err)?
+            }
+            other => other.map_err(src_err)?,
+        };
+
+        // Everything we know of each document's title and parent, for breadcrumbs.
+        let mut tree: HashMap<DocumentId, (String, Option<DocumentId>)> = held
+            .iter()
+            .map(|(k, v)| (k.clone(), (v.title.clone(), v.parent.clone())))
+            .collect();
+        let mut listed: HashSet<DocumentId> = HashSet::new();
+        let mut changed: HashMap<DocumentId, DocMeta> = HashMap::new();
+        let mut deleted: HashSet<DocumentId> = HashSet::new();
+
+        loop {
+            if lost.is_cancelled() {
+                return Err(Error::LockLost(id));
+            }
+            let page = match feed.next_page().await {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(sources::Error::CursorExpired { context }) => {
+                    // Expired mid-feed: start over with a full listing.
+                    plan.note.push(format!("{context}: fell back to a full listing"));
+                    listed.clear();
+                    changed.clear();
+                    deleted.clear();
+                    feed = source.open_feed(checkpoint, SyncMode::Full).await.map_err(src_err)?;
+                    continue;
+                }
+                Err(e) => return Err(src_err(e)),
+            };
+            plan.api_calls += page.api_calls;
+            for obs in page.observations {
+                match obs {
+                    Observation::Present(meta) => {
+                        listed.insert(meta.id.clone());
+                        deleted.remove(&meta.id);
+                        tree.insert(meta.id.clone(), (meta.title.clone(), meta.parent.clone()));
+                        let same_as_held = held.get(&meta.id).is_some_and(|h| {
+                            h.version == meta.version && h.title == meta.title && h.parent == meta.parent
+                        });
+                        if mode == SyncMode::Incremental && same_as_held {
+                            plan.unchanged += 1;
+                            changed.remove(&meta.id);
+                        } else {
+                            changed.insert(meta.id.clone(), meta);
+                        }
+                    }
+                    Observation::Deleted(doc) => {
+                        changed.remove(&doc);
+                        listed.remove(&doc);
+                        if held.contains_key(&doc) {
+                            deleted.insert(doc);
+                        }
+                    }
+                }
+            }
+        }
+        let end = feed.end();
+        if let Some(note) = &end.note {
+            plan.note.push(note.clone());
+        }
+        if end.complete_listing {
+            let missing: Vec<_> = held.keys().filter(|k| !listed.contains(*k)).cloned().collect();
+            if !missing.is_empty() {
+                plan.note.push(format!(
+                    "complete listing: {} held document(s) no longer listed",
+                    missing.len()
+                ));
+            }
+            deleted.extend(missing);
+        }
+
+        let mut changed: Vec<DocMeta> = changed.into_values().collect();
+        changed.sort_by(|a, b| a.id.cmp(&b.id));
+        for meta in changed {
+            let crumbs = breadcrumb(&meta.id, &tree);
+            plan.items.push(JobItem {
+                meta,
+                action: Action::Upsert,
+                breadcrumb: crumbs,
+            });
+        }
+        let mut deleted: Vec<DocumentId> = deleted.into_iter().collect();
+        deleted.sort();
+        for doc in deleted {
+            let h = &held[&doc];
+            plan.items.push(JobItem {
+                meta: DocMeta {
+                    id: doc.clone(),
+                    version: h.version.clone(),
+                    title: h.title.clone(),
+                    parent: h.parent.clone(),
+                    modified_at: None,
+                },
+                action: Action::Delete,
+                breadcrumb: Vec::new(),
+            });
+        }
+        Ok((plan, end))
+    }
+
+    /// Waits until every page of the run is done or failed.
+    async fn wait_for_pages(
+        &self,
+        source: &SourceId,
+        run: &RunId,
+        pages: u64,
+        lost: &CancellationToken,
+    ) -> Result<state::RunRecord, Error> {
+        let mut last_progress = Instant::now();
+        let mut last_count = u64::MAX;
+        loop {
+            let record = self
+                .state
+                .run(source, run)
+                .await?
+                .ok_or_else(|| state::Error::Corrupt {
+                    key: self.keys.run(source, run),
+                    reason: "run record vanished".into(),
+                })?;
+            let finished = record.pages_done + record.pages_failed;
+            if finished >= pages {
+                return Ok(record);
+            }
+            if finished != last_count {
+                last_count = finished;
+                last_progress = Instant::now();
+            } else if last_progress.elapsed() > self.cfg.stall_timeout {
+                return Err(Error::Stalled(self.cfg.stall_timeout, finished, pages));
+            }
+            if lost.is_cancelled() {
+                return Err(Error::LockLost(source.clone()));
+            }
+            // Woken at once by a finished page; the timeout re-checks the lock and stall.
+            let wait = self.cfg.block.min(self.cfg.lock_ttl / 3).max(Duration::from_millis(10));
+            self.state.wait_for_progress(source, run, wait).await?;
+        }
+    }
+}
+
+/// Extends the lease every third of its TTL and keeps the request entry fresh
+/// in the pending list; cancels `lost` if the lease cannot be kept.
+#[allow(clippy::too_many_arguments)]
+async fn keep_lease(
+    locks: LockManager,
+    mut lease: Lease,
+    ttl: Duration,
+    lost: CancellationToken,
+    pool: Pool,
+    requests: String,
+    consumer: String,
+    entry_id: String,
+) {
+    let mut tick = tokio::time::interval(ttl / 3);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if !locks.extend(&mut lease, ttl).await {
+            tracing::error!(source = %lease.source, "lock lost: the run stops at its next safe point");
+            lost.cancel();
+            return;
+        }
+        if let Err(e) = streams::touch(&pool, &requests, GROUP, &consumer, &entry_id).await {
+            tracing::warn!(error = %e, "could not refresh the request entry");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(edges: &[(&str, &str, Option<&str>)]) -> HashMap<DocumentId, (String, Option<DocumentId>)> {
+        edges
+            .iter()
+            .map(|(id, title, parent)| (DocumentId::from(*id), (title.to_string(), parent.map(DocumentId::from))))
+            .collect()
+    }
+
+    /// Breadcrumbs list ancestors root first and stop at cycles and unknown parents.
+    #[test]
+    fn breadcrumbs() {
+        let t = tree(&[
+            ("1", "Root", None),
+            ("2", "Guide", Some("1")),
+            ("3", "Install", Some("2")),
+        ]);
+        assert_eq!(breadcrumb(&"3".into(), &t), vec!["Root", "Guide"]);
+        assert!(breadcrumb(&"1".into(), &t).is_empty());
+        let cyc = tree(&[("a", "A", Some("b")), ("b", "B", Some("a"))]);
+        assert_eq!(breadcrumb(&"a".into(), &cyc), vec!["B"]);
+        let dangling = tree(&[("x", "X", Some("gone"))]);
+        assert!(breadcrumb(&"x".into(), &dangling).is_empty());
+    }
+}

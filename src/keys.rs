@@ -1,0 +1,130 @@
+//! Every Redis key tidemark uses, named in one place.
+//!
+//! Invariant: every key that belongs to one source carries the source id as a
+//! Redis Cluster hash tag (`tm:{confluence-eng}:docs`), so all of a source's
+//! keys live in one slot and a Lua script may touch any of them atomically.
+//! Keys shared by all sources (the request and job streams) carry no tag.
+
+use crate::types::{RunId, SourceId};
+
+/// Builds key names under a namespace prefix (default `tm`).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    ns: String,
+}
+
+impl Keys {
+    /// Keys under `namespace` (e.g. `tm`).
+    pub fn new(namespace: impl Into<String>) -> Self {
+        Self { ns: namespace.into() }
+    }
+
+    /// Stream of sync requests, read by the coordinators' consumer group.
+    pub fn requests(&self) -> String {
+        format!("{}:requests", self.ns)
+    }
+
+    /// Stream of page jobs, read by the workers' consumer group.
+    pub fn jobs(&self) -> String {
+        format!("{}:jobs", self.ns)
+    }
+
+    /// Dead-letter stream: entries that could not be processed, with the reason.
+    pub fn dead_letters(&self) -> String {
+        format!("{}:dlq", self.ns)
+    }
+
+    /// Set of source ids that have ever been synced (for `status` without an argument).
+    pub fn known_sources(&self) -> String {
+        format!("{}:sources", self.ns)
+    }
+
+    fn source(&self, source: &SourceId, suffix: &str) -> String {
+        format!("{}:{{{}}}:{}", self.ns, source.as_str(), suffix)
+    }
+
+    /// The lock: holds the owner's random value, with a TTL (on every lock node).
+    pub fn lock(&self, source: &SourceId) -> String {
+        self.source(source, "lock")
+    }
+
+    /// The lock nodes' token counter; never deleted, so tokens never repeat.
+    pub fn lock_tokens(&self, source: &SourceId) -> String {
+        self.source(source, "lock:tokens")
+    }
+
+    /// Highest fencing token the state store has seen; writes below it are refused.
+    pub fn fence(&self, source: &SourceId) -> String {
+        self.source(source, "fence")
+    }
+
+    /// The committed checkpoint (MessagePack).
+    pub fn checkpoint(&self, source: &SourceId) -> String {
+        self.source(source, "checkpoint")
+    }
+
+    /// Hash: document id -> DocState (MessagePack).
+    pub fn docs(&self, source: &SourceId) -> String {
+        self.source(source, "docs")
+    }
+
+    /// Hash: the run record.
+    pub fn run(&self, source: &SourceId, run: &RunId) -> String {
+        self.source(source, &format!("run:{run}"))
+    }
+
+    /// Set of page numbers of a run that are done (processed or dead-lettered).
+    pub fn run_pages_done(&self, source: &SourceId, run: &RunId) -> String {
+        self.source(source, &format!("run:{run}:done"))
+    }
+
+    /// List a worker pushes to when it finishes a page, so the coordinator wakes at once.
+    pub fn run_wakeup(&self, source: &SourceId, run: &RunId) -> String {
+        self.source(source, &format!("run:{run}:wake"))
+    }
+
+    /// List of the source's run ids, newest first (trimmed).
+    pub fn runs(&self, source: &SourceId) -> String {
+        self.source(source, "runs")
+    }
+
+    /// The run currently holding the lock, if any.
+    pub fn current_run(&self, source: &SourceId) -> String {
+        self.source(source, "current")
+    }
+
+    /// A coalesced follow-up request, waiting for the running sync to end.
+    pub fn follow_up(&self, source: &SourceId) -> String {
+        self.source(source, "followup")
+    }
+
+    /// Which run served a sync request (for `enqueue --wait`).
+    pub fn request_run(&self, source: &SourceId, request_id: &str) -> String {
+        self.source(source, &format!("req:{request_id}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// All of one source's keys share a hash tag; shared streams have none.
+    #[test]
+    fn source_keys_share_a_hash_tag() {
+        let keys = Keys::new("tm");
+        let s = SourceId::new("eng").unwrap();
+        let run = RunId("r1".into());
+        for k in [
+            keys.lock(&s),
+            keys.fence(&s),
+            keys.checkpoint(&s),
+            keys.docs(&s),
+            keys.run(&s, &run),
+            keys.run_pages_done(&s, &run),
+            keys.follow_up(&s),
+        ] {
+            assert!(k.contains("{eng}"), "{k} lacks the hash tag");
+        }
+        assert!(!keys.jobs().contains('{'));
+    }
+}

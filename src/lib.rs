@@ -1,0 +1,35 @@
+//! tidemark: incremental sync of knowledge-base sources through Redis streams.
+//!
+//! # Layout
+//! - [`types`]: domain newtypes (`SourceId`, `DocumentId`, `FencingToken`, `RunId`, `SyncMode`).
+//! - [`config`]: the config file as written, and the validated `Config`.
+//! - [`keys`]: every Redis key name, with the `{source}` hash tag.
+//! - [`db`]: Redis connection pools with timeouts.
+//! - [`queue`]: Redis Streams (requests, page jobs, dead letters) and the message envelope.
+//! - [`lock`]: the per-source Redlock lease and fencing tokens.
+//! - [`state`]: checkpoints, held documents, run records; every write fenced.
+//! - [`coordinator`]: request -> lock -> change feed -> page jobs -> checkpoint.
+//! - [`worker`]: page job -> fetch -> sink + state -> ack.
+//! - [`sources`]: the `Source` trait and one connector per file.
+//! - [`sinks`]: the `Sink` trait and one sink per file.
+//! - [`simulators`]: faithful imitations of third-party APIs, for tests and the demo.
+//! - [`app`]: wiring a `Config` into running parts; [`shutdown`]: signals.
+//! - [`report`]: printing status and run figures for people and scripts.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod coordinator;
+pub mod db;
+pub mod keys;
+pub mod lock;
+pub mod queue;
+pub mod report;
+pub mod shutdown;
+pub mod simulators;
+pub mod sinks;
+pub mod sources;
+pub mod state;
+pub mod types;
+pub mod worker;

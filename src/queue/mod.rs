@@ -1,0 +1,51 @@
+//! The queue: sync requests and page jobs on Redis Streams, with a dead-letter stream.
+//!
+//! - `streams`: the stream primitives (consumer groups, reads, acks, claiming idle entries).
+//! - `jobs`: what travels on the streams (`SyncRequest`, `PageJob`) and its MessagePack envelope.
+//! - `dlq`: moving an entry that cannot be processed aside, with its reason.
+//!
+//! Delivery is at-least-once: an entry is acked only after its effects are
+//! durable, and an entry left unacked by a dead consumer is claimed by another
+//! after `job_idle_timeout`. Consumers must therefore be idempotent.
+
+pub mod dlq;
+pub mod jobs;
+pub mod streams;
+
+/// Queue failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Redis refused or did not answer.
+    #[error("redis: {context}: {source}")]
+    Redis {
+        /// What we were doing.
+        context: String,
+        /// The client's error.
+        source: deadpool_redis::redis::RedisError,
+    },
+    /// No connection could be had from the pool.
+    #[error("redis pool: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+    /// An entry's body could not be decoded; it will be dead-lettered.
+    #[error("stream entry {entry_id}: {reason}")]
+    Decode {
+        /// The stream entry id.
+        entry_id: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+}
+
+/// Adds context to a Redis error.
+pub(crate) trait RedisContext<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T, Error>;
+}
+
+impl<T> RedisContext<T> for Result<T, deadpool_redis::redis::RedisError> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T, Error> {
+        self.map_err(|source| Error::Redis {
+            context: what(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,2 @@
+//! Simulators of third-party services, following their public APIs.
+pub mod confluence;

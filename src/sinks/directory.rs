@@ -1,0 +1,257 @@
+//! The directory sink: one JSON file per document, `<root>/<source>/docs/<id>.json`.
+//!
+//! Invariants:
+//! - A write is atomic: the file is written to a temporary name, synced, and
+//!   renamed over the old one, so a reader never sees half a document.
+//! - Fencing: `<root>/<source>/.fence` holds the highest token seen. Every write
+//!   takes an exclusive `flock` on it, checks and raises the token, writes, and
+//!   unlocks; workers in several processes on one host (or one shared volume
+//!   with working locks) are serialised per source.
+//! - A document whose file already holds the same version and content hash is
+//!   not rewritten.
+//!
+//! All file work runs on the blocking thread pool.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use super::{Error, Sink, SinkDocument, Written};
+use crate::lock::fencing::StaleFence;
+use crate::types::{DocumentId, FencingToken, SourceId};
+
+/// Writes documents as JSON files under a root directory.
+#[derive(Debug, Clone)]
+pub struct DirectorySink {
+    root: PathBuf,
+}
+
+impl DirectorySink {
+    /// A sink writing under `root` (created on first write).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// Where a source's documents live.
+    pub fn source_dir(&self, source: &SourceId) -> PathBuf {
+        self.root.join(source.as_str()).join("docs")
+    }
+
+    /// The file for one document. Ids are escaped so any id is one safe file name.
+    pub fn doc_path(&self, source: &SourceId, id: &DocumentId) -> PathBuf {
+        self.source_dir(source).join(format!("{}.json", escape_id(&id.0)))
+    }
+
+    /// Reads every document of a source (for tests, the demo and `status`).
+    pub fn read_all(&self, source: &SourceId) -> Result<Vec<SinkDocument>, Error> {
+        let dir = self.source_dir(source);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(Error::Io { path: dir, source }),
+        };
+        let mut docs = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| Error::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "json")
+                && let Some(doc) = read_doc(&path)?
+            {
+                docs.push(doc);
+            }
+        }
+        docs.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(docs)
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Keeps `[A-Za-z0-9._-]`, percent-escapes the rest (and a leading dot).
+fn escape_id(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for (i, b) in id.bytes().enumerate() {
+        let safe = b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && i > 0);
+        if safe {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn read_doc(path: &Path) -> Result<Option<SinkDocument>, Error> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Holds the per-source fence file locked; unlocks on drop (closing the file).
+struct FenceGuard {
+    _file: File,
+}
+
+/// Locks the fence file of `dir`, checks `token` against it and raises it.
+fn fence(dir: &Path, token: FencingToken) -> Result<FenceGuard, Error> {
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let path = dir.join(".fence");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io(&path))?;
+    file.lock().map_err(io(&path))?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(io(&path))?;
+    let current = text.trim().parse::<u64>().unwrap_or(0);
+    if token.0 < current {
+        return Err(StaleFence {
+            ours: token,
+            current: FencingToken(current),
+        }
+        .into());
+    }
+    if token.0 > current {
+        file.set_len(0).map_err(io(&path))?;
+        file.seek(SeekFrom::Start(0)).map_err(io(&path))?;
+        file.write_all(token.0.to_string().as_bytes()).map_err(io(&path))?;
+        file.sync_data().map_err(io(&path))?;
+    }
+    Ok(FenceGuard { _file: file })
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let tmp = path.with_extension(format!("tmp.{}", uuid::Uuid::new_v4().simple()));
+    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_data().map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))?;
+    Ok(())
+}
+
+#[async_trait]
+impl Sink for DirectorySink {
+    async fn upsert(&self, doc: &SinkDocument) -> Result<Written, Error> {
+        let root = self.root.join(doc.source.as_str());
+        let path = self.doc_path(&doc.source, &doc.id);
+        let doc = doc.clone();
+        run_blocking(move || {
+            let _guard = fence(&root, doc.fencing_token)?;
+            if let Some(existing) = read_doc(&path)?
+                && existing.version == doc.version
+                && existing.content_hash == doc.content_hash
+            {
+                return Ok(Written::Unchanged);
+            }
+            // Serializing a struct of strings to JSON cannot fail.
+            let bytes = serde_json::to_vec_pretty(&doc).expect("JSON encoding of an in-memory struct");
+            write_atomically(&path, &bytes)?;
+            Ok(Written::Changed)
+        })
+        .await
+    }
+
+    async fn delete(&self, source: &SourceId, id: &DocumentId, token: FencingToken) -> Result<Written, Error> {
+        let root = self.root.join(source.as_str());
+        let path = self.doc_path(source, id);
+        run_blocking(move || {
+            let _guard = fence(&root, token)?;
+            match fs::remove_file(&path) {
+                Ok(()) => Ok(Written::Changed),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Written::Unchanged),
+                Err(source) => Err(Error::Io { path, source }),
+            }
+        })
+        .await
+    }
+}
+
+async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        // The closure does not panic on its own; a JoinError means the runtime is shutting down.
+        Err(e) => Err(Error::Io {
+            path: PathBuf::new(),
+            source: std::io::Error::other(e.to_string()),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(token: u64, version: &str, content: &str) -> SinkDocument {
+        SinkDocument {
+            source: SourceId::new("eng").unwrap(),
+            id: DocumentId("a/b".into()),
+            title: "T".into(),
+            breadcrumb: vec![],
+            parent: None,
+            version: version.into(),
+            content: content.into(),
+            content_hash: format!("h-{content}"),
+            fencing_token: FencingToken(token),
+        }
+    }
+
+    /// Writes are idempotent, deletes remove the file, and a stale token is refused.
+    #[tokio::test]
+    async fn fenced_idempotent_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = DirectorySink::new(dir.path());
+        assert_eq!(sink.upsert(&doc(2, "1", "x")).await.unwrap(), Written::Changed);
+        assert_eq!(sink.upsert(&doc(2, "1", "x")).await.unwrap(), Written::Unchanged);
+        assert_eq!(sink.upsert(&doc(3, "2", "y")).await.unwrap(), Written::Changed);
+        let err = sink.upsert(&doc(2, "3", "stale")).await.unwrap_err();
+        assert!(matches!(
+            err,
+            Error::StaleFence(StaleFence {
+                ours: FencingToken(2),
+                current: FencingToken(3)
+            })
+        ));
+        let all = sink.read_all(&SourceId::new("eng").unwrap()).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].content, "y");
+        let src = SourceId::new("eng").unwrap();
+        assert!(matches!(
+            sink.delete(&src, &DocumentId("a/b".into()), FencingToken(2)).await,
+            Err(Error::StaleFence(_))
+        ));
+        assert_eq!(
+            sink.delete(&src, &DocumentId("a/b".into()), FencingToken(3))
+                .await
+                .unwrap(),
+            Written::Changed
+        );
+        assert!(sink.read_all(&src).unwrap().is_empty());
+    }
+
+    /// Ids with path separators or dots cannot escape the directory.
+    #[test]
+    fn ids_are_escaped() {
+        assert_eq!(escape_id("../x"), "%2E.%2Fx");
+        assert_eq!(escape_id("page-12_a.b"), "page-12_a.b");
+    }
+}

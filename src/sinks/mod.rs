@@ -1,0 +1,74 @@
+//! Sinks: where synced documents go (a knowledge base, a search index).
+//!
+//! A sink is fenced storage in its own right: it remembers the highest fencing
+//! token it has seen per source and refuses writes carrying a lower one, so a
+//! run that lost its lock cannot overwrite the work of the run that replaced it.
+//! Writes are idempotent: writing the same document version twice leaves one
+//! copy, and reports the second write as `Unchanged`.
+
+pub mod directory;
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::lock::fencing::StaleFence;
+use crate::types::{DocumentId, FencingToken, SourceId};
+
+/// Sink failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A newer run holds the source; the write was refused.
+    #[error(transparent)]
+    StaleFence(#[from] StaleFence),
+    /// The file system failed.
+    #[error("sink {path}: {source}")]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A document as written to a sink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkDocument {
+    /// Source it came from.
+    pub source: SourceId,
+    /// Id within the source.
+    pub id: DocumentId,
+    /// Title.
+    pub title: String,
+    /// Ancestor titles, root first.
+    pub breadcrumb: Vec<String>,
+    /// Parent document.
+    pub parent: Option<DocumentId>,
+    /// Source version.
+    pub version: String,
+    /// Content as the source gave it.
+    pub content: String,
+    /// SHA-256 over title, breadcrumb and content.
+    pub content_hash: String,
+    /// Token of the run that wrote it.
+    pub fencing_token: FencingToken,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The sink changed.
+    Changed,
+    /// The sink already held exactly this (or, for a delete, nothing).
+    Unchanged,
+}
+
+/// A destination for documents.
+#[async_trait]
+pub trait Sink: Send + Sync {
+    /// Writes (creates or replaces) a document under `doc.fencing_token`.
+    async fn upsert(&self, doc: &SinkDocument) -> Result<Written, Error>;
+    /// Removes a document under `token`.
+    async fn delete(&self, source: &SourceId, id: &DocumentId, token: FencingToken) -> Result<Written, Error>;
+}

@@ -1,0 +1,210 @@
+//! Data sources: the `Source` trait every connector implements, and what it yields.
+//!
+//! A connector answers two questions and nothing else:
+//! - *what is there now?* — [`Source::open_feed`] walks the change feed from a
+//!   [`Checkpoint`] page by page and reports [`Observation`]s (a document is
+//!   present with some version, or was deleted);
+//! - *what does it say?* — [`Source::fetch`] reads the content of a page of documents.
+//!
+//! Connectors do not decide what is unchanged: the coordinator compares each
+//! observation with the state it holds (de-duplication by version), which is
+//! what makes overlap windows and repeated listings free. Connectors do not
+//! write anywhere either; they only read the source and count their API calls.
+//!
+//! Invariant: a feed that reports `complete_listing` has observed *every*
+//! document the source holds in scope, so ids we hold but it did not report are
+//! deletions. A feed must never claim completeness after a partial listing.
+
+pub mod confluence;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::types::{DocumentId, SourceId, SyncMode};
+
+/// Errors a connector reports, by what the caller should do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Try again later (HTTP 429, 5xx, a network failure); `after` is the source's own hint.
+    #[error("{context}: temporarily unavailable{}", after.map(|d| format!(", retry after {}s", d.as_secs())).unwrap_or_default())]
+    Retryable {
+        /// Which source, which call, what happened.
+        context: String,
+        /// The source's Retry-After, when it gave one.
+        after: Option<Duration>,
+    },
+    /// Retrying cannot help (bad credentials, a malformed response, a 4xx).
+    #[error("{context}")]
+    Permanent {
+        /// Which source, which call, what happened.
+        context: String,
+    },
+    /// The saved cursor or change token was refused; a full listing is needed.
+    #[error("{context}: saved cursor rejected, a full listing is needed")]
+    CursorExpired {
+        /// Which source, which call, what happened.
+        context: String,
+    },
+}
+
+impl Error {
+    /// Whether a later attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Retryable { .. })
+    }
+}
+
+/// A document's metadata as the source reports it in a listing or change feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocMeta {
+    /// The id inside the source.
+    pub id: DocumentId,
+    /// Opaque version: a version number, an ETag, a content hash. Equal means unchanged.
+    pub version: String,
+    /// Human title (used for breadcrumbs and links).
+    pub title: String,
+    /// The parent document, when the source has a hierarchy.
+    pub parent: Option<DocumentId>,
+    /// Last modification time by the *source's* clock, when it reports one.
+    pub modified_at: Option<DateTime<Utc>>,
+}
+
+/// One fact from a change feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Observation {
+    /// The document exists with this metadata.
+    Present(DocMeta),
+    /// The source says the document was deleted (an explicit deletion from a change log).
+    Deleted(DocumentId),
+}
+
+/// One page of a change feed.
+#[derive(Debug, Clone, Default)]
+pub struct FeedPage {
+    /// What this page of the feed reported.
+    pub observations: Vec<Observation>,
+    /// HTTP calls made to produce this page (including retries).
+    pub api_calls: u64,
+}
+
+/// What a finished feed covered.
+#[derive(Debug, Clone, Default)]
+pub struct FeedEnd {
+    /// The checkpoint to commit once every page of the run is done.
+    pub checkpoint: Checkpoint,
+    /// The feed observed every document in scope, so missing ids are deletions.
+    pub complete_listing: bool,
+    /// Why the feed did what it did, for the run record (e.g. "cursor expired: full listing").
+    pub note: Option<String>,
+}
+
+/// Where the next incremental run starts. Stored per source, written under the fencing token.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// A change token or cursor, for sources that have one.
+    pub cursor: Option<String>,
+    /// Everything modified at or before this instant (source clock) has been seen.
+    pub watermark: Option<DateTime<Utc>>,
+    /// Incremental runs since the last complete listing (deletion sweep).
+    pub runs_since_sweep: u32,
+    /// Connector-specific facts worth remembering between runs (e.g. a space's numeric id).
+    pub scope: BTreeMap<String, String>,
+}
+
+/// A document with its content, as fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedDoc {
+    /// Metadata as of the fetch (may be newer than the feed reported).
+    pub meta: DocMeta,
+    /// The document's content (Confluence storage format, plain text, HTML...).
+    pub content: String,
+}
+
+/// The result of fetching a page of documents.
+#[derive(Debug, Clone, Default)]
+pub struct Fetched {
+    /// Documents that exist, with content.
+    pub docs: Vec<FetchedDoc>,
+    /// Requested documents the source no longer has (deleted since the feed was read).
+    pub missing: Vec<DocumentId>,
+    /// HTTP calls made (including retries).
+    pub api_calls: u64,
+}
+
+/// Walks one run's change feed.
+#[async_trait]
+pub trait ChangeFeed: Send {
+    /// The next page of observations, or `None` when the feed is exhausted.
+    async fn next_page(&mut self) -> Result<Option<FeedPage>, Error>;
+    /// What the feed covered; meaningful once `next_page` has returned `None`.
+    fn end(&self) -> FeedEnd;
+}
+
+/// A connector to one configured data source.
+#[async_trait]
+pub trait Source: Send + Sync {
+    /// The configured id.
+    fn id(&self) -> &SourceId;
+    /// Opens the change feed for a run starting at `checkpoint`.
+    async fn open_feed(&self, checkpoint: &Checkpoint, mode: SyncMode) -> Result<Box<dyn ChangeFeed>, Error>;
+    /// Fetches the content of `docs` (one job's worth), batching calls where the API allows.
+    async fn fetch(&self, docs: &[DocMeta]) -> Result<Fetched, Error>;
+}
+
+/// Connector settings by kind, parsed from a `[[sources]]` entry's `kind` and `settings` table.
+#[derive(Debug, Clone)]
+pub enum SourceSettings {
+    /// A Confluence Cloud space.
+    Confluence(confluence::ConfluenceSettings),
+}
+
+/// The connector kinds this build knows, as written in `kind = "..."`.
+pub const KINDS: &[&str] = &["confluence"];
+
+impl SourceSettings {
+    /// Parses the `settings` table of a source of kind `kind`; `key` names the
+    /// entry in error messages (e.g. `sources[2]`). Every problem found is pushed.
+    pub fn parse(kind: &str, settings: toml::Value, key: &str, problems: &mut Vec<String>) -> Option<Self> {
+        let parsed = match kind {
+            "confluence" => settings
+                .try_into::<confluence::ConfluenceSettings>()
+                .map(SourceSettings::Confluence),
+            other => {
+                problems.push(format!(
+                    "{key}.kind: unknown kind {other:?} (known: {})",
+                    KINDS.join(", ")
+                ));
+                return None;
+            }
+        };
+        match parsed {
+            Ok(s) => {
+                s.validate(key, problems);
+                Some(s)
+            }
+            Err(e) => {
+                problems.push(format!("{key}.settings: {}", e.message()));
+                None
+            }
+        }
+    }
+
+    /// Checks the settings' values, pushing every problem found as `"<key>.settings.<field>: <problem>"`.
+    pub fn validate(&self, key: &str, problems: &mut Vec<String>) {
+        match self {
+            SourceSettings::Confluence(s) => s.validate(&format!("{key}.settings"), problems),
+        }
+    }
+}
+
+/// Builds the connector for a configured source.
+pub fn build(id: SourceId, settings: &SourceSettings, http: reqwest::Client) -> Result<Arc<dyn Source>, Error> {
+    match settings {
+        SourceSettings::Confluence(s) => Ok(Arc::new(confluence::Confluence::new(id, s.clone(), http)?)),
+    }
+}

@@ -1,0 +1,392 @@
+//! Workers: consume page jobs, apply them idempotently to the sink and the state, ack.
+//!
+//! One worker process handles up to `worker_concurrency` pages at once. For each page:
+//! fetch the content of the documents to upsert (one batched call), skip those
+//! whose version and content hash we already hold, write the rest to the sink
+//! and then to the state (both under the run's fencing token), apply deletions,
+//! mark the page done (idempotent), and only then XACK.
+//!
+//! Failure handling, by what the error means:
+//! - a stale fencing token: a newer run owns the source; the page is acked and dropped;
+//! - a retryable source error: the entry stays pending and is redelivered after
+//!   `job_idle_timeout`, to this worker or another;
+//! - an undecodable entry, an unknown source, a permanent source error, or too
+//!   many deliveries: the entry goes to the dead-letter stream with the reason,
+//!   its page is counted as failed in its run, and the worker goes on.
+//!
+//! Crash safety: a worker killed mid-page leaves the entry pending; another
+//! worker claims it once idle and redoes it. Redoing is harmless because every
+//! write is idempotent (same version and hash are skipped; page completion is a set).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use deadpool_redis::Pool;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::SyncConfig;
+use crate::keys::Keys;
+use crate::queue::jobs::{self, Action, PageJob};
+use crate::queue::streams::{self, Entry};
+use crate::queue::{self, dlq};
+use crate::sinks::{self, Sink, SinkDocument, Written};
+use crate::sources::{self, Source};
+use crate::state::{self, DocState, PageStats, StateStore};
+use crate::types::{DocumentId, SourceId};
+
+/// The workers' consumer group on the jobs stream.
+pub const GROUP: &str = "workers";
+
+/// Why a page could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// A newer run owns the source; drop the page.
+    #[error("superseded: {0}")]
+    Stale(crate::lock::fencing::StaleFence),
+    /// Try again later.
+    #[error("{0}")]
+    Retryable(String),
+    /// Never going to work: dead-letter it.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl From<sources::Error> for JobError {
+    fn from(e: sources::Error) -> Self {
+        if e.is_retryable() {
+            JobError::Retryable(e.to_string())
+        } else {
+            JobError::Permanent(e.to_string())
+        }
+    }
+}
+
+impl From<sinks::Error> for JobError {
+    fn from(e: sinks::Error) -> Self {
+        match e {
+            sinks::Error::StaleFence(s) => JobError::Stale(s),
+            // Disk full, permissions: may clear up, and must not lose the page.
+            other => JobError::Retryable(other.to_string()),
+        }
+    }
+}
+
+impl From<state::Error> for JobError {
+    fn from(e: state::Error) -> Self {
+        match e {
+            state::Error::StaleFence(s) => JobError::Stale(s),
+            other => JobError::Retryable(other.to_string()),
+        }
+    }
+}
+
+/// Everything a worker needs; shared by its in-flight pages.
+pub struct Worker {
+    pool: Pool,
+    keys: Keys,
+    state: StateStore,
+    sources: HashMap<SourceId, Arc<dyn Source>>,
+    sink: Arc<dyn Sink>,
+    cfg: SyncConfig,
+    consumer: String,
+}
+
+/// SHA-256 over what the sink receives, so a change in any of it is a change.
+pub fn content_hash(title: &str, breadcrumb: &[String], content: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(title.as_bytes());
+    h.update([0u8]);
+    for b in breadcrumb {
+        h.update(b.as_bytes());
+        h.update([1u8]);
+    }
+    h.update([0u8]);
+    h.update(content.as_bytes());
+    hex::encode(h.finalize())
+}
+
+impl Worker {
+    /// A worker named `consumer` (unique per process, e.g. the pod name plus a random suffix).
+    pub fn new(
+        pool: Pool,
+        keys: Keys,
+        sources: HashMap<SourceId, Arc<dyn Source>>,
+        sink: Arc<dyn Sink>,
+        cfg: SyncConfig,
+        consumer: String,
+    ) -> Self {
+        let state = StateStore::new(pool.clone(), keys.clone());
+        Self {
+            pool,
+            keys,
+            state,
+            sources,
+            sink,
+            cfg,
+            consumer,
+        }
+    }
+
+    /// Consumes jobs until `shutdown` is cancelled, then lets in-flight pages finish
+    /// (up to `drain_timeout`) before returning.
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+        drain_timeout: Duration,
+    ) -> Result<(), queue::Error> {
+        let stream = self.keys.jobs();
+        streams::ensure_group(&self.pool, &stream, GROUP).await?;
+        let permits = Arc::new(Semaphore::new(self.cfg.worker_concurrency.get()));
+        let tracker = TaskTracker::new();
+        let mut last_reclaim = tokio::time::Instant::now();
+        tracing::info!(consumer = %self.consumer, "worker started");
+
+        loop {
+            // Wait for a free slot first, so we never read entries we cannot start.
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            };
+            if last_reclaim.elapsed() >= self.cfg.job_idle_timeout / 2 {
+                last_reclaim = tokio::time::Instant::now();
+                drop(permit);
+                if let Err(e) = self.reclaim_idle(&tracker, &permits).await {
+                    tracing::warn!(error = %e, "reclaiming idle jobs failed");
+                }
+                continue;
+            }
+            let free = permits.available_permits() + 1;
+            // Not raced against shutdown: a read cancelled mid-flight could leave
+            // entries delivered to us that nobody processes until they go idle.
+            let entries =
+                match streams::read_new(&self.pool, &stream, GROUP, &self.consumer, free, self.cfg.block).await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        drop(permit);
+                        tracing::warn!(error = %e, "reading jobs failed; retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        }
+                    }
+                };
+            let mut permit = Some(permit);
+            for entry in entries {
+                let p = match permit.take() {
+                    Some(p) => p,
+                    None => permits
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .expect("the semaphore is never closed"),
+                };
+                let me = self.clone();
+                tracker.spawn(async move {
+                    me.handle(entry, 1).await;
+                    drop(p);
+                });
+            }
+        }
+        tracker.close();
+        if tokio::time::timeout(drain_timeout, tracker.wait()).await.is_err() {
+            tracing::warn!("drain timeout: pages still in flight will be redelivered");
+        }
+        tracing::info!(consumer = %self.consumer, "worker stopped");
+        Ok(())
+    }
+
+    /// Claims entries other consumers left idle too long; dead-letters the ones
+    /// delivered too often.
+    async fn reclaim_idle(
+        self: &Arc<Self>,
+        tracker: &TaskTracker,
+        permits: &Arc<Semaphore>,
+    ) -> Result<(), queue::Error> {
+        let stream = self.keys.jobs();
+        let idle = self.cfg.job_idle_timeout;
+        let pending = streams::pending_idle(&self.pool, &stream, GROUP, idle, 50).await?;
+        for p in pending {
+            let claimed = streams::claim(&self.pool, &stream, GROUP, &self.consumer, idle, &[p.id.as_str()]).await?;
+            let Some(entry) = claimed.into_iter().next() else {
+                continue;
+            };
+            let deliveries = p.deliveries + 1;
+            if deliveries > u64::from(self.cfg.max_deliveries) {
+                let reason = format!(
+                    "delivered {} times without being acked (max_deliveries = {})",
+                    p.deliveries, self.cfg.max_deliveries
+                );
+                self.dead_letter(&entry, &reason, p.deliveries).await;
+                continue;
+            }
+            tracing::info!(entry = %entry.id, from = %p.consumer, deliveries, "claimed an idle job");
+            let permit = permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let me = self.clone();
+            tracker.spawn(async move {
+                me.handle(entry, deliveries).await;
+                drop(permit);
+            });
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&self, entry: &Entry, reason: &str, deliveries: u64) {
+        tracing::warn!(entry = %entry.id, %reason, "dead-lettering job");
+        let r = jobs::routing(entry);
+        if let (Some(source), Some(run), Some(page)) = (r.source, r.run, r.page)
+            && let Err(e) = self.state.page_failed(&source, &run, page, reason).await
+        {
+            tracing::warn!(error = %e, "could not mark the dead-lettered page as failed");
+        }
+        if let Err(e) = dlq::dead_letter(
+            &self.pool,
+            &self.keys.dead_letters(),
+            &self.keys.jobs(),
+            GROUP,
+            entry,
+            reason,
+            deliveries,
+        )
+        .await
+        {
+            // Left pending: it will be claimed and dead-lettered again later.
+            tracing::warn!(error = %e, entry = %entry.id, "dead-lettering failed");
+        }
+    }
+
+    async fn ack(&self, entry: &Entry) {
+        if let Err(e) = streams::ack(&self.pool, &self.keys.jobs(), GROUP, &[entry.id.as_str()]).await {
+            // Unacked means redelivered; the redo is a no-op because the page is marked done.
+            tracing::warn!(error = %e, entry = %entry.id, "ack failed; the job will be redelivered");
+        }
+    }
+
+    /// Processes one entry to its conclusion: acked, left for redelivery, or dead-lettered.
+    pub async fn handle(&self, entry: Entry, deliveries: u64) {
+        let job = match PageJob::from_entry(&entry) {
+            Ok(j) => j,
+            Err(e) => {
+                // Decoding is deterministic: redelivering cannot help.
+                self.dead_letter(&entry, &e.to_string(), deliveries).await;
+                return;
+            }
+        };
+        let Some(source) = self.sources.get(&job.source).cloned() else {
+            let reason = format!(
+                "unknown source {:?}: not in this worker's configuration",
+                job.source.as_str()
+            );
+            self.dead_letter(&entry, &reason, deliveries).await;
+            return;
+        };
+        match self.apply(&job, source.as_ref()).await {
+            Ok(stats) => match self
+                .state
+                .page_done(&job.source, &job.run, job.token, job.page, stats)
+                .await
+            {
+                Ok(_) => self.ack(&entry).await,
+                Err(state::Error::StaleFence(s)) => {
+                    tracing::info!(run = %job.run, page = job.page, %s, "page superseded by a newer run");
+                    self.ack(&entry).await;
+                }
+                Err(e) => {
+                    tracing::warn!(run = %job.run, page = job.page, error = %e, "marking page done failed; will be redelivered")
+                }
+            },
+            Err(JobError::Stale(s)) => {
+                tracing::info!(run = %job.run, page = job.page, %s, "page superseded by a newer run");
+                self.ack(&entry).await;
+            }
+            Err(JobError::Retryable(reason)) => {
+                tracing::warn!(run = %job.run, page = job.page, %reason, deliveries, "page failed; will be redelivered");
+                let _ = self
+                    .state
+                    .set_run_fields(&job.source, &job.run, job.token, &[("last_error", reason)])
+                    .await;
+            }
+            Err(JobError::Permanent(reason)) => self.dead_letter(&entry, &reason, deliveries).await,
+        }
+    }
+
+    /// Applies a page to the sink and the state. Idempotent.
+    pub async fn apply(&self, job: &PageJob, source: &dyn Source) -> Result<PageStats, JobError> {
+        let mut stats = PageStats::default();
+        let upserts: Vec<_> = job.items.iter().filter(|i| i.action == Action::Upsert).collect();
+        let mut deletes: Vec<DocumentId> = job
+            .items
+            .iter()
+            .filter(|i| i.action == Action::Delete)
+            .map(|i| i.meta.id.clone())
+            .collect();
+
+        if !upserts.is_empty() {
+            let metas: Vec<_> = upserts.iter().map(|i| i.meta.clone()).collect();
+            let fetched = source.fetch(&metas).await?;
+            stats.api_calls += fetched.api_calls;
+            let ids: Vec<&DocumentId> = fetched.docs.iter().map(|d| &d.meta.id).collect();
+            let held = self.state.docs(&job.source, &ids).await?;
+            let breadcrumbs: HashMap<&DocumentId, &Vec<String>> =
+                upserts.iter().map(|i| (&i.meta.id, &i.breadcrumb)).collect();
+            for (doc, held) in fetched.docs.iter().zip(held) {
+                let breadcrumb = breadcrumbs.get(&doc.meta.id).map(|b| (*b).clone()).unwrap_or_default();
+                let hash = content_hash(&doc.meta.title, &breadcrumb, &doc.content);
+                if held
+                    .as_ref()
+                    .is_some_and(|h| h.version == doc.meta.version && h.content_hash == hash)
+                {
+                    stats.skipped += 1;
+                    continue;
+                }
+                let written = self
+                    .sink
+                    .upsert(&SinkDocument {
+                        source: job.source.clone(),
+                        id: doc.meta.id.clone(),
+                        title: doc.meta.title.clone(),
+                        breadcrumb: breadcrumb.clone(),
+                        parent: doc.meta.parent.clone(),
+                        version: doc.meta.version.clone(),
+                        content: doc.content.clone(),
+                        content_hash: hash.clone(),
+                        fencing_token: job.token,
+                    })
+                    .await?;
+                let state = DocState {
+                    version: doc.meta.version.clone(),
+                    content_hash: hash,
+                    title: doc.meta.title.clone(),
+                    parent: doc.meta.parent.clone(),
+                    breadcrumb,
+                    token: job.token,
+                    synced_at: Utc::now(),
+                };
+                self.state.put_doc(&job.source, job.token, &doc.meta.id, &state).await?;
+                match written {
+                    Written::Changed => stats.upserted += 1,
+                    Written::Unchanged => stats.skipped += 1,
+                }
+            }
+            // Deleted between the feed and the fetch: a deletion, not an error.
+            deletes.extend(fetched.missing);
+        }
+
+        for id in &deletes {
+            let written = self.sink.delete(&job.source, id, job.token).await?;
+            self.state.delete_doc(&job.source, job.token, id).await?;
+            if written == Written::Changed {
+                stats.deleted += 1;
+            }
+        }
+        Ok(stats)
+    }
+}

@@ -1,0 +1,292 @@
+//! Shared integration-test harness: a real redis-server, the Confluence
+//! simulator on a free port, a temp sink, and coordinators/workers run
+//! in-process (or as child processes of the real binary) against them.
+
+pub mod redis_server;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tidemark::app::App;
+use tidemark::config::Config;
+use tidemark::coordinator;
+use tidemark::queue::jobs::SyncRequest;
+use tidemark::simulators::confluence::{ConfluenceSim, SimConfig};
+use tidemark::sinks::SinkDocument;
+use tidemark::sinks::directory::DirectorySink;
+use tidemark::state::RunRecord;
+use tidemark::types::{SourceId, SyncMode};
+use tokio_util::sync::CancellationToken;
+
+pub use self::redis_server::RedisServer;
+
+/// Knobs for one test environment.
+#[derive(Clone)]
+pub struct Options {
+    /// Pages seeded in the simulated space.
+    pub pages: usize,
+    /// Documents per job.
+    pub page_size: usize,
+    /// Extra lines for `[sources.settings]`.
+    pub source_settings: String,
+    /// Extra lines for `[sync]`.
+    pub sync: String,
+    /// Simulator settings.
+    pub sim: SimConfig,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            pages: 60,
+            page_size: 20,
+            source_settings: String::new(),
+            sync: String::new(),
+            sim: SimConfig::default(),
+        }
+    }
+}
+
+/// One isolated environment: its own Redis, simulator, sink directory and config.
+pub struct Env {
+    pub redis: RedisServer,
+    pub sim: ConfluenceSim,
+    pub sink_dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub app: App,
+    pub source: SourceId,
+    stop: CancellationToken,
+    children: Vec<Child>,
+}
+
+impl Env {
+    /// Starts Redis and the simulator and writes a config pointing at them. No processes yet.
+    pub async fn start(opts: Options) -> Env {
+        let redis = RedisServer::start();
+        let sim = ConfluenceSim::new(SimConfig {
+            pages: opts.pages,
+            ..opts.sim.clone()
+        });
+        let (addr, _handle) = sim
+            .serve("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("simulator binds");
+        let sink_dir = tempfile::tempdir().expect("temp dir");
+        let text = format!(
+            r#"
+[redis]
+url = "{redis}"
+response_timeout_ms = 2000
+
+[sync]
+page_size = {page_size}
+lock_ttl_ms = 3000
+job_idle_timeout_ms = 1000
+block_ms = 200
+max_deliveries = 3
+stall_timeout_secs = 60
+{sync}
+
+[sink]
+kind = "directory"
+path = "{sink}"
+
+[api]
+listen = ""
+
+[[sources]]
+id = "eng"
+kind = "confluence"
+[sources.settings]
+base_url = "http://{addr}"
+space_key = "{space}"
+{settings}
+"#,
+            redis = redis.url(),
+            page_size = opts.page_size,
+            sync = opts.sync,
+            sink = sink_dir.path().display(),
+            space = opts.sim.space_key,
+            settings = opts.source_settings,
+        );
+        let config_path = sink_dir.path().join("tidemark.toml");
+        std::fs::write(&config_path, &text).expect("write config");
+        let config = Config::load(&config_path).expect("test config is valid");
+        let app = App::new(config).expect("app wires up");
+        Env {
+            redis,
+            sim,
+            sink_dir,
+            config_path,
+            app,
+            source: SourceId::new("eng").unwrap(),
+            stop: CancellationToken::new(),
+            children: Vec::new(),
+        }
+    }
+
+    /// Starts a coordinator task.
+    pub fn coordinator(&self, name: &str) -> Running {
+        let token = self.stop.child_token();
+        let c = self.app.coordinator(name);
+        let t = token.clone();
+        let handle = tokio::spawn(async move {
+            let _ = c.run(t, Duration::from_secs(5)).await;
+        });
+        Running { token, handle }
+    }
+
+    /// Starts a worker task.
+    pub fn worker(&self, name: &str) -> Running {
+        let token = self.stop.child_token();
+        let w = self.app.worker(name);
+        let t = token.clone();
+        let handle = tokio::spawn(async move {
+            let _ = w.run(t, Duration::from_secs(5)).await;
+        });
+        Running { token, handle }
+    }
+
+    /// Starts the real binary as a child process (`tidemark <args> --config ...`).
+    pub fn spawn_process(&mut self, args: &[&str]) -> u32 {
+        let child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tidemark");
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+
+    /// Enqueues a request and returns its id.
+    pub async fn enqueue(&self, mode: SyncMode, by: &str) -> String {
+        let req = SyncRequest::new(self.source.clone(), mode, by);
+        coordinator::enqueue(&self.app.pool, &self.app.keys, &req)
+            .await
+            .expect("enqueue")
+    }
+
+    /// Waits for the run serving `request_id` to end.
+    pub async fn wait(&self, request_id: &str) -> RunRecord {
+        self.app
+            .state()
+            .wait_for_request(
+                &self.source,
+                request_id,
+                Duration::from_millis(20),
+                Duration::from_secs(60),
+            )
+            .await
+            .expect("state readable")
+            .unwrap_or_else(|| panic!("request {request_id} did not finish within 60s"))
+    }
+
+    /// Enqueues a sync and waits for its run.
+    pub async fn sync(&self, mode: SyncMode) -> RunRecord {
+        let id = self.enqueue(mode, "test").await;
+        self.wait(&id).await
+    }
+
+    /// Everything in the sink for the test source.
+    pub fn sink_docs(&self) -> Vec<SinkDocument> {
+        DirectorySink::new(self.sink_dir.path())
+            .read_all(&self.source)
+            .expect("sink readable")
+    }
+
+    /// Asserts the sink holds exactly the simulator's pages: ids, versions, titles, content, breadcrumbs.
+    pub fn assert_sink_matches_source(&self) {
+        let pages = self.sim.pages();
+        let titles: BTreeMap<String, (String, Option<String>)> = pages
+            .iter()
+            .map(|p| (p.id.clone(), (p.title.clone(), p.parent_id.clone())))
+            .collect();
+        let expected: BTreeMap<String, (String, String, String, Vec<String>)> = pages
+            .iter()
+            .map(|p| {
+                let mut crumbs = Vec::new();
+                let mut cur = p.parent_id.clone();
+                while let Some(id) = cur {
+                    match titles.get(&id) {
+                        Some((t, parent)) => {
+                            crumbs.push(t.clone());
+                            cur = parent.clone();
+                        }
+                        None => break,
+                    }
+                }
+                crumbs.reverse();
+                (
+                    p.id.clone(),
+                    (p.version.to_string(), p.title.clone(), p.body.clone(), crumbs),
+                )
+            })
+            .collect();
+        let got: BTreeMap<String, (String, String, String, Vec<String>)> = self
+            .sink_docs()
+            .into_iter()
+            .map(|d| (d.id.0, (d.version, d.title, d.content, d.breadcrumb)))
+            .collect();
+        if expected != got {
+            let missing: Vec<_> = expected.keys().filter(|k| !got.contains_key(*k)).collect();
+            let extra: Vec<_> = got.keys().filter(|k| !expected.contains_key(*k)).collect();
+            let differ: Vec<_> = expected
+                .iter()
+                .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
+                .map(|(k, v)| format!("{k}: expected {v:?}\n      got {:?}", got[k]))
+                .take(5)
+                .collect();
+            panic!(
+                "sink differs from source\n  missing from sink: {missing:?}\n  not in source: {extra:?}\n  differing:\n    {}",
+                differ.join("\n    ")
+            );
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A coordinator or worker task started by the harness.
+pub struct Running {
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Asks it to stop and waits until it has (in-flight work finished).
+    pub async fn stop(self) {
+        self.token.cancel();
+        let _ = self.handle.await;
+    }
+}
+
+/// Polls `check` until it returns true or `timeout` passes (then panics with `what`).
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}

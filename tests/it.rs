@@ -1,0 +1,12 @@
+//! Integration tests, compiled as one binary. Every test starts its own
+//! redis-server on a free port (see `harness`), so tests run in parallel and
+//! can kill, pause and restart their Redis.
+
+mod harness;
+
+/// Lock exclusion, expiry, Redlock majorities, fencing of stale writes.
+mod lock;
+/// Dead letters, poison jobs, redelivery after a worker dies.
+mod queue;
+/// End-to-end sync scenarios from the problem statement.
+mod sync;

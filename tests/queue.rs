@@ -1,0 +1,195 @@
+//! The queue under bad input and failures: poison entries go to the dead-letter
+//! stream with their reason and nothing else is lost; a worker killed mid-page
+//! has its page redelivered.
+
+use std::time::Duration;
+
+use tidemark::queue::jobs::{PageJob, SyncRequest};
+use tidemark::state::RunStatus;
+use tidemark::types::SyncMode;
+
+use crate::harness::{Env, Options, wait_until};
+
+fn dead_letters(env: &Env) -> Vec<std::collections::HashMap<String, String>> {
+    let mut conn = env.redis.conn();
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(env.app.keys.dead_letters())
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .unwrap_or_default();
+    reply
+        .ids
+        .into_iter()
+        .map(|entry| {
+            entry
+                .map
+                .into_iter()
+                .map(|(k, v)| {
+                    let text = match v {
+                        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+                        other => format!("{other:?}"),
+                    };
+                    (k, text)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A malformed job lands in the dead-letter stream with a reason naming the
+/// problem, and the worker goes on to complete a real sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_job_is_dead_lettered_and_worker_goes_on() {
+    let env = Env::start(Options::default()).await;
+    env.coordinator("c1");
+    env.worker("w1");
+    {
+        let mut conn = env.redis.conn();
+        let _: String = redis::cmd("XADD")
+            .arg(env.app.keys.jobs())
+            .arg("*")
+            .arg("v")
+            .arg("1")
+            .arg("body")
+            .arg(&b"\xc1 definitely not msgpack"[..])
+            .query(&mut conn)
+            .unwrap();
+    }
+    let run = env.sync(SyncMode::Full).await;
+    assert_eq!(run.status, RunStatus::Completed);
+    env.assert_sink_matches_source();
+    wait_until("poison job dead-lettered", Duration::from_secs(10), || async {
+        !dead_letters(&env).is_empty()
+    })
+    .await;
+    let dl = dead_letters(&env);
+    assert_eq!(dl.len(), 1);
+    assert!(dl[0]["reason"].contains("MessagePack"), "{:?}", dl[0]);
+    assert_eq!(dl[0]["origin"], env.app.keys.jobs());
+}
+
+/// A malformed sync request and one for an unknown source are dead-lettered
+/// with reasons; a good request after them still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_dead_lettered() {
+    let env = Env::start(Options::default()).await;
+    env.coordinator("c1");
+    env.worker("w1");
+    {
+        let mut conn = env.redis.conn();
+        let _: String = redis::cmd("XADD")
+            .arg(env.app.keys.requests())
+            .arg("*")
+            .arg("v")
+            .arg("1")
+            .arg("body")
+            .arg("{not msgpack}")
+            .query(&mut conn)
+            .unwrap();
+        let mut req = SyncRequest::new(env.source.clone(), SyncMode::Full, "test");
+        req.source = tidemark::types::SourceId::new("nope").unwrap();
+        let fields = req.to_fields();
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(env.app.keys.requests()).arg("*");
+        for (k, v) in &fields {
+            cmd.arg(*k).arg(v.as_slice());
+        }
+        let _: String = cmd.query(&mut conn).unwrap();
+    }
+    let run = env.sync(SyncMode::Full).await;
+    assert_eq!(run.status, RunStatus::Completed);
+    wait_until("both bad requests dead-lettered", Duration::from_secs(10), || async {
+        dead_letters(&env).len() == 2
+    })
+    .await;
+    let reasons: Vec<String> = dead_letters(&env).into_iter().map(|d| d["reason"].clone()).collect();
+    assert!(reasons.iter().any(|r| r.contains("MessagePack")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("unknown source \"nope\"")),
+        "{reasons:?}"
+    );
+}
+
+/// A page whose fetch keeps failing is retried, then dead-lettered after
+/// `max_deliveries`; the run ends "completed with errors" without advancing the
+/// checkpoint, and the next run picks the page up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_page_is_dead_lettered_and_retried_next_run() {
+    let env = Env::start(Options {
+        source_settings: "max_retries = 0".into(),
+        ..Options::default()
+    })
+    .await;
+    env.coordinator("c1");
+    let w1 = env.worker("w1");
+    env.sync(SyncMode::Full).await;
+    w1.stop().await;
+    let before = env.app.state().checkpoint(&env.source).await.unwrap();
+    let pages = env.sim.pages();
+    env.sim.update_page(&pages[3].id, None, Some("<p>new</p>"));
+    // The listing (1 call, space id cached) succeeds; every fetch after it fails.
+    let request = env.enqueue(SyncMode::Incremental, "test").await;
+    let state = env.app.state();
+    wait_until("feed read", Duration::from_secs(10), || async {
+        match state.run_for_request(&env.source, &request).await.unwrap() {
+            Some(run) => state.run(&env.source, &run).await.unwrap().is_some_and(|r| r.feed_done),
+            None => false,
+        }
+    })
+    .await;
+    env.sim.fail_next(1000, 500);
+    env.worker("w2");
+    let run = env.wait(&request).await;
+    assert_eq!(run.status, RunStatus::CompletedWithErrors, "{run:?}");
+    assert_eq!(run.pages_failed, 1);
+    assert!(
+        run.last_error.contains("max_deliveries") || run.last_error.contains("500"),
+        "{run:?}"
+    );
+    assert_eq!(
+        state.checkpoint(&env.source).await.unwrap(),
+        before,
+        "checkpoint did not advance"
+    );
+    env.sim.fail_next(0, 500);
+    let next = env.sync(SyncMode::Incremental).await;
+    assert_eq!(next.status, RunStatus::Completed);
+    assert_eq!(next.upserted, 1);
+    env.assert_sink_matches_source();
+}
+
+/// A worker process killed with SIGKILL in the middle of a page: the page stays
+/// pending, another worker claims it once idle, and the run completes with the
+/// sink equal to the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_mid_page_is_redelivered() {
+    let mut env = Env::start(Options::default()).await;
+    env.coordinator("c1");
+    env.sim.set_latency(Duration::from_millis(1500));
+    let pid = env.spawn_process(&["worker"]);
+    let request = env.enqueue(SyncMode::Full, "test").await;
+    // Wait until the worker process holds a page (delivered, unacked) and is fetching it.
+    wait_until("worker process holds a page", Duration::from_secs(20), || async {
+        let mut conn = env.redis.conn();
+        let summary: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+            .arg(env.app.keys.jobs())
+            .arg("workers")
+            .query(&mut conn)
+            .unwrap_or((0, redis::Value::Nil, redis::Value::Nil, redis::Value::Nil));
+        summary.0 > 0
+    })
+    .await;
+    std::process::Command::new("kill")
+        .arg("-KILL")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    env.sim.set_latency(Duration::ZERO);
+    env.worker("w-survivor");
+    let run = env.wait(&request).await;
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    assert_eq!(run.pages_done, run.pages_total);
+    env.assert_sink_matches_source();
+    let _ = PageJob::from_entry;
+}

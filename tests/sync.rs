@@ -1,0 +1,196 @@
+//! End-to-end sync scenarios: a coordinator and workers against a real Redis
+//! and the Confluence simulator, checked against the simulator's pages.
+
+use std::time::Duration;
+
+use tidemark::state::RunStatus;
+use tidemark::types::SyncMode;
+
+use crate::harness::{Env, Options, wait_until};
+
+/// The problem statement's example: 500 pages, then 3 created, 2 updated and 1
+/// deleted. The incremental run processes exactly those 6 documents with at most
+/// 10 API calls, and the deleted page is gone from the sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn problem_statement_scenario() {
+    let env = Env::start(Options {
+        pages: 500,
+        page_size: 50,
+        ..Options::default()
+    })
+    .await;
+    env.coordinator("c1");
+    env.worker("w1");
+    env.worker("w2");
+
+    let full = env.sync(SyncMode::Full).await;
+    assert_eq!(full.status, RunStatus::Completed, "{full:?}");
+    assert_eq!(full.docs_processed, 500);
+    assert_eq!(full.upserted, 500);
+    env.assert_sink_matches_source();
+
+    let pages = env.sim.pages();
+    // Leaves: renaming or deleting a page with children changes the children too
+    // (breadcrumbs, parents), which is more than the statement's 6 changes.
+    let leaves: Vec<_> = pages
+        .iter()
+        .filter(|p| !pages.iter().any(|c| c.parent_id.as_deref() == Some(p.id.as_str())))
+        .collect();
+    let parent = pages[10].id.clone();
+    env.sim.create_page("New A", None, "<p>a</p>");
+    env.sim.create_page("New B", Some(&parent), "<p>b</p>");
+    env.sim.create_page("New C", Some(&parent), "<p>c</p>");
+    assert!(env.sim.update_page(&leaves[20].id, None, Some("<p>edited</p>")));
+    assert!(env.sim.update_page(&leaves[30].id, Some("Renamed leaf"), None));
+    let deleted = leaves[40].clone();
+    assert!(env.sim.delete_page(&deleted.id));
+    env.sim.reset_calls();
+
+    let inc = env.sync(SyncMode::Incremental).await;
+    assert_eq!(inc.status, RunStatus::Completed, "{inc:?}");
+    assert_eq!(inc.docs_processed, 6, "{inc:?}");
+    assert_eq!((inc.upserted, inc.deleted), (5, 1), "{inc:?}");
+    assert!(inc.api_calls <= 10, "incremental run made {} API calls", inc.api_calls);
+    assert_eq!(
+        inc.api_calls,
+        env.sim.total_calls(),
+        "run record and simulator disagree on API calls"
+    );
+    assert!(
+        env.sink_docs().iter().all(|d| d.title != deleted.title),
+        "deleted page {:?} still in the sink",
+        deleted.title
+    );
+    env.assert_sink_matches_source();
+}
+
+/// With nothing changed, an incremental run processes and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_op_incremental_processes_nothing() {
+    let env = Env::start(Options::default()).await;
+    env.coordinator("c1");
+    env.worker("w1");
+    env.sync(SyncMode::Full).await;
+    let inc = env.sync(SyncMode::Incremental).await;
+    assert_eq!(inc.status, RunStatus::Completed);
+    assert_eq!(
+        (inc.docs_processed, inc.upserted, inc.deleted, inc.pages_total),
+        (0, 0, 0, 0),
+        "{inc:?}"
+    );
+    assert_eq!(inc.unchanged, 60);
+    env.assert_sink_matches_source();
+}
+
+/// A full re-sync of an unchanged space reads everything but rewrites nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_resync_of_unchanged_space_writes_nothing() {
+    let env = Env::start(Options::default()).await;
+    env.coordinator("c1");
+    env.worker("w1");
+    env.sync(SyncMode::Full).await;
+    let again = env.sync(SyncMode::Full).await;
+    assert_eq!(again.docs_processed, 60);
+    assert_eq!((again.upserted, again.skipped), (0, 60), "{again:?}");
+}
+
+/// Requests arriving while a source syncs are coalesced into exactly one
+/// follow-up run, which starts only after the first one ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_coalesce_into_one_follow_up() {
+    let env = Env::start(Options::default()).await;
+    env.coordinator("c1");
+    env.coordinator("c2");
+    // No worker yet: the first run waits for its pages, holding the lock.
+    let first = env.enqueue(SyncMode::Full, "test").await;
+    let state = env.app.state();
+    wait_until("first run is running", Duration::from_secs(10), || async {
+        state.run_for_request(&env.source, &first).await.unwrap().is_some()
+    })
+    .await;
+    let second = env.enqueue(SyncMode::Incremental, "test").await;
+    let third = env.enqueue(SyncMode::Incremental, "test").await;
+    wait_until("both requests coalesced", Duration::from_secs(10), || async {
+        let mut conn = env.redis.conn();
+        let n: i64 = redis::cmd("LLEN")
+            .arg(env.app.keys.follow_up(&env.source))
+            .query(&mut conn)
+            .unwrap();
+        n == 2
+    })
+    .await;
+    env.worker("w1");
+    let a = env.wait(&first).await;
+    let b = env.wait(&second).await;
+    let c = env.wait(&third).await;
+    assert_ne!(a.run_id, b.run_id);
+    assert_eq!(b.run_id, c.run_id, "the two waiting requests share one follow-up run");
+    assert_eq!(b.requested_by, "follow-up");
+    assert!(
+        b.started_at.unwrap() >= a.ended_at.unwrap(),
+        "follow-up overlapped the first run"
+    );
+    assert!(b.token > a.token);
+    let runs = state.recent_runs(&env.source, 10).await.unwrap();
+    assert_eq!(runs.len(), 2, "exactly one run plus one follow-up: {runs:?}");
+}
+
+/// A page changed after the feed was read but before its job ran is synced in
+/// its new version by that same run; one changed after is picked up by the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_changed_during_sync_is_never_lost() {
+    let env = Env::start(Options::default()).await;
+    env.coordinator("c1");
+    let w1 = env.worker("w1");
+    env.sync(SyncMode::Full).await;
+    // No worker for now: the run's jobs wait in the stream after the feed is read.
+    w1.stop().await;
+    let pages = env.sim.pages();
+    env.sim
+        .update_page(&pages[1].id, None, Some("<p>changed before the sync</p>"));
+    let request = env.enqueue(SyncMode::Incremental, "test").await;
+    let state = env.app.state();
+    wait_until("run enqueued its pages", Duration::from_secs(10), || async {
+        match state.run_for_request(&env.source, &request).await.unwrap() {
+            Some(run) => state.run(&env.source, &run).await.unwrap().is_some_and(|r| r.feed_done),
+            None => false,
+        }
+    })
+    .await;
+    // Mid-sync: the page the run is about to process changes again, another one too.
+    env.sim
+        .update_page(&pages[1].id, None, Some("<p>changed during the sync</p>"));
+    env.sim
+        .update_page(&pages[2].id, None, Some("<p>also changed during the sync</p>"));
+    env.worker("w2");
+    let run = env.wait(&request).await;
+    assert_eq!(run.status, RunStatus::Completed);
+    let doc = env.sink_docs().into_iter().find(|d| d.id.0 == pages[1].id).unwrap();
+    assert_eq!(
+        doc.content, "<p>changed during the sync</p>",
+        "the run fetched the newest version"
+    );
+    let next = env.sync(SyncMode::Incremental).await;
+    assert_eq!(
+        next.docs_processed, 1,
+        "only the page changed mid-run remains: {next:?}"
+    );
+    env.assert_sink_matches_source();
+}
+
+/// State survives a Redis restart (AOF): the checkpoint and held documents are
+/// still there, so the next incremental run processes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_redis_restart() {
+    let mut env = Env::start(Options::default()).await;
+    let c = env.coordinator("c1");
+    let w = env.worker("w1");
+    env.sync(SyncMode::Full).await;
+    c.stop().await;
+    w.stop().await;
+    env.redis.restart();
+    env.coordinator("c2");
+    env.worker("w2");
+    let inc = env.sync(SyncMode::Incremental).await;
+    assert_eq!(inc.docs_processed, 0, "{inc:?}");
+}
