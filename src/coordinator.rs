@@ -118,7 +118,6 @@ pub fn breadcrumb(id: &DocumentId, tree: &HashMap<DocumentId, (String, Option<Do
 struct Plan {
     items: Vec<JobItem>,
     unchanged: u64,
-    api_calls: u64,
     note: Vec<String>,
 }
 
@@ -499,7 +498,13 @@ impl Coordinator {
 
         let checkpoint = self.state.checkpoint(&id).await?;
         let held = self.state.all_docs(&id).await?;
-        let (plan, end) = self.plan(source, &checkpoint, mode, &held, lost).await?;
+        let calls = sources::ApiCalls::default();
+        let planned = self.plan(source, &checkpoint, mode, &held, lost, &calls).await;
+        // Counted whether or not the feed succeeded: failed calls spend the source's budget too.
+        self.state
+            .add_run_counters(&id, run, &[("api_calls", calls.get())])
+            .await?;
+        let (plan, end) = planned?;
 
         let page_size = self.cfg.page_size.get();
         let mut pages = 0u32;
@@ -528,9 +533,6 @@ impl Coordinator {
                     ("note", plan.note.join("; ")),
                 ],
             )
-            .await?;
-        self.state
-            .add_run_counters(&id, run, &[("api_calls", plan.api_calls)])
             .await?;
         tracing::info!(source = %id, run = %run, pages, docs = plan.items.len(), unchanged = plan.unchanged, "feed read, jobs enqueued");
 
@@ -563,6 +565,7 @@ impl Coordinator {
         mode: SyncMode,
         held: &HashMap<DocumentId, DocState>,
         lost: &CancellationToken,
+        calls: &sources::ApiCalls,
     ) -> Result<(Plan, sources::FeedEnd), Error> {
         let id = source.id().clone();
         let src_err = |error| Error::Source {
@@ -570,10 +573,13 @@ impl Coordinator {
             error,
         };
         let mut plan = Plan::default();
-        let mut feed = match source.open_feed(checkpoint, mode).await {
+        let mut feed = match source.open_feed(checkpoint, mode, calls.clone()).await {
             Err(sources::Error::CursorExpired { context }) => {
                 plan.note.push(format!("{context}: fell back to a full listing"));
-                source.open_feed(checkpoint, SyncMode::Full).await.map_err(src_err)?
+                source
+                    .open_feed(checkpoint, SyncMode::Full, calls.clone())
+                    .await
+                    .map_err(src_err)?
             }
             other => other.map_err(src_err)?,
         };
@@ -600,12 +606,14 @@ impl Coordinator {
                     listed.clear();
                     changed.clear();
                     deleted.clear();
-                    feed = source.open_feed(checkpoint, SyncMode::Full).await.map_err(src_err)?;
+                    feed = source
+                        .open_feed(checkpoint, SyncMode::Full, calls.clone())
+                        .await
+                        .map_err(src_err)?;
                     continue;
                 }
                 Err(e) => return Err(src_err(e)),
             };
-            plan.api_calls += page.api_calls;
             for obs in page.observations {
                 match obs {
                     Observation::Present(meta) => {

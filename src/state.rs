@@ -466,26 +466,6 @@ impl StateStore {
             let prev: Option<String> = conn.get(self.keys.current_run(source)).await?;
             prev.map(RunId)
         };
-        let mut abandoned = None;
-        if let Some(prev) = previous.filter(|p| p != run)
-            && let Some(rec) = self.run(source, &prev).await?
-            && rec.status == RunStatus::Running
-        {
-            {
-                self.set_run_fields(
-                    source,
-                    &prev,
-                    token,
-                    &[
-                        ("status", RunStatus::Abandoned.to_string()),
-                        ("ended_at", Utc::now().to_rfc3339()),
-                        ("last_error", "its coordinator stopped; a later run took over".into()),
-                    ],
-                )
-                .await?;
-                abandoned = Some(prev);
-            }
-        }
         self.set_run_fields(
             source,
             run,
@@ -521,6 +501,27 @@ impl StateStore {
                 .ignore();
         }
         pipe.query_async::<()>(&mut conn).await?;
+        drop(conn);
+        // Only now, with the request mapped to this run, is the old run marked:
+        // a waiter never sees the abandoned run as the answer to its request.
+        let mut abandoned = None;
+        if let Some(prev) = previous.filter(|p| p != run)
+            && let Some(rec) = self.run(source, &prev).await?
+            && rec.status == RunStatus::Running
+        {
+            self.set_run_fields(
+                source,
+                &prev,
+                token,
+                &[
+                    ("status", RunStatus::Abandoned.to_string()),
+                    ("ended_at", Utc::now().to_rfc3339()),
+                    ("last_error", "its coordinator stopped; a later run took over".into()),
+                ],
+            )
+            .await?;
+            abandoned = Some(prev);
+        }
         Ok(abandoned)
     }
 

@@ -288,13 +288,45 @@ impl Worker {
             self.dead_letter(&entry, &reason, deliveries).await;
             return;
         };
-        match self.apply(&job, source.as_ref()).await {
+        let calls = sources::ApiCalls::default();
+        // A page may legitimately take longer than the idle timeout (a source
+        // answering 429 with Retry-After): keep the entry fresh so no other
+        // worker claims it while we are still on it.
+        let heartbeat = async {
+            loop {
+                tokio::time::sleep(self.cfg.job_idle_timeout / 3).await;
+                if let Err(e) = streams::touch(&self.pool, &self.keys.jobs(), GROUP, &self.consumer, &entry.id).await {
+                    tracing::warn!(entry = %entry.id, error = %e, "could not refresh the job's idle time");
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = self.apply(&job, source.as_ref(), &calls) => outcome,
+            _ = heartbeat => unreachable!("the heartbeat loop never ends"),
+        };
+        if outcome.is_err() {
+            // A successful page reports its calls with its completion; a failed one now.
+            let _ = self
+                .state
+                .add_run_counters(&job.source, &job.run, &[("api_calls", calls.get())])
+                .await;
+        }
+        match outcome {
             Ok(stats) => match self
                 .state
                 .page_done(&job.source, &job.run, job.token, job.page, stats)
                 .await
             {
-                Ok(_) => self.ack(&entry).await,
+                Ok(fresh) => {
+                    if !fresh {
+                        // Done before (a redelivery): its figures are counted, but these calls were made too.
+                        let _ = self
+                            .state
+                            .add_run_counters(&job.source, &job.run, &[("api_calls", calls.get())])
+                            .await;
+                    }
+                    self.ack(&entry).await
+                }
                 Err(state::Error::StaleFence(s)) => {
                     tracing::info!(run = %job.run, page = job.page, %s, "page superseded by a newer run");
                     self.ack(&entry).await;
@@ -319,7 +351,12 @@ impl Worker {
     }
 
     /// Applies a page to the sink and the state. Idempotent.
-    pub async fn apply(&self, job: &PageJob, source: &dyn Source) -> Result<PageStats, JobError> {
+    pub async fn apply(
+        &self,
+        job: &PageJob,
+        source: &dyn Source,
+        calls: &sources::ApiCalls,
+    ) -> Result<PageStats, JobError> {
         let mut stats = PageStats::default();
         let upserts: Vec<_> = job.items.iter().filter(|i| i.action == Action::Upsert).collect();
         let mut deletes: Vec<DocumentId> = job
@@ -331,8 +368,9 @@ impl Worker {
 
         if !upserts.is_empty() {
             let metas: Vec<_> = upserts.iter().map(|i| i.meta.clone()).collect();
-            let fetched = source.fetch(&metas).await?;
-            stats.api_calls += fetched.api_calls;
+            let fetched = source.fetch(&metas, calls).await;
+            stats.api_calls = calls.get();
+            let fetched = fetched?;
             let ids: Vec<&DocumentId> = fetched.docs.iter().map(|d| &d.meta.id).collect();
             let held = self.state.docs(&job.source, &ids).await?;
             let breadcrumbs: HashMap<&DocumentId, &Vec<String>> =

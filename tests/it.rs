@@ -4,6 +4,8 @@
 
 mod harness;
 
+/// The binary's edge: configuration and argument errors.
+mod cli;
 /// Lock exclusion, expiry, Redlock majorities, fencing of stale writes.
 mod lock;
 /// Dead letters, poison jobs, redelivery after a worker dies.

@@ -226,7 +226,7 @@ async fn stale_token_writes_are_refused_everywhere() {
     };
     let worker = env.app.worker("w");
     let source = env.app.sources[&s].clone();
-    let r = worker.apply(&job, source.as_ref()).await;
+    let r = worker.apply(&job, source.as_ref(), &Default::default()).await;
     assert!(matches!(r, Err(JobError::Stale(_))), "{r:?}");
     assert!(state.docs(&s, &[&DocumentId(page.id)]).await.unwrap()[0].is_none());
     let _ = FencingToken(0);

@@ -194,3 +194,137 @@ async fn state_survives_redis_restart() {
     let inc = env.sync(SyncMode::Incremental).await;
     assert_eq!(inc.docs_processed, 0, "{inc:?}");
 }
+
+/// Between deletion sweeps, incremental runs use CQL `lastmodified` queries. With
+/// the source's clock three minutes behind ours and its user in New York, a page
+/// edited right after a sync is still found (the watermark comes from the
+/// source's own clock), the overlap window re-reports pages at no processing
+/// cost, and a deletion is caught by the next sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cql_between_sweeps_survives_skew_and_timezones() {
+    let env = Env::start(Options {
+        source_settings: "sweep_every = 3\ntimezone = \"America/New_York\"".into(),
+        sim: tidemark::simulators::confluence::SimConfig {
+            user_timezone: chrono_tz::America::New_York,
+            clock_skew: chrono::Duration::minutes(-3),
+            ..Default::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    env.coordinator("c1");
+    env.worker("w1");
+    let pages = env.sim.pages();
+    // Edited just before the full sync: inside the next query's overlap window.
+    env.sim
+        .update_page(&pages[6].id, None, Some("<p>edited before the sync</p>"));
+    env.sync(SyncMode::Full).await;
+    env.sim
+        .update_page(&pages[5].id, None, Some("<p>edited right after the sync</p>"));
+    env.sim.reset_calls();
+
+    let first = env.sync(SyncMode::Incremental).await;
+    assert_eq!(first.docs_processed, 1, "{first:?}");
+    assert_eq!(first.upserted, 1);
+    assert_eq!(
+        first.unchanged, 1,
+        "the overlap re-reported a synced page, dropped by version: {first:?}"
+    );
+    assert!(
+        env.sim.calls().keys().any(|k| k.contains("content/search")),
+        "{:?}",
+        env.sim.calls()
+    );
+    assert!(
+        !env.sim
+            .calls()
+            .keys()
+            .any(|k| k.contains("/pages") && k.contains("spaces")),
+        "no listing between sweeps"
+    );
+
+    let leaf = pages
+        .iter()
+        .rev()
+        .find(|p| !pages.iter().any(|c| c.parent_id.as_deref() == Some(p.id.as_str())))
+        .unwrap();
+    assert!(env.sim.delete_page(&leaf.id));
+    let second = env.sync(SyncMode::Incremental).await;
+    assert_eq!(second.deleted, 0, "CQL cannot see deletions: {second:?}");
+    let third = env.sync(SyncMode::Incremental).await;
+    assert_eq!(
+        (third.docs_processed, third.deleted),
+        (1, 1),
+        "the sweep catches it: {third:?}"
+    );
+    env.assert_sink_matches_source();
+}
+
+/// A coordinator killed with SIGKILL mid-run: its request is taken over by
+/// another coordinator once idle, the new run (higher token) marks the old one
+/// abandoned, and the sink ends equal to the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_coordinator_is_taken_over() {
+    let mut env = Env::start(Options::default()).await;
+    let pid = env.spawn_process(&["coordinator"]);
+    let request = env.enqueue(SyncMode::Full, "test").await;
+    let state = env.app.state();
+    let mut first_run = None;
+    wait_until(
+        "the process's run enqueued its pages",
+        Duration::from_secs(20),
+        || async {
+            if let Some(run) = state.run_for_request(&env.source, &request).await.unwrap()
+                && state.run(&env.source, &run).await.unwrap().is_some_and(|r| r.feed_done)
+            {
+                return true;
+            }
+            false
+        },
+    )
+    .await;
+    if let Some(run) = state.run_for_request(&env.source, &request).await.unwrap() {
+        first_run = Some(run);
+    }
+    std::process::Command::new("kill")
+        .arg("-KILL")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    env.coordinator("c2");
+    env.worker("w1");
+    let done = env.wait(&request).await;
+    assert_eq!(done.status, RunStatus::Completed, "{done:?}");
+    let first_run = first_run.unwrap();
+    assert_ne!(done.run_id, first_run.0);
+    let old = state.run(&env.source, &first_run).await.unwrap().unwrap();
+    assert_eq!(old.status, RunStatus::Abandoned, "{old:?}");
+    assert!(done.token > old.token);
+    env.assert_sink_matches_source();
+}
+
+/// Under a tight rate limit the connector gets 429s with Retry-After, waits as
+/// told, and the run still converges; every attempt counts as an API call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_source_still_converges() {
+    let env = Env::start(Options {
+        page_size: 5,
+        sim: tidemark::simulators::confluence::SimConfig {
+            rate_limit_per_sec: Some(5),
+            ..Default::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    env.coordinator("c1");
+    env.worker("w1");
+    let run = env.sync(SyncMode::Full).await;
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    assert_eq!(
+        run.api_calls,
+        env.sim.total_calls(),
+        "every attempt, 429s included, is counted"
+    );
+    assert!(run.api_calls > 14, "some requests were refused and retried: {run:?}");
+    env.assert_sink_matches_source();
+}

@@ -32,7 +32,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use url::Url;
 
-use super::{ChangeFeed, Checkpoint, DocMeta, Error, FeedEnd, FeedPage, Fetched, FetchedDoc, Observation, Source};
+use super::{
+    ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, FeedEnd, FeedPage, Fetched, FetchedDoc, Observation, Source,
+};
 use crate::types::{DocumentId, SourceId, SyncMode};
 
 /// The largest `limit` the v2 page endpoints accept.
@@ -308,12 +310,12 @@ impl Client {
 
     /// GETs `url` with auth, retrying 429/5xx/network failures, and decodes the JSON body.
     /// `calls` is incremented for every attempt.
-    async fn get_json<T: DeserializeOwned>(&self, url: &Url, calls: &mut u64) -> Result<Reply<T>, Error> {
+    async fn get_json<T: DeserializeOwned>(&self, url: &Url, calls: &ApiCalls) -> Result<Reply<T>, Error> {
         let ctx = format!("source {}: GET {}", self.id, url.path());
         let mut backoff = BACKOFF_START;
         let mut attempt: u32 = 0;
         loop {
-            *calls += 1;
+            calls.add(1);
             let mut req = self
                 .http
                 .get(url.clone())
@@ -369,7 +371,7 @@ impl Client {
     }
 
     /// Finds the numeric id of the configured space (call 1). Returns the id and the `Date`.
-    async fn lookup_space(&self, calls: &mut u64) -> Result<(String, Option<DateTime<Utc>>), Error> {
+    async fn lookup_space(&self, calls: &ApiCalls) -> Result<(String, Option<DateTime<Utc>>), Error> {
         let mut url = self.url("wiki/api/v2/spaces")?;
         url.query_pairs_mut().append_pair("keys", &self.settings.space_key);
         let reply: Reply<V2List<V2Space>> = self.get_json(&url, calls).await?;
@@ -401,10 +403,14 @@ impl Source for Confluence {
         &self.client.id
     }
 
-    async fn open_feed(&self, checkpoint: &Checkpoint, mode: SyncMode) -> Result<Box<dyn ChangeFeed>, Error> {
+    async fn open_feed(
+        &self,
+        checkpoint: &Checkpoint,
+        mode: SyncMode,
+        calls: ApiCalls,
+    ) -> Result<Box<dyn ChangeFeed>, Error> {
         let c = &self.client;
         let s = &c.settings;
-        let mut calls = 0;
         let mut snapshot = None;
         // The cached id is trusted only for the space key it was looked up for.
         let cached = checkpoint
@@ -415,7 +421,7 @@ impl Source for Confluence {
         let space_id = match cached {
             Some(id) => id.clone(),
             None => {
-                let (id, date) = c.lookup_space(&mut calls).await?;
+                let (id, date) = c.lookup_space(&calls).await?;
                 snapshot = date;
                 id
             }
@@ -465,7 +471,7 @@ impl Source for Confluence {
             client: Arc::clone(&self.client),
             kind,
             next: Some(first),
-            pending_calls: calls,
+            calls,
             snapshot,
             max_modified: None,
             previous_watermark: checkpoint.watermark,
@@ -476,7 +482,7 @@ impl Source for Confluence {
         }))
     }
 
-    async fn fetch(&self, docs: &[DocMeta]) -> Result<Fetched, Error> {
+    async fn fetch(&self, docs: &[DocMeta], calls: &ApiCalls) -> Result<Fetched, Error> {
         let c = &self.client;
         let mut out = Fetched::default();
         let mut seen = HashSet::new();
@@ -503,7 +509,7 @@ impl Source for Confluence {
                 .append_pair("status", "current")
                 .append_pair("limit", &FETCH_BATCH.to_string());
             loop {
-                let reply: Reply<V2List<V2Page>> = c.get_json(&url, &mut out.api_calls).await?;
+                let reply: Reply<V2List<V2Page>> = c.get_json(&url, calls).await?;
                 for page in reply.body.results {
                     if !requested.contains(page.id.as_str()) || !found.insert(page.id.clone()) {
                         continue;
@@ -544,8 +550,8 @@ struct ConfluenceFeed {
     kind: FeedKind,
     /// The next request; `None` once the last page was returned.
     next: Option<Url>,
-    /// Calls made in `open_feed` (space lookup), reported with the first page.
-    pending_calls: u64,
+    /// Counts every request of the run's feed.
+    calls: ApiCalls,
     /// `Date` of the feed's first response: the new watermark.
     snapshot: Option<DateTime<Utc>>,
     /// Newest modification time seen, for sources that send no `Date`.
@@ -564,11 +570,11 @@ impl ChangeFeed for ConfluenceFeed {
             return Ok(None);
         };
         let c = Arc::clone(&self.client);
-        let mut calls = std::mem::take(&mut self.pending_calls);
+        let calls = self.calls.clone();
         let mut observations = Vec::new();
         match self.kind {
             FeedKind::Listing => {
-                let reply: Reply<V2List<V2Page>> = c.get_json(&url, &mut calls).await?;
+                let reply: Reply<V2List<V2Page>> = c.get_json(&url, &calls).await?;
                 self.snapshot = self.snapshot.or(reply.date);
                 for page in &reply.body.results {
                     if page.status.as_deref().is_some_and(|st| st != "current") {
@@ -583,7 +589,7 @@ impl ChangeFeed for ConfluenceFeed {
                 }
             }
             FeedKind::Search => {
-                let reply: Reply<V1Search> = c.get_json(&url, &mut calls).await?;
+                let reply: Reply<V1Search> = c.get_json(&url, &calls).await?;
                 self.snapshot = self.snapshot.or(reply.date);
                 for item in &reply.body.results {
                     if item.kind.as_deref().is_some_and(|k| k != "page")
@@ -623,10 +629,7 @@ impl ChangeFeed for ConfluenceFeed {
                 }
             }
         }
-        Ok(Some(FeedPage {
-            observations,
-            api_calls: calls,
-        }))
+        Ok(Some(FeedPage { observations }))
     }
 
     fn end(&self) -> FeedEnd {
@@ -936,10 +939,6 @@ mod tests {
             .collect()
     }
 
-    fn calls(pages: &[FeedPage]) -> u64 {
-        pages.iter().map(|p| p.api_calls).sum()
-    }
-
     fn permanent_context(e: Error) -> String {
         match e {
             Error::Permanent { context } => context,
@@ -952,6 +951,7 @@ mod tests {
     /// is cached so the next run skips the lookup.
     #[tokio::test]
     async fn full_listing_follows_cursors_and_counts_calls() {
+        let meter = ApiCalls::default();
         let (sim, base) = start(SimConfig {
             pages: 500,
             seed: 7,
@@ -960,12 +960,12 @@ mod tests {
         .await;
         let src = connector(base, |_| {});
         let mut feed = src
-            .open_feed(&Checkpoint::default(), SyncMode::Full)
+            .open_feed(&Checkpoint::default(), SyncMode::Full, meter.clone())
             .await
             .expect("open");
         let (pages, end) = drain(&mut feed).await.expect("feed");
         assert_eq!(pages.len(), 2);
-        assert_eq!(calls(&pages), 3);
+        assert_eq!(meter.get(), 3);
         assert_eq!(sim.total_calls(), 3);
         assert_eq!(sim.calls().get("GET /wiki/api/v2/spaces/{id}/pages"), Some(&2));
         assert_eq!(sim.calls().get("GET /wiki/api/v2/spaces"), Some(&1));
@@ -988,9 +988,13 @@ mod tests {
         );
 
         sim.reset_calls();
-        let mut feed = src.open_feed(&end.checkpoint, SyncMode::Full).await.expect("open");
-        let (pages, _) = drain(&mut feed).await.expect("feed");
-        assert_eq!(calls(&pages), 2, "cached space id skips the lookup");
+        let meter = ApiCalls::default();
+        let mut feed = src
+            .open_feed(&end.checkpoint, SyncMode::Full, meter.clone())
+            .await
+            .expect("open");
+        let (_pages, _) = drain(&mut feed).await.expect("feed");
+        assert_eq!(meter.get(), 2, "cached space id skips the lookup");
         assert_eq!(sim.total_calls(), 2);
     }
 
@@ -998,6 +1002,7 @@ mod tests {
     /// same listing, as real cursor pagination would report it.
     #[tokio::test]
     async fn page_created_during_listing_appears_later() {
+        let meter = ApiCalls::default();
         let (sim, base) = start(SimConfig {
             pages: 300,
             ..SimConfig::default()
@@ -1005,7 +1010,7 @@ mod tests {
         .await;
         let src = connector(base, |_| {});
         let mut feed = src
-            .open_feed(&Checkpoint::default(), SyncMode::Full)
+            .open_feed(&Checkpoint::default(), SyncMode::Full, meter.clone())
             .await
             .expect("open");
         let first = feed.next_page().await.expect("page").expect("some");
@@ -1040,8 +1045,9 @@ mod tests {
             })
             .collect();
         sim.reset_calls();
-        let got = src.fetch(&wanted).await.expect("fetch");
-        assert_eq!(got.api_calls, 1);
+        let meter = ApiCalls::default();
+        let got = src.fetch(&wanted, &meter).await.expect("fetch");
+        assert_eq!(meter.get(), 1);
         assert_eq!(sim.calls().get("GET /wiki/api/v2/pages"), Some(&1));
         assert_eq!(got.missing, vec![DocumentId(gone.clone())]);
         assert_eq!(got.docs.len(), 5);
@@ -1060,6 +1066,7 @@ mod tests {
     /// simulator's Date header. The fifth run is a complete listing again.
     #[tokio::test]
     async fn incremental_cql_uses_source_clock_and_timezone() {
+        let meter = ApiCalls::default();
         let skew = chrono::Duration::minutes(-3);
         let (sim, base) = start(SimConfig {
             pages: 20,
@@ -1074,7 +1081,7 @@ mod tests {
         });
         let before = Utc::now() + skew;
         let mut feed = src
-            .open_feed(&Checkpoint::default(), SyncMode::Incremental)
+            .open_feed(&Checkpoint::default(), SyncMode::Incremental, meter.clone())
             .await
             .expect("open");
         let (_, first) = drain(&mut feed).await.expect("feed");
@@ -1090,13 +1097,14 @@ mod tests {
         let edited = sim.pages()[5].id.clone();
         assert!(sim.update_page(&edited, Some("Edited"), Some("<p>new</p>")));
         sim.reset_calls();
+        let meter = ApiCalls::default();
         let mut feed = src
-            .open_feed(&first.checkpoint, SyncMode::Incremental)
+            .open_feed(&first.checkpoint, SyncMode::Incremental, meter.clone())
             .await
             .expect("open");
         let (pages, second) = drain(&mut feed).await.expect("feed");
         assert_eq!(sim.calls().get("GET /wiki/rest/api/content/search"), Some(&1));
-        assert_eq!(calls(&pages), 1);
+        assert_eq!(meter.get(), 1);
         let seen = metas(&pages);
         assert_eq!(
             seen.len(),
@@ -1115,7 +1123,10 @@ mod tests {
             runs_since_sweep: 4,
             ..second.checkpoint.clone()
         };
-        let mut feed = src.open_feed(&due, SyncMode::Incremental).await.expect("open");
+        let mut feed = src
+            .open_feed(&due, SyncMode::Incremental, meter.clone())
+            .await
+            .expect("open");
         let (pages, third) = drain(&mut feed).await.expect("feed");
         assert!(third.complete_listing);
         assert_eq!(third.checkpoint.runs_since_sweep, 0);
@@ -1125,6 +1136,7 @@ mod tests {
     /// A 429 with Retry-After is retried (each attempt counted) and then succeeds.
     #[tokio::test]
     async fn rate_limited_call_is_retried() {
+        let meter = ApiCalls::default();
         let (sim, base) = start(SimConfig {
             pages: 3,
             ..SimConfig::default()
@@ -1133,18 +1145,19 @@ mod tests {
         let src = connector(base, |_| {});
         sim.fail_next(1, 429);
         let mut feed = src
-            .open_feed(&Checkpoint::default(), SyncMode::Full)
+            .open_feed(&Checkpoint::default(), SyncMode::Full, meter.clone())
             .await
             .expect("open");
         let (pages, _) = drain(&mut feed).await.expect("feed");
         assert_eq!(metas(&pages).len(), 3);
-        assert_eq!(calls(&pages), 3, "429 + retried lookup + listing");
+        assert_eq!(meter.get(), 3, "429 + retried lookup + listing");
         assert_eq!(sim.total_calls(), 3);
     }
 
     /// Retries that run out give Retryable, carrying the source's Retry-After.
     #[tokio::test]
     async fn exhausted_retries_are_retryable() {
+        let meter = ApiCalls::default();
         let (sim, base) = start(SimConfig {
             pages: 3,
             ..SimConfig::default()
@@ -1153,7 +1166,7 @@ mod tests {
         let src = connector(base.clone(), |s| s.max_retries = 2);
         sim.fail_next(10, 500);
         let err = src
-            .open_feed(&Checkpoint::default(), SyncMode::Full)
+            .open_feed(&Checkpoint::default(), SyncMode::Full, meter.clone())
             .await
             .err()
             .expect("error");
@@ -1162,7 +1175,11 @@ mod tests {
 
         let src = connector(base, |s| s.max_retries = 0);
         sim.fail_next(1, 429);
-        match src.open_feed(&Checkpoint::default(), SyncMode::Full).await.err() {
+        match src
+            .open_feed(&Checkpoint::default(), SyncMode::Full, meter.clone())
+            .await
+            .err()
+        {
             Some(Error::Retryable { context, after }) => {
                 assert_eq!(after, Some(Duration::from_secs(1)));
                 assert!(context.contains("HTTP 429"), "{context}");
@@ -1174,6 +1191,7 @@ mod tests {
     /// 401, 404 and an unknown space key are Permanent and name source, endpoint and status.
     #[tokio::test]
     async fn auth_and_not_found_are_permanent() {
+        let meter = ApiCalls::default();
         let (sim, base) = start(SimConfig {
             pages: 3,
             ..SimConfig::default()
@@ -1182,7 +1200,7 @@ mod tests {
         let src = connector(base.clone(), |_| {});
         sim.fail_next(1, 401);
         let err = src
-            .open_feed(&Checkpoint::default(), SyncMode::Full)
+            .open_feed(&Checkpoint::default(), SyncMode::Full, meter.clone())
             .await
             .err()
             .expect("401");
@@ -1195,14 +1213,17 @@ mod tests {
         let mut stale = Checkpoint::default();
         stale.scope.insert(SCOPE_SPACE_ID.to_owned(), "999".to_owned());
         stale.scope.insert(SCOPE_SPACE_KEY.to_owned(), "ENG".to_owned());
-        let mut feed = src.open_feed(&stale, SyncMode::Full).await.expect("open");
+        let mut feed = src
+            .open_feed(&stale, SyncMode::Full, meter.clone())
+            .await
+            .expect("open");
         let ctx = permanent_context(feed.next_page().await.expect_err("404"));
         assert!(ctx.contains("GET /wiki/api/v2/spaces/999/pages: HTTP 404"), "{ctx}");
 
         let other = connector(base, |s| s.space_key = "NOPE".to_owned());
         let ctx = permanent_context(
             other
-                .open_feed(&Checkpoint::default(), SyncMode::Full)
+                .open_feed(&Checkpoint::default(), SyncMode::Full, meter.clone())
                 .await
                 .err()
                 .expect("missing"),

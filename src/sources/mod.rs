@@ -19,6 +19,7 @@ pub mod confluence;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -88,8 +89,24 @@ pub enum Observation {
 pub struct FeedPage {
     /// What this page of the feed reported.
     pub observations: Vec<Observation>,
-    /// HTTP calls made to produce this page (including retries).
-    pub api_calls: u64,
+}
+
+/// Counts requests made to a source on behalf of one run or page: every
+/// attempt, including retries and the ones that failed (a rate limit counts
+/// them all). Clones share the count.
+#[derive(Debug, Clone, Default)]
+pub struct ApiCalls(Arc<AtomicU64>);
+
+impl ApiCalls {
+    /// Adds `n` requests.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Requests counted so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// What a finished feed covered.
@@ -132,8 +149,6 @@ pub struct Fetched {
     pub docs: Vec<FetchedDoc>,
     /// Requested documents the source no longer has (deleted since the feed was read).
     pub missing: Vec<DocumentId>,
-    /// HTTP calls made (including retries).
-    pub api_calls: u64,
 }
 
 /// Walks one run's change feed.
@@ -150,10 +165,15 @@ pub trait ChangeFeed: Send {
 pub trait Source: Send + Sync {
     /// The configured id.
     fn id(&self) -> &SourceId;
-    /// Opens the change feed for a run starting at `checkpoint`.
-    async fn open_feed(&self, checkpoint: &Checkpoint, mode: SyncMode) -> Result<Box<dyn ChangeFeed>, Error>;
+    /// Opens the change feed for a run starting at `checkpoint`; every request it makes is counted in `calls`.
+    async fn open_feed(
+        &self,
+        checkpoint: &Checkpoint,
+        mode: SyncMode,
+        calls: ApiCalls,
+    ) -> Result<Box<dyn ChangeFeed>, Error>;
     /// Fetches the content of `docs` (one job's worth), batching calls where the API allows.
-    async fn fetch(&self, docs: &[DocMeta]) -> Result<Fetched, Error>;
+    async fn fetch(&self, docs: &[DocMeta], calls: &ApiCalls) -> Result<Fetched, Error>;
 }
 
 /// Connector settings by kind, parsed from a `[[sources]]` entry's `kind` and `settings` table.
