@@ -95,3 +95,42 @@ space_key = "ENG"
         "{err}"
     );
 }
+
+/// `standalone` (a coordinator and workers in one process) serves `enqueue --wait`,
+/// whose JSON carries the run's figures, and `status --json` reports the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_enqueue_wait_and_status() {
+    let mut env = crate::harness::Env::start(crate::harness::Options::default()).await;
+    env.spawn_process(&["standalone", "--workers", "2"]);
+    let config = env.config_path.to_str().unwrap().to_owned();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        tidemark(&[
+            "enqueue",
+            "eng",
+            "--full",
+            "--wait",
+            "--json",
+            "--timeout",
+            "60",
+            "--config",
+            &config,
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    let run: serde_json::Value = serde_json::from_str(&out).expect("enqueue --json prints JSON");
+    assert_eq!(run["status"], "completed");
+    assert_eq!(run["docs_processed"], 60);
+    assert_eq!(run["upserted"], 60);
+    let config = env.config_path.to_str().unwrap().to_owned();
+    let (code, out, _) =
+        tokio::task::spawn_blocking(move || tidemark(&["status", "eng", "--json", "--config", &config]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status --json prints JSON");
+    assert_eq!(status["sources"][0]["documents"], 60);
+    assert_eq!(status["sources"][0]["runs"][0]["status"], "completed");
+    env.assert_sink_matches_source();
+}

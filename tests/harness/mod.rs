@@ -35,6 +35,8 @@ pub struct Options {
     pub sync: String,
     /// Simulator settings.
     pub sim: SimConfig,
+    /// Redis `appendfsync` (tests: `always`, so a killed Redis loses nothing).
+    pub appendfsync: &'static str,
 }
 
 impl Default for Options {
@@ -45,6 +47,7 @@ impl Default for Options {
             source_settings: String::new(),
             sync: String::new(),
             sim: SimConfig::default(),
+            appendfsync: "always",
         }
     }
 }
@@ -64,7 +67,7 @@ pub struct Env {
 impl Env {
     /// Starts Redis and the simulator and writes a config pointing at them. No processes yet.
     pub async fn start(opts: Options) -> Env {
-        let redis = RedisServer::start();
+        let redis = RedisServer::start_with_fsync(opts.appendfsync);
         let sim = ConfluenceSim::new(SimConfig {
             pages: opts.pages,
             ..opts.sim.clone()

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 /// A redis-server child process.
 pub struct RedisServer {
+    appendfsync: &'static str,
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -22,9 +23,15 @@ pub fn free_port() -> u16 {
 }
 
 impl RedisServer {
-    /// Starts a server and waits until it answers PING.
+    /// Starts a server that fsyncs its AOF on every write, and waits until it answers PING.
     pub fn start() -> Self {
+        Self::start_with_fsync("always")
+    }
+
+    /// Starts a server with the given `appendfsync` policy (`always`, `everysec`, `no`).
+    pub fn start_with_fsync(appendfsync: &'static str) -> Self {
         let mut s = RedisServer {
+            appendfsync,
             port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
@@ -44,7 +51,7 @@ impl RedisServer {
             .arg("--appendonly")
             .arg("yes")
             .arg("--appendfsync")
-            .arg("always")
+            .arg(self.appendfsync)
             .arg("--save")
             .arg("")
             .stdout(Stdio::null())

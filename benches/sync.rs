@@ -1,0 +1,196 @@
+//! `make bench`: figures measured side by side in one run, on one redis-server.
+//!
+//! 1. The problem statement's scenario: a 500-page space, full sync vs
+//!    incremental sync after 3 creates, 2 updates and 1 delete — documents
+//!    processed, API calls, wall time, and their ratios.
+//! 2. The queue against its ceiling: a bare XADD → XREADGROUP → XACK loop on a
+//!    plain Redis connection vs the same loop through tidemark's stream layer
+//!    (pool, envelope encoding and decoding), as a throughput ratio.
+//!
+//! Absolute times vary with the machine; the ratios are the figures to quote.
+
+#[allow(dead_code)]
+#[path = "../tests/harness/mod.rs"]
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use tidemark::queue::jobs::{self, Action, JobItem, PageJob};
+use tidemark::queue::streams;
+use tidemark::sources::DocMeta;
+use tidemark::types::{DocumentId, FencingToken, RunId, SourceId, SyncMode};
+
+use harness::{Env, Options};
+
+const QUEUE_ENTRIES: usize = 5_000;
+
+fn sample_job(page: u32) -> PageJob {
+    PageJob {
+        run: RunId("bench".into()),
+        source: SourceId::new("eng").expect("valid id"),
+        token: FencingToken(1),
+        page,
+        items: (0..50)
+            .map(|i| JobItem {
+                meta: DocMeta {
+                    id: DocumentId(format!("{}", 100_000 + i)),
+                    version: "3".into(),
+                    title: format!("Page {i:04}"),
+                    parent: None,
+                    modified_at: None,
+                },
+                action: Action::Upsert,
+                breadcrumb: vec!["Root".into(), "Guide".into()],
+            })
+            .collect(),
+    }
+}
+
+/// The ceiling: one plain connection, raw commands, pre-encoded body.
+fn bare_loop(url: &str, body: &[u8]) -> Duration {
+    let mut c = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    let _: redis::Value = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("bare")
+        .arg("g")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut c)
+        .expect("group");
+    let started = Instant::now();
+    for _ in 0..QUEUE_ENTRIES {
+        let _: String = redis::cmd("XADD")
+            .arg("bare")
+            .arg("*")
+            .arg("body")
+            .arg(body)
+            .query(&mut c)
+            .expect("xadd");
+        let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg("c")
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg("bare")
+            .arg(">")
+            .query(&mut c)
+            .expect("xreadgroup");
+        let id = reply.keys[0].ids[0].id.clone();
+        let _: i64 = redis::cmd("XACK")
+            .arg("bare")
+            .arg("g")
+            .arg(id)
+            .query(&mut c)
+            .expect("xack");
+    }
+    started.elapsed()
+}
+
+/// The same loop through tidemark's stream layer, encoding and decoding real page jobs.
+async fn tidemark_loop(env: &Env) -> Duration {
+    let pool = &env.app.pool;
+    let stream = "tm-bench";
+    streams::ensure_group(pool, stream, "g").await.expect("group");
+    let started = Instant::now();
+    for i in 0..QUEUE_ENTRIES {
+        let job = sample_job(i as u32);
+        let fields = job.to_fields();
+        streams::add(pool, stream, &jobs::as_field_refs(&fields))
+            .await
+            .expect("add");
+        let entries = streams::read_new(pool, stream, "g", "c", 1, Duration::from_millis(100))
+            .await
+            .expect("read");
+        let decoded = PageJob::from_entry(&entries[0]).expect("decode");
+        assert_eq!(decoded.page, i as u32);
+        streams::ack(pool, stream, "g", &[entries[0].id.as_str()])
+            .await
+            .expect("ack");
+    }
+    started.elapsed()
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let env = Env::start(Options {
+            pages: 500,
+            page_size: 50,
+            // Measure the queue, not the disk: both loops run on this one server.
+            appendfsync: "everysec",
+            ..Options::default()
+        })
+        .await;
+        env.coordinator("c1");
+        env.worker("w1");
+        env.worker("w2");
+
+        let full = env.sync(SyncMode::Full).await;
+        let pages = env.sim.pages();
+        let leaves: Vec<_> = pages
+            .iter()
+            .filter(|p| !pages.iter().any(|c| c.parent_id.as_deref() == Some(p.id.as_str())))
+            .collect();
+        for t in ["New A", "New B", "New C"] {
+            env.sim.create_page(t, Some(&pages[10].id), "<p>new</p>");
+        }
+        env.sim.update_page(&leaves[20].id, None, Some("<p>edited</p>"));
+        env.sim.update_page(&leaves[30].id, None, Some("<p>edited</p>"));
+        env.sim.delete_page(&leaves[40].id);
+        let inc = env.sync(SyncMode::Incremental).await;
+        let noop = env.sync(SyncMode::Incremental).await;
+
+        println!("== sync: 500-page Confluence space (simulated), 2 workers, page_size 50");
+        println!(
+            "{:<28} {:>10} {:>10} {:>10}",
+            "run", "documents", "API calls", "wall ms"
+        );
+        for (name, r) in [
+            ("full", &full),
+            ("incremental (6 changes)", &inc),
+            ("incremental (no change)", &noop),
+        ] {
+            println!(
+                "{:<28} {:>10} {:>10} {:>10}",
+                name,
+                r.docs_processed,
+                r.api_calls,
+                r.wall_ms.unwrap_or(0)
+            );
+        }
+        let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
+        println!(
+            "full / incremental: documents {:.1}x, API calls {:.1}x, wall time {:.1}x",
+            ratio(full.docs_processed, inc.docs_processed),
+            ratio(full.api_calls, inc.api_calls),
+            ratio(full.wall_ms.unwrap_or(0), inc.wall_ms.unwrap_or(0)),
+        );
+        println!("(the problem statement reports ~1,500 API calls for a naive full re-sync of this space)");
+
+        let body = sample_job(0)
+            .to_fields()
+            .into_iter()
+            .find(|(k, _)| *k == "body")
+            .map(|(_, v)| v)
+            .unwrap_or_default();
+        let url = env.redis.url();
+        let bare = tokio::task::spawn_blocking(move || bare_loop(&url, &body))
+            .await
+            .expect("bare loop");
+        let ours = tidemark_loop(&env).await;
+        let per_sec = |d: Duration| QUEUE_ENTRIES as f64 / d.as_secs_f64();
+        println!();
+        println!("== queue: {QUEUE_ENTRIES} page jobs (50 documents each), XADD -> XREADGROUP -> XACK, one at a time");
+        println!("bare redis connection (ceiling): {:>9.0} jobs/s", per_sec(bare));
+        println!("tidemark stream layer:           {:>9.0} jobs/s", per_sec(ours));
+        println!("tidemark / ceiling: {:.2}", per_sec(ours) / per_sec(bare));
+    });
+}
