@@ -231,3 +231,47 @@ async fn stale_token_writes_are_refused_everywhere() {
     assert!(state.docs(&s, &[&DocumentId(page.id)]).await.unwrap()[0].is_none());
     let _ = FencingToken(0);
 }
+
+/// A run whose lock cannot be extended (its lock node paused with SIGSTOP)
+/// stops with "lock lost" and commits no checkpoint; once the node is back, the
+/// next run syncs what the failed one did not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_that_loses_its_lock_commits_nothing() {
+    use tidemark::state::RunStatus;
+    use tidemark::types::SyncMode;
+    let env = Env::start(Options {
+        lock_nodes: 1,
+        ..Options::default()
+    })
+    .await;
+    env.coordinator("c1");
+    let w1 = env.worker("w1");
+    env.sync(SyncMode::Full).await;
+    w1.stop().await;
+    let state = env.app.state();
+    let before = state.checkpoint(&env.source).await.unwrap();
+    let pages = env.sim.pages();
+    env.sim.update_page(&pages[2].id, None, Some("<p>new</p>"));
+    let request = env.enqueue(SyncMode::Incremental, "test").await;
+    wait_until("feed read", Duration::from_secs(10), || async {
+        match state.run_for_request(&env.source, &request).await.unwrap() {
+            Some(run) => state.run(&env.source, &run).await.unwrap().is_some_and(|r| r.feed_done),
+            None => false,
+        }
+    })
+    .await;
+    env.lock_nodes[0].pause();
+    let failed = env.wait(&request).await;
+    env.lock_nodes[0].resume();
+    assert_eq!(failed.status, RunStatus::Failed, "{failed:?}");
+    assert!(failed.last_error.contains("lock"), "{failed:?}");
+    assert_eq!(
+        state.checkpoint(&env.source).await.unwrap(),
+        before,
+        "nothing committed"
+    );
+    env.worker("w2");
+    let next = env.sync(SyncMode::Incremental).await;
+    assert_eq!(next.status, RunStatus::Completed, "{next:?}");
+    env.assert_sink_matches_source();
+}

@@ -193,3 +193,37 @@ async fn worker_killed_mid_page_is_redelivered() {
     env.assert_sink_matches_source();
     let _ = PageJob::from_entry;
 }
+
+/// A corrupt response from the source (200 with truncated JSON) is a permanent
+/// error: the page is dead-lettered at once with a reason naming the endpoint,
+/// the run completes with errors, and the next run repairs the document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_page_from_source_is_dead_lettered_with_its_reason() {
+    let env = Env::start(Options::default()).await;
+    env.coordinator("c1");
+    let w1 = env.worker("w1");
+    env.sync(SyncMode::Full).await;
+    w1.stop().await;
+    let pages = env.sim.pages();
+    env.sim.update_page(&pages[4].id, None, Some("<p>new</p>"));
+    let request = env.enqueue(SyncMode::Incremental, "test").await;
+    let state = env.app.state();
+    wait_until("feed read", Duration::from_secs(10), || async {
+        match state.run_for_request(&env.source, &request).await.unwrap() {
+            Some(run) => state.run(&env.source, &run).await.unwrap().is_some_and(|r| r.feed_done),
+            None => false,
+        }
+    })
+    .await;
+    env.sim.corrupt_next(1);
+    env.worker("w2");
+    let run = env.wait(&request).await;
+    assert_eq!(run.status, RunStatus::CompletedWithErrors, "{run:?}");
+    assert!(run.last_error.contains("/wiki/api/v2/pages"), "{run:?}");
+    let dl = dead_letters(&env);
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0]["deliveries"], "1", "permanent errors are not retried");
+    let next = env.sync(SyncMode::Incremental).await;
+    assert_eq!((next.status, next.upserted), (RunStatus::Completed, 1));
+    env.assert_sink_matches_source();
+}

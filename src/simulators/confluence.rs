@@ -137,6 +137,7 @@ struct SimState {
     calls: BTreeMap<String, u64>,
     total: u64,
     fail: Option<(u32, u16)>,
+    corrupt: u32,
     bucket: Option<Bucket>,
     latency: std::time::Duration,
 }
@@ -227,6 +228,7 @@ impl ConfluenceSim {
             calls: BTreeMap::new(),
             total: 0,
             fail: None,
+            corrupt: 0,
             bucket: cfg.rate_limit_per_sec.map(new_bucket),
             latency: std::time::Duration::ZERO,
         };
@@ -362,6 +364,12 @@ impl ConfluenceSim {
         self.lock().fail = (n > 0).then_some((n, status));
     }
 
+    /// The next `n` API requests answer 200 with a truncated JSON body, as a
+    /// proxy or a half-failed server might.
+    pub fn corrupt_next(&self, n: u32) {
+        self.lock().corrupt = n;
+    }
+
     /// Every API request waits this long before it is served (a slow server,
     /// or a window in which tests change pages while a request is in flight).
     pub fn set_latency(&self, latency: std::time::Duration) {
@@ -386,6 +394,10 @@ impl ConfluenceSim {
         if let Some((n, status)) = st.fail {
             st.fail = (n > 1).then_some((n - 1, status));
             return Admission::Fail(status);
+        }
+        if st.corrupt > 0 {
+            st.corrupt -= 1;
+            return Admission::Corrupt;
         }
         let now = st.now();
         match st.bucket.as_mut() {
@@ -435,6 +447,8 @@ enum Admission {
     Serve(Option<(u32, u64)>),
     /// Answer this status (from `fail_next`).
     Fail(u16),
+    /// Answer 200 with a truncated body (from `corrupt_next`).
+    Corrupt,
     /// Out of tokens.
     Limited {
         per_sec: u32,
@@ -522,6 +536,12 @@ async fn api_gate(State(sim): State<ConfluenceSim>, req: Request, next: Next) ->
             }
             resp
         }
+        Admission::Corrupt => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"results":[{"id":"1","title":"trunc"#,
+        )
+            .into_response(),
         Admission::Limited {
             per_sec,
             retry_after,

@@ -37,6 +37,8 @@ pub struct Options {
     pub sim: SimConfig,
     /// Redis `appendfsync` (tests: `always`, so a killed Redis loses nothing).
     pub appendfsync: &'static str,
+    /// Separate Redis nodes for the lock (`redis.lock_urls`); 0 means the main Redis.
+    pub lock_nodes: usize,
 }
 
 impl Default for Options {
@@ -48,6 +50,7 @@ impl Default for Options {
             sync: String::new(),
             sim: SimConfig::default(),
             appendfsync: "always",
+            lock_nodes: 0,
         }
     }
 }
@@ -55,6 +58,7 @@ impl Default for Options {
 /// One isolated environment: its own Redis, simulator, sink directory and config.
 pub struct Env {
     pub redis: RedisServer,
+    pub lock_nodes: Vec<RedisServer>,
     pub sim: ConfluenceSim,
     pub sink_dir: tempfile::TempDir,
     pub config_path: PathBuf,
@@ -76,12 +80,20 @@ impl Env {
             .serve("127.0.0.1:0".parse().unwrap())
             .await
             .expect("simulator binds");
+        let lock_nodes: Vec<RedisServer> = (0..opts.lock_nodes).map(|_| RedisServer::start()).collect();
+        let lock_urls = if lock_nodes.is_empty() {
+            String::new()
+        } else {
+            let urls: Vec<String> = lock_nodes.iter().map(|n| format!("{:?}", n.url())).collect();
+            format!("lock_urls = [{}]", urls.join(", "))
+        };
         let sink_dir = tempfile::tempdir().expect("temp dir");
         let text = format!(
             r#"
 [redis]
 url = "{redis}"
 response_timeout_ms = 2000
+{lock_urls}
 
 [sync]
 page_size = {page_size}
@@ -108,6 +120,7 @@ space_key = "{space}"
 {settings}
 "#,
             redis = redis.url(),
+            lock_urls = lock_urls,
             page_size = opts.page_size,
             sync = opts.sync,
             sink = sink_dir.path().display(),
@@ -120,6 +133,7 @@ space_key = "{space}"
         let app = App::new(config).expect("app wires up");
         Env {
             redis,
+            lock_nodes,
             sim,
             sink_dir,
             config_path,
