@@ -32,7 +32,7 @@ release: deps
 test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) test --all-targets
+	$(CARGO) test --lib --bins --tests
 
 ## demo: 500-page Confluence space, full sync, 6 changes, incremental sync
 demo: release

@@ -238,15 +238,14 @@ pub struct PageStats {
     pub api_calls: u64,
 }
 
-static FENCED_HSET: LazyLock<Script> = LazyLock::new(|| {
+// KEYS: fence, docs hash. ARGV: token, n, then n id/state pairs, then ids to delete.
+static FENCED_APPLY_DOCS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{LUA_CHECK_AND_RAISE}\nredis.call('HSET', KEYS[2], ARGV[2], ARGV[3])\nreturn {{1, 0}}"
-    ))
-});
-
-static FENCED_HDEL: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "{LUA_CHECK_AND_RAISE}\nredis.call('HDEL', KEYS[2], ARGV[2])\nreturn {{1, 0}}"
+        "{LUA_CHECK_AND_RAISE}
+local n = tonumber(ARGV[2])
+for i = 0, n - 1 do redis.call('HSET', KEYS[2], ARGV[3 + 2 * i], ARGV[4 + 2 * i]) end
+for i = 3 + 2 * n, #ARGV do redis.call('HDEL', KEYS[2], ARGV[i]) end
+return {{1, 0}}"
     ))
 });
 
@@ -427,24 +426,39 @@ impl StateStore {
         id: &DocumentId,
         state: &DocState,
     ) -> Result<(), Error> {
-        let body = rmp_serde::to_vec_named(state).expect("MessagePack encoding of an in-memory struct");
-        self.fenced(
-            &FENCED_HSET,
-            &[self.keys.fence(source), self.keys.docs(source)],
-            token,
-            &[id.0.as_bytes().to_vec(), body],
-        )
-        .await?;
-        Ok(())
+        self.apply_docs(source, token, &[(id.clone(), state.clone())], &[])
+            .await
     }
 
     /// Forgets a deleted document, under `token`.
     pub async fn delete_doc(&self, source: &SourceId, token: FencingToken, id: &DocumentId) -> Result<(), Error> {
+        self.apply_docs(source, token, &[], std::slice::from_ref(id)).await
+    }
+
+    /// Records written documents and forgets deleted ones in one fenced script:
+    /// one round trip per page instead of one per document.
+    pub async fn apply_docs(
+        &self,
+        source: &SourceId,
+        token: FencingToken,
+        puts: &[(DocumentId, DocState)],
+        deletes: &[DocumentId],
+    ) -> Result<(), Error> {
+        if puts.is_empty() && deletes.is_empty() {
+            return Ok(());
+        }
+        let mut args: Vec<Vec<u8>> = Vec::with_capacity(1 + puts.len() * 2 + deletes.len());
+        args.push(puts.len().to_string().into_bytes());
+        for (id, state) in puts {
+            args.push(id.0.as_bytes().to_vec());
+            args.push(rmp_serde::to_vec_named(state).expect("MessagePack encoding of an in-memory struct"));
+        }
+        args.extend(deletes.iter().map(|id| id.0.as_bytes().to_vec()));
         self.fenced(
-            &FENCED_HDEL,
+            &FENCED_APPLY_DOCS,
             &[self.keys.fence(source), self.keys.docs(source)],
             token,
-            &[id.0.as_bytes().to_vec()],
+            &args,
         )
         .await?;
         Ok(())

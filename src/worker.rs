@@ -366,6 +366,7 @@ impl Worker {
             .map(|i| i.meta.id.clone())
             .collect();
 
+        let mut written_states: Vec<(DocumentId, DocState)> = Vec::new();
         if !upserts.is_empty() {
             let metas: Vec<_> = upserts.iter().map(|i| i.meta.clone()).collect();
             let fetched = source.fetch(&metas, calls).await;
@@ -408,7 +409,7 @@ impl Worker {
                     token: job.token,
                     synced_at: Utc::now(),
                 };
-                self.state.put_doc(&job.source, job.token, &doc.meta.id, &state).await?;
+                written_states.push((doc.meta.id.clone(), state));
                 match written {
                     Written::Changed => stats.upserted += 1,
                     Written::Unchanged => stats.skipped += 1,
@@ -419,12 +420,15 @@ impl Worker {
         }
 
         for id in &deletes {
-            let written = self.sink.delete(&job.source, id, job.token).await?;
-            self.state.delete_doc(&job.source, job.token, id).await?;
-            if written == Written::Changed {
+            if self.sink.delete(&job.source, id, job.token).await? == Written::Changed {
                 stats.deleted += 1;
             }
         }
+        // State last: if we die before this, the redo finds the sink already
+        // written (Unchanged) and records the state then.
+        self.state
+            .apply_docs(&job.source, job.token, &written_states, &deletes)
+            .await?;
         Ok(stats)
     }
 }
