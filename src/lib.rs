@@ -13,11 +13,13 @@
 //! - [`sources`]: the `Source` trait and one connector per file.
 //! - [`sinks`]: the `Sink` trait and one sink per file.
 //! - [`simulators`]: faithful imitations of third-party APIs, for tests and the demo.
+//! - [`api`]: the HTTP API (trigger syncs, request and source status, probes, Prometheus metrics).
 //! - [`app`]: wiring a `Config` into running parts; [`shutdown`]: signals.
-//! - [`report`]: printing status and run figures for people and scripts.
+//! - [`report`]: gathering status, and printing it and run figures for people and scripts.
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod app;
 pub mod config;
 pub mod coordinator;

@@ -7,14 +7,15 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use cli::{Cli, Command, LogFormat, Simulated};
 use tidemark::app::{App, consumer_name};
 use tidemark::config::Config;
 use tidemark::coordinator;
 use tidemark::queue::jobs::SyncRequest;
-use tidemark::queue::streams;
-use tidemark::report::{self, QueueStatus, SourceStatus};
+use tidemark::report;
 use tidemark::simulators::confluence::{ConfluenceSim, SimConfig};
 use tidemark::state::RunStatus;
 use tidemark::types::{SourceId, SyncMode};
@@ -52,6 +53,34 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// Serves the HTTP API beside the process's loops when `[api] listen` is set.
+fn spawn_api(tasks: &mut JoinSet<anyhow::Result<()>>, app: &App, shutdown: &CancellationToken) {
+    if let Some(addr) = app.config.api_listen {
+        let app = app.clone();
+        let s = shutdown.clone();
+        tasks.spawn(async move {
+            tidemark::api::serve(app, addr, s)
+                .await
+                .with_context(|| format!("HTTP API on {addr}"))
+        });
+    }
+}
+
+/// Waits for every task. The first failure (say, the API port is taken) stops
+/// the others through `shutdown`, so the process exits non-zero instead of
+/// running half-alive; the rest still drain before that error is returned.
+async fn join_all(mut tasks: JoinSet<anyhow::Result<()>>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let mut first_error = None;
+    while let Some(r) = tasks.join_next().await {
+        let r = r.context("task panicked").and_then(|r| r);
+        if let Err(e) = r {
+            shutdown.cancel();
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
 fn load(cli: &Cli) -> anyhow::Result<App> {
     let config = Config::load(&cli.config)?;
     App::new(config).context("starting up")
@@ -67,9 +96,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Coordinator => {
             let app = load(&cli)?;
             let shutdown = tidemark::shutdown::on_signals();
-            app.coordinator(consumer_name("coordinator"))
-                .run(shutdown, DRAIN_TIMEOUT)
-                .await?;
+            let mut tasks = JoinSet::new();
+            spawn_api(&mut tasks, &app, &shutdown);
+            let coordinator = app.coordinator(consumer_name("coordinator"));
+            let s = shutdown.clone();
+            tasks.spawn(async move { Ok(coordinator.run(s, DRAIN_TIMEOUT).await?) });
+            join_all(tasks, &shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Worker { concurrency } => {
@@ -85,18 +117,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Standalone { workers } => {
             let app = load(&cli)?;
             let shutdown = tidemark::shutdown::on_signals();
-            let mut tasks = tokio::task::JoinSet::new();
+            let mut tasks = JoinSet::new();
+            spawn_api(&mut tasks, &app, &shutdown);
             let coordinator = app.coordinator(consumer_name("coordinator"));
             let s = shutdown.clone();
-            tasks.spawn(async move { coordinator.run(s, DRAIN_TIMEOUT).await });
+            tasks.spawn(async move { Ok(coordinator.run(s, DRAIN_TIMEOUT).await?) });
             for _ in 0..*workers {
                 let worker = app.worker(consumer_name("worker"));
                 let s = shutdown.clone();
-                tasks.spawn(async move { worker.run(s, DRAIN_TIMEOUT).await });
+                tasks.spawn(async move { Ok(worker.run(s, DRAIN_TIMEOUT).await?) });
             }
-            while let Some(r) = tasks.join_next().await {
-                r.context("task panicked")??;
-            }
+            join_all(tasks, &shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Enqueue {
@@ -158,38 +189,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { source, json, runs } => {
             let app = load(&cli)?;
-            let state = app.state();
-            let ids: Vec<SourceId> = match source {
-                Some(s) => vec![SourceId::new(s.clone())?],
-                None => {
-                    let mut ids: Vec<SourceId> = app.config.sources.iter().map(|s| s.id.clone()).collect();
-                    for k in state.known_sources().await? {
-                        if !ids.contains(&k) {
-                            ids.push(k);
-                        }
-                    }
-                    ids
-                }
-            };
-            let mut sources = Vec::new();
-            for id in ids {
-                let cp = state.checkpoint(&id).await?;
-                sources.push(SourceStatus {
-                    source: id.to_string(),
-                    documents: state.doc_count(&id).await?,
-                    fence: state.current_fence(&id).await?.0,
-                    watermark: cp.watermark.map(|w| w.to_rfc3339()),
-                    cursor: cp.cursor,
-                    runs: state.recent_runs(&id, *runs).await?,
-                });
-            }
-            let queues = QueueStatus {
-                requests: streams::group_info(&app.pool, &app.keys.requests(), coordinator::GROUP).await?,
-                jobs: streams::group_info(&app.pool, &app.keys.jobs(), tidemark::worker::GROUP).await?,
-                dead_letters: streams::group_info(&app.pool, &app.keys.dead_letters(), "-")
-                    .await?
-                    .length,
-            };
+            let id = source.as_ref().map(|s| SourceId::new(s.clone())).transpose()?;
+            let (sources, queues) = report::collect_status(&app, id.as_ref(), *runs)
+                .await
+                .context("reading status")?;
             if *json {
                 let v = serde_json::json!({"sources": sources, "queues": queues});
                 println!("{}", serde_json::to_string_pretty(&v)?);

@@ -1,11 +1,18 @@
-//! Printing run records and source status, for people (`text`) and scripts (`json`).
+//! Source and queue status: gathering it from Redis ([`collect_status`]) and
+//! printing it for people (`text`) and scripts (`json`).
+//!
+//! `tidemark status` and the HTTP API (`GET /v1/sources`) both gather through
+//! [`collect_status`], so the two never disagree about what a status contains.
+//! Nothing here writes to Redis.
 
 use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::queue::streams::GroupInfo;
-use crate::state::RunRecord;
+use crate::app::App;
+use crate::queue::streams::{self, GroupInfo};
+use crate::state::{self, RunRecord};
+use crate::types::SourceId;
 
 /// One source's status, as `tidemark status` reports it.
 #[derive(Debug, Clone, Serialize)]
@@ -33,6 +40,54 @@ pub struct QueueStatus {
     pub jobs: GroupInfo,
     /// Entries in the dead-letter stream.
     pub dead_letters: u64,
+}
+
+/// Gathers the status of one source, or of every configured source plus any
+/// source that ever ran (so a source removed from the config stays visible),
+/// with up to `runs` recent runs each, and the queue figures.
+pub async fn collect_status(
+    app: &App,
+    source: Option<&SourceId>,
+    runs: usize,
+) -> Result<(Vec<SourceStatus>, QueueStatus), state::Error> {
+    let state = app.state();
+    let ids: Vec<SourceId> = match source {
+        Some(s) => vec![s.clone()],
+        None => {
+            let mut ids: Vec<SourceId> = app.config.sources.iter().map(|s| s.id.clone()).collect();
+            for k in state.known_sources().await? {
+                if !ids.contains(&k) {
+                    ids.push(k);
+                }
+            }
+            ids
+        }
+    };
+    let mut sources = Vec::with_capacity(ids.len());
+    for id in ids {
+        let cp = state.checkpoint(&id).await?;
+        sources.push(SourceStatus {
+            source: id.to_string(),
+            documents: state.doc_count(&id).await?,
+            fence: state.current_fence(&id).await?.0,
+            watermark: cp.watermark.map(|w| w.to_rfc3339()),
+            cursor: cp.cursor,
+            runs: state.recent_runs(&id, runs).await?,
+        });
+    }
+    Ok((sources, queue_status(app).await?))
+}
+
+/// The queue figures alone (the requests and jobs groups, and the dead-letter length).
+pub async fn queue_status(app: &App) -> Result<QueueStatus, state::Error> {
+    Ok(QueueStatus {
+        requests: streams::group_info(&app.pool, &app.keys.requests(), crate::coordinator::GROUP).await?,
+        jobs: streams::group_info(&app.pool, &app.keys.jobs(), crate::worker::GROUP).await?,
+        // The dead-letter stream has no consumer group; only its length means anything.
+        dead_letters: streams::group_info(&app.pool, &app.keys.dead_letters(), "-")
+            .await?
+            .length,
+    })
 }
 
 /// One line of figures for a run.

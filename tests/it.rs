@@ -4,6 +4,8 @@
 
 mod harness;
 
+/// The HTTP API: sync requests, status, metrics, readiness, and its error statuses.
+mod api;
 /// The binary's edge: configuration and argument errors.
 mod cli;
 /// Lock exclusion, expiry, Redlock majorities, fencing of stale writes.
