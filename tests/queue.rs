@@ -227,3 +227,62 @@ async fn corrupt_page_from_source_is_dead_lettered_with_its_reason() {
     assert_eq!((next.status, next.upserted), (RunStatus::Completed, 1));
     env.assert_sink_matches_source();
 }
+
+/// Applying the same page twice (a redelivery after a crash between the sink
+/// write and the ack) writes each document once: the second pass skips them
+/// all and leaves the sink's files untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_applied_twice_is_written_once() {
+    use tidemark::queue::jobs::{Action, JobItem};
+    use tidemark::sources::DocMeta;
+    use tidemark::types::{DocumentId, RunId};
+    let env = Env::start(Options::default()).await;
+    let lease = env
+        .app
+        .locks
+        .acquire(&env.source, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    env.app.state().register_token(&env.source, lease.token).await.unwrap();
+    let items = env
+        .sim
+        .pages()
+        .iter()
+        .take(10)
+        .map(|p| JobItem {
+            meta: DocMeta {
+                id: DocumentId(p.id.clone()),
+                version: p.version.to_string(),
+                title: p.title.clone(),
+                parent: None,
+                modified_at: None,
+            },
+            action: Action::Upsert,
+            breadcrumb: vec![],
+        })
+        .collect();
+    let job = PageJob {
+        run: RunId("r".into()),
+        source: env.source.clone(),
+        token: lease.token,
+        page: 0,
+        items,
+    };
+    let worker = env.app.worker("w");
+    let source = env.app.sources[&env.source].clone();
+    let first = worker.apply(&job, source.as_ref(), &Default::default()).await.unwrap();
+    assert_eq!((first.upserted, first.skipped), (10, 0));
+    let mtimes = |env: &Env| -> Vec<std::time::SystemTime> {
+        let mut v: Vec<_> = std::fs::read_dir(env.sink_dir.path().join("eng/docs"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().modified().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = mtimes(&env);
+    let second = worker.apply(&job, source.as_ref(), &Default::default()).await.unwrap();
+    assert_eq!((second.upserted, second.skipped), (0, 10));
+    assert_eq!(mtimes(&env), before, "no file was rewritten");
+}
