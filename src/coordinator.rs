@@ -573,11 +573,16 @@ impl Coordinator {
             error,
         };
         let mut plan = Plan::default();
-        let mut feed = match source.open_feed(checkpoint, mode, calls.clone()).await {
+        let versions: sources::Held = Arc::new(held.iter().map(|(k, v)| (k.clone(), v.version.clone())).collect());
+        let mut moves = 0u64;
+        let mut feed = match source
+            .open_feed(checkpoint, mode, versions.clone(), calls.clone())
+            .await
+        {
             Err(sources::Error::CursorExpired { context }) => {
                 plan.note.push(format!("{context}: fell back to a full listing"));
                 source
-                    .open_feed(checkpoint, SyncMode::Full, calls.clone())
+                    .open_feed(checkpoint, SyncMode::Full, versions.clone(), calls.clone())
                     .await
                     .map_err(src_err)?
             }
@@ -607,7 +612,7 @@ impl Coordinator {
                     changed.clear();
                     deleted.clear();
                     feed = source
-                        .open_feed(checkpoint, SyncMode::Full, calls.clone())
+                        .open_feed(checkpoint, SyncMode::Full, versions.clone(), calls.clone())
                         .await
                         .map_err(src_err)?;
                     continue;
@@ -630,6 +635,18 @@ impl Coordinator {
                             changed.insert(meta.id.clone(), meta);
                         }
                     }
+                    Observation::Moved { from, to } => {
+                        moves += 1;
+                        changed.remove(&from);
+                        listed.remove(&from);
+                        if held.contains_key(&from) {
+                            deleted.insert(from);
+                        }
+                        listed.insert(to.id.clone());
+                        deleted.remove(&to.id);
+                        tree.insert(to.id.clone(), (to.title.clone(), to.parent.clone()));
+                        changed.insert(to.id.clone(), to);
+                    }
                     Observation::Deleted(doc) => {
                         changed.remove(&doc);
                         listed.remove(&doc);
@@ -641,6 +658,9 @@ impl Coordinator {
             }
         }
         let end = feed.end();
+        if moves > 0 {
+            plan.note.push(format!("{moves} document(s) moved or renamed"));
+        }
         if let Some(note) = &end.note {
             plan.note.push(note.clone());
         }

@@ -33,7 +33,7 @@ use serde::{Deserialize, Deserializer};
 use url::Url;
 
 use super::{
-    ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, FeedEnd, FeedPage, Fetched, FetchedDoc, Observation, Source,
+    ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, FeedEnd, FeedPage, Fetched, FetchedDoc, Held, Observation, Source,
 };
 use crate::types::{DocumentId, SourceId, SyncMode};
 
@@ -407,6 +407,7 @@ impl Source for Confluence {
         &self,
         checkpoint: &Checkpoint,
         mode: SyncMode,
+        _held: Held,
         calls: ApiCalls,
     ) -> Result<Box<dyn ChangeFeed>, Error> {
         let c = &self.client;
@@ -518,7 +519,8 @@ impl Source for Confluence {
                     let content = page.body.and_then(|b| b.storage).map(|s| s.value).ok_or_else(|| {
                         c.permanent(format_args!("GET {}: page {} has no body.storage", url.path(), meta.id))
                     })?;
-                    out.docs.push(FetchedDoc { meta, content });
+                    let links = page_links(&content);
+                    out.docs.push(FetchedDoc { meta, content, links });
                 }
                 match reply.body.links.and_then(|l| l.next).or(reply.link_next) {
                     Some(next) => url = c.resolve_site_path(&next, &url)?,
@@ -534,6 +536,33 @@ impl Source for Confluence {
         }
         Ok(out)
     }
+}
+
+/// Page ids this storage-format body links to, in order of first appearance.
+///
+/// Confluence Cloud writes links to pages either as URLs (`<a href=".../wiki/spaces/KEY/pages/123/Title">`,
+/// smart links included) or as `<ri:page ri:content-id="123" .../>` resource identifiers.
+/// Title-only links (`ri:content-title`) are not resolved here.
+pub fn page_links(storage: &str) -> Vec<DocumentId> {
+    fn digits_after(text: &str, marker: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find(marker) {
+            rest = &rest[at + marker.len()..];
+            let id: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            if !id.is_empty() {
+                out.push(id);
+            }
+        }
+        out
+    }
+    let mut seen = HashSet::new();
+    digits_after(storage, "/pages/")
+        .into_iter()
+        .chain(digits_after(storage, "ri:content-id=\""))
+        .filter(|id| seen.insert(id.clone()))
+        .map(DocumentId)
+        .collect()
 }
 
 /// Which endpoint a feed walks.
@@ -904,6 +933,19 @@ struct V1Ancestor {
 
 #[cfg(test)]
 mod tests {
+
+    /// Links to pages are found in both URL and resource-identifier form, once each.
+    #[test]
+    fn page_links_in_storage_format() {
+        let body = r#"<p>See <a href="https://x.atlassian.net/wiki/spaces/ENG/pages/100012/Install">install</a>,
+            <ac:link><ri:page ri:content-id="100020" ri:space-key="ENG"/></ac:link> and
+            <a href="/wiki/spaces/ENG/pages/100012">again</a>; <ri:page ri:content-title="Only a title"/></p>"#;
+        assert_eq!(
+            page_links(body),
+            vec![DocumentId("100012".into()), DocumentId("100020".into())]
+        );
+        assert!(page_links("<p>no links</p>").is_empty());
+    }
     use super::*;
     use crate::simulators::confluence::{ConfluenceSim, SimConfig};
     use crate::sources::SourceSettings;
@@ -934,7 +976,7 @@ mod tests {
             .flat_map(|p| &p.observations)
             .filter_map(|o| match o {
                 Observation::Present(m) => Some(m.clone()),
-                Observation::Deleted(_) => None,
+                Observation::Deleted(_) | Observation::Moved { .. } => None,
             })
             .collect()
     }
@@ -960,7 +1002,12 @@ mod tests {
         .await;
         let src = connector(base, |_| {});
         let mut feed = src
-            .open_feed(&Checkpoint::default(), SyncMode::Full, meter.clone())
+            .open_feed(
+                &Checkpoint::default(),
+                SyncMode::Full,
+                Default::default(),
+                meter.clone(),
+            )
             .await
             .expect("open");
         let (pages, end) = drain(&mut feed).await.expect("feed");
@@ -990,7 +1037,7 @@ mod tests {
         sim.reset_calls();
         let meter = ApiCalls::default();
         let mut feed = src
-            .open_feed(&end.checkpoint, SyncMode::Full, meter.clone())
+            .open_feed(&end.checkpoint, SyncMode::Full, Default::default(), meter.clone())
             .await
             .expect("open");
         let (_pages, _) = drain(&mut feed).await.expect("feed");
@@ -1010,7 +1057,12 @@ mod tests {
         .await;
         let src = connector(base, |_| {});
         let mut feed = src
-            .open_feed(&Checkpoint::default(), SyncMode::Full, meter.clone())
+            .open_feed(
+                &Checkpoint::default(),
+                SyncMode::Full,
+                Default::default(),
+                meter.clone(),
+            )
             .await
             .expect("open");
         let first = feed.next_page().await.expect("page").expect("some");
@@ -1081,7 +1133,12 @@ mod tests {
         });
         let before = Utc::now() + skew;
         let mut feed = src
-            .open_feed(&Checkpoint::default(), SyncMode::Incremental, meter.clone())
+            .open_feed(
+                &Checkpoint::default(),
+                SyncMode::Incremental,
+                Default::default(),
+                meter.clone(),
+            )
             .await
             .expect("open");
         let (_, first) = drain(&mut feed).await.expect("feed");
@@ -1099,7 +1156,12 @@ mod tests {
         sim.reset_calls();
         let meter = ApiCalls::default();
         let mut feed = src
-            .open_feed(&first.checkpoint, SyncMode::Incremental, meter.clone())
+            .open_feed(
+                &first.checkpoint,
+                SyncMode::Incremental,
+                Default::default(),
+                meter.clone(),
+            )
             .await
             .expect("open");
         let (pages, second) = drain(&mut feed).await.expect("feed");
@@ -1124,7 +1186,7 @@ mod tests {
             ..second.checkpoint.clone()
         };
         let mut feed = src
-            .open_feed(&due, SyncMode::Incremental, meter.clone())
+            .open_feed(&due, SyncMode::Incremental, Default::default(), meter.clone())
             .await
             .expect("open");
         let (pages, third) = drain(&mut feed).await.expect("feed");
@@ -1145,7 +1207,12 @@ mod tests {
         let src = connector(base, |_| {});
         sim.fail_next(1, 429);
         let mut feed = src
-            .open_feed(&Checkpoint::default(), SyncMode::Full, meter.clone())
+            .open_feed(
+                &Checkpoint::default(),
+                SyncMode::Full,
+                Default::default(),
+                meter.clone(),
+            )
             .await
             .expect("open");
         let (pages, _) = drain(&mut feed).await.expect("feed");
@@ -1166,7 +1233,12 @@ mod tests {
         let src = connector(base.clone(), |s| s.max_retries = 2);
         sim.fail_next(10, 500);
         let err = src
-            .open_feed(&Checkpoint::default(), SyncMode::Full, meter.clone())
+            .open_feed(
+                &Checkpoint::default(),
+                SyncMode::Full,
+                Default::default(),
+                meter.clone(),
+            )
             .await
             .err()
             .expect("error");
@@ -1176,7 +1248,12 @@ mod tests {
         let src = connector(base, |s| s.max_retries = 0);
         sim.fail_next(1, 429);
         match src
-            .open_feed(&Checkpoint::default(), SyncMode::Full, meter.clone())
+            .open_feed(
+                &Checkpoint::default(),
+                SyncMode::Full,
+                Default::default(),
+                meter.clone(),
+            )
             .await
             .err()
         {
@@ -1200,7 +1277,12 @@ mod tests {
         let src = connector(base.clone(), |_| {});
         sim.fail_next(1, 401);
         let err = src
-            .open_feed(&Checkpoint::default(), SyncMode::Full, meter.clone())
+            .open_feed(
+                &Checkpoint::default(),
+                SyncMode::Full,
+                Default::default(),
+                meter.clone(),
+            )
             .await
             .err()
             .expect("401");
@@ -1214,7 +1296,7 @@ mod tests {
         stale.scope.insert(SCOPE_SPACE_ID.to_owned(), "999".to_owned());
         stale.scope.insert(SCOPE_SPACE_KEY.to_owned(), "ENG".to_owned());
         let mut feed = src
-            .open_feed(&stale, SyncMode::Full, meter.clone())
+            .open_feed(&stale, SyncMode::Full, Default::default(), meter.clone())
             .await
             .expect("open");
         let ctx = permanent_context(feed.next_page().await.expect_err("404"));
@@ -1223,7 +1305,12 @@ mod tests {
         let other = connector(base, |s| s.space_key = "NOPE".to_owned());
         let ctx = permanent_context(
             other
-                .open_feed(&Checkpoint::default(), SyncMode::Full, meter.clone())
+                .open_feed(
+                    &Checkpoint::default(),
+                    SyncMode::Full,
+                    Default::default(),
+                    meter.clone(),
+                )
                 .await
                 .err()
                 .expect("missing"),

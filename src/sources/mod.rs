@@ -82,7 +82,19 @@ pub enum Observation {
     Present(DocMeta),
     /// The source says the document was deleted (an explicit deletion from a change log).
     Deleted(DocumentId),
+    /// The document at `from` is now at `to.id` with the same content (a rename
+    /// or move the connector recognised, e.g. by content hash).
+    Moved {
+        /// The old id.
+        from: DocumentId,
+        /// The document under its new id.
+        to: DocMeta,
+    },
 }
+
+/// The version of every document we hold, by id: what a connector compares
+/// against for conditional requests (ETags) or to recognise moves.
+pub type Held = Arc<std::collections::HashMap<DocumentId, String>>;
 
 /// One page of a change feed.
 #[derive(Debug, Clone, Default)]
@@ -140,6 +152,8 @@ pub struct FetchedDoc {
     pub meta: DocMeta,
     /// The document's content (Confluence storage format, plain text, HTML...).
     pub content: String,
+    /// Documents of the same source this one links to, as the connector resolved them.
+    pub links: Vec<DocumentId>,
 }
 
 /// The result of fetching a page of documents.
@@ -165,11 +179,13 @@ pub trait ChangeFeed: Send {
 pub trait Source: Send + Sync {
     /// The configured id.
     fn id(&self) -> &SourceId;
-    /// Opens the change feed for a run starting at `checkpoint`; every request it makes is counted in `calls`.
+    /// Opens the change feed for a run starting at `checkpoint`. `held` is what
+    /// we hold now (id -> version); every request the feed makes is counted in `calls`.
     async fn open_feed(
         &self,
         checkpoint: &Checkpoint,
         mode: SyncMode,
+        held: Held,
         calls: ApiCalls,
     ) -> Result<Box<dyn ChangeFeed>, Error>;
     /// Fetches the content of `docs` (one job's worth), batching calls where the API allows.

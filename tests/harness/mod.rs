@@ -39,6 +39,9 @@ pub struct Options {
     pub appendfsync: &'static str,
     /// Separate Redis nodes for the lock (`redis.lock_urls`); 0 means the main Redis.
     pub lock_nodes: usize,
+    /// Replaces the Confluence `[[sources]]` block: a whole `[[sources]]` entry
+    /// (id must be `eng`) for another connector. The Confluence simulator still runs.
+    pub source_toml: Option<String>,
 }
 
 impl Default for Options {
@@ -51,6 +54,7 @@ impl Default for Options {
             sim: SimConfig::default(),
             appendfsync: "always",
             lock_nodes: 0,
+            source_toml: None,
         }
     }
 }
@@ -111,21 +115,17 @@ path = "{sink}"
 [api]
 listen = ""
 
-[[sources]]
-id = "eng"
-kind = "confluence"
-[sources.settings]
-base_url = "http://{addr}"
-space_key = "{space}"
-{settings}
+{source}
 "#,
             redis = redis.url(),
             lock_urls = lock_urls,
             page_size = opts.page_size,
             sync = opts.sync,
             sink = sink_dir.path().display(),
-            space = opts.sim.space_key,
-            settings = opts.source_settings,
+            source = opts.source_toml.clone().unwrap_or_else(|| format!(
+                "[[sources]]\nid = \"eng\"\nkind = \"confluence\"\n[sources.settings]\nbase_url = \"http://{addr}\"\nspace_key = \"{}\"\n{}\n",
+                opts.sim.space_key, opts.source_settings
+            )),
         );
         let config_path = sink_dir.path().join("tidemark.toml");
         std::fs::write(&config_path, &text).expect("write config");
