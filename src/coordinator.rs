@@ -119,6 +119,9 @@ struct Plan {
     items: Vec<JobItem>,
     unchanged: u64,
     note: Vec<String>,
+    /// Every document's title and parent as known after the feed (held state
+    /// overlaid with what the feed reported), for breadcrumbs.
+    tree: HashMap<DocumentId, (String, Option<DocumentId>)>,
 }
 
 impl Coordinator {
@@ -506,20 +509,8 @@ impl Coordinator {
             .await?;
         let (plan, end) = planned?;
 
-        let page_size = self.cfg.page_size.get();
         let mut pages = 0u32;
-        for chunk in plan.items.chunks(page_size) {
-            let job = PageJob {
-                run: run.clone(),
-                source: id.clone(),
-                token,
-                page: pages,
-                items: chunk.to_vec(),
-            };
-            let fields = job.to_fields();
-            streams::add(&self.pool, &self.keys.jobs(), &jobs::as_field_refs(&fields)).await?;
-            pages += 1;
-        }
+        self.enqueue_pages(&id, run, token, &plan.items, &mut pages).await?;
         self.state
             .set_run_fields(
                 &id,
@@ -535,7 +526,27 @@ impl Coordinator {
             )
             .await?;
         tracing::info!(source = %id, run = %run, pages, docs = plan.items.len(), unchanged = plan.unchanged, "feed read, jobs enqueued");
+        self.wait_for_pages(&id, run, u64::from(pages), lost).await?;
 
+        // Dependents: what changed may have made other documents stale without
+        // changing them at the source. Their rewrite needs the state the pages
+        // above just wrote (titles, parents, links), hence a second phase.
+        let refresh = self.dependents(&id, &plan, &held).await?;
+        if !refresh.is_empty() {
+            self.enqueue_pages(&id, run, token, &refresh, &mut pages).await?;
+            self.state
+                .set_run_fields(
+                    &id,
+                    run,
+                    token,
+                    &[
+                        ("pages_total", pages.to_string()),
+                        ("dependents", refresh.len().to_string()),
+                    ],
+                )
+                .await?;
+            tracing::info!(source = %id, run = %run, dependents = refresh.len(), "dependents enqueued");
+        }
         let record = self.wait_for_pages(&id, run, u64::from(pages), lost).await?;
         let status = if record.pages_failed == 0 {
             self.state.commit_checkpoint(&id, token, &end.checkpoint).await?;
@@ -555,6 +566,104 @@ impl Coordinator {
             .await?;
         tracing::info!(source = %id, run = %run, %status, "run ended");
         Ok(())
+    }
+
+    /// Adds `items` as page jobs numbered from `*pages` on.
+    async fn enqueue_pages(
+        &self,
+        source: &SourceId,
+        run: &RunId,
+        token: crate::types::FencingToken,
+        items: &[JobItem],
+        pages: &mut u32,
+    ) -> Result<(), Error> {
+        for chunk in items.chunks(self.cfg.page_size.get()) {
+            let job = PageJob {
+                run: run.clone(),
+                source: source.clone(),
+                token,
+                page: *pages,
+                items: chunk.to_vec(),
+            };
+            let fields = job.to_fields();
+            streams::add(&self.pool, &self.keys.jobs(), &jobs::as_field_refs(&fields)).await?;
+            *pages += 1;
+        }
+        Ok(())
+    }
+
+    /// The documents to refresh because of this run's changes: the descendants
+    /// of renamed, moved or deleted documents (their breadcrumbs), and the
+    /// documents linking to created, renamed or deleted ones (their link titles).
+    /// Found through the reverse indexes; cycles are cut by the visited set.
+    async fn dependents(
+        &self,
+        source: &SourceId,
+        plan: &Plan,
+        held: &HashMap<DocumentId, DocState>,
+    ) -> Result<Vec<JobItem>, Error> {
+        let keys = &self.keys;
+        let mut roots = Vec::new();
+        let mut link_targets = Vec::new();
+        let mut deleted = HashSet::new();
+        for item in &plan.items {
+            let id = &item.meta.id;
+            match (item.action, held.get(id)) {
+                (Action::Delete, _) => {
+                    deleted.insert(id.clone());
+                    roots.push(id.clone());
+                    link_targets.push(id.clone());
+                }
+                (Action::Upsert, Some(h)) => {
+                    if h.title != item.meta.title || h.parent != item.meta.parent {
+                        roots.push(id.clone());
+                    }
+                    if h.title != item.meta.title {
+                        link_targets.push(id.clone());
+                    }
+                }
+                (Action::Upsert, None) => link_targets.push(id.clone()),
+                (Action::Refresh, _) => {}
+            }
+        }
+        let mut found: HashSet<DocumentId> = HashSet::new();
+        let mut visited: HashSet<DocumentId> = roots.iter().cloned().collect();
+        let mut level = roots;
+        while !level.is_empty() {
+            let sets: Vec<String> = level.iter().map(|d| keys.children(source, d)).collect();
+            let next: Vec<DocumentId> = self
+                .state
+                .union_of(&sets)
+                .await?
+                .into_iter()
+                .filter(|d| visited.insert(d.clone()))
+                .collect();
+            found.extend(next.iter().cloned());
+            level = next;
+        }
+        let sets: Vec<String> = link_targets.iter().map(|d| keys.linked_from(source, d)).collect();
+        found.extend(self.state.union_of(&sets).await?);
+
+        let mut ids: Vec<DocumentId> = found.into_iter().filter(|d| !deleted.contains(d)).collect();
+        ids.sort();
+        Ok(ids
+            .into_iter()
+            .map(|id| {
+                let (title, parent) = plan.tree.get(&id).cloned().unwrap_or_default();
+                let version = held.get(&id).map(|h| h.version.clone()).unwrap_or_default();
+                JobItem {
+                    breadcrumb: breadcrumb(&id, &plan.tree),
+                    meta: DocMeta {
+                        id,
+                        version,
+                        title,
+                        parent,
+                        modified_at: None,
+                    },
+                    action: Action::Refresh,
+                }
+            })
+            .collect())
     }
 
     /// Reads the whole feed and decides what to do: the changed documents and the deletions.
@@ -674,6 +783,10 @@ impl Coordinator {
             }
             deleted.extend(missing);
         }
+        // A deleted document is no one's ancestor any more.
+        for d in &deleted {
+            tree.remove(d);
+        }
 
         let mut changed: Vec<DocMeta> = changed.into_values().collect();
         changed.sort_by(|a, b| a.id.cmp(&b.id));
@@ -701,6 +814,7 @@ impl Coordinator {
                 breadcrumb: Vec::new(),
             });
         }
+        plan.tree = tree;
         Ok((plan, end))
     }
 

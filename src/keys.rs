@@ -5,7 +5,7 @@
 //! keys live in one slot and a Lua script may touch any of them atomically.
 //! Keys shared by all sources (the request and job streams) carry no tag.
 
-use crate::types::{RunId, SourceId};
+use crate::types::{DocumentId, RunId, SourceId};
 
 /// Builds key names under a namespace prefix (default `tm`).
 #[derive(Debug, Clone)]
@@ -66,6 +66,16 @@ impl Keys {
     /// Hash: document id -> DocState (MessagePack).
     pub fn docs(&self, source: &SourceId) -> String {
         self.source(source, "docs")
+    }
+
+    /// Set: the documents whose parent is `doc` (reverse index of `DocState.parent`).
+    pub fn children(&self, source: &SourceId, doc: &DocumentId) -> String {
+        self.source(source, &format!("kids:{doc}"))
+    }
+
+    /// Set: the documents that link to `doc` (reverse index of `DocState.links`).
+    pub fn linked_from(&self, source: &SourceId, doc: &DocumentId) -> String {
+        self.source(source, &format!("linkedfrom:{doc}"))
     }
 
     /// Hash: the run record.

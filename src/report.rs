@@ -93,7 +93,7 @@ pub async fn queue_status(app: &App) -> Result<QueueStatus, state::Error> {
 /// One line of figures for a run.
 pub fn run_line(r: &RunRecord) -> String {
     format!(
-        "run {} [{}] {} by {}: {} processed ({} upserted, {} deleted, {} skipped), {} unchanged by version, {} API calls, {} pages ({} failed), {}",
+        "run {} [{}] {} by {}: {} processed ({} upserted, {} deleted, {} skipped), {} unchanged by version, {} dependents updated, {} API calls, {} pages ({} failed), {}",
         &r.run_id[..r.run_id.len().min(8)],
         r.mode,
         r.status,
@@ -103,6 +103,7 @@ pub fn run_line(r: &RunRecord) -> String {
         r.deleted,
         r.skipped,
         r.unchanged,
+        r.dependents_updated,
         r.api_calls,
         r.pages_total,
         r.pages_failed,

@@ -73,6 +73,9 @@ pub struct DocState {
     pub parent: Option<DocumentId>,
     /// Ancestor titles, root first.
     pub breadcrumb: Vec<String>,
+    /// Documents of the same source this one links to.
+    #[serde(default)]
+    pub links: Vec<DocumentId>,
     /// Token of the run that wrote it.
     pub token: FencingToken,
     /// When it was written.
@@ -169,6 +172,10 @@ pub struct RunRecord {
     pub unchanged: u64,
     /// Requests to the source's API, feed and fetches together.
     pub api_calls: u64,
+    /// Dependents found (descendants of renamed or moved documents, documents linking to changed ones).
+    pub dependents: u64,
+    /// Dependents whose breadcrumbs or link titles were rewritten (no content fetched).
+    pub dependents_updated: u64,
     /// Errors recorded.
     pub errors: u64,
     /// The last error, for people.
@@ -214,6 +221,8 @@ impl RunRecord {
             skipped: n("skipped"),
             unchanged: n("unchanged"),
             api_calls: n("api_calls"),
+            dependents: n("dependents"),
+            dependents_updated: n("dependents_updated"),
             errors: n("errors"),
             last_error: s("last_error"),
             note: s("note"),
@@ -236,18 +245,48 @@ pub struct PageStats {
     pub skipped: u64,
     /// API calls made for the page.
     pub api_calls: u64,
+    /// Dependents (descendants, linking documents) rewritten without fetching.
+    pub refreshed: u64,
 }
 
-// KEYS: fence, docs hash. ARGV: token, n, then n id/state pairs, then ids to delete.
+// KEYS: fence, docs hash, then the index sets the ops touch.
+// ARGV: token, n puts, n id/state pairs, m deletes, m ids, then (op, key index, member) triples.
 static FENCED_APPLY_DOCS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{LUA_CHECK_AND_RAISE}
 local n = tonumber(ARGV[2])
-for i = 0, n - 1 do redis.call('HSET', KEYS[2], ARGV[3 + 2 * i], ARGV[4 + 2 * i]) end
-for i = 3 + 2 * n, #ARGV do redis.call('HDEL', KEYS[2], ARGV[i]) end
+local i = 3
+for _ = 1, n do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
+local m = tonumber(ARGV[i]); i = i + 1
+for _ = 1, m do redis.call('HDEL', KEYS[2], ARGV[i]); i = i + 1 end
+while i <= #ARGV do
+  redis.call(ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2]); i = i + 3
+end
 return {{1, 0}}"
     ))
 });
+
+/// One document change for [`StateStore::apply_docs`], with what we held before
+/// (so the reverse indexes can be updated).
+#[derive(Debug, Clone)]
+pub enum DocWrite {
+    /// Written to the sink.
+    Put {
+        /// The document.
+        id: DocumentId,
+        /// What we hold now.
+        new: DocState,
+        /// What we held before, if anything.
+        old: Option<DocState>,
+    },
+    /// Removed from the sink.
+    Delete {
+        /// The document.
+        id: DocumentId,
+        /// What we held before, if anything.
+        old: Option<DocState>,
+    },
+}
 
 static FENCED_SET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
@@ -418,7 +457,7 @@ impl StateStore {
             .collect()
     }
 
-    /// Records a document as written, under `token`.
+    /// Records a document as written, under `token` (no previous state: tests and tools).
     pub async fn put_doc(
         &self,
         source: &SourceId,
@@ -426,42 +465,106 @@ impl StateStore {
         id: &DocumentId,
         state: &DocState,
     ) -> Result<(), Error> {
-        self.apply_docs(source, token, &[(id.clone(), state.clone())], &[])
-            .await
+        let put = DocWrite::Put {
+            id: id.clone(),
+            new: state.clone(),
+            old: None,
+        };
+        self.apply_docs(source, token, &[put]).await
     }
 
-    /// Forgets a deleted document, under `token`.
-    pub async fn delete_doc(&self, source: &SourceId, token: FencingToken, id: &DocumentId) -> Result<(), Error> {
-        self.apply_docs(source, token, &[], std::slice::from_ref(id)).await
-    }
-
-    /// Records written documents and forgets deleted ones in one fenced script:
-    /// one round trip per page instead of one per document.
-    pub async fn apply_docs(
-        &self,
-        source: &SourceId,
-        token: FencingToken,
-        puts: &[(DocumentId, DocState)],
-        deletes: &[DocumentId],
-    ) -> Result<(), Error> {
-        if puts.is_empty() && deletes.is_empty() {
+    /// Records written documents and forgets deleted ones, and keeps the reverse
+    /// indexes (children, linked-from) in step, in one fenced script: one round
+    /// trip per page, and the indexes never disagree with the documents.
+    pub async fn apply_docs(&self, source: &SourceId, token: FencingToken, writes: &[DocWrite]) -> Result<(), Error> {
+        if writes.is_empty() {
             return Ok(());
         }
-        let mut args: Vec<Vec<u8>> = Vec::with_capacity(1 + puts.len() * 2 + deletes.len());
-        args.push(puts.len().to_string().into_bytes());
-        for (id, state) in puts {
-            args.push(id.0.as_bytes().to_vec());
-            args.push(rmp_serde::to_vec_named(state).expect("MessagePack encoding of an in-memory struct"));
+        let mut keys = vec![self.keys.fence(source), self.keys.docs(source)];
+        let mut key_index: HashMap<String, usize> = HashMap::new();
+        let mut key_of = |k: String, keys: &mut Vec<String>| -> String {
+            let i = *key_index.entry(k.clone()).or_insert_with(|| {
+                keys.push(k);
+                keys.len()
+            });
+            i.to_string()
+        };
+        let mut args: Vec<Vec<u8>> = Vec::new();
+        let mut ops: Vec<[String; 3]> = Vec::new();
+        let mut puts = 0usize;
+        let mut put_args = Vec::new();
+        let mut del_args = Vec::new();
+        for w in writes {
+            let (id, old, new) = match w {
+                DocWrite::Put { id, new, old } => {
+                    puts += 1;
+                    put_args.push(id.0.as_bytes().to_vec());
+                    put_args.push(rmp_serde::to_vec_named(new).expect("MessagePack encoding of an in-memory struct"));
+                    (id, old.as_ref(), Some(new))
+                }
+                DocWrite::Delete { id, old } => {
+                    del_args.push(id.0.as_bytes().to_vec());
+                    (id, old.as_ref(), None)
+                }
+            };
+            let old_parent = old.and_then(|o| o.parent.as_ref());
+            let new_parent = new.and_then(|n| n.parent.as_ref());
+            if old_parent != new_parent {
+                if let Some(p) = old_parent {
+                    ops.push([
+                        "SREM".into(),
+                        key_of(self.keys.children(source, p), &mut keys),
+                        id.0.clone(),
+                    ]);
+                }
+                if let Some(p) = new_parent {
+                    ops.push([
+                        "SADD".into(),
+                        key_of(self.keys.children(source, p), &mut keys),
+                        id.0.clone(),
+                    ]);
+                }
+            }
+            let old_links: std::collections::HashSet<&DocumentId> =
+                old.map(|o| o.links.iter().collect()).unwrap_or_default();
+            let new_links: std::collections::HashSet<&DocumentId> =
+                new.map(|n| n.links.iter().collect()).unwrap_or_default();
+            for t in old_links.difference(&new_links) {
+                ops.push([
+                    "SREM".into(),
+                    key_of(self.keys.linked_from(source, t), &mut keys),
+                    id.0.clone(),
+                ]);
+            }
+            for t in new_links.difference(&old_links) {
+                ops.push([
+                    "SADD".into(),
+                    key_of(self.keys.linked_from(source, t), &mut keys),
+                    id.0.clone(),
+                ]);
+            }
         }
-        args.extend(deletes.iter().map(|id| id.0.as_bytes().to_vec()));
-        self.fenced(
-            &FENCED_APPLY_DOCS,
-            &[self.keys.fence(source), self.keys.docs(source)],
-            token,
-            &args,
-        )
-        .await?;
+        args.push(puts.to_string().into_bytes());
+        args.extend(put_args);
+        args.push(del_args.len().to_string().into_bytes());
+        args.extend(del_args);
+        for [op, key, member] in ops {
+            args.push(op.into_bytes());
+            args.push(key.into_bytes());
+            args.push(member.into_bytes());
+        }
+        self.fenced(&FENCED_APPLY_DOCS, &keys, token, &args).await?;
         Ok(())
+    }
+
+    /// Members of the reverse-index sets `keys` (children or linked-from), de-duplicated.
+    pub async fn union_of(&self, keys: &[String]) -> Result<Vec<DocumentId>, Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.pool.get().await?;
+        let members: Vec<String> = redis::cmd("SUNION").arg(keys).query_async(&mut conn).await?;
+        Ok(members.into_iter().map(DocumentId).collect())
     }
 
     /// Creates the record of a new run and makes it the source's current run.
@@ -597,6 +700,8 @@ impl StateStore {
             stats.skipped.to_string(),
             "api_calls".into(),
             stats.api_calls.to_string(),
+            "dependents_updated".into(),
+            stats.refreshed.to_string(),
         ]
         .into_iter()
         .map(String::into_bytes)

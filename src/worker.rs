@@ -34,9 +34,9 @@ use crate::keys::Keys;
 use crate::queue::jobs::{self, Action, PageJob};
 use crate::queue::streams::{self, Entry};
 use crate::queue::{self, dlq};
-use crate::sinks::{self, Sink, SinkDocument, Written};
+use crate::sinks::{self, Link, Sink, SinkDocument, Written};
 use crate::sources::{self, Source};
-use crate::state::{self, DocState, PageStats, StateStore};
+use crate::state::{self, DocState, DocWrite, PageStats, StateStore};
 use crate::types::{DocumentId, SourceId};
 
 /// The workers' consumer group on the jobs stream.
@@ -97,7 +97,7 @@ pub struct Worker {
 }
 
 /// SHA-256 over what the sink receives, so a change in any of it is a change.
-pub fn content_hash(title: &str, breadcrumb: &[String], content: &str) -> String {
+pub fn content_hash(title: &str, breadcrumb: &[String], content: &str, links: &[Link]) -> String {
     let mut h = Sha256::new();
     h.update(title.as_bytes());
     h.update([0u8]);
@@ -107,6 +107,14 @@ pub fn content_hash(title: &str, breadcrumb: &[String], content: &str) -> String
     }
     h.update([0u8]);
     h.update(content.as_bytes());
+    for l in links {
+        h.update([2u8]);
+        h.update(l.target.0.as_bytes());
+        h.update([1u8]);
+        if let Some(t) = &l.title {
+            h.update(t.as_bytes());
+        }
+    }
     hex::encode(h.finalize())
 }
 
@@ -358,77 +366,156 @@ impl Worker {
         calls: &sources::ApiCalls,
     ) -> Result<PageStats, JobError> {
         let mut stats = PageStats::default();
-        let upserts: Vec<_> = job.items.iter().filter(|i| i.action == Action::Upsert).collect();
-        let mut deletes: Vec<DocumentId> = job
-            .items
-            .iter()
-            .filter(|i| i.action == Action::Delete)
-            .map(|i| i.meta.id.clone())
-            .collect();
+        let of = |action: Action| job.items.iter().filter(move |i| i.action == action);
+        let mut deletes: Vec<DocumentId> = of(Action::Delete).map(|i| i.meta.id.clone()).collect();
+        let breadcrumbs: HashMap<&DocumentId, &Vec<String>> =
+            job.items.iter().map(|i| (&i.meta.id, &i.breadcrumb)).collect();
 
-        let mut written_states: Vec<(DocumentId, DocState)> = Vec::new();
-        if !upserts.is_empty() {
-            let metas: Vec<_> = upserts.iter().map(|i| i.meta.clone()).collect();
+        let metas: Vec<_> = of(Action::Upsert).map(|i| i.meta.clone()).collect();
+        let fetched = if metas.is_empty() {
+            Vec::new()
+        } else {
             let fetched = source.fetch(&metas, calls).await;
             stats.api_calls = calls.get();
             let fetched = fetched?;
-            let ids: Vec<&DocumentId> = fetched.docs.iter().map(|d| &d.meta.id).collect();
-            let held = self.state.docs(&job.source, &ids).await?;
-            let breadcrumbs: HashMap<&DocumentId, &Vec<String>> =
-                upserts.iter().map(|i| (&i.meta.id, &i.breadcrumb)).collect();
-            for (doc, held) in fetched.docs.iter().zip(held) {
-                let breadcrumb = breadcrumbs.get(&doc.meta.id).map(|b| (*b).clone()).unwrap_or_default();
-                let hash = content_hash(&doc.meta.title, &breadcrumb, &doc.content);
-                if held
-                    .as_ref()
-                    .is_some_and(|h| h.version == doc.meta.version && h.content_hash == hash)
-                {
-                    stats.skipped += 1;
-                    continue;
-                }
-                let written = self
-                    .sink
-                    .upsert(&SinkDocument {
-                        source: job.source.clone(),
-                        id: doc.meta.id.clone(),
-                        title: doc.meta.title.clone(),
-                        breadcrumb: breadcrumb.clone(),
-                        parent: doc.meta.parent.clone(),
-                        version: doc.meta.version.clone(),
-                        content: doc.content.clone(),
-                        content_hash: hash.clone(),
-                        fencing_token: job.token,
-                    })
-                    .await?;
-                let state = DocState {
+            // Deleted between the feed and the fetch: a deletion, not an error.
+            deletes.extend(fetched.missing);
+            fetched.docs
+        };
+
+        // What we hold for everything this page touches, and the titles of
+        // everything it links to (newest first: this page's own fetches).
+        let refreshes: Vec<&DocumentId> = of(Action::Refresh).map(|i| &i.meta.id).collect();
+        let touched: Vec<&DocumentId> = fetched
+            .iter()
+            .map(|d| &d.meta.id)
+            .chain(deletes.iter())
+            .chain(refreshes.iter().copied())
+            .collect();
+        let held: HashMap<DocumentId, DocState> = touched
+            .iter()
+            .zip(self.state.docs(&job.source, &touched).await?)
+            .filter_map(|(id, st)| st.map(|st| ((*id).clone(), st)))
+            .collect();
+        let mut titles: HashMap<DocumentId, Option<String>> = HashMap::new();
+        let wanted: Vec<&DocumentId> = fetched
+            .iter()
+            .flat_map(|d| d.links.iter())
+            .chain(
+                refreshes
+                    .iter()
+                    .filter_map(|id| held.get(*id))
+                    .flat_map(|h| h.links.iter()),
+            )
+            .collect();
+        for (id, st) in wanted.iter().zip(self.state.docs(&job.source, &wanted).await?) {
+            titles.insert((*id).clone(), st.map(|s| s.title));
+        }
+        for d in &fetched {
+            titles.insert(d.meta.id.clone(), Some(d.meta.title.clone()));
+        }
+        for id in &deletes {
+            titles.insert(id.clone(), None);
+        }
+        let resolve = |links: &[DocumentId]| -> Vec<Link> {
+            links
+                .iter()
+                .map(|t| Link {
+                    target: t.clone(),
+                    title: titles.get(t).cloned().flatten(),
+                })
+                .collect()
+        };
+
+        let mut writes = Vec::new();
+        for doc in &fetched {
+            let breadcrumb = breadcrumbs.get(&doc.meta.id).map(|b| (*b).clone()).unwrap_or_default();
+            let links = resolve(&doc.links);
+            let hash = content_hash(&doc.meta.title, &breadcrumb, &doc.content, &links);
+            let old = held.get(&doc.meta.id);
+            if old.is_some_and(|h| h.version == doc.meta.version && h.content_hash == hash) {
+                stats.skipped += 1;
+                continue;
+            }
+            let written = self
+                .sink
+                .upsert(&SinkDocument {
+                    source: job.source.clone(),
+                    id: doc.meta.id.clone(),
+                    title: doc.meta.title.clone(),
+                    breadcrumb: breadcrumb.clone(),
+                    parent: doc.meta.parent.clone(),
+                    version: doc.meta.version.clone(),
+                    content: doc.content.clone(),
+                    content_hash: hash.clone(),
+                    fencing_token: job.token,
+                    links,
+                })
+                .await?;
+            writes.push(DocWrite::Put {
+                id: doc.meta.id.clone(),
+                new: DocState {
                     version: doc.meta.version.clone(),
                     content_hash: hash,
                     title: doc.meta.title.clone(),
                     parent: doc.meta.parent.clone(),
                     breadcrumb,
+                    links: doc.links.clone(),
                     token: job.token,
                     synced_at: Utc::now(),
-                };
-                written_states.push((doc.meta.id.clone(), state));
-                match written {
-                    Written::Changed => stats.upserted += 1,
-                    Written::Unchanged => stats.skipped += 1,
-                }
+                },
+                old: old.cloned(),
+            });
+            match written {
+                Written::Changed => stats.upserted += 1,
+                Written::Unchanged => stats.skipped += 1,
             }
-            // Deleted between the feed and the fetch: a deletion, not an error.
-            deletes.extend(fetched.missing);
+        }
+
+        for id in refreshes {
+            // Gone since the run planned it, or never synced: nothing depends on it here.
+            let (Some(old), Some(mut doc)) = (held.get(id), self.sink.get(&job.source, id).await?) else {
+                stats.skipped += 1;
+                continue;
+            };
+            let breadcrumb = breadcrumbs.get(id).map(|b| (*b).clone()).unwrap_or_default();
+            let links = resolve(&old.links);
+            let hash = content_hash(&old.title, &breadcrumb, &doc.content, &links);
+            if doc.breadcrumb == breadcrumb && doc.links == links && old.content_hash == hash {
+                stats.skipped += 1;
+                continue;
+            }
+            doc.breadcrumb = breadcrumb.clone();
+            doc.links = links;
+            doc.content_hash = hash.clone();
+            doc.fencing_token = job.token;
+            self.sink.upsert(&doc).await?;
+            writes.push(DocWrite::Put {
+                id: id.clone(),
+                new: DocState {
+                    content_hash: hash,
+                    breadcrumb,
+                    token: job.token,
+                    synced_at: Utc::now(),
+                    ..old.clone()
+                },
+                old: Some(old.clone()),
+            });
+            stats.refreshed += 1;
         }
 
         for id in &deletes {
             if self.sink.delete(&job.source, id, job.token).await? == Written::Changed {
                 stats.deleted += 1;
             }
+            writes.push(DocWrite::Delete {
+                id: id.clone(),
+                old: held.get(id).cloned(),
+            });
         }
         // State last: if we die before this, the redo finds the sink already
         // written (Unchanged) and records the state then.
-        self.state
-            .apply_docs(&job.source, job.token, &written_states, &deletes)
-            .await?;
+        self.state.apply_docs(&job.source, job.token, &writes).await?;
         Ok(stats)
     }
 }

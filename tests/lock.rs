@@ -164,6 +164,7 @@ async fn stale_token_writes_are_refused_everywhere() {
         title: "T".into(),
         parent: None,
         breadcrumb: vec![],
+        links: vec![],
         token: old.token,
         synced_at: chrono::Utc::now(),
     };
@@ -193,6 +194,7 @@ async fn stale_token_writes_are_refused_everywhere() {
         content: "new".into(),
         content_hash: "h1".into(),
         fencing_token: new.token,
+        links: vec![],
     };
     sink.upsert(&sdoc).await.unwrap();
     sdoc.content = "stale".into();

@@ -162,6 +162,11 @@ pub fn render(queues: &QueueStatus, sources: &[SourceFigures]) -> String {
             |r| r.api_calls,
         ),
         (
+            "tidemark_last_run_dependents_updated",
+            "Dependents (breadcrumbs, link titles) rewritten by the source's latest finished run.",
+            |r| r.dependents_updated,
+        ),
+        (
             "tidemark_last_run_success",
             "1 if the source's latest finished run completed without errors, else 0.",
             |r| u64::from(r.status == RunStatus::Completed),
@@ -213,6 +218,8 @@ mod tests {
             skipped: 0,
             unchanged: 0,
             api_calls: 7,
+            dependents: 0,
+            dependents_updated: 0,
             errors: 0,
             last_error: String::new(),
             note: String::new(),

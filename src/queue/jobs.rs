@@ -56,6 +56,9 @@ pub enum Action {
     Upsert,
     /// Remove it from the sink and the state.
     Delete,
+    /// Rewrite what depends on other documents (breadcrumb, link titles) from
+    /// the sink's copy, without fetching content from the source.
+    Refresh,
 }
 
 /// One document of a page job.

@@ -171,6 +171,11 @@ impl Sink for DirectorySink {
         .await
     }
 
+    async fn get(&self, source: &SourceId, id: &DocumentId) -> Result<Option<SinkDocument>, Error> {
+        let path = self.doc_path(source, id);
+        run_blocking(move || read_doc(&path)).await
+    }
+
     async fn delete(&self, source: &SourceId, id: &DocumentId, token: FencingToken) -> Result<Written, Error> {
         let root = self.root.join(source.as_str());
         let path = self.doc_path(source, id);
@@ -212,6 +217,7 @@ mod tests {
             content: content.into(),
             content_hash: format!("h-{content}"),
             fencing_token: FencingToken(token),
+            links: vec![],
         }
     }
 

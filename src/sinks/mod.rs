@@ -53,6 +53,19 @@ pub struct SinkDocument {
     pub content_hash: String,
     /// Token of the run that wrote it.
     pub fencing_token: FencingToken,
+    /// Documents of the same source this one links to, with their current titles
+    /// (`None`: the target does not exist, the link is broken).
+    #[serde(default)]
+    pub links: Vec<Link>,
+}
+
+/// A resolved link to another document of the same source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    /// The target's id.
+    pub target: DocumentId,
+    /// The target's title now, or `None` if it no longer exists.
+    pub title: Option<String>,
 }
 
 /// What a write did.
@@ -71,4 +84,7 @@ pub trait Sink: Send + Sync {
     async fn upsert(&self, doc: &SinkDocument) -> Result<Written, Error>;
     /// Removes a document under `token`.
     async fn delete(&self, source: &SourceId, id: &DocumentId, token: FencingToken) -> Result<Written, Error>;
+    /// Reads a document back, so dependents (breadcrumbs, link titles) can be
+    /// rewritten without fetching their content from the source again.
+    async fn get(&self, source: &SourceId, id: &DocumentId) -> Result<Option<SinkDocument>, Error>;
 }

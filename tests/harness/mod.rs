@@ -225,7 +225,8 @@ listen = ""
             .iter()
             .map(|p| (p.id.clone(), (p.title.clone(), p.parent_id.clone())))
             .collect();
-        let expected: BTreeMap<String, (String, String, String, Vec<String>)> = pages
+        type Expected = (String, String, String, Vec<String>, Vec<(String, Option<String>)>);
+        let expected: BTreeMap<String, Expected> = pages
             .iter()
             .map(|p| {
                 let mut crumbs = Vec::new();
@@ -240,16 +241,26 @@ listen = ""
                     }
                 }
                 crumbs.reverse();
+                let links = tidemark::sources::confluence::page_links(&p.body)
+                    .into_iter()
+                    .map(|t| {
+                        let title = titles.get(&t.0).map(|(title, _)| title.clone());
+                        (t.0, title)
+                    })
+                    .collect();
                 (
                     p.id.clone(),
-                    (p.version.to_string(), p.title.clone(), p.body.clone(), crumbs),
+                    (p.version.to_string(), p.title.clone(), p.body.clone(), crumbs, links),
                 )
             })
             .collect();
-        let got: BTreeMap<String, (String, String, String, Vec<String>)> = self
+        let got: BTreeMap<String, Expected> = self
             .sink_docs()
             .into_iter()
-            .map(|d| (d.id.0, (d.version, d.title, d.content, d.breadcrumb)))
+            .map(|d| {
+                let links = d.links.into_iter().map(|l| (l.target.0, l.title)).collect();
+                (d.id.0, (d.version, d.title, d.content, d.breadcrumb, links))
+            })
             .collect();
         if expected != got {
             let missing: Vec<_> = expected.keys().filter(|k| !got.contains_key(*k)).collect();
