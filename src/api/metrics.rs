@@ -140,7 +140,7 @@ pub fn render(queues: &QueueStatus, sources: &[SourceFigures]) -> String {
         "source",
         per_source(|s| Some(s.fence)),
     );
-    let last: [(&str, &str, RunFigure); 6] = [
+    let last: [(&str, &str, RunFigure); 7] = [
         (
             "tidemark_last_run_docs_processed",
             "Documents put into jobs by the source's latest finished run.",
