@@ -53,6 +53,9 @@ pub enum Command {
         /// Full re-sync instead of incremental.
         #[arg(long)]
         full: bool,
+        /// Confirm that this run may delete more than the source's `max_delete_share`.
+        #[arg(long)]
+        allow_mass_delete: bool,
         /// Block until the run serving this request ends; print its figures.
         #[arg(long)]
         wait: bool,

@@ -153,6 +153,13 @@ pub struct RawSource {
     pub kind: String,
     /// Sync this source incrementally every N seconds (optional).
     pub schedule_every_secs: Option<u64>,
+    /// The deletion guard: a run may delete at most this share of the documents
+    /// held (0.0..=1.0) unless the request confirms. Default 0.5.
+    pub max_delete_share: Option<f64>,
+    /// Periodic reconciliation: turn every Nth incremental run into a full one (optional).
+    pub reconcile_every_runs: Option<u32>,
+    /// Periodic reconciliation: run full when the last full run is older than this (optional).
+    pub reconcile_every_hours: Option<u64>,
     /// The connector's own settings (`[sources.settings]`).
     #[serde(default = "empty_table")]
     pub settings: toml::Value,
@@ -257,6 +264,29 @@ pub struct SourceConfig {
     pub settings: SourceSettings,
     /// Periodic incremental sync, if configured.
     pub schedule_every: Option<Duration>,
+    /// What a run may do on its own.
+    pub policy: SourcePolicy,
+}
+
+/// Per-source safety and reconciliation settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourcePolicy {
+    /// Largest share of held documents one run may delete without confirmation.
+    pub max_delete_share: f64,
+    /// Every Nth incremental run becomes a full one.
+    pub reconcile_every_runs: Option<u32>,
+    /// An incremental run becomes full when the last full run is older than this.
+    pub reconcile_every: Option<Duration>,
+}
+
+impl Default for SourcePolicy {
+    fn default() -> Self {
+        Self {
+            max_delete_share: 0.5,
+            reconcile_every_runs: None,
+            reconcile_every: None,
+        }
+    }
 }
 
 impl Config {
@@ -403,12 +433,30 @@ impl TryFrom<RawConfig> for Config {
             if s.schedule_every_secs == Some(0) {
                 problems.push(format!("{key}.schedule_every_secs: must be at least 1, got 0"));
             }
+            let share = s.max_delete_share.unwrap_or(SourcePolicy::default().max_delete_share);
+            if !(0.0..=1.0).contains(&share) {
+                problems.push(format!("{key}.max_delete_share: {share} is not between 0.0 and 1.0"));
+            }
+            if s.reconcile_every_runs == Some(0) {
+                problems.push(format!("{key}.reconcile_every_runs: must be at least 1, got 0"));
+            }
+            if s.reconcile_every_hours == Some(0) {
+                problems.push(format!("{key}.reconcile_every_hours: must be at least 1, got 0"));
+            }
             let settings = SourceSettings::parse(&s.kind, s.settings, &key, &mut problems);
             if let (Some(id), Some(settings)) = (id, settings) {
                 sources.push(SourceConfig {
                     id,
                     settings,
                     schedule_every: s.schedule_every_secs.filter(|s| *s > 0).map(Duration::from_secs),
+                    policy: SourcePolicy {
+                        max_delete_share: share,
+                        reconcile_every_runs: s.reconcile_every_runs.filter(|n| *n > 0),
+                        reconcile_every: s
+                            .reconcile_every_hours
+                            .filter(|h| *h > 0)
+                            .map(|h| Duration::from_secs(h * 3600)),
+                    },
                 });
             }
         }

@@ -32,7 +32,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{SourceConfig, SyncConfig};
+use crate::config::{SourceConfig, SourcePolicy, SyncConfig};
 use crate::keys::Keys;
 use crate::lock::{self, Lease, LockManager};
 use crate::queue::jobs::{self, Action, JobItem, PageJob, SyncRequest};
@@ -81,6 +81,7 @@ pub struct Coordinator {
     locks: LockManager,
     sources: HashMap<SourceId, Arc<dyn Source>>,
     schedules: Vec<(SourceId, Duration)>,
+    policies: HashMap<SourceId, SourcePolicy>,
     cfg: SyncConfig,
     consumer: String,
 }
@@ -113,6 +114,62 @@ pub fn breadcrumb(id: &DocumentId, tree: &HashMap<DocumentId, (String, Option<Do
     out
 }
 
+/// What the requests a run serves asked for, merged.
+struct RunRequest<'a> {
+    mode: SyncMode,
+    requested_by: &'a str,
+    request_ids: &'a [String],
+    allow_mass_delete: bool,
+}
+
+/// The mode a run actually uses: an incremental request becomes a full run when
+/// periodic reconciliation is due. Returns the mode and, if it changed, why.
+pub fn effective_mode(
+    requested: SyncMode,
+    checkpoint: &sources::Checkpoint,
+    policy: &SourcePolicy,
+    now: chrono::DateTime<Utc>,
+) -> (SyncMode, Option<String>) {
+    if requested == SyncMode::Full {
+        return (SyncMode::Full, None);
+    }
+    if let Some(n) = policy.reconcile_every_runs
+        && checkpoint.runs_since_full.saturating_add(1) >= n
+    {
+        return (SyncMode::Full, Some(format!("periodic reconciliation: every {n} runs")));
+    }
+    if let (Some(every), Some(last)) = (policy.reconcile_every, checkpoint.last_full_at)
+        && chrono::Duration::from_std(every).is_ok_and(|every| now - last >= every)
+    {
+        return (
+            SyncMode::Full,
+            Some(format!("periodic reconciliation: last full run at {last}")),
+        );
+    }
+    (SyncMode::Incremental, None)
+}
+
+/// The deletion guard: a listing that comes back empty after an outage or a lost
+/// permission must not wipe the knowledge base. If the plan deletes more than
+/// `max_delete_share` of the `held` documents and the request did not confirm,
+/// the deletions are taken out of the plan (the rest still runs) and the refusal
+/// is returned, to be recorded and to keep the checkpoint where it is.
+fn deletion_guard(plan: &mut Plan, held: usize, policy: &SourcePolicy, confirmed: bool) -> Option<String> {
+    let deletions = plan.items.iter().filter(|i| i.action == Action::Delete).count();
+    if deletions == 0 || confirmed || held == 0 || (deletions as f64) <= policy.max_delete_share * held as f64 {
+        return None;
+    }
+    plan.items.retain(|i| i.action != Action::Delete);
+    let refusal = format!(
+        "deletion guard: {deletions} of {held} documents ({:.0}%) would be deleted, above max_delete_share {:.0}%; \
+         nothing was deleted. If this is right, re-run with --allow-mass-delete (API: \"allow_mass_delete\": true)",
+        100.0 * deletions as f64 / held as f64,
+        100.0 * policy.max_delete_share
+    );
+    plan.note.push(refusal.clone());
+    Some(refusal)
+}
+
 /// What a run decided to do, before jobs are enqueued.
 #[derive(Debug, Default)]
 struct Plan {
@@ -140,6 +197,10 @@ impl Coordinator {
             .iter()
             .filter_map(|s| s.schedule_every.map(|every| (s.id.clone(), every)))
             .collect();
+        let policies = source_configs
+            .iter()
+            .map(|s| (s.id.clone(), s.policy.clone()))
+            .collect();
         Self {
             pool,
             keys,
@@ -147,6 +208,7 @@ impl Coordinator {
             locks,
             sources,
             schedules,
+            policies,
             cfg,
             consumer,
         }
@@ -353,6 +415,7 @@ impl Coordinator {
             SyncMode::Incremental
         };
         let request_ids: Vec<String> = served.iter().flat_map(|r| r.all_request_ids()).collect();
+        let allow_mass_delete = served.iter().any(|r| r.allow_mass_delete);
 
         let lost = CancellationToken::new();
         let keeper = tokio::spawn(keep_lease(
@@ -371,9 +434,12 @@ impl Coordinator {
                 source.as_ref(),
                 &lease,
                 &run,
-                mode,
-                &request.requested_by,
-                &request_ids,
+                RunRequest {
+                    mode,
+                    requested_by: &request.requested_by,
+                    request_ids: &request_ids,
+                    allow_mass_delete,
+                },
                 &lost,
             )
             .await;
@@ -469,6 +535,7 @@ impl Coordinator {
         };
         let mut follow_up = SyncRequest::new(source.clone(), mode, "follow-up");
         follow_up.coalesced = pending.iter().flat_map(|r| r.all_request_ids()).collect();
+        follow_up.allow_mass_delete = pending.iter().any(|r| r.allow_mass_delete);
         tracing::info!(%source, coalesced = follow_up.coalesced.len(), "enqueueing one follow-up run");
         if let Err(e) = enqueue(&self.pool, &self.keys, &follow_up).await {
             tracing::error!(%source, error = %e, "could not enqueue the follow-up run");
@@ -476,30 +543,29 @@ impl Coordinator {
     }
 
     /// One run, from the feed to the committed checkpoint.
-    #[allow(clippy::too_many_arguments)]
     async fn sync(
         &self,
         source: &dyn Source,
         lease: &Lease,
         run: &RunId,
-        mode: SyncMode,
-        requested_by: &str,
-        request_ids: &[String],
+        request: RunRequest<'_>,
         lost: &CancellationToken,
     ) -> Result<(), Error> {
         let id = source.id().clone();
         let token = lease.token;
+        let policy = self.policies.get(&id).cloned().unwrap_or_default();
         self.state.register_token(&id, token).await?;
+        let checkpoint = self.state.checkpoint(&id).await?;
+        let (mode, reconcile_note) = effective_mode(request.mode, &checkpoint, &policy, Utc::now());
         if let Some(prev) = self
             .state
-            .start_run(&id, run, token, mode, requested_by, request_ids)
+            .start_run(&id, run, token, mode, request.requested_by, request.request_ids)
             .await?
         {
             tracing::warn!(source = %id, previous = %prev, "previous run was abandoned by its coordinator");
         }
         tracing::info!(source = %id, run = %run, %mode, %token, "run started");
 
-        let checkpoint = self.state.checkpoint(&id).await?;
         let held = self.state.all_docs(&id).await?;
         let calls = sources::ApiCalls::default();
         let planned = self.plan(source, &checkpoint, mode, &held, lost, &calls).await;
@@ -507,7 +573,21 @@ impl Coordinator {
         self.state
             .add_run_counters(&id, run, &[("api_calls", calls.get())])
             .await?;
-        let (plan, end) = planned?;
+        let (mut plan, mut end) = planned?;
+        if let Some(note) = reconcile_note {
+            plan.note.insert(0, note);
+        }
+        let guard = deletion_guard(&mut plan, held.len(), &policy, request.allow_mass_delete);
+        end.checkpoint.runs_since_full = if mode == SyncMode::Full {
+            0
+        } else {
+            checkpoint.runs_since_full.saturating_add(1)
+        };
+        end.checkpoint.last_full_at = if mode == SyncMode::Full {
+            Some(Utc::now())
+        } else {
+            checkpoint.last_full_at
+        };
 
         let mut pages = 0u32;
         self.enqueue_pages(&id, run, token, &plan.items, &mut pages).await?;
@@ -548,12 +628,19 @@ impl Coordinator {
             tracing::info!(source = %id, run = %run, dependents = refresh.len(), "dependents enqueued");
         }
         let record = self.wait_for_pages(&id, run, u64::from(pages), lost).await?;
-        let status = if record.pages_failed == 0 {
+        let status = if record.pages_failed == 0 && guard.is_none() {
             self.state.commit_checkpoint(&id, token, &end.checkpoint).await?;
             RunStatus::Completed
         } else {
-            // The failed pages' documents were not applied; keeping the old
-            // checkpoint makes the next run see them again (and skip the rest by version).
+            // Failed pages were not applied, held-back deletions not made: keeping
+            // the old checkpoint makes the next run see them again (and skip the
+            // rest by version).
+            if let Some(refusal) = guard {
+                self.state
+                    .set_run_fields(&id, run, token, &[("last_error", refusal)])
+                    .await?;
+                self.state.add_run_counters(&id, run, &[("errors", 1)]).await?;
+            }
             RunStatus::CompletedWithErrors
         };
         self.state
@@ -910,5 +997,75 @@ mod tests {
         assert_eq!(breadcrumb(&"a".into(), &cyc), vec!["B"]);
         let dangling = tree(&[("x", "X", Some("gone"))]);
         assert!(breadcrumb(&"x".into(), &dangling).is_empty());
+    }
+
+    /// Reconciliation turns an incremental request full every N runs or after T, and says why.
+    #[test]
+    fn reconciliation_schedule() {
+        let now = Utc::now();
+        let policy = SourcePolicy {
+            reconcile_every_runs: Some(3),
+            reconcile_every: Some(Duration::from_secs(3600)),
+            ..SourcePolicy::default()
+        };
+        let cp = |runs, last: Option<chrono::DateTime<Utc>>| sources::Checkpoint {
+            runs_since_full: runs,
+            last_full_at: last,
+            ..Default::default()
+        };
+        let recent = Some(now - chrono::Duration::minutes(5));
+        assert_eq!(
+            effective_mode(SyncMode::Incremental, &cp(0, recent), &policy, now).0,
+            SyncMode::Incremental
+        );
+        let (mode, why) = effective_mode(SyncMode::Incremental, &cp(2, recent), &policy, now);
+        assert_eq!(mode, SyncMode::Full);
+        assert!(why.unwrap().contains("every 3 runs"));
+        let old = Some(now - chrono::Duration::hours(2));
+        assert_eq!(
+            effective_mode(SyncMode::Incremental, &cp(0, old), &policy, now).0,
+            SyncMode::Full
+        );
+        assert_eq!(
+            effective_mode(SyncMode::Incremental, &cp(9, None), &SourcePolicy::default(), now).0,
+            SyncMode::Incremental
+        );
+    }
+
+    /// The guard strips deletions above the share unless confirmed, and keeps the rest of the plan.
+    #[test]
+    fn deletion_guard_thresholds() {
+        let item = |id: &str, action| JobItem {
+            meta: DocMeta {
+                id: id.into(),
+                version: "1".into(),
+                title: id.into(),
+                parent: None,
+                modified_at: None,
+            },
+            action,
+            breadcrumb: vec![],
+        };
+        let plan = || Plan {
+            items: vec![
+                item("a", Action::Delete),
+                item("b", Action::Delete),
+                item("c", Action::Upsert),
+            ],
+            ..Plan::default()
+        };
+        let policy = SourcePolicy::default();
+        let mut p = plan();
+        assert!(
+            deletion_guard(&mut p, 4, &policy, false).is_none(),
+            "2 of 4 is not above 50%"
+        );
+        let mut p = plan();
+        let refusal = deletion_guard(&mut p, 3, &policy, false).expect("2 of 3 is above 50%");
+        assert!(refusal.contains("2 of 3"));
+        assert_eq!(p.items.len(), 1, "only the upsert remains");
+        let mut p = plan();
+        assert!(deletion_guard(&mut p, 3, &policy, true).is_none(), "confirmed");
+        assert_eq!(p.items.len(), 3);
     }
 }

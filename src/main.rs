@@ -133,6 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Enqueue {
             source,
             full,
+            allow_mass_delete,
             wait,
             timeout,
             json,
@@ -144,7 +145,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 bail!("unknown source {source:?} (configured: {})", known.join(", "));
             }
             let mode = if *full { SyncMode::Full } else { SyncMode::Incremental };
-            let request = SyncRequest::new(id.clone(), mode, "cli");
+            let mut request = SyncRequest::new(id.clone(), mode, "cli");
+            request.allow_mass_delete = *allow_mass_delete;
             coordinator::enqueue(&app.pool, &app.keys, &request).await?;
             if !wait {
                 if *json {

@@ -8,6 +8,8 @@ mod harness;
 mod api;
 /// The binary's edge: configuration and argument errors.
 mod cli;
+/// Deletion guard and periodic reconciliation.
+mod deletions;
 /// Dependency tracking: breadcrumbs and link titles follow renames, moves and deletions.
 mod dependencies;
 /// Lock exclusion, expiry, Redlock majorities, fencing of stale writes.

@@ -190,10 +190,11 @@ async fn get_source(
     Ok(Json(json!({"sources": sources, "queues": queues})))
 }
 
-/// Reads the optional sync body: nothing (or only whitespace) means incremental.
-fn parse_sync_body(headers: &HeaderMap, body: &[u8]) -> Result<SyncMode, ApiError> {
+/// Reads the optional sync body into the mode and whether the operator confirms
+/// a mass deletion; nothing (or only whitespace) means incremental, unconfirmed.
+fn parse_sync_body(headers: &HeaderMap, body: &[u8]) -> Result<(SyncMode, bool), ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(SyncMode::Incremental);
+        return Ok((SyncMode::Incremental, false));
     }
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -214,20 +215,36 @@ fn parse_sync_body(headers: &HeaderMap, body: &[u8]) -> Result<SyncMode, ApiErro
             format!("expected a JSON object like {{\"mode\": \"full\"}}, got {value}"),
         ));
     };
-    if let Some(other) = fields.keys().find(|k| k.as_str() != "mode") {
+    if let Some(other) = fields
+        .keys()
+        .find(|k| !matches!(k.as_str(), "mode" | "allow_mass_delete"))
+    {
         return Err(ApiError::field(
             other.clone(),
-            "unknown field; the body accepts only `mode`",
+            "unknown field; the body accepts only `mode` and `allow_mass_delete`",
         ));
     }
-    match fields.get("mode") {
-        None => Ok(SyncMode::Incremental),
-        Some(Value::String(s)) => s.parse().map_err(|e: String| ApiError::field("mode", e)),
-        Some(other) => Err(ApiError::field(
-            "mode",
-            format!("expected \"incremental\" or \"full\", got {other}"),
-        )),
-    }
+    let mode = match fields.get("mode") {
+        None => SyncMode::Incremental,
+        Some(Value::String(s)) => s.parse().map_err(|e: String| ApiError::field("mode", e))?,
+        Some(other) => {
+            return Err(ApiError::field(
+                "mode",
+                format!("expected \"incremental\" or \"full\", got {other}"),
+            ));
+        }
+    };
+    let allow_mass_delete = match fields.get("allow_mass_delete") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(ApiError::field(
+                "allow_mass_delete",
+                format!("expected true or false, got {other}"),
+            ));
+        }
+    };
+    Ok((mode, allow_mass_delete))
 }
 
 async fn create_sync(
@@ -244,8 +261,9 @@ async fn create_sync(
         }
         other => ApiError::NotJson(other.body_text()),
     })?;
-    let mode = parse_sync_body(&headers, &body)?;
-    let request = SyncRequest::new(id.clone(), mode, "api");
+    let (mode, allow_mass_delete) = parse_sync_body(&headers, &body)?;
+    let mut request = SyncRequest::new(id.clone(), mode, "api");
+    request.allow_mass_delete = allow_mass_delete;
     let request_id = coordinator::enqueue(&app.pool, &app.keys, &request).await?;
     let status_url = format!("/v1/sources/{id}/requests/{request_id}");
     tracing::info!(source = %id, %mode, request = %request_id, "sync requested over the API");
@@ -300,11 +318,23 @@ mod tests {
         let h = json_headers();
         assert_eq!(
             parse_sync_body(&HeaderMap::new(), b"").ok(),
-            Some(SyncMode::Incremental)
+            Some((SyncMode::Incremental, false))
         );
-        assert_eq!(parse_sync_body(&h, b" \n").ok(), Some(SyncMode::Incremental));
-        assert_eq!(parse_sync_body(&h, b"{}").ok(), Some(SyncMode::Incremental));
-        assert_eq!(parse_sync_body(&h, br#"{"mode":"full"}"#).ok(), Some(SyncMode::Full));
+        assert_eq!(parse_sync_body(&h, b" \n").ok(), Some((SyncMode::Incremental, false)));
+        assert_eq!(parse_sync_body(&h, b"{}").ok(), Some((SyncMode::Incremental, false)));
+        assert_eq!(
+            parse_sync_body(&h, br#"{"mode":"full"}"#).ok(),
+            Some((SyncMode::Full, false))
+        );
+        assert_eq!(
+            parse_sync_body(&h, br#"{"mode":"full","allow_mass_delete":true}"#).ok(),
+            Some((SyncMode::Full, true))
+        );
+        assert!(
+            parse_sync_body(&h, br#"{"allow_mass_delete":"yes"}"#)
+                .err()
+                .is_some_and(|e| e.to_string().contains("allow_mass_delete"))
+        );
         let mut charset = HeaderMap::new();
         charset.insert(
             header::CONTENT_TYPE,
@@ -312,7 +342,7 @@ mod tests {
         );
         assert_eq!(
             parse_sync_body(&charset, br#"{"mode":"full"}"#).ok(),
-            Some(SyncMode::Full)
+            Some((SyncMode::Full, false))
         );
 
         let code = |h: &HeaderMap, b: &[u8]| {

@@ -33,6 +33,10 @@ pub struct SyncRequest {
     /// Ids of earlier requests coalesced into this one (a follow-up run serves them all).
     #[serde(default)]
     pub coalesced: Vec<String>,
+    /// The operator confirms this run may delete more than the source's
+    /// `max_delete_share` (the deletion guard).
+    #[serde(default)]
+    pub allow_mass_delete: bool,
 }
 
 impl SyncRequest {
@@ -45,6 +49,7 @@ impl SyncRequest {
             requested_by: requested_by.into(),
             requested_at: Utc::now(),
             coalesced: Vec::new(),
+            allow_mass_delete: false,
         }
     }
 }

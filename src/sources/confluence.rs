@@ -679,6 +679,7 @@ impl ChangeFeed for ConfluenceFeed {
                 watermark,
                 runs_since_sweep: self.runs_since_sweep,
                 scope: self.scope.clone(),
+                ..Checkpoint::default()
             },
             complete_listing: self.complete,
             note: Some(self.note.clone()),

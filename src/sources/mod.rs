@@ -143,6 +143,12 @@ pub struct Checkpoint {
     pub runs_since_sweep: u32,
     /// Connector-specific facts worth remembering between runs (e.g. a space's numeric id).
     pub scope: BTreeMap<String, String>,
+    /// Incremental runs since the last full run (kept by the coordinator, for reconciliation).
+    #[serde(default)]
+    pub runs_since_full: u32,
+    /// When the last full run completed (our clock: it only schedules reconciliation).
+    #[serde(default)]
+    pub last_full_at: Option<DateTime<Utc>>,
 }
 
 /// A document with its content, as fetched.

@@ -31,6 +31,8 @@ pub struct Options {
     pub page_size: usize,
     /// Extra lines for `[sources.settings]`.
     pub source_settings: String,
+    /// Extra lines for the Confluence `[[sources]]` entry itself (e.g. `max_delete_share = 0.2`).
+    pub source_fields: String,
     /// Extra lines for `[sync]`.
     pub sync: String,
     /// Simulator settings.
@@ -50,6 +52,7 @@ impl Default for Options {
             pages: 60,
             page_size: 20,
             source_settings: String::new(),
+            source_fields: String::new(),
             sync: String::new(),
             sim: SimConfig::default(),
             appendfsync: "always",
@@ -123,8 +126,8 @@ listen = ""
             sync = opts.sync,
             sink = sink_dir.path().display(),
             source = opts.source_toml.clone().unwrap_or_else(|| format!(
-                "[[sources]]\nid = \"eng\"\nkind = \"confluence\"\n[sources.settings]\nbase_url = \"http://{addr}\"\nspace_key = \"{}\"\n{}\n",
-                opts.sim.space_key, opts.source_settings
+                "[[sources]]\nid = \"eng\"\nkind = \"confluence\"\n{}\n[sources.settings]\nbase_url = \"http://{addr}\"\nspace_key = \"{}\"\n{}\n",
+                opts.source_fields, opts.sim.space_key, opts.source_settings
             )),
         );
         let config_path = sink_dir.path().join("tidemark.toml");
