@@ -163,6 +163,100 @@ pub struct RawSource {
     /// The connector's own settings (`[sources.settings]`).
     #[serde(default = "empty_table")]
     pub settings: toml::Value,
+    /// Webhook deliveries for this source (`[sources.webhook]`), optional.
+    pub webhook: Option<RawWebhook>,
+}
+
+/// `[sources.webhook]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    /// Environment variable holding the shared secret (HMAC key, or the Drive channel token).
+    pub secret_env: Option<String>,
+    /// File holding the shared secret.
+    pub secret_file: Option<PathBuf>,
+    /// How far a delivery's timestamp may be from ours. Default 300 s.
+    #[serde(default = "default_tolerance_secs")]
+    pub tolerance_secs: u64,
+    /// Events within this window become one sync request. Default 5 s.
+    #[serde(default = "default_debounce_secs")]
+    pub debounce_secs: u64,
+}
+
+fn default_tolerance_secs() -> u64 {
+    300
+}
+fn default_debounce_secs() -> u64 {
+    5
+}
+
+/// A shared secret; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Checked `[sources.webhook]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookConfig {
+    /// The shared secret.
+    pub secret: Secret,
+    /// Allowed clock difference for signed timestamps (and the replay window).
+    pub tolerance: Duration,
+    /// Trailing debounce window.
+    pub debounce: Duration,
+}
+
+fn check_webhook(
+    key: &str,
+    raw: &RawWebhook,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) -> Option<WebhookConfig> {
+    let secret = match (&raw.secret_env, &raw.secret_file) {
+        (Some(var), None) => match env(var) {
+            Some(v) if !v.is_empty() => Some(v.into_bytes()),
+            _ => {
+                problems.push(format!("{key}.secret_env: environment variable {var:?} is not set"));
+                None
+            }
+        },
+        (None, Some(path)) => match std::fs::read(path) {
+            Ok(b) => {
+                let trimmed = String::from_utf8_lossy(&b).trim().as_bytes().to_vec();
+                if trimmed.is_empty() {
+                    problems.push(format!("{key}.secret_file: {} is empty", path.display()));
+                    None
+                } else {
+                    Some(trimmed)
+                }
+            }
+            Err(e) => {
+                problems.push(format!("{key}.secret_file: {}: {e}", path.display()));
+                None
+            }
+        },
+        (Some(_), Some(_)) => {
+            problems.push(format!("{key}: give secret_env or secret_file, not both"));
+            None
+        }
+        (None, None) => {
+            problems.push(format!("{key}: a secret is required (secret_env or secret_file)"));
+            None
+        }
+    };
+    if raw.tolerance_secs == 0 {
+        problems.push(format!("{key}.tolerance_secs: must be at least 1, got 0"));
+    }
+    secret.map(|s| WebhookConfig {
+        secret: Secret(s),
+        tolerance: Duration::from_secs(raw.tolerance_secs.max(1)),
+        debounce: Duration::from_secs(raw.debounce_secs),
+    })
 }
 
 fn empty_table() -> toml::Value {
@@ -266,6 +360,8 @@ pub struct SourceConfig {
     pub schedule_every: Option<Duration>,
     /// What a run may do on its own.
     pub policy: SourcePolicy,
+    /// Webhook deliveries, if configured.
+    pub webhook: Option<WebhookConfig>,
 }
 
 /// Per-source safety and reconciliation settings.
@@ -311,7 +407,7 @@ impl Config {
         if let Some(p) = env("TIDEMARK_SINK_PATH") {
             raw.sink.path = Some(PathBuf::from(p));
         }
-        Self::try_from(raw).map_err(|problems| Error::Invalid {
+        Self::check(raw, &env).map_err(|problems| Error::Invalid {
             path: path.to_owned(),
             problems,
         })
@@ -375,10 +471,9 @@ fn check_sync(raw: &RawSync, problems: &mut Vec<String>) -> Option<SyncConfig> {
     })
 }
 
-impl TryFrom<RawConfig> for Config {
-    type Error = Vec<String>;
-
-    fn try_from(raw: RawConfig) -> Result<Self, Vec<String>> {
+impl Config {
+    /// Validates a raw config; `env` resolves secrets named by environment variable.
+    pub fn check(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
 
         check_redis_url("redis.url", &raw.redis.url, &mut problems);
@@ -443,6 +538,10 @@ impl TryFrom<RawConfig> for Config {
             if s.reconcile_every_hours == Some(0) {
                 problems.push(format!("{key}.reconcile_every_hours: must be at least 1, got 0"));
             }
+            let webhook = s
+                .webhook
+                .as_ref()
+                .and_then(|w| check_webhook(&format!("{key}.webhook"), w, env, &mut problems));
             let settings = SourceSettings::parse(&s.kind, s.settings, &key, &mut problems);
             if let (Some(id), Some(settings)) = (id, settings) {
                 sources.push(SourceConfig {
@@ -457,6 +556,7 @@ impl TryFrom<RawConfig> for Config {
                             .filter(|h| *h > 0)
                             .map(|h| Duration::from_secs(h * 3600)),
                     },
+                    webhook,
                 });
             }
         }

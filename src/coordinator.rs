@@ -120,6 +120,19 @@ struct RunRequest<'a> {
     requested_by: &'a str,
     request_ids: &'a [String],
     allow_mass_delete: bool,
+    targets: &'a [DocumentId],
+}
+
+/// The documents a set of requests targets: their union if every request is
+/// targeted, or none (the whole source) if any one is not.
+fn merged_targets(requests: &[SyncRequest]) -> Vec<DocumentId> {
+    if requests.iter().any(|r| r.targets.is_empty()) {
+        return Vec::new();
+    }
+    let mut all: Vec<DocumentId> = requests.iter().flat_map(|r| r.targets.iter().cloned()).collect();
+    all.sort();
+    all.dedup();
+    all
 }
 
 /// The mode a run actually uses: an incremental request becomes a full run when
@@ -147,6 +160,38 @@ pub fn effective_mode(
         );
     }
     (SyncMode::Incremental, None)
+}
+
+/// A plan for named documents only: each is fetched (a document the source no
+/// longer has becomes a deletion in the worker), with what we hold as the hint.
+fn targeted_plan(targets: &[DocumentId], held: &HashMap<DocumentId, DocState>) -> Plan {
+    let tree: HashMap<DocumentId, (String, Option<DocumentId>)> = held
+        .iter()
+        .map(|(k, v)| (k.clone(), (v.title.clone(), v.parent.clone())))
+        .collect();
+    let items = targets
+        .iter()
+        .map(|id| {
+            let h = held.get(id);
+            JobItem {
+                meta: DocMeta {
+                    id: id.clone(),
+                    version: h.map(|h| h.version.clone()).unwrap_or_default(),
+                    title: h.map(|h| h.title.clone()).unwrap_or_default(),
+                    parent: h.and_then(|h| h.parent.clone()),
+                    modified_at: None,
+                },
+                action: Action::Upsert,
+                breadcrumb: breadcrumb(id, &tree),
+            }
+        })
+        .collect();
+    Plan {
+        items,
+        note: vec![format!("targeted: {} document(s) named by a webhook", targets.len())],
+        tree,
+        ..Plan::default()
+    }
 }
 
 /// The deletion guard: a listing that comes back empty after an outage or a lost
@@ -416,6 +461,7 @@ impl Coordinator {
         };
         let request_ids: Vec<String> = served.iter().flat_map(|r| r.all_request_ids()).collect();
         let allow_mass_delete = served.iter().any(|r| r.allow_mass_delete);
+        let targets = merged_targets(&served);
 
         let lost = CancellationToken::new();
         let keeper = tokio::spawn(keep_lease(
@@ -439,6 +485,7 @@ impl Coordinator {
                     requested_by: &request.requested_by,
                     request_ids: &request_ids,
                     allow_mass_delete,
+                    targets: &targets,
                 },
                 &lost,
             )
@@ -480,7 +527,7 @@ impl Coordinator {
             let mut conn = self.pool.get().await.map_err(queue::Error::from)?;
             let _: i64 = redis::cmd("RPUSH")
                 .arg(self.keys.follow_up(&request.source))
-                .arg(body)
+                .arg(&body)
                 .query_async(&mut conn)
                 .await
                 .map_err(state::Error::from)?;
@@ -489,7 +536,23 @@ impl Coordinator {
         // checked the follow-up list before we wrote to it: try once more so the
         // request cannot be stranded.
         if let Some(lease) = self.locks.acquire(&request.source, self.cfg.lock_ttl).await? {
-            return Ok(Some(lease));
+            // Serve it ourselves only if our entry is still there: if the run that
+            // just ended already took it into a follow-up request, that follow-up
+            // serves it, and running it here too would be a second, overlapping answer.
+            let mut conn = self.pool.get().await.map_err(queue::Error::from)?;
+            let removed: i64 = redis::cmd("LREM")
+                .arg(self.keys.follow_up(&request.source))
+                .arg(1)
+                .arg(&body)
+                .query_async(&mut conn)
+                .await
+                .map_err(state::Error::from)?;
+            if removed == 1 {
+                return Ok(Some(lease));
+            }
+            self.locks.release(&lease).await;
+            tracing::info!(source = %request.source, request = %request.request_id, "already taken into a follow-up run");
+            return Ok(None);
         }
         tracing::info!(source = %request.source, request = %request.request_id, "source busy: coalesced into its follow-up run");
         Ok(None)
@@ -536,6 +599,7 @@ impl Coordinator {
         let mut follow_up = SyncRequest::new(source.clone(), mode, "follow-up");
         follow_up.coalesced = pending.iter().flat_map(|r| r.all_request_ids()).collect();
         follow_up.allow_mass_delete = pending.iter().any(|r| r.allow_mass_delete);
+        follow_up.targets = merged_targets(&pending);
         tracing::info!(%source, coalesced = follow_up.coalesced.len(), "enqueueing one follow-up run");
         if let Err(e) = enqueue(&self.pool, &self.keys, &follow_up).await {
             tracing::error!(%source, error = %e, "could not enqueue the follow-up run");
@@ -567,27 +631,34 @@ impl Coordinator {
         tracing::info!(source = %id, run = %run, %mode, %token, "run started");
 
         let held = self.state.all_docs(&id).await?;
-        let calls = sources::ApiCalls::default();
-        let planned = self.plan(source, &checkpoint, mode, &held, lost, &calls).await;
-        // Counted whether or not the feed succeeded: failed calls spend the source's budget too.
-        self.state
-            .add_run_counters(&id, run, &[("api_calls", calls.get())])
-            .await?;
-        let (mut plan, mut end) = planned?;
+        let (mut plan, mut end) = if request.targets.is_empty() {
+            let calls = sources::ApiCalls::default();
+            let planned = self.plan(source, &checkpoint, mode, &held, lost, &calls).await;
+            // Counted whether or not the feed succeeded: failed calls spend the source's budget too.
+            self.state
+                .add_run_counters(&id, run, &[("api_calls", calls.get())])
+                .await?;
+            let (plan, end) = planned?;
+            (plan, Some(end))
+        } else {
+            (targeted_plan(request.targets, &held), None)
+        };
         if let Some(note) = reconcile_note {
             plan.note.insert(0, note);
         }
         let guard = deletion_guard(&mut plan, held.len(), &policy, request.allow_mass_delete);
-        end.checkpoint.runs_since_full = if mode == SyncMode::Full {
-            0
-        } else {
-            checkpoint.runs_since_full.saturating_add(1)
-        };
-        end.checkpoint.last_full_at = if mode == SyncMode::Full {
-            Some(Utc::now())
-        } else {
-            checkpoint.last_full_at
-        };
+        if let Some(end) = end.as_mut() {
+            end.checkpoint.runs_since_full = if mode == SyncMode::Full {
+                0
+            } else {
+                checkpoint.runs_since_full.saturating_add(1)
+            };
+            end.checkpoint.last_full_at = if mode == SyncMode::Full {
+                Some(Utc::now())
+            } else {
+                checkpoint.last_full_at
+            };
+        }
 
         let mut pages = 0u32;
         self.enqueue_pages(&id, run, token, &plan.items, &mut pages).await?;
@@ -629,7 +700,10 @@ impl Coordinator {
         }
         let record = self.wait_for_pages(&id, run, u64::from(pages), lost).await?;
         let status = if record.pages_failed == 0 && guard.is_none() {
-            self.state.commit_checkpoint(&id, token, &end.checkpoint).await?;
+            // A targeted run read no feed: the checkpoint stays for the next full-feed run.
+            if let Some(end) = &end {
+                self.state.commit_checkpoint(&id, token, &end.checkpoint).await?;
+            }
             RunStatus::Completed
         } else {
             // Failed pages were not applied, held-back deletions not made: keeping
@@ -693,25 +767,41 @@ impl Coordinator {
         let mut roots = Vec::new();
         let mut link_targets = Vec::new();
         let mut deleted = HashSet::new();
-        for item in &plan.items {
-            let id = &item.meta.id;
-            match (item.action, held.get(id)) {
-                (Action::Delete, _) => {
-                    deleted.insert(id.clone());
-                    roots.push(id.clone());
-                    link_targets.push(id.clone());
-                }
-                (Action::Upsert, Some(h)) => {
-                    if h.title != item.meta.title || h.parent != item.meta.parent {
-                        roots.push(id.clone());
+        let mut tree = plan.tree.clone();
+        for item in plan.items.iter().filter(|i| i.action == Action::Delete) {
+            deleted.insert(item.meta.id.clone());
+        }
+        // What the pages actually wrote, not what the feed announced: a fetch may
+        // have found a newer title, a new parent, or the document gone.
+        let upserted: Vec<&DocumentId> = plan
+            .items
+            .iter()
+            .filter(|i| i.action == Action::Upsert)
+            .map(|i| &i.meta.id)
+            .collect();
+        for (id, now) in upserted.iter().zip(self.state.docs(source, &upserted).await?) {
+            match (now, held.get(*id)) {
+                (Some(now), before) => {
+                    let renamed = before.is_some_and(|h| h.title != now.title);
+                    let moved = before.is_some_and(|h| h.parent != now.parent);
+                    if renamed || moved {
+                        roots.push((*id).clone());
                     }
-                    if h.title != item.meta.title {
-                        link_targets.push(id.clone());
+                    if renamed || before.is_none() {
+                        link_targets.push((*id).clone());
                     }
+                    tree.insert((*id).clone(), (now.title, now.parent));
                 }
-                (Action::Upsert, None) => link_targets.push(id.clone()),
-                (Action::Refresh, _) => {}
+                (None, Some(_)) => {
+                    deleted.insert((*id).clone());
+                }
+                (None, None) => {}
             }
+        }
+        for id in &deleted {
+            roots.push(id.clone());
+            link_targets.push(id.clone());
+            tree.remove(id);
         }
         let mut found: HashSet<DocumentId> = HashSet::new();
         let mut visited: HashSet<DocumentId> = roots.iter().cloned().collect();
@@ -736,10 +826,10 @@ impl Coordinator {
         Ok(ids
             .into_iter()
             .map(|id| {
-                let (title, parent) = plan.tree.get(&id).cloned().unwrap_or_default();
+                let (title, parent) = tree.get(&id).cloned().unwrap_or_default();
                 let version = held.get(&id).map(|h| h.version.clone()).unwrap_or_default();
                 JobItem {
-                    breadcrumb: breadcrumb(&id, &plan.tree),
+                    breadcrumb: breadcrumb(&id, &tree),
                     meta: DocMeta {
                         id,
                         version,

@@ -613,8 +613,14 @@ impl StateStore {
             .ignore()
             .expire(self.keys.run(source, run), RUN_RETENTION_SECS)
             .ignore();
+        // A list: a request can be served by more than one run (a run taken
+        // over after its coordinator died; a coalescing race that hands it to
+        // both the run that took the lock and a follow-up).
         for id in request_ids {
-            pipe.set_ex(self.keys.request_run(source, id), &run.0, RUN_RETENTION_SECS as u64)
+            let key = self.keys.request_run(source, id);
+            pipe.rpush(&key, &run.0)
+                .ignore()
+                .expire(&key, RUN_RETENTION_SECS)
                 .ignore();
         }
         pipe.query_async::<()>(&mut conn).await?;
@@ -798,9 +804,30 @@ impl StateStore {
 
     /// The run that served a request, once one has started for it.
     pub async fn run_for_request(&self, source: &SourceId, request_id: &str) -> Result<Option<RunId>, Error> {
+        Ok(self.runs_for_request(source, request_id).await?.pop())
+    }
+
+    /// Every run that served a request, in the order they started.
+    pub async fn runs_for_request(&self, source: &SourceId, request_id: &str) -> Result<Vec<RunId>, Error> {
         let mut conn = self.pool.get().await?;
-        let v: Option<String> = conn.get(self.keys.request_run(source, request_id)).await?;
-        Ok(v.map(RunId))
+        let v: Vec<String> = conn.lrange(self.keys.request_run(source, request_id), 0, -1).await?;
+        Ok(v.into_iter().map(RunId).collect())
+    }
+
+    /// The run that answers for a request: the first that completed (with or
+    /// without errors); else the latest, which may still be running or may have
+    /// failed. `None` while no run has started for it.
+    pub async fn request_outcome(&self, source: &SourceId, request_id: &str) -> Result<Option<RunRecord>, Error> {
+        let mut latest = None;
+        for run in self.runs_for_request(source, request_id).await? {
+            if let Some(rec) = self.run(source, &run).await? {
+                if matches!(rec.status, RunStatus::Completed | RunStatus::CompletedWithErrors) {
+                    return Ok(Some(rec));
+                }
+                latest = Some(rec);
+            }
+        }
+        Ok(latest)
     }
 
     /// Waits until the run serving `request_id` has ended, polling every `poll`; `None` on timeout.
@@ -813,8 +840,7 @@ impl StateStore {
     ) -> Result<Option<RunRecord>, Error> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(run) = self.run_for_request(source, request_id).await?
-                && let Some(rec) = self.run(source, &run).await?
+            if let Some(rec) = self.request_outcome(source, request_id).await?
                 && rec.status.is_terminal()
             {
                 return Ok(Some(rec));

@@ -358,6 +358,37 @@ impl Worker {
         }
     }
 
+    /// Ancestor titles of a document whose parent is `parent`, root first, from
+    /// this page's fetches and the state; cycle-safe and bounded in depth.
+    async fn breadcrumb_from_state(
+        &self,
+        source: &SourceId,
+        id: &DocumentId,
+        parent: Option<&DocumentId>,
+        fetched: &[sources::FetchedDoc],
+    ) -> Result<Vec<String>, JobError> {
+        const MAX_DEPTH: usize = 64;
+        let mut crumbs = Vec::new();
+        let mut seen = std::collections::HashSet::from([id.clone()]);
+        let mut cursor = parent.cloned();
+        while let Some(p) = cursor {
+            if crumbs.len() >= MAX_DEPTH || !seen.insert(p.clone()) {
+                break;
+            }
+            let (title, next) = match fetched.iter().find(|d| d.meta.id == p) {
+                Some(d) => (d.meta.title.clone(), d.meta.parent.clone()),
+                None => match self.state.docs(source, &[&p]).await?.pop().flatten() {
+                    Some(st) => (st.title, st.parent),
+                    None => break,
+                },
+            };
+            crumbs.push(title);
+            cursor = next;
+        }
+        crumbs.reverse();
+        Ok(crumbs)
+    }
+
     /// Applies a page to the sink and the state. Idempotent.
     pub async fn apply(
         &self,
@@ -427,9 +458,21 @@ impl Worker {
                 .collect()
         };
 
+        let announced_parents: HashMap<&DocumentId, &Option<DocumentId>> =
+            job.items.iter().map(|i| (&i.meta.id, &i.meta.parent)).collect();
         let mut writes = Vec::new();
         for doc in &fetched {
-            let breadcrumb = breadcrumbs.get(&doc.meta.id).map(|b| (*b).clone()).unwrap_or_default();
+            let mut breadcrumb = breadcrumbs.get(&doc.meta.id).map(|b| (*b).clone()).unwrap_or_default();
+            if announced_parents
+                .get(&doc.meta.id)
+                .is_none_or(|p| **p != doc.meta.parent)
+            {
+                // Moved since the job was planned (or targeted without a hint):
+                // the planned breadcrumb is stale, rebuild it from the state.
+                breadcrumb = self
+                    .breadcrumb_from_state(&job.source, &doc.meta.id, doc.meta.parent.as_ref(), &fetched)
+                    .await?;
+            }
             let links = resolve(&doc.links);
             let hash = content_hash(&doc.meta.title, &breadcrumb, &doc.content, &links);
             let old = held.get(&doc.meta.id);

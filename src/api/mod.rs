@@ -292,7 +292,7 @@ async fn get_request(
         let body = json!({"request_id": request_id, "status": "queued"});
         return Ok((StatusCode::ACCEPTED, [(header::RETRY_AFTER, "1")], Json(body)).into_response());
     };
-    match state.run(&id, &run).await? {
+    match state.request_outcome(&id, &request_id).await? {
         Some(record) => Ok(Json(record).into_response()),
         None => Err(ApiError::RunExpired {
             request_id,

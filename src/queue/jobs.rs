@@ -37,6 +37,10 @@ pub struct SyncRequest {
     /// `max_delete_share` (the deletion guard).
     #[serde(default)]
     pub allow_mass_delete: bool,
+    /// Sync only these documents (from a webhook naming them): no feed is read
+    /// and the checkpoint does not move. Empty means the whole source.
+    #[serde(default)]
+    pub targets: Vec<crate::types::DocumentId>,
 }
 
 impl SyncRequest {
@@ -50,6 +54,7 @@ impl SyncRequest {
             requested_at: Utc::now(),
             coalesced: Vec::new(),
             allow_mass_delete: false,
+            targets: Vec::new(),
         }
     }
 }
