@@ -1,10 +1,10 @@
 # tidemark: `make demo` runs the end-to-end demo, `make test` the whole test suite.
-# Both install what is missing first (redis-server, curl, jq from Debian's packages).
+# Both install what is missing first (redis-server, curl, jq, nginx from Debian's packages).
 
 SHELL := /bin/bash
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
-APT_PACKAGES := redis-server curl jq
+APT_PACKAGES := redis-server curl jq nginx
 
 .PHONY: all deps build release test unit demo bench fmt lint clean
 
@@ -16,6 +16,7 @@ deps:
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v jq >/dev/null || missing="$$missing jq"; \
+	[ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \

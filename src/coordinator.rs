@@ -81,6 +81,7 @@ pub struct Coordinator {
     locks: LockManager,
     sources: HashMap<SourceId, Arc<dyn Source>>,
     schedules: Vec<(SourceId, Duration)>,
+    webhook_sources: Vec<SourceId>,
     policies: HashMap<SourceId, SourcePolicy>,
     cfg: SyncConfig,
     consumer: String,
@@ -246,6 +247,11 @@ impl Coordinator {
             .iter()
             .map(|s| (s.id.clone(), s.policy.clone()))
             .collect();
+        let webhook_sources = source_configs
+            .iter()
+            .filter(|s| s.webhook.is_some())
+            .map(|s| s.id.clone())
+            .collect();
         Self {
             pool,
             keys,
@@ -253,6 +259,7 @@ impl Coordinator {
             locks,
             sources,
             schedules,
+            webhook_sources,
             policies,
             cfg,
             consumer,
@@ -274,7 +281,7 @@ impl Coordinator {
         streams::ensure_group(&self.pool, &self.keys.jobs(), crate::worker::GROUP).await?;
         let runs = Arc::new(Semaphore::new(self.cfg.max_concurrent_runs.get()));
         let tracker = TaskTracker::new();
-        if !self.schedules.is_empty() {
+        if !self.schedules.is_empty() || !self.webhook_sources.is_empty() {
             tracker.spawn(self.clone().schedule_loop(shutdown.clone()));
         }
         let mut last_reclaim = Instant::now();
@@ -351,13 +358,19 @@ impl Coordinator {
         Ok(Vec::new())
     }
 
-    /// Enqueues scheduled incremental syncs; one replica wins each slot (SET NX PX).
+    /// Enqueues scheduled incremental syncs (one replica wins each slot, SET NX PX)
+    /// and turns debounced webhook events into requests when their window closes.
     async fn schedule_loop(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
+            }
+            for source in &self.webhook_sources {
+                if let Err(e) = crate::api::webhooks::flush_due(&self.pool, &self.keys, source).await {
+                    tracing::warn!(%source, error = %e, "flushing webhook events failed");
+                }
             }
             for (source, every) in &self.schedules {
                 let slot_key = format!("{}:schedule", self.keys.follow_up(source));
@@ -944,6 +957,10 @@ impl Coordinator {
             }
         }
         let end = feed.end();
+        // Directories and the like: not documents, but breadcrumbs pass through them.
+        for folder in feed.folders() {
+            tree.insert(folder.id, (folder.title, folder.parent));
+        }
         if moves > 0 {
             plan.note.push(format!("{moves} document(s) moved or renamed"));
         }

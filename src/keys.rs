@@ -78,6 +78,26 @@ impl Keys {
         self.source(source, &format!("linkedfrom:{doc}"))
     }
 
+    /// Set: documents named by webhook deliveries not yet turned into a request (`*`: the whole source).
+    pub fn webhook_pending(&self, source: &SourceId) -> String {
+        self.source(source, "webhook:pending")
+    }
+
+    /// String with a TTL: while it exists, the debounce window is open.
+    pub fn webhook_window(&self, source: &SourceId) -> String {
+        self.source(source, "webhook:window")
+    }
+
+    /// String with a TTL: a delivery signature already accepted (replay protection).
+    pub fn webhook_seen(&self, source: &SourceId, signature: &str) -> String {
+        self.source(source, &format!("webhook:seen:{signature}"))
+    }
+
+    /// String: the highest Google push-notification message number accepted per channel.
+    pub fn webhook_channel(&self, source: &SourceId, channel: &str) -> String {
+        self.source(source, &format!("webhook:channel:{channel}"))
+    }
+
     /// Hash: the run record.
     pub fn run(&self, source: &SourceId, run: &RunId) -> String {
         self.source(source, &format!("run:{run}"))

@@ -12,6 +12,12 @@ mod cli;
 mod deletions;
 /// Dependency tracking: breadcrumbs and link titles follow renames, moves and deletions.
 mod dependencies;
+/// The filesystem connector: size/mtime/hash versions, moves, breadcrumbs from directories.
+mod filesystem;
+/// Google Drive: change tokens, moves, folder subtrees, expired tokens, rate limits, shared drives.
+mod gdrive;
+/// The HTTP connector against a real nginx: conditional requests, 304s, sitemaps.
+mod http_source;
 /// Lock exclusion, expiry, Redlock majorities, fencing of stale writes.
 mod lock;
 /// Dead letters, poison jobs, redelivery after a worker dies.

@@ -73,6 +73,17 @@ pub enum ApiError {
     /// No such route.
     #[error("no route for {0}")]
     NoRoute(String),
+    /// The source takes no webhooks (no `[sources.webhook]`).
+    #[error("source {0:?} has no webhook configured")]
+    WebhooksNotConfigured(String),
+    /// A webhook delivery failed verification; nothing was enqueued.
+    #[error("{message}")]
+    Unauthorized {
+        /// `missing_signature`, `bad_signature`, `stale_timestamp`, `replayed`, `bad_channel_token`.
+        code: &'static str,
+        /// What was wrong, without echoing secrets.
+        message: String,
+    },
     /// Redis did not answer (down, paused, unreachable, pool exhausted); retrying later may work.
     #[error("redis unavailable: {0}")]
     Unavailable(String),
@@ -93,9 +104,11 @@ impl ApiError {
             ApiError::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnknownSource { .. } | ApiError::UnknownRequest(_) | ApiError::NoRoute(_) => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::UnknownSource { .. }
+            | ApiError::UnknownRequest(_)
+            | ApiError::NoRoute(_)
+            | ApiError::WebhooksNotConfigured(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::RunExpired { .. } => StatusCode::GONE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -113,6 +126,8 @@ impl ApiError {
             ApiError::UnknownRequest(_) => "unknown_request",
             ApiError::RunExpired { .. } => "run_expired",
             ApiError::NoRoute(_) => "not_found",
+            ApiError::WebhooksNotConfigured(_) => "webhooks_not_configured",
+            ApiError::Unauthorized { code, .. } => code,
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }

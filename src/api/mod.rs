@@ -9,6 +9,7 @@
 //! | `GET /healthz` | 200 `ok` (no Redis call) | |
 //! | `GET /readyz` | 200 `ready` if Redis answers PING within the response timeout | 503 |
 //! | `GET /metrics` | 200 Prometheus text (see [`metrics`]) | 503 |
+//! | `POST /webhooks/{source}` | 202 accepted (debounced), 200 for a Drive `sync` handshake (see [`webhooks`]) | 401 verification, 413, 404 unknown source or no webhook configured, 400 |
 //!
 //! Decisions:
 //! - A source id in a path that is not configured is 404, and so is one that
@@ -27,6 +28,7 @@
 
 pub mod error;
 pub mod metrics;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 
@@ -70,8 +72,12 @@ pub fn router(app: App) -> Router {
         .route("/v1/sources/{source}", get(get_source))
         .route("/v1/sources/{source}/syncs", post(create_sync))
         .route("/v1/sources/{source}/requests/{request_id}", get(get_request))
-        .fallback(no_route)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .route(
+            "/webhooks/{source}",
+            post(webhooks::receive).layer(DefaultBodyLimit::max(webhooks::WEBHOOK_BODY_LIMIT)),
+        )
+        .fallback(no_route)
         .layer(middleware::from_fn(error::log_server_errors))
         .with_state(app)
 }
@@ -140,7 +146,7 @@ fn runs_param(q: Result<Query<StatusParams>, QueryRejection>) -> Result<usize, A
 }
 
 /// A path the router matched but could not decode (e.g. invalid percent-encoding).
-fn bad_path(e: PathRejection) -> ApiError {
+pub(crate) fn bad_path(e: PathRejection) -> ApiError {
     ApiError::NoRoute(e.body_text())
 }
 
@@ -152,7 +158,7 @@ fn unknown_source(app: &App, raw: &str) -> ApiError {
 }
 
 /// A configured source, or 404.
-fn configured_source(app: &App, raw: &str) -> Result<SourceId, ApiError> {
+pub(crate) fn configured_source(app: &App, raw: &str) -> Result<SourceId, ApiError> {
     SourceId::new(raw)
         .ok()
         .filter(|id| app.config.source(id).is_some())

@@ -1,2 +1,3 @@
 //! Simulators of third-party services, following their public APIs.
 pub mod confluence;
+pub mod gdrive;

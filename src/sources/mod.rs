@@ -16,6 +16,9 @@
 //! deletions. A feed must never claim completeness after a partial listing.
 
 pub mod confluence;
+pub mod filesystem;
+pub mod gdrive;
+pub mod http;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -178,6 +181,23 @@ pub trait ChangeFeed: Send {
     async fn next_page(&mut self) -> Result<Option<FeedPage>, Error>;
     /// What the feed covered; meaningful once `next_page` has returned `None`.
     fn end(&self) -> FeedEnd;
+    /// Ancestors that are not documents themselves (a file system's directories)
+    /// but that documents name as `parent`, so breadcrumbs can go through them.
+    /// Meaningful once `next_page` has returned `None`; most sources have none.
+    fn folders(&self) -> Vec<Folder> {
+        Vec::new()
+    }
+}
+
+/// A non-document ancestor reported by [`ChangeFeed::folders`]: used for breadcrumbs only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Folder {
+    /// The id documents use as their `parent`.
+    pub id: DocumentId,
+    /// Shown in breadcrumbs.
+    pub title: String,
+    /// Its own parent, if any.
+    pub parent: Option<DocumentId>,
 }
 
 /// A connector to one configured data source.
@@ -203,10 +223,16 @@ pub trait Source: Send + Sync {
 pub enum SourceSettings {
     /// A Confluence Cloud space.
     Confluence(confluence::ConfluenceSettings),
+    /// Web pages probed with conditional requests (ETag / Last-Modified).
+    Http(http::HttpSettings),
+    /// Files under a local directory.
+    Filesystem(filesystem::FilesystemSettings),
+    /// A Google Drive folder tree.
+    Gdrive(gdrive::GdriveSettings),
 }
 
 /// The connector kinds this build knows, as written in `kind = "..."`.
-pub const KINDS: &[&str] = &["confluence"];
+pub const KINDS: &[&str] = &["confluence", "gdrive", "http", "filesystem"];
 
 impl SourceSettings {
     /// Parses the `settings` table of a source of kind `kind`; `key` names the
@@ -216,6 +242,13 @@ impl SourceSettings {
             "confluence" => settings
                 .try_into::<confluence::ConfluenceSettings>()
                 .map(SourceSettings::Confluence),
+            "gdrive" => settings
+                .try_into::<gdrive::GdriveSettings>()
+                .map(SourceSettings::Gdrive),
+            "http" => settings.try_into::<http::HttpSettings>().map(SourceSettings::Http),
+            "filesystem" => settings
+                .try_into::<filesystem::FilesystemSettings>()
+                .map(SourceSettings::Filesystem),
             other => {
                 problems.push(format!(
                     "{key}.kind: unknown kind {other:?} (known: {})",
@@ -240,6 +273,9 @@ impl SourceSettings {
     pub fn validate(&self, key: &str, problems: &mut Vec<String>) {
         match self {
             SourceSettings::Confluence(s) => s.validate(&format!("{key}.settings"), problems),
+            SourceSettings::Gdrive(s) => s.validate(&format!("{key}.settings"), problems),
+            SourceSettings::Http(s) => s.validate(&format!("{key}.settings"), problems),
+            SourceSettings::Filesystem(s) => s.validate(&format!("{key}.settings"), problems),
         }
     }
 }
@@ -248,5 +284,8 @@ impl SourceSettings {
 pub fn build(id: SourceId, settings: &SourceSettings, http: reqwest::Client) -> Result<Arc<dyn Source>, Error> {
     match settings {
         SourceSettings::Confluence(s) => Ok(Arc::new(confluence::Confluence::new(id, s.clone(), http)?)),
+        SourceSettings::Gdrive(s) => Ok(Arc::new(gdrive::Gdrive::new(id, s.clone(), http)?)),
+        SourceSettings::Http(s) => Ok(Arc::new(http::HttpSource::new(id, s.clone(), http)?)),
+        SourceSettings::Filesystem(s) => Ok(Arc::new(filesystem::Filesystem::new(id, s.clone()))),
     }
 }

@@ -2,6 +2,7 @@
 //! simulator on a free port, a temp sink, and coordinators/workers run
 //! in-process (or as child processes of the real binary) against them.
 
+pub mod nginx;
 pub mod redis_server;
 
 use std::collections::BTreeMap;

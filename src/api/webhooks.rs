@@ -1,0 +1,373 @@
+//! Webhook deliveries: `POST /webhooks/{source}` turns verified events into
+//! debounced sync requests, targeted at the documents they name.
+//!
+//! Verification, by what the delivery carries (the secret is `[sources.webhook]`'s):
+//!
+//! | headers | check |
+//! |---|---|
+//! | `X-Tidemark-Timestamp`, `X-Tidemark-Signature: sha256=<hex>` | HMAC-SHA256 over `"{timestamp}.{raw body}"`; timestamp within `tolerance_secs` |
+//! | `X-Hub-Signature: sha256=<hex>` (Atlassian / GitHub style) | HMAC-SHA256 over the raw body; the payload's `timestamp` (ms) within tolerance |
+//! | `X-Goog-Channel-ID`, `X-Goog-Channel-Token`, `X-Goog-Resource-State`, `X-Goog-Message-Number` (Drive push) | the channel token equals the secret; message numbers only increase per channel |
+//!
+//! Invariants:
+//! - Nothing is enqueued for a delivery that fails verification (401), is too
+//!   large (413), or names an unknown source (404).
+//! - A delivery is accepted once: a signature seen within the tolerance window,
+//!   or a Drive message number not above the last one, is a replay (401).
+//! - Accepted events are not lost: their targets go into the source's pending
+//!   set, and the coordinator turns the set into one request when the debounce
+//!   window closes ([`flush_due`]). Webhooks are a hint, not the source of
+//!   truth: scheduled polling stays on as the fallback for lost deliveries.
+//!
+//! Payloads: Confluence-style page events (`{"eventType" | "event": "page_updated", "page": {"id": ..}}`)
+//! and `{"documents": ["id", ..]}` name documents (a targeted run fetches only
+//! those); anything else, and Drive pushes, ask for an incremental run.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use deadpool_redis::redis;
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use super::ApiError;
+use crate::app::App;
+use crate::config::WebhookConfig;
+use crate::coordinator;
+use crate::keys::Keys;
+use crate::queue::jobs::SyncRequest;
+use crate::types::{DocumentId, SourceId, SyncMode};
+
+/// Largest webhook body accepted, in bytes.
+pub const WEBHOOK_BODY_LIMIT: usize = 64 * 1024;
+
+/// Marker in the pending set for "sync the whole source incrementally".
+const WHOLE_SOURCE: &str = "*";
+
+fn unauthorized(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::Unauthorized {
+        code,
+        message: message.into(),
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// Verifies `sha256=<hex>` against HMAC-SHA256(secret, message), in constant time.
+fn verify_hmac(secret: &[u8], message: &[&[u8]], signature: &str) -> Result<(), ApiError> {
+    let hex_sig = signature
+        .strip_prefix("sha256=")
+        .ok_or_else(|| unauthorized("bad_signature", "signature must look like sha256=<hex>"))?;
+    let expected = hex::decode(hex_sig).map_err(|_| unauthorized("bad_signature", "signature is not hex"))?;
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret).map_err(|_| unauthorized("bad_signature", "unusable secret"))?;
+    for part in message {
+        mac.update(part);
+    }
+    mac.verify_slice(&expected)
+        .map_err(|_| unauthorized("bad_signature", "signature does not match the body"))
+}
+
+/// Signs like a sender would: `sha256=<hex>` of HMAC-SHA256(secret, "{timestamp}.{body}").
+pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Signs the body alone, as Atlassian and GitHub webhooks do (`X-Hub-Signature`).
+pub fn sign_body(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn check_timestamp(ts: i64, tolerance: Duration) -> Result<(), ApiError> {
+    let skew = (now_secs() - ts).unsigned_abs();
+    if skew > tolerance.as_secs() {
+        return Err(unauthorized(
+            "stale_timestamp",
+            format!(
+                "timestamp {ts} is {skew}s away from ours (tolerance {}s)",
+                tolerance.as_secs()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Constant-time equality, so a wrong token leaks nothing through timing.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What a verified delivery asks for.
+enum Event {
+    /// A handshake (Drive's `sync` state): acknowledge, enqueue nothing.
+    Handshake,
+    /// Sync these documents, or the whole source if empty.
+    Sync(Vec<DocumentId>),
+}
+
+/// The documents a JSON payload names: a page event's page id, or `documents`.
+fn named_documents(payload: &Value) -> Vec<DocumentId> {
+    let id_of = |v: &Value| match v {
+        Value::String(s) if !s.is_empty() => Some(DocumentId(s.clone())),
+        Value::Number(n) => Some(DocumentId(n.to_string())),
+        _ => None,
+    };
+    if let Some(Value::Array(docs)) = payload.get("documents") {
+        return docs.iter().filter_map(id_of).collect();
+    }
+    let is_page_event = ["eventType", "event"]
+        .iter()
+        .filter_map(|k| payload.get(*k).and_then(Value::as_str))
+        .any(|e| e.starts_with("page_") || e.starts_with("blog_"));
+    if is_page_event && let Some(id) = payload.get("page").and_then(|p| p.get("id")).and_then(id_of) {
+        return vec![id];
+    }
+    Vec::new()
+}
+
+async fn remember_once(app: &App, key: String, ttl: Duration) -> Result<bool, ApiError> {
+    let mut conn = app.pool.get().await.map_err(crate::queue::Error::from)?;
+    let set: Option<String> = redis::cmd("SET")
+        .arg(&key)
+        .arg(1)
+        .arg("NX")
+        .arg("PX")
+        .arg(ttl.as_millis().max(1) as u64)
+        .query_async(&mut conn)
+        .await
+        .map_err(crate::state::Error::from)?;
+    Ok(set.is_some())
+}
+
+async fn verify(
+    app: &App,
+    source: &SourceId,
+    hook: &WebhookConfig,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Event, ApiError> {
+    let secret = hook.secret.0.as_slice();
+    let replay_window = hook.tolerance * 2;
+
+    if let Some(channel) = header(headers, "x-goog-channel-id") {
+        let token = header(headers, "x-goog-channel-token").unwrap_or_default();
+        if !same(token.as_bytes(), secret) {
+            return Err(unauthorized("bad_channel_token", "X-Goog-Channel-Token does not match"));
+        }
+        let number: u64 = header(headers, "x-goog-message-number")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| unauthorized("bad_signature", "X-Goog-Message-Number missing or not a number"))?;
+        // Raise-only: a message number at or below the last accepted one is a replay.
+        let mut conn = app.pool.get().await.map_err(crate::queue::Error::from)?;
+        let accepted: i64 = redis::Script::new(
+            "local c = tonumber(redis.call('GET', KEYS[1]) or '-1')
+             if tonumber(ARGV[1]) <= c then return 0 end
+             redis.call('SET', KEYS[1], ARGV[1], 'EX', 2592000)
+             return 1",
+        )
+        .key(app.keys.webhook_channel(source, channel))
+        .arg(number)
+        .invoke_async(&mut conn)
+        .await
+        .map_err(crate::state::Error::from)?;
+        if accepted == 0 {
+            return Err(unauthorized(
+                "replayed",
+                format!("message {number} of channel {channel} was already accepted"),
+            ));
+        }
+        return Ok(match header(headers, "x-goog-resource-state") {
+            Some("sync") => Event::Handshake,
+            _ => Event::Sync(Vec::new()),
+        });
+    }
+
+    let signature = if let Some(sig) = header(headers, "x-tidemark-signature") {
+        let ts: i64 = header(headers, "x-tidemark-timestamp")
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| unauthorized("bad_signature", "X-Tidemark-Timestamp missing or not a number"))?;
+        check_timestamp(ts, hook.tolerance)?;
+        verify_hmac(secret, &[ts.to_string().as_bytes(), b".", body], sig)?;
+        sig
+    } else if let Some(sig) = header(headers, "x-hub-signature-256").or_else(|| header(headers, "x-hub-signature")) {
+        verify_hmac(secret, &[body], sig)?;
+        let payload: Value = serde_json::from_slice(body).map_err(|e| ApiError::NotJson(e.to_string()))?;
+        let ts_ms = payload
+            .get("timestamp")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| ApiError::field("timestamp", "signed body needs a numeric `timestamp` (ms since epoch)"))?;
+        check_timestamp(ts_ms / 1000, hook.tolerance)?;
+        sig
+    } else {
+        return Err(unauthorized(
+            "missing_signature",
+            "no X-Tidemark-Signature, X-Hub-Signature or X-Goog-Channel-Token header",
+        ));
+    };
+    if !remember_once(
+        app,
+        app.keys.webhook_seen(source, signature.trim_start_matches("sha256=")),
+        replay_window,
+    )
+    .await?
+    {
+        return Err(unauthorized("replayed", "this delivery was already accepted"));
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Event::Sync(Vec::new()));
+    }
+    let payload: Value = serde_json::from_slice(body).map_err(|e| ApiError::NotJson(e.to_string()))?;
+    Ok(Event::Sync(named_documents(&payload)))
+}
+
+/// `POST /webhooks/{source}`.
+pub async fn receive(
+    State(app): State<App>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Path(raw) = path.map_err(super::bad_path)?;
+    let source = super::configured_source(&app, &raw)?;
+    let Some(hook) = app.config.source(&source).and_then(|s| s.webhook.clone()) else {
+        return Err(ApiError::WebhooksNotConfigured(raw));
+    };
+    let body = body.map_err(|e| match e {
+        BytesRejection::FailedToBufferBody(_) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::PayloadTooLarge {
+                limit: WEBHOOK_BODY_LIMIT,
+            }
+        }
+        other => ApiError::NotJson(other.body_text()),
+    })?;
+    let targets = match verify(&app, &source, &hook, &headers, &body).await? {
+        Event::Handshake => {
+            return Ok((StatusCode::OK, Json(json!({"status": "handshake acknowledged"}))).into_response());
+        }
+        Event::Sync(targets) => targets,
+    };
+    let members: Vec<String> = if targets.is_empty() {
+        vec![WHOLE_SOURCE.to_owned()]
+    } else {
+        targets.iter().map(|t| t.0.clone()).collect()
+    };
+    if hook.debounce.is_zero() {
+        enqueue(&app.pool, &app.keys, &source, members).await?;
+    } else {
+        let mut conn = app.pool.get().await.map_err(crate::queue::Error::from)?;
+        redis::pipe()
+            .sadd(app.keys.webhook_pending(&source), &members)
+            .ignore()
+            .cmd("SET")
+            .arg(app.keys.webhook_window(&source))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(hook.debounce.as_millis() as u64)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(crate::state::Error::from)?;
+    }
+    tracing::info!(source = %source, documents = targets.len(), "webhook accepted");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "status": "accepted",
+            "source": source,
+            "documents": targets,
+            "debounce_ms": hook.debounce.as_millis() as u64,
+        })),
+    )
+        .into_response())
+}
+
+async fn enqueue(
+    pool: &deadpool_redis::Pool,
+    keys: &Keys,
+    source: &SourceId,
+    members: Vec<String>,
+) -> Result<(), crate::queue::Error> {
+    let mut request = SyncRequest::new(source.clone(), SyncMode::Incremental, "webhook");
+    if !members.iter().any(|m| m == WHOLE_SOURCE) {
+        request.targets = members.into_iter().map(DocumentId).collect();
+    }
+    coordinator::enqueue(pool, keys, &request).await.map(|_| ())
+}
+
+/// Turns a source's pending webhook events into one sync request once its
+/// debounce window has closed. Atomic: with several coordinators, one takes them.
+pub async fn flush_due(
+    pool: &deadpool_redis::Pool,
+    keys: &Keys,
+    source: &SourceId,
+) -> Result<bool, crate::queue::Error> {
+    let mut conn = pool.get().await?;
+    let members: Vec<String> = redis::Script::new(
+        "if redis.call('EXISTS', KEYS[2]) == 1 then return {} end
+         local m = redis.call('SMEMBERS', KEYS[1])
+         redis.call('DEL', KEYS[1])
+         return m",
+    )
+    .key(keys.webhook_pending(source))
+    .key(keys.webhook_window(source))
+    .invoke_async(&mut conn)
+    .await
+    .map_err(|e| crate::queue::Error::Redis {
+        context: format!("flushing webhook events of {source}"),
+        source: e,
+    })?;
+    drop(conn);
+    if members.is_empty() {
+        return Ok(false);
+    }
+    enqueue(pool, keys, source, members).await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Page events and document lists name their documents; other payloads name none.
+    #[test]
+    fn payloads_name_documents() {
+        let page = json!({"eventType": "page_updated", "page": {"id": 123, "title": "T"}});
+        assert_eq!(named_documents(&page), vec![DocumentId("123".into())]);
+        let docs = json!({"documents": ["a", "b"]});
+        assert_eq!(named_documents(&docs).len(), 2);
+        assert!(named_documents(&json!({"eventType": "space_updated"})).is_empty());
+    }
+
+    /// A signature made with the secret verifies; a changed body or secret does not.
+    #[test]
+    fn hmac_round_trip() {
+        let sig = sign(b"s3cret", 1700000000, b"{}");
+        assert!(verify_hmac(b"s3cret", &[b"1700000000", b".", b"{}"], &sig).is_ok());
+        assert!(verify_hmac(b"s3cret", &[b"1700000000", b".", b"{ }"], &sig).is_err());
+        assert!(verify_hmac(b"other", &[b"1700000000", b".", b"{}"], &sig).is_err());
+        assert!(verify_hmac(b"s3cret", &[b"x"], "md5=abc").is_err());
+        assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"abc", b"ab"));
+    }
+}

@@ -1,0 +1,1195 @@
+//! HTTP connector: a set of web pages (listed in the settings and/or a sitemap),
+//! kept in sync with conditional requests.
+//!
+//! What it owns:
+//! - [`HttpSettings`]: the `settings` table of a `kind = "http"` source;
+//! - [`HttpSource`]: the [`Source`] that probes pages with conditional `HEAD`s and `GET`s their bodies;
+//! - [`page_title`] and [`page_links`]: the little HTML reading it needs.
+//!
+//! Identity and versions:
+//! - document id = the page URL without its fragment (as `url` serialises it);
+//! - title = the page's `<title>` (entities decoded, whitespace collapsed), else the URL path;
+//! - version = `"{validator}\n{title}"`, where the validator is `etag:<ETag>` or
+//!   `lm:<Last-Modified as HTTP-date>` from the server, `sha256:<16 hex of the body>`
+//!   when the server sends neither, or `unvalidated` in a feed that could not tell.
+//!   The title rides along because a `304` carries no body: echoing the held
+//!   version gives the coordinator the held title too, so its version+title
+//!   comparison drops the page as unchanged. A header value cannot contain a
+//!   newline, so the first line is always the validator.
+//!
+//! Invariants:
+//! - Every feed is a complete listing of the configured set (the `urls` plus the
+//!   sitemap's, read afresh each run). A page is left out of it only when the
+//!   server said `404`/`410`; every other failure either keeps the held version
+//!   (other 4xx, counted in the note) or fails the run (network errors and
+//!   5xx/429 once retries run out), so an unreachable server deletes nothing.
+//! - Versions come from the server (`ETag`, `Last-Modified`) or the body, never from our clock.
+//! - Every HTTP attempt, retries included, is counted in `api_calls`.
+//! - At most `concurrency` requests of one feed page or one fetch are in flight.
+//!
+//! | capability        | how                                                                          |
+//! |-------------------|------------------------------------------------------------------------------|
+//! | change detection  | conditional `HEAD` (`If-None-Match` / `If-Modified-Since`); 304 = unchanged   |
+//! | deletions         | `404`/`410`, or a URL dropped from the sitemap (complete listing)             |
+//! | moves / renames   | no: a new URL is a create, the old one a deletion                             |
+//! | links             | `<a href>` targets (relative to the page or its `<base>`) in the configured set |
+//!
+//! What it cannot detect: changes a server hides behind an unchanged validator
+//! (a weak ETag or a Last-Modified that does not move; a `Full` run re-reads and
+//! the worker's content hash still catches those); pages served without any
+//! validator are always fetched and decided by the content hash. Gzipped sitemaps
+//! (`.xml.gz`) are not read. Redirects are followed; the id stays the configured URL.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use reqwest::header::{
+    DATE, ETAG, HeaderMap, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RETRY_AFTER, USER_AGENT,
+};
+use reqwest::{Method, StatusCode};
+use sha2::{Digest, Sha256};
+use url::Url;
+
+use super::{
+    ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, FeedEnd, FeedPage, Fetched, FetchedDoc, Held, Observation, Source,
+};
+use crate::types::{DocumentId, SourceId, SyncMode};
+
+/// URLs probed per feed page.
+const FEED_PAGE: usize = 100;
+/// Longest we honour a `Retry-After` inside one call; beyond that the run or page is retried later.
+const RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
+/// First backoff after a 5xx or network failure without `Retry-After`.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+/// Backoff stops doubling here.
+const BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// Most concurrent requests a source may configure.
+pub const MAX_CONCURRENCY: usize = 64;
+/// The validator of a feed observation that must be fetched to be judged.
+const UNVALIDATED: &str = "unvalidated";
+
+fn default_max_retries() -> u32 {
+    5
+}
+fn default_request_timeout_secs() -> u64 {
+    30
+}
+fn default_concurrency() -> usize {
+    8
+}
+
+/// Settings of one web-page source.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Pages to sync (default empty; `urls` and `sitemap` together must name at least one).
+    #[serde(default)]
+    pub urls: Vec<Url>,
+    /// A sitemap (`<urlset>`, or a `<sitemapindex>` followed one level) read on every run (default none).
+    #[serde(default)]
+    pub sitemap: Option<Url>,
+    /// Retries of one request after 429, 5xx or a network failure (default 5).
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// Per-request timeout in seconds (default 30).
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+    /// `User-Agent` sent with every request (default: the client's, `tidemark/<version>`).
+    #[serde(default)]
+    pub user_agent: Option<String>,
+    /// Requests in flight at once for one feed page or fetch, 1..=64 (default 8).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+impl HttpSettings {
+    /// Settings for `urls` with every optional field at its default.
+    pub fn new(urls: Vec<Url>) -> Self {
+        Self {
+            urls,
+            sitemap: None,
+            max_retries: default_max_retries(),
+            request_timeout_secs: default_request_timeout_secs(),
+            user_agent: None,
+            concurrency: default_concurrency(),
+        }
+    }
+
+    /// Pushes every problem found as `"{key}.<field>: <problem>"`.
+    pub fn validate(&self, key: &str, problems: &mut Vec<String>) {
+        if self.urls.is_empty() && self.sitemap.is_none() {
+            problems.push(format!("{key}.urls: set urls, sitemap, or both"));
+        }
+        for (i, url) in self.urls.iter().enumerate() {
+            if !matches!(url.scheme(), "http" | "https") {
+                problems.push(format!("{key}.urls[{i}]: {:?} is not an http(s) URL", url.as_str()));
+            }
+        }
+        if let Some(url) = &self.sitemap
+            && !matches!(url.scheme(), "http" | "https")
+        {
+            problems.push(format!("{key}.sitemap: {:?} is not an http(s) URL", url.as_str()));
+        }
+        if self.request_timeout_secs == 0 {
+            problems.push(format!("{key}.request_timeout_secs: must be at least 1"));
+        }
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
+            problems.push(format!(
+                "{key}.concurrency: {} is outside 1..={MAX_CONCURRENCY}",
+                self.concurrency
+            ));
+        }
+        if let Some(ua) = &self.user_agent
+            && reqwest::header::HeaderValue::from_str(ua).is_err()
+        {
+            problems.push(format!("{key}.user_agent: {ua:?} is not a valid header value"));
+        }
+    }
+}
+
+/// Web pages as a [`Source`].
+pub struct HttpSource {
+    client: Arc<Client>,
+}
+
+impl HttpSource {
+    /// Builds the connector; fails only on a `user_agent` that cannot be a header.
+    pub fn new(id: SourceId, settings: HttpSettings, http: reqwest::Client) -> Result<Self, Error> {
+        let user_agent = match &settings.user_agent {
+            Some(ua) => Some(
+                reqwest::header::HeaderValue::from_str(ua).map_err(|_| Error::Permanent {
+                    context: format!("source {id}: user_agent {ua:?} is not a valid header value"),
+                })?,
+            ),
+            None => None,
+        };
+        let mut configured = Vec::new();
+        let mut seen = HashSet::new();
+        for url in &settings.urls {
+            let url = normalize(url);
+            if seen.insert(url.as_str().to_owned()) {
+                configured.push(url);
+            }
+        }
+        Ok(Self {
+            client: Arc::new(Client {
+                id,
+                settings,
+                http,
+                user_agent,
+                configured,
+                known: Mutex::new(None),
+            }),
+        })
+    }
+}
+
+/// Everything a request needs; shared by the source and its feeds.
+struct Client {
+    id: SourceId,
+    settings: HttpSettings,
+    http: reqwest::Client,
+    user_agent: Option<reqwest::header::HeaderValue>,
+    /// The configured `urls`, normalised and de-duplicated.
+    configured: Vec<Url>,
+    /// The whole set as of the last listing this process read (configured plus
+    /// sitemap), for link resolution. `None` until one was read.
+    known: Mutex<Option<Arc<HashSet<String>>>>,
+}
+
+/// A response whose status was final (not retried).
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    /// The body, when asked for and the status was a success.
+    body: Option<String>,
+}
+
+/// The id form of a URL: no fragment.
+fn normalize(url: &Url) -> Url {
+    let mut u = url.clone();
+    u.set_fragment(None);
+    u
+}
+
+/// Splits a version into its validator and title.
+fn split_version(version: &str) -> (&str, Option<&str>) {
+    match version.split_once('\n') {
+        Some((v, t)) => (v, Some(t)),
+        None => (version, None),
+    }
+}
+
+fn join_version(validator: &str, title: &str) -> String {
+    format!("{validator}\n{title}")
+}
+
+/// A `Last-Modified` or `Date` header parsed as an HTTP-date (GMT; RFC 2822 parsing accepts it).
+fn header_date(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<DateTime<Utc>> {
+    let text = headers.get(name)?.to_str().ok()?;
+    DateTime::parse_from_rfc2822(text.trim())
+        .ok()
+        .map(|d| d.with_timezone(&Utc))
+}
+
+/// The IMF-fixdate form (`Wed, 21 Oct 2015 07:28:00 GMT`) servers expect back in `If-Modified-Since`.
+fn http_date_text(t: DateTime<Utc>) -> String {
+    t.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+}
+
+/// The server's validator from a response: ETag preferred, else Last-Modified.
+fn validator_of(headers: &HeaderMap) -> Option<String> {
+    if let Some(etag) = headers.get(ETAG).and_then(|v| v.to_str().ok())
+        && !etag.trim().is_empty()
+    {
+        return Some(format!("etag:{}", etag.trim()));
+    }
+    header_date(headers, LAST_MODIFIED).map(|t| format!("lm:{}", http_date_text(t)))
+}
+
+/// The conditional header to send for a held validator, if it is one we can send.
+fn conditional(validator: &str) -> Option<(reqwest::header::HeaderName, String)> {
+    if let Some(etag) = validator.strip_prefix("etag:") {
+        return Some((IF_NONE_MATCH, etag.to_owned()));
+    }
+    let date = validator.strip_prefix("lm:")?;
+    DateTime::parse_from_rfc2822(date).ok()?;
+    Some((IF_MODIFIED_SINCE, date.to_owned()))
+}
+
+/// The `modified_at` a validator implies (Last-Modified only).
+fn validator_time(validator: &str) -> Option<DateTime<Utc>> {
+    let date = validator.strip_prefix("lm:")?;
+    DateTime::parse_from_rfc2822(date).ok().map(|d| d.with_timezone(&Utc))
+}
+
+/// `Retry-After` as seconds or as an HTTP-date (measured against the response's own `Date`).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = DateTime::parse_from_rfc2822(text).ok()?.with_timezone(&Utc);
+    let now = header_date(headers, DATE).unwrap_or_else(Utc::now);
+    (at - now).to_std().ok().or(Some(Duration::ZERO))
+}
+
+/// An error with its causes: reqwest's own message ("error sending request") hides
+/// the useful part ("Connection refused") in its source chain.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// The title a page has when we know nothing better: its path.
+fn path_title(url: &Url) -> String {
+    url.path().to_owned()
+}
+
+/// What one conditional probe found.
+enum Probe {
+    /// Present; `unchanged` when the server confirmed the held version.
+    Present { meta: DocMeta, unchanged: bool },
+    /// 404 or 410.
+    Gone,
+    /// Another 4xx: kept as held when held (`Some`), else left out.
+    Refused { status: u16, kept: Option<DocMeta> },
+}
+
+impl Client {
+    fn permanent(&self, what: impl std::fmt::Display) -> Error {
+        Error::Permanent {
+            context: format!("source {}: {what}", self.id),
+        }
+    }
+
+    /// Sends `method url` with `extra` headers, retrying network failures, 429 and
+    /// 5xx (honouring `Retry-After`, capped) up to `max_retries` times. Every attempt
+    /// is counted. Any other status is returned as is; the body is read only for
+    /// successes when `want_body`.
+    async fn send(
+        &self,
+        method: Method,
+        url: &Url,
+        extra: &[(reqwest::header::HeaderName, String)],
+        want_body: bool,
+        calls: &ApiCalls,
+    ) -> Result<Reply, Error> {
+        let ctx = format!("source {}: {method} {url}", self.id);
+        let mut backoff = BACKOFF_START;
+        let mut attempt: u32 = 0;
+        loop {
+            calls.add(1);
+            let mut req = self
+                .http
+                .request(method.clone(), url.clone())
+                .timeout(Duration::from_secs(self.settings.request_timeout_secs.max(1)));
+            if let Some(ua) = &self.user_agent {
+                req = req.header(USER_AGENT, ua.clone());
+            }
+            for (name, value) in extra {
+                req = req.header(name.clone(), value.as_str());
+            }
+            let (failure, after) = match req.send().await {
+                Err(e) => (format!("{ctx}: {}", with_causes(&e)), None),
+                Ok(resp) => {
+                    let status = resp.status();
+                    let headers = resp.headers().clone();
+                    if status.as_u16() == 429 || status.is_server_error() {
+                        (format!("{ctx}: HTTP {}", status.as_u16()), retry_after(&headers))
+                    } else if want_body && status.is_success() {
+                        match resp.text().await {
+                            Ok(body) => {
+                                return Ok(Reply {
+                                    status,
+                                    headers,
+                                    body: Some(body),
+                                });
+                            }
+                            Err(e) => (format!("{ctx}: reading body: {}", with_causes(&e)), None),
+                        }
+                    } else {
+                        return Ok(Reply {
+                            status,
+                            headers,
+                            body: None,
+                        });
+                    }
+                }
+            };
+            if attempt >= self.settings.max_retries {
+                return Err(Error::Retryable {
+                    context: format!("{failure} (after {} attempts)", attempt + 1),
+                    after,
+                });
+            }
+            attempt += 1;
+            let wait = after.map_or(backoff, |a| a.min(RETRY_AFTER_CAP));
+            backoff = (backoff * 2).min(BACKOFF_CAP);
+            tracing::debug!(source = %self.id, attempt, ?wait, "{failure}; retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// The configured set: `urls` plus the sitemap's, in order, de-duplicated.
+    /// Also remembered for link resolution. Returns the set and a note on the sitemap.
+    async fn listing(&self, calls: &ApiCalls) -> Result<(Vec<Url>, Option<String>), Error> {
+        let mut urls = self.configured.clone();
+        let mut seen: HashSet<String> = urls.iter().map(|u| u.as_str().to_owned()).collect();
+        let mut note = None;
+        if let Some(sitemap) = &self.settings.sitemap {
+            let (locs, index, skipped) = self.read_sitemap(sitemap, calls).await?;
+            let found = locs.len();
+            for url in locs {
+                if seen.insert(url.as_str().to_owned()) {
+                    urls.push(url);
+                }
+            }
+            let mut n = format!("sitemap {sitemap}: {found} URL(s)");
+            if index > 0 {
+                n.push_str(&format!(" from {index} child sitemap(s)"));
+            }
+            if skipped > 0 {
+                n.push_str(&format!(", {skipped} <loc> entries skipped (not http(s) URLs)"));
+            }
+            note = Some(n);
+        }
+        self.remember(&urls);
+        Ok((urls, note))
+    }
+
+    fn remember(&self, urls: &[Url]) {
+        let set: HashSet<String> = urls.iter().map(|u| u.as_str().to_owned()).collect();
+        // Poisoning would need a panic while holding it; there is no code that can panic inside.
+        if let Ok(mut known) = self.known.lock() {
+            *known = Some(Arc::new(set));
+        }
+    }
+
+    fn known(&self) -> Option<Arc<HashSet<String>>> {
+        self.known.lock().ok().and_then(|k| k.clone())
+    }
+
+    /// GETs a sitemap; a `<sitemapindex>` is followed one level (nested indexes are
+    /// not followed further). Returns the URLs, the child sitemaps read, and the
+    /// `<loc>` values that were not http(s) URLs.
+    async fn read_sitemap(&self, sitemap: &Url, calls: &ApiCalls) -> Result<(Vec<Url>, usize, usize), Error> {
+        let body = self.get_sitemap(sitemap, calls).await?;
+        let mut skipped = 0;
+        let (is_index, locs) = sitemap_locs(&body);
+        let parse = |loc: &str, skipped: &mut usize| match Url::parse(loc) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => Some(normalize(&u)),
+            _ => {
+                *skipped += 1;
+                None
+            }
+        };
+        if !is_index {
+            let urls = locs.iter().filter_map(|l| parse(l, &mut skipped)).collect();
+            return Ok((urls, 0, skipped));
+        }
+        let mut urls = Vec::new();
+        let children: Vec<Url> = locs.iter().filter_map(|l| parse(l, &mut skipped)).collect();
+        for child in &children {
+            let body = self.get_sitemap(child, calls).await?;
+            let (nested, locs) = sitemap_locs(&body);
+            if nested {
+                tracing::warn!(source = %self.id, sitemap = %child, "nested sitemap index not followed");
+                continue;
+            }
+            urls.extend(locs.iter().filter_map(|l| parse(l, &mut skipped)));
+        }
+        Ok((urls, children.len(), skipped))
+    }
+
+    async fn get_sitemap(&self, url: &Url, calls: &ApiCalls) -> Result<String, Error> {
+        let reply = self.send(Method::GET, url, &[], true, calls).await?;
+        match reply.body {
+            Some(body) => Ok(body),
+            // Without the sitemap we cannot say what exists, so the run must not go on
+            // (a complete listing without it would delete every page it names).
+            None => Err(self.permanent(format_args!(
+                "GET {url}: HTTP {}: cannot read the sitemap",
+                reply.status.as_u16()
+            ))),
+        }
+    }
+
+    /// A conditional `HEAD` for one URL (a `GET` if the server refuses `HEAD`).
+    async fn probe(&self, url: &Url, held: Option<&str>, calls: &ApiCalls) -> Result<Probe, Error> {
+        let id = DocumentId(url.as_str().to_owned());
+        let (held_validator, held_title) = held.map(split_version).unwrap_or(("", None));
+        let title = held_title.map_or_else(|| path_title(url), str::to_owned);
+        let condition: Vec<_> = conditional(held_validator).into_iter().collect();
+        let mut reply = self.send(Method::HEAD, url, &condition, false, calls).await?;
+        if matches!(reply.status.as_u16(), 405 | 501) {
+            reply = self.send(Method::GET, url, &condition, false, calls).await?;
+        }
+        let status = reply.status.as_u16();
+        let held_meta = |version: &str| DocMeta {
+            id: id.clone(),
+            version: version.to_owned(),
+            title: title.clone(),
+            parent: None,
+            modified_at: validator_time(split_version(version).0),
+        };
+        if status == 304
+            && let Some(held) = held
+            && !condition.is_empty()
+        {
+            return Ok(Probe::Present {
+                meta: held_meta(held),
+                unchanged: true,
+            });
+        }
+        if reply.status.is_success() || status == 304 {
+            let validator = validator_of(&reply.headers);
+            return Ok(match (validator, held) {
+                // A server that ignores conditions but reports the same validator: unchanged too.
+                (Some(v), Some(held)) if v == held_validator => Probe::Present {
+                    meta: held_meta(held),
+                    unchanged: true,
+                },
+                (v, _) => {
+                    let v = v.unwrap_or_else(|| UNVALIDATED.to_owned());
+                    Probe::Present {
+                        meta: DocMeta {
+                            id: id.clone(),
+                            modified_at: validator_time(&v),
+                            version: join_version(&v, &title),
+                            title: title.clone(),
+                            parent: None,
+                        },
+                        unchanged: false,
+                    }
+                }
+            });
+        }
+        if matches!(status, 404 | 410) {
+            return Ok(Probe::Gone);
+        }
+        tracing::warn!(source = %self.id, %url, status, "probe refused; keeping the held version");
+        Ok(Probe::Refused {
+            status,
+            kept: held.map(held_meta),
+        })
+    }
+
+    /// GETs one page: `None` when it is gone (404/410).
+    async fn get_page(
+        &self,
+        url: &Url,
+        known: &HashSet<String>,
+        calls: &ApiCalls,
+    ) -> Result<Option<FetchedDoc>, Error> {
+        let reply = self.send(Method::GET, url, &[], true, calls).await?;
+        let status = reply.status.as_u16();
+        if matches!(status, 404 | 410) {
+            return Ok(None);
+        }
+        let Some(body) = reply.body else {
+            return Err(self.permanent(format_args!("GET {url}: HTTP {status}")));
+        };
+        let title = page_title(&body).unwrap_or_else(|| path_title(url));
+        let validator = validator_of(&reply.headers).unwrap_or_else(|| {
+            let mut h = hex::encode(Sha256::digest(body.as_bytes()));
+            h.truncate(16);
+            format!("sha256:{h}")
+        });
+        let links = page_links(&body, url, known);
+        Ok(Some(FetchedDoc {
+            meta: DocMeta {
+                id: DocumentId(url.as_str().to_owned()),
+                version: join_version(&validator, &title),
+                modified_at: header_date(&reply.headers, LAST_MODIFIED),
+                title,
+                parent: None,
+            },
+            content: body,
+            links,
+        }))
+    }
+}
+
+#[async_trait]
+impl Source for HttpSource {
+    fn id(&self) -> &SourceId {
+        &self.client.id
+    }
+
+    async fn open_feed(
+        &self,
+        checkpoint: &Checkpoint,
+        _mode: SyncMode,
+        held: Held,
+        calls: ApiCalls,
+    ) -> Result<Box<dyn ChangeFeed>, Error> {
+        let (urls, sitemap_note) = self.client.listing(&calls).await?;
+        Ok(Box::new(HttpFeed {
+            client: Arc::clone(&self.client),
+            urls,
+            next: 0,
+            held,
+            calls,
+            counts: Counts::default(),
+            sitemap_note,
+            checkpoint: checkpoint.clone(),
+        }))
+    }
+
+    async fn fetch(&self, docs: &[DocMeta], calls: &ApiCalls) -> Result<Fetched, Error> {
+        let c = &self.client;
+        let mut out = Fetched::default();
+        let mut seen = HashSet::new();
+        let mut wanted = Vec::new();
+        for doc in docs {
+            if !seen.insert(doc.id.0.as_str()) {
+                continue;
+            }
+            match Url::parse(&doc.id.0) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => wanted.push(url),
+                // Not a URL we could have listed: nothing to fetch.
+                _ => out.missing.push(doc.id.clone()),
+            }
+        }
+        // Links resolve against the whole set. A worker that has not read the sitemap
+        // yet, or that fetches a page the set it knows lacks (added since), reads it once.
+        let mut known = c.known();
+        let stale = known
+            .as_ref()
+            .is_none_or(|k| wanted.iter().any(|u| !k.contains(u.as_str())));
+        if stale && c.settings.sitemap.is_some() {
+            match c.listing(calls).await {
+                Ok(_) => known = c.known(),
+                Err(e) => {
+                    tracing::warn!(source = %c.id, error = %e, "sitemap unreadable: links resolve against the configured urls")
+                }
+            }
+        }
+        let known = known.unwrap_or_else(|| Arc::new(c.configured.iter().map(|u| u.as_str().to_owned()).collect()));
+        let pages = wanted.into_iter().map(|url| {
+            let c = Arc::clone(c);
+            let known = Arc::clone(&known);
+            let calls = calls.clone();
+            async move {
+                let r = c.get_page(&url, &known, &calls).await;
+                (url, r)
+            }
+        });
+        let results: Vec<(Url, Result<Option<FetchedDoc>, Error>)> = futures::stream::iter(pages)
+            .buffered(c.settings.concurrency.clamp(1, MAX_CONCURRENCY))
+            .collect()
+            .await;
+        for (url, result) in results {
+            match result? {
+                Some(doc) => out.docs.push(doc),
+                None => out.missing.push(DocumentId(url.as_str().to_owned())),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What a feed saw, for its note.
+#[derive(Debug, Default)]
+struct Counts {
+    not_modified: u64,
+    changed: u64,
+    gone: u64,
+    refused: u64,
+    refused_status: Vec<u16>,
+}
+
+/// One run's feed: probes the next [`FEED_PAGE`] URLs per page.
+struct HttpFeed {
+    client: Arc<Client>,
+    urls: Vec<Url>,
+    next: usize,
+    held: Held,
+    calls: ApiCalls,
+    counts: Counts,
+    sitemap_note: Option<String>,
+    /// The checkpoint the run started from.
+    checkpoint: Checkpoint,
+}
+
+#[async_trait]
+impl ChangeFeed for HttpFeed {
+    async fn next_page(&mut self) -> Result<Option<FeedPage>, Error> {
+        if self.next >= self.urls.len() {
+            return Ok(None);
+        }
+        let end = (self.next + FEED_PAGE).min(self.urls.len());
+        // Owned per-probe data: the boxed future of this method must not hold
+        // borrows with higher-ranked lifetimes across the stream.
+        let probes = self.urls[self.next..end].iter().cloned().map(|url| {
+            let c = Arc::clone(&self.client);
+            let held = Arc::clone(&self.held);
+            let calls = self.calls.clone();
+            async move {
+                let version = held.get(&DocumentId(url.as_str().to_owned())).cloned();
+                c.probe(&url, version.as_deref(), &calls).await
+            }
+        });
+        let probes: Vec<Result<Probe, Error>> = futures::stream::iter(probes)
+            .buffered(self.client.settings.concurrency.clamp(1, MAX_CONCURRENCY))
+            .collect()
+            .await;
+        let mut observations = Vec::new();
+        for probe in probes {
+            match probe? {
+                Probe::Present { meta, unchanged } => {
+                    if unchanged {
+                        self.counts.not_modified += 1;
+                    } else {
+                        self.counts.changed += 1;
+                    }
+                    observations.push(Observation::Present(meta));
+                }
+                // Not reported: the listing is complete, so the coordinator deletes it.
+                Probe::Gone => self.counts.gone += 1,
+                Probe::Refused { status, kept } => {
+                    self.counts.refused += 1;
+                    if !self.counts.refused_status.contains(&status) {
+                        self.counts.refused_status.push(status);
+                    }
+                    observations.extend(kept.map(Observation::Present));
+                }
+            }
+        }
+        self.next = end;
+        Ok(Some(FeedPage { observations }))
+    }
+
+    fn end(&self) -> FeedEnd {
+        let k = &self.counts;
+        let mut note = format!(
+            "complete listing of {} URL(s): {} not modified, {} changed or new, {} gone (404/410)",
+            self.urls.len(),
+            k.not_modified,
+            k.changed,
+            k.gone
+        );
+        if k.refused > 0 {
+            let statuses: Vec<String> = k.refused_status.iter().map(u16::to_string).collect();
+            note.push_str(&format!(
+                ", {} refused (HTTP {}; held versions kept)",
+                k.refused,
+                statuses.join("/")
+            ));
+        }
+        if let Some(s) = &self.sitemap_note {
+            note = format!("{s}; {note}");
+        }
+        FeedEnd {
+            checkpoint: listing_checkpoint(&self.checkpoint),
+            complete_listing: true,
+            note: Some(note),
+        }
+    }
+}
+
+/// The checkpoint after a complete listing: no cursor or watermark to keep (every
+/// run lists everything); other fields, including ones the coordinator keeps, carry over.
+fn listing_checkpoint(previous: &Checkpoint) -> Checkpoint {
+    let mut next = previous.clone();
+    next.cursor = None;
+    next.watermark = None;
+    next.runs_since_sweep = 0;
+    next
+}
+
+/// The `<loc>` values of a sitemap (entities decoded, trimmed) and whether it is a `<sitemapindex>`.
+fn sitemap_locs(xml: &str) -> (bool, Vec<String>) {
+    let lower = xml.to_ascii_lowercase();
+    let is_index = lower.contains("<sitemapindex");
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(start) = lower[at..].find("<loc>") {
+        let from = at + start + "<loc>".len();
+        let Some(len) = lower[from..].find("</loc>") else {
+            break;
+        };
+        let raw = xml[from..from + len].trim();
+        let raw = raw
+            .strip_prefix("<![CDATA[")
+            .and_then(|r| r.strip_suffix("]]>"))
+            .map_or_else(|| decode_entities(raw), str::to_owned);
+        out.push(raw.trim().to_owned());
+        at = from + len;
+    }
+    (is_index, out)
+}
+
+/// Decodes the character references HTML and XML attribute values and text use
+/// (`&amp;`, `&lt;`, `&gt;`, `&quot;`, `&apos;`, `&nbsp;`, `&#NN;`, `&#xNN;`); others stay as written.
+fn decode_entities(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        rest = &rest[amp..];
+        let decoded = rest.find(';').filter(|&semi| semi <= 10).and_then(|semi| {
+            let name = &rest[1..semi];
+            let ch = match name {
+                "amp" => Some('&'),
+                "lt" => Some('<'),
+                "gt" => Some('>'),
+                "quot" => Some('"'),
+                "apos" => Some('\''),
+                "nbsp" => Some('\u{a0}'),
+                _ => {
+                    let code = if let Some(hex) = name.strip_prefix("#x").or_else(|| name.strip_prefix("#X")) {
+                        u32::from_str_radix(hex, 16).ok()
+                    } else {
+                        name.strip_prefix('#').and_then(|d| d.parse::<u32>().ok())
+                    };
+                    code.and_then(char::from_u32)
+                }
+            };
+            ch.map(|c| (c, semi))
+        });
+        match decoded {
+            Some((c, semi)) => {
+                out.push(c);
+                rest = &rest[semi + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Start tags named `name` (lowercase): the text between `<name` and the closing `>`,
+/// which is found outside quoted attribute values. Comments are skipped.
+fn tags<'a>(html: &'a str, name: &str) -> Vec<&'a str> {
+    let lower = html.to_ascii_lowercase();
+    let open = format!("<{name}");
+    let bytes = html.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let Some(lt) = lower[i..].find('<') else {
+            break;
+        };
+        let at = i + lt;
+        if lower[at..].starts_with("<!--") {
+            i = lower[at..].find("-->").map_or(bytes.len(), |e| at + e + 3);
+            continue;
+        }
+        let after = at + open.len();
+        let is_tag = lower[at..].starts_with(&open)
+            && bytes
+                .get(after)
+                .is_some_and(|b| b.is_ascii_whitespace() || *b == b'>' || *b == b'/');
+        if !is_tag {
+            i = at + 1;
+            continue;
+        }
+        let mut quote = None;
+        let mut end = None;
+        for (j, b) in bytes[after..].iter().enumerate() {
+            match (quote, *b) {
+                (None, b'"' | b'\'') => quote = Some(*b),
+                (Some(q), c) if c == q => quote = None,
+                (None, b'>') => {
+                    end = Some(after + j);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let Some(end) = end else {
+            break;
+        };
+        out.push(&html[after..end]);
+        i = end + 1;
+    }
+    out
+}
+
+/// The value of attribute `name` (lowercase) inside a start tag's text, entities decoded.
+fn attribute(tag: &str, name: &str) -> Option<String> {
+    let b = tag.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && (b[i].is_ascii_whitespace() || b[i] == b'/') {
+            i += 1;
+        }
+        let start = i;
+        while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'=' && b[i] != b'/' {
+            i += 1;
+        }
+        let attr = &tag[start..i];
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let mut value = None;
+        if i < b.len() && b[i] == b'=' {
+            i += 1;
+            while i < b.len() && b[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            if i < b.len() && (b[i] == b'"' || b[i] == b'\'') {
+                let q = b[i];
+                let from = i + 1;
+                let len = b[from..].iter().position(|&c| c == q).unwrap_or(b.len() - from);
+                value = Some(&tag[from..from + len]);
+                i = from + len + 1;
+            } else {
+                let from = i;
+                while i < b.len() && !b[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+                value = Some(&tag[from..i]);
+            }
+        }
+        if attr.eq_ignore_ascii_case(name) {
+            return value.map(decode_entities);
+        }
+        if start == i {
+            i += 1;
+        }
+    }
+    None
+}
+
+/// The page's `<title>`, entities decoded and whitespace collapsed; `None` if absent or blank.
+pub fn page_title(html: &str) -> Option<String> {
+    let lower = html.to_ascii_lowercase();
+    let mut at = 0;
+    let from = loop {
+        let start = at + lower[at..].find("<title")?;
+        let after = start + "<title".len();
+        let next = lower.as_bytes().get(after)?;
+        if *next == b'>' || next.is_ascii_whitespace() {
+            break after + lower[after..].find('>')? + 1;
+        }
+        at = after;
+    };
+    let len = lower[from..].find("</title")?;
+    let title = decode_entities(&html[from..from + len]);
+    let title = title.split_whitespace().collect::<Vec<_>>().join(" ");
+    (!title.is_empty()).then_some(title)
+}
+
+/// Ids of the pages in `known` this page links to with `<a href>`, in order of first
+/// appearance, without the page itself. Targets resolve against the page URL, or its
+/// `<base href>` when it has one; fragments are dropped.
+pub fn page_links(html: &str, page: &Url, known: &HashSet<String>) -> Vec<DocumentId> {
+    let base = tags(html, "base")
+        .first()
+        .and_then(|t| attribute(t, "href"))
+        .and_then(|href| page.join(href.trim()).ok())
+        .unwrap_or_else(|| page.clone());
+    let own = normalize(page);
+    let mut seen = HashSet::new();
+    tags(html, "a")
+        .into_iter()
+        .filter_map(|t| attribute(t, "href"))
+        .filter_map(|href| base.join(href.trim()).ok())
+        .map(|u| normalize(&u))
+        .filter(|u| *u != own && known.contains(u.as_str()))
+        .filter(|u| seen.insert(u.as_str().to_owned()))
+        .map(|u| DocumentId(u.as_str().to_owned()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use axum::Router;
+    use axum::http::{HeaderMap as AxHeaders, StatusCode as AxStatus};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+
+    use super::*;
+    use crate::sources::SourceSettings;
+
+    fn url(s: &str) -> Url {
+        Url::parse(s).expect("url")
+    }
+
+    /// Titles are decoded and collapsed; missing or blank titles are None.
+    #[test]
+    fn titles() {
+        assert_eq!(
+            page_title("<html><head><TITLE lang=en>\n  Install &amp; run\n</TITLE>").as_deref(),
+            Some("Install & run")
+        );
+        assert_eq!(page_title("<titles>x</titles>"), None);
+        assert_eq!(page_title("<title>  </title>"), None);
+        assert_eq!(page_title("no title"), None);
+    }
+
+    /// Links resolve relative to the page (or `<base>`), lose fragments, stay within
+    /// the known set, appear once, and never include the page itself; quoted `>`,
+    /// comments and non-anchor tags do not confuse the scanner.
+    #[test]
+    fn links() {
+        let page = url("http://h/docs/a.html");
+        let known: HashSet<String> = [
+            "http://h/docs/a.html",
+            "http://h/docs/b.html",
+            "http://h/c.html",
+            "http://h/d?x=1&y=2",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let html = r#"<p><a href="b.html#part">b</a> <A HREF='../c.html' title="x > y">c</A>
+            <a class=x href=b.html>again</a> <a href="a.html">self</a> <abbr href="b.html">no</abbr>
+            <!-- <a href="/c.html">commented</a> --> <a href="https://elsewhere/">out</a>
+            <a href="/d?x=1&amp;y=2">query</a> <a name="anchor-only">none</a>"#;
+        let got: Vec<String> = page_links(html, &page, &known).into_iter().map(|d| d.0).collect();
+        assert_eq!(
+            got,
+            vec!["http://h/docs/b.html", "http://h/c.html", "http://h/d?x=1&y=2"]
+        );
+
+        let based = r#"<head><base href="/docs/"></head><a href="b.html">b</a>"#;
+        let got: Vec<String> = page_links(based, &url("http://h/other/x.html"), &known)
+            .into_iter()
+            .map(|d| d.0)
+            .collect();
+        assert_eq!(got, vec!["http://h/docs/b.html"]);
+    }
+
+    /// Sitemaps and indexes give their `<loc>`s, decoded.
+    #[test]
+    fn sitemap_parsing() {
+        let set = r#"<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">
+            <url><loc> http://h/a?x=1&amp;y=2 </loc><lastmod>2024-01-01</lastmod></url>
+            <url><loc><![CDATA[http://h/b]]></loc></url></urlset>"#;
+        assert_eq!(
+            sitemap_locs(set),
+            (false, vec!["http://h/a?x=1&y=2".into(), "http://h/b".into()])
+        );
+        let index = "<sitemapindex><sitemap><loc>http://h/s1.xml</loc></sitemap></sitemapindex>";
+        assert_eq!(sitemap_locs(index), (true, vec!["http://h/s1.xml".into()]));
+    }
+
+    /// Versions carry the validator on the first line; only ETags and valid dates become conditions.
+    #[test]
+    fn versions_and_conditions() {
+        let v = join_version("etag:\"abc\"", "Title");
+        assert_eq!(split_version(&v), ("etag:\"abc\"", Some("Title")));
+        assert_eq!(conditional("etag:\"abc\""), Some((IF_NONE_MATCH, "\"abc\"".into())));
+        let lm = "lm:Wed, 21 Oct 2015 07:28:00 GMT";
+        assert_eq!(
+            conditional(lm).map(|(_, v)| v).as_deref(),
+            Some("Wed, 21 Oct 2015 07:28:00 GMT")
+        );
+        assert_eq!(
+            validator_time(lm).map(|t| t.to_rfc3339()).as_deref(),
+            Some("2015-10-21T07:28:00+00:00")
+        );
+        assert!(conditional("lm:yesterday").is_none());
+        assert!(conditional("sha256:0123").is_none());
+        assert!(conditional(UNVALIDATED).is_none());
+        let mut h = HeaderMap::new();
+        h.insert(LAST_MODIFIED, "Wed, 21 Oct 2015 07:28:00 GMT".parse().expect("hv"));
+        assert_eq!(validator_of(&h).as_deref(), Some(lm));
+        h.insert(ETAG, "W/\"x\"".parse().expect("hv"));
+        assert_eq!(validator_of(&h).as_deref(), Some("etag:W/\"x\""));
+        assert_eq!(
+            decode_entities("a &lt;b&gt; &#65;&#x42; &bogus; & x"),
+            "a <b> AB &bogus; & x"
+        );
+    }
+
+    /// Settings parse with documented defaults, and every bad value is reported by field.
+    #[test]
+    fn settings_defaults_and_validation() {
+        let mut problems = Vec::new();
+        let ok: toml::Value = toml::from_str("urls = [\"http://h/a\"]").expect("toml");
+        let Some(SourceSettings::Http(s)) = SourceSettings::parse("http", ok, "sources[0]", &mut problems) else {
+            panic!("parse failed: {problems:?}");
+        };
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!((s.max_retries, s.request_timeout_secs, s.concurrency), (5, 30, 8));
+        assert!(s.user_agent.is_none() && s.sitemap.is_none());
+
+        let bad: toml::Value =
+            toml::from_str("urls = [\"ftp://h/a\"]\nconcurrency = 0\nrequest_timeout_secs = 0\nuser_agent = \"a\\nb\"")
+                .expect("toml");
+        let mut problems = Vec::new();
+        SourceSettings::parse("http", bad, "sources[1]", &mut problems);
+        let all = problems.join("\n");
+        for needle in [
+            "sources[1].settings.urls[0]: \"ftp://h/a\" is not an http(s) URL",
+            "sources[1].settings.concurrency: 0 is outside 1..=64",
+            "sources[1].settings.request_timeout_secs: must be at least 1",
+            "sources[1].settings.user_agent",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        let mut problems = Vec::new();
+        SourceSettings::parse(
+            "http",
+            toml::from_str("max_retries = 1").expect("toml"),
+            "s",
+            &mut problems,
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("s.settings.urls: set urls, sitemap")),
+            "{problems:?}"
+        );
+    }
+
+    /// A server answering 503 twice and then 200: every attempt is counted and the
+    /// probe succeeds; with too few retries the error is Retryable, naming the URL and status.
+    #[tokio::test]
+    async fn server_errors_are_retried_then_reported() {
+        let hits = Arc::new(AtomicU64::new(0));
+        let h = Arc::clone(&hits);
+        let app = Router::new().route(
+            "/page",
+            get(move || {
+                let h = Arc::clone(&h);
+                async move {
+                    let n = h.fetch_add(1, Ordering::SeqCst);
+                    let mut headers = AxHeaders::new();
+                    if n % 3 < 2 {
+                        headers.insert("retry-after", "0".parse().expect("hv"));
+                        (AxStatus::SERVICE_UNAVAILABLE, headers, "busy").into_response()
+                    } else {
+                        headers.insert("etag", "\"v1\"".parse().expect("hv"));
+                        (AxStatus::OK, headers, "<title>Page</title>").into_response()
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let page = url(&format!("http://{addr}/page"));
+        let src = HttpSource::new(
+            SourceId::new("web").expect("id"),
+            HttpSettings::new(vec![page.clone()]),
+            reqwest::Client::new(),
+        )
+        .expect("source");
+
+        let calls = ApiCalls::default();
+        let mut feed = src
+            .open_feed(
+                &Checkpoint::default(),
+                SyncMode::Full,
+                Default::default(),
+                calls.clone(),
+            )
+            .await
+            .expect("open");
+        let page_obs = feed.next_page().await.expect("retried to success").expect("a page");
+        assert_eq!(calls.get(), 3, "two 503s and the success are all counted");
+        match &page_obs.observations[..] {
+            [Observation::Present(m)] => assert!(m.version.starts_with("etag:\"v1\"\n"), "{m:?}"),
+            other => panic!("expected one present page, got {other:?}"),
+        }
+
+        let fetched = src.fetch(&[], &calls).await.expect("empty fetch");
+        assert!(fetched.docs.is_empty());
+        let got = src
+            .fetch(
+                &[DocMeta {
+                    id: DocumentId(page.as_str().to_owned()),
+                    version: String::new(),
+                    title: String::new(),
+                    parent: None,
+                    modified_at: None,
+                }],
+                &calls,
+            )
+            .await
+            .expect("fetch retried to success");
+        assert_eq!(got.docs[0].meta.title, "Page");
+        assert_eq!(got.docs[0].meta.version, "etag:\"v1\"\nPage");
+
+        let mut s = HttpSettings::new(vec![page.clone()]);
+        s.max_retries = 1;
+        let impatient = HttpSource::new(SourceId::new("web").expect("id"), s, reqwest::Client::new()).expect("source");
+        let calls = ApiCalls::default();
+        let mut feed = impatient
+            .open_feed(
+                &Checkpoint::default(),
+                SyncMode::Full,
+                Default::default(),
+                calls.clone(),
+            )
+            .await
+            .expect("open");
+        match feed.next_page().await {
+            Err(Error::Retryable { context, after }) => {
+                assert!(
+                    context.contains("HEAD") && context.contains("/page") && context.contains("HTTP 503"),
+                    "{context}"
+                );
+                assert!(context.starts_with("source web: "), "{context}");
+                assert_eq!(after, Some(Duration::ZERO));
+            }
+            other => panic!("expected Retryable, got {:?}", other.map(|p| p.map(|p| p.observations))),
+        }
+        assert_eq!(calls.get(), 2, "first try + 1 retry");
+    }
+}
