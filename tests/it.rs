@@ -24,3 +24,5 @@ mod lock;
 mod queue;
 /// End-to-end sync scenarios from the problem statement.
 mod sync;
+/// Webhooks: signatures, replays, Drive push notifications, debouncing, targeted runs.
+mod webhooks;
