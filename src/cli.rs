@@ -111,4 +111,22 @@ pub enum Simulated {
         #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
         clock_skew_secs: i64,
     },
+    /// Google Drive API v3 (changes, files, export), with a folder tree to sync.
+    Gdrive {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8091")]
+        listen: SocketAddr,
+        /// Files to seed in the synced folder tree.
+        #[arg(long, default_value_t = 500)]
+        files: usize,
+        /// Id of the synced folder (the connector's `folder_id`).
+        #[arg(long, default_value = "root-folder")]
+        folder_id: String,
+        /// Simulate a shared drive with this id.
+        #[arg(long)]
+        drive_id: Option<String>,
+        /// Requests per second before 403 userRateLimitExceeded.
+        #[arg(long)]
+        rate_limit: Option<u32>,
+    },
 }

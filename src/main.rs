@@ -17,6 +17,7 @@ use tidemark::coordinator;
 use tidemark::queue::jobs::SyncRequest;
 use tidemark::report;
 use tidemark::simulators::confluence::{ConfluenceSim, SimConfig};
+use tidemark::simulators::gdrive::{GdriveSim, SimConfig as GdriveSimConfig};
 use tidemark::state::RunStatus;
 use tidemark::types::{SourceId, SyncMode};
 
@@ -230,6 +231,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("confluence simulator: space {space_key} with {pages} pages at http://{addr}");
                 let shutdown = tidemark::shutdown::on_signals();
                 shutdown.cancelled().await;
+                handle.abort();
+                Ok(ExitCode::SUCCESS)
+            }
+            Simulated::Gdrive {
+                listen,
+                files,
+                folder_id,
+                drive_id,
+                rate_limit,
+            } => {
+                let sim = GdriveSim::new(GdriveSimConfig {
+                    root_folder_id: folder_id.clone(),
+                    files: *files,
+                    drive_id: drive_id.clone(),
+                    rate_limit_per_sec: *rate_limit,
+                    ..GdriveSimConfig::default()
+                });
+                let (addr, handle) = sim
+                    .serve(*listen)
+                    .await
+                    .with_context(|| format!("listening on {listen}"))?;
+                println!("google drive simulator: folder {folder_id} with {files} files at http://{addr}");
+                tidemark::shutdown::on_signals().cancelled().await;
                 handle.abort();
                 Ok(ExitCode::SUCCESS)
             }
