@@ -192,5 +192,102 @@ fn main() {
         println!("bare redis connection (ceiling): {:>9.0} jobs/s", per_sec(bare));
         println!("tidemark stream layer:           {:>9.0} jobs/s", per_sec(ours));
         println!("tidemark / ceiling: {:.2}", per_sec(ours) / per_sec(bare));
+
+        held_state_at_scale(&env).await;
     });
+}
+
+/// Peak resident memory of this process so far (VmHWM), in MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// What a run pays for the documents it holds, at `HELD_DOCS` documents: loading
+/// them (HSCAN + decode) and the id comparison of a complete listing, with the
+/// process's peak memory before and after. The ceiling is a bare HSCAN of the
+/// same hash with no decoding.
+async fn held_state_at_scale(env: &Env) {
+    const HELD_DOCS: usize = 1_000_000;
+    let source = SourceId::new("million").expect("valid id");
+    let key = env.app.keys.docs(&source);
+    let url = env.redis.url();
+    let fill = tokio::task::spawn_blocking(move || {
+        let mut c = redis::Client::open(url.as_str())
+            .and_then(|c| c.get_connection())
+            .expect("connect");
+        let state = tidemark::state::DocState {
+            version: "17".into(),
+            content_hash: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+            title: "Installation guide for the product".into(),
+            parent: Some(DocumentId("100012".into())),
+            breadcrumb: vec!["Product Documentation".into(), "Guides".into()],
+            links: vec![DocumentId("100020".into())],
+            token: FencingToken(1),
+            synced_at: chrono::Utc::now(),
+        };
+        let body = rmp_serde::to_vec_named(&state).expect("encode");
+        for chunk in (0..HELD_DOCS).collect::<Vec<_>>().chunks(10_000) {
+            let mut pipe = redis::pipe();
+            for i in chunk {
+                pipe.hset(&key, format!("{}", 1_000_000 + i), &body).ignore();
+            }
+            pipe.query::<()>(&mut c).expect("fill");
+        }
+        let started = Instant::now();
+        let mut cursor = 0u64;
+        let mut n = 0usize;
+        loop {
+            let (next, items): (u64, Vec<(String, Vec<u8>)>) = redis::cmd("HSCAN")
+                .arg(&key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(1000)
+                .query(&mut c)
+                .expect("hscan");
+            n += items.len();
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        (started.elapsed(), n)
+    });
+    let (bare_scan, scanned) = fill.await.expect("fill task");
+    let before = peak_rss_mib();
+    let started = Instant::now();
+    let held = env.app.state().held_meta(&source).await.expect("load held state");
+    let load = started.elapsed();
+    let started = Instant::now();
+    let listed: std::collections::HashSet<&DocumentId> = held.keys().skip(10).collect();
+    let missing = held.keys().filter(|k| !listed.contains(k)).count();
+    let sweep = started.elapsed();
+    let after = peak_rss_mib();
+    println!();
+    println!("== held state: {HELD_DOCS} documents of one source");
+    println!(
+        "bare HSCAN (ceiling, no decoding): {:>7} ms for {scanned} entries",
+        bare_scan.as_millis()
+    );
+    println!("tidemark load (HSCAN + decode):    {:>7} ms", load.as_millis());
+    println!(
+        "id comparison (complete listing):  {:>7} ms, {missing} deletions found",
+        sweep.as_millis()
+    );
+    println!(
+        "tidemark load / ceiling: {:.2}",
+        load.as_secs_f64() / bare_scan.as_secs_f64()
+    );
+    println!(
+        "peak RSS: {before:.0} MiB before, {after:.0} MiB after ({:.0} bytes per document)",
+        (after - before) * 1048576.0 / HELD_DOCS as f64
+    );
 }

@@ -39,7 +39,7 @@ use crate::queue::jobs::{self, Action, JobItem, PageJob, SyncRequest};
 use crate::queue::streams::{self, Entry};
 use crate::queue::{self, dlq};
 use crate::sources::{self, DocMeta, Observation, Source};
-use crate::state::{self, DocState, RunStatus, StateStore};
+use crate::state::{self, HeldMeta, RunStatus, StateStore};
 use crate::types::{DocumentId, RunId, SourceId, SyncMode};
 
 /// The coordinators' consumer group on the requests stream.
@@ -165,7 +165,7 @@ pub fn effective_mode(
 
 /// A plan for named documents only: each is fetched (a document the source no
 /// longer has becomes a deletion in the worker), with what we hold as the hint.
-fn targeted_plan(targets: &[DocumentId], held: &HashMap<DocumentId, DocState>) -> Plan {
+fn targeted_plan(targets: &[DocumentId], held: &HashMap<DocumentId, HeldMeta>) -> Plan {
     let tree: HashMap<DocumentId, (String, Option<DocumentId>)> = held
         .iter()
         .map(|(k, v)| (k.clone(), (v.title.clone(), v.parent.clone())))
@@ -643,7 +643,7 @@ impl Coordinator {
         }
         tracing::info!(source = %id, run = %run, %mode, %token, "run started");
 
-        let held = self.state.all_docs(&id).await?;
+        let held = self.state.held_meta(&id).await?;
         let (mut plan, mut end) = if request.targets.is_empty() {
             let calls = sources::ApiCalls::default();
             let planned = self.plan(source, &checkpoint, mode, &held, lost, &calls).await;
@@ -774,7 +774,7 @@ impl Coordinator {
         &self,
         source: &SourceId,
         plan: &Plan,
-        held: &HashMap<DocumentId, DocState>,
+        held: &HashMap<DocumentId, HeldMeta>,
     ) -> Result<Vec<JobItem>, Error> {
         let keys = &self.keys;
         let mut roots = Vec::new();
@@ -862,7 +862,7 @@ impl Coordinator {
         source: &dyn Source,
         checkpoint: &sources::Checkpoint,
         mode: SyncMode,
-        held: &HashMap<DocumentId, DocState>,
+        held: &HashMap<DocumentId, HeldMeta>,
         lost: &CancellationToken,
         calls: &sources::ApiCalls,
     ) -> Result<(Plan, sources::FeedEnd), Error> {

@@ -82,6 +82,18 @@ pub struct DocState {
     pub synced_at: DateTime<Utc>,
 }
 
+/// The part of a [`DocState`] a run compares a change feed against. Decoding
+/// it from a stored `DocState` skips the other fields without allocating them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct HeldMeta {
+    /// Source version last written.
+    pub version: String,
+    /// Title.
+    pub title: String,
+    /// Parent document.
+    pub parent: Option<DocumentId>,
+}
+
 /// Lifecycle of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -422,21 +434,35 @@ impl StateStore {
         Ok(())
     }
 
-    /// Every document we hold for `source`.
-    pub async fn all_docs(&self, source: &SourceId) -> Result<HashMap<DocumentId, DocState>, Error> {
+    /// What a run compares against for every document we hold: version, title
+    /// and parent only (not breadcrumbs, links or hashes), decoded batch by batch
+    /// while scanning, so memory stays near the size of the result.
+    pub async fn held_meta(&self, source: &SourceId) -> Result<HashMap<DocumentId, HeldMeta>, Error> {
+        const BATCH: usize = 1000;
         let key = self.keys.docs(source);
         let mut conn = self.pool.get().await?;
         let mut out = HashMap::new();
-        let mut iter: redis::AsyncIter<(String, Vec<u8>)> = conn.hscan(&key).await?;
-        let mut raw = Vec::new();
-        while let Some(item) = futures::StreamExt::next(&mut iter).await {
-            raw.push(item?);
+        let mut cursor = 0u64;
+        loop {
+            let (next, items): (u64, Vec<(String, Vec<u8>)>) = redis::cmd("HSCAN")
+                .arg(&key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(BATCH)
+                .query_async(&mut conn)
+                .await?;
+            for (id, bytes) in items {
+                let meta: HeldMeta = rmp_serde::from_slice(&bytes).map_err(|e| Error::Corrupt {
+                    key: format!("{key}[{id}]"),
+                    reason: e.to_string(),
+                })?;
+                out.insert(DocumentId(id), meta);
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(out);
+            }
         }
-        for (id, bytes) in raw {
-            let state = decode_doc(&key, &id, &bytes)?;
-            out.insert(DocumentId(id), state);
-        }
-        Ok(out)
     }
 
     /// The held state of `ids` (None where we hold nothing).
