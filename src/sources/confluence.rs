@@ -9,13 +9,15 @@
 //! - Every time this connector reasons about ("what changed since when?") comes
 //!   from the *source's* clock: the `Date` header of the feed's first response,
 //!   or page modification times. Our local clock is never used, so a skewed
-//!   server clock cannot make us skip changes.
+//!   server clock cannot make us skip changes. The rules live in [`clock`]
+//!   ([`clock::Watermark`], [`clock::cql_minute_literal`]).
 //! - A feed reports `complete_listing` only after following every v2 listing
 //!   page to the end; CQL feeds never claim completeness.
 //! - Requests only ever go to the configured `base_url`: pagination links are
 //!   taken as paths and joined to it, so a response cannot redirect our
 //!   credentials elsewhere.
-//! - Every HTTP attempt, retries included, is counted in `api_calls`.
+//! - Every HTTP attempt, retries included, is counted in `api_calls` (by
+//!   [`client::RetryingClient`]; which statuses are retried is decided here).
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
@@ -24,14 +26,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::offset::LocalResult;
-use chrono::{DateTime, NaiveDateTime, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use reqwest::header::{ACCEPT, DATE, HeaderMap, LINK, RETRY_AFTER};
+use reqwest::header::{ACCEPT, HeaderMap, LINK};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use url::Url;
 
+use super::client::{self, Body, RetryingClient, Verdict};
+use super::clock::{self, Watermark};
 use super::{
     ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, FeedEnd, FeedPage, Fetched, FetchedDoc, Held, Observation, Source,
 };
@@ -43,12 +46,6 @@ pub const MAX_PAGE_LIMIT: u32 = 250;
 const FETCH_BATCH: usize = 250;
 /// Results per v1 CQL search page; Confluence may lower it, we follow `next` either way.
 const SEARCH_LIMIT: u32 = 100;
-/// Longest we honour a `Retry-After` inside one call; beyond that the caller reschedules.
-const RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
-/// First backoff after a 5xx or network failure without `Retry-After`.
-const BACKOFF_START: Duration = Duration::from_millis(100);
-/// Backoff stops doubling here.
-const BACKOFF_CAP: Duration = Duration::from_secs(10);
 /// `Checkpoint.scope` key caching the numeric space id.
 pub const SCOPE_SPACE_ID: &str = "space_id";
 /// `Checkpoint.scope` key recording which space key the cached id belongs to.
@@ -65,12 +62,6 @@ fn default_page_limit() -> u32 {
 }
 fn default_sweep_every() -> u32 {
     1
-}
-fn default_max_retries() -> u32 {
-    5
-}
-fn default_request_timeout_secs() -> u64 {
-    30
 }
 
 /// Settings of one Confluence Cloud space source.
@@ -110,10 +101,10 @@ pub struct ConfluenceSettings {
     #[serde(default = "default_sweep_every")]
     pub sweep_every: u32,
     /// Retries of one request after 429, 5xx or a network failure (default 5).
-    #[serde(default = "default_max_retries")]
+    #[serde(default = "client::default_max_retries")]
     pub max_retries: u32,
     /// Per-request timeout in seconds (default 30).
-    #[serde(default = "default_request_timeout_secs")]
+    #[serde(default = "client::default_request_timeout_secs")]
     pub request_timeout_secs: u64,
 }
 
@@ -130,8 +121,8 @@ impl ConfluenceSettings {
             overlap_secs: default_overlap_secs(),
             page_limit: default_page_limit(),
             sweep_every: default_sweep_every(),
-            max_retries: default_max_retries(),
-            request_timeout_secs: default_request_timeout_secs(),
+            max_retries: client::default_max_retries(),
+            request_timeout_secs: client::default_request_timeout_secs(),
         }
     }
 
@@ -238,9 +229,14 @@ impl Confluence {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
+        let http = RetryingClient::new(
+            http,
+            id,
+            Duration::from_secs(settings.request_timeout_secs),
+            settings.max_retries,
+        );
         Ok(Self {
             client: Arc::new(Client {
-                id,
                 settings,
                 http,
                 tz,
@@ -253,9 +249,9 @@ impl Confluence {
 
 /// Everything a request needs; shared by the source and its feeds.
 struct Client {
-    id: SourceId,
     settings: ConfluenceSettings,
-    http: reqwest::Client,
+    /// Sends, counts and retries every request; knows the source id.
+    http: RetryingClient,
     tz: Tz,
     auth: Option<(String, String)>,
     /// `base_url` with a trailing '/'.
@@ -272,35 +268,29 @@ struct Reply<T> {
 }
 
 impl Client {
-    fn permanent(&self, what: impl std::fmt::Display) -> Error {
-        Error::Permanent {
-            context: format!("source {}: {what}", self.id),
-        }
-    }
-
     /// `path` (without leading '/') under the site root.
     fn url(&self, path: &str) -> Result<Url, Error> {
         self.base
             .join(path)
-            .map_err(|e| self.permanent(format_args!("cannot build URL for {path}: {e}")))
+            .map_err(|e| self.http.permanent(format_args!("cannot build URL for {path}: {e}")))
     }
 
     /// Resolves a pagination link that is a path on our site (v2 `_links.next`,
     /// `Link` header). Absolute URLs are accepted only on our own origin.
     fn resolve_site_path(&self, link: &str, current: &Url) -> Result<Url, Error> {
-        let url = self
-            .base
-            .join(link)
-            .map_err(|e| self.permanent(format_args!("GET {}: bad next link {link:?}: {e}", current.path())))?;
+        let url = self.base.join(link).map_err(|e| {
+            self.http
+                .permanent(format_args!("GET {}: bad next link {link:?}: {e}", current.path()))
+        })?;
         if url.origin() != self.base.origin() {
-            return Err(self.permanent(format_args!(
+            return Err(self.http.permanent(format_args!(
                 "GET {}: next link {link:?} leaves {}",
                 current.path(),
                 self.base
             )));
         }
         if &url == current {
-            return Err(self.permanent(format_args!(
+            return Err(self.http.permanent(format_args!(
                 "GET {}: pagination did not advance (next link repeats the request)",
                 current.path()
             )));
@@ -311,63 +301,20 @@ impl Client {
     /// GETs `url` with auth, retrying 429/5xx/network failures, and decodes the JSON body.
     /// `calls` is incremented for every attempt.
     async fn get_json<T: DeserializeOwned>(&self, url: &Url, calls: &ApiCalls) -> Result<Reply<T>, Error> {
-        let ctx = format!("source {}: GET {}", self.id, url.path());
-        let mut backoff = BACKOFF_START;
-        let mut attempt: u32 = 0;
-        loop {
-            calls.add(1);
-            let mut req = self
-                .http
-                .get(url.clone())
-                .timeout(Duration::from_secs(self.settings.request_timeout_secs))
-                .header(ACCEPT, "application/json");
-            if let Some((user, token)) = &self.auth {
-                req = req.basic_auth(user, Some(token));
-            }
-            // (what happened, the source's Retry-After) for a retryable failure.
-            let (failure, after) = match req.send().await {
-                Err(e) => (format!("{ctx}: {e}"), None),
-                Ok(resp) => {
-                    let status = resp.status();
-                    let headers = resp.headers().clone();
-                    if status.is_success() {
-                        match resp.bytes().await {
-                            Ok(bytes) => {
-                                let body = serde_json::from_slice::<T>(&bytes).map_err(|e| Error::Permanent {
-                                    context: format!("{ctx}: malformed response body: {e}"),
-                                })?;
-                                return Ok(Reply {
-                                    body,
-                                    date: http_date(&headers),
-                                    link_next: link_next(&headers),
-                                });
-                            }
-                            Err(e) => (format!("{ctx}: reading body: {e}"), None),
-                        }
-                    } else {
-                        let text = resp.text().await.unwrap_or_default();
-                        let what = format!("{ctx}: HTTP {}: {}", status.as_u16(), error_detail(&text));
-                        if status.as_u16() == 429 || status.is_server_error() {
-                            // Atlassian sends Retry-After on 429 and on some 503s.
-                            (what, retry_after(&headers))
-                        } else {
-                            return Err(Error::Permanent { context: what });
-                        }
-                    }
-                }
-            };
-            if attempt >= self.settings.max_retries {
-                return Err(Error::Retryable {
-                    context: failure,
-                    after,
-                });
-            }
-            attempt += 1;
-            let wait = after.map_or(backoff, |a| a.min(RETRY_AFTER_CAP));
-            backoff = (backoff * 2).min(BACKOFF_CAP);
-            tracing::debug!(source = %self.id, attempt, ?wait, "{failure}; retrying");
-            tokio::time::sleep(wait).await;
-        }
+        let label = format!("GET {}", url.path());
+        let build = move || async move {
+            let req = self.http.http().get(url.clone()).header(ACCEPT, "application/json");
+            Ok(match &self.auth {
+                Some((user, token)) => req.basic_auth(user, Some(token)),
+                None => req,
+            })
+        };
+        let reply = self.http.send(&label, build, Body::Always, classify, calls).await?;
+        Ok(Reply {
+            body: self.http.decode_json(&label, &reply.body)?,
+            date: reply.date,
+            link_next: link_next(&reply.headers),
+        })
     }
 
     /// Finds the numeric id of the configured space (call 1). Returns the id and the `Date`.
@@ -381,13 +328,13 @@ impl Client {
             .into_iter()
             .find(|s| s.key == self.settings.space_key)
             .ok_or_else(|| {
-                self.permanent(format_args!(
+                self.http.permanent(format_args!(
                     "space key {:?} not found (or not visible to these credentials)",
                     self.settings.space_key
                 ))
             })?;
         if !is_numeric_id(&space.id) {
-            return Err(self.permanent(format_args!(
+            return Err(self.http.permanent(format_args!(
                 "GET {}: space id {:?} is not numeric",
                 url.path(),
                 space.id
@@ -400,7 +347,7 @@ impl Client {
 #[async_trait]
 impl Source for Confluence {
     fn id(&self) -> &SourceId {
-        &self.client.id
+        self.client.http.source()
     }
 
     async fn open_feed(
@@ -412,7 +359,7 @@ impl Source for Confluence {
     ) -> Result<Box<dyn ChangeFeed>, Error> {
         let c = &self.client;
         let s = &c.settings;
-        let mut snapshot = None;
+        let mut clock = Watermark::new(checkpoint.watermark, Duration::from_secs(s.overlap_secs));
         // The cached id is trusted only for the space key it was looked up for.
         let cached = checkpoint
             .scope
@@ -423,7 +370,7 @@ impl Source for Confluence {
             Some(id) => id.clone(),
             None => {
                 let (id, date) = c.lookup_space(&calls).await?;
-                snapshot = date;
+                clock.observe_date(date);
                 id
             }
         };
@@ -438,12 +385,9 @@ impl Source for Confluence {
             (_, Some(_)) if sweep_due => Some("deletion sweep due"),
             _ => None,
         };
-        let (kind, first, note, complete, runs_since_sweep) = match (listing_reason, checkpoint.watermark) {
-            (None, Some(watermark)) => {
-                let since = watermark
-                    .checked_sub_signed(overlap(s))
-                    .unwrap_or(DateTime::<Utc>::MIN_UTC);
-                let literal = cql_minute_literal(since, c.tz);
+        let (kind, first, note, complete, runs_since_sweep) = match (listing_reason, clock.query_from()) {
+            (None, Some(since)) => {
+                let literal = clock::cql_minute_literal(since, c.tz);
                 let cql = format!(
                     "space = \"{}\" and type = page and lastmodified >= \"{literal}\"",
                     cql_escape(&s.space_key)
@@ -473,9 +417,7 @@ impl Source for Confluence {
             kind,
             next: Some(first),
             calls,
-            snapshot,
-            max_modified: None,
-            previous_watermark: checkpoint.watermark,
+            clock,
             scope,
             complete,
             runs_since_sweep,
@@ -517,7 +459,8 @@ impl Source for Confluence {
                     }
                     let meta = page.meta(c, &url)?;
                     let content = page.body.and_then(|b| b.storage).map(|s| s.value).ok_or_else(|| {
-                        c.permanent(format_args!("GET {}: page {} has no body.storage", url.path(), meta.id))
+                        c.http
+                            .permanent(format_args!("GET {}: page {} has no body.storage", url.path(), meta.id))
                     })?;
                     let links = page_links(&content);
                     out.docs.push(FetchedDoc { meta, content, links });
@@ -581,11 +524,9 @@ struct ConfluenceFeed {
     next: Option<Url>,
     /// Counts every request of the run's feed.
     calls: ApiCalls,
-    /// `Date` of the feed's first response: the new watermark.
-    snapshot: Option<DateTime<Utc>>,
-    /// Newest modification time seen, for sources that send no `Date`.
-    max_modified: Option<DateTime<Utc>>,
-    previous_watermark: Option<DateTime<Utc>>,
+    /// The source's clock as this run read it: the `Date` of the feed's first
+    /// response, else the newest modification seen; gives the new watermark.
+    clock: Watermark,
     scope: std::collections::BTreeMap<String, String>,
     complete: bool,
     runs_since_sweep: u32,
@@ -604,13 +545,13 @@ impl ChangeFeed for ConfluenceFeed {
         match self.kind {
             FeedKind::Listing => {
                 let reply: Reply<V2List<V2Page>> = c.get_json(&url, &calls).await?;
-                self.snapshot = self.snapshot.or(reply.date);
+                self.clock.observe_date(reply.date);
                 for page in &reply.body.results {
                     if page.status.as_deref().is_some_and(|st| st != "current") {
                         continue;
                     }
                     let meta = page.meta(&c, &url)?;
-                    self.note_modified(meta.modified_at);
+                    self.clock.observe_modified(meta.modified_at);
                     observations.push(Observation::Present(meta));
                 }
                 if let Some(next) = reply.body.links.and_then(|l| l.next).or(reply.link_next) {
@@ -619,7 +560,7 @@ impl ChangeFeed for ConfluenceFeed {
             }
             FeedKind::Search => {
                 let reply: Reply<V1Search> = c.get_json(&url, &calls).await?;
-                self.snapshot = self.snapshot.or(reply.date);
+                self.clock.observe_date(reply.date);
                 for item in &reply.body.results {
                     if item.kind.as_deref().is_some_and(|k| k != "page")
                         || item.status.as_deref().is_some_and(|st| st != "current")
@@ -627,13 +568,13 @@ impl ChangeFeed for ConfluenceFeed {
                         continue;
                     }
                     let version = item.version.as_ref().ok_or_else(|| {
-                        c.permanent(format_args!(
+                        c.http.permanent(format_args!(
                             "GET {}: result {} lacks version (expand=version)",
                             url.path(),
                             item.id
                         ))
                     })?;
-                    self.note_modified(version.when);
+                    self.clock.observe_modified(version.when);
                     observations.push(Observation::Present(DocMeta {
                         id: DocumentId(item.id.clone()),
                         version: version.number.to_string(),
@@ -662,21 +603,12 @@ impl ChangeFeed for ConfluenceFeed {
     }
 
     fn end(&self) -> FeedEnd {
-        // Without a Date header we have no reading of the source's clock. The newest
-        // modification we saw is a lower bound of it; backing off by the overlap
-        // tolerates changes committed out of order around it. Nothing seen: keep the
-        // old watermark rather than invent one from our own clock.
-        let watermark = self
-            .snapshot
-            .or_else(|| {
-                self.max_modified
-                    .map(|m| m.checked_sub_signed(overlap(&self.client.settings)).unwrap_or(m))
-            })
-            .or(self.previous_watermark);
+        // The first Date, else the newest modification minus the overlap, else the
+        // old watermark: never one invented from our own clock (see `clock::Watermark`).
         FeedEnd {
             checkpoint: Checkpoint {
                 cursor: None,
-                watermark,
+                watermark: self.clock.next(),
                 runs_since_sweep: self.runs_since_sweep,
                 scope: self.scope.clone(),
                 ..Checkpoint::default()
@@ -687,41 +619,21 @@ impl ChangeFeed for ConfluenceFeed {
     }
 }
 
-impl ConfluenceFeed {
-    fn note_modified(&mut self, at: Option<DateTime<Utc>>) {
-        if let Some(at) = at {
-            self.max_modified = Some(self.max_modified.map_or(at, |m| m.max(at)));
-        }
+/// Atlassian's answers: 429 and 5xx are transient (Retry-After comes on 429 and
+/// some 503s); any other non-2xx status is final and its body says why.
+fn classify(reply: &client::Reply) -> Verdict {
+    if reply.status.is_success() {
+        return Verdict::Accept;
     }
-}
-
-/// The CQL literal (`yyyy/MM/dd HH:mm`, in `tz`) for "modified at or after `since`".
-///
-/// CQL compares dates at minute precision, so the instant is truncated *down* to
-/// the minute: that can only widen the window (more overlap), never drop a change.
-/// In a DST fall-back hour a local time names two instants and Confluence may pick
-/// the later one; we then step back an hour so every reading is at or before `since`.
-fn cql_minute_literal(since: DateTime<Utc>, tz: Tz) -> String {
-    let local = since.with_timezone(&tz).naive_local();
-    let mut naive: NaiveDateTime = local.with_second(0).and_then(|d| d.with_nanosecond(0)).unwrap_or(local);
-    for _ in 0..3 {
-        let safe = match tz.from_local_datetime(&naive) {
-            LocalResult::Single(t) => t.with_timezone(&Utc) <= since,
-            LocalResult::Ambiguous(_, later) => later.with_timezone(&Utc) <= since,
-            LocalResult::None => false,
-        };
-        if safe {
-            break;
+    let detail = format!("HTTP {}: {}", reply.status.as_u16(), error_detail(&reply.text()));
+    if client::is_transient(reply.status) {
+        Verdict::Retry {
+            detail,
+            after: client::retry_after(&reply.headers),
         }
-        naive -= chrono::Duration::hours(1);
+    } else {
+        Verdict::Refuse { detail }
     }
-    naive.format("%Y/%m/%d %H:%M").to_string()
-}
-
-/// `overlap_secs` as a duration, capped at a year so date arithmetic cannot overflow.
-fn overlap(s: &ConfluenceSettings) -> chrono::TimeDelta {
-    let secs = i64::try_from(s.overlap_secs.min(366 * 24 * 3600)).unwrap_or(0);
-    chrono::TimeDelta::try_seconds(secs).unwrap_or_default()
 }
 
 /// Escapes a value for a double-quoted CQL string.
@@ -731,18 +643,6 @@ fn cql_escape(s: &str) -> String {
 
 fn is_numeric_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// The `Date` header (HTTP-date, which RFC 2822 parsing accepts).
-fn http_date(headers: &HeaderMap) -> Option<DateTime<Utc>> {
-    let text = headers.get(DATE)?.to_str().ok()?;
-    DateTime::parse_from_rfc2822(text).ok().map(|d| d.with_timezone(&Utc))
-}
-
-/// `Retry-After` in seconds (the form Atlassian documents).
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let text = headers.get(RETRY_AFTER)?.to_str().ok()?;
-    text.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// The `rel="next"` target of a `Link` header. URLs may contain commas
@@ -860,6 +760,7 @@ struct V2Page {
 #[serde(rename_all = "camelCase")]
 struct V2Version {
     number: u64,
+    #[serde(default, deserialize_with = "clock::deserialize_opt_utc")]
     created_at: Option<DateTime<Utc>>,
 }
 
@@ -877,10 +778,10 @@ impl V2Page {
     /// Metadata as reported; a page without a version cannot be de-duplicated, so
     /// that is a malformed response.
     fn meta(&self, c: &Client, url: &Url) -> Result<DocMeta, Error> {
-        let version = self
-            .version
-            .as_ref()
-            .ok_or_else(|| c.permanent(format_args!("GET {}: page {} has no version", url.path(), self.id)))?;
+        let version = self.version.as_ref().ok_or_else(|| {
+            c.http
+                .permanent(format_args!("GET {}: page {} has no version", url.path(), self.id))
+        })?;
         Ok(DocMeta {
             id: DocumentId(self.id.clone()),
             version: version.number.to_string(),
@@ -923,6 +824,7 @@ struct V1Content {
 #[derive(Deserialize)]
 struct V1Version {
     number: u64,
+    #[serde(default, deserialize_with = "clock::deserialize_opt_utc")]
     when: Option<DateTime<Utc>>,
 }
 
@@ -1359,28 +1261,6 @@ mod tests {
         let mut problems = Vec::new();
         assert!(SourceSettings::parse("confluence", unknown, "sources[1]", &mut problems).is_none());
         assert!(problems.iter().any(|p| p.contains("colour")), "{problems:?}");
-    }
-
-    /// CQL literals are the local minute, truncated down, and step back past an
-    /// ambiguous DST hour so no reading of them is later than the requested instant.
-    #[test]
-    fn cql_literal_truncates_in_zone() {
-        let ny = chrono_tz::America::New_York;
-        let t = DateTime::parse_from_rfc3339("2025-06-01T14:07:59.900Z")
-            .expect("ts")
-            .with_timezone(&Utc);
-        assert_eq!(cql_minute_literal(t, ny), "2025/06/01 10:07");
-        assert_eq!(cql_minute_literal(t, Tz::UTC), "2025/06/01 14:07");
-        // 2025-11-02 01:30 happens twice in New York; 05:30Z is the first (EDT) one.
-        let first = DateTime::parse_from_rfc3339("2025-11-02T05:30:00Z")
-            .expect("ts")
-            .with_timezone(&Utc);
-        assert_eq!(cql_minute_literal(first, ny), "2025/11/02 00:30");
-        // 06:30Z is the second (EST) 01:30: both readings are at or before it.
-        let second = DateTime::parse_from_rfc3339("2025-11-02T06:30:00Z")
-            .expect("ts")
-            .with_timezone(&Utc);
-        assert_eq!(cql_minute_literal(second, ny), "2025/11/02 01:30");
     }
 
     /// Link headers are split on '<', so commas inside URLs (id=1,2) survive.

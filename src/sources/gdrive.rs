@@ -38,7 +38,8 @@
 //!   edited in between is stored with newer content under the older version, and
 //!   the next run (whose change list holds that edit) rewrites it.
 //! - A feed claims `complete_listing` only for a full walk of the tree.
-//! - Every HTTP attempt, retries included, is counted in `api_calls`.
+//! - Every HTTP attempt, retries included, is counted in `api_calls` (by
+//!   [`client::RetryingClient`]; the 403 rate-limit rule is decided here).
 //! - `DocMeta.version` is `<kind>:<version>` (e.g. `gdoc:12`, `text:3`): Drive's
 //!   `version` plus how to read the file. `fetch` only gets `DocMeta`, and a
 //!   file's type never changes, so the tag costs nothing in de-duplication and
@@ -57,10 +58,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use reqwest::header::{ACCEPT, AUTHORIZATION, RETRY_AFTER};
+use reqwest::header::{ACCEPT, AUTHORIZATION};
 use serde::Deserialize;
 use url::Url;
 
+use super::client::{self, Body, RetryingClient, Verdict};
+use super::clock;
 use super::{
     ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, FeedEnd, FeedPage, Fetched, FetchedDoc, Held, Observation, Source,
 };
@@ -72,12 +75,6 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 const FOLDER_MIME: &str = "application/vnd.google-apps.folder";
 /// Downloads in flight per `fetch` (Drive has no batch download: one call per file).
 const FETCH_CONCURRENCY: usize = 4;
-/// Longest we honour a `Retry-After` inside one call; beyond that the caller reschedules.
-const RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
-/// First backoff after a rate limit, 5xx or network failure without `Retry-After`.
-const BACKOFF_START: Duration = Duration::from_millis(100);
-/// Backoff stops doubling here (Google suggests a truncated exponential backoff).
-const BACKOFF_CAP: Duration = Duration::from_secs(10);
 /// Fields asked of `changes.list`.
 const CHANGE_FIELDS: &str = "nextPageToken,newStartPageToken,changes(changeType,removed,fileId,time,file(id,name,mimeType,parents,trashed,modifiedTime,version,md5Checksum,driveId))";
 /// Fields asked of `files.list`.
@@ -99,12 +96,6 @@ fn default_base_url() -> Url {
 }
 fn default_page_size() -> u32 {
     MAX_PAGE_SIZE
-}
-fn default_max_retries() -> u32 {
-    5
-}
-fn default_request_timeout_secs() -> u64 {
-    30
 }
 
 /// Settings of one Google Drive folder source.
@@ -130,10 +121,10 @@ pub struct GdriveSettings {
     #[serde(default = "default_page_size")]
     pub page_size: u32,
     /// Retries of one request after a rate limit, 5xx or network failure (default 5).
-    #[serde(default = "default_max_retries")]
+    #[serde(default = "client::default_max_retries")]
     pub max_retries: u32,
     /// Per-request timeout in seconds (default 30).
-    #[serde(default = "default_request_timeout_secs")]
+    #[serde(default = "client::default_request_timeout_secs")]
     pub request_timeout_secs: u64,
     /// Hours between full listings on incremental runs (default: none, never;
     /// the change feed reports deletions itself). A sweep also repairs the saved
@@ -158,8 +149,8 @@ impl GdriveSettings {
             access_token_env: None,
             access_token_file: None,
             page_size: default_page_size(),
-            max_retries: default_max_retries(),
-            request_timeout_secs: default_request_timeout_secs(),
+            max_retries: client::default_max_retries(),
+            request_timeout_secs: client::default_request_timeout_secs(),
             sweep_every_hours: None,
         }
     }
@@ -230,8 +221,17 @@ pub struct Gdrive {
 impl Gdrive {
     /// Builds the connector; fails if the token source is unreadable now.
     pub fn new(id: SourceId, settings: GdriveSettings, http: reqwest::Client) -> Result<Self, Error> {
-        let client = Client { id, settings, http };
-        client.token_blocking().map_err(|e| client.permanent(e))?;
+        // Drive rarely sends Retry-After; jittered backoffs keep parallel workers
+        // from retrying in lockstep against the same per-user quota.
+        let http = RetryingClient::new(
+            http,
+            id,
+            Duration::from_secs(settings.request_timeout_secs),
+            settings.max_retries,
+        )
+        .with_jitter();
+        let client = Client { settings, http };
+        client.token_blocking().map_err(|e| client.http.permanent(e))?;
         Ok(Self {
             client: Arc::new(client),
         })
@@ -240,9 +240,9 @@ impl Gdrive {
 
 /// Everything a request needs; shared by the source and its feeds.
 struct Client {
-    id: SourceId,
     settings: GdriveSettings,
-    http: reqwest::Client,
+    /// Sends, counts and retries every request; knows the source id.
+    http: RetryingClient,
 }
 
 /// A non-retryable HTTP error answer, with Google's error details.
@@ -336,18 +336,12 @@ pub fn is_token_refusal(status: u16, e: &GoogleError) -> bool {
 }
 
 impl Client {
-    fn permanent(&self, what: impl std::fmt::Display) -> Error {
-        Error::Permanent {
-            context: format!("source {}: {what}", self.id),
-        }
-    }
-
     /// `path` (without leading '/') under `base_url`.
     fn url(&self, path: &str) -> Result<Url, Error> {
         self.settings
             .base_url
             .join(path)
-            .map_err(|e| self.permanent(format_args!("cannot build URL for {path}: {e}")))
+            .map_err(|e| self.http.permanent(format_args!("cannot build URL for {path}: {e}")))
     }
 
     /// The token, read synchronously (only at construction, to fail early).
@@ -366,12 +360,13 @@ impl Client {
     /// The token as of now: re-read every request so an external refresher works.
     async fn token(&self) -> Result<Option<String>, Error> {
         if let Some(path) = &self.settings.access_token_file {
-            let t = tokio::fs::read_to_string(path)
-                .await
-                .map_err(|e| self.permanent(format_args!("access_token_file {}: {e}", path.display())))?;
+            let t = tokio::fs::read_to_string(path).await.map_err(|e| {
+                self.http
+                    .permanent(format_args!("access_token_file {}: {e}", path.display()))
+            })?;
             return Ok(Some(t.trim().to_owned()));
         }
-        self.token_blocking().map_err(|e| self.permanent(e))
+        self.token_blocking().map_err(|e| self.http.permanent(e))
     }
 
     /// Adds the shared-drive parameters every call of that kind needs.
@@ -391,66 +386,36 @@ impl Client {
     /// 5xx and network failures with exponential backoff (or `Retry-After` when sent).
     /// Every attempt is counted in `calls`. Other error statuses come back as a [`Refusal`].
     async fn get(&self, url: &Url, calls: &ApiCalls) -> Result<Result<Vec<u8>, Refusal>, Error> {
-        let ctx = format!("source {}: GET {}", self.id, url.path());
-        let mut backoff = BACKOFF_START;
-        let mut attempt: u32 = 0;
-        loop {
+        let label = format!("GET {}", url.path());
+        let build = move || async move {
+            // Re-read for every attempt, so a refreshed token is picked up mid-retry.
             let token = self.token().await?;
-            calls.add(1);
-            let mut req = self
-                .http
-                .get(url.clone())
-                .timeout(Duration::from_secs(self.settings.request_timeout_secs))
-                .header(ACCEPT, "application/json");
-            if let Some(t) = &token {
-                req = req.header(AUTHORIZATION, format!("Bearer {t}"));
-            }
-            let (failure, after) = match req.send().await {
-                Err(e) => (format!("{ctx}: {e}"), None),
-                Ok(resp) => {
-                    let status = resp.status();
-                    let after = retry_after(resp.headers());
-                    if status.is_success() {
-                        match resp.bytes().await {
-                            Ok(b) => return Ok(Ok(b.to_vec())),
-                            Err(e) => (format!("{ctx}: reading body: {e}"), None),
-                        }
-                    } else {
-                        let detail = GoogleError::parse(&resp.text().await.unwrap_or_default());
-                        let what = format!("{ctx}: HTTP {}: {}", status.as_u16(), detail.summary());
-                        let rate_limited = status.as_u16() == 429 || (status.as_u16() == 403 && detail.is_rate_limit());
-                        if rate_limited || status.is_server_error() {
-                            (what, after)
-                        } else {
-                            let hint = if status.as_u16() == 401 {
-                                " (access token invalid or expired; tidemark does not refresh tokens)"
-                            } else {
-                                ""
-                            };
-                            return Ok(Err(Refusal {
-                                status: status.as_u16(),
-                                detail,
-                                context: format!("{what}{hint}"),
-                            }));
-                        }
-                    }
-                }
-            };
-            if attempt >= self.settings.max_retries {
-                return Err(Error::Retryable {
-                    context: failure,
-                    after,
-                });
-            }
-            attempt += 1;
-            // Drive rarely sends Retry-After; without it, double with up to 10% jitter
-            // so parallel workers do not retry in lockstep.
-            let jitter = Duration::from_millis(rand::random_range(0..=backoff.as_millis() as u64 / 10));
-            let wait = after.map_or(backoff + jitter, |a| a.min(RETRY_AFTER_CAP));
-            backoff = (backoff * 2).min(BACKOFF_CAP);
-            tracing::debug!(source = %self.id, attempt, ?wait, "{failure}; retrying");
-            tokio::time::sleep(wait).await;
+            let req = self.http.http().get(url.clone()).header(ACCEPT, "application/json");
+            Ok(match &token {
+                Some(t) => req.header(AUTHORIZATION, format!("Bearer {t}")),
+                None => req,
+            })
+        };
+        let reply = self.http.send(&label, build, Body::Always, classify, calls).await?;
+        if reply.status.is_success() {
+            return Ok(Ok(reply.body));
         }
+        let status = reply.status.as_u16();
+        let detail = GoogleError::parse(&reply.text());
+        let hint = if status == 401 {
+            " (access token invalid or expired; tidemark does not refresh tokens)"
+        } else {
+            ""
+        };
+        Ok(Err(Refusal {
+            status,
+            context: format!(
+                "{}: HTTP {status}: {}{hint}",
+                self.http.context(&label),
+                detail.summary()
+            ),
+            detail,
+        }))
     }
 
     /// GETs and decodes JSON; refusals become `Permanent`.
@@ -460,8 +425,7 @@ impl Client {
     }
 
     fn decode<T: serde::de::DeserializeOwned>(&self, url: &Url, body: &[u8]) -> Result<T, Error> {
-        serde_json::from_slice(body)
-            .map_err(|e| self.permanent(format_args!("GET {}: malformed response body: {e}", url.path())))
+        self.http.decode_json(format_args!("GET {}", url.path()), body)
     }
 
     /// `changes.getStartPageToken`: the token of the next change.
@@ -473,7 +437,9 @@ impl Client {
         }
         let body: StartPageToken = self.get_json(&url, calls).await?;
         if body.start_page_token.is_empty() {
-            return Err(self.permanent(format_args!("GET {}: empty startPageToken", url.path())));
+            return Err(self
+                .http
+                .permanent(format_args!("GET {}: empty startPageToken", url.path())));
         }
         Ok(body.start_page_token)
     }
@@ -507,7 +473,7 @@ impl Client {
             Err(r) if is_token_refusal(r.status, &r.detail) => Err(Error::CursorExpired {
                 context: format!(
                     "source {}: GET {}: page token {token:?} refused (HTTP {}: {})",
-                    self.id,
+                    self.http.source(),
                     url.path(),
                     r.status,
                     r.detail.summary()
@@ -527,7 +493,7 @@ impl Client {
         let kind = meta.version.split_once(':').and_then(|(tag, _)| Kind::from_tag(tag));
         let mut url = self.url("drive/v3/files")?;
         let Ok(mut segments) = url.path_segments_mut() else {
-            return Err(self.permanent("base_url cannot have a path"));
+            return Err(self.http.permanent("base_url cannot have a path"));
         };
         segments.push(id);
         match kind.and_then(Kind::export_mime) {
@@ -565,7 +531,7 @@ impl Client {
         let content = match String::from_utf8(body) {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(source = %self.id, file = %id, "content is not UTF-8; invalid bytes replaced");
+                tracing::warn!(source = %self.http.source(), file = %id, "content is not UTF-8; invalid bytes replaced");
                 String::from_utf8_lossy(e.as_bytes()).into_owned()
             }
         };
@@ -688,6 +654,8 @@ struct DriveFile {
     parents: Vec<String>,
     #[serde(default)]
     trashed: bool,
+    /// RFC 3339 in UTC as Drive sends it (a zoneless one would be read as UTC).
+    #[serde(default, deserialize_with = "clock::deserialize_opt_utc")]
     modified_time: Option<DateTime<Utc>>,
     /// Drive serves `version` (int64) as a JSON string.
     version: Option<String>,
@@ -775,7 +743,7 @@ fn reachable(root: &str, folders: &BTreeMap<String, (String, String)>) -> HashSe
 #[async_trait]
 impl Source for Gdrive {
     fn id(&self) -> &SourceId {
-        &self.client.id
+        self.client.http.source()
     }
 
     async fn open_feed(
@@ -933,7 +901,7 @@ impl ChangeFeed for GdriveFeed {
         }
         if let Some(next) = list.next_page_token {
             if page.as_ref() == Some(&next) {
-                return Err(c.permanent(format_args!(
+                return Err(c.http.permanent(format_args!(
                     "GET /drive/v3/files: pagination did not advance for folder {folder}"
                 )));
             }
@@ -1021,7 +989,7 @@ impl GdriveFeed {
         let mut seen_tokens = HashSet::new();
         let new_start = loop {
             if !seen_tokens.insert(next.clone()) {
-                return Err(c.permanent(format_args!(
+                return Err(c.http.permanent(format_args!(
                     "GET /drive/v3/changes: page token {next:?} repeated; pagination did not advance"
                 )));
             }
@@ -1031,9 +999,9 @@ impl GdriveFeed {
                 (Some(n), _) => next = n,
                 (None, Some(start)) => break start,
                 (None, None) => {
-                    return Err(
-                        c.permanent("GET /drive/v3/changes: response has neither nextPageToken nor newStartPageToken")
-                    );
+                    return Err(c
+                        .http
+                        .permanent("GET /drive/v3/changes: response has neither nextPageToken nor newStartPageToken"));
                 }
             }
         };
@@ -1152,10 +1120,23 @@ impl GdriveFeed {
     }
 }
 
-/// `Retry-After` in seconds, when present.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let text = headers.get(RETRY_AFTER)?.to_str().ok()?;
-    text.trim().parse::<u64>().ok().map(Duration::from_secs)
+/// Drive's answers: 429, 5xx and a 403 whose reason is a rate limit are
+/// transient; every other status goes back to the caller, which decides what a
+/// 404 or a refused page token means.
+fn classify(reply: &client::Reply) -> Verdict {
+    if reply.status.is_success() {
+        return Verdict::Accept;
+    }
+    let detail = GoogleError::parse(&reply.text());
+    let rate_limited = reply.status.as_u16() == 403 && detail.is_rate_limit();
+    if rate_limited || client::is_transient(reply.status) {
+        Verdict::Retry {
+            detail: format!("HTTP {}: {}", reply.status.as_u16(), detail.summary()),
+            after: client::retry_after(&reply.headers),
+        }
+    } else {
+        Verdict::Accept
+    }
 }
 
 /// How many documents a saved scope holds, for status output and tests.

@@ -24,7 +24,9 @@
 //!   (other 4xx, counted in the note) or fails the run (network errors and
 //!   5xx/429 once retries run out), so an unreachable server deletes nothing.
 //! - Versions come from the server (`ETag`, `Last-Modified`) or the body, never from our clock.
-//! - Every HTTP attempt, retries included, is counted in `api_calls`.
+//! - Every HTTP attempt, retries included, is counted in `api_calls` (by
+//!   [`client::RetryingClient`]; what 304/404/410 mean is decided here).
+//!   HTTP-dates are read and written by [`clock`].
 //! - At most `concurrency` requests of one feed page or one fetch are in flight.
 //!
 //! | capability        | how                                                                          |
@@ -47,13 +49,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use reqwest::header::{
-    DATE, ETAG, HeaderMap, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, RETRY_AFTER, USER_AGENT,
-};
+use reqwest::header::{ETAG, HeaderMap, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, USER_AGENT};
 use reqwest::{Method, StatusCode};
 use sha2::{Digest, Sha256};
 use url::Url;
 
+use super::client::{self, Body, RetryingClient, Verdict};
+use super::clock;
 use super::{
     ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, FeedEnd, FeedPage, Fetched, FetchedDoc, Held, Observation, Source,
 };
@@ -61,23 +63,11 @@ use crate::types::{DocumentId, SourceId, SyncMode};
 
 /// URLs probed per feed page.
 const FEED_PAGE: usize = 100;
-/// Longest we honour a `Retry-After` inside one call; beyond that the run or page is retried later.
-const RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
-/// First backoff after a 5xx or network failure without `Retry-After`.
-const BACKOFF_START: Duration = Duration::from_millis(100);
-/// Backoff stops doubling here.
-const BACKOFF_CAP: Duration = Duration::from_secs(10);
 /// Most concurrent requests a source may configure.
 pub const MAX_CONCURRENCY: usize = 64;
 /// The validator of a feed observation that must be fetched to be judged.
 const UNVALIDATED: &str = "unvalidated";
 
-fn default_max_retries() -> u32 {
-    5
-}
-fn default_request_timeout_secs() -> u64 {
-    30
-}
 fn default_concurrency() -> usize {
     8
 }
@@ -93,10 +83,10 @@ pub struct HttpSettings {
     #[serde(default)]
     pub sitemap: Option<Url>,
     /// Retries of one request after 429, 5xx or a network failure (default 5).
-    #[serde(default = "default_max_retries")]
+    #[serde(default = "client::default_max_retries")]
     pub max_retries: u32,
     /// Per-request timeout in seconds (default 30).
-    #[serde(default = "default_request_timeout_secs")]
+    #[serde(default = "client::default_request_timeout_secs")]
     pub request_timeout_secs: u64,
     /// `User-Agent` sent with every request (default: the client's, `tidemark/<version>`).
     #[serde(default)]
@@ -112,8 +102,8 @@ impl HttpSettings {
         Self {
             urls,
             sitemap: None,
-            max_retries: default_max_retries(),
-            request_timeout_secs: default_request_timeout_secs(),
+            max_retries: client::default_max_retries(),
+            request_timeout_secs: client::default_request_timeout_secs(),
             user_agent: None,
             concurrency: default_concurrency(),
         }
@@ -175,9 +165,16 @@ impl HttpSource {
                 configured.push(url);
             }
         }
+        // Detailed errors: a dead web server's "Connection refused" is the whole story.
+        let http = RetryingClient::new(
+            http,
+            id,
+            Duration::from_secs(settings.request_timeout_secs.max(1)),
+            settings.max_retries,
+        )
+        .with_detailed_errors();
         Ok(Self {
             client: Arc::new(Client {
-                id,
                 settings,
                 http,
                 user_agent,
@@ -190,9 +187,9 @@ impl HttpSource {
 
 /// Everything a request needs; shared by the source and its feeds.
 struct Client {
-    id: SourceId,
     settings: HttpSettings,
-    http: reqwest::Client,
+    /// Sends, counts and retries every request; knows the source id.
+    http: RetryingClient,
     user_agent: Option<reqwest::header::HeaderValue>,
     /// The configured `urls`, normalised and de-duplicated.
     configured: Vec<Url>,
@@ -228,19 +225,6 @@ fn join_version(validator: &str, title: &str) -> String {
     format!("{validator}\n{title}")
 }
 
-/// A `Last-Modified` or `Date` header parsed as an HTTP-date (GMT; RFC 2822 parsing accepts it).
-fn header_date(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<DateTime<Utc>> {
-    let text = headers.get(name)?.to_str().ok()?;
-    DateTime::parse_from_rfc2822(text.trim())
-        .ok()
-        .map(|d| d.with_timezone(&Utc))
-}
-
-/// The IMF-fixdate form (`Wed, 21 Oct 2015 07:28:00 GMT`) servers expect back in `If-Modified-Since`.
-fn http_date_text(t: DateTime<Utc>) -> String {
-    t.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
-}
-
 /// The server's validator from a response: ETag preferred, else Last-Modified.
 fn validator_of(headers: &HeaderMap) -> Option<String> {
     if let Some(etag) = headers.get(ETAG).and_then(|v| v.to_str().ok())
@@ -248,7 +232,7 @@ fn validator_of(headers: &HeaderMap) -> Option<String> {
     {
         return Some(format!("etag:{}", etag.trim()));
     }
-    header_date(headers, LAST_MODIFIED).map(|t| format!("lm:{}", http_date_text(t)))
+    clock::header_date(headers, LAST_MODIFIED).map(|t| format!("lm:{}", clock::format_http_date(t)))
 }
 
 /// The conditional header to send for a held validator, if it is one we can send.
@@ -257,41 +241,13 @@ fn conditional(validator: &str) -> Option<(reqwest::header::HeaderName, String)>
         return Some((IF_NONE_MATCH, etag.to_owned()));
     }
     let date = validator.strip_prefix("lm:")?;
-    DateTime::parse_from_rfc2822(date).ok()?;
+    clock::parse_http_date(date)?;
     Some((IF_MODIFIED_SINCE, date.to_owned()))
 }
 
 /// The `modified_at` a validator implies (Last-Modified only).
 fn validator_time(validator: &str) -> Option<DateTime<Utc>> {
-    let date = validator.strip_prefix("lm:")?;
-    DateTime::parse_from_rfc2822(date).ok().map(|d| d.with_timezone(&Utc))
-}
-
-/// `Retry-After` as seconds or as an HTTP-date (measured against the response's own `Date`).
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let text = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = text.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = DateTime::parse_from_rfc2822(text).ok()?.with_timezone(&Utc);
-    let now = header_date(headers, DATE).unwrap_or_else(Utc::now);
-    (at - now).to_std().ok().or(Some(Duration::ZERO))
-}
-
-/// An error with its causes: reqwest's own message ("error sending request") hides
-/// the useful part ("Connection refused") in its source chain.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = c.source();
-    }
-    text
+    clock::parse_http_date(validator.strip_prefix("lm:")?)
 }
 
 /// The title a page has when we know nothing better: its path.
@@ -310,12 +266,6 @@ enum Probe {
 }
 
 impl Client {
-    fn permanent(&self, what: impl std::fmt::Display) -> Error {
-        Error::Permanent {
-            context: format!("source {}: {what}", self.id),
-        }
-    }
-
     /// Sends `method url` with `extra` headers, retrying network failures, 429 and
     /// 5xx (honouring `Retry-After`, capped) up to `max_retries` times. Every attempt
     /// is counted. Any other status is returned as is; the body is read only for
@@ -328,60 +278,25 @@ impl Client {
         want_body: bool,
         calls: &ApiCalls,
     ) -> Result<Reply, Error> {
-        let ctx = format!("source {}: {method} {url}", self.id);
-        let mut backoff = BACKOFF_START;
-        let mut attempt: u32 = 0;
-        loop {
-            calls.add(1);
-            let mut req = self
-                .http
-                .request(method.clone(), url.clone())
-                .timeout(Duration::from_secs(self.settings.request_timeout_secs.max(1)));
+        let build = || {
+            let mut req = self.http.http().request(method.clone(), url.clone());
             if let Some(ua) = &self.user_agent {
                 req = req.header(USER_AGENT, ua.clone());
             }
             for (name, value) in extra {
                 req = req.header(name.clone(), value.as_str());
             }
-            let (failure, after) = match req.send().await {
-                Err(e) => (format!("{ctx}: {}", with_causes(&e)), None),
-                Ok(resp) => {
-                    let status = resp.status();
-                    let headers = resp.headers().clone();
-                    if status.as_u16() == 429 || status.is_server_error() {
-                        (format!("{ctx}: HTTP {}", status.as_u16()), retry_after(&headers))
-                    } else if want_body && status.is_success() {
-                        match resp.text().await {
-                            Ok(body) => {
-                                return Ok(Reply {
-                                    status,
-                                    headers,
-                                    body: Some(body),
-                                });
-                            }
-                            Err(e) => (format!("{ctx}: reading body: {}", with_causes(&e)), None),
-                        }
-                    } else {
-                        return Ok(Reply {
-                            status,
-                            headers,
-                            body: None,
-                        });
-                    }
-                }
-            };
-            if attempt >= self.settings.max_retries {
-                return Err(Error::Retryable {
-                    context: format!("{failure} (after {} attempts)", attempt + 1),
-                    after,
-                });
-            }
-            attempt += 1;
-            let wait = after.map_or(backoff, |a| a.min(RETRY_AFTER_CAP));
-            backoff = (backoff * 2).min(BACKOFF_CAP);
-            tracing::debug!(source = %self.id, attempt, ?wait, "{failure}; retrying");
-            tokio::time::sleep(wait).await;
-        }
+            std::future::ready(Ok(req))
+        };
+        let read = if want_body { Body::OnSuccess } else { Body::Never };
+        let label = format!("{method} {url}");
+        let reply = self.http.send(&label, build, read, classify, calls).await?;
+        let body = (want_body && reply.status.is_success()).then(|| reply.text());
+        Ok(Reply {
+            status: reply.status,
+            headers: reply.headers,
+            body,
+        })
     }
 
     /// The configured set: `urls` plus the sitemap's, in order, de-duplicated.
@@ -447,7 +362,7 @@ impl Client {
             let body = self.get_sitemap(child, calls).await?;
             let (nested, locs) = sitemap_locs(&body);
             if nested {
-                tracing::warn!(source = %self.id, sitemap = %child, "nested sitemap index not followed");
+                tracing::warn!(source = %self.http.source(), sitemap = %child, "nested sitemap index not followed");
                 continue;
             }
             urls.extend(locs.iter().filter_map(|l| parse(l, &mut skipped)));
@@ -461,7 +376,7 @@ impl Client {
             Some(body) => Ok(body),
             // Without the sitemap we cannot say what exists, so the run must not go on
             // (a complete listing without it would delete every page it names).
-            None => Err(self.permanent(format_args!(
+            None => Err(self.http.permanent(format_args!(
                 "GET {url}: HTTP {}: cannot read the sitemap",
                 reply.status.as_u16()
             ))),
@@ -521,7 +436,7 @@ impl Client {
         if matches!(status, 404 | 410) {
             return Ok(Probe::Gone);
         }
-        tracing::warn!(source = %self.id, %url, status, "probe refused; keeping the held version");
+        tracing::warn!(source = %self.http.source(), %url, status, "probe refused; keeping the held version");
         Ok(Probe::Refused {
             status,
             kept: held.map(held_meta),
@@ -541,7 +456,7 @@ impl Client {
             return Ok(None);
         }
         let Some(body) = reply.body else {
-            return Err(self.permanent(format_args!("GET {url}: HTTP {status}")));
+            return Err(self.http.permanent(format_args!("GET {url}: HTTP {status}")));
         };
         let title = page_title(&body).unwrap_or_else(|| path_title(url));
         let validator = validator_of(&reply.headers).unwrap_or_else(|| {
@@ -554,7 +469,7 @@ impl Client {
             meta: DocMeta {
                 id: DocumentId(url.as_str().to_owned()),
                 version: join_version(&validator, &title),
-                modified_at: header_date(&reply.headers, LAST_MODIFIED),
+                modified_at: clock::header_date(&reply.headers, LAST_MODIFIED),
                 title,
                 parent: None,
             },
@@ -567,7 +482,7 @@ impl Client {
 #[async_trait]
 impl Source for HttpSource {
     fn id(&self) -> &SourceId {
-        &self.client.id
+        self.client.http.source()
     }
 
     async fn open_feed(
@@ -615,7 +530,7 @@ impl Source for HttpSource {
             match c.listing(calls).await {
                 Ok(_) => known = c.known(),
                 Err(e) => {
-                    tracing::warn!(source = %c.id, error = %e, "sitemap unreadable: links resolve against the configured urls")
+                    tracing::warn!(source = %c.http.source(), error = %e, "sitemap unreadable: links resolve against the configured urls")
                 }
             }
         }
@@ -739,6 +654,19 @@ impl ChangeFeed for HttpFeed {
             complete_listing: true,
             note: Some(note),
         }
+    }
+}
+
+/// Web servers' answers: 429 and 5xx are transient; every other status (304,
+/// 404/410, other 4xx) goes back to the probe or fetch that decides what it means.
+fn classify(reply: &client::Reply) -> Verdict {
+    if client::is_transient(reply.status) {
+        Verdict::Retry {
+            detail: format!("HTTP {}", reply.status.as_u16()),
+            after: client::retry_after(&reply.headers),
+        }
+    } else {
+        Verdict::Accept
     }
 }
 

@@ -11,10 +11,17 @@
 //! what makes overlap windows and repeated listings free. Connectors do not
 //! write anywhere either; they only read the source and count their API calls.
 //!
+//! Shared by the HTTP-based connectors: [`client`] (one retrying, counting
+//! HTTP client; each connector keeps its own reading of statuses) and
+//! [`clock`] (HTTP-dates, zoneless timestamps, watermarks: the source's clock,
+//! never ours).
+//!
 //! Invariant: a feed that reports `complete_listing` has observed *every*
 //! document the source holds in scope, so ids we hold but it did not report are
 //! deletions. A feed must never claim completeness after a partial listing.
 
+pub mod client;
+pub mod clock;
 pub mod confluence;
 pub mod filesystem;
 pub mod gdrive;
