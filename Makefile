@@ -6,7 +6,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
 APT_PACKAGES := redis-server curl jq nginx
 
-.PHONY: all deps build release test unit demo bench fmt lint clean
+.PHONY: all deps build release test unit soak demo bench fmt lint clean
 
 all: build
 
@@ -34,6 +34,11 @@ test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --lib --bins --tests
+
+## soak: the randomized convergence test over more seeds than `make test` runs (200)
+SEEDS ?= 1000
+soak: deps
+	TIDEMARK_SEEDS=$(SEEDS) $(CARGO) test --test it convergence -- --nocapture
 
 ## demo: 500-page Confluence space, full sync, 6 changes, incremental sync
 demo: release

@@ -200,9 +200,11 @@ async fn server_down_fails_the_run_and_deletes_nothing() {
 }
 
 /// Fetching through the connector against nginx: content, `<title>`, the ETag
-/// version, and `<a href>` links resolved to pages of the configured set only.
+/// version, and `<a href>` links to every page of the same site (itself
+/// excluded), whether or not it is in the synced set: the set can change without
+/// the linking page changing, so membership is decided when links are resolved.
 #[tokio::test]
-async fn fetch_resolves_links_within_the_set() {
+async fn fetch_reports_same_site_links() {
     let nginx = Nginx::start();
     nginx.write(
         "docs/a.html",
@@ -240,7 +242,11 @@ async fn fetch_resolves_links_within_the_set() {
     assert!(a.meta.version.starts_with("etag:\""), "{:?}", a.meta.version);
     assert!(a.meta.modified_at.is_some());
     let links: HashSet<&str> = a.links.iter().map(|d| d.0.as_str()).collect();
-    assert_eq!(links, HashSet::from([urls[1].as_str(), urls[2].as_str()]));
+    let elsewhere = nginx.url("elsewhere.html");
+    assert_eq!(
+        links,
+        HashSet::from([urls[1].as_str(), urls[2].as_str(), elsewhere.as_str()])
+    );
     assert_eq!(got.docs[2].meta.title, "/c.html", "no <title>: the URL path");
 
     // The feed's conditional HEAD with the fetched version is a 304: the held version comes back.
@@ -275,4 +281,49 @@ async fn fetch_resolves_links_within_the_set() {
             .as_deref()
             .is_some_and(|n| n.contains("3 not modified, 0 changed or new, 1 gone"))
     );
+}
+
+/// Regression (found by the convergence test, seed 2): a page linking to a URL
+/// that enters the sitemap later shows the link's title once the target is
+/// synced, and loses it again when the target leaves, without the linking page
+/// changing or being fetched again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_follow_their_target_in_and_out_of_the_sitemap() {
+    let nginx = Nginx::start();
+    nginx.write("a.html", &page("A", &["b.html"]), t0());
+    nginx.write("b.html", &page("B", &[]), t0());
+    let (a, b) = (nginx.url("a.html"), nginx.url("b.html"));
+    let sitemap = |urls: &[&String]| {
+        let entries: String = urls.iter().map(|u| format!("<url><loc>{u}</loc></url>")).collect();
+        format!("<urlset xmlns=\"http://www.sitemaps.org/schemas/sitemap/0.9\">{entries}</urlset>")
+    };
+    nginx.write("sitemap.xml", &sitemap(&[&a]), t0());
+    let env = Env::start(Options {
+        source_toml: Some(source_toml(&format!("sitemap = {:?}", nginx.url("sitemap.xml")))),
+        ..Options::default()
+    })
+    .await;
+    env.coordinator("c1");
+    env.worker("w1");
+    let link_of_a = |env: &Env| {
+        let doc = env.sink_docs().into_iter().find(|d| d.id.0 == a).expect("a synced");
+        doc.links.into_iter().map(|l| (l.target.0, l.title)).collect::<Vec<_>>()
+    };
+
+    env.sync(SyncMode::Full).await;
+    assert_eq!(link_of_a(&env), vec![(b.clone(), None)], "b is not synced yet");
+
+    nginx.write("sitemap.xml", &sitemap(&[&a, &b]), t0() + Duration::from_secs(10));
+    let entered = env.sync(SyncMode::Incremental).await;
+    assert_eq!(
+        (entered.docs_processed, entered.dependents_updated),
+        (1, 1),
+        "{entered:?}"
+    );
+    assert_eq!(link_of_a(&env), vec![(b.clone(), Some("B".to_owned()))]);
+
+    nginx.write("sitemap.xml", &sitemap(&[&a]), t0() + Duration::from_secs(20));
+    let left = env.sync(SyncMode::Incremental).await;
+    assert_eq!((left.deleted, left.dependents_updated), (1, 1), "{left:?}");
+    assert_eq!(link_of_a(&env), vec![(b, None)]);
 }

@@ -8,6 +8,8 @@ mod harness;
 mod api;
 /// The binary's edge: configuration and argument errors.
 mod cli;
+/// Randomized convergence: after any sequence of source changes, one quiet sync makes the sink equal every source.
+mod convergence;
 /// Deletion guard and periodic reconciliation.
 mod deletions;
 /// Dependency tracking: breadcrumbs and link titles follow renames, moves and deletions.

@@ -34,7 +34,7 @@
 //! | change detection  | conditional `HEAD` (`If-None-Match` / `If-Modified-Since`); 304 = unchanged   |
 //! | deletions         | `404`/`410`, or a URL dropped from the sitemap (complete listing)             |
 //! | moves / renames   | no: a new URL is a create, the old one a deletion                             |
-//! | links             | `<a href>` targets (relative to the page or its `<base>`) in the configured set |
+//! | links             | `<a href>` targets on the page's own site (relative to the page or its `<base>`); a target tidemark does not hold (outside the set, 404) gets title `None` |
 //!
 //! What it cannot detect: changes a server hides behind an unchanged validator
 //! (a weak ETag or a Last-Modified that does not move; a `Full` run re-reads and
@@ -43,7 +43,7 @@
 //! (`.xml.gz`) are not read. Redirects are followed; the id stays the configured URL.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -179,7 +179,6 @@ impl HttpSource {
                 http,
                 user_agent,
                 configured,
-                known: Mutex::new(None),
             }),
         })
     }
@@ -193,9 +192,6 @@ struct Client {
     user_agent: Option<reqwest::header::HeaderValue>,
     /// The configured `urls`, normalised and de-duplicated.
     configured: Vec<Url>,
-    /// The whole set as of the last listing this process read (configured plus
-    /// sitemap), for link resolution. `None` until one was read.
-    known: Mutex<Option<Arc<HashSet<String>>>>,
 }
 
 /// A response whose status was final (not retried).
@@ -322,20 +318,7 @@ impl Client {
             }
             note = Some(n);
         }
-        self.remember(&urls);
         Ok((urls, note))
-    }
-
-    fn remember(&self, urls: &[Url]) {
-        let set: HashSet<String> = urls.iter().map(|u| u.as_str().to_owned()).collect();
-        // Poisoning would need a panic while holding it; there is no code that can panic inside.
-        if let Ok(mut known) = self.known.lock() {
-            *known = Some(Arc::new(set));
-        }
-    }
-
-    fn known(&self) -> Option<Arc<HashSet<String>>> {
-        self.known.lock().ok().and_then(|k| k.clone())
     }
 
     /// GETs a sitemap; a `<sitemapindex>` is followed one level (nested indexes are
@@ -444,12 +427,7 @@ impl Client {
     }
 
     /// GETs one page: `None` when it is gone (404/410).
-    async fn get_page(
-        &self,
-        url: &Url,
-        known: &HashSet<String>,
-        calls: &ApiCalls,
-    ) -> Result<Option<FetchedDoc>, Error> {
+    async fn get_page(&self, url: &Url, calls: &ApiCalls) -> Result<Option<FetchedDoc>, Error> {
         let reply = self.send(Method::GET, url, &[], true, calls).await?;
         let status = reply.status.as_u16();
         if matches!(status, 404 | 410) {
@@ -464,7 +442,7 @@ impl Client {
             h.truncate(16);
             format!("sha256:{h}")
         });
-        let links = page_links(&body, url, known);
+        let links = page_links(&body, url);
         Ok(Some(FetchedDoc {
             meta: DocMeta {
                 id: DocumentId(url.as_str().to_owned()),
@@ -520,27 +498,11 @@ impl Source for HttpSource {
                 _ => out.missing.push(doc.id.clone()),
             }
         }
-        // Links resolve against the whole set. A worker that has not read the sitemap
-        // yet, or that fetches a page the set it knows lacks (added since), reads it once.
-        let mut known = c.known();
-        let stale = known
-            .as_ref()
-            .is_none_or(|k| wanted.iter().any(|u| !k.contains(u.as_str())));
-        if stale && c.settings.sitemap.is_some() {
-            match c.listing(calls).await {
-                Ok(_) => known = c.known(),
-                Err(e) => {
-                    tracing::warn!(source = %c.http.source(), error = %e, "sitemap unreadable: links resolve against the configured urls")
-                }
-            }
-        }
-        let known = known.unwrap_or_else(|| Arc::new(c.configured.iter().map(|u| u.as_str().to_owned()).collect()));
         let pages = wanted.into_iter().map(|url| {
             let c = Arc::clone(c);
-            let known = Arc::clone(&known);
             let calls = calls.clone();
             async move {
-                let r = c.get_page(&url, &known, &calls).await;
+                let r = c.get_page(&url, &calls).await;
                 (url, r)
             }
         });
@@ -858,10 +820,14 @@ pub fn page_title(html: &str) -> Option<String> {
     (!title.is_empty()).then_some(title)
 }
 
-/// Ids of the pages in `known` this page links to with `<a href>`, in order of first
-/// appearance, without the page itself. Targets resolve against the page URL, or its
-/// `<base href>` when it has one; fragments are dropped.
-pub fn page_links(html: &str, page: &Url, known: &HashSet<String>) -> Vec<DocumentId> {
+/// Ids of the pages on this page's own site (same origin) that it links to with
+/// `<a href>`, in order of first appearance, fragments dropped, itself excluded.
+///
+/// Not filtered to the synced set: the set changes (a sitemap gains or loses a
+/// URL) without the linking page changing, and the reverse index must already
+/// know who links to a URL when it enters or leaves the set. Resolution shows a
+/// target tidemark does not hold with title `None`.
+pub fn page_links(html: &str, page: &Url) -> Vec<DocumentId> {
     let base = tags(html, "base")
         .first()
         .and_then(|t| attribute(t, "href"))
@@ -874,7 +840,7 @@ pub fn page_links(html: &str, page: &Url, known: &HashSet<String>) -> Vec<Docume
         .filter_map(|t| attribute(t, "href"))
         .filter_map(|href| base.join(href.trim()).ok())
         .map(|u| normalize(&u))
-        .filter(|u| *u != own && known.contains(u.as_str()))
+        .filter(|u| *u != own && u.origin() == own.origin())
         .filter(|u| seen.insert(u.as_str().to_owned()))
         .map(|u| DocumentId(u.as_str().to_owned()))
         .collect()
@@ -908,33 +874,24 @@ mod tests {
         assert_eq!(page_title("no title"), None);
     }
 
-    /// Links resolve relative to the page (or `<base>`), lose fragments, stay within
-    /// the known set, appear once, and never include the page itself; quoted `>`,
+    /// Links resolve relative to the page (or `<base>`), lose fragments, stay on the
+    /// page's own site, appear once, and never include the page itself; quoted `>`,
     /// comments and non-anchor tags do not confuse the scanner.
     #[test]
     fn links() {
         let page = url("http://h/docs/a.html");
-        let known: HashSet<String> = [
-            "http://h/docs/a.html",
-            "http://h/docs/b.html",
-            "http://h/c.html",
-            "http://h/d?x=1&y=2",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
         let html = r#"<p><a href="b.html#part">b</a> <A HREF='../c.html' title="x > y">c</A>
             <a class=x href=b.html>again</a> <a href="a.html">self</a> <abbr href="b.html">no</abbr>
             <!-- <a href="/c.html">commented</a> --> <a href="https://elsewhere/">out</a>
             <a href="/d?x=1&amp;y=2">query</a> <a name="anchor-only">none</a>"#;
-        let got: Vec<String> = page_links(html, &page, &known).into_iter().map(|d| d.0).collect();
+        let got: Vec<String> = page_links(html, &page).into_iter().map(|d| d.0).collect();
         assert_eq!(
             got,
             vec!["http://h/docs/b.html", "http://h/c.html", "http://h/d?x=1&y=2"]
         );
 
         let based = r#"<head><base href="/docs/"></head><a href="b.html">b</a>"#;
-        let got: Vec<String> = page_links(based, &url("http://h/other/x.html"), &known)
+        let got: Vec<String> = page_links(based, &url("http://h/other/x.html"))
             .into_iter()
             .map(|d| d.0)
             .collect();
