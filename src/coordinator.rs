@@ -165,15 +165,11 @@ pub fn effective_mode(
 
 /// A plan for named documents only: each is fetched (a document the source no
 /// longer has becomes a deletion in the worker), with what we hold as the hint.
-fn targeted_plan(targets: &[DocumentId], held: &HashMap<DocumentId, HeldMeta>) -> Plan {
-    let tree: HashMap<DocumentId, (String, Option<DocumentId>)> = held
-        .iter()
-        .map(|(k, v)| (k.clone(), (v.title.clone(), v.parent.clone())))
-        .collect();
+fn targeted_plan(targets: &[DocumentId], before: HashMap<DocumentId, HeldMeta>) -> Plan {
     let items = targets
         .iter()
         .map(|id| {
-            let h = held.get(id);
+            let h = before.get(id);
             JobItem {
                 meta: DocMeta {
                     id: id.clone(),
@@ -183,14 +179,18 @@ fn targeted_plan(targets: &[DocumentId], held: &HashMap<DocumentId, HeldMeta>) -
                     modified_at: None,
                 },
                 action: Action::Upsert,
-                breadcrumb: breadcrumb(id, &tree),
+                breadcrumb: Vec::new(),
             }
         })
         .collect();
     Plan {
         items,
         note: vec![format!("targeted: {} document(s) named by a webhook", targets.len())],
-        tree,
+        tree: before
+            .iter()
+            .map(|(k, v)| (k.clone(), (v.title.clone(), v.parent.clone())))
+            .collect(),
+        before,
         ..Plan::default()
     }
 }
@@ -222,9 +222,12 @@ struct Plan {
     items: Vec<JobItem>,
     unchanged: u64,
     note: Vec<String>,
-    /// Every document's title and parent as known after the feed (held state
-    /// overlaid with what the feed reported), for breadcrumbs.
+    /// Title and parent of the documents this plan touches and of their
+    /// ancestors, as known after the feed (what it reported over what we hold),
+    /// for breadcrumbs. Proportional to the changes, not to the source.
     tree: HashMap<DocumentId, (String, Option<DocumentId>)>,
+    /// What we held before the run for every document the plan changes or deletes.
+    before: HashMap<DocumentId, HeldMeta>,
 }
 
 impl Coordinator {
@@ -643,10 +646,10 @@ impl Coordinator {
         }
         tracing::info!(source = %id, run = %run, %mode, %token, "run started");
 
-        let held = self.state.held_meta(&id).await?;
+        let held_count = self.state.doc_count(&id).await? as usize;
         let (mut plan, mut end) = if request.targets.is_empty() {
             let calls = sources::ApiCalls::default();
-            let planned = self.plan(source, &checkpoint, mode, &held, lost, &calls).await;
+            let planned = self.plan(source, &checkpoint, mode, run, lost, &calls).await;
             // Counted whether or not the feed succeeded: failed calls spend the source's budget too.
             self.state
                 .add_run_counters(&id, run, &[("api_calls", calls.get())])
@@ -654,12 +657,20 @@ impl Coordinator {
             let (plan, end) = planned?;
             (plan, Some(end))
         } else {
-            (targeted_plan(request.targets, &held), None)
+            let refs: Vec<&DocumentId> = request.targets.iter().collect();
+            let before = refs
+                .iter()
+                .zip(self.state.held_meta_of(&id, &refs).await?)
+                .filter_map(|(id, m)| m.map(|m| ((*id).clone(), m)))
+                .collect();
+            let mut plan = targeted_plan(request.targets, before);
+            self.complete_breadcrumbs(&id, &mut plan).await?;
+            (plan, None)
         };
         if let Some(note) = reconcile_note {
             plan.note.insert(0, note);
         }
-        let guard = deletion_guard(&mut plan, held.len(), &policy, request.allow_mass_delete);
+        let guard = deletion_guard(&mut plan, held_count, &policy, request.allow_mass_delete);
         if let Some(end) = end.as_mut() {
             end.checkpoint.runs_since_full = if mode == SyncMode::Full {
                 0
@@ -695,7 +706,7 @@ impl Coordinator {
         // Dependents: what changed may have made other documents stale without
         // changing them at the source. Their rewrite needs the state the pages
         // above just wrote (titles, parents, links), hence a second phase.
-        let refresh = self.dependents(&id, &plan, &held).await?;
+        let refresh = self.dependents(&id, &plan).await?;
         if !refresh.is_empty() {
             self.enqueue_pages(&id, run, token, &refresh, &mut pages).await?;
             self.state
@@ -770,12 +781,7 @@ impl Coordinator {
     /// of renamed, moved or deleted documents (their breadcrumbs), and the
     /// documents linking to created, renamed or deleted ones (their link titles).
     /// Found through the reverse indexes; cycles are cut by the visited set.
-    async fn dependents(
-        &self,
-        source: &SourceId,
-        plan: &Plan,
-        held: &HashMap<DocumentId, HeldMeta>,
-    ) -> Result<Vec<JobItem>, Error> {
+    async fn dependents(&self, source: &SourceId, plan: &Plan) -> Result<Vec<JobItem>, Error> {
         let keys = &self.keys;
         let mut roots = Vec::new();
         let mut link_targets = Vec::new();
@@ -793,7 +799,7 @@ impl Coordinator {
             .map(|i| &i.meta.id)
             .collect();
         for (id, now) in upserted.iter().zip(self.state.docs(source, &upserted).await?) {
-            match (now, held.get(*id)) {
+            match (now, plan.before.get(*id)) {
                 (Some(now), before) => {
                     let renamed = before.is_some_and(|h| h.title != now.title);
                     let moved = before.is_some_and(|h| h.parent != now.parent);
@@ -836,16 +842,21 @@ impl Coordinator {
 
         let mut ids: Vec<DocumentId> = found.into_iter().filter(|d| !deleted.contains(d)).collect();
         ids.sort();
+        // Their own entries may be stale in the plan's tree (a descendant of a
+        // renamed page was not in the feed): read them, and their ancestors, now.
+        for id in &ids {
+            tree.remove(id);
+        }
+        self.fill_ancestry(source, ids.clone(), &mut tree, &deleted).await?;
         Ok(ids
             .into_iter()
             .map(|id| {
                 let (title, parent) = tree.get(&id).cloned().unwrap_or_default();
-                let version = held.get(&id).map(|h| h.version.clone()).unwrap_or_default();
                 JobItem {
                     breadcrumb: breadcrumb(&id, &tree),
                     meta: DocMeta {
                         id,
-                        version,
+                        version: String::new(),
                         title,
                         parent,
                         modified_at: None,
@@ -856,13 +867,82 @@ impl Coordinator {
             .collect())
     }
 
+    /// Adds to `tree` the title and parent of every id in `start` and of all
+    /// their ancestors that it lacks, from the state, one HMGET per level;
+    /// stops at `gone` documents, cycles and 64 levels.
+    async fn fill_ancestry(
+        &self,
+        source: &SourceId,
+        start: Vec<DocumentId>,
+        tree: &mut HashMap<DocumentId, (String, Option<DocumentId>)>,
+        gone: &HashSet<DocumentId>,
+    ) -> Result<(), Error> {
+        let mut pending = start;
+        let mut visited = HashSet::new();
+        for _ in 0..64 {
+            let mut lookup = Vec::new();
+            let mut next = Vec::new();
+            for id in pending {
+                if gone.contains(&id) || !visited.insert(id.clone()) {
+                    continue;
+                }
+                match tree.get(&id) {
+                    Some((_, parent)) => next.extend(parent.clone()),
+                    None => lookup.push(id),
+                }
+            }
+            let refs: Vec<&DocumentId> = lookup.iter().collect();
+            for (id, meta) in lookup.iter().zip(self.state.held_meta_of(source, &refs).await?) {
+                if let Some(m) = meta {
+                    next.extend(m.parent.clone());
+                    tree.insert(id.clone(), (m.title, m.parent));
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            pending = next;
+        }
+        Ok(())
+    }
+
+    /// Gives every upsert of the plan its breadcrumb, reading missing ancestors from the state.
+    async fn complete_breadcrumbs(&self, source: &SourceId, plan: &mut Plan) -> Result<(), Error> {
+        let gone: HashSet<DocumentId> = plan
+            .items
+            .iter()
+            .filter(|i| i.action == Action::Delete)
+            .map(|i| i.meta.id.clone())
+            .collect();
+        for id in &gone {
+            plan.tree.remove(id);
+        }
+        let upserts: Vec<DocumentId> = plan
+            .items
+            .iter()
+            .filter(|i| i.action == Action::Upsert)
+            .map(|i| i.meta.id.clone())
+            .collect();
+        self.fill_ancestry(source, upserts, &mut plan.tree, &gone).await?;
+        for item in plan.items.iter_mut().filter(|i| i.action == Action::Upsert) {
+            item.breadcrumb = breadcrumb(&item.meta.id, &plan.tree);
+        }
+        Ok(())
+    }
+
     /// Reads the whole feed and decides what to do: the changed documents and the deletions.
+    ///
+    /// Mark and sweep in bounded memory: each feed page's ids are compared with
+    /// what we hold by one HMGET and marked in the run's seen set in Redis; after
+    /// a complete listing, held documents not marked are deletions, found by
+    /// scanning in batches. Memory is proportional to a page plus the changes,
+    /// except for connectors that read the held versions themselves.
     async fn plan(
         &self,
         source: &dyn Source,
         checkpoint: &sources::Checkpoint,
         mode: SyncMode,
-        held: &HashMap<DocumentId, HeldMeta>,
+        run: &RunId,
         lost: &CancellationToken,
         calls: &sources::ApiCalls,
     ) -> Result<(Plan, sources::FeedEnd), Error> {
@@ -871,8 +951,13 @@ impl Coordinator {
             source_id: id.clone(),
             error,
         };
+        let seen = self.keys.run_seen(&id, run);
         let mut plan = Plan::default();
-        let versions: sources::Held = Arc::new(held.iter().map(|(k, v)| (k.clone(), v.version.clone())).collect());
+        let versions: sources::Held = if source.wants_held_versions() {
+            Arc::new(self.state.held_versions(&id).await?)
+        } else {
+            Arc::default()
+        };
         let mut moves = 0u64;
         let mut feed = match source
             .open_feed(checkpoint, mode, versions.clone(), calls.clone())
@@ -888,15 +973,8 @@ impl Coordinator {
             other => other.map_err(src_err)?,
         };
 
-        // Everything we know of each document's title and parent, for breadcrumbs.
-        let mut tree: HashMap<DocumentId, (String, Option<DocumentId>)> = held
-            .iter()
-            .map(|(k, v)| (k.clone(), (v.title.clone(), v.parent.clone())))
-            .collect();
-        let mut listed: HashSet<DocumentId> = HashSet::new();
         let mut changed: HashMap<DocumentId, DocMeta> = HashMap::new();
         let mut deleted: HashSet<DocumentId> = HashSet::new();
-
         loop {
             if lost.is_cancelled() {
                 return Err(Error::LockLost(id));
@@ -907,9 +985,12 @@ impl Coordinator {
                 Err(sources::Error::CursorExpired { context }) => {
                     // Expired mid-feed: start over with a full listing.
                     plan.note.push(format!("{context}: fell back to a full listing"));
-                    listed.clear();
+                    self.state.clear_seen(&seen).await?;
                     changed.clear();
                     deleted.clear();
+                    plan.before.clear();
+                    plan.tree.clear();
+                    plan.unchanged = 0;
                     feed = source
                         .open_feed(checkpoint, SyncMode::Full, versions.clone(), calls.clone())
                         .await
@@ -918,48 +999,76 @@ impl Coordinator {
                 }
                 Err(e) => return Err(src_err(e)),
             };
-            for obs in page.observations {
+            // Everything this page names, looked up at once.
+            let named: Vec<&DocumentId> = page
+                .observations
+                .iter()
+                .flat_map(|o| match o {
+                    Observation::Present(m) => vec![&m.id],
+                    Observation::Deleted(d) => vec![d],
+                    Observation::Moved { from, to } => vec![from, &to.id],
+                })
+                .collect();
+            let held: HashMap<DocumentId, HeldMeta> = named
+                .iter()
+                .zip(self.state.held_meta_of(&id, &named).await?)
+                .filter_map(|(d, m)| m.map(|m| ((*d).clone(), m)))
+                .collect();
+            let mut mark = Vec::new();
+            let mut unmark = Vec::new();
+            for obs in &page.observations {
                 match obs {
                     Observation::Present(meta) => {
-                        listed.insert(meta.id.clone());
+                        mark.push(&meta.id);
                         deleted.remove(&meta.id);
-                        tree.insert(meta.id.clone(), (meta.title.clone(), meta.parent.clone()));
-                        let same_as_held = held.get(&meta.id).is_some_and(|h| {
+                        let h = held.get(&meta.id);
+                        let same_as_held = h.is_some_and(|h| {
                             h.version == meta.version && h.title == meta.title && h.parent == meta.parent
                         });
                         if mode == SyncMode::Incremental && same_as_held {
                             plan.unchanged += 1;
                             changed.remove(&meta.id);
                         } else {
-                            changed.insert(meta.id.clone(), meta);
+                            if let Some(h) = h {
+                                plan.before.insert(meta.id.clone(), h.clone());
+                            }
+                            plan.tree
+                                .insert(meta.id.clone(), (meta.title.clone(), meta.parent.clone()));
+                            changed.insert(meta.id.clone(), meta.clone());
                         }
                     }
                     Observation::Moved { from, to } => {
                         moves += 1;
-                        changed.remove(&from);
-                        listed.remove(&from);
-                        if held.contains_key(&from) {
-                            deleted.insert(from);
+                        changed.remove(from);
+                        unmark.push(from);
+                        if let Some(h) = held.get(from) {
+                            plan.before.insert(from.clone(), h.clone());
+                            deleted.insert(from.clone());
                         }
-                        listed.insert(to.id.clone());
+                        mark.push(&to.id);
                         deleted.remove(&to.id);
-                        tree.insert(to.id.clone(), (to.title.clone(), to.parent.clone()));
-                        changed.insert(to.id.clone(), to);
+                        if let Some(h) = held.get(&to.id) {
+                            plan.before.insert(to.id.clone(), h.clone());
+                        }
+                        plan.tree.insert(to.id.clone(), (to.title.clone(), to.parent.clone()));
+                        changed.insert(to.id.clone(), to.clone());
                     }
                     Observation::Deleted(doc) => {
-                        changed.remove(&doc);
-                        listed.remove(&doc);
-                        if held.contains_key(&doc) {
-                            deleted.insert(doc);
+                        changed.remove(doc);
+                        unmark.push(doc);
+                        if let Some(h) = held.get(doc) {
+                            plan.before.insert(doc.clone(), h.clone());
+                            deleted.insert(doc.clone());
                         }
                     }
                 }
             }
+            self.state.mark_seen(&seen, &mark, &unmark).await?;
         }
         let end = feed.end();
         // Directories and the like: not documents, but breadcrumbs pass through them.
         for folder in feed.folders() {
-            tree.insert(folder.id, (folder.title, folder.parent));
+            plan.tree.insert(folder.id, (folder.title, folder.parent));
         }
         if moves > 0 {
             plan.note.push(format!("{moves} document(s) moved or renamed"));
@@ -968,47 +1077,44 @@ impl Coordinator {
             plan.note.push(note.clone());
         }
         if end.complete_listing {
-            let missing: Vec<_> = held.keys().filter(|k| !listed.contains(*k)).cloned().collect();
-            if !missing.is_empty() {
-                plan.note.push(format!(
-                    "complete listing: {} held document(s) no longer listed",
-                    missing.len()
-                ));
+            let mut missing = 0usize;
+            for (doc, meta) in self.state.unseen(&id, &seen).await? {
+                if !changed.contains_key(&doc) && deleted.insert(doc.clone()) {
+                    missing += 1;
+                    plan.before.insert(doc, meta);
+                }
             }
-            deleted.extend(missing);
+            if missing > 0 {
+                plan.note
+                    .push(format!("complete listing: {missing} held document(s) no longer listed"));
+            }
         }
-        // A deleted document is no one's ancestor any more.
-        for d in &deleted {
-            tree.remove(d);
-        }
+        self.state.clear_seen(&seen).await?;
 
         let mut changed: Vec<DocMeta> = changed.into_values().collect();
         changed.sort_by(|a, b| a.id.cmp(&b.id));
-        for meta in changed {
-            let crumbs = breadcrumb(&meta.id, &tree);
-            plan.items.push(JobItem {
-                meta,
-                action: Action::Upsert,
-                breadcrumb: crumbs,
-            });
-        }
+        plan.items.extend(changed.into_iter().map(|meta| JobItem {
+            meta,
+            action: Action::Upsert,
+            breadcrumb: Vec::new(),
+        }));
         let mut deleted: Vec<DocumentId> = deleted.into_iter().collect();
         deleted.sort();
         for doc in deleted {
-            let h = &held[&doc];
+            let h = plan.before.get(&doc).cloned();
             plan.items.push(JobItem {
                 meta: DocMeta {
-                    id: doc.clone(),
-                    version: h.version.clone(),
-                    title: h.title.clone(),
-                    parent: h.parent.clone(),
+                    id: doc,
+                    version: h.as_ref().map(|h| h.version.clone()).unwrap_or_default(),
+                    title: h.as_ref().map(|h| h.title.clone()).unwrap_or_default(),
+                    parent: h.and_then(|h| h.parent),
                     modified_at: None,
                 },
                 action: Action::Delete,
                 breadcrumb: Vec::new(),
             });
         }
-        plan.tree = tree;
+        self.complete_breadcrumbs(&id, &mut plan).await?;
         Ok((plan, end))
     }
 

@@ -108,6 +108,11 @@ impl Keys {
         self.source(source, &format!("run:{run}:done"))
     }
 
+    /// Set: the ids a run's feed listed (the mark of mark-and-sweep).
+    pub fn run_seen(&self, source: &SourceId, run: &RunId) -> String {
+        self.source(source, &format!("run:{run}:seen"))
+    }
+
     /// List a worker pushes to when it finishes a page, so the coordinator wakes at once.
     pub fn run_wakeup(&self, source: &SourceId, run: &RunId) -> String {
         self.source(source, &format!("run:{run}:wake"))

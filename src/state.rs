@@ -465,6 +465,110 @@ impl StateStore {
         }
     }
 
+    /// Version, title and parent of `ids` (None where we hold nothing): one HMGET.
+    pub async fn held_meta_of(&self, source: &SourceId, ids: &[&DocumentId]) -> Result<Vec<Option<HeldMeta>>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = self.keys.docs(source);
+        let mut conn = self.pool.get().await?;
+        let raw: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+            .arg(&key)
+            .arg(ids.iter().map(|d| d.0.as_str()).collect::<Vec<_>>())
+            .query_async(&mut conn)
+            .await?;
+        raw.into_iter()
+            .zip(ids)
+            .map(|(b, id)| {
+                b.map(|b| {
+                    rmp_serde::from_slice::<HeldMeta>(&b).map_err(|e| Error::Corrupt {
+                        key: format!("{key}[{id}]"),
+                        reason: e.to_string(),
+                    })
+                })
+                .transpose()
+            })
+            .collect()
+    }
+
+    /// The version of every document we hold, for connectors that probe
+    /// conditionally or recognise moves ([`crate::sources::Source::wants_held_versions`]).
+    pub async fn held_versions(&self, source: &SourceId) -> Result<HashMap<DocumentId, String>, Error> {
+        Ok(self
+            .held_meta(source)
+            .await?
+            .into_iter()
+            .map(|(id, m)| (id, m.version))
+            .collect())
+    }
+
+    /// Marks `add` as listed and unmarks `remove` in the run's seen set, in this order.
+    pub async fn mark_seen(&self, seen: &str, add: &[&DocumentId], remove: &[&DocumentId]) -> Result<(), Error> {
+        if add.is_empty() && remove.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.pool.get().await?;
+        let mut pipe = redis::pipe();
+        if !add.is_empty() {
+            pipe.sadd(seen, add.iter().map(|d| d.0.as_str()).collect::<Vec<_>>())
+                .ignore();
+        }
+        if !remove.is_empty() {
+            pipe.srem(seen, remove.iter().map(|d| d.0.as_str()).collect::<Vec<_>>())
+                .ignore();
+        }
+        pipe.expire(seen, 86_400).ignore();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Drops a seen set.
+    pub async fn clear_seen(&self, seen: &str) -> Result<(), Error> {
+        let mut conn = self.pool.get().await?;
+        let _: i64 = conn.del(seen).await?;
+        Ok(())
+    }
+
+    /// The sweep of mark-and-sweep: every held document not in the `seen` set,
+    /// found by scanning the documents in batches (HSCAN + SMISMEMBER), so memory
+    /// stays proportional to a batch plus the result, not to the source.
+    pub async fn unseen(&self, source: &SourceId, seen: &str) -> Result<Vec<(DocumentId, HeldMeta)>, Error> {
+        const BATCH: usize = 1000;
+        let key = self.keys.docs(source);
+        let mut conn = self.pool.get().await?;
+        let mut out = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, items): (u64, Vec<(String, Vec<u8>)>) = redis::cmd("HSCAN")
+                .arg(&key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(BATCH)
+                .query_async(&mut conn)
+                .await?;
+            if !items.is_empty() {
+                let member: Vec<bool> = redis::cmd("SMISMEMBER")
+                    .arg(seen)
+                    .arg(items.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>())
+                    .query_async(&mut conn)
+                    .await?;
+                for ((id, bytes), listed) in items.into_iter().zip(member) {
+                    if !listed {
+                        let meta: HeldMeta = rmp_serde::from_slice(&bytes).map_err(|e| Error::Corrupt {
+                            key: format!("{key}[{id}]"),
+                            reason: e.to_string(),
+                        })?;
+                        out.push((DocumentId(id), meta));
+                    }
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(out);
+            }
+        }
+    }
+
     /// The held state of `ids` (None where we hold nothing).
     pub async fn docs(&self, source: &SourceId, ids: &[&DocumentId]) -> Result<Vec<Option<DocState>>, Error> {
         if ids.is_empty() {

@@ -425,6 +425,11 @@ impl Source for Confluence {
         }))
     }
 
+    fn wants_held_versions(&self) -> bool {
+        // Versions come from the listing or CQL; the coordinator compares them.
+        false
+    }
+
     async fn fetch(&self, docs: &[DocMeta], calls: &ApiCalls) -> Result<Fetched, Error> {
         let c = &self.client;
         let mut out = Fetched::default();

@@ -223,6 +223,12 @@ pub trait Source: Send + Sync {
     ) -> Result<Box<dyn ChangeFeed>, Error>;
     /// Fetches the content of `docs` (one job's worth), batching calls where the API allows.
     async fn fetch(&self, docs: &[DocMeta], calls: &ApiCalls) -> Result<Fetched, Error>;
+    /// Whether `open_feed` reads `held` (conditional probes, move detection).
+    /// Building it costs memory in proportion to the source, so a connector
+    /// that does not read it says so, and gets an empty map.
+    fn wants_held_versions(&self) -> bool {
+        true
+    }
 }
 
 /// Connector settings by kind, parsed from a `[[sources]]` entry's `kind` and `settings` table.
