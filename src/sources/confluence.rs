@@ -268,6 +268,18 @@ struct Reply<T> {
 }
 
 impl Client {
+    /// A timestamp from a response: zoned ones as they are, zoneless ones read in
+    /// the configured zone (the API sends `Z`, but a proxy or an older server may not).
+    fn timestamp(&self, text: Option<&str>, url: &Url) -> Result<Option<DateTime<Utc>>, Error> {
+        text.map(|t| {
+            clock::parse_in_zone(t, self.tz).map_err(|e| {
+                self.http
+                    .permanent(format_args!("GET {}: timestamp {t:?}: {e}", url.path()))
+            })
+        })
+        .transpose()
+    }
+
     /// `path` (without leading '/') under the site root.
     fn url(&self, path: &str) -> Result<Url, Error> {
         self.base
@@ -579,14 +591,15 @@ impl ChangeFeed for ConfluenceFeed {
                             item.id
                         ))
                     })?;
-                    self.clock.observe_modified(version.when);
+                    let when = c.timestamp(version.when.as_deref(), &url)?;
+                    self.clock.observe_modified(when);
                     observations.push(Observation::Present(DocMeta {
                         id: DocumentId(item.id.clone()),
                         version: version.number.to_string(),
                         title: item.title.clone(),
                         // Ancestors run from the space root down to the direct parent.
                         parent: item.ancestors.last().map(|a| DocumentId(a.id.clone())),
-                        modified_at: version.when,
+                        modified_at: when,
                     }));
                 }
                 if let Some(links) = reply.body.links
@@ -765,8 +778,9 @@ struct V2Page {
 #[serde(rename_all = "camelCase")]
 struct V2Version {
     number: u64,
-    #[serde(default, deserialize_with = "clock::deserialize_opt_utc")]
-    created_at: Option<DateTime<Utc>>,
+    /// As sent: read in the source's zone when it carries none ([`Client::timestamp`]).
+    #[serde(default)]
+    created_at: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -792,7 +806,7 @@ impl V2Page {
             version: version.number.to_string(),
             title: self.title.clone(),
             parent: self.parent_id.clone().map(DocumentId),
-            modified_at: version.created_at,
+            modified_at: c.timestamp(version.created_at.as_deref(), url)?,
         })
     }
 }
@@ -829,8 +843,9 @@ struct V1Content {
 #[derive(Deserialize)]
 struct V1Version {
     number: u64,
-    #[serde(default, deserialize_with = "clock::deserialize_opt_utc")]
-    when: Option<DateTime<Utc>>,
+    /// As sent: read in the source's zone when it carries none ([`Client::timestamp`]).
+    #[serde(default)]
+    when: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -868,6 +883,23 @@ mod tests {
         let mut s = ConfluenceSettings::new(base, "ENG");
         tweak(&mut s);
         Confluence::new(SourceId::new("confluence-eng").expect("id"), s, reqwest::Client::new()).expect("connector")
+    }
+
+    /// Zoned timestamps are taken as they are; zoneless ones are read in the
+    /// configured zone and kept in UTC; garbage is a permanent error naming it.
+    #[test]
+    fn timestamps_read_in_the_configured_zone() {
+        let base = Url::parse("https://example.atlassian.net").expect("url");
+        let c = connector(base.clone(), |s| s.timezone = "America/New_York".into());
+        let t = |text: &str| c.client.timestamp(Some(text), &base);
+        let utc = |s: &str| Some(DateTime::parse_from_rfc3339(s).expect("rfc3339").with_timezone(&Utc));
+        assert_eq!(
+            t("2024-01-20T10:00:00.000Z").expect("zoned"),
+            utc("2024-01-20T10:00:00Z")
+        );
+        assert_eq!(t("2024-01-20T10:00:00").expect("zoneless"), utc("2024-01-20T15:00:00Z"));
+        assert!(t("yesterday").expect_err("garbage").to_string().contains("yesterday"));
+        assert_eq!(c.client.timestamp(None, &base).expect("absent"), None);
     }
 
     async fn drain(feed: &mut Box<dyn ChangeFeed>) -> Result<(Vec<FeedPage>, FeedEnd), Error> {
