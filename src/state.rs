@@ -438,24 +438,14 @@ impl StateStore {
     /// and parent only (not breadcrumbs, links or hashes), decoded batch by batch
     /// while scanning, so memory stays near the size of the result.
     pub async fn held_meta(&self, source: &SourceId) -> Result<HashMap<DocumentId, HeldMeta>, Error> {
-        const BATCH: usize = 1000;
         let key = self.keys.docs(source);
         let mut conn = self.pool.get().await?;
         let mut out = HashMap::new();
         let mut cursor = 0u64;
         loop {
-            let (next, items): (u64, Vec<(String, Vec<u8>)>) = redis::cmd("HSCAN")
-                .arg(&key)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(BATCH)
-                .query_async(&mut conn)
-                .await?;
+            let (next, items) = scan_batch(&mut conn, &key, cursor).await?;
             for (id, bytes) in items {
-                let meta: HeldMeta = rmp_serde::from_slice(&bytes).map_err(|e| Error::Corrupt {
-                    key: format!("{key}[{id}]"),
-                    reason: e.to_string(),
-                })?;
+                let meta: HeldMeta = decode(&key, &id, &bytes)?;
                 out.insert(DocumentId(id), meta);
             }
             cursor = next;
@@ -467,6 +457,15 @@ impl StateStore {
 
     /// Version, title and parent of `ids` (None where we hold nothing): one HMGET.
     pub async fn held_meta_of(&self, source: &SourceId, ids: &[&DocumentId]) -> Result<Vec<Option<HeldMeta>>, Error> {
+        self.hmget(source, ids).await
+    }
+
+    /// `ids` of the source's documents hash, decoded as `T` (a `DocState` or a part of it).
+    async fn hmget<T: serde::de::DeserializeOwned>(
+        &self,
+        source: &SourceId,
+        ids: &[&DocumentId],
+    ) -> Result<Vec<Option<T>>, Error> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -479,15 +478,7 @@ impl StateStore {
             .await?;
         raw.into_iter()
             .zip(ids)
-            .map(|(b, id)| {
-                b.map(|b| {
-                    rmp_serde::from_slice::<HeldMeta>(&b).map_err(|e| Error::Corrupt {
-                        key: format!("{key}[{id}]"),
-                        reason: e.to_string(),
-                    })
-                })
-                .transpose()
-            })
+            .map(|(b, id)| b.map(|b| decode(&key, &id.0, &b)).transpose())
             .collect()
     }
 
@@ -533,19 +524,12 @@ impl StateStore {
     /// found by scanning the documents in batches (HSCAN + SMISMEMBER), so memory
     /// stays proportional to a batch plus the result, not to the source.
     pub async fn unseen(&self, source: &SourceId, seen: &str) -> Result<Vec<(DocumentId, HeldMeta)>, Error> {
-        const BATCH: usize = 1000;
         let key = self.keys.docs(source);
         let mut conn = self.pool.get().await?;
         let mut out = Vec::new();
         let mut cursor = 0u64;
         loop {
-            let (next, items): (u64, Vec<(String, Vec<u8>)>) = redis::cmd("HSCAN")
-                .arg(&key)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(BATCH)
-                .query_async(&mut conn)
-                .await?;
+            let (next, items) = scan_batch(&mut conn, &key, cursor).await?;
             if !items.is_empty() {
                 let member: Vec<bool> = redis::cmd("SMISMEMBER")
                     .arg(seen)
@@ -554,10 +538,7 @@ impl StateStore {
                     .await?;
                 for ((id, bytes), listed) in items.into_iter().zip(member) {
                     if !listed {
-                        let meta: HeldMeta = rmp_serde::from_slice(&bytes).map_err(|e| Error::Corrupt {
-                            key: format!("{key}[{id}]"),
-                            reason: e.to_string(),
-                        })?;
+                        let meta: HeldMeta = decode(&key, &id, &bytes)?;
                         out.push((DocumentId(id), meta));
                     }
                 }
@@ -571,20 +552,7 @@ impl StateStore {
 
     /// The held state of `ids` (None where we hold nothing).
     pub async fn docs(&self, source: &SourceId, ids: &[&DocumentId]) -> Result<Vec<Option<DocState>>, Error> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let key = self.keys.docs(source);
-        let mut conn = self.pool.get().await?;
-        let raw: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
-            .arg(&key)
-            .arg(ids.iter().map(|d| d.0.as_str()).collect::<Vec<_>>())
-            .query_async(&mut conn)
-            .await?;
-        raw.into_iter()
-            .zip(ids)
-            .map(|(b, id)| b.map(|b| decode_doc(&key, &id.0, &b)).transpose())
-            .collect()
+        self.hmget(source, ids).await
     }
 
     /// Records a document as written, under `token` (no previous state: tests and tools).
@@ -998,7 +966,27 @@ impl StateStore {
     }
 }
 
-fn decode_doc(key: &str, id: &str, bytes: &[u8]) -> Result<DocState, Error> {
+/// Documents per HSCAN batch: large enough to amortise round trips, small enough
+/// to keep a batch's memory and Redis's time per call small.
+const SCAN_BATCH: usize = 1000;
+
+/// One HSCAN step over a documents hash.
+async fn scan_batch(
+    conn: &mut deadpool_redis::Connection,
+    key: &str,
+    cursor: u64,
+) -> Result<(u64, Vec<(String, Vec<u8>)>), Error> {
+    Ok(redis::cmd("HSCAN")
+        .arg(key)
+        .arg(cursor)
+        .arg("COUNT")
+        .arg(SCAN_BATCH)
+        .query_async(conn)
+        .await?)
+}
+
+/// Decodes a stored document (or the part of it `T` names), naming it on failure.
+fn decode<T: serde::de::DeserializeOwned>(key: &str, id: &str, bytes: &[u8]) -> Result<T, Error> {
     rmp_serde::from_slice(bytes).map_err(|e| Error::Corrupt {
         key: format!("{key}[{id}]"),
         reason: e.to_string(),
