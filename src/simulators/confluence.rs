@@ -28,8 +28,8 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
+use super::traffic::{Admission, Traffic};
 use axum::Json;
 use axum::Router;
 use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
@@ -120,12 +120,6 @@ struct Page {
     modified_at: DateTime<Utc>,
 }
 
-struct Bucket {
-    per_sec: u32,
-    tokens: f64,
-    last: Instant,
-}
-
 struct SimState {
     space_key: String,
     space_id: String,
@@ -134,12 +128,7 @@ struct SimState {
     space_created: DateTime<Utc>,
     pages: BTreeMap<u64, Page>,
     next_id: u64,
-    calls: BTreeMap<String, u64>,
-    total: u64,
-    fail: Option<(u32, u16)>,
-    corrupt: u32,
-    bucket: Option<Bucket>,
-    latency: std::time::Duration,
+    traffic: Traffic,
 }
 
 impl SimState {
@@ -225,12 +214,7 @@ impl ConfluenceSim {
             space_created: start,
             next_id: FIRST_ID + cfg.pages as u64,
             pages,
-            calls: BTreeMap::new(),
-            total: 0,
-            fail: None,
-            corrupt: 0,
-            bucket: cfg.rate_limit_per_sec.map(new_bucket),
-            latency: std::time::Duration::ZERO,
+            traffic: Traffic::new(cfg.rate_limit_per_sec),
         };
         Self {
             state: Arc::new(Mutex::new(state)),
@@ -339,41 +323,39 @@ impl ConfluenceSim {
 
     /// API calls by endpoint label, e.g. `"GET /wiki/api/v2/spaces/{id}/pages"`.
     pub fn calls(&self) -> BTreeMap<String, u64> {
-        self.lock().calls.clone()
+        self.lock().traffic.calls()
     }
 
     /// All API calls (including those answered with errors or 429).
     pub fn total_calls(&self) -> u64 {
-        self.lock().total
+        self.lock().traffic.total()
     }
 
     /// Zeroes the call counters.
     pub fn reset_calls(&self) {
-        let mut st = self.lock();
-        st.calls.clear();
-        st.total = 0;
+        self.lock().traffic.reset();
     }
 
     /// Changes the rate limit; the bucket starts full.
     pub fn set_rate_limit(&self, per_sec: Option<u32>) {
-        self.lock().bucket = per_sec.map(new_bucket);
+        self.lock().traffic.set_rate_limit(per_sec);
     }
 
     /// The next `n` API requests answer `status` (429 and 503 with `Retry-After: 1`).
     pub fn fail_next(&self, n: u32, status: u16) {
-        self.lock().fail = (n > 0).then_some((n, status));
+        self.lock().traffic.fail_next(n, status);
     }
 
     /// The next `n` API requests answer 200 with a truncated JSON body, as a
     /// proxy or a half-failed server might.
     pub fn corrupt_next(&self, n: u32) {
-        self.lock().corrupt = n;
+        self.lock().traffic.corrupt_next(n);
     }
 
     /// Every API request waits this long before it is served (a slow server,
     /// or a window in which tests change pages while a request is in flight).
     pub fn set_latency(&self, latency: std::time::Duration) {
-        self.lock().latency = latency;
+        self.lock().traffic.set_latency(latency);
     }
 
     /// Moves the source clock: source time = real UTC + `skew`.
@@ -388,46 +370,7 @@ impl ConfluenceSim {
 
     /// Counts one API request and decides whether it is served.
     fn admit(&self, label: &str) -> Admission {
-        let mut st = self.lock();
-        st.total += 1;
-        *st.calls.entry(label.to_owned()).or_insert(0) += 1;
-        if let Some((n, status)) = st.fail {
-            st.fail = (n > 1).then_some((n - 1, status));
-            return Admission::Fail(status);
-        }
-        if st.corrupt > 0 {
-            st.corrupt -= 1;
-            return Admission::Corrupt;
-        }
-        let now = st.now();
-        match st.bucket.as_mut() {
-            None => Admission::Serve(None),
-            Some(b) => {
-                let elapsed = b.last.elapsed().as_secs_f64();
-                b.last = Instant::now();
-                b.tokens = (b.tokens + elapsed * f64::from(b.per_sec)).min(f64::from(b.per_sec));
-                if b.tokens >= 1.0 {
-                    b.tokens -= 1.0;
-                    // Truncation is intended: whole tokens left.
-                    Admission::Serve(Some((b.per_sec, b.tokens.floor() as u64)))
-                } else {
-                    let wait = ((1.0 - b.tokens) / f64::from(b.per_sec.max(1))).ceil().max(1.0) as u64;
-                    Admission::Limited {
-                        per_sec: b.per_sec,
-                        retry_after: wait,
-                        now,
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn new_bucket(per_sec: u32) -> Bucket {
-    Bucket {
-        per_sec,
-        tokens: f64::from(per_sec),
-        last: Instant::now(),
+        self.lock().traffic.admit(label)
     }
 }
 
@@ -440,21 +383,6 @@ fn sim_page(id: u64, p: &Page) -> SimPage {
         body: p.body.clone(),
         modified_at: p.modified_at,
     }
-}
-
-enum Admission {
-    /// Serve; with a rate limit, `(limit, remaining)`.
-    Serve(Option<(u32, u64)>),
-    /// Answer this status (from `fail_next`).
-    Fail(u16),
-    /// Answer 200 with a truncated body (from `corrupt_next`).
-    Corrupt,
-    /// Out of tokens.
-    Limited {
-        per_sec: u32,
-        retry_after: u64,
-        now: DateTime<Utc>,
-    },
 }
 
 fn status_code_name(status: u16) -> &'static str {
@@ -511,7 +439,7 @@ async fn api_gate(State(sim): State<ConfluenceSim>, req: Request, next: Next) ->
             .map_or(path.as_str(), |m| m.as_str())
     );
     let v1 = path.starts_with("/wiki/rest/");
-    let latency = sim.lock().latency;
+    let latency = sim.lock().traffic.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -542,11 +470,8 @@ async fn api_gate(State(sim): State<ConfluenceSim>, req: Request, next: Next) ->
             r#"{"results":[{"id":"1","title":"trunc"#,
         )
             .into_response(),
-        Admission::Limited {
-            per_sec,
-            retry_after,
-            now,
-        } => {
+        Admission::Limited { per_sec, retry_after } => {
+            let now = sim.now();
             let mut resp = error_response(429, v1, "Rate limit exceeded");
             let h = resp.headers_mut();
             h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));

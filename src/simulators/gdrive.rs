@@ -39,8 +39,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
 
+use super::traffic::{Admission, Traffic};
 use axum::Json;
 use axum::Router;
 use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
@@ -165,12 +165,6 @@ struct ChangeRec {
     time: DateTime<Utc>,
 }
 
-struct Bucket {
-    per_sec: u32,
-    tokens: f64,
-    last: Instant,
-}
-
 struct SimState {
     root_id: String,
     drive_root_id: String,
@@ -180,13 +174,8 @@ struct SimState {
     next_change: u64,
     expired_before: u64,
     next_file: u64,
-    calls: BTreeMap<String, u64>,
-    total: u64,
+    traffic: Traffic,
     requests: VecDeque<SimRequest>,
-    fail: Option<(u32, u16)>,
-    corrupt: u32,
-    bucket: Option<Bucket>,
-    latency: std::time::Duration,
 }
 
 /// splitmix64: a tiny deterministic generator for reproducible seeds.
@@ -283,13 +272,8 @@ impl GdriveSim {
             next_change: FIRST_CHANGE,
             expired_before: 0,
             next_file: 1,
-            calls: BTreeMap::new(),
-            total: 0,
+            traffic: Traffic::new(cfg.rate_limit_per_sec),
             requests: VecDeque::new(),
-            fail: None,
-            corrupt: 0,
-            bucket: cfg.rate_limit_per_sec.map(new_bucket),
-            latency: std::time::Duration::ZERO,
         };
         let t = now();
         st.files.insert(
@@ -572,12 +556,12 @@ impl GdriveSim {
 
     /// API calls by endpoint label, e.g. `"GET /drive/v3/files/{id}"`.
     pub fn calls(&self) -> BTreeMap<String, u64> {
-        self.lock().calls.clone()
+        self.lock().traffic.calls()
     }
 
     /// All API calls (including those answered with errors).
     pub fn total_calls(&self) -> u64 {
-        self.lock().total
+        self.lock().traffic.total()
     }
 
     /// The last API requests received (up to 10 000), oldest first.
@@ -588,30 +572,29 @@ impl GdriveSim {
     /// Zeroes the call counters and forgets the request log.
     pub fn reset_calls(&self) {
         let mut st = self.lock();
-        st.calls.clear();
-        st.total = 0;
+        st.traffic.reset();
         st.requests.clear();
     }
 
     /// Changes the rate limit (requests per second); the bucket starts full.
     pub fn set_rate_limit(&self, per_sec: Option<u32>) {
-        self.lock().bucket = per_sec.map(new_bucket);
+        self.lock().traffic.set_rate_limit(per_sec);
     }
 
     /// The next `n` API requests answer `status` with Google's error body: 403
     /// `userRateLimitExceeded`, 429 `rateLimitExceeded`, 401 `authError`, 5xx `backendError`.
     pub fn fail_next(&self, n: u32, status: u16) {
-        self.lock().fail = (n > 0).then_some((n, status));
+        self.lock().traffic.fail_next(n, status);
     }
 
     /// The next `n` API requests answer 200 with a truncated JSON body.
     pub fn corrupt_next(&self, n: u32) {
-        self.lock().corrupt = n;
+        self.lock().traffic.corrupt_next(n);
     }
 
     /// Every API request waits this long before it is served.
     pub fn set_latency(&self, latency: std::time::Duration) {
-        self.lock().latency = latency;
+        self.lock().traffic.set_latency(latency);
     }
 
     /// The simulator's clock (UTC, millisecond precision).
@@ -622,8 +605,6 @@ impl GdriveSim {
     /// Counts and logs one API request and decides whether it is served.
     fn admit(&self, label: &str, params: BTreeMap<String, String>) -> Admission {
         let mut st = self.lock();
-        st.total += 1;
-        *st.calls.entry(label.to_owned()).or_insert(0) += 1;
         if st.requests.len() >= REQUEST_LOG {
             st.requests.pop_front();
         }
@@ -631,47 +612,8 @@ impl GdriveSim {
             label: label.to_owned(),
             params,
         });
-        if let Some((n, status)) = st.fail {
-            st.fail = (n > 1).then_some((n - 1, status));
-            return Admission::Fail(status);
-        }
-        if st.corrupt > 0 {
-            st.corrupt -= 1;
-            return Admission::Corrupt;
-        }
-        match st.bucket.as_mut() {
-            None => Admission::Serve,
-            Some(b) => {
-                let elapsed = b.last.elapsed().as_secs_f64();
-                b.last = Instant::now();
-                b.tokens = (b.tokens + elapsed * f64::from(b.per_sec)).min(f64::from(b.per_sec));
-                if b.tokens >= 1.0 {
-                    b.tokens -= 1.0;
-                    Admission::Serve
-                } else {
-                    Admission::Limited
-                }
-            }
-        }
+        st.traffic.admit(label)
     }
-}
-
-fn new_bucket(per_sec: u32) -> Bucket {
-    Bucket {
-        per_sec,
-        tokens: f64::from(per_sec),
-        last: Instant::now(),
-    }
-}
-
-enum Admission {
-    Serve,
-    /// Answer this status (from `fail_next`).
-    Fail(u16),
-    /// Answer 200 with a truncated body (from `corrupt_next`).
-    Corrupt,
-    /// Out of tokens.
-    Limited,
 }
 
 /// A Google API error body: `{"error":{"code","message","errors":[{domain,reason,message,location?,locationType?}],"status"}}`.
@@ -799,12 +741,12 @@ async fn api_gate(State(sim): State<GdriveSim>, req: Request, next: Next) -> Res
             .map_or(path.as_str(), |m| m.as_str())
     );
     let params = query_pairs(req.uri().query().map(str::to_owned));
-    let latency = sim.lock().latency;
+    let latency = sim.lock().traffic.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
     match sim.admit(&label, params) {
-        Admission::Serve => next.run(req).await,
+        Admission::Serve(_) => next.run(req).await,
         Admission::Fail(status) => injected(status),
         Admission::Corrupt => (
             StatusCode::OK,
@@ -813,7 +755,8 @@ async fn api_gate(State(sim): State<GdriveSim>, req: Request, next: Next) -> Res
         )
             .into_response(),
         // Drive answers an exhausted per-user quota with 403 and no Retry-After.
-        Admission::Limited => injected(403),
+        // Drive answers an exhausted quota with 403 userRateLimitExceeded, no Retry-After.
+        Admission::Limited { .. } => injected(403),
     }
 }
 

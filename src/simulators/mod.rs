@@ -1,3 +1,4 @@
 //! Simulators of third-party services, following their public APIs.
 pub mod confluence;
 pub mod gdrive;
+pub mod traffic;
