@@ -50,20 +50,7 @@ fn assert_sink_matches(env: &Env, sim: &GdriveSim) {
         .into_iter()
         .map(|d| (d.id.0, (d.version, d.title, d.content)))
         .collect();
-    if expected != got {
-        let missing: Vec<_> = expected.keys().filter(|k| !got.contains_key(*k)).collect();
-        let extra: Vec<_> = got.keys().filter(|k| !expected.contains_key(*k)).collect();
-        let differ: Vec<_> = expected
-            .iter()
-            .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
-            .map(|(k, v)| format!("{k}: expected {v:?}\n      got {:?}", got[k]))
-            .take(5)
-            .collect();
-        panic!(
-            "sink differs from the drive\n  missing from sink: {missing:?}\n  not in the drive: {extra:?}\n  differing:\n    {}",
-            differ.join("\n    ")
-        );
-    }
+    crate::harness::assert_same_docs("the drive", &expected, &got);
 }
 
 fn ids_named(sim: &GdriveSim, name: &str) -> String {

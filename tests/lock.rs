@@ -255,13 +255,7 @@ async fn run_that_loses_its_lock_commits_nothing() {
     let pages = env.sim.pages();
     env.sim.update_page(&pages[2].id, None, Some("<p>new</p>"));
     let request = env.enqueue(SyncMode::Incremental, "test").await;
-    wait_until("feed read", Duration::from_secs(10), || async {
-        match state.run_for_request(&env.source, &request).await.unwrap() {
-            Some(run) => state.run(&env.source, &run).await.unwrap().is_some_and(|r| r.feed_done),
-            None => false,
-        }
-    })
-    .await;
+    env.wait_feed_read(&request).await;
     env.lock_nodes[0].pause();
     let failed = env.wait(&request).await;
     env.lock_nodes[0].resume();

@@ -131,13 +131,7 @@ async fn failing_page_is_dead_lettered_and_retried_next_run() {
     // The listing (1 call, space id cached) succeeds; every fetch after it fails.
     let request = env.enqueue(SyncMode::Incremental, "test").await;
     let state = env.app.state();
-    wait_until("feed read", Duration::from_secs(10), || async {
-        match state.run_for_request(&env.source, &request).await.unwrap() {
-            Some(run) => state.run(&env.source, &run).await.unwrap().is_some_and(|r| r.feed_done),
-            None => false,
-        }
-    })
-    .await;
+    env.wait_feed_read(&request).await;
     env.sim.fail_next(1000, 500);
     env.worker("w2");
     let run = env.wait(&request).await;
@@ -207,14 +201,7 @@ async fn corrupt_page_from_source_is_dead_lettered_with_its_reason() {
     let pages = env.sim.pages();
     env.sim.update_page(&pages[4].id, None, Some("<p>new</p>"));
     let request = env.enqueue(SyncMode::Incremental, "test").await;
-    let state = env.app.state();
-    wait_until("feed read", Duration::from_secs(10), || async {
-        match state.run_for_request(&env.source, &request).await.unwrap() {
-            Some(run) => state.run(&env.source, &run).await.unwrap().is_some_and(|r| r.feed_done),
-            None => false,
-        }
-    })
-    .await;
+    env.wait_feed_read(&request).await;
     env.sim.corrupt_next(1);
     env.worker("w2");
     let run = env.wait(&request).await;

@@ -149,14 +149,7 @@ async fn page_changed_during_sync_is_never_lost() {
     env.sim
         .update_page(&pages[1].id, None, Some("<p>changed before the sync</p>"));
     let request = env.enqueue(SyncMode::Incremental, "test").await;
-    let state = env.app.state();
-    wait_until("run enqueued its pages", Duration::from_secs(10), || async {
-        match state.run_for_request(&env.source, &request).await.unwrap() {
-            Some(run) => state.run(&env.source, &run).await.unwrap().is_some_and(|r| r.feed_done),
-            None => false,
-        }
-    })
-    .await;
+    env.wait_feed_read(&request).await;
     // Mid-sync: the page the run is about to process changes again, another one too.
     env.sim
         .update_page(&pages[1].id, None, Some("<p>changed during the sync</p>"));
@@ -269,23 +262,8 @@ async fn killed_coordinator_is_taken_over() {
     let pid = env.spawn_process(&["coordinator"]);
     let request = env.enqueue(SyncMode::Full, "test").await;
     let state = env.app.state();
-    let mut first_run = None;
-    wait_until(
-        "the process's run enqueued its pages",
-        Duration::from_secs(20),
-        || async {
-            if let Some(run) = state.run_for_request(&env.source, &request).await.unwrap()
-                && state.run(&env.source, &run).await.unwrap().is_some_and(|r| r.feed_done)
-            {
-                return true;
-            }
-            false
-        },
-    )
-    .await;
-    if let Some(run) = state.run_for_request(&env.source, &request).await.unwrap() {
-        first_run = Some(run);
-    }
+    env.wait_feed_read(&request).await;
+    let first_run = state.run_for_request(&env.source, &request).await.unwrap();
     std::process::Command::new("kill")
         .arg("-KILL")
         .arg(pid.to_string())
@@ -295,7 +273,7 @@ async fn killed_coordinator_is_taken_over() {
     env.worker("w1");
     let done = env.wait(&request).await;
     assert_eq!(done.status, RunStatus::Completed, "{done:?}");
-    let first_run = first_run.unwrap();
+    let first_run = first_run.expect("the first run started");
     assert_ne!(done.run_id, first_run.0);
     let old = state.run(&env.source, &first_run).await.unwrap().unwrap();
     assert_eq!(old.status, RunStatus::Abandoned, "{old:?}");

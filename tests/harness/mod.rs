@@ -209,6 +209,30 @@ listen = ""
             .unwrap_or_else(|| panic!("request {request_id} did not finish within 60s"))
     }
 
+    /// Waits until the run serving `request_id` has read its feed and enqueued its pages.
+    pub async fn wait_feed_read(&self, request_id: &str) {
+        let state = self.app.state();
+        wait_until(
+            "the run read its feed and enqueued its pages",
+            Duration::from_secs(20),
+            || async {
+                match state
+                    .run_for_request(&self.source, request_id)
+                    .await
+                    .expect("state readable")
+                {
+                    Some(run) => state
+                        .run(&self.source, &run)
+                        .await
+                        .expect("state readable")
+                        .is_some_and(|r| r.feed_done),
+                    None => false,
+                }
+            },
+        )
+        .await;
+    }
+
     /// Enqueues a sync and waits for its run.
     pub async fn sync(&self, mode: SyncMode) -> RunRecord {
         let id = self.enqueue(mode, "test").await;
@@ -266,20 +290,7 @@ listen = ""
                 (d.id.0, (d.version, d.title, d.content, d.breadcrumb, links))
             })
             .collect();
-        if expected != got {
-            let missing: Vec<_> = expected.keys().filter(|k| !got.contains_key(*k)).collect();
-            let extra: Vec<_> = got.keys().filter(|k| !expected.contains_key(*k)).collect();
-            let differ: Vec<_> = expected
-                .iter()
-                .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
-                .map(|(k, v)| format!("{k}: expected {v:?}\n      got {:?}", got[k]))
-                .take(5)
-                .collect();
-            panic!(
-                "sink differs from source\n  missing from sink: {missing:?}\n  not in source: {extra:?}\n  differing:\n    {}",
-                differ.join("\n    ")
-            );
-        }
+        assert_same_docs("source", &expected, &got);
     }
 }
 
@@ -291,6 +302,30 @@ impl Drop for Env {
             let _ = c.wait();
         }
     }
+}
+
+/// Panics with a readable diff (missing, extra, and up to 5 differing ids) if
+/// the sink's documents (`got`) are not exactly those of the source (`expected`).
+pub fn assert_same_docs<V: PartialEq + std::fmt::Debug>(
+    source: &str,
+    expected: &BTreeMap<String, V>,
+    got: &BTreeMap<String, V>,
+) {
+    if expected == got {
+        return;
+    }
+    let missing: Vec<_> = expected.keys().filter(|k| !got.contains_key(*k)).collect();
+    let extra: Vec<_> = got.keys().filter(|k| !expected.contains_key(*k)).collect();
+    let differ: Vec<_> = expected
+        .iter()
+        .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
+        .map(|(k, v)| format!("{k}: expected {v:?}\n      got {:?}", got[k]))
+        .take(5)
+        .collect();
+    panic!(
+        "sink differs from {source}\n  missing from sink: {missing:?}\n  not in {source}: {extra:?}\n  differing:\n    {}",
+        differ.join("\n    ")
+    );
 }
 
 /// A coordinator or worker task started by the harness.
