@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use deadpool_redis::redis::AsyncConnectionConfig;
+use deadpool_redis::redis::{self, AsyncConnectionConfig};
 use deadpool_redis::{Manager, Pool, Runtime};
 
 /// Pool creation failed (bad URL); connecting itself happens lazily.
@@ -36,4 +36,14 @@ pub fn pool(url: &str, size: usize, response_timeout: Duration) -> Result<Pool, 
         .create_timeout(Some(Duration::from_secs(2)))
         .build()
         .map_err(|e| err(e.to_string()))
+}
+
+/// PING through `pool`: whether Redis answers, with the reason if not.
+pub async fn ping(pool: &Pool) -> Result<(), String> {
+    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+    redis::cmd("PING")
+        .query_async::<String>(&mut conn)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

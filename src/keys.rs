@@ -133,6 +133,11 @@ impl Keys {
         self.source(source, "followup")
     }
 
+    /// String with a TTL of one schedule period: the replica that set it enqueues this period's run.
+    pub fn schedule_slot(&self, source: &SourceId) -> String {
+        self.source(source, "followup:schedule")
+    }
+
     /// Which run served a sync request (for `enqueue --wait`).
     pub fn request_run(&self, source: &SourceId, request_id: &str) -> String {
         self.source(source, &format!("req:{request_id}"))

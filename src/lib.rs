@@ -19,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ancestry;
 pub mod api;
 pub mod app;
 pub mod config;

@@ -13,7 +13,6 @@ use tokio_util::sync::CancellationToken;
 use cli::{Cli, Command, LogFormat, Simulated};
 use tidemark::app::{App, consumer_name};
 use tidemark::config::Config;
-use tidemark::coordinator;
 use tidemark::queue::jobs::SyncRequest;
 use tidemark::report;
 use tidemark::simulators::confluence::{ConfluenceSim, SimConfig};
@@ -148,7 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mode = if *full { SyncMode::Full } else { SyncMode::Incremental };
             let mut request = SyncRequest::new(id.clone(), mode, "cli");
             request.allow_mass_delete = *allow_mass_delete;
-            coordinator::enqueue(&app.pool, &app.keys, &request).await?;
+            tidemark::queue::enqueue(&app.pool, &app.keys, &request).await?;
             if !wait {
                 if *json {
                     println!(

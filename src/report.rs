@@ -81,8 +81,8 @@ pub async fn collect_status(
 /// The queue figures alone (the requests and jobs groups, and the dead-letter length).
 pub async fn queue_status(app: &App) -> Result<QueueStatus, state::Error> {
     Ok(QueueStatus {
-        requests: streams::group_info(&app.pool, &app.keys.requests(), crate::coordinator::GROUP).await?,
-        jobs: streams::group_info(&app.pool, &app.keys.jobs(), crate::worker::GROUP).await?,
+        requests: streams::group_info(&app.pool, &app.keys.requests(), crate::queue::REQUESTS_GROUP).await?,
+        jobs: streams::group_info(&app.pool, &app.keys.jobs(), crate::queue::JOBS_GROUP).await?,
         // The dead-letter stream has no consumer group; only its length means anything.
         dead_letters: streams::group_info(&app.pool, &app.keys.dead_letters(), "-")
             .await?
@@ -94,7 +94,7 @@ pub async fn queue_status(app: &App) -> Result<QueueStatus, state::Error> {
 pub fn run_line(r: &RunRecord) -> String {
     format!(
         "run {} [{}] {} by {}: {} processed ({} upserted, {} deleted, {} skipped), {} unchanged by version, {} dependents updated, {} API calls, {} pages ({} failed), {}",
-        &r.run_id[..r.run_id.len().min(8)],
+        &r.run_id.0[..r.run_id.0.len().min(8)],
         r.mode,
         r.status,
         r.requested_by,

@@ -18,7 +18,7 @@
 //! worker claims it once idle and redoes it. Redoing is harmless because every
 //! write is idempotent (same version and hash are skipped; page completion is a set).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::ancestry::{self, Tree};
 use crate::config::SyncConfig;
 use crate::keys::Keys;
 use crate::queue::jobs::{self, Action, PageJob};
@@ -36,11 +37,11 @@ use crate::queue::streams::{self, Entry};
 use crate::queue::{self, dlq};
 use crate::sinks::{self, Link, Sink, SinkDocument, Written};
 use crate::sources::{self, Source};
-use crate::state::{self, DocState, DocWrite, PageStats, StateStore};
+use crate::state::{self, DocState, DocWrite, PageStats, RunCounter, RunUpdate, StateStore};
 use crate::types::{DocumentId, SourceId};
 
 /// The workers' consumer group on the jobs stream.
-pub const GROUP: &str = "workers";
+const GROUP: &str = queue::JOBS_GROUP;
 
 /// Why a page could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -48,20 +49,37 @@ pub enum JobError {
     /// A newer run owns the source; drop the page.
     #[error("superseded: {0}")]
     Stale(crate::lock::fencing::StaleFence),
-    /// Try again later.
-    #[error("{0}")]
-    Retryable(String),
+    /// Try again later; `after` is the source's hint, when it gave one.
+    #[error("{reason}")]
+    Retryable {
+        /// What failed.
+        reason: String,
+        /// The source's Retry-After, when it gave one.
+        after: Option<Duration>,
+    },
     /// Never going to work: dead-letter it.
     #[error("{0}")]
     Permanent(String),
 }
 
+impl JobError {
+    /// A failure of our own storage: retried, with no hint of when.
+    fn retry(e: impl std::fmt::Display) -> Self {
+        JobError::Retryable {
+            reason: e.to_string(),
+            after: None,
+        }
+    }
+}
+
 impl From<sources::Error> for JobError {
     fn from(e: sources::Error) -> Self {
-        if e.is_retryable() {
-            JobError::Retryable(e.to_string())
-        } else {
-            JobError::Permanent(e.to_string())
+        match e {
+            sources::Error::Retryable { after, .. } => JobError::Retryable {
+                reason: e.to_string(),
+                after,
+            },
+            other => JobError::Permanent(other.to_string()),
         }
     }
 }
@@ -71,7 +89,7 @@ impl From<sinks::Error> for JobError {
         match e {
             sinks::Error::StaleFence(s) => JobError::Stale(s),
             // Disk full, permissions: may clear up, and must not lose the page.
-            other => JobError::Retryable(other.to_string()),
+            other => JobError::retry(other),
         }
     }
 }
@@ -80,7 +98,7 @@ impl From<state::Error> for JobError {
     fn from(e: state::Error) -> Self {
         match e {
             state::Error::StaleFence(s) => JobError::Stale(s),
-            other => JobError::Retryable(other.to_string()),
+            other => JobError::retry(other),
         }
     }
 }
@@ -316,7 +334,7 @@ impl Worker {
             // A successful page reports its calls with its completion; a failed one now.
             let _ = self
                 .state
-                .add_run_counters(&job.source, &job.run, &[("api_calls", calls.get())])
+                .add_run_counter(&job.source, &job.run, RunCounter::ApiCalls, calls.get())
                 .await;
         }
         match outcome {
@@ -330,7 +348,7 @@ impl Worker {
                         // Done before (a redelivery): its figures are counted, but these calls were made too.
                         let _ = self
                             .state
-                            .add_run_counters(&job.source, &job.run, &[("api_calls", calls.get())])
+                            .add_run_counter(&job.source, &job.run, RunCounter::ApiCalls, calls.get())
                             .await;
                     }
                     self.ack(&entry).await
@@ -347,46 +365,15 @@ impl Worker {
                 tracing::info!(run = %job.run, page = job.page, %s, "page superseded by a newer run");
                 self.ack(&entry).await;
             }
-            Err(JobError::Retryable(reason)) => {
-                tracing::warn!(run = %job.run, page = job.page, %reason, deliveries, "page failed; will be redelivered");
+            Err(JobError::Retryable { reason, after }) => {
+                tracing::warn!(run = %job.run, page = job.page, %reason, ?after, deliveries, "page failed; will be redelivered");
                 let _ = self
                     .state
-                    .set_run_fields(&job.source, &job.run, job.token, &[("last_error", reason)])
+                    .update_run(&job.source, &job.run, job.token, &RunUpdate::error(reason))
                     .await;
             }
             Err(JobError::Permanent(reason)) => self.dead_letter(&entry, &reason, deliveries).await,
         }
-    }
-
-    /// Ancestor titles of a document whose parent is `parent`, root first, from
-    /// this page's fetches and the state; cycle-safe and bounded in depth.
-    async fn breadcrumb_from_state(
-        &self,
-        source: &SourceId,
-        id: &DocumentId,
-        parent: Option<&DocumentId>,
-        fetched: &[sources::FetchedDoc],
-    ) -> Result<Vec<String>, JobError> {
-        const MAX_DEPTH: usize = 64;
-        let mut crumbs = Vec::new();
-        let mut seen = std::collections::HashSet::from([id.clone()]);
-        let mut cursor = parent.cloned();
-        while let Some(p) = cursor {
-            if crumbs.len() >= MAX_DEPTH || !seen.insert(p.clone()) {
-                break;
-            }
-            let (title, next) = match fetched.iter().find(|d| d.meta.id == p) {
-                Some(d) => (d.meta.title.clone(), d.meta.parent.clone()),
-                None => match self.state.docs(source, &[&p]).await?.pop().flatten() {
-                    Some(st) => (st.title, st.parent),
-                    None => break,
-                },
-            };
-            crumbs.push(title);
-            cursor = next;
-        }
-        crumbs.reverse();
-        Ok(crumbs)
     }
 
     /// Applies a page to the sink and the state. Idempotent.
@@ -461,6 +448,9 @@ impl Worker {
         let announced_parents: HashMap<&DocumentId, &Option<DocumentId>> =
             job.items.iter().map(|i| (&i.meta.id, &i.meta.parent)).collect();
         let mut writes = Vec::new();
+        // Titles and parents for breadcrumbs rebuilt below: this page's fetches
+        // first, completed from the state as needed.
+        let mut tree: Option<Tree> = None;
         for doc in &fetched {
             let mut breadcrumb = breadcrumbs.get(&doc.meta.id).map(|b| (*b).clone()).unwrap_or_default();
             if announced_parents
@@ -469,9 +459,21 @@ impl Worker {
             {
                 // Moved since the job was planned (or targeted without a hint):
                 // the planned breadcrumb is stale, rebuild it from the state.
-                breadcrumb = self
-                    .breadcrumb_from_state(&job.source, &doc.meta.id, doc.meta.parent.as_ref(), &fetched)
-                    .await?;
+                let tree = tree.get_or_insert_with(|| {
+                    fetched
+                        .iter()
+                        .map(|d| (d.meta.id.clone(), (d.meta.title.clone(), d.meta.parent.clone())))
+                        .collect()
+                });
+                ancestry::fill(
+                    &self.state,
+                    &job.source,
+                    vec![doc.meta.id.clone()],
+                    tree,
+                    &HashSet::new(),
+                )
+                .await?;
+                breadcrumb = ancestry::breadcrumb(&doc.meta.id, tree);
             }
             let links = resolve(&doc.links);
             let hash = content_hash(&doc.meta.title, &breadcrumb, &doc.content, &links);

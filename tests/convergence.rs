@@ -41,7 +41,6 @@ use chrono_tz::Tz;
 use sha2::{Digest, Sha256};
 use tidemark::app::App;
 use tidemark::config::Config;
-use tidemark::coordinator;
 use tidemark::queue::jobs::SyncRequest;
 use tidemark::simulators::confluence::{self, ConfluenceSim};
 use tidemark::simulators::gdrive::{self, DOC_MIME, FORM_MIME, GdriveSim, SHEET_MIME};
@@ -1084,7 +1083,7 @@ sitemap = "{web_base}sitemap.xml"
 
     async fn enqueue(&self, source: &str) -> String {
         let req = SyncRequest::new(sid(source), SyncMode::Incremental, "convergence");
-        coordinator::enqueue(&self.app.pool, &self.app.keys, &req)
+        tidemark::queue::enqueue(&self.app.pool, &self.app.keys, &req)
             .await
             .expect("enqueue")
     }

@@ -2,7 +2,7 @@
 //! listings that come back empty, and periodic reconciliation that catches what
 //! incremental queries cannot see.
 
-use tidemark::coordinator;
+use tidemark::queue;
 use tidemark::queue::jobs::SyncRequest;
 use tidemark::state::RunStatus;
 use tidemark::types::SyncMode;
@@ -33,9 +33,7 @@ async fn deletion_guard_refuses_to_wipe_the_knowledge_base() {
 
     let mut confirmed = SyncRequest::new(env.source.clone(), SyncMode::Incremental, "test");
     confirmed.allow_mass_delete = true;
-    coordinator::enqueue(&env.app.pool, &env.app.keys, &confirmed)
-        .await
-        .unwrap();
+    queue::enqueue(&env.app.pool, &env.app.keys, &confirmed).await.unwrap();
     let run = env.wait(&confirmed.request_id).await;
     assert_eq!((run.status, run.deleted), (RunStatus::Completed, 60), "{run:?}");
     assert!(env.sink_docs().is_empty());

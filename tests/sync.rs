@@ -274,7 +274,7 @@ async fn killed_coordinator_is_taken_over() {
     let done = env.wait(&request).await;
     assert_eq!(done.status, RunStatus::Completed, "{done:?}");
     let first_run = first_run.expect("the first run started");
-    assert_ne!(done.run_id, first_run.0);
+    assert_ne!(done.run_id, first_run);
     let old = state.run(&env.source, &first_run).await.unwrap().unwrap();
     assert_eq!(old.status, RunStatus::Abandoned, "{old:?}");
     assert!(done.token > old.token);

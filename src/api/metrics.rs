@@ -195,17 +195,17 @@ pub fn render(queues: &QueueStatus, sources: &[SourceFigures]) -> String {
 mod tests {
     use super::*;
     use crate::queue::streams::GroupInfo;
-    use crate::types::SyncMode;
+    use crate::types::{FencingToken, RunId, SourceId, SyncMode};
 
     fn run(status: RunStatus) -> RunRecord {
         RunRecord {
-            run_id: "r1".into(),
-            source: "eng".into(),
+            run_id: RunId("r1".into()),
+            source: SourceId::new("eng").expect("a valid id"),
             status,
             mode: SyncMode::Full,
             requested_by: "api".into(),
             request_ids: vec![],
-            token: 3,
+            token: FencingToken(3),
             started_at: None,
             ended_at: None,
             feed_done: true,

@@ -41,14 +41,13 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use deadpool_redis::redis;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::coordinator;
+use crate::queue;
 use crate::queue::jobs::SyncRequest;
 use crate::report;
 use crate::types::{SourceId, SyncMode};
@@ -107,14 +106,7 @@ async fn healthz() -> &'static str {
 /// a prompt 503 instead of a probe that hangs until the kubelet gives up.
 async fn readyz(State(app): State<App>) -> Response {
     let limit = app.config.redis.response_timeout;
-    let ping = async {
-        let mut conn = app.pool.get().await.map_err(|e| e.to_string())?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map_err(|e| e.to_string())
-    };
-    let problem = match tokio::time::timeout(limit, ping).await {
+    let problem = match tokio::time::timeout(limit, crate::db::ping(&app.pool)).await {
         Ok(Ok(_)) => return (StatusCode::OK, "ready").into_response(),
         Ok(Err(e)) => e,
         Err(_) => format!("no PING reply within {limit:?}"),
@@ -270,7 +262,7 @@ async fn create_sync(
     let (mode, allow_mass_delete) = parse_sync_body(&headers, &body)?;
     let mut request = SyncRequest::new(id.clone(), mode, "api");
     request.allow_mass_delete = allow_mass_delete;
-    let request_id = coordinator::enqueue(&app.pool, &app.keys, &request).await?;
+    let request_id = queue::enqueue(&app.pool, &app.keys, &request).await?;
     let status_url = format!("/v1/sources/{id}/requests/{request_id}");
     tracing::info!(source = %id, %mode, request = %request_id, "sync requested over the API");
     let body = json!({

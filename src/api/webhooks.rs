@@ -16,7 +16,7 @@
 //!   or a Drive message number not above the last one, is a replay (401).
 //! - Accepted events are not lost: their targets go into the source's pending
 //!   set, and the coordinator turns the set into one request when the debounce
-//!   window closes ([`flush_due`]). Webhooks are a hint, not the source of
+//!   window closes ([`crate::queue::webhooks::flush_due`]). Webhooks are a hint, not the source of
 //!   truth: scheduled polling stays on as the fallback for lost deliveries.
 //!
 //! Payloads: Confluence-style page events (`{"eventType" | "event": "page_updated", "page": {"id": ..}}`)
@@ -31,7 +31,6 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use deadpool_redis::redis;
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -39,16 +38,11 @@ use sha2::Sha256;
 use super::ApiError;
 use crate::app::App;
 use crate::config::WebhookConfig;
-use crate::coordinator;
-use crate::keys::Keys;
-use crate::queue::jobs::SyncRequest;
-use crate::types::{DocumentId, SourceId, SyncMode};
+use crate::queue::webhooks;
+use crate::types::{DocumentId, SourceId};
 
 /// Largest webhook body accepted, in bytes.
 pub const WEBHOOK_BODY_LIMIT: usize = 64 * 1024;
-
-/// Marker in the pending set for "sync the whole source incrementally".
-const WHOLE_SOURCE: &str = "*";
 
 fn unauthorized(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::Unauthorized {
@@ -146,20 +140,6 @@ fn named_documents(payload: &Value) -> Vec<DocumentId> {
     Vec::new()
 }
 
-async fn remember_once(app: &App, key: String, ttl: Duration) -> Result<bool, ApiError> {
-    let mut conn = app.pool.get().await.map_err(crate::queue::Error::from)?;
-    let set: Option<String> = redis::cmd("SET")
-        .arg(&key)
-        .arg(1)
-        .arg("NX")
-        .arg("PX")
-        .arg(ttl.as_millis().max(1) as u64)
-        .query_async(&mut conn)
-        .await
-        .map_err(crate::state::Error::from)?;
-    Ok(set.is_some())
-}
-
 async fn verify(
     app: &App,
     source: &SourceId,
@@ -179,19 +159,8 @@ async fn verify(
             .and_then(|n| n.parse().ok())
             .ok_or_else(|| unauthorized("bad_signature", "X-Goog-Message-Number missing or not a number"))?;
         // Raise-only: a message number at or below the last accepted one is a replay.
-        let mut conn = app.pool.get().await.map_err(crate::queue::Error::from)?;
-        let accepted: i64 = redis::Script::new(
-            "local c = tonumber(redis.call('GET', KEYS[1]) or '-1')
-             if tonumber(ARGV[1]) <= c then return 0 end
-             redis.call('SET', KEYS[1], ARGV[1], 'EX', 2592000)
-             return 1",
-        )
-        .key(app.keys.webhook_channel(source, channel))
-        .arg(number)
-        .invoke_async(&mut conn)
-        .await
-        .map_err(crate::state::Error::from)?;
-        if accepted == 0 {
+        let accepted = webhooks::accept_channel_message(&app.pool, &app.keys, source, channel, number).await?;
+        if !accepted {
             return Err(unauthorized(
                 "replayed",
                 format!("message {number} of channel {channel} was already accepted"),
@@ -225,9 +194,11 @@ async fn verify(
             "no X-Tidemark-Signature, X-Hub-Signature or X-Goog-Channel-Token header",
         ));
     };
-    if !remember_once(
-        app,
-        app.keys.webhook_seen(source, signature.trim_start_matches("sha256=")),
+    if !webhooks::first_delivery(
+        &app.pool,
+        &app.keys,
+        source,
+        signature.trim_start_matches("sha256="),
         replay_window,
     )
     .await?
@@ -267,29 +238,7 @@ pub async fn receive(
         }
         Event::Sync(targets) => targets,
     };
-    let members: Vec<String> = if targets.is_empty() {
-        vec![WHOLE_SOURCE.to_owned()]
-    } else {
-        targets.iter().map(|t| t.0.clone()).collect()
-    };
-    if hook.debounce.is_zero() {
-        enqueue(&app.pool, &app.keys, &source, members).await?;
-    } else {
-        let mut conn = app.pool.get().await.map_err(crate::queue::Error::from)?;
-        redis::pipe()
-            .sadd(app.keys.webhook_pending(&source), &members)
-            .ignore()
-            .cmd("SET")
-            .arg(app.keys.webhook_window(&source))
-            .arg(1)
-            .arg("NX")
-            .arg("PX")
-            .arg(hook.debounce.as_millis() as u64)
-            .ignore()
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(crate::state::Error::from)?;
-    }
+    webhooks::accept(&app.pool, &app.keys, &source, &targets, hook.debounce).await?;
     tracing::info!(source = %source, documents = targets.len(), "webhook accepted");
     Ok((
         StatusCode::ACCEPTED,
@@ -301,49 +250,6 @@ pub async fn receive(
         })),
     )
         .into_response())
-}
-
-async fn enqueue(
-    pool: &deadpool_redis::Pool,
-    keys: &Keys,
-    source: &SourceId,
-    members: Vec<String>,
-) -> Result<(), crate::queue::Error> {
-    let mut request = SyncRequest::new(source.clone(), SyncMode::Incremental, "webhook");
-    if !members.iter().any(|m| m == WHOLE_SOURCE) {
-        request.targets = members.into_iter().map(DocumentId).collect();
-    }
-    coordinator::enqueue(pool, keys, &request).await.map(|_| ())
-}
-
-/// Turns a source's pending webhook events into one sync request once its
-/// debounce window has closed. Atomic: with several coordinators, one takes them.
-pub async fn flush_due(
-    pool: &deadpool_redis::Pool,
-    keys: &Keys,
-    source: &SourceId,
-) -> Result<bool, crate::queue::Error> {
-    let mut conn = pool.get().await?;
-    let members: Vec<String> = redis::Script::new(
-        "if redis.call('EXISTS', KEYS[2]) == 1 then return {} end
-         local m = redis.call('SMEMBERS', KEYS[1])
-         redis.call('DEL', KEYS[1])
-         return m",
-    )
-    .key(keys.webhook_pending(source))
-    .key(keys.webhook_window(source))
-    .invoke_async(&mut conn)
-    .await
-    .map_err(|e| crate::queue::Error::Redis {
-        context: format!("flushing webhook events of {source}"),
-        source: e,
-    })?;
-    drop(conn);
-    if members.is_empty() {
-        return Ok(false);
-    }
-    enqueue(pool, keys, source, members).await?;
-    Ok(true)
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! In Redis this check-and-write is one Lua script, so no write can slip in
 //! between the check and the write.
 
+use deadpool_redis::redis::Script;
+
 use crate::types::FencingToken;
 
 /// A write was refused because a newer lock holder exists.
@@ -18,15 +20,17 @@ pub struct StaleFence {
     pub current: FencingToken,
 }
 
-/// Lua prelude for fenced scripts: KEYS[1] is the fence key, ARGV[1] the token.
-/// Returns `{0, current}` from the script when the token is stale; otherwise
-/// raises the fence and falls through to the write that follows.
-pub const LUA_CHECK_AND_RAISE: &str = r"
-local fence = tonumber(redis.call('GET', KEYS[1]) or '0')
-local token = tonumber(ARGV[1])
-if token < fence then return {0, fence} end
-if token > fence then redis.call('SET', KEYS[1], ARGV[1]) end
-";
+/// The fencing preamble (`lua/check_and_raise.lua`): KEYS[1] is the fence key,
+/// ARGV[1] the token. It returns `{0, current}` from the script when the token
+/// is stale; otherwise it raises the fence and falls through to the write that follows.
+const LUA_CHECK_AND_RAISE: &str = include_str!("lua/check_and_raise.lua");
+
+/// A fenced script: the preamble, then `write`, which sees the fence as KEYS[1]
+/// and the token as ARGV[1] and must end with `return {1, value}`. The one place
+/// where fenced scripts are composed, so no write can forget the check.
+pub fn fenced_script(write: &str) -> Script {
+    Script::new(&format!("{LUA_CHECK_AND_RAISE}\n{write}"))
+}
 
 /// Interprets a fenced script's `{ok, value}` reply.
 pub fn check_reply(ours: FencingToken, reply: (i64, i64)) -> Result<i64, StaleFence> {

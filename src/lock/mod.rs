@@ -65,46 +65,11 @@ pub struct LockManager {
     keys: Keys,
 }
 
-// Returns the node's token counter if the lock was granted, -1 otherwise.
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return tonumber(redis.call('GET', KEYS[2]) or '0')
-end
-return -1",
-    )
-});
-
-// Raise-only write of the token counter.
-static RAISE_TOKEN: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local c = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > c then redis.call('SET', KEYS[1], ARGV[1]) end
-return c",
-    )
-});
-
-static EXTEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0",
-    )
-});
-
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0",
-    )
-});
+// The scripts, with their KEYS and ARGV, are in `lua/`.
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/acquire.lua")));
+static RAISE_TOKEN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/raise_token.lua")));
+static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/extend.lua")));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/release.lua")));
 
 /// Clock drift allowance per Redlock: 1% of the TTL plus 2 ms.
 fn drift(ttl: Duration) -> Duration {

@@ -3,6 +3,11 @@
 //! - `streams`: the stream primitives (consumer groups, reads, acks, claiming idle entries).
 //! - `jobs`: what travels on the streams (`SyncRequest`, `PageJob`) and its MessagePack envelope.
 //! - `dlq`: moving an entry that cannot be processed aside, with its reason.
+//! - `requests`: enqueueing sync requests; the follow-up list and schedule slot
+//!   that hold requests for a busy source.
+//! - `webhooks`: replay marks, the debounce window and pending targets of webhook deliveries.
+//!
+//! Every Redis command on these structures lives here (Lua scripts as `lua/*.lua`).
 //!
 //! Delivery is at-least-once: an entry is acked only after its effects are
 //! durable, and an entry left unacked by a dead consumer is claimed by another
@@ -10,7 +15,17 @@
 
 pub mod dlq;
 pub mod jobs;
+pub mod requests;
 pub mod streams;
+pub mod webhooks;
+
+pub use requests::enqueue;
+
+/// The coordinators' consumer group on the requests stream.
+pub const REQUESTS_GROUP: &str = "coordinators";
+
+/// The workers' consumer group on the jobs stream.
+pub const JOBS_GROUP: &str = "workers";
 
 /// Queue failures.
 #[derive(Debug, thiserror::Error)]

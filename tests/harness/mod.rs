@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tidemark::app::App;
 use tidemark::config::Config;
-use tidemark::coordinator;
+use tidemark::queue;
 use tidemark::queue::jobs::SyncRequest;
 use tidemark::simulators::confluence::{ConfluenceSim, SimConfig};
 use tidemark::sinks::SinkDocument;
@@ -189,7 +189,7 @@ listen = ""
     /// Enqueues a request and returns its id.
     pub async fn enqueue(&self, mode: SyncMode, by: &str) -> String {
         let req = SyncRequest::new(self.source.clone(), mode, by);
-        coordinator::enqueue(&self.app.pool, &self.app.keys, &req)
+        queue::enqueue(&self.app.pool, &self.app.keys, &req)
             .await
             .expect("enqueue")
     }

@@ -1,0 +1,110 @@
+//! Dependents: documents a run's changes made stale without changing them at
+//! the source. Descendants of a renamed, moved or deleted document have stale
+//! breadcrumbs; documents linking to a created, renamed or deleted one have
+//! stale link titles. They are found through the reverse indexes
+//! (`kids:`, `linkedfrom:`) and rewritten as `Refresh` jobs from the sink's own
+//! copy, with no content fetched.
+//!
+//! Invariant: computed from what the pages actually wrote (read back from the
+//! state), not from what the feed announced; cycles are cut by a visited set.
+
+use std::collections::HashSet;
+
+use super::plan::Plan;
+use super::{Coordinator, Error};
+use crate::ancestry;
+use crate::queue::jobs::{Action, JobItem};
+use crate::sources::DocMeta;
+use crate::types::{DocumentId, SourceId};
+
+impl Coordinator {
+    /// The documents to refresh because of this run's changes: the descendants
+    /// of renamed, moved or deleted documents (their breadcrumbs), and the
+    /// documents linking to created, renamed or deleted ones (their link titles).
+    /// Found through the reverse indexes; cycles are cut by the visited set.
+    pub(super) async fn dependents(&self, source: &SourceId, plan: &Plan) -> Result<Vec<JobItem>, Error> {
+        let keys = &self.keys;
+        let mut roots = Vec::new();
+        let mut link_targets = Vec::new();
+        let mut deleted = HashSet::new();
+        let mut tree = plan.tree.clone();
+        for item in plan.items.iter().filter(|i| i.action == Action::Delete) {
+            deleted.insert(item.meta.id.clone());
+        }
+        // What the pages actually wrote, not what the feed announced: a fetch may
+        // have found a newer title, a new parent, or the document gone.
+        let upserted: Vec<&DocumentId> = plan
+            .items
+            .iter()
+            .filter(|i| i.action == Action::Upsert)
+            .map(|i| &i.meta.id)
+            .collect();
+        for (id, now) in upserted.iter().zip(self.state.docs(source, &upserted).await?) {
+            match (now, plan.before.get(*id)) {
+                (Some(now), before) => {
+                    let renamed = before.is_some_and(|h| h.title != now.title);
+                    let moved = before.is_some_and(|h| h.parent != now.parent);
+                    if renamed || moved {
+                        roots.push((*id).clone());
+                    }
+                    if renamed || before.is_none() {
+                        link_targets.push((*id).clone());
+                    }
+                    tree.insert((*id).clone(), (now.title, now.parent));
+                }
+                (None, Some(_)) => {
+                    deleted.insert((*id).clone());
+                }
+                (None, None) => {}
+            }
+        }
+        for id in &deleted {
+            roots.push(id.clone());
+            link_targets.push(id.clone());
+            tree.remove(id);
+        }
+        let mut found: HashSet<DocumentId> = HashSet::new();
+        let mut visited: HashSet<DocumentId> = roots.iter().cloned().collect();
+        let mut level = roots;
+        while !level.is_empty() {
+            let sets: Vec<String> = level.iter().map(|d| keys.children(source, d)).collect();
+            let next: Vec<DocumentId> = self
+                .state
+                .union_of(&sets)
+                .await?
+                .into_iter()
+                .filter(|d| visited.insert(d.clone()))
+                .collect();
+            found.extend(next.iter().cloned());
+            level = next;
+        }
+        let sets: Vec<String> = link_targets.iter().map(|d| keys.linked_from(source, d)).collect();
+        found.extend(self.state.union_of(&sets).await?);
+
+        let mut ids: Vec<DocumentId> = found.into_iter().filter(|d| !deleted.contains(d)).collect();
+        ids.sort();
+        // Their own entries may be stale in the plan's tree (a descendant of a
+        // renamed page was not in the feed): read them, and their ancestors, now.
+        for id in &ids {
+            tree.remove(id);
+        }
+        ancestry::fill(&self.state, source, ids.clone(), &mut tree, &deleted).await?;
+        Ok(ids
+            .into_iter()
+            .map(|id| {
+                let (title, parent) = tree.get(&id).cloned().unwrap_or_default();
+                JobItem {
+                    breadcrumb: ancestry::breadcrumb(&id, &tree),
+                    meta: DocMeta {
+                        id,
+                        version: String::new(),
+                        title,
+                        parent,
+                        modified_at: None,
+                    },
+                    action: Action::Refresh,
+                }
+            })
+            .collect())
+    }
+}

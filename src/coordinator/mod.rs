@@ -1,0 +1,426 @@
+//! The coordinator: sync request -> lock -> change feed -> page jobs -> checkpoint.
+//!
+//! For each request read from the requests stream (consumer group `coordinators`):
+//! 1. take the source's lock and register its fencing token with the state store;
+//!    if the source is already syncing, the request is *coalesced* into the
+//!    source's follow-up list and the running sync enqueues exactly one follow-up
+//!    run when it ends (never dropped, never run in parallel);
+//! 2. load the checkpoint and the documents we hold, read the change feed, and
+//!    keep only what changed: observations whose version, title and parent equal
+//!    what we hold are dropped here (de-duplication by version), which makes
+//!    overlap windows and repeated listings cost no processing;
+//! 3. when the feed was a complete listing, ids we hold that it did not list are deletions;
+//! 4. split the changes into page jobs of `page_size` documents on the jobs stream;
+//! 5. wait until every page is done or dead-lettered, then commit the new
+//!    checkpoint under the fencing token (only if no page failed), end the run,
+//!    release the lock.
+//!
+//! While a run is in flight the lock is extended every third of its TTL and the
+//! request entry is kept fresh in the pending list; if this process dies, the
+//! lock expires, the request is claimed by another coordinator after
+//! `3 * lock_ttl`, and the new run marks the old one abandoned. Jobs of the old
+//! run that are still queued are refused by fencing when they reach storage.
+//!
+//! Files: `mod.rs` (here) the request loop, takeover of orphaned requests, the
+//! schedule loop and coalescing; [`run`] one run from lock to checkpoint;
+//! [`plan`] what a run does (feed reading, mark and sweep, targeted plans,
+//! reconciliation, the deletion guard); [`dependents`] documents made stale by
+//! a run's changes. Breadcrumbs come from [`crate::ancestry`].
+
+mod dependents;
+mod plan;
+mod run;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_redis::Pool;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+
+use crate::config::{SourceConfig, SourcePolicy, SyncConfig};
+use crate::keys::Keys;
+use crate::lock::{self, Lease, LockManager};
+use crate::queue::jobs::SyncRequest;
+use crate::queue::streams::{self, Entry};
+use crate::queue::{self, dlq, requests};
+use crate::sources::{self, Source};
+use crate::state::{self, RunCounter, RunStatus, RunUpdate, StateStore};
+use crate::types::{RunId, SourceId, SyncMode};
+
+/// The coordinators' consumer group on the requests stream.
+const GROUP: &str = queue::REQUESTS_GROUP;
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The source's change feed failed.
+    #[error("source {source_id}: {error}")]
+    Source {
+        /// Which source.
+        source_id: SourceId,
+        /// What it said.
+        error: sources::Error,
+    },
+    /// The state store failed or refused a stale token.
+    #[error(transparent)]
+    State(#[from] state::Error),
+    /// The queue failed.
+    #[error(transparent)]
+    Queue(#[from] queue::Error),
+    /// The lock could not be used.
+    #[error(transparent)]
+    Lock(#[from] lock::Error),
+    /// The lock was lost mid-run (not extended in time).
+    #[error("lock of {0} lost during the run")]
+    LockLost(SourceId),
+    /// No page finished for too long.
+    #[error("no progress for {0:?}: {1} of {2} pages done")]
+    Stalled(Duration, u64, u64),
+}
+
+/// Drives sync runs.
+pub struct Coordinator {
+    pool: Pool,
+    keys: Keys,
+    state: StateStore,
+    locks: LockManager,
+    sources: HashMap<SourceId, Arc<dyn Source>>,
+    schedules: Vec<(SourceId, Duration)>,
+    webhook_sources: Vec<SourceId>,
+    policies: HashMap<SourceId, SourcePolicy>,
+    cfg: SyncConfig,
+    consumer: String,
+}
+
+impl Coordinator {
+    /// A coordinator over `sources`, named `consumer` in the requests group.
+    pub fn new(
+        pool: Pool,
+        keys: Keys,
+        locks: LockManager,
+        sources: HashMap<SourceId, Arc<dyn Source>>,
+        source_configs: &[SourceConfig],
+        cfg: SyncConfig,
+        consumer: String,
+    ) -> Self {
+        let state = StateStore::new(pool.clone(), keys.clone());
+        let schedules = source_configs
+            .iter()
+            .filter_map(|s| s.schedule_every.map(|every| (s.id.clone(), every)))
+            .collect();
+        let policies = source_configs
+            .iter()
+            .map(|s| (s.id.clone(), s.policy.clone()))
+            .collect();
+        let webhook_sources = source_configs
+            .iter()
+            .filter(|s| s.webhook.is_some())
+            .map(|s| s.id.clone())
+            .collect();
+        Self {
+            pool,
+            keys,
+            state,
+            locks,
+            sources,
+            schedules,
+            webhook_sources,
+            policies,
+            cfg,
+            consumer,
+        }
+    }
+
+    fn request_idle_timeout(&self) -> Duration {
+        self.cfg.lock_ttl * 3
+    }
+
+    /// Serves requests until `shutdown`; runs in flight finish (up to `drain_timeout`).
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+        drain_timeout: Duration,
+    ) -> Result<(), queue::Error> {
+        let requests = self.keys.requests();
+        streams::ensure_group(&self.pool, &requests, GROUP).await?;
+        streams::ensure_group(&self.pool, &self.keys.jobs(), queue::JOBS_GROUP).await?;
+        let runs = Arc::new(Semaphore::new(self.cfg.max_concurrent_runs.get()));
+        let tracker = TaskTracker::new();
+        if !self.schedules.is_empty() || !self.webhook_sources.is_empty() {
+            tracker.spawn(self.clone().schedule_loop(shutdown.clone()));
+        }
+        let mut last_reclaim = Instant::now();
+        tracing::info!(consumer = %self.consumer, "coordinator started");
+
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = runs.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            };
+            let mut entries = Vec::new();
+            if last_reclaim.elapsed() >= self.request_idle_timeout() / 3 {
+                last_reclaim = Instant::now();
+                match self.claim_orphaned_request().await {
+                    Ok(e) => entries.extend(e),
+                    Err(e) => tracing::warn!(error = %e, "claiming orphaned requests failed"),
+                }
+            }
+            if entries.is_empty() {
+                match streams::read_new(&self.pool, &requests, GROUP, &self.consumer, 1, self.cfg.block).await {
+                    Ok(e) => entries = e,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading requests failed; retrying");
+                        drop(permit);
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        }
+                    }
+                }
+            }
+            let Some(entry) = entries.into_iter().next() else {
+                continue;
+            };
+            let me = self.clone();
+            tracker.spawn(async move {
+                me.handle_request(entry).await;
+                drop(permit);
+            });
+        }
+        tracker.close();
+        if tokio::time::timeout(drain_timeout, tracker.wait()).await.is_err() {
+            tracing::warn!("drain timeout: runs still in flight will be taken over after their locks expire");
+        }
+        tracing::info!(consumer = %self.consumer, "coordinator stopped");
+        Ok(())
+    }
+
+    /// Takes over one request whose coordinator stopped keeping it fresh.
+    async fn claim_orphaned_request(&self) -> Result<Vec<Entry>, queue::Error> {
+        let requests = self.keys.requests();
+        let idle = self.request_idle_timeout();
+        for p in streams::pending_idle(&self.pool, &requests, GROUP, idle, 10).await? {
+            let claimed = streams::claim(&self.pool, &requests, GROUP, &self.consumer, idle, &[p.id.as_str()]).await?;
+            if let Some(entry) = claimed.into_iter().next() {
+                if p.deliveries >= u64::from(self.cfg.max_deliveries) {
+                    let reason = format!("sync request delivered {} times without completing", p.deliveries);
+                    dlq::dead_letter(
+                        &self.pool,
+                        &self.keys.dead_letters(),
+                        &requests,
+                        GROUP,
+                        &entry,
+                        &reason,
+                        p.deliveries,
+                    )
+                    .await?;
+                    continue;
+                }
+                tracing::info!(entry = %entry.id, from = %p.consumer, "took over an orphaned sync request");
+                return Ok(vec![entry]);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// Enqueues scheduled incremental syncs (one replica wins each slot, SET NX PX)
+    /// and turns debounced webhook events into requests when their window closes.
+    async fn schedule_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            for source in &self.webhook_sources {
+                if let Err(e) = queue::webhooks::flush_due(&self.pool, &self.keys, source).await {
+                    tracing::warn!(%source, error = %e, "flushing webhook events failed");
+                }
+            }
+            for (source, every) in &self.schedules {
+                match requests::claim_schedule_slot(&self.pool, &self.keys, source, &self.consumer, *every).await {
+                    Ok(true) => {
+                        let req = SyncRequest::new(source.clone(), SyncMode::Incremental, "schedule");
+                        if let Err(e) = queue::enqueue(&self.pool, &self.keys, &req).await {
+                            tracing::warn!(%source, error = %e, "scheduled request failed");
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(%source, error = %e, "schedule check failed"),
+                }
+            }
+        }
+    }
+
+    async fn ack_request(&self, entry: &Entry) {
+        if let Err(e) = streams::ack(&self.pool, &self.keys.requests(), GROUP, &[entry.id.as_str()]).await {
+            tracing::warn!(entry = %entry.id, error = %e, "acking request failed; it may run again (harmless)");
+        }
+    }
+
+    /// Handles one request entry to its end.
+    pub async fn handle_request(&self, entry: Entry) {
+        let request = match SyncRequest::from_entry(&entry) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(entry = %entry.id, error = %e, "malformed sync request");
+                let _ = dlq::dead_letter(
+                    &self.pool,
+                    &self.keys.dead_letters(),
+                    &self.keys.requests(),
+                    GROUP,
+                    &entry,
+                    &e.to_string(),
+                    1,
+                )
+                .await;
+                return;
+            }
+        };
+        let Some(source) = self.sources.get(&request.source).cloned() else {
+            let reason = format!(
+                "sync request {}: unknown source {:?} (configured: {})",
+                request.request_id,
+                request.source.as_str(),
+                self.sources.keys().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            );
+            tracing::warn!(%reason);
+            let _ = dlq::dead_letter(
+                &self.pool,
+                &self.keys.dead_letters(),
+                &self.keys.requests(),
+                GROUP,
+                &entry,
+                &reason,
+                1,
+            )
+            .await;
+            return;
+        };
+
+        let lease = match self.acquire_or_coalesce(&request).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                self.ack_request(&entry).await;
+                return;
+            }
+            Err(e) => {
+                // Left pending: another coordinator (or this one) retries it later.
+                tracing::warn!(source = %request.source, error = %e, "could not take the lock; request stays pending");
+                return;
+            }
+        };
+
+        // Requests coalesced while we were acquiring are served by this run too.
+        let mut served = vec![request.clone()];
+        match requests::drain_follow_ups(&self.pool, &self.keys, &request.source).await {
+            Ok(more) => served.extend(more.into_iter().filter(|r| r.request_id != request.request_id)),
+            Err(e) => tracing::warn!(error = %e, "reading follow-ups failed"),
+        }
+        let mode = if served.iter().any(|r| r.mode == SyncMode::Full) {
+            SyncMode::Full
+        } else {
+            SyncMode::Incremental
+        };
+        let request_ids: Vec<String> = served.iter().flat_map(|r| r.all_request_ids()).collect();
+        let allow_mass_delete = served.iter().any(|r| r.allow_mass_delete);
+        let targets = plan::merged_targets(&served);
+
+        let lost = CancellationToken::new();
+        let keeper = tokio::spawn(run::keep_lease(
+            self.locks.clone(),
+            lease.clone(),
+            self.cfg.lock_ttl,
+            lost.clone(),
+            self.pool.clone(),
+            self.keys.requests(),
+            self.consumer.clone(),
+            entry.id.clone(),
+        ));
+        let run = RunId::generate();
+        let outcome = self
+            .sync_run(
+                source.as_ref(),
+                &lease,
+                &run,
+                run::RunRequest {
+                    mode,
+                    requested_by: &request.requested_by,
+                    request_ids: &request_ids,
+                    allow_mass_delete,
+                    targets: &targets,
+                },
+                &lost,
+            )
+            .await;
+        keeper.abort();
+        if let Err(e) = &outcome {
+            tracing::warn!(source = %request.source, run = %run, error = %e, "run failed");
+            let failed = RunUpdate::ended(RunStatus::Failed).with_error(e.to_string());
+            let _ = self.state.update_run(&request.source, &run, lease.token, &failed).await;
+            let _ = self
+                .state
+                .add_run_counter(&request.source, &run, RunCounter::Errors, 1)
+                .await;
+        }
+        let _ = self.state.finish_run_housekeeping(&request.source, &run).await;
+        self.locks.release(&lease).await;
+        self.ack_request(&entry).await;
+        self.enqueue_follow_up(&request.source).await;
+    }
+
+    /// Takes the lock, or records the request as a follow-up of the running sync.
+    async fn acquire_or_coalesce(&self, request: &SyncRequest) -> Result<Option<Lease>, Error> {
+        if let Some(lease) = self.locks.acquire(&request.source, self.cfg.lock_ttl).await? {
+            return Ok(Some(lease));
+        }
+        requests::push_follow_up(&self.pool, &self.keys, request).await?;
+        // The running sync may have ended between our attempt and the push, and
+        // checked the follow-up list before we wrote to it: try once more so the
+        // request cannot be stranded.
+        if let Some(lease) = self.locks.acquire(&request.source, self.cfg.lock_ttl).await? {
+            // Serve it ourselves only if our entry is still there: if the run that
+            // just ended already took it into a follow-up request, that follow-up
+            // serves it, and running it here too would be a second, overlapping answer.
+            if requests::withdraw_follow_up(&self.pool, &self.keys, request).await? {
+                return Ok(Some(lease));
+            }
+            self.locks.release(&lease).await;
+            tracing::info!(source = %request.source, request = %request.request_id, "already taken into a follow-up run");
+            return Ok(None);
+        }
+        tracing::info!(source = %request.source, request = %request.request_id, "source busy: coalesced into its follow-up run");
+        Ok(None)
+    }
+
+    /// After a run: turns every coalesced request into one follow-up request.
+    async fn enqueue_follow_up(&self, source: &SourceId) {
+        let pending = match requests::drain_follow_ups(&self.pool, &self.keys, source).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(%source, error = %e, "reading follow-ups failed");
+                return;
+            }
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let mode = if pending.iter().any(|r| r.mode == SyncMode::Full) {
+            SyncMode::Full
+        } else {
+            SyncMode::Incremental
+        };
+        let mut follow_up = SyncRequest::new(source.clone(), mode, "follow-up");
+        follow_up.coalesced = pending.iter().flat_map(|r| r.all_request_ids()).collect();
+        follow_up.allow_mass_delete = pending.iter().any(|r| r.allow_mass_delete);
+        follow_up.targets = plan::merged_targets(&pending);
+        tracing::info!(%source, coalesced = follow_up.coalesced.len(), "enqueueing one follow-up run");
+        if let Err(e) = queue::enqueue(&self.pool, &self.keys, &follow_up).await {
+            tracing::error!(%source, error = %e, "could not enqueue the follow-up run");
+        }
+    }
+}

@@ -1,0 +1,9 @@
+-- Takes a source's pending webhook targets once its debounce window has closed.
+-- Atomic, so with several coordinators exactly one takes them.
+-- KEYS[1]: tm:{S}:webhook:pending, the set of named document ids ('*' = whole source)
+-- KEYS[2]: tm:{S}:webhook:window, exists while the debounce window is open
+-- Returns the members taken (and deleted), or {} while the window is open.
+if redis.call('EXISTS', KEYS[2]) == 1 then return {} end
+local m = redis.call('SMEMBERS', KEYS[1])
+redis.call('DEL', KEYS[1])
+return m

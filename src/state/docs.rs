@@ -1,0 +1,256 @@
+//! What we hold per document ([`DocState`], hash `tm:{S}:docs`) and the
+//! reverse indexes beside it (`kids:{D}`, `linkedfrom:{D}`).
+//!
+//! Invariant: documents and reverse indexes change together, in one fenced
+//! script per page ([`StateStore::apply_docs`]), so the indexes never disagree
+//! with the documents and a stale run changes neither.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
+
+use chrono::{DateTime, Utc};
+use deadpool_redis::redis::{self, AsyncCommands, Script};
+use serde::{Deserialize, Serialize};
+
+use super::{Error, StateStore, decode, encode, scan_batch};
+use crate::lock::fencing;
+use crate::types::{DocumentId, FencingToken, SourceId};
+
+/// What we hold for one document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocState {
+    /// Source version last written to the sink.
+    pub version: String,
+    /// SHA-256 of what was written (title, breadcrumb, content).
+    pub content_hash: String,
+    /// Title.
+    pub title: String,
+    /// Parent document.
+    pub parent: Option<DocumentId>,
+    /// Ancestor titles, root first.
+    pub breadcrumb: Vec<String>,
+    /// Documents of the same source this one links to.
+    #[serde(default)]
+    pub links: Vec<DocumentId>,
+    /// Token of the run that wrote it.
+    pub token: FencingToken,
+    /// When it was written.
+    pub synced_at: DateTime<Utc>,
+}
+
+/// The part of a [`DocState`] a run compares a change feed against. Decoding
+/// it from a stored `DocState` skips the other fields without allocating them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct HeldMeta {
+    /// Source version last written.
+    pub version: String,
+    /// Title.
+    pub title: String,
+    /// Parent document.
+    pub parent: Option<DocumentId>,
+}
+
+/// One document change for [`StateStore::apply_docs`], with what we held before
+/// (so the reverse indexes can be updated).
+#[derive(Debug, Clone)]
+pub enum DocWrite {
+    /// Written to the sink.
+    Put {
+        /// The document.
+        id: DocumentId,
+        /// What we hold now.
+        new: DocState,
+        /// What we held before, if anything.
+        old: Option<DocState>,
+    },
+    /// Removed from the sink.
+    Delete {
+        /// The document.
+        id: DocumentId,
+        /// What we held before, if anything.
+        old: Option<DocState>,
+    },
+}
+
+static FENCED_APPLY_DOCS: LazyLock<Script> =
+    LazyLock::new(|| fencing::fenced_script(include_str!("lua/apply_docs.lua")));
+
+impl StateStore {
+    /// What a run compares against for every document we hold: version, title
+    /// and parent only (not breadcrumbs, links or hashes), decoded batch by batch
+    /// while scanning, so memory stays near the size of the result.
+    pub async fn held_meta(&self, source: &SourceId) -> Result<HashMap<DocumentId, HeldMeta>, Error> {
+        let key = self.keys.docs(source);
+        let mut conn = self.pool.get().await?;
+        let mut out = HashMap::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, items) = scan_batch(&mut conn, &key, cursor).await?;
+            for (id, bytes) in items {
+                let meta: HeldMeta = decode(&key, &id, &bytes)?;
+                out.insert(DocumentId(id), meta);
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Version, title and parent of `ids` (None where we hold nothing): one HMGET.
+    pub async fn held_meta_of(&self, source: &SourceId, ids: &[&DocumentId]) -> Result<Vec<Option<HeldMeta>>, Error> {
+        self.hmget(source, ids).await
+    }
+
+    /// `ids` of the source's documents hash, decoded as `T` (a `DocState` or a part of it).
+    async fn hmget<T: serde::de::DeserializeOwned>(
+        &self,
+        source: &SourceId,
+        ids: &[&DocumentId],
+    ) -> Result<Vec<Option<T>>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = self.keys.docs(source);
+        let mut conn = self.pool.get().await?;
+        let raw: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+            .arg(&key)
+            .arg(ids.iter().map(|d| d.0.as_str()).collect::<Vec<_>>())
+            .query_async(&mut conn)
+            .await?;
+        raw.into_iter()
+            .zip(ids)
+            .map(|(b, id)| b.map(|b| decode(&key, &id.0, &b)).transpose())
+            .collect()
+    }
+
+    /// The version of every document we hold, for connectors that probe
+    /// conditionally or recognise moves ([`crate::sources::Source::wants_held_versions`]).
+    pub async fn held_versions(&self, source: &SourceId) -> Result<HashMap<DocumentId, String>, Error> {
+        Ok(self
+            .held_meta(source)
+            .await?
+            .into_iter()
+            .map(|(id, m)| (id, m.version))
+            .collect())
+    }
+
+    /// The held state of `ids` (None where we hold nothing).
+    pub async fn docs(&self, source: &SourceId, ids: &[&DocumentId]) -> Result<Vec<Option<DocState>>, Error> {
+        self.hmget(source, ids).await
+    }
+
+    /// Records a document as written, under `token` (no previous state: tests and tools).
+    pub async fn put_doc(
+        &self,
+        source: &SourceId,
+        token: FencingToken,
+        id: &DocumentId,
+        state: &DocState,
+    ) -> Result<(), Error> {
+        let put = DocWrite::Put {
+            id: id.clone(),
+            new: state.clone(),
+            old: None,
+        };
+        self.apply_docs(source, token, &[put]).await
+    }
+
+    /// Records written documents and forgets deleted ones, and keeps the reverse
+    /// indexes (children, linked-from) in step, in one fenced script: one round
+    /// trip per page, and the indexes never disagree with the documents.
+    pub async fn apply_docs(&self, source: &SourceId, token: FencingToken, writes: &[DocWrite]) -> Result<(), Error> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut keys = vec![self.keys.fence(source), self.keys.docs(source)];
+        let mut key_index: HashMap<String, usize> = HashMap::new();
+        let mut key_of = |k: String, keys: &mut Vec<String>| -> String {
+            let i = *key_index.entry(k.clone()).or_insert_with(|| {
+                keys.push(k);
+                keys.len()
+            });
+            i.to_string()
+        };
+        let mut args: Vec<Vec<u8>> = Vec::new();
+        let mut ops: Vec<[String; 3]> = Vec::new();
+        let mut puts = 0usize;
+        let mut put_args = Vec::new();
+        let mut del_args = Vec::new();
+        for w in writes {
+            let (id, old, new) = match w {
+                DocWrite::Put { id, new, old } => {
+                    puts += 1;
+                    put_args.push(id.0.as_bytes().to_vec());
+                    put_args.push(encode(new));
+                    (id, old.as_ref(), Some(new))
+                }
+                DocWrite::Delete { id, old } => {
+                    del_args.push(id.0.as_bytes().to_vec());
+                    (id, old.as_ref(), None)
+                }
+            };
+            let old_parent = old.and_then(|o| o.parent.as_ref());
+            let new_parent = new.and_then(|n| n.parent.as_ref());
+            if old_parent != new_parent {
+                if let Some(p) = old_parent {
+                    ops.push([
+                        "SREM".into(),
+                        key_of(self.keys.children(source, p), &mut keys),
+                        id.0.clone(),
+                    ]);
+                }
+                if let Some(p) = new_parent {
+                    ops.push([
+                        "SADD".into(),
+                        key_of(self.keys.children(source, p), &mut keys),
+                        id.0.clone(),
+                    ]);
+                }
+            }
+            let old_links: HashSet<&DocumentId> = old.map(|o| o.links.iter().collect()).unwrap_or_default();
+            let new_links: HashSet<&DocumentId> = new.map(|n| n.links.iter().collect()).unwrap_or_default();
+            for t in old_links.difference(&new_links) {
+                ops.push([
+                    "SREM".into(),
+                    key_of(self.keys.linked_from(source, t), &mut keys),
+                    id.0.clone(),
+                ]);
+            }
+            for t in new_links.difference(&old_links) {
+                ops.push([
+                    "SADD".into(),
+                    key_of(self.keys.linked_from(source, t), &mut keys),
+                    id.0.clone(),
+                ]);
+            }
+        }
+        args.push(puts.to_string().into_bytes());
+        args.extend(put_args);
+        args.push(del_args.len().to_string().into_bytes());
+        args.extend(del_args);
+        for [op, key, member] in ops {
+            args.push(op.into_bytes());
+            args.push(key.into_bytes());
+            args.push(member.into_bytes());
+        }
+        self.fenced(&FENCED_APPLY_DOCS, &keys, token, &args).await?;
+        Ok(())
+    }
+
+    /// Members of the reverse-index sets `keys` (children or linked-from), de-duplicated.
+    pub async fn union_of(&self, keys: &[String]) -> Result<Vec<DocumentId>, Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.pool.get().await?;
+        let members: Vec<String> = redis::cmd("SUNION").arg(keys).query_async(&mut conn).await?;
+        Ok(members.into_iter().map(DocumentId).collect())
+    }
+
+    /// Number of documents held for `source`.
+    pub async fn doc_count(&self, source: &SourceId) -> Result<u64, Error> {
+        let mut conn = self.pool.get().await?;
+        Ok(conn.hlen(self.keys.docs(source)).await?)
+    }
+}

@@ -1,0 +1,193 @@
+//! Per-source sync state in Redis: the fence, the checkpoint, the documents we
+//! hold, run records.
+//!
+//! - `mod.rs` (here): [`StateStore`], the fenced-write helper, the fence and the checkpoint;
+//! - [`docs`]: what we hold per document ([`DocState`]) and the reverse indexes;
+//! - [`sweep`]: the mark and sweep that finds held documents a complete listing left out;
+//! - [`runs`]: run records ([`RunRecord`], typed updates [`RunUpdate`]), page
+//!   completion, and which run served a request.
+//!
+//! Invariants:
+//! - Every write that a run makes (document state, checkpoint, page progress,
+//!   run outcome) is a Lua script composed by [`fencing::fenced_script`], which
+//!   first checks the run's fencing token against the source's fence, so a run
+//!   that lost its lock cannot change anything once a newer run has registered its token.
+//! - Page completion is idempotent: a page is counted once however many times
+//!   it is processed (the run keeps the set of done pages).
+//! - The checkpoint is only written when every page of the run is done, so it
+//!   never advances past work that was not durably applied.
+//!
+//! The scripts, each with its KEYS and ARGV, are the files in `lua/`.
+
+use std::sync::LazyLock;
+
+use deadpool_redis::Pool;
+use deadpool_redis::redis::{self, AsyncCommands, Script};
+
+use crate::keys::Keys;
+use crate::lock::fencing::{self, StaleFence, check_reply};
+use crate::queue;
+use crate::sources::Checkpoint;
+use crate::types::{FencingToken, SourceId};
+
+pub mod docs;
+pub mod runs;
+pub mod sweep;
+
+pub use docs::{DocState, DocWrite, HeldMeta};
+pub use runs::{PageStats, RunCounter, RunRecord, RunStatus, RunUpdate};
+
+/// State-store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Redis failed.
+    #[error(transparent)]
+    Queue(#[from] queue::Error),
+    /// A newer run holds the source; this write was refused.
+    #[error(transparent)]
+    StaleFence(#[from] StaleFence),
+    /// Stored data could not be decoded.
+    #[error("state {key}: {reason}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl From<redis::RedisError> for Error {
+    fn from(source: redis::RedisError) -> Self {
+        Error::Queue(queue::Error::Redis {
+            context: "state".into(),
+            source,
+        })
+    }
+}
+
+impl From<deadpool_redis::PoolError> for Error {
+    fn from(e: deadpool_redis::PoolError) -> Self {
+        Error::Queue(queue::Error::Pool(e))
+    }
+}
+
+static REGISTER: LazyLock<Script> = LazyLock::new(|| fencing::fenced_script(include_str!("lua/register_token.lua")));
+static FENCED_SET: LazyLock<Script> = LazyLock::new(|| fencing::fenced_script(include_str!("lua/set.lua")));
+
+/// Reads and writes per-source state.
+#[derive(Clone)]
+pub struct StateStore {
+    pool: Pool,
+    keys: Keys,
+}
+
+impl StateStore {
+    /// A store on `pool` under `keys`.
+    pub fn new(pool: Pool, keys: Keys) -> Self {
+        Self { pool, keys }
+    }
+
+    /// The key names in use.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Runs a fenced `script` (KEYS[1] is the fence, ARGV[1] the token, then
+    /// `keys` and `args`); a stale token is [`Error::StaleFence`].
+    async fn fenced(
+        &self,
+        script: &Script,
+        keys: &[String],
+        token: FencingToken,
+        args: &[Vec<u8>],
+    ) -> Result<i64, Error> {
+        let mut conn = self.pool.get().await?;
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(k);
+        }
+        inv.arg(token.0);
+        for a in args {
+            inv.arg(a.as_slice());
+        }
+        let reply: (i64, i64) = inv.invoke_async(&mut conn).await?;
+        Ok(check_reply(token, reply)?)
+    }
+
+    /// Registers a newly acquired token, so every older token is refused from now on.
+    pub async fn register_token(&self, source: &SourceId, token: FencingToken) -> Result<(), Error> {
+        self.fenced(&REGISTER, &[self.keys.fence(source)], token, &[]).await?;
+        Ok(())
+    }
+
+    /// The highest token seen for `source` (0 if none).
+    pub async fn current_fence(&self, source: &SourceId) -> Result<FencingToken, Error> {
+        let mut conn = self.pool.get().await?;
+        let v: Option<u64> = conn.get(self.keys.fence(source)).await?;
+        Ok(FencingToken(v.unwrap_or(0)))
+    }
+
+    /// The committed checkpoint, or the default (start from nothing).
+    pub async fn checkpoint(&self, source: &SourceId) -> Result<Checkpoint, Error> {
+        let key = self.keys.checkpoint(source);
+        let mut conn = self.pool.get().await?;
+        let raw: Option<Vec<u8>> = conn.get(&key).await?;
+        match raw {
+            None => Ok(Checkpoint::default()),
+            Some(b) => rmp_serde::from_slice(&b).map_err(|e| Error::Corrupt {
+                key,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Commits a checkpoint under `token`.
+    pub async fn commit_checkpoint(
+        &self,
+        source: &SourceId,
+        token: FencingToken,
+        cp: &Checkpoint,
+    ) -> Result<(), Error> {
+        let body = encode(cp);
+        self.fenced(
+            &FENCED_SET,
+            &[self.keys.fence(source), self.keys.checkpoint(source)],
+            token,
+            &[body],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// Documents per HSCAN batch: large enough to amortise round trips, small enough
+/// to keep a batch's memory and Redis's time per call small.
+pub(crate) const SCAN_BATCH: usize = 1000;
+
+/// One HSCAN step over a documents hash.
+pub(crate) async fn scan_batch(
+    conn: &mut deadpool_redis::Connection,
+    key: &str,
+    cursor: u64,
+) -> Result<(u64, Vec<(String, Vec<u8>)>), Error> {
+    Ok(redis::cmd("HSCAN")
+        .arg(key)
+        .arg(cursor)
+        .arg("COUNT")
+        .arg(SCAN_BATCH)
+        .query_async(conn)
+        .await?)
+}
+
+/// Decodes a stored document (or the part of it `T` names), naming it on failure.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(key: &str, id: &str, bytes: &[u8]) -> Result<T, Error> {
+    rmp_serde::from_slice(bytes).map_err(|e| Error::Corrupt {
+        key: format!("{key}[{id}]"),
+        reason: e.to_string(),
+    })
+}
+
+/// Encodes an in-memory value as named MessagePack (cannot fail for our types).
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    rmp_serde::to_vec_named(value).expect("MessagePack encoding of an in-memory struct")
+}
