@@ -20,6 +20,8 @@ mod filesystem;
 mod gdrive;
 /// The HTTP connector against a real nginx: conditional requests, 304s, sitemaps.
 mod http_source;
+/// House rules of src/: Redis only in its rooms, Lua in files, no import cycle, file sizes.
+mod layout;
 /// Lock exclusion, expiry, Redlock majorities, fencing of stale writes.
 mod lock;
 /// Dead letters, poison jobs, redelivery after a worker dies.

@@ -40,7 +40,6 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-
 use crate::config::{SourceConfig, SourcePolicy, SyncConfig};
 use crate::keys::Keys;
 use crate::lock::{self, Lease, LockManager};
