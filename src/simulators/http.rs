@@ -91,6 +91,11 @@ pub(crate) fn query_pairs(q: Option<&str>) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// Query parameters by name; the last value wins for repeated ones.
+pub(crate) fn query_map(q: Option<&str>) -> BTreeMap<String, String> {
+    query_pairs(q).into_iter().collect()
+}
+
 /// RFC 3339 UTC with milliseconds, as both services write times in JSON.
 pub(crate) fn rfc3339_millis(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
