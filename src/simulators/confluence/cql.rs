@@ -1,0 +1,171 @@
+//! The subset of CQL (Confluence Query Language) that v1 content search
+//! understands: tokenizer, parser and the matcher a page is tested with.
+//!
+//! Invariants and deliberate simplifications:
+//! - Only `space = ..`, `type = ..` and `lastmodified <op> ..` clauses, joined
+//!   by `and` (any case); anything else is a parse error, which the search
+//!   endpoint turns into a 400 with Atlassian's v1 error body.
+//! - Date literals (`yyyy/MM/dd HH:mm`, `yyyy-MM-dd HH:mm` or date only) are
+//!   read in the user's time zone and compared with the page's modification
+//!   time truncated to its minute, as Confluence does.
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc};
+use chrono_tz::Tz;
+
+use super::model::{Page, SimState};
+
+/// One parsed CQL clause.
+pub(super) enum Clause {
+    Space(String),
+    Type(String),
+    LastModified(Cmp, DateTime<Utc>),
+}
+
+/// A `lastmodified` comparison operator.
+#[derive(Clone, Copy)]
+pub(super) enum Cmp {
+    Eq,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
+
+impl Cmp {
+    fn holds(self, a: DateTime<Utc>, b: DateTime<Utc>) -> bool {
+        match self {
+            Cmp::Eq => a == b,
+            Cmp::Gt => a > b,
+            Cmp::Ge => a >= b,
+            Cmp::Lt => a < b,
+            Cmp::Le => a <= b,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Tok {
+    Word(String),
+    Str(String),
+    Op(String),
+}
+
+fn tokenize(cql: &str) -> Result<Vec<Tok>, String> {
+    let mut out = Vec::new();
+    let mut chars = cql.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+        } else if c == '"' || c == '\'' {
+            chars.next();
+            let mut s = String::new();
+            loop {
+                match chars.next() {
+                    None => return Err("unterminated string".to_owned()),
+                    Some('\\') => s.extend(chars.next()),
+                    Some(q) if q == c => break,
+                    Some(ch) => s.push(ch),
+                }
+            }
+            out.push(Tok::Str(s));
+        } else if matches!(c, '=' | '>' | '<' | '!') {
+            chars.next();
+            let mut op = c.to_string();
+            if chars.peek() == Some(&'=') {
+                chars.next();
+                op.push('=');
+            }
+            out.push(Tok::Op(op));
+        } else if c.is_alphanumeric() || c == '_' || c == '.' || c == '~' {
+            let mut w = String::new();
+            while let Some(&ch) = chars.peek() {
+                if ch.is_alphanumeric() || matches!(ch, '_' | '.' | '~' | '-') {
+                    w.push(ch);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            out.push(Tok::Word(w));
+        } else {
+            return Err(format!("unexpected character {c:?}"));
+        }
+    }
+    Ok(out)
+}
+
+/// A CQL date literal read in `tz`; date-only literals mean midnight.
+fn parse_cql_date(s: &str, tz: Tz) -> Option<DateTime<Utc>> {
+    let naive = ["%Y/%m/%d %H:%M", "%Y-%m-%d %H:%M"]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+        .or_else(|| {
+            ["%Y/%m/%d", "%Y-%m-%d"]
+                .iter()
+                .find_map(|f| NaiveDate::parse_from_str(s, f).ok())
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+        })?;
+    // In a DST gap the wall time does not exist; read it with the offset before the gap.
+    tz.from_local_datetime(&naive)
+        .earliest()
+        .or_else(|| tz.from_local_datetime(&(naive + chrono::Duration::hours(1))).earliest())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Parses `cql` into clauses joined by `and`; the error says what was not understood.
+pub(super) fn parse_cql(cql: &str, tz: Tz) -> Result<Vec<Clause>, String> {
+    let toks = tokenize(cql)?;
+    let mut clauses = Vec::new();
+    let mut i = 0;
+    loop {
+        let (Some(Tok::Word(field)), Some(Tok::Op(op)), Some(value)) = (toks.get(i), toks.get(i + 1), toks.get(i + 2))
+        else {
+            return Err(format!("expected <field> <operator> <value> at token {}", i + 1));
+        };
+        let value = match value {
+            Tok::Word(v) | Tok::Str(v) => v.clone(),
+            Tok::Op(o) => return Err(format!("unexpected operator {o:?}")),
+        };
+        let clause = match (field.to_ascii_lowercase().as_str(), op.as_str()) {
+            ("space", "=") => Clause::Space(value),
+            ("type", "=") => Clause::Type(value),
+            ("lastmodified", op) => {
+                let cmp = match op {
+                    "=" => Cmp::Eq,
+                    ">" => Cmp::Gt,
+                    ">=" => Cmp::Ge,
+                    "<" => Cmp::Lt,
+                    "<=" => Cmp::Le,
+                    other => {
+                        return Err(format!("operator {other:?} not supported for lastmodified"));
+                    }
+                };
+                let at = parse_cql_date(&value, tz).ok_or_else(|| format!("invalid date {value:?}"))?;
+                Clause::LastModified(cmp, at)
+            }
+            (f, o) => return Err(format!("unsupported clause {f} {o}")),
+        };
+        clauses.push(clause);
+        i += 3;
+        match toks.get(i) {
+            None => return Ok(clauses),
+            Some(Tok::Word(w)) if w.eq_ignore_ascii_case("and") => i += 1,
+            Some(t) => return Err(format!("expected AND, found {t:?}")),
+        }
+    }
+}
+
+/// Whether page `p` of the space satisfies every clause.
+pub(super) fn matches(st: &SimState, clauses: &[Clause], p: &Page) -> bool {
+    // CQL dates have minute precision: the page's time is truncated to its minute.
+    let minute = p
+        .modified_at
+        .with_second(0)
+        .and_then(|t| t.with_nanosecond(0))
+        .unwrap_or(p.modified_at);
+    clauses.iter().all(|c| match c {
+        Clause::Space(k) => *k == st.space_key,
+        Clause::Type(t) => t == "page",
+        Clause::LastModified(cmp, at) => cmp.holds(minute, *at),
+    })
+}

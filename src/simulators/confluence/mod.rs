@@ -1,0 +1,208 @@
+//! In-process simulator of the Confluence Cloud REST endpoints the connector uses.
+//!
+//! What it owns: one space of pages (a tree), served by an axum app on the real
+//! paths, parameters, JSON fields, pagination links, error bodies and headers:
+//! - `GET /wiki/api/v2/spaces?keys=..`
+//! - `GET /wiki/api/v2/spaces/{id}/pages?limit=&cursor=&status=&body-format=`
+//! - `GET /wiki/api/v2/pages?id=1,2&space-id=&body-format=&limit=&cursor=`
+//! - `GET /wiki/rest/api/content/search?cql=&limit=&cursor=&expand=` (v1, CQL)
+//!
+//! plus control endpoints under `/_sim/` (not Confluence; not counted as API calls).
+//!
+//! Invariants and deliberate simplifications:
+//! - Every API response carries a `Date` header from the *source* clock
+//!   (real UTC + `clock_skew`); page times are stamped from the same clock.
+//! - Page ids are increasing numeric strings; listings are ordered by id and the
+//!   opaque cursor encodes the last id returned, so a page created mid-listing
+//!   with a larger id shows up later in the same listing, as with real cursors.
+//! - CQL: only `space`, `type` and `lastmodified` clauses joined by `and`; date
+//!   literals are read in `user_timezone` and compared at minute precision, as
+//!   Confluence does. Anything else is a 400 with Atlassian's v1 error body.
+//! - Basic auth: any credentials, or none, are accepted; the simulator models
+//!   data and traffic, not permissions (use `fail_next(n, 401)` for auth failures).
+//! - Deleting a page purges it (no trash) and, like Confluence, moves its
+//!   children up to its parent.
+//! - Rate limit: a token bucket of `rate_limit_per_sec` tokens refilled per second;
+//!   an empty bucket answers 429 with `Retry-After` and `X-RateLimit-*` headers.
+//!
+//! Where things are: [`ConfluenceSim`] and its control methods here; the space
+//! and its mutations in `model`; the REST endpoints, their JSON and errors in
+//! `api`; the CQL subset in `cql`; the `/_sim/` endpoints in `control`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::Router;
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+
+use super::http::{self, CallCounts};
+use super::traffic::Admission;
+pub use model::SimPage;
+use model::SimState;
+
+mod api;
+mod control;
+mod cql;
+mod model;
+
+/// How a simulator starts.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// The one space's key.
+    pub space_key: String,
+    /// The one space's numeric id.
+    pub space_id: String,
+    /// Pages seeded at start.
+    pub pages: usize,
+    /// The zone CQL date literals are read in.
+    pub user_timezone: Tz,
+    /// Source clock = real UTC + skew.
+    pub clock_skew: chrono::Duration,
+    /// Requests per second before 429s; `None` = unlimited.
+    pub rate_limit_per_sec: Option<u32>,
+    /// Seed of the page tree's shape.
+    pub seed: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            space_key: "ENG".to_owned(),
+            space_id: "98304".to_owned(),
+            pages: 0,
+            user_timezone: Tz::UTC,
+            clock_skew: chrono::Duration::zero(),
+            rate_limit_per_sec: None,
+            seed: 0,
+        }
+    }
+}
+
+/// A running simulator's shared state; clones share it.
+#[derive(Clone)]
+pub struct ConfluenceSim {
+    state: Arc<Mutex<SimState>>,
+}
+
+impl ConfluenceSim {
+    /// A simulator with `cfg.pages` seeded pages: titles `Page 0001`..., a
+    /// deterministic tree (about a third at the root), modified over the last 30 days.
+    pub fn new(cfg: SimConfig) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(SimState::seeded(cfg))),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SimState> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The axum app: API routes (counted, rate limited, `Date`-stamped) and `/_sim/` controls.
+    pub fn router(&self) -> Router {
+        http::app(self.clone(), api::routes(self), control::routes(), api::not_found)
+    }
+
+    /// Binds `addr` (port 0 picks one), serves in a spawned task, returns the bound address.
+    pub async fn serve(&self, addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        http::serve(self.router(), addr, "confluence").await
+    }
+
+    /// Creates a page (version 1, stamped now by the source clock); returns its id.
+    /// An unknown `parent` puts the page at the space root.
+    pub fn create_page(&self, title: &str, parent: Option<&str>, body: &str) -> String {
+        self.lock().create_page(title, parent, body)
+    }
+
+    /// Edits a page: bumps `version.number`, stamps `version.createdAt` with the
+    /// source clock. `false` if there is no such page.
+    pub fn update_page(&self, id: &str, title: Option<&str>, body: Option<&str>) -> bool {
+        self.lock().update_page(id, title, body)
+    }
+
+    /// Purges a page from every endpoint; its children move up to its parent.
+    pub fn delete_page(&self, id: &str) -> bool {
+        self.lock().delete_page(id)
+    }
+
+    /// Every page, sorted by id.
+    pub fn pages(&self) -> Vec<SimPage> {
+        self.lock().snapshot()
+    }
+
+    /// API calls by endpoint label, e.g. `"GET /wiki/api/v2/spaces/{id}/pages"`.
+    pub fn calls(&self) -> BTreeMap<String, u64> {
+        self.lock().traffic.calls()
+    }
+
+    /// All API calls (including those answered with errors or 429).
+    pub fn total_calls(&self) -> u64 {
+        self.lock().traffic.total()
+    }
+
+    /// Zeroes the call counters.
+    pub fn reset_calls(&self) {
+        self.lock().traffic.reset();
+    }
+
+    /// Changes the rate limit; the bucket starts full.
+    pub fn set_rate_limit(&self, per_sec: Option<u32>) {
+        self.lock().traffic.set_rate_limit(per_sec);
+    }
+
+    /// The next `n` API requests answer `status` (429 and 503 with `Retry-After: 1`).
+    pub fn fail_next(&self, n: u32, status: u16) {
+        self.lock().traffic.fail_next(n, status);
+    }
+
+    /// The next `n` API requests answer 200 with a truncated JSON body, as a
+    /// proxy or a half-failed server might.
+    pub fn corrupt_next(&self, n: u32) {
+        self.lock().traffic.corrupt_next(n);
+    }
+
+    /// Every API request waits this long before it is served (a slow server,
+    /// or a window in which tests change pages while a request is in flight).
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        self.lock().traffic.set_latency(latency);
+    }
+
+    /// Moves the source clock: source time = real UTC + `skew`.
+    pub fn set_clock_skew(&self, skew: chrono::Duration) {
+        self.lock().skew = skew;
+    }
+
+    /// The source clock now.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.lock().now()
+    }
+
+    /// Counts one API request and decides whether it is served.
+    fn admit(&self, label: &str) -> Admission {
+        self.lock().traffic.admit(label)
+    }
+}
+
+impl CallCounts for ConfluenceSim {
+    fn calls(&self) -> BTreeMap<String, u64> {
+        ConfluenceSim::calls(self)
+    }
+
+    fn total_calls(&self) -> u64 {
+        ConfluenceSim::total_calls(self)
+    }
+
+    fn reset_calls(&self) {
+        ConfluenceSim::reset_calls(self);
+    }
+}
+
+/// Serves a fresh simulator on a free local port; returns it and its base URL.
+#[cfg(test)]
+async fn start(cfg: SimConfig) -> (ConfluenceSim, String) {
+    let sim = ConfluenceSim::new(cfg);
+    let (addr, _task) = sim.serve("127.0.0.1:0".parse().expect("addr")).await.expect("serve");
+    (sim, format!("http://{addr}"))
+}

@@ -1,0 +1,585 @@
+//! The Drive API v3 endpoints themselves: the gate every API request passes
+//! (logging, counting, injected failures, rate limit), the handlers of
+//! `changes.getStartPageToken`, `changes.list`, `files.list`, `files.get`
+//! (metadata and `alt=media`) and `files.export`, the file/change JSON, the
+//! shared-drive scoping rules, parameter checks and Google's error bodies.
+//!
+//! Invariants:
+//! - Every error has Google's shape: `{"error":{"code","message","errors":[{domain,
+//!   reason,message,location?,locationType?}],"status"}}`.
+//! - Exactly one of `nextPageToken` / `newStartPageToken` is in every change
+//!   list; a change token older than the expiry, not a number, or beyond the
+//!   log is a 400 `invalid` at `pageToken`. Each file is listed once, at its
+//!   latest change, in its current state.
+//! - Shared drive: items are visible only with `supportsAllDrives=true` and,
+//!   for lists, `includeItemsFromAllDrives=true` (or a `driveId`); another
+//!   `driveId` is a 404 `notFound`.
+//! - An empty rate bucket answers 403 `userRateLimitExceeded` without
+//!   `Retry-After`, as Drive does.
+//! - `fields` is accepted and ignored: every field the connector asks for is served.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::GdriveSim;
+use super::model::{DOC_MIME, Entry, FIRST_CHANGE, FOLDER_MIME, SHEET_MIME, SLIDES_MIME, SimState};
+use super::query::parse_q;
+use crate::simulators::http::{self, query_map, rfc3339_millis as ts};
+use crate::simulators::traffic::Admission;
+
+/// Largest `pageSize` of `changes.list` and `files.list`.
+const MAX_PAGE_SIZE: usize = 1000;
+/// Default `pageSize` of `changes.list` and `files.list`.
+const DEFAULT_PAGE_SIZE: usize = 100;
+
+/// The API routes, behind [`gate`].
+pub(super) fn routes(sim: &GdriveSim) -> Router<GdriveSim> {
+    Router::new()
+        .route("/drive/v3/changes/startPageToken", get(api_start_token))
+        .route("/drive/v3/changes", get(api_changes))
+        .route("/drive/v3/files", get(api_files_list))
+        .route("/drive/v3/files/{id}", get(api_files_get))
+        .route("/drive/v3/files/{id}/export", get(api_files_export))
+        .route_layer(middleware::from_fn_with_state(sim.clone(), gate))
+}
+
+/// The resource JSON of one file, as every endpoint serves it.
+impl SimState {
+    pub(super) fn file_json(&self, id: &str, e: &Entry) -> Value {
+        let mut v = json!({
+            "kind": "drive#file",
+            "id": id,
+            "name": e.name,
+            "mimeType": e.mime,
+            "parents": e.parent.iter().collect::<Vec<_>>(),
+            "trashed": e.trashed,
+            "modifiedTime": ts(e.modified),
+            "version": e.version.to_string(),
+        });
+        if let Some(d) = &self.drive_id {
+            v["driveId"] = json!(d);
+        }
+        v
+    }
+}
+
+/// A Google API error body: `{"error":{"code","message","errors":[{domain,reason,message,location?,locationType?}],"status"}}`.
+pub(super) fn google_error(
+    status: u16,
+    domain: &str,
+    reason: &str,
+    message: &str,
+    location: Option<(&str, &str)>,
+) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut item = json!({"domain": domain, "reason": reason, "message": message});
+    if let Some((loc_type, loc)) = location {
+        item["locationType"] = json!(loc_type);
+        item["location"] = json!(loc);
+    }
+    let status_name = match status {
+        400 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        429 => "RESOURCE_EXHAUSTED",
+        503 => "UNAVAILABLE",
+        _ => "INTERNAL",
+    };
+    (
+        code,
+        Json(json!({"error": {"code": status, "message": message, "errors": [item], "status": status_name}})),
+    )
+        .into_response()
+}
+
+fn invalid_param(name: &str, message: &str) -> Response {
+    google_error(400, "global", "invalid", message, Some(("parameter", name)))
+}
+
+/// A 404 `notFound` for file `id`.
+pub(super) fn file_not_found(id: &str) -> Response {
+    google_error(
+        404,
+        "global",
+        "notFound",
+        &format!("File not found: {id}."),
+        Some(("parameter", "fileId")),
+    )
+}
+
+fn drive_not_found(id: &str) -> Response {
+    google_error(
+        404,
+        "global",
+        "notFound",
+        &format!("Shared drive not found: {id}"),
+        Some(("parameter", "driveId")),
+    )
+}
+
+/// The canned error for an injected failure status.
+fn injected(status: u16) -> Response {
+    match status {
+        403 => google_error(
+            403,
+            "usageLimits",
+            "userRateLimitExceeded",
+            "User Rate Limit Exceeded. Rate of requests for user exceed configured project quota.",
+            None,
+        ),
+        429 => google_error(429, "usageLimits", "rateLimitExceeded", "Rate Limit Exceeded", None),
+        401 => google_error(
+            401,
+            "global",
+            "authError",
+            "Invalid Credentials",
+            Some(("header", "Authorization")),
+        ),
+        s if s >= 500 => google_error(s, "global", "backendError", "Backend Error", None),
+        s => google_error(s, "global", "simulated", &format!("Simulated failure (HTTP {s})"), None),
+    }
+}
+
+fn flag(p: &BTreeMap<String, String>, name: &str) -> Result<bool, Box<Response>> {
+    match p.get(name).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(Box::new(invalid_param(
+            name,
+            &format!("Invalid value '{other}'. Expected true or false."),
+        ))),
+    }
+}
+
+fn page_size(p: &BTreeMap<String, String>) -> Result<usize, Box<Response>> {
+    match p.get("pageSize") {
+        None => Ok(DEFAULT_PAGE_SIZE),
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => Ok(n),
+            _ => Err(Box::new(invalid_param(
+                "pageSize",
+                &format!("Invalid value '{s}'. Values must be within the range: [1, 1000]"),
+            ))),
+        },
+    }
+}
+
+/// Checks `driveId` against the configured shared drive. Returns whether shared-drive
+/// items are visible to this request.
+fn drive_scope(st: &SimState, p: &BTreeMap<String, String>) -> Result<bool, Box<Response>> {
+    let supports = flag(p, "supportsAllDrives")?;
+    let include = flag(p, "includeItemsFromAllDrives")?;
+    if let Some(asked) = p.get("driveId")
+        && st.drive_id.as_deref() != Some(asked.as_str())
+    {
+        return Err(Box::new(drive_not_found(asked)));
+    }
+    Ok(!st.in_shared_drive() || (supports && (include || p.contains_key("driveId"))))
+}
+
+/// Counts, logs, fails and rate-limits every API request.
+async fn gate(State(sim): State<GdriveSim>, req: Request, next: Next) -> Response {
+    let label = http::endpoint_label(&req);
+    let params = query_map(req.uri().query());
+    let latency = sim.lock().traffic.latency();
+    http::delay(latency).await;
+    match sim.admit(&label, params) {
+        Admission::Serve(_) => next.run(req).await,
+        Admission::Fail(status) => injected(status),
+        Admission::Corrupt => http::truncated_json(r#"{"kind":"drive#changeList","changes":[{"kind":"drive#ch"#),
+        // Drive answers an exhausted quota with 403 userRateLimitExceeded, no Retry-After.
+        Admission::Limited { .. } => injected(403),
+    }
+}
+
+/// Any other path: Google's 404.
+pub(super) async fn not_found() -> Response {
+    google_error(404, "global", "notFound", "Not Found", None)
+}
+
+async fn api_start_token(State(sim): State<GdriveSim>, RawQuery(q): RawQuery) -> Response {
+    let p = query_map(q.as_deref());
+    let st = sim.lock();
+    if let Err(resp) = drive_scope(&st, &p) {
+        return *resp;
+    }
+    Json(json!({"kind": "drive#startPageToken", "startPageToken": st.next_change.to_string()})).into_response()
+}
+
+async fn api_changes(State(sim): State<GdriveSim>, RawQuery(q): RawQuery) -> Response {
+    let p = query_map(q.as_deref());
+    let st = sim.lock();
+    let visible = match drive_scope(&st, &p) {
+        Ok(v) => v,
+        Err(resp) => return *resp,
+    };
+    let Some(token) = p.get("pageToken") else {
+        return google_error(
+            400,
+            "global",
+            "required",
+            "Required parameter: pageToken",
+            Some(("parameter", "pageToken")),
+        );
+    };
+    let start = match token.parse::<u64>() {
+        Ok(t) if t >= st.expired_before && t >= FIRST_CHANGE && t <= st.next_change => t,
+        _ => return invalid_param("pageToken", "Invalid Value"),
+    };
+    let size = match page_size(&p) {
+        Ok(s) => s,
+        Err(resp) => return *resp,
+    };
+    let include_removed = match p.get("includeRemoved").map(String::as_str) {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(other) => return invalid_param("includeRemoved", &format!("Invalid value '{other}'.")),
+    };
+    // Each file appears once, at its latest change, in its current state.
+    let latest: HashMap<&str, u64> = st.changes.iter().map(|c| (c.file_id.as_str(), c.id)).collect();
+    let mut picked = st
+        .changes
+        .iter()
+        .filter(|c| c.id >= start && latest.get(c.file_id.as_str()) == Some(&c.id))
+        .filter(|_| visible || !st.in_shared_drive())
+        .filter(|c| include_removed || st.files.contains_key(&c.file_id));
+    let mut changes = Vec::new();
+    let mut next_token = None;
+    for c in picked.by_ref() {
+        if changes.len() == size {
+            next_token = Some(c.id);
+            break;
+        }
+        let mut v = json!({
+            "kind": "drive#change",
+            "changeType": "file",
+            "fileId": c.file_id,
+            "time": ts(c.time),
+        });
+        match st.files.get(&c.file_id) {
+            Some(e) => {
+                v["removed"] = json!(false);
+                v["file"] = st.file_json(&c.file_id, e);
+            }
+            None => v["removed"] = json!(true),
+        }
+        if let Some(d) = &st.drive_id {
+            v["driveId"] = json!(d);
+        }
+        changes.push(v);
+    }
+    let mut body = json!({"kind": "drive#changeList", "changes": changes});
+    match next_token {
+        Some(t) => body["nextPageToken"] = json!(t.to_string()),
+        None => body["newStartPageToken"] = json!(st.next_change.to_string()),
+    }
+    Json(body).into_response()
+}
+
+async fn api_files_list(State(sim): State<GdriveSim>, RawQuery(q): RawQuery) -> Response {
+    let p = query_map(q.as_deref());
+    let st = sim.lock();
+    match (p.get("corpora").map(String::as_str), p.get("driveId")) {
+        (Some("drive"), None) | (Some("user" | "domain" | "allDrives") | None, Some(_)) => {
+            return google_error(
+                400,
+                "global",
+                "badRequest",
+                "The driveId parameter must be specified if and only if corpora is set to drive.",
+                Some(("parameter", "driveId")),
+            );
+        }
+        (Some("drive" | "user" | "domain" | "allDrives") | None, _) => {}
+        (Some(other), _) => return invalid_param("corpora", &format!("Invalid value '{other}'.")),
+    }
+    if p.contains_key("driveId") && !matches!(flag(&p, "includeItemsFromAllDrives"), Ok(true)) {
+        return google_error(
+            403,
+            "global",
+            "teamDrivesParameterNotSupported",
+            "includeItemsFromAllDrives must be true when driveId is set.",
+            Some(("parameter", "includeItemsFromAllDrives")),
+        );
+    }
+    let visible = match drive_scope(&st, &p) {
+        Ok(v) => v,
+        Err(resp) => return *resp,
+    };
+    let query = match parse_q(p.get("q").map_or("", String::as_str)) {
+        Ok(q) => q,
+        Err(e) => return invalid_param("q", &format!("Invalid Value ({e})")),
+    };
+    let size = match page_size(&p) {
+        Ok(s) => s,
+        Err(resp) => return *resp,
+    };
+    let after = match p.get("pageToken") {
+        None => None,
+        Some(t) => match t.strip_prefix("~") {
+            Some(id) if !id.is_empty() => Some(id.to_owned()),
+            _ => return invalid_param("pageToken", "Invalid Value"),
+        },
+    };
+    let mut hits = st
+        .files
+        .iter()
+        .filter(|(id, _)| *id != &st.drive_root_id)
+        .filter(|(id, _)| after.as_ref().is_none_or(|a| id.as_str() > a.as_str()))
+        .filter(|(_, e)| visible && query.parent.as_ref().is_none_or(|q| e.parent.as_ref() == Some(q)))
+        .filter(|(_, e)| query.trashed.is_none_or(|t| e.trashed == t));
+    let mut files = Vec::new();
+    let mut last = None;
+    let mut more = false;
+    for (id, e) in hits.by_ref() {
+        if files.len() == size {
+            more = true;
+            break;
+        }
+        files.push(st.file_json(id, e));
+        last = Some(id.clone());
+    }
+    let mut body = json!({"kind": "drive#fileList", "incompleteSearch": false, "files": files});
+    if more && let Some(l) = last {
+        body["nextPageToken"] = json!(format!("~{l}"));
+    }
+    Json(body).into_response()
+}
+
+async fn api_files_get(State(sim): State<GdriveSim>, Path(id): Path<String>, RawQuery(q): RawQuery) -> Response {
+    let p = query_map(q.as_deref());
+    let st = sim.lock();
+    let supports = match flag(&p, "supportsAllDrives") {
+        Ok(s) => s,
+        Err(resp) => return *resp,
+    };
+    let Some(e) = st.files.get(&id).filter(|_| supports || !st.in_shared_drive()) else {
+        return file_not_found(&id);
+    };
+    match p.get("alt").map(String::as_str) {
+        None | Some("json") => Json(st.file_json(&id, e)).into_response(),
+        Some("media") => {
+            if e.mime.starts_with("application/vnd.google-apps.") {
+                return google_error(
+                    403,
+                    "global",
+                    "fileNotDownloadable",
+                    "Only files with binary content can be downloaded. Use Export with Docs Editors files.",
+                    Some(("parameter", "alt")),
+                );
+            }
+            let mime = HeaderValue::from_str(&e.mime).unwrap_or(HeaderValue::from_static("application/octet-stream"));
+            (StatusCode::OK, [(header::CONTENT_TYPE, mime)], e.content.clone()).into_response()
+        }
+        Some(other) => invalid_param("alt", &format!("Invalid value '{other}'.")),
+    }
+}
+
+async fn api_files_export(State(sim): State<GdriveSim>, Path(id): Path<String>, RawQuery(q): RawQuery) -> Response {
+    let p = query_map(q.as_deref());
+    let st = sim.lock();
+    let Some(e) = st.files.get(&id) else {
+        return file_not_found(&id);
+    };
+    let Some(target) = p.get("mimeType") else {
+        return google_error(
+            400,
+            "global",
+            "required",
+            "Required parameter: mimeType",
+            Some(("parameter", "mimeType")),
+        );
+    };
+    if !e.mime.starts_with("application/vnd.google-apps.") || e.mime == FOLDER_MIME {
+        return google_error(
+            403,
+            "global",
+            "fileNotExportable",
+            "Export only supports Docs Editors files.",
+            None,
+        );
+    }
+    let supported = matches!(
+        (e.mime.as_str(), target.as_str()),
+        (DOC_MIME | SLIDES_MIME, "text/plain") | (SHEET_MIME, "text/csv")
+    );
+    if !supported {
+        return google_error(
+            400,
+            "global",
+            "badRequest",
+            "The requested conversion is not supported.",
+            Some(("parameter", "mimeType")),
+        );
+    }
+    let ct = HeaderValue::from_str(target).unwrap_or(HeaderValue::from_static("text/plain"));
+    (StatusCode::OK, [(header::CONTENT_TYPE, ct)], e.content.clone()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulators::gdrive::{SimConfig, get_json, start};
+
+    /// Change pages honour pageSize, carry exactly one of nextPageToken and
+    /// newStartPageToken, list each file once at its latest state, and report
+    /// permanent deletions as `removed: true` without a file.
+    #[tokio::test]
+    async fn change_pages_and_tokens() {
+        let (sim, base) = start(SimConfig::default()).await;
+        let http = reqwest::Client::new();
+        let (_, start_tok) = get_json(&http, &format!("{base}/drive/v3/changes/startPageToken")).await;
+        let token = start_tok["startPageToken"].as_str().expect("token").to_owned();
+        let root = sim.root_folder_id();
+        let a = sim.create_file("a.txt", &root, "text/plain", "a").expect("a");
+        let b = sim.create_file("b.txt", &root, "text/plain", "b").expect("b");
+        assert!(sim.update_file(&a, None, Some("a2")));
+        assert!(sim.delete_file(&b));
+        let c = sim.create_file("c", &root, DOC_MIME, "c").expect("c");
+        let (status, page1) = get_json(
+            &http,
+            &format!("{base}/drive/v3/changes?pageToken={token}&pageSize=2&includeRemoved=true&fields=*"),
+        )
+        .await;
+        assert_eq!(status, 200, "{page1}");
+        assert_eq!(page1["changes"].as_array().map(Vec::len), Some(2));
+        assert!(page1.get("newStartPageToken").is_none());
+        let next = page1["nextPageToken"].as_str().expect("next").to_owned();
+        assert_eq!(page1["changes"][0]["fileId"], json!(a));
+        assert_eq!(page1["changes"][0]["file"]["version"], json!("2"));
+        assert_eq!(page1["changes"][1]["fileId"], json!(b));
+        assert_eq!(page1["changes"][1]["removed"], json!(true));
+        assert!(page1["changes"][1].get("file").is_none());
+        let (_, page2) = get_json(&http, &format!("{base}/drive/v3/changes?pageToken={next}&pageSize=2")).await;
+        assert_eq!(page2["changes"][0]["fileId"], json!(c));
+        assert!(page2.get("nextPageToken").is_none());
+        assert_eq!(
+            page2["newStartPageToken"],
+            json!(sim.next_change_id().to_string()),
+            "{page2}"
+        );
+
+        sim.expire_all_tokens();
+        let (status, err) = get_json(&http, &format!("{base}/drive/v3/changes?pageToken={token}")).await;
+        assert_eq!(status, 400);
+        assert_eq!(err["error"]["errors"][0]["reason"], "invalid");
+        assert_eq!(err["error"]["errors"][0]["location"], "pageToken");
+        assert_eq!(err["error"]["message"], "Invalid Value");
+        assert_eq!(sim.total_calls(), 4);
+    }
+
+    /// files.list pages through one folder's children; alt=media and export
+    /// serve content by type, and the wrong one is refused as Drive refuses it.
+    #[tokio::test]
+    async fn listing_download_and_export() {
+        let (sim, base) = start(SimConfig {
+            files: 30,
+            subfolders: 2,
+            ..SimConfig::default()
+        })
+        .await;
+        let http = reqwest::Client::new();
+        let q = "'root-folder' in parents and trashed=false";
+        let url = format!("{base}/drive/v3/files?pageSize=5&q={}", urlencode(q));
+        let (status, page) = get_json(&http, &url).await;
+        assert_eq!(status, 200, "{page}");
+        let mut n = page["files"].as_array().map_or(0, Vec::len);
+        let mut token = page["nextPageToken"].as_str().map(str::to_owned);
+        while let Some(t) = token {
+            let (_, page) = get_json(&http, &format!("{url}&pageToken={}", urlencode(&t))).await;
+            n += page["files"].as_array().map_or(0, Vec::len);
+            token = page["nextPageToken"].as_str().map(str::to_owned);
+        }
+        let root = sim.root_folder_id();
+        let expected = sim
+            .files()
+            .iter()
+            .filter(|f| f.parent.as_deref() == Some(&root))
+            .count();
+        assert_eq!(n, expected);
+
+        let files = sim.files();
+        let doc = files.iter().find(|f| f.mime_type == DOC_MIME).expect("doc");
+        let txt = files.iter().find(|f| f.mime_type == "text/plain").expect("txt");
+        let resp = http
+            .get(format!("{base}/drive/v3/files/{}?alt=media", txt.id))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.text().await.expect("text"), txt.content);
+        let (status, err) = get_json(&http, &format!("{base}/drive/v3/files/{}?alt=media", doc.id)).await;
+        assert_eq!(
+            (status, err["error"]["errors"][0]["reason"].clone()),
+            (403, json!("fileNotDownloadable"))
+        );
+        let resp = http
+            .get(format!("{base}/drive/v3/files/{}/export?mimeType=text/plain", doc.id))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.text().await.expect("text"), doc.content);
+        let (status, err) = get_json(&http, &format!("{base}/drive/v3/files/nope?alt=media")).await;
+        assert_eq!(status, 404);
+        assert_eq!(err["error"]["errors"][0]["reason"], "notFound");
+    }
+
+    /// Injected failures and an empty rate-limit bucket carry Google's error
+    /// bodies; a shared drive hides its items without supportsAllDrives and
+    /// refuses another driveId.
+    #[tokio::test]
+    async fn failures_rate_limits_and_shared_drives() {
+        let (sim, base) = start(SimConfig {
+            files: 3,
+            drive_id: Some("0AbcSharedDrive".into()),
+            ..SimConfig::default()
+        })
+        .await;
+        let http = reqwest::Client::new();
+        let tok = format!("{base}/drive/v3/changes/startPageToken");
+        sim.fail_next(1, 429);
+        let (status, err) = get_json(&http, &tok).await;
+        assert_eq!(
+            (status, err["error"]["errors"][0]["reason"].clone()),
+            (429, json!("rateLimitExceeded"))
+        );
+        sim.set_rate_limit(Some(1));
+        let (s1, _) = get_json(&http, &tok).await;
+        let (s2, err) = get_json(&http, &tok).await;
+        assert_eq!((s1, s2), (200, 403));
+        assert_eq!(err["error"]["errors"][0]["reason"], "userRateLimitExceeded");
+        assert_eq!(err["error"]["errors"][0]["domain"], "usageLimits");
+        sim.set_rate_limit(None);
+
+        let q = urlencode("'root-folder' in parents");
+        let (_, hidden) = get_json(&http, &format!("{base}/drive/v3/files?q={q}")).await;
+        assert_eq!(hidden["files"].as_array().map(Vec::len), Some(0));
+        let shared = format!(
+            "{base}/drive/v3/files?q={q}&corpora=drive&driveId=0AbcSharedDrive&supportsAllDrives=true&includeItemsFromAllDrives=true"
+        );
+        let (status, seen) = get_json(&http, &shared).await;
+        assert_eq!(status, 200, "{seen}");
+        assert!(seen["files"].as_array().is_some_and(|f| !f.is_empty()));
+        assert_eq!(seen["files"][0]["driveId"], "0AbcSharedDrive");
+        let (status, _) = get_json(&http, &shared.replace("0AbcSharedDrive", "0Other")).await;
+        assert_eq!(status, 404);
+        let (status, _) = get_json(&http, &format!("{base}/drive/v3/files?q={q}&corpora=drive")).await;
+        assert_eq!(status, 400);
+        assert!(
+            sim.requests()
+                .iter()
+                .any(|r| r.params.get("driveId").map(String::as_str) == Some("0Other"))
+        );
+    }
+
+    fn urlencode(s: &str) -> String {
+        url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+    }
+}

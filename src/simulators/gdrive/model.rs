@@ -1,0 +1,354 @@
+//! The simulated drive: its files and folders (one tree under the drive root),
+//! the change log and page-token expiry, the seeded start and every mutation.
+//!
+//! Invariants:
+//! - Every mutation appends one change with the next change id (a permanent
+//!   delete appends one per deleted item, the folder's descendants included);
+//!   `next_change` is what `startPageToken` answers and tokens below
+//!   `expired_before` are refused.
+//! - Every item but the drive root has exactly one parent, and it is a folder;
+//!   moves that would create a cycle are refused.
+//! - Trashing marks only the item itself (Drive trashes a folder's subtree
+//!   implicitly; a client sees the folder's change and must infer the rest).
+//! - Times are UTC at millisecond precision, as Drive serves them.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{SimConfig, SimRequest};
+use crate::simulators::seed::splitmix;
+use crate::simulators::traffic::Traffic;
+
+/// `mimeType` of a folder.
+pub const FOLDER_MIME: &str = "application/vnd.google-apps.folder";
+/// `mimeType` of a Google Doc (exportable as `text/plain`).
+pub const DOC_MIME: &str = "application/vnd.google-apps.document";
+/// `mimeType` of a Google Sheet (exportable as `text/csv`).
+pub const SHEET_MIME: &str = "application/vnd.google-apps.spreadsheet";
+/// `mimeType` of a Google Slides deck (exportable as `text/plain`).
+pub const SLIDES_MIME: &str = "application/vnd.google-apps.presentation";
+/// `mimeType` of a Google Form (not exportable to text).
+pub const FORM_MIME: &str = "application/vnd.google-apps.form";
+/// The first change id.
+pub(super) const FIRST_CHANGE: u64 = 1001;
+
+/// A file or folder as the simulator holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimFile {
+    /// File id.
+    pub id: String,
+    /// `name`.
+    pub name: String,
+    /// The one parent folder; `None` only for the drive root.
+    pub parent: Option<String>,
+    /// `mimeType`.
+    pub mime_type: String,
+    /// `version` (Drive serves it as a string).
+    pub version: u64,
+    /// Content: the bytes of a plain file, the text export of a Google Doc; empty for folders.
+    pub content: String,
+    /// In the trash.
+    pub trashed: bool,
+    /// `modifiedTime`.
+    pub modified_time: DateTime<Utc>,
+}
+
+impl SimFile {
+    /// Whether this is a folder.
+    pub fn is_folder(&self) -> bool {
+        self.mime_type == FOLDER_MIME
+    }
+}
+
+pub(super) struct Entry {
+    pub(super) name: String,
+    pub(super) parent: Option<String>,
+    pub(super) mime: String,
+    pub(super) version: u64,
+    pub(super) content: String,
+    pub(super) trashed: bool,
+    pub(super) modified: DateTime<Utc>,
+}
+
+pub(super) struct ChangeRec {
+    pub(super) id: u64,
+    pub(super) file_id: String,
+    pub(super) time: DateTime<Utc>,
+}
+
+pub(super) struct SimState {
+    pub(super) root_id: String,
+    pub(super) drive_root_id: String,
+    pub(super) drive_id: Option<String>,
+    pub(super) files: BTreeMap<String, Entry>,
+    pub(super) changes: Vec<ChangeRec>,
+    pub(super) next_change: u64,
+    pub(super) expired_before: u64,
+    pub(super) next_file: u64,
+    pub(super) traffic: Traffic,
+    pub(super) requests: VecDeque<SimRequest>,
+}
+
+/// The simulator's clock: UTC at the millisecond precision Drive serves.
+pub(super) fn now() -> DateTime<Utc> {
+    // Drive serves RFC 3339 times with milliseconds.
+    Utc::now().trunc_subsecs(3)
+}
+
+impl SimState {
+    /// The drive root, the synced folder, `cfg.subfolders` folders and
+    /// `cfg.files` files (every third a Google Doc).
+    pub(super) fn seeded(cfg: SimConfig) -> Self {
+        let mut st = SimState {
+            root_id: cfg.root_folder_id.clone(),
+            drive_root_id: cfg.drive_root_id.clone(),
+            drive_id: cfg.drive_id.clone(),
+            files: BTreeMap::new(),
+            changes: Vec::new(),
+            next_change: FIRST_CHANGE,
+            expired_before: 0,
+            next_file: 1,
+            traffic: Traffic::new(cfg.rate_limit_per_sec),
+            requests: VecDeque::new(),
+        };
+        let t = now();
+        st.files.insert(
+            cfg.drive_root_id.clone(),
+            Entry {
+                name: if cfg.drive_id.is_some() {
+                    "Shared drive"
+                } else {
+                    "My Drive"
+                }
+                .to_owned(),
+                parent: None,
+                mime: FOLDER_MIME.to_owned(),
+                version: 1,
+                content: String::new(),
+                trashed: false,
+                modified: t,
+            },
+        );
+        st.files.insert(
+            cfg.root_folder_id.clone(),
+            Entry {
+                name: "Knowledge base".to_owned(),
+                parent: Some(cfg.drive_root_id.clone()),
+                mime: FOLDER_MIME.to_owned(),
+                version: 1,
+                content: String::new(),
+                trashed: false,
+                modified: t,
+            },
+        );
+        st.record(&cfg.root_folder_id);
+        let mut folders = vec![cfg.root_folder_id.clone()];
+        for k in 0..cfg.subfolders {
+            // The second folder nests in the first, so subtrees have depth.
+            let parent = if k == 1 {
+                folders[1].clone()
+            } else {
+                cfg.root_folder_id.clone()
+            };
+            let id = st.insert(&format!("Folder {}", k + 1), &parent, FOLDER_MIME, "", 1);
+            folders.push(id);
+        }
+        let mut rng = cfg.seed;
+        for i in 0..cfg.files {
+            let parent = folders[i % folders.len()].clone();
+            let (name, mime) = if i % 3 == 0 {
+                (format!("Doc {:04}", i + 1), DOC_MIME)
+            } else {
+                (format!("Note {:04}.txt", i + 1), "text/plain")
+            };
+            let content = format!("Seeded file {} ({mime}).\nToken {:016x}.\n", i + 1, splitmix(&mut rng));
+            let version = 1 + splitmix(&mut rng) % 5;
+            st.insert(&name, &parent, mime, &content, version);
+        }
+        st
+    }
+
+    /// Appends one change for `file_id`.
+    pub(super) fn record(&mut self, file_id: &str) {
+        let id = self.next_change;
+        self.next_change += 1;
+        self.changes.push(ChangeRec {
+            id,
+            file_id: file_id.to_owned(),
+            time: now(),
+        });
+    }
+
+    fn new_id(&mut self, folder: bool) -> String {
+        let n = self.next_file;
+        self.next_file += 1;
+        // Readable ids of Drive's alphabet ([A-Za-z0-9_-]), so test failures are easy to read.
+        if folder {
+            format!("fold{n:06}")
+        } else {
+            format!("file{n:06}")
+        }
+    }
+
+    /// Adds an item under `parent` and records its change; returns its new id.
+    pub(super) fn insert(&mut self, name: &str, parent: &str, mime: &str, content: &str, version: u64) -> String {
+        let id = self.new_id(mime == FOLDER_MIME);
+        self.files.insert(
+            id.clone(),
+            Entry {
+                name: name.to_owned(),
+                parent: Some(parent.to_owned()),
+                mime: mime.to_owned(),
+                version,
+                content: content.to_owned(),
+                trashed: false,
+                modified: now(),
+            },
+        );
+        self.record(&id);
+        id
+    }
+
+    /// Whether the item is in the shared drive (all are, when one is configured).
+    pub(super) fn in_shared_drive(&self) -> bool {
+        self.drive_id.is_some()
+    }
+
+    /// Creates an item (version 1) under `parent`; `None` if `parent` is not a folder.
+    pub(super) fn create_file(&mut self, name: &str, parent: &str, mime: &str, content: &str) -> Option<String> {
+        if self.files.get(parent).is_none_or(|p| p.mime != FOLDER_MIME) {
+            return None;
+        }
+        Some(self.insert(name, parent, mime, content, 1))
+    }
+
+    /// Renames and/or rewrites an item: bumps `version` and `modified`, records
+    /// a change. `false` if there is no such item.
+    pub(super) fn update_file(&mut self, id: &str, name: Option<&str>, content: Option<&str>) -> bool {
+        let Some(e) = self.files.get_mut(id) else {
+            return false;
+        };
+        if let Some(n) = name {
+            e.name = n.to_owned();
+        }
+        if let Some(c) = content {
+            e.content = c.to_owned();
+        }
+        e.version += 1;
+        e.modified = now();
+        self.record(id);
+        true
+    }
+
+    /// Moves an item into or out of the trash, recording a change.
+    pub(super) fn set_trashed(&mut self, id: &str, trashed: bool) -> bool {
+        let Some(e) = self.files.get_mut(id) else {
+            return false;
+        };
+        e.trashed = trashed;
+        e.version += 1;
+        self.record(id);
+        true
+    }
+
+    /// Deletes an item and its descendants permanently, one change each.
+    /// `false` if it is unknown or the drive root.
+    pub(super) fn delete_file(&mut self, id: &str) -> bool {
+        if !self.files.contains_key(id) || id == self.drive_root_id {
+            return false;
+        }
+        let mut doomed = vec![id.to_owned()];
+        let mut i = 0;
+        while i < doomed.len() {
+            let parent = doomed[i].clone();
+            doomed.extend(
+                self.files
+                    .iter()
+                    .filter(|(_, e)| e.parent.as_deref() == Some(parent.as_str()))
+                    .map(|(k, _)| k.clone()),
+            );
+            i += 1;
+        }
+        for d in doomed {
+            self.files.remove(&d);
+            self.record(&d);
+        }
+        true
+    }
+
+    /// Moves an item to `new_parent`, recording one change for it only. `false`
+    /// if either is unknown, the new parent is not a folder, or the move would
+    /// create a cycle.
+    pub(super) fn move_file(&mut self, id: &str, new_parent: &str) -> bool {
+        if !self.files.contains_key(id) || self.files.get(new_parent).is_none_or(|p| p.mime != FOLDER_MIME) {
+            return false;
+        }
+        let mut cur = Some(new_parent.to_owned());
+        let mut hops = 0;
+        while let Some(c) = cur {
+            if c == id || hops > self.files.len() {
+                return false;
+            }
+            hops += 1;
+            cur = self.files.get(&c).and_then(|e| e.parent.clone());
+        }
+        if let Some(e) = self.files.get_mut(id) {
+            e.parent = Some(new_parent.to_owned());
+            e.version += 1;
+        }
+        self.record(id);
+        true
+    }
+
+    /// Every item (the drive root included), sorted by id.
+    pub(super) fn snapshot(&self) -> Vec<SimFile> {
+        self.files
+            .iter()
+            .map(|(id, e)| SimFile {
+                id: id.clone(),
+                name: e.name.clone(),
+                parent: e.parent.clone(),
+                mime_type: e.mime.clone(),
+                version: e.version,
+                content: e.content.clone(),
+                trashed: e.trashed,
+                modified_time: e.modified,
+            })
+            .collect()
+    }
+
+    /// Refuses every page token handed out so far, skipping one change id so
+    /// tokens handed out from now on are newer.
+    pub(super) fn expire_all_tokens(&mut self) {
+        self.next_change += 1;
+        self.expired_before = self.next_change;
+    }
+}
+
+/// Non-folder files of `all` whose ancestor chain reaches `root` through
+/// untrashed folders, themselves untrashed.
+pub(super) fn files_in_tree(all: &[SimFile], root: &str) -> Vec<SimFile> {
+    let by_id: HashMap<&str, &SimFile> = all.iter().map(|f| (f.id.as_str(), f)).collect();
+    let in_tree = |f: &SimFile| {
+        let mut cur = f.parent.as_deref();
+        let mut hops = 0;
+        while let Some(p) = cur {
+            if p == root {
+                return by_id.get(p).is_some_and(|r| !r.trashed);
+            }
+            let Some(pf) = by_id.get(p) else { return false };
+            if pf.trashed || hops > all.len() {
+                return false;
+            }
+            hops += 1;
+            cur = pf.parent.as_deref();
+        }
+        false
+    };
+    all.iter()
+        .filter(|f| !f.is_folder() && !f.trashed && in_tree(f))
+        .cloned()
+        .collect()
+}
