@@ -207,16 +207,7 @@ impl Coordinator {
             if let Some(entry) = claimed.into_iter().next() {
                 if p.deliveries >= u64::from(self.cfg.max_deliveries) {
                     let reason = format!("sync request delivered {} times without completing", p.deliveries);
-                    dlq::dead_letter(
-                        &self.pool,
-                        &self.keys.dead_letters(),
-                        &requests,
-                        GROUP,
-                        &entry,
-                        &reason,
-                        p.deliveries,
-                    )
-                    .await?;
+                    self.dead_letter_request(&entry, &reason, p.deliveries).await?;
                     continue;
                 }
                 tracing::info!(entry = %entry.id, from = %p.consumer, "took over an orphaned sync request");
@@ -255,6 +246,12 @@ impl Coordinator {
         }
     }
 
+    /// Moves a request that cannot be served to the dead-letter stream, with `reason`.
+    async fn dead_letter_request(&self, entry: &Entry, reason: &str, deliveries: u64) -> Result<(), queue::Error> {
+        let (dead_letters, requests) = (self.keys.dead_letters(), self.keys.requests());
+        dlq::dead_letter(&self.pool, &dead_letters, &requests, GROUP, entry, reason, deliveries).await
+    }
+
     async fn ack_request(&self, entry: &Entry) {
         if let Err(e) = streams::ack(&self.pool, &self.keys.requests(), GROUP, &[entry.id.as_str()]).await {
             tracing::warn!(entry = %entry.id, error = %e, "acking request failed; it may run again (harmless)");
@@ -267,16 +264,7 @@ impl Coordinator {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(entry = %entry.id, error = %e, "malformed sync request");
-                let _ = dlq::dead_letter(
-                    &self.pool,
-                    &self.keys.dead_letters(),
-                    &self.keys.requests(),
-                    GROUP,
-                    &entry,
-                    &e.to_string(),
-                    1,
-                )
-                .await;
+                let _ = self.dead_letter_request(&entry, &e.to_string(), 1).await;
                 return;
             }
         };
@@ -288,16 +276,7 @@ impl Coordinator {
                 self.sources.keys().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
             );
             tracing::warn!(%reason);
-            let _ = dlq::dead_letter(
-                &self.pool,
-                &self.keys.dead_letters(),
-                &self.keys.requests(),
-                GROUP,
-                &entry,
-                &reason,
-                1,
-            )
-            .await;
+            let _ = self.dead_letter_request(&entry, &reason, 1).await;
             return;
         };
 
