@@ -1,0 +1,159 @@
+//! The Confluence source (`eng`, served by the simulator): how the test
+//! creates, edits, renames and deletes its pages, and what the sink must hold
+//! for it: every page with its version, title, parent, body, ancestor titles
+//! as breadcrumb, and each link target with the target's current title.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use chrono_tz::Tz;
+use tidemark::simulators::confluence::{ConfluenceSim, SimConfig};
+
+use super::compare::{Doc, Docs};
+use super::ops::{Ops, SimulatedSource};
+use super::rng::Rng;
+
+/// The simulated space and what the test remembers about it.
+pub struct Confluence {
+    pub sim: ConfluenceSim,
+    /// The connector's `sweep_every`: 1 lets pages be deleted, 3 does not.
+    pub sweep: u32,
+    /// Every Confluence page id ever created (links may point at deleted ones).
+    ids: Vec<String>,
+}
+
+impl Confluence {
+    /// Draws `sweep_every` and the initial page count, and serves a fresh simulator.
+    pub async fn start(rng: &mut Rng, seed: u64, tz: Tz, skew_secs: i64) -> (Self, SocketAddr) {
+        let sweep = if rng.chance(50) { 1 } else { 3 };
+        let sim = ConfluenceSim::new(SimConfig {
+            pages: rng.range(5, 12),
+            seed,
+            user_timezone: tz,
+            clock_skew: chrono::Duration::seconds(skew_secs),
+            ..SimConfig::default()
+        });
+        let (addr, _) = sim.serve("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
+        let ids = sim.pages().into_iter().map(|p| p.id).collect();
+        (Confluence { sim, sweep, ids }, addr)
+    }
+
+    fn body(&mut self, ops: &mut Ops) -> (String, Vec<String>) {
+        let n = ops.tick();
+        let mut links = Vec::new();
+        let mut body = format!("<p>Body {n} of seed {}.</p>", ops.seed);
+        for _ in 0..ops.rng.range(0, 3) {
+            let target = if ops.rng.chance(10) {
+                "999999".to_owned() // never exists
+            } else {
+                ops.rng.pick(&self.ids).cloned().unwrap_or_else(|| "999999".into())
+            };
+            let _ = write!(
+                body,
+                "<p>See <a href=\"/wiki/spaces/ENG/pages/{target}\">page {target}</a>.</p>"
+            );
+            links.push(target);
+        }
+        (body, links)
+    }
+}
+
+impl SimulatedSource for Confluence {
+    fn mutate(&mut self, ops: &mut Ops, n: usize) {
+        for _ in 0..n {
+            let pages = self.sim.pages();
+            let ids: Vec<String> = pages.iter().map(|p| p.id.clone()).collect();
+            let roll = ops.rng.below(100);
+            let target = ops.rng.pick(&ids).cloned();
+            match (roll, target) {
+                (0..=29, _) | (_, None) => {
+                    let parent = if ops.rng.chance(25) {
+                        None
+                    } else {
+                        ops.rng.pick(&ids).cloned()
+                    };
+                    let k = ops.tick();
+                    let title = format!("Conf page {k}");
+                    let (body, links) = self.body(ops);
+                    let id = self.sim.create_page(&title, parent.as_deref(), &body);
+                    ops.log
+                        .push(format!("conf create {id} {title:?} parent={parent:?} links={links:?}"));
+                    self.ids.push(id);
+                }
+                (30..=59, Some(id)) => {
+                    let (body, links) = self.body(ops);
+                    self.sim.update_page(&id, None, Some(&body));
+                    ops.log.push(format!("conf edit {id} links={links:?}"));
+                }
+                (60..=79, Some(id)) => {
+                    let k = ops.tick();
+                    let title = format!("Renamed {k}");
+                    self.sim.update_page(&id, Some(&title), None);
+                    ops.log.push(format!("conf rename {id} -> {title:?}"));
+                }
+                (80..=87, Some(id)) => {
+                    let k = ops.tick();
+                    let title = format!("Rewritten {k}");
+                    let (body, links) = self.body(ops);
+                    self.sim.update_page(&id, Some(&title), Some(&body));
+                    ops.log
+                        .push(format!("conf rename+edit {id} -> {title:?} links={links:?}"));
+                }
+                (_, Some(id)) => {
+                    if self.sweep == 1 {
+                        self.sim.delete_page(&id);
+                        ops.log.push(format!("conf delete {id} (children move up)"));
+                    } else {
+                        // CQL cannot see deletions between sweeps (documented): edit instead.
+                        let (body, links) = self.body(ops);
+                        self.sim.update_page(&id, None, Some(&body));
+                        ops.log.push(format!("conf edit {id} links={links:?}"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn expected(&self) -> Docs {
+        let pages = self.sim.pages();
+        let by_id: HashMap<&str, (&str, Option<&str>)> = pages
+            .iter()
+            .map(|p| (p.id.as_str(), (p.title.as_str(), p.parent_id.as_deref())))
+            .collect();
+        pages
+            .iter()
+            .map(|p| {
+                let mut crumbs = Vec::new();
+                let mut cur = p.parent_id.as_deref();
+                while let Some(id) = cur {
+                    let Some((title, parent)) = by_id.get(id) else { break };
+                    crumbs.push((*title).to_owned());
+                    cur = *parent;
+                    if crumbs.len() > pages.len() {
+                        break;
+                    }
+                }
+                crumbs.reverse();
+                let links = tidemark::sources::confluence::page_links(&p.body)
+                    .into_iter()
+                    .map(|t| {
+                        let title = by_id.get(t.0.as_str()).map(|(title, _)| (*title).to_owned());
+                        (t.0, title)
+                    })
+                    .collect();
+                (
+                    p.id.clone(),
+                    Doc {
+                        version: p.version.to_string(),
+                        title: p.title.clone(),
+                        parent: p.parent_id.clone(),
+                        breadcrumb: crumbs,
+                        content: p.body.clone(),
+                        links,
+                    },
+                )
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,163 @@
+//! The Google Drive source (`drive`, served by the simulator): how the test
+//! creates, edits, renames, trashes, deletes and moves its files and folders,
+//! and what the sink must hold for it: every syncable file of the folder tree,
+//! with `<kind>:<version>`, name, parent folder and content; no breadcrumb
+//! (folders are not documents) and no links.
+
+use std::net::SocketAddr;
+
+use tidemark::simulators::gdrive::{DOC_MIME, FORM_MIME, GdriveSim, SHEET_MIME, SimConfig};
+use tidemark::sources::gdrive::{Kind, version_string};
+
+use super::compare::{Doc, Docs};
+use super::ops::{Ops, SimulatedSource};
+use super::rng::Rng;
+
+/// The simulated drive.
+pub struct Drive {
+    pub sim: GdriveSim,
+}
+
+impl Drive {
+    /// Draws the initial file and folder counts, serves a fresh simulator, and
+    /// adds a folder outside the synced tree (a place to move things out to).
+    pub async fn start(rng: &mut Rng, seed: u64) -> (Self, SocketAddr) {
+        let sim = GdriveSim::new(SimConfig {
+            files: rng.range(5, 12),
+            subfolders: rng.range(2, 4),
+            seed,
+            ..SimConfig::default()
+        });
+        let (addr, _) = sim.serve("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
+        let outside = sim
+            .create_folder("Elsewhere", &sim.drive_root_id())
+            .expect("outside folder");
+        sim.create_file("Outside.txt", &outside, "text/plain", "outside, for now")
+            .expect("outside file");
+        (Drive { sim }, addr)
+    }
+
+    /// Untrashes `id` if `trashed`, trashes it otherwise; `what` (`""` or
+    /// `" folder"`) goes into the log line.
+    fn toggle_trash(&self, ops: &mut Ops, id: &str, trashed: bool, what: &str) {
+        if trashed {
+            self.sim.untrash_file(id);
+            ops.log.push(format!("drive untrash{what} {id}"));
+        } else {
+            self.sim.trash_file(id);
+            ops.log.push(format!("drive trash{what} {id}"));
+        }
+    }
+}
+
+impl SimulatedSource for Drive {
+    fn mutate(&mut self, ops: &mut Ops, n: usize) {
+        let root = self.sim.root_folder_id();
+        let drive_root = self.sim.drive_root_id();
+        for _ in 0..n {
+            let files = self.sim.files();
+            let folders: Vec<String> = files
+                .iter()
+                .filter(|f| f.is_folder() && f.id != drive_root)
+                .map(|f| f.id.clone())
+                .collect();
+            let movable_folders: Vec<String> = folders.iter().filter(|f| **f != root).cloned().collect();
+            let docs: Vec<(String, bool)> = files
+                .iter()
+                .filter(|f| !f.is_folder())
+                .map(|f| (f.id.clone(), f.trashed))
+                .collect();
+            let roll = ops.rng.below(100);
+            let doc = ops.rng.pick(&docs).cloned();
+            let mut dest = ops.rng.pick(&folders).cloned().unwrap_or_else(|| root.clone());
+            if ops.rng.chance(15) {
+                dest = drive_root.clone();
+            }
+            match (roll, doc) {
+                (0..=19, _) | (_, None) => {
+                    let k = ops.tick();
+                    let mime = *ops
+                        .rng
+                        .pick(&[
+                            "text/plain",
+                            "text/plain",
+                            DOC_MIME,
+                            "text/markdown",
+                            SHEET_MIME,
+                            FORM_MIME,
+                        ])
+                        .expect("mimes");
+                    let name = format!("File {k}");
+                    let id = self.sim.create_file(&name, &dest, mime, &format!("content {k}"));
+                    ops.log.push(format!("drive create {id:?} {name:?} {mime} in {dest}"));
+                }
+                (20..=39, Some((id, _))) => {
+                    let k = ops.tick();
+                    self.sim.update_file(&id, None, Some(&format!("edited {k}")));
+                    ops.log.push(format!("drive edit {id}"));
+                }
+                (40..=49, Some((id, _))) => {
+                    let k = ops.tick();
+                    let name = format!("Renamed {k}");
+                    self.sim.update_file(&id, Some(&name), None);
+                    ops.log.push(format!("drive rename {id} -> {name:?}"));
+                }
+                (50..=57, Some((id, trashed))) => self.toggle_trash(ops, &id, trashed, ""),
+                (58..=63, Some((id, _))) => {
+                    self.sim.delete_file(&id);
+                    ops.log.push(format!("drive delete {id}"));
+                }
+                (64..=79, Some((id, _))) => {
+                    let ok = self.sim.move_file(&id, &dest);
+                    ops.log.push(format!("drive move {id} -> {dest} ({ok})"));
+                }
+                (80..=87, _) if !movable_folders.is_empty() => {
+                    let f = ops.rng.pick(&movable_folders).cloned().expect("non-empty");
+                    let ok = self.sim.move_file(&f, &dest);
+                    ops.log.push(format!("drive move folder {f} -> {dest} ({ok})"));
+                }
+                (88..=92, _) if !movable_folders.is_empty() => {
+                    let f = ops.rng.pick(&movable_folders).cloned().expect("non-empty");
+                    let trashed = files.iter().any(|x| x.id == f && x.trashed);
+                    self.toggle_trash(ops, &f, trashed, " folder");
+                }
+                (93..=96, _) => {
+                    let k = ops.tick();
+                    let id = self.sim.create_folder(&format!("Folder {k}"), &dest);
+                    ops.log.push(format!("drive create folder {id:?} in {dest}"));
+                }
+                (_, _) if !movable_folders.is_empty() => {
+                    let f = ops.rng.pick(&movable_folders).cloned().expect("non-empty");
+                    self.sim.delete_file(&f);
+                    ops.log.push(format!("drive delete folder {f} (and its subtree)"));
+                }
+                (_, Some((id, _))) => {
+                    let k = ops.tick();
+                    self.sim.update_file(&id, None, Some(&format!("edited {k}")));
+                    ops.log.push(format!("drive edit {id}"));
+                }
+            }
+        }
+    }
+
+    fn expected(&self) -> Docs {
+        self.sim
+            .files_in_tree()
+            .into_iter()
+            .filter_map(|f| {
+                let kind = Kind::of_mime(&f.mime_type)?;
+                Some((
+                    f.id,
+                    Doc {
+                        version: version_string(kind, &f.version.to_string()),
+                        title: f.name,
+                        parent: f.parent,
+                        breadcrumb: Vec::new(),
+                        content: f.content,
+                        links: Vec::new(),
+                    },
+                ))
+            })
+            .collect()
+    }
+}
