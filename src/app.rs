@@ -104,6 +104,7 @@ impl App {
             self.keys.clone(),
             self.locks.clone(),
             self.sources.clone(),
+            self.sink.clone(),
             &self.config.sources,
             self.config.sync.clone(),
             consumer.into(),

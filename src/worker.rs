@@ -7,7 +7,9 @@
 //! mark the page done (idempotent), and only then XACK.
 //!
 //! Failure handling, by what the error means:
-//! - a stale fencing token: a newer run owns the source; the page is acked and dropped;
+//! - a stale fencing token: a newer run owns the source; the page is acked and
+//!   dropped. The fence is checked before anything is fetched, so a superseded
+//!   run's jobs cost the source nothing;
 //! - a retryable source error: the entry stays pending and is redelivered after
 //!   `job_idle_timeout`, to this worker or another;
 //! - an undecodable entry, an unknown source, a permanent source error, or too
@@ -32,6 +34,7 @@ use tokio_util::task::TaskTracker;
 use crate::ancestry::{self, Tree};
 use crate::config::SyncConfig;
 use crate::keys::Keys;
+use crate::lock::fencing::StaleFence;
 use crate::queue::jobs::{self, Action, PageJob};
 use crate::queue::streams::{self, Entry};
 use crate::queue::{self, dlq};
@@ -48,7 +51,7 @@ const GROUP: &str = queue::JOBS_GROUP;
 pub enum JobError {
     /// A newer run owns the source; drop the page.
     #[error("superseded: {0}")]
-    Stale(crate::lock::fencing::StaleFence),
+    Stale(StaleFence),
     /// Try again later; `after` is the source's hint, when it gave one.
     #[error("{reason}")]
     Retryable {
@@ -383,6 +386,15 @@ impl Worker {
         source: &dyn Source,
         calls: &sources::ApiCalls,
     ) -> Result<PageStats, JobError> {
+        // A job of a superseded run would be refused at its first write anyway;
+        // checking first spares the source the fetches (its quota is shared).
+        let current = self.state.current_fence(&job.source).await?;
+        if current > job.token {
+            return Err(JobError::Stale(StaleFence {
+                ours: job.token,
+                current,
+            }));
+        }
         let mut stats = PageStats::default();
         let of = |action: Action| job.items.iter().filter(move |i| i.action == action);
         let mut deletes: Vec<DocumentId> = of(Action::Delete).map(|i| i.meta.id.clone()).collect();

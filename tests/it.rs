@@ -14,6 +14,8 @@ mod convergence;
 mod deletions;
 /// Dependency tracking: breadcrumbs and link titles follow renames, moves and deletions.
 mod dependencies;
+/// Fencing across coordinator failover: stale jobs reach neither sink nor state.
+mod failover;
 /// The filesystem connector: size/mtime/hash versions, moves, breadcrumbs from directories.
 mod filesystem;
 /// Google Drive: change tokens, moves, folder subtrees, expired tokens, rate limits, shared drives.

@@ -228,8 +228,14 @@ async fn stale_token_writes_are_refused_everywhere() {
     };
     let worker = env.app.worker("w");
     let source = env.app.sources[&s].clone();
+    let calls_before = env.sim.total_calls();
     let r = worker.apply(&job, source.as_ref(), &Default::default()).await;
     assert!(matches!(r, Err(JobError::Stale(_))), "{r:?}");
+    assert_eq!(
+        env.sim.total_calls(),
+        calls_before,
+        "the fence is checked before fetching: a stale job spends none of the source's quota"
+    );
     assert!(state.docs(&s, &[&DocumentId(page.id)]).await.unwrap()[0].is_none());
     let _ = FencingToken(0);
 }

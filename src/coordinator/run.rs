@@ -2,8 +2,8 @@
 //! plan, enqueue page jobs, wait for them, refresh dependents, commit.
 //!
 //! Invariants:
-//! - the token is registered with the state before anything else is written,
-//!   so every older run's writes are refused from then on;
+//! - the token is registered with the state and the sink before anything else
+//!   is written, so every older run's writes are refused by both from then on;
 //! - the checkpoint is committed only when every page is done and the deletion
 //!   guard did not hold anything back; otherwise the next run sees it all again;
 //! - a lost lease (not extended in time) stops the run at its next safe point,
@@ -45,7 +45,10 @@ impl Coordinator {
         let id = source.id().clone();
         let token = lease.token;
         let policy = self.policies.get(&id).cloned().unwrap_or_default();
+        // Both stores learn the token before any page job of this run exists:
+        // from here on, every job of an older run is refused by each of them.
         self.state.register_token(&id, token).await?;
+        self.sink.register_token(&id, token).await?;
         let checkpoint = self.state.checkpoint(&id).await?;
         let (mode, reconcile_note) = plan::effective_mode(request.mode, &checkpoint, &policy, Utc::now());
         if let Some(prev) = self

@@ -3,7 +3,8 @@
 //! Invariants:
 //! - A write is atomic: the file is written to a temporary name, synced, and
 //!   renamed over the old one, so a reader never sees half a document.
-//! - Fencing: `<root>/<source>/.fence` holds the highest token seen. Every write
+//! - Fencing: `<root>/<source>/.fence` holds the highest token seen, raised
+//!   when a run starts (`register_token`) and by every write. Every write
 //!   takes an exclusive `flock` on it, checks and raises the token, writes, and
 //!   unlocks; workers in several processes on one host (or one shared volume
 //!   with working locks) are serialised per source.
@@ -151,6 +152,11 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 
 #[async_trait]
 impl Sink for DirectorySink {
+    async fn register_token(&self, source: &SourceId, token: FencingToken) -> Result<(), Error> {
+        let root = self.root.join(source.as_str());
+        run_blocking(move || fence(&root, token).map(drop)).await
+    }
+
     async fn upsert(&self, doc: &SinkDocument) -> Result<Written, Error> {
         let root = self.root.join(doc.source.as_str());
         let path = self.doc_path(&doc.source, &doc.id);
@@ -252,6 +258,32 @@ mod tests {
             Written::Changed
         );
         assert!(sink.read_all(&src).unwrap().is_empty());
+    }
+
+    /// A registered token shuts out lower ones before the new run writes anything.
+    #[tokio::test]
+    async fn registered_token_refuses_older_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = DirectorySink::new(dir.path());
+        let src = SourceId::new("eng").unwrap();
+        assert_eq!(sink.upsert(&doc(2, "1", "x")).await.unwrap(), Written::Changed);
+        sink.register_token(&src, FencingToken(3)).await.unwrap();
+        assert!(matches!(
+            sink.delete(&src, &DocumentId("a/b".into()), FencingToken(2)).await,
+            Err(Error::StaleFence(StaleFence {
+                ours: FencingToken(2),
+                current: FencingToken(3)
+            }))
+        ));
+        assert!(matches!(
+            sink.upsert(&doc(2, "2", "y")).await,
+            Err(Error::StaleFence(_))
+        ));
+        assert!(matches!(
+            sink.register_token(&src, FencingToken(2)).await,
+            Err(Error::StaleFence(_))
+        ));
+        assert_eq!(sink.read_all(&src).unwrap()[0].content, "x");
     }
 
     /// Ids with path separators or dots cannot escape the directory.

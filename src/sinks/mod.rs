@@ -3,6 +3,8 @@
 //! A sink is fenced storage in its own right: it remembers the highest fencing
 //! token it has seen per source and refuses writes carrying a lower one, so a
 //! run that lost its lock cannot overwrite the work of the run that replaced it.
+//! A run registers its token with the sink when it starts ([`Sink::register_token`]),
+//! so the fence moves even for a run that never writes.
 //! Writes are idempotent: writing the same document version twice leaves one
 //! copy, and reports the second write as `Unchanged`.
 
@@ -78,8 +80,16 @@ pub enum Written {
 }
 
 /// A destination for documents.
+///
+/// The fencing contract: [`Sink::register_token`] is called when a run takes
+/// its token, before any of its page jobs exists; from then on every write or
+/// delete carrying a lower token is refused with [`Error::StaleFence`], whether
+/// or not the new run ever writes (issue 8: a run that found nothing to do
+/// must still shut out its predecessor's queued jobs).
 #[async_trait]
 pub trait Sink: Send + Sync {
+    /// Raises the source's fence to `token`; refused if a higher one was seen.
+    async fn register_token(&self, source: &SourceId, token: FencingToken) -> Result<(), Error>;
     /// Writes (creates or replaces) a document under `doc.fencing_token`.
     async fn upsert(&self, doc: &SinkDocument) -> Result<Written, Error>;
     /// Removes a document under `token`.

@@ -1,0 +1,115 @@
+//! Fencing across a coordinator failover (issue 8, point 1): every store a run
+//! writes to learns its token when the run starts, so a job of a superseded run
+//! can change neither the sink nor the state, even if the new run never writes.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use tidemark::queue::{self, streams};
+use tidemark::state::RunStatus;
+use tidemark::types::SyncMode;
+
+use crate::harness::nginx::write_with_mtime;
+use crate::harness::{Env, Options, wait_until};
+
+const FILES: &[&str] = &["a.md", "b.md", "c.md", "keep/d.md"];
+
+fn seed(root: &Path) {
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    for f in FILES {
+        write_with_mtime(&root.join(f), &format!("body of {f}"), t0);
+    }
+}
+
+/// The sink's ids, sorted.
+fn sink_ids(env: &Env) -> Vec<String> {
+    env.sink_docs().into_iter().map(|d| d.id.0).collect()
+}
+
+/// The reproduction from issue 8: run 2 plans a deletion and its coordinator is
+/// SIGKILLed; the file comes back unchanged; run 3 takes over (a higher token)
+/// and finds nothing to do, so it writes nothing; then run 2's stale page job
+/// reaches a worker. The sink must refuse it as the state does: afterwards the
+/// sink still holds the document, equal to the source, and a later run agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_deletion_after_failover_never_reaches_the_sink() {
+    let dir = tempfile::tempdir().expect("tmp");
+    seed(dir.path());
+    let toml = format!(
+        "[[sources]]\nid = \"eng\"\nkind = \"filesystem\"\n[sources.settings]\nroot = {:?}\n",
+        dir.path().display().to_string()
+    );
+    let mut env = Env::start(Options {
+        source_toml: Some(toml),
+        ..Options::default()
+    })
+    .await;
+    let state = env.app.state();
+
+    // Run 1: everything synced.
+    let c1 = env.coordinator("c1");
+    let w1 = env.worker("w1");
+    let first = env.sync(SyncMode::Full).await;
+    assert_eq!((first.status, first.upserted), (RunStatus::Completed, 4), "{first:?}");
+    c1.stop().await;
+    w1.stop().await;
+
+    // Run 2 plans the deletion of a.md (no worker runs), then its coordinator dies.
+    let original = std::fs::read(dir.path().join("a.md")).expect("a.md");
+    std::fs::remove_file(dir.path().join("a.md")).expect("rm a.md");
+    let pid = env.spawn_process(&["coordinator"]);
+    let r2 = env.enqueue(SyncMode::Incremental, "test").await;
+    env.wait_feed_read(&r2).await;
+    let run2 = state
+        .run_for_request(&env.source, &r2)
+        .await
+        .expect("state")
+        .expect("run 2 started");
+    let planned = state.run(&env.source, &run2).await.expect("state").expect("run 2");
+    assert_eq!(planned.docs_processed, 1, "run 2 planned one deletion: {planned:?}");
+    std::process::Command::new("kill")
+        .arg("-KILL")
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+
+    // The file comes back exactly as it was: for the source nothing changed.
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    write_with_mtime(
+        &dir.path().join("a.md"),
+        std::str::from_utf8(&original).expect("utf-8"),
+        t0,
+    );
+
+    // Run 3 takes over run 2's request once it is idle, with a higher token,
+    // and finds nothing to do: it writes nothing to the sink. Still no worker.
+    let _c2 = env.coordinator("c2");
+    let third = env.wait(&r2).await;
+    assert_eq!(third.status, RunStatus::Completed, "{third:?}");
+    assert_ne!(third.run_id, run2);
+    assert!(third.token > planned.token, "{third:?} vs {planned:?}");
+    assert_eq!(third.docs_processed, 0, "nothing changed at the source: {third:?}");
+
+    // Now run 2's stale page job reaches a worker.
+    let _w2 = env.worker("w2");
+    let pool = env.app.pool.clone();
+    let jobs = env.app.keys.jobs();
+    wait_until("the stale job was handled", Duration::from_secs(20), || {
+        let (pool, jobs) = (pool.clone(), jobs.clone());
+        async move {
+            let g = streams::group_info(&pool, &jobs, queue::JOBS_GROUP)
+                .await
+                .expect("group");
+            g.pending == 0 && g.lag == Some(0)
+        }
+    })
+    .await;
+    let mut expected: Vec<String> = FILES.iter().map(|f| f.to_string()).collect();
+    expected.sort();
+    assert_eq!(sink_ids(&env), expected, "the stale deletion reached the sink");
+
+    // And the sink stays equal to the source through a later run.
+    let fourth = env.sync(SyncMode::Incremental).await;
+    assert_eq!(fourth.status, RunStatus::Completed, "{fourth:?}");
+    assert_eq!(sink_ids(&env), expected);
+}
