@@ -51,12 +51,12 @@
 //! it fresh; minting service-account tokens is out of scope.
 //!
 //! Where things are:
-//! - [`settings`]: [`GdriveSettings`], its defaults and validation;
-//! - [`api`]: the Drive API client (auth, `files.list`, `changes.list`,
+//! - `settings.rs`: [`GdriveSettings`], its defaults and validation;
+//! - `api.rs`: the Drive API client (auth, `files.list`, `changes.list`,
 //!   downloads), its wire types, [`GoogleError`] and which answers are retried;
-//! - [`tree`]: the folder tree in scope, reachability, and its encoding in `Checkpoint.scope`;
-//! - [`feed`]: one run's change feed (change list, then folder listings);
-//! - this file: [`Gdrive`], the [`Source`] that chooses the feed and downloads content.
+//! - `tree.rs`: the folder tree in scope, reachability, and its encoding in `Checkpoint.scope`;
+//! - `feed.rs`: one run's change feed (change list, then folder listings);
+//! - `mod.rs` (this file): [`Gdrive`], the [`Source`] that chooses the feed and downloads content.
 
 mod api;
 mod feed;
