@@ -41,7 +41,6 @@ use chrono_tz::Tz;
 
 use self::api::{Client, Reply, SEARCH_LIMIT, V2List, V2Page, cql_escape, is_numeric_id};
 use self::feed::{ConfluenceFeed, FeedKind};
-use super::client::RetryingClient;
 use super::clock::{self, Watermark};
 use super::{ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, Fetched, FetchedDoc, Held, Source};
 use crate::types::{DocumentId, SourceId, SyncMode};
@@ -66,9 +65,12 @@ impl Confluence {
         let tz = Tz::from_str(&settings.timezone).map_err(|_| Error::Permanent {
             context: format!("source {id}: timezone {:?} is not an IANA time zone", settings.timezone),
         })?;
-        let token = settings.read_token().map_err(|e| Error::Permanent {
-            context: format!("source {id}: {e}"),
-        })?;
+        let token = match settings.api_token() {
+            Some(secret) => Some(secret.read("api_token").map_err(|e| Error::Permanent {
+                context: format!("source {id}: {e}"),
+            })?),
+            None => None,
+        };
         let auth = match (&settings.email, token) {
             (Some(email), Some(token)) => Some((email.clone(), token)),
             _ => None,
@@ -79,12 +81,7 @@ impl Confluence {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        let http = RetryingClient::new(
-            http,
-            id,
-            Duration::from_secs(settings.request_timeout_secs),
-            settings.max_retries,
-        );
+        let http = settings.client().build(http, id)?;
         Ok(Self {
             client: Arc::new(Client {
                 settings,

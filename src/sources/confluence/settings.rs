@@ -14,7 +14,8 @@ use std::str::FromStr;
 use chrono_tz::Tz;
 use url::Url;
 
-use crate::sources::client;
+use crate::sources::secret::{self, SecretRef};
+use crate::sources::settings::{ClientSettings, check_root_url, default_max_retries, default_request_timeout_secs};
 
 /// The largest `limit` the v2 page endpoints accept.
 pub const MAX_PAGE_LIMIT: u32 = 250;
@@ -69,10 +70,10 @@ pub struct ConfluenceSettings {
     #[serde(default = "default_sweep_every")]
     pub sweep_every: u32,
     /// Retries of one request after 429, 5xx or a network failure (default 5).
-    #[serde(default = "client::default_max_retries")]
+    #[serde(default = "default_max_retries")]
     pub max_retries: u32,
     /// Per-request timeout in seconds (default 30).
-    #[serde(default = "client::default_request_timeout_secs")]
+    #[serde(default = "default_request_timeout_secs")]
     pub request_timeout_secs: u64,
 }
 
@@ -89,25 +90,21 @@ impl ConfluenceSettings {
             overlap_secs: default_overlap_secs(),
             page_limit: default_page_limit(),
             sweep_every: default_sweep_every(),
-            max_retries: client::default_max_retries(),
-            request_timeout_secs: client::default_request_timeout_secs(),
+            max_retries: default_max_retries(),
+            request_timeout_secs: default_request_timeout_secs(),
         }
     }
 
     /// Pushes every problem found as `"{key}.<field>: <problem>"`.
     pub fn validate(&self, key: &str, problems: &mut Vec<String>) {
-        let url = &self.base_url;
-        // `Url` adds a '/' to bare origins; show the URL as it was most likely written.
-        let shown = url.as_str().strip_suffix('/').unwrap_or(url.as_str());
-        if !matches!(url.scheme(), "http" | "https") {
-            problems.push(format!("{key}.base_url: {shown:?} is not an http(s) URL"));
-        } else if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
-            // The connector appends `/wiki/...` itself and v2 pagination links are
-            // host-absolute paths, so anything but the site root would be lost or doubled.
-            problems.push(format!(
-                "{key}.base_url: {shown:?} must be the site root (e.g. https://example.atlassian.net), without /wiki, a path or a query"
-            ));
-        }
+        // The connector appends `/wiki/...` itself and v2 pagination links are
+        // host-absolute paths, so anything but the site root would be lost or doubled.
+        check_root_url(
+            &format!("{key}.base_url"),
+            &self.base_url,
+            "the site root (e.g. https://example.atlassian.net), without /wiki, a path or a query",
+            problems,
+        );
         if self.space_key.trim().is_empty() {
             problems.push(format!("{key}.space_key: must not be empty"));
         }
@@ -128,14 +125,9 @@ impl ConfluenceSettings {
                 "{key}.sweep_every: must be at least 1 (1 = every incremental run lists everything)"
             ));
         }
-        if self.request_timeout_secs == 0 {
-            problems.push(format!("{key}.request_timeout_secs: must be at least 1"));
-        }
-        if self.api_token_env.is_some() && self.api_token_file.is_some() {
-            problems.push(format!(
-                "{key}.api_token_env: set only one of api_token_env and api_token_file"
-            ));
-        }
+        self.client().validate(key, problems);
+        let (env, file) = (self.api_token_env.as_ref(), self.api_token_file.as_ref());
+        secret::check_only_one(key, "api_token", env, file, problems);
         let token_configured = self.api_token_env.is_some() || self.api_token_file.is_some();
         if token_configured && self.email.is_none() {
             problems.push(format!(
@@ -147,29 +139,21 @@ impl ConfluenceSettings {
                 "{key}.email: set but neither api_token_env nor api_token_file is"
             ));
         }
-        if let Some(var) = &self.api_token_env
-            && std::env::var_os(var).is_none()
-        {
-            problems.push(format!("{key}.api_token_env: environment variable {var:?} is not set"));
-        }
-        if let Some(path) = &self.api_token_file
-            && let Err(e) = std::fs::metadata(path)
-        {
-            problems.push(format!("{key}.api_token_file: cannot read {}: {e}", path.display()));
+        secret::check_readable(key, "api_token", env, file, problems);
+    }
+
+    /// How requests are sent: retries and timeout.
+    pub fn client(&self) -> ClientSettings {
+        ClientSettings {
+            max_retries: self.max_retries,
+            request_timeout_secs: self.request_timeout_secs,
+            user_agent: None,
         }
     }
 
-    /// Reads the API token from the configured place, if any.
-    pub(super) fn read_token(&self) -> Result<Option<String>, String> {
-        if let Some(var) = &self.api_token_env {
-            let token = std::env::var(var).map_err(|e| format!("api_token_env {var:?}: {e}"))?;
-            return Ok(Some(token.trim().to_owned()));
-        }
-        if let Some(path) = &self.api_token_file {
-            let token = std::fs::read_to_string(path).map_err(|e| format!("api_token_file {}: {e}", path.display()))?;
-            return Ok(Some(token.trim().to_owned()));
-        }
-        Ok(None)
+    /// Where the API token is read from (`api_token_env` or `api_token_file`), if anywhere.
+    pub fn api_token(&self) -> Option<SecretRef> {
+        SecretRef::from_keys(self.api_token_env.as_ref(), self.api_token_file.as_ref())
     }
 }
 

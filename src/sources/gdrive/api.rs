@@ -140,28 +140,26 @@ impl Client {
     }
 
     /// The token, read synchronously (only at construction, to fail early).
-    pub(super) fn token_blocking(&self) -> Result<Option<String>, String> {
-        if let Some(var) = &self.settings.access_token_env {
-            let t = std::env::var(var).map_err(|e| format!("access_token_env {var:?}: {e}"))?;
-            return Ok(Some(t.trim().to_owned()));
+    pub(super) fn token_blocking(&self) -> Result<Option<String>, Error> {
+        match self.settings.access_token() {
+            Some(secret) => secret
+                .read("access_token")
+                .map(Some)
+                .map_err(|e| self.http.permanent(e)),
+            None => Ok(None),
         }
-        if let Some(path) = &self.settings.access_token_file {
-            let t = std::fs::read_to_string(path).map_err(|e| format!("access_token_file {}: {e}", path.display()))?;
-            return Ok(Some(t.trim().to_owned()));
-        }
-        Ok(None)
     }
 
     /// The token as of now: re-read every request so an external refresher works.
     async fn token(&self) -> Result<Option<String>, Error> {
-        if let Some(path) = &self.settings.access_token_file {
-            let t = tokio::fs::read_to_string(path).await.map_err(|e| {
-                self.http
-                    .permanent(format_args!("access_token_file {}: {e}", path.display()))
-            })?;
-            return Ok(Some(t.trim().to_owned()));
+        match self.settings.access_token() {
+            Some(secret) => secret
+                .read_async("access_token")
+                .await
+                .map(Some)
+                .map_err(|e| self.http.permanent(e)),
+            None => Ok(None),
         }
-        self.token_blocking().map_err(|e| self.http.permanent(e))
     }
 
     /// Adds the shared-drive parameters every call of that kind needs.

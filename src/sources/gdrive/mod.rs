@@ -65,7 +65,6 @@ mod tree;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -74,7 +73,6 @@ use futures::StreamExt;
 use self::api::Client;
 use self::feed::GdriveFeed;
 use self::tree::Tree;
-use super::client::RetryingClient;
 use super::{ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, Fetched, FetchedDoc, Held, Source};
 use crate::types::{DocumentId, SourceId, SyncMode};
 
@@ -97,15 +95,9 @@ impl Gdrive {
     pub fn new(id: SourceId, settings: GdriveSettings, http: reqwest::Client) -> Result<Self, Error> {
         // Drive rarely sends Retry-After; jittered backoffs keep parallel workers
         // from retrying in lockstep against the same per-user quota.
-        let http = RetryingClient::new(
-            http,
-            id,
-            Duration::from_secs(settings.request_timeout_secs),
-            settings.max_retries,
-        )
-        .with_jitter();
+        let http = settings.client().build(http, id)?.with_jitter();
         let client = Client { settings, http };
-        client.token_blocking().map_err(|e| client.http.permanent(e))?;
+        client.token_blocking()?;
         Ok(Self {
             client: Arc::new(client),
         })

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use url::Url;
 
 use super::api::MAX_PAGE_SIZE;
-use crate::sources::client;
+use crate::sources::secret::{self, SecretRef};
+use crate::sources::settings::{ClientSettings, check_root_url, default_max_retries, default_request_timeout_secs};
 
 fn default_base_url() -> Url {
     // A constant that parses; not outside input.
@@ -44,10 +45,10 @@ pub struct GdriveSettings {
     #[serde(default = "default_page_size")]
     pub page_size: u32,
     /// Retries of one request after a rate limit, 5xx or network failure (default 5).
-    #[serde(default = "client::default_max_retries")]
+    #[serde(default = "default_max_retries")]
     pub max_retries: u32,
     /// Per-request timeout in seconds (default 30).
-    #[serde(default = "client::default_request_timeout_secs")]
+    #[serde(default = "default_request_timeout_secs")]
     pub request_timeout_secs: u64,
     /// Hours between full listings on incremental runs (default: none, never;
     /// the change feed reports deletions itself). A sweep also repairs the saved
@@ -72,23 +73,20 @@ impl GdriveSettings {
             access_token_env: None,
             access_token_file: None,
             page_size: default_page_size(),
-            max_retries: client::default_max_retries(),
-            request_timeout_secs: client::default_request_timeout_secs(),
+            max_retries: default_max_retries(),
+            request_timeout_secs: default_request_timeout_secs(),
             sweep_every_hours: None,
         }
     }
 
     /// Pushes every problem found as `"{key}.<field>: <problem>"`.
     pub fn validate(&self, key: &str, problems: &mut Vec<String>) {
-        let url = &self.base_url;
-        let shown = url.as_str().strip_suffix('/').unwrap_or(url.as_str());
-        if !matches!(url.scheme(), "http" | "https") {
-            problems.push(format!("{key}.base_url: {shown:?} is not an http(s) URL"));
-        } else if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
-            problems.push(format!(
-                "{key}.base_url: {shown:?} must be the API root (e.g. https://www.googleapis.com), without a path or a query"
-            ));
-        }
+        check_root_url(
+            &format!("{key}.base_url"),
+            &self.base_url,
+            "the API root (e.g. https://www.googleapis.com), without a path or a query",
+            problems,
+        );
         if !is_drive_id(&self.folder_id) {
             problems.push(format!(
                 "{key}.folder_id: {:?} is not a Drive id (letters, digits, '-' and '_')",
@@ -108,31 +106,30 @@ impl GdriveSettings {
                 self.page_size
             ));
         }
-        if self.request_timeout_secs == 0 {
-            problems.push(format!("{key}.request_timeout_secs: must be at least 1"));
-        }
+        self.client().validate(key, problems);
         if self.sweep_every_hours == Some(0) {
             problems.push(format!(
                 "{key}.sweep_every_hours: must be at least 1 (leave it out to never sweep)"
             ));
         }
-        if self.access_token_env.is_some() && self.access_token_file.is_some() {
-            problems.push(format!(
-                "{key}.access_token_env: set only one of access_token_env and access_token_file"
-            ));
+        let (env, file) = (self.access_token_env.as_ref(), self.access_token_file.as_ref());
+        secret::check_only_one(key, "access_token", env, file, problems);
+        secret::check_readable(key, "access_token", env, file, problems);
+    }
+
+    /// How requests are sent: retries and timeout.
+    pub fn client(&self) -> ClientSettings {
+        ClientSettings {
+            max_retries: self.max_retries,
+            request_timeout_secs: self.request_timeout_secs,
+            user_agent: None,
         }
-        if let Some(var) = &self.access_token_env
-            && std::env::var_os(var).is_none()
-        {
-            problems.push(format!(
-                "{key}.access_token_env: environment variable {var:?} is not set"
-            ));
-        }
-        if let Some(path) = &self.access_token_file
-            && let Err(e) = std::fs::metadata(path)
-        {
-            problems.push(format!("{key}.access_token_file: cannot read {}: {e}", path.display()));
-        }
+    }
+
+    /// Where the access token is read from (`access_token_env` or
+    /// `access_token_file`), if anywhere; it is re-read for every request.
+    pub fn access_token(&self) -> Option<SecretRef> {
+        SecretRef::from_keys(self.access_token_env.as_ref(), self.access_token_file.as_ref())
     }
 }
 

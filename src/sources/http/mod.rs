@@ -55,12 +55,11 @@ mod settings;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use reqwest::header::{ETAG, HeaderMap, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, USER_AGENT};
+use reqwest::header::{ETAG, HeaderMap, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
 use reqwest::{Method, StatusCode};
 use sha2::{Digest, Sha256};
 use url::Url;
@@ -86,14 +85,8 @@ pub struct HttpSource {
 impl HttpSource {
     /// Builds the connector; fails only on a `user_agent` that cannot be a header.
     pub fn new(id: SourceId, settings: HttpSettings, http: reqwest::Client) -> Result<Self, Error> {
-        let user_agent = match &settings.user_agent {
-            Some(ua) => Some(
-                reqwest::header::HeaderValue::from_str(ua).map_err(|_| Error::Permanent {
-                    context: format!("source {id}: user_agent {ua:?} is not a valid header value"),
-                })?,
-            ),
-            None => None,
-        };
+        // Detailed errors: a dead web server's "Connection refused" is the whole story.
+        let http = settings.client().build(http, id)?.with_detailed_errors();
         let mut configured = Vec::new();
         let mut seen = HashSet::new();
         for url in &settings.urls {
@@ -102,19 +95,10 @@ impl HttpSource {
                 configured.push(url);
             }
         }
-        // Detailed errors: a dead web server's "Connection refused" is the whole story.
-        let http = RetryingClient::new(
-            http,
-            id,
-            Duration::from_secs(settings.request_timeout_secs.max(1)),
-            settings.max_retries,
-        )
-        .with_detailed_errors();
         Ok(Self {
             client: Arc::new(Client {
                 settings,
                 http,
-                user_agent,
                 configured,
             }),
         })
@@ -126,7 +110,6 @@ struct Client {
     settings: HttpSettings,
     /// Sends, counts and retries every request; knows the source id.
     http: RetryingClient,
-    user_agent: Option<reqwest::header::HeaderValue>,
     /// The configured `urls`, normalised and de-duplicated.
     configured: Vec<Url>,
 }
@@ -213,9 +196,6 @@ impl Client {
     ) -> Result<Reply, Error> {
         let build = || {
             let mut req = self.http.http().request(method.clone(), url.clone());
-            if let Some(ua) = &self.user_agent {
-                req = req.header(USER_AGENT, ua.clone());
-            }
             for (name, value) in extra {
                 req = req.header(name.clone(), value.as_str());
             }
@@ -471,6 +451,7 @@ fn classify(reply: &client::Reply) -> Verdict {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
 
     use axum::Router;
     use axum::http::{HeaderMap as AxHeaders, StatusCode as AxStatus};

@@ -7,7 +7,7 @@
 
 use url::Url;
 
-use crate::sources::client;
+use crate::sources::settings::{ClientSettings, default_max_retries, default_request_timeout_secs};
 
 /// Most concurrent requests a source may configure.
 pub const MAX_CONCURRENCY: usize = 64;
@@ -27,10 +27,10 @@ pub struct HttpSettings {
     #[serde(default)]
     pub sitemap: Option<Url>,
     /// Retries of one request after 429, 5xx or a network failure (default 5).
-    #[serde(default = "client::default_max_retries")]
+    #[serde(default = "default_max_retries")]
     pub max_retries: u32,
     /// Per-request timeout in seconds (default 30).
-    #[serde(default = "client::default_request_timeout_secs")]
+    #[serde(default = "default_request_timeout_secs")]
     pub request_timeout_secs: u64,
     /// `User-Agent` sent with every request (default: the client's, `tidemark/<version>`).
     #[serde(default)]
@@ -46,8 +46,8 @@ impl HttpSettings {
         Self {
             urls,
             sitemap: None,
-            max_retries: client::default_max_retries(),
-            request_timeout_secs: client::default_request_timeout_secs(),
+            max_retries: default_max_retries(),
+            request_timeout_secs: default_request_timeout_secs(),
             user_agent: None,
             concurrency: default_concurrency(),
         }
@@ -68,19 +68,21 @@ impl HttpSettings {
         {
             problems.push(format!("{key}.sitemap: {:?} is not an http(s) URL", url.as_str()));
         }
-        if self.request_timeout_secs == 0 {
-            problems.push(format!("{key}.request_timeout_secs: must be at least 1"));
-        }
+        self.client().validate(key, problems);
         if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
             problems.push(format!(
                 "{key}.concurrency: {} is outside 1..={MAX_CONCURRENCY}",
                 self.concurrency
             ));
         }
-        if let Some(ua) = &self.user_agent
-            && reqwest::header::HeaderValue::from_str(ua).is_err()
-        {
-            problems.push(format!("{key}.user_agent: {ua:?} is not a valid header value"));
+    }
+
+    /// How requests are sent: retries, timeout and user agent.
+    pub fn client(&self) -> ClientSettings {
+        ClientSettings {
+            max_retries: self.max_retries,
+            request_timeout_secs: self.request_timeout_secs,
+            user_agent: self.user_agent.clone(),
         }
     }
 }
