@@ -7,7 +7,7 @@
 //!
 //! Secrets never live in the file: connectors and webhooks take the *name* of an
 //! environment variable or a file path for their credentials, read by
-//! [`SecretRef`](crate::sources::secret::SecretRef).
+//! [`SecretRef`].
 
 use std::collections::HashSet;
 use std::env::VarError;

@@ -17,7 +17,7 @@
 //!   taken as paths and joined to it, so a response cannot redirect our
 //!   credentials elsewhere.
 //! - Every HTTP attempt, retries included, is counted in `api_calls` (by
-//!   [`client::RetryingClient`]; which statuses are retried is decided here).
+//!   [`client::RetryingClient`](crate::sources::client::RetryingClient); which statuses are retried is decided here).
 //!
 //! Where things are:
 //! - `settings.rs`: [`ConfluenceSettings`], its defaults and validation;

@@ -39,7 +39,7 @@
 //!   the next run (whose change list holds that edit) rewrites it.
 //! - A feed claims `complete_listing` only for a full walk of the tree.
 //! - Every HTTP attempt, retries included, is counted in `api_calls` (by
-//!   [`client::RetryingClient`]; the 403 rate-limit rule is decided here).
+//!   [`client::RetryingClient`](crate::sources::client::RetryingClient); the 403 rate-limit rule is decided here).
 //! - `DocMeta.version` is `<kind>:<version>` (e.g. `gdoc:12`, `text:3`): Drive's
 //!   `version` plus how to read the file. `fetch` only gets `DocMeta`, and a
 //!   file's type never changes, so the tag costs nothing in de-duplication and
