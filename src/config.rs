@@ -5,10 +5,12 @@
 //! problem at once, each with its key path and the bad value
 //! (`sources[1].id: "Eng" ...`), never just the first.
 //!
-//! Secrets never live in the file: connectors take the *name* of an environment
-//! variable or a file path for their credentials.
+//! Secrets never live in the file: connectors and webhooks take the *name* of an
+//! environment variable or a file path for their credentials, read by
+//! [`SecretRef`].
 
 use std::collections::HashSet;
+use std::env::VarError;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,6 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::sources::SourceSettings;
+use crate::sources::secret::{SecretError, SecretRef};
 use crate::types::SourceId;
 
 /// A configuration that cannot be used, with every problem found.
@@ -217,36 +220,35 @@ fn check_webhook(
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Vec<String>,
 ) -> Option<WebhookConfig> {
-    let secret = match (&raw.secret_env, &raw.secret_file) {
-        (Some(var), None) => match env(var) {
-            Some(v) if !v.is_empty() => Some(v.into_bytes()),
-            _ => {
-                problems.push(format!("{key}.secret_env: environment variable {var:?} is not set"));
-                None
-            }
-        },
-        (None, Some(path)) => match std::fs::read(path) {
-            Ok(b) => {
-                let trimmed = String::from_utf8_lossy(&b).trim().as_bytes().to_vec();
-                if trimmed.is_empty() {
-                    problems.push(format!("{key}.secret_file: {} is empty", path.display()));
-                    None
-                } else {
-                    Some(trimmed)
-                }
-            }
-            Err(e) => {
-                problems.push(format!("{key}.secret_file: {}: {e}", path.display()));
-                None
-            }
-        },
-        (Some(_), Some(_)) => {
+    let secret = match SecretRef::from_keys(raw.secret_env.as_ref(), raw.secret_file.as_ref()) {
+        Some(_) if raw.secret_env.is_some() && raw.secret_file.is_some() => {
             problems.push(format!("{key}: give secret_env or secret_file, not both"));
             None
         }
-        (None, None) => {
+        None => {
             problems.push(format!("{key}: a secret is required (secret_env or secret_file)"));
             None
+        }
+        Some(secret) => {
+            let not_set = |var: &str| format!("{key}.secret_env: environment variable {var:?} is not set");
+            match secret.read_with("secret", &|var| env(var).ok_or(VarError::NotPresent)) {
+                Ok(value) if !value.is_empty() => Some(value.into_bytes()),
+                Ok(_) => {
+                    problems.push(match &secret {
+                        SecretRef::Env(var) => not_set(var),
+                        SecretRef::File(path) => format!("{key}.secret_file: {} is empty", path.display()),
+                    });
+                    None
+                }
+                Err(SecretError::Env { var, .. }) => {
+                    problems.push(not_set(&var));
+                    None
+                }
+                Err(SecretError::File { path, source, .. }) => {
+                    problems.push(format!("{key}.secret_file: {}: {source}", path.display()));
+                    None
+                }
+            }
         }
     };
     if raw.tolerance_secs == 0 {
@@ -689,6 +691,52 @@ space_key = "ENG"
         let text = GOOD.replace("[sink]", "[sink]\ncolour = \"blue\"");
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("colour"), "{err}");
+    }
+
+    /// A webhook secret comes from exactly one of secret_env and secret_file,
+    /// trimmed; every way to get it wrong is reported under the webhook's key.
+    #[test]
+    fn webhook_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let (full, empty) = (dir.path().join("full"), dir.path().join("empty"));
+        std::fs::write(&full, "s3cret\n").unwrap();
+        std::fs::write(&empty, " \n").unwrap();
+        let env = |k: &str| (k == "HOOK").then(|| "env-secret".to_owned());
+        let check = |webhook: &str| {
+            let text = format!("{GOOD}[sources.webhook]\n{webhook}\n");
+            Config::parse(&text, Path::new("t.toml"), env)
+        };
+        let secret = |webhook: &str| check(webhook).unwrap().sources[0].webhook.clone().unwrap().secret;
+        assert_eq!(secret(&format!("secret_file = {full:?}")), Secret(b"s3cret".to_vec()));
+        assert_eq!(secret("secret_env = \"HOOK\""), Secret(b"env-secret".to_vec()));
+        for (webhook, needle) in [
+            (
+                "secret_env = \"UNSET\"".to_owned(),
+                "sources[0].webhook.secret_env: environment variable \"UNSET\" is not set".to_owned(),
+            ),
+            (
+                format!("secret_file = {empty:?}"),
+                format!("sources[0].webhook.secret_file: {} is empty", empty.display()),
+            ),
+            (
+                format!("secret_file = {:?}", dir.path().join("missing")),
+                format!(
+                    "sources[0].webhook.secret_file: {}: ",
+                    dir.path().join("missing").display()
+                ),
+            ),
+            (
+                format!("secret_env = \"HOOK\"\nsecret_file = {full:?}"),
+                "sources[0].webhook: give secret_env or secret_file, not both".to_owned(),
+            ),
+            (
+                "debounce_secs = 1".to_owned(),
+                "sources[0].webhook: a secret is required (secret_env or secret_file)".to_owned(),
+            ),
+        ] {
+            let err = check(&webhook).unwrap_err().to_string();
+            assert!(err.contains(&needle), "missing {needle:?} in:\n{err}");
+        }
     }
 
     /// Environment overrides replace the file's Redis URL and sink path.

@@ -9,7 +9,9 @@
 //! decides per response whether it is accepted (returned to the connector, which
 //! may still treat it as a refusal: Drive's 404 or expired page token, the HTTP
 //! connector's 304/404/410), retried, or refused. Authentication, headers and
-//! URLs are the connector's too, through the request factory.
+//! URLs are the connector's too, through the request factory (only the
+//! configured `User-Agent` is added here). How a client is configured from a
+//! connector's settings is [`ClientSettings`](super::settings::ClientSettings).
 //!
 //! Invariants:
 //! - Every attempt, retries included, is counted with `calls.add(1)` just before
@@ -27,7 +29,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use reqwest::header::{DATE, HeaderMap, RETRY_AFTER};
+use reqwest::header::{DATE, HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT};
 use reqwest::{RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 
@@ -41,17 +43,6 @@ pub const BACKOFF_START: Duration = Duration::from_millis(100);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(10);
 /// Longest we honour a `Retry-After` inside one call; beyond that the caller reschedules.
 pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
-
-/// Default of every connector's `max_retries` setting: retries of one request
-/// after a transient failure (serde `default` for the settings tables).
-pub fn default_max_retries() -> u32 {
-    5
-}
-
-/// Default of every connector's `request_timeout_secs` setting, in seconds.
-pub fn default_request_timeout_secs() -> u64 {
-    30
-}
 
 /// Which response bodies are read before the classifier sees the response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +111,7 @@ pub struct RetryingClient {
     max_retries: u32,
     jitter: bool,
     detailed_errors: bool,
+    user_agent: Option<HeaderValue>,
 }
 
 impl RetryingClient {
@@ -133,6 +125,7 @@ impl RetryingClient {
             max_retries,
             jitter: false,
             detailed_errors: false,
+            user_agent: None,
         }
     }
 
@@ -148,6 +141,13 @@ impl RetryingClient {
     /// exhausted retries say how many attempts were made.
     pub fn with_detailed_errors(mut self) -> Self {
         self.detailed_errors = true;
+        self
+    }
+
+    /// Sends `user_agent` as `User-Agent` with every request, in place of the
+    /// `reqwest::Client`'s own.
+    pub fn with_user_agent(mut self, user_agent: HeaderValue) -> Self {
+        self.user_agent = Some(user_agent);
         self
     }
 
@@ -184,7 +184,7 @@ impl RetryingClient {
     /// `label` names the call in errors (`GET /wiki/api/v2/spaces`). `build`
     /// makes a fresh request for each attempt (so credentials can be re-read);
     /// its error ends the call before the attempt is counted. The client adds
-    /// the timeout, reads the body as `body` says (a 2xx body that cannot be
+    /// the timeout (and the user agent, if set), reads the body as `body` says (a 2xx body that cannot be
     /// read is a retryable failure), then asks `classify`.
     pub async fn send<B, F, C>(
         &self,
@@ -203,7 +203,10 @@ impl RetryingClient {
         let mut backoff = BACKOFF_START;
         let mut attempt: u32 = 0;
         loop {
-            let request = build().await?.timeout(self.timeout);
+            let mut request = build().await?.timeout(self.timeout);
+            if let Some(ua) = &self.user_agent {
+                request = request.header(USER_AGENT, ua.clone());
+            }
             calls.add(1);
             // (what happened, the source's Retry-After) for a retryable failure.
             let (failure, after) = match self.attempt(request, body).await {

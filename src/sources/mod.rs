@@ -12,9 +12,12 @@
 //! write anywhere either; they only read the source and count their API calls.
 //!
 //! Shared by the HTTP-based connectors: [`client`] (one retrying, counting
-//! HTTP client; each connector keeps its own reading of statuses) and
-//! [`clock`] (HTTP-dates, zoneless timestamps, watermarks: the source's clock,
-//! never ours).
+//! HTTP client; each connector keeps its own reading of statuses),
+//! [`settings`] ([`settings::ClientSettings`]: retries, timeout and user agent,
+//! their defaults, validation and the client they build), [`secret`]
+//! ([`secret::SecretRef`]: the one reader of credentials named by `*_env` /
+//! `*_file` keys, also used for webhook secrets) and [`clock`] (HTTP-dates,
+//! zoneless timestamps, watermarks: the source's clock, never ours).
 //!
 //! Invariant: a feed that reports `complete_listing` has observed *every*
 //! document the source holds in scope, so ids we hold but it did not report are
@@ -26,6 +29,8 @@ pub mod confluence;
 pub mod filesystem;
 pub mod gdrive;
 pub mod http;
+pub mod secret;
+pub mod settings;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

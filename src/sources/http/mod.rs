@@ -4,7 +4,7 @@
 //! What it owns:
 //! - [`HttpSettings`]: the `settings` table of a `kind = "http"` source;
 //! - [`HttpSource`]: the [`Source`] that probes pages with conditional `HEAD`s and `GET`s their bodies;
-//! - [`page_title`] and [`page_links`]: the little HTML reading it needs.
+//! - [`page_title`] and [`page_links`]: the little HTML reading it needs (in `html.rs`).
 //!
 //! Identity and versions:
 //! - document id = the page URL without its fragment (as `url` serialises it);
@@ -41,105 +41,41 @@
 //! the worker's content hash still catches those); pages served without any
 //! validator are always fetched and decided by the content hash. Gzipped sitemaps
 //! (`.xml.gz`) are not read. Redirects are followed; the id stays the configured URL.
+//!
+//! Where things are:
+//! - `settings.rs`: [`HttpSettings`], its defaults and validation;
+//! - `html.rs`: reading pages and sitemaps (titles, links, `<loc>`s, entities);
+//! - `feed.rs`: one run's feed, conditional probes of the configured set, a page at a time;
+//! - `mod.rs` (this file): [`HttpSource`], the request client (probes, page
+//!   downloads, the sitemap walk) and the version format.
+
+mod feed;
+mod html;
+mod settings;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use reqwest::header::{ETAG, HeaderMap, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, USER_AGENT};
+use reqwest::header::{ETAG, HeaderMap, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
 use reqwest::{Method, StatusCode};
 use sha2::{Digest, Sha256};
 use url::Url;
 
+use self::feed::HttpFeed;
+use self::html::sitemap_locs;
 use super::client::{self, Body, RetryingClient, Verdict};
 use super::clock;
-use super::{
-    ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, FeedEnd, FeedPage, Fetched, FetchedDoc, Held, Observation, Source,
-};
+use super::{ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, Fetched, FetchedDoc, Held, Source};
 use crate::types::{DocumentId, SourceId, SyncMode};
 
-/// URLs probed per feed page.
-const FEED_PAGE: usize = 100;
-/// Most concurrent requests a source may configure.
-pub const MAX_CONCURRENCY: usize = 64;
+pub use self::html::{page_links, page_title};
+pub use self::settings::{HttpSettings, MAX_CONCURRENCY};
+
 /// The validator of a feed observation that must be fetched to be judged.
 const UNVALIDATED: &str = "unvalidated";
-
-fn default_concurrency() -> usize {
-    8
-}
-
-/// Settings of one web-page source.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpSettings {
-    /// Pages to sync (default empty; `urls` and `sitemap` together must name at least one).
-    #[serde(default)]
-    pub urls: Vec<Url>,
-    /// A sitemap (`<urlset>`, or a `<sitemapindex>` followed one level) read on every run (default none).
-    #[serde(default)]
-    pub sitemap: Option<Url>,
-    /// Retries of one request after 429, 5xx or a network failure (default 5).
-    #[serde(default = "client::default_max_retries")]
-    pub max_retries: u32,
-    /// Per-request timeout in seconds (default 30).
-    #[serde(default = "client::default_request_timeout_secs")]
-    pub request_timeout_secs: u64,
-    /// `User-Agent` sent with every request (default: the client's, `tidemark/<version>`).
-    #[serde(default)]
-    pub user_agent: Option<String>,
-    /// Requests in flight at once for one feed page or fetch, 1..=64 (default 8).
-    #[serde(default = "default_concurrency")]
-    pub concurrency: usize,
-}
-
-impl HttpSettings {
-    /// Settings for `urls` with every optional field at its default.
-    pub fn new(urls: Vec<Url>) -> Self {
-        Self {
-            urls,
-            sitemap: None,
-            max_retries: client::default_max_retries(),
-            request_timeout_secs: client::default_request_timeout_secs(),
-            user_agent: None,
-            concurrency: default_concurrency(),
-        }
-    }
-
-    /// Pushes every problem found as `"{key}.<field>: <problem>"`.
-    pub fn validate(&self, key: &str, problems: &mut Vec<String>) {
-        if self.urls.is_empty() && self.sitemap.is_none() {
-            problems.push(format!("{key}.urls: set urls, sitemap, or both"));
-        }
-        for (i, url) in self.urls.iter().enumerate() {
-            if !matches!(url.scheme(), "http" | "https") {
-                problems.push(format!("{key}.urls[{i}]: {:?} is not an http(s) URL", url.as_str()));
-            }
-        }
-        if let Some(url) = &self.sitemap
-            && !matches!(url.scheme(), "http" | "https")
-        {
-            problems.push(format!("{key}.sitemap: {:?} is not an http(s) URL", url.as_str()));
-        }
-        if self.request_timeout_secs == 0 {
-            problems.push(format!("{key}.request_timeout_secs: must be at least 1"));
-        }
-        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
-            problems.push(format!(
-                "{key}.concurrency: {} is outside 1..={MAX_CONCURRENCY}",
-                self.concurrency
-            ));
-        }
-        if let Some(ua) = &self.user_agent
-            && reqwest::header::HeaderValue::from_str(ua).is_err()
-        {
-            problems.push(format!("{key}.user_agent: {ua:?} is not a valid header value"));
-        }
-    }
-}
 
 /// Web pages as a [`Source`].
 pub struct HttpSource {
@@ -149,14 +85,8 @@ pub struct HttpSource {
 impl HttpSource {
     /// Builds the connector; fails only on a `user_agent` that cannot be a header.
     pub fn new(id: SourceId, settings: HttpSettings, http: reqwest::Client) -> Result<Self, Error> {
-        let user_agent = match &settings.user_agent {
-            Some(ua) => Some(
-                reqwest::header::HeaderValue::from_str(ua).map_err(|_| Error::Permanent {
-                    context: format!("source {id}: user_agent {ua:?} is not a valid header value"),
-                })?,
-            ),
-            None => None,
-        };
+        // Detailed errors: a dead web server's "Connection refused" is the whole story.
+        let http = settings.client().build(http, id)?.with_detailed_errors();
         let mut configured = Vec::new();
         let mut seen = HashSet::new();
         for url in &settings.urls {
@@ -165,19 +95,10 @@ impl HttpSource {
                 configured.push(url);
             }
         }
-        // Detailed errors: a dead web server's "Connection refused" is the whole story.
-        let http = RetryingClient::new(
-            http,
-            id,
-            Duration::from_secs(settings.request_timeout_secs.max(1)),
-            settings.max_retries,
-        )
-        .with_detailed_errors();
         Ok(Self {
             client: Arc::new(Client {
                 settings,
                 http,
-                user_agent,
                 configured,
             }),
         })
@@ -189,7 +110,6 @@ struct Client {
     settings: HttpSettings,
     /// Sends, counts and retries every request; knows the source id.
     http: RetryingClient,
-    user_agent: Option<reqwest::header::HeaderValue>,
     /// The configured `urls`, normalised and de-duplicated.
     configured: Vec<Url>,
 }
@@ -276,9 +196,6 @@ impl Client {
     ) -> Result<Reply, Error> {
         let build = || {
             let mut req = self.http.http().request(method.clone(), url.clone());
-            if let Some(ua) = &self.user_agent {
-                req = req.header(USER_AGENT, ua.clone());
-            }
             for (name, value) in extra {
                 req = req.header(name.clone(), value.as_str());
             }
@@ -471,16 +388,14 @@ impl Source for HttpSource {
         calls: ApiCalls,
     ) -> Result<Box<dyn ChangeFeed>, Error> {
         let (urls, sitemap_note) = self.client.listing(&calls).await?;
-        Ok(Box::new(HttpFeed {
-            client: Arc::clone(&self.client),
+        Ok(Box::new(HttpFeed::new(
+            Arc::clone(&self.client),
             urls,
-            next: 0,
             held,
             calls,
-            counts: Counts::default(),
             sitemap_note,
-            checkpoint: checkpoint.clone(),
-        }))
+            checkpoint,
+        )))
     }
 
     async fn fetch(&self, docs: &[DocMeta], calls: &ApiCalls) -> Result<Fetched, Error> {
@@ -520,105 +435,6 @@ impl Source for HttpSource {
     }
 }
 
-/// What a feed saw, for its note.
-#[derive(Debug, Default)]
-struct Counts {
-    not_modified: u64,
-    changed: u64,
-    gone: u64,
-    refused: u64,
-    refused_status: Vec<u16>,
-}
-
-/// One run's feed: probes the next [`FEED_PAGE`] URLs per page.
-struct HttpFeed {
-    client: Arc<Client>,
-    urls: Vec<Url>,
-    next: usize,
-    held: Held,
-    calls: ApiCalls,
-    counts: Counts,
-    sitemap_note: Option<String>,
-    /// The checkpoint the run started from.
-    checkpoint: Checkpoint,
-}
-
-#[async_trait]
-impl ChangeFeed for HttpFeed {
-    async fn next_page(&mut self) -> Result<Option<FeedPage>, Error> {
-        if self.next >= self.urls.len() {
-            return Ok(None);
-        }
-        let end = (self.next + FEED_PAGE).min(self.urls.len());
-        // Owned per-probe data: the boxed future of this method must not hold
-        // borrows with higher-ranked lifetimes across the stream.
-        let probes = self.urls[self.next..end].iter().cloned().map(|url| {
-            let c = Arc::clone(&self.client);
-            let held = Arc::clone(&self.held);
-            let calls = self.calls.clone();
-            async move {
-                let version = held.get(&DocumentId(url.as_str().to_owned())).cloned();
-                c.probe(&url, version.as_deref(), &calls).await
-            }
-        });
-        let probes: Vec<Result<Probe, Error>> = futures::stream::iter(probes)
-            .buffered(self.client.settings.concurrency.clamp(1, MAX_CONCURRENCY))
-            .collect()
-            .await;
-        let mut observations = Vec::new();
-        for probe in probes {
-            match probe? {
-                Probe::Present { meta, unchanged } => {
-                    if unchanged {
-                        self.counts.not_modified += 1;
-                    } else {
-                        self.counts.changed += 1;
-                    }
-                    observations.push(Observation::Present(meta));
-                }
-                // Not reported: the listing is complete, so the coordinator deletes it.
-                Probe::Gone => self.counts.gone += 1,
-                Probe::Refused { status, kept } => {
-                    self.counts.refused += 1;
-                    if !self.counts.refused_status.contains(&status) {
-                        self.counts.refused_status.push(status);
-                    }
-                    observations.extend(kept.map(Observation::Present));
-                }
-            }
-        }
-        self.next = end;
-        Ok(Some(FeedPage { observations }))
-    }
-
-    fn end(&self) -> FeedEnd {
-        let k = &self.counts;
-        let mut note = format!(
-            "complete listing of {} URL(s): {} not modified, {} changed or new, {} gone (404/410)",
-            self.urls.len(),
-            k.not_modified,
-            k.changed,
-            k.gone
-        );
-        if k.refused > 0 {
-            let statuses: Vec<String> = k.refused_status.iter().map(u16::to_string).collect();
-            note.push_str(&format!(
-                ", {} refused (HTTP {}; held versions kept)",
-                k.refused,
-                statuses.join("/")
-            ));
-        }
-        if let Some(s) = &self.sitemap_note {
-            note = format!("{s}; {note}");
-        }
-        FeedEnd {
-            checkpoint: listing_checkpoint(&self.checkpoint),
-            complete_listing: true,
-            note: Some(note),
-        }
-    }
-}
-
 /// Web servers' answers: 429 and 5xx are transient; every other status (304,
 /// 404/410, other 4xx) goes back to the probe or fetch that decides what it means.
 fn classify(reply: &client::Reply) -> Verdict {
@@ -632,284 +448,22 @@ fn classify(reply: &client::Reply) -> Verdict {
     }
 }
 
-/// The checkpoint after a complete listing: no cursor or watermark to keep (every
-/// run lists everything); other fields, including ones the coordinator keeps, carry over.
-fn listing_checkpoint(previous: &Checkpoint) -> Checkpoint {
-    let mut next = previous.clone();
-    next.cursor = None;
-    next.watermark = None;
-    next.runs_since_sweep = 0;
-    next
-}
-
-/// The `<loc>` values of a sitemap (entities decoded, trimmed) and whether it is a `<sitemapindex>`.
-fn sitemap_locs(xml: &str) -> (bool, Vec<String>) {
-    let lower = xml.to_ascii_lowercase();
-    let is_index = lower.contains("<sitemapindex");
-    let mut out = Vec::new();
-    let mut at = 0;
-    while let Some(start) = lower[at..].find("<loc>") {
-        let from = at + start + "<loc>".len();
-        let Some(len) = lower[from..].find("</loc>") else {
-            break;
-        };
-        let raw = xml[from..from + len].trim();
-        let raw = raw
-            .strip_prefix("<![CDATA[")
-            .and_then(|r| r.strip_suffix("]]>"))
-            .map_or_else(|| decode_entities(raw), str::to_owned);
-        out.push(raw.trim().to_owned());
-        at = from + len;
-    }
-    (is_index, out)
-}
-
-/// Decodes the character references HTML and XML attribute values and text use
-/// (`&amp;`, `&lt;`, `&gt;`, `&quot;`, `&apos;`, `&nbsp;`, `&#NN;`, `&#xNN;`); others stay as written.
-fn decode_entities(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(amp) = rest.find('&') {
-        out.push_str(&rest[..amp]);
-        rest = &rest[amp..];
-        let decoded = rest.find(';').filter(|&semi| semi <= 10).and_then(|semi| {
-            let name = &rest[1..semi];
-            let ch = match name {
-                "amp" => Some('&'),
-                "lt" => Some('<'),
-                "gt" => Some('>'),
-                "quot" => Some('"'),
-                "apos" => Some('\''),
-                "nbsp" => Some('\u{a0}'),
-                _ => {
-                    let code = if let Some(hex) = name.strip_prefix("#x").or_else(|| name.strip_prefix("#X")) {
-                        u32::from_str_radix(hex, 16).ok()
-                    } else {
-                        name.strip_prefix('#').and_then(|d| d.parse::<u32>().ok())
-                    };
-                    code.and_then(char::from_u32)
-                }
-            };
-            ch.map(|c| (c, semi))
-        });
-        match decoded {
-            Some((c, semi)) => {
-                out.push(c);
-                rest = &rest[semi + 1..];
-            }
-            None => {
-                out.push('&');
-                rest = &rest[1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Start tags named `name` (lowercase): the text between `<name` and the closing `>`,
-/// which is found outside quoted attribute values. Comments are skipped.
-fn tags<'a>(html: &'a str, name: &str) -> Vec<&'a str> {
-    let lower = html.to_ascii_lowercase();
-    let open = format!("<{name}");
-    let bytes = html.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        let Some(lt) = lower[i..].find('<') else {
-            break;
-        };
-        let at = i + lt;
-        if lower[at..].starts_with("<!--") {
-            i = lower[at..].find("-->").map_or(bytes.len(), |e| at + e + 3);
-            continue;
-        }
-        let after = at + open.len();
-        let is_tag = lower[at..].starts_with(&open)
-            && bytes
-                .get(after)
-                .is_some_and(|b| b.is_ascii_whitespace() || *b == b'>' || *b == b'/');
-        if !is_tag {
-            i = at + 1;
-            continue;
-        }
-        let mut quote = None;
-        let mut end = None;
-        for (j, b) in bytes[after..].iter().enumerate() {
-            match (quote, *b) {
-                (None, b'"' | b'\'') => quote = Some(*b),
-                (Some(q), c) if c == q => quote = None,
-                (None, b'>') => {
-                    end = Some(after + j);
-                    break;
-                }
-                _ => {}
-            }
-        }
-        let Some(end) = end else {
-            break;
-        };
-        out.push(&html[after..end]);
-        i = end + 1;
-    }
-    out
-}
-
-/// The value of attribute `name` (lowercase) inside a start tag's text, entities decoded.
-fn attribute(tag: &str, name: &str) -> Option<String> {
-    let b = tag.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        while i < b.len() && (b[i].is_ascii_whitespace() || b[i] == b'/') {
-            i += 1;
-        }
-        let start = i;
-        while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'=' && b[i] != b'/' {
-            i += 1;
-        }
-        let attr = &tag[start..i];
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        let mut value = None;
-        if i < b.len() && b[i] == b'=' {
-            i += 1;
-            while i < b.len() && b[i].is_ascii_whitespace() {
-                i += 1;
-            }
-            if i < b.len() && (b[i] == b'"' || b[i] == b'\'') {
-                let q = b[i];
-                let from = i + 1;
-                let len = b[from..].iter().position(|&c| c == q).unwrap_or(b.len() - from);
-                value = Some(&tag[from..from + len]);
-                i = from + len + 1;
-            } else {
-                let from = i;
-                while i < b.len() && !b[i].is_ascii_whitespace() {
-                    i += 1;
-                }
-                value = Some(&tag[from..i]);
-            }
-        }
-        if attr.eq_ignore_ascii_case(name) {
-            return value.map(decode_entities);
-        }
-        if start == i {
-            i += 1;
-        }
-    }
-    None
-}
-
-/// The page's `<title>`, entities decoded and whitespace collapsed; `None` if absent or blank.
-pub fn page_title(html: &str) -> Option<String> {
-    let lower = html.to_ascii_lowercase();
-    let mut at = 0;
-    let from = loop {
-        let start = at + lower[at..].find("<title")?;
-        let after = start + "<title".len();
-        let next = lower.as_bytes().get(after)?;
-        if *next == b'>' || next.is_ascii_whitespace() {
-            break after + lower[after..].find('>')? + 1;
-        }
-        at = after;
-    };
-    let len = lower[from..].find("</title")?;
-    let title = decode_entities(&html[from..from + len]);
-    let title = title.split_whitespace().collect::<Vec<_>>().join(" ");
-    (!title.is_empty()).then_some(title)
-}
-
-/// Ids of the pages on this page's own site (same origin) that it links to with
-/// `<a href>`, in order of first appearance, fragments dropped, itself excluded.
-///
-/// Not filtered to the synced set: the set changes (a sitemap gains or loses a
-/// URL) without the linking page changing, and the reverse index must already
-/// know who links to a URL when it enters or leaves the set. Resolution shows a
-/// target tidemark does not hold with title `None`.
-pub fn page_links(html: &str, page: &Url) -> Vec<DocumentId> {
-    let base = tags(html, "base")
-        .first()
-        .and_then(|t| attribute(t, "href"))
-        .and_then(|href| page.join(href.trim()).ok())
-        .unwrap_or_else(|| page.clone());
-    let own = normalize(page);
-    let mut seen = HashSet::new();
-    tags(html, "a")
-        .into_iter()
-        .filter_map(|t| attribute(t, "href"))
-        .filter_map(|href| base.join(href.trim()).ok())
-        .map(|u| normalize(&u))
-        .filter(|u| *u != own && u.origin() == own.origin())
-        .filter(|u| seen.insert(u.as_str().to_owned()))
-        .map(|u| DocumentId(u.as_str().to_owned()))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
 
     use axum::Router;
     use axum::http::{HeaderMap as AxHeaders, StatusCode as AxStatus};
     use axum::response::IntoResponse;
     use axum::routing::get;
 
+    use super::html::decode_entities;
     use super::*;
-    use crate::sources::SourceSettings;
+    use crate::sources::Observation;
 
     fn url(s: &str) -> Url {
         Url::parse(s).expect("url")
-    }
-
-    /// Titles are decoded and collapsed; missing or blank titles are None.
-    #[test]
-    fn titles() {
-        assert_eq!(
-            page_title("<html><head><TITLE lang=en>\n  Install &amp; run\n</TITLE>").as_deref(),
-            Some("Install & run")
-        );
-        assert_eq!(page_title("<titles>x</titles>"), None);
-        assert_eq!(page_title("<title>  </title>"), None);
-        assert_eq!(page_title("no title"), None);
-    }
-
-    /// Links resolve relative to the page (or `<base>`), lose fragments, stay on the
-    /// page's own site, appear once, and never include the page itself; quoted `>`,
-    /// comments and non-anchor tags do not confuse the scanner.
-    #[test]
-    fn links() {
-        let page = url("http://h/docs/a.html");
-        let html = r#"<p><a href="b.html#part">b</a> <A HREF='../c.html' title="x > y">c</A>
-            <a class=x href=b.html>again</a> <a href="a.html">self</a> <abbr href="b.html">no</abbr>
-            <!-- <a href="/c.html">commented</a> --> <a href="https://elsewhere/">out</a>
-            <a href="/d?x=1&amp;y=2">query</a> <a name="anchor-only">none</a>"#;
-        let got: Vec<String> = page_links(html, &page).into_iter().map(|d| d.0).collect();
-        assert_eq!(
-            got,
-            vec!["http://h/docs/b.html", "http://h/c.html", "http://h/d?x=1&y=2"]
-        );
-
-        let based = r#"<head><base href="/docs/"></head><a href="b.html">b</a>"#;
-        let got: Vec<String> = page_links(based, &url("http://h/other/x.html"))
-            .into_iter()
-            .map(|d| d.0)
-            .collect();
-        assert_eq!(got, vec!["http://h/docs/b.html"]);
-    }
-
-    /// Sitemaps and indexes give their `<loc>`s, decoded.
-    #[test]
-    fn sitemap_parsing() {
-        let set = r#"<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">
-            <url><loc> http://h/a?x=1&amp;y=2 </loc><lastmod>2024-01-01</lastmod></url>
-            <url><loc><![CDATA[http://h/b]]></loc></url></urlset>"#;
-        assert_eq!(
-            sitemap_locs(set),
-            (false, vec!["http://h/a?x=1&y=2".into(), "http://h/b".into()])
-        );
-        let index = "<sitemapindex><sitemap><loc>http://h/s1.xml</loc></sitemap></sitemapindex>";
-        assert_eq!(sitemap_locs(index), (true, vec!["http://h/s1.xml".into()]));
     }
 
     /// Versions carry the validator on the first line; only ETags and valid dates become conditions.
@@ -938,47 +492,6 @@ mod tests {
         assert_eq!(
             decode_entities("a &lt;b&gt; &#65;&#x42; &bogus; & x"),
             "a <b> AB &bogus; & x"
-        );
-    }
-
-    /// Settings parse with documented defaults, and every bad value is reported by field.
-    #[test]
-    fn settings_defaults_and_validation() {
-        let mut problems = Vec::new();
-        let ok: toml::Value = toml::from_str("urls = [\"http://h/a\"]").expect("toml");
-        let Some(SourceSettings::Http(s)) = SourceSettings::parse("http", ok, "sources[0]", &mut problems) else {
-            panic!("parse failed: {problems:?}");
-        };
-        assert!(problems.is_empty(), "{problems:?}");
-        assert_eq!((s.max_retries, s.request_timeout_secs, s.concurrency), (5, 30, 8));
-        assert!(s.user_agent.is_none() && s.sitemap.is_none());
-
-        let bad: toml::Value =
-            toml::from_str("urls = [\"ftp://h/a\"]\nconcurrency = 0\nrequest_timeout_secs = 0\nuser_agent = \"a\\nb\"")
-                .expect("toml");
-        let mut problems = Vec::new();
-        SourceSettings::parse("http", bad, "sources[1]", &mut problems);
-        let all = problems.join("\n");
-        for needle in [
-            "sources[1].settings.urls[0]: \"ftp://h/a\" is not an http(s) URL",
-            "sources[1].settings.concurrency: 0 is outside 1..=64",
-            "sources[1].settings.request_timeout_secs: must be at least 1",
-            "sources[1].settings.user_agent",
-        ] {
-            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
-        }
-        let mut problems = Vec::new();
-        SourceSettings::parse(
-            "http",
-            toml::from_str("max_retries = 1").expect("toml"),
-            "s",
-            &mut problems,
-        );
-        assert!(
-            problems
-                .iter()
-                .any(|p| p.contains("s.settings.urls: set urls, sitemap")),
-            "{problems:?}"
         );
     }
 

@@ -1,0 +1,313 @@
+//! One run's change feed: a v2 listing of every page of the space, or a v1
+//! CQL search for pages modified since the watermark; one response per `next_page`.
+//!
+//! Invariants:
+//! - The new watermark comes from the *source's* clock: the `Date` header of the
+//!   feed's first response, else the newest modification seen, else the old
+//!   watermark; never our own clock ([`Watermark`]).
+//! - A feed reports `complete_listing` only after following every v2 listing
+//!   page to the end; CQL feeds never claim completeness.
+//! - Only current pages are reported (archived and other content types are skipped).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use url::Url;
+
+use super::api::{Client, Reply, V1Search, V2List, V2Page};
+use crate::sources::clock::Watermark;
+use crate::sources::{ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, FeedEnd, FeedPage, Observation};
+use crate::types::DocumentId;
+
+/// Which endpoint a feed walks.
+pub(super) enum FeedKind {
+    /// v2 `GET /spaces/{id}/pages`: every page, complete.
+    Listing,
+    /// v1 CQL `lastmodified >=` search: changes only.
+    Search,
+}
+
+/// One run's change feed; pages are requested lazily, one per `next_page`.
+pub(super) struct ConfluenceFeed {
+    pub(super) client: Arc<Client>,
+    pub(super) kind: FeedKind,
+    /// The next request; `None` once the last page was returned.
+    pub(super) next: Option<Url>,
+    /// Counts every request of the run's feed.
+    pub(super) calls: ApiCalls,
+    /// The source's clock as this run read it: the `Date` of the feed's first
+    /// response, else the newest modification seen; gives the new watermark.
+    pub(super) clock: Watermark,
+    pub(super) scope: BTreeMap<String, String>,
+    pub(super) complete: bool,
+    pub(super) runs_since_sweep: u32,
+    pub(super) note: String,
+}
+
+#[async_trait]
+impl ChangeFeed for ConfluenceFeed {
+    async fn next_page(&mut self) -> Result<Option<FeedPage>, Error> {
+        let Some(url) = self.next.take() else {
+            return Ok(None);
+        };
+        let c = Arc::clone(&self.client);
+        let calls = self.calls.clone();
+        let mut observations = Vec::new();
+        match self.kind {
+            FeedKind::Listing => {
+                let reply: Reply<V2List<V2Page>> = c.get_json(&url, &calls).await?;
+                self.clock.observe_date(reply.date);
+                for page in &reply.body.results {
+                    if page.status.as_deref().is_some_and(|st| st != "current") {
+                        continue;
+                    }
+                    let meta = page.meta(&c, &url)?;
+                    self.clock.observe_modified(meta.modified_at);
+                    observations.push(Observation::Present(meta));
+                }
+                if let Some(next) = reply.body.links.and_then(|l| l.next).or(reply.link_next) {
+                    self.next = Some(c.resolve_site_path(&next, &url)?);
+                }
+            }
+            FeedKind::Search => {
+                let reply: Reply<V1Search> = c.get_json(&url, &calls).await?;
+                self.clock.observe_date(reply.date);
+                for item in &reply.body.results {
+                    if item.kind.as_deref().is_some_and(|k| k != "page")
+                        || item.status.as_deref().is_some_and(|st| st != "current")
+                    {
+                        continue;
+                    }
+                    let version = item.version.as_ref().ok_or_else(|| {
+                        c.http.permanent(format_args!(
+                            "GET {}: result {} lacks version (expand=version)",
+                            url.path(),
+                            item.id
+                        ))
+                    })?;
+                    let when = c.timestamp(version.when.as_deref(), &url)?;
+                    self.clock.observe_modified(when);
+                    observations.push(Observation::Present(DocMeta {
+                        id: DocumentId(item.id.clone()),
+                        version: version.number.to_string(),
+                        title: item.title.clone(),
+                        // Ancestors run from the space root down to the direct parent.
+                        parent: item.ancestors.last().map(|a| DocumentId(a.id.clone())),
+                        modified_at: when,
+                    }));
+                }
+                if let Some(links) = reply.body.links
+                    && let Some(next) = links.next
+                {
+                    // v1 links are relative to `_links.base` (site + context, "/wiki");
+                    // we rebuild it from our own base_url and the context path.
+                    let next = if next.starts_with("http://") || next.starts_with("https://") {
+                        next
+                    } else {
+                        let context = links.context.unwrap_or_else(|| "/wiki".to_owned());
+                        format!("{}{}", context.trim_end_matches('/'), next)
+                    };
+                    self.next = Some(c.resolve_site_path(&next, &url)?);
+                }
+            }
+        }
+        Ok(Some(FeedPage { observations }))
+    }
+
+    fn end(&self) -> FeedEnd {
+        // The first Date, else the newest modification minus the overlap, else the
+        // old watermark: never one invented from our own clock (see `clock::Watermark`).
+        FeedEnd {
+            checkpoint: Checkpoint {
+                cursor: None,
+                watermark: self.clock.next(),
+                runs_since_sweep: self.runs_since_sweep,
+                scope: self.scope.clone(),
+                ..Checkpoint::default()
+            },
+            complete_listing: self.complete,
+            note: Some(self.note.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::super::SCOPE_SPACE_ID;
+    use super::super::tests::{connector, drain, metas, start};
+    use crate::simulators::confluence::SimConfig;
+    use crate::sources::{ApiCalls, Checkpoint, Source};
+    use crate::types::SyncMode;
+
+    /// A full listing walks every cursor page, reports every page with its parent,
+    /// and counts exactly one space lookup plus one call per 250 pages; the space id
+    /// is cached so the next run skips the lookup.
+    #[tokio::test]
+    async fn full_listing_follows_cursors_and_counts_calls() {
+        let meter = ApiCalls::default();
+        let (sim, base) = start(SimConfig {
+            pages: 500,
+            seed: 7,
+            ..SimConfig::default()
+        })
+        .await;
+        let src = connector(base, |_| {});
+        let mut feed = src
+            .open_feed(
+                &Checkpoint::default(),
+                SyncMode::Full,
+                Default::default(),
+                meter.clone(),
+            )
+            .await
+            .expect("open");
+        let (pages, end) = drain(&mut feed).await.expect("feed");
+        assert_eq!(pages.len(), 2);
+        assert_eq!(meter.get(), 3);
+        assert_eq!(sim.total_calls(), 3);
+        assert_eq!(sim.calls().get("GET /wiki/api/v2/spaces/{id}/pages"), Some(&2));
+        assert_eq!(sim.calls().get("GET /wiki/api/v2/spaces"), Some(&1));
+        let seen = metas(&pages);
+        let expected = sim.pages();
+        assert_eq!(seen.len(), 500);
+        for (m, p) in seen.iter().zip(&expected) {
+            assert_eq!(m.id.0, p.id);
+            assert_eq!(m.version, p.version.to_string());
+            assert_eq!(m.title, p.title);
+            assert_eq!(m.parent.as_ref().map(|d| d.0.clone()), p.parent_id);
+            assert_eq!(m.modified_at, Some(p.modified_at));
+        }
+        assert!(expected.iter().any(|p| p.parent_id.is_some()) && expected.iter().any(|p| p.parent_id.is_none()));
+        assert!(end.complete_listing);
+        assert_eq!(end.checkpoint.runs_since_sweep, 0);
+        assert_eq!(
+            end.checkpoint.scope.get(SCOPE_SPACE_ID).map(String::as_str),
+            Some("98304")
+        );
+
+        sim.reset_calls();
+        let meter = ApiCalls::default();
+        let mut feed = src
+            .open_feed(&end.checkpoint, SyncMode::Full, Default::default(), meter.clone())
+            .await
+            .expect("open");
+        let (_pages, _) = drain(&mut feed).await.expect("feed");
+        assert_eq!(meter.get(), 2, "cached space id skips the lookup");
+        assert_eq!(sim.total_calls(), 2);
+    }
+
+    /// A page created mid-listing with an id beyond the cursor appears later in the
+    /// same listing, as real cursor pagination would report it.
+    #[tokio::test]
+    async fn page_created_during_listing_appears_later() {
+        let meter = ApiCalls::default();
+        let (sim, base) = start(SimConfig {
+            pages: 300,
+            ..SimConfig::default()
+        })
+        .await;
+        let src = connector(base, |_| {});
+        let mut feed = src
+            .open_feed(
+                &Checkpoint::default(),
+                SyncMode::Full,
+                Default::default(),
+                meter.clone(),
+            )
+            .await
+            .expect("open");
+        let first = feed.next_page().await.expect("page").expect("some");
+        assert_eq!(first.observations.len(), 250);
+        let new_id = sim.create_page("Late", None, "<p>late</p>");
+        let (rest, end) = drain(&mut feed).await.expect("rest");
+        assert!(metas(&rest).iter().any(|m| m.id.0 == new_id));
+        assert_eq!(metas(&rest).len(), 51);
+        assert!(end.complete_listing);
+    }
+
+    /// With sweep_every = 5, the second incremental run uses CQL and finds a page
+    /// edited after the watermark, although the source clock runs 3 minutes behind
+    /// ours and its CQL literals are read in America/New_York; the watermark is the
+    /// simulator's Date header. The fifth run is a complete listing again.
+    #[tokio::test]
+    async fn incremental_cql_uses_source_clock_and_timezone() {
+        let meter = ApiCalls::default();
+        let skew = chrono::Duration::minutes(-3);
+        let (sim, base) = start(SimConfig {
+            pages: 20,
+            user_timezone: chrono_tz::America::New_York,
+            clock_skew: skew,
+            ..SimConfig::default()
+        })
+        .await;
+        let src = connector(base, |s| {
+            s.timezone = "America/New_York".to_owned();
+            s.sweep_every = 5;
+        });
+        let before = Utc::now() + skew;
+        let mut feed = src
+            .open_feed(
+                &Checkpoint::default(),
+                SyncMode::Incremental,
+                Default::default(),
+                meter.clone(),
+            )
+            .await
+            .expect("open");
+        let (_, first) = drain(&mut feed).await.expect("feed");
+        let after = Utc::now() + skew;
+        assert!(first.complete_listing, "no watermark yet: complete listing");
+        let wm = first.checkpoint.watermark.expect("watermark");
+        // The Date header has whole seconds.
+        assert!(
+            wm >= before - chrono::Duration::seconds(1) && wm <= after,
+            "{before} <= {wm} <= {after}"
+        );
+
+        let edited = sim.pages()[5].id.clone();
+        assert!(sim.update_page(&edited, Some("Edited"), Some("<p>new</p>")));
+        sim.reset_calls();
+        let meter = ApiCalls::default();
+        let mut feed = src
+            .open_feed(
+                &first.checkpoint,
+                SyncMode::Incremental,
+                Default::default(),
+                meter.clone(),
+            )
+            .await
+            .expect("open");
+        let (pages, second) = drain(&mut feed).await.expect("feed");
+        assert_eq!(sim.calls().get("GET /wiki/rest/api/content/search"), Some(&1));
+        assert_eq!(meter.get(), 1);
+        let seen = metas(&pages);
+        assert_eq!(
+            seen.len(),
+            1,
+            "only the edit is newer than the 30-day-old seed: {seen:?}"
+        );
+        assert_eq!(seen[0].id.0, edited);
+        assert_eq!(seen[0].version, sim.pages()[5].version.to_string());
+        assert_eq!(seen[0].title, "Edited");
+        assert!(!second.complete_listing);
+        assert_eq!(second.checkpoint.runs_since_sweep, 1);
+        assert!(second.checkpoint.watermark.expect("wm") >= wm);
+        assert!(second.note.as_deref().is_some_and(|n| n.contains("America/New_York")));
+
+        let due = Checkpoint {
+            runs_since_sweep: 4,
+            ..second.checkpoint.clone()
+        };
+        let mut feed = src
+            .open_feed(&due, SyncMode::Incremental, Default::default(), meter.clone())
+            .await
+            .expect("open");
+        let (pages, third) = drain(&mut feed).await.expect("feed");
+        assert!(third.complete_listing);
+        assert_eq!(third.checkpoint.runs_since_sweep, 0);
+        assert_eq!(metas(&pages).len(), 20);
+    }
+}

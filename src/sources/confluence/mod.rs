@@ -1,0 +1,365 @@
+//! Confluence Cloud connector: one space's pages, listed through REST v2 and
+//! searched for changes through REST v1 CQL.
+//!
+//! What it owns:
+//! - [`ConfluenceSettings`]: the `settings` table of a `kind = "confluence"` source;
+//! - [`Confluence`]: the [`Source`] that walks the change feed and fetches page bodies.
+//!
+//! Invariants:
+//! - Every time this connector reasons about ("what changed since when?") comes
+//!   from the *source's* clock: the `Date` header of the feed's first response,
+//!   or page modification times. Our local clock is never used, so a skewed
+//!   server clock cannot make us skip changes. The rules live in [`clock`]
+//!   ([`clock::Watermark`], [`clock::cql_minute_literal`]).
+//! - A feed reports `complete_listing` only after following every v2 listing
+//!   page to the end; CQL feeds never claim completeness.
+//! - Requests only ever go to the configured `base_url`: pagination links are
+//!   taken as paths and joined to it, so a response cannot redirect our
+//!   credentials elsewhere.
+//! - Every HTTP attempt, retries included, is counted in `api_calls` (by
+//!   [`client::RetryingClient`](crate::sources::client::RetryingClient); which statuses are retried is decided here).
+//!
+//! Where things are:
+//! - `settings.rs`: [`ConfluenceSettings`], its defaults and validation;
+//! - `api.rs`: the REST client (auth, pagination links kept on our site), the v1
+//!   and v2 wire types, Atlassian error bodies and which answers are retried;
+//! - `feed.rs`: one run's change feed (a v2 listing or a v1 CQL search);
+//! - `mod.rs` (this file): [`Confluence`], the [`Source`] that chooses the feed and fetches
+//!   page bodies, and [`page_links`].
+
+mod api;
+mod feed;
+mod settings;
+
+use std::collections::{BTreeSet, HashSet};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono_tz::Tz;
+
+use self::api::{Client, Reply, SEARCH_LIMIT, V2List, V2Page, cql_escape, is_numeric_id};
+use self::feed::{ConfluenceFeed, FeedKind};
+use super::clock::{self, Watermark};
+use super::{ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, Fetched, FetchedDoc, Held, Source};
+use crate::types::{DocumentId, SourceId, SyncMode};
+
+pub use self::settings::{ConfluenceSettings, MAX_PAGE_LIMIT};
+
+/// Ids per batched v2 `GET /pages?id=...` call (the endpoint's documented maximum).
+const FETCH_BATCH: usize = 250;
+/// `Checkpoint.scope` key caching the numeric space id.
+pub const SCOPE_SPACE_ID: &str = "space_id";
+/// `Checkpoint.scope` key recording which space key the cached id belongs to.
+pub const SCOPE_SPACE_KEY: &str = "space_key";
+
+/// A Confluence Cloud space as a [`Source`].
+pub struct Confluence {
+    client: Arc<Client>,
+}
+
+impl Confluence {
+    /// Builds the connector; fails if the time zone is unknown or the token unreadable.
+    pub fn new(id: SourceId, settings: ConfluenceSettings, http: reqwest::Client) -> Result<Self, Error> {
+        let tz = Tz::from_str(&settings.timezone).map_err(|_| Error::Permanent {
+            context: format!("source {id}: timezone {:?} is not an IANA time zone", settings.timezone),
+        })?;
+        let token = match settings.api_token() {
+            Some(secret) => Some(secret.read("api_token").map_err(|e| Error::Permanent {
+                context: format!("source {id}: {e}"),
+            })?),
+            None => None,
+        };
+        let auth = match (&settings.email, token) {
+            (Some(email), Some(token)) => Some((email.clone(), token)),
+            _ => None,
+        };
+        let mut base = settings.base_url.clone();
+        // `Url::join` replaces the last path segment unless the path ends in '/'.
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let http = settings.client().build(http, id)?;
+        Ok(Self {
+            client: Arc::new(Client {
+                settings,
+                http,
+                tz,
+                auth,
+                base,
+            }),
+        })
+    }
+}
+
+#[async_trait]
+impl Source for Confluence {
+    fn id(&self) -> &SourceId {
+        self.client.http.source()
+    }
+
+    async fn open_feed(
+        &self,
+        checkpoint: &Checkpoint,
+        mode: SyncMode,
+        _held: Held,
+        calls: ApiCalls,
+    ) -> Result<Box<dyn ChangeFeed>, Error> {
+        let c = &self.client;
+        let s = &c.settings;
+        let mut clock = Watermark::new(checkpoint.watermark, Duration::from_secs(s.overlap_secs));
+        // The cached id is trusted only for the space key it was looked up for.
+        let cached = checkpoint
+            .scope
+            .get(SCOPE_SPACE_ID)
+            .filter(|id| is_numeric_id(id))
+            .filter(|_| checkpoint.scope.get(SCOPE_SPACE_KEY) == Some(&s.space_key));
+        let space_id = match cached {
+            Some(id) => id.clone(),
+            None => {
+                let (id, date) = c.lookup_space(&calls).await?;
+                clock.observe_date(date);
+                id
+            }
+        };
+        let mut scope = checkpoint.scope.clone();
+        scope.insert(SCOPE_SPACE_ID.to_owned(), space_id.clone());
+        scope.insert(SCOPE_SPACE_KEY.to_owned(), s.space_key.clone());
+
+        let sweep_due = checkpoint.runs_since_sweep.saturating_add(1) >= s.sweep_every;
+        let listing_reason = match (mode, checkpoint.watermark) {
+            (SyncMode::Full, _) => Some("full run"),
+            (_, None) => Some("no watermark yet"),
+            (_, Some(_)) if sweep_due => Some("deletion sweep due"),
+            _ => None,
+        };
+        let (kind, first, note, complete, runs_since_sweep) = match (listing_reason, clock.query_from()) {
+            (None, Some(since)) => {
+                let literal = clock::cql_minute_literal(since, c.tz);
+                let cql = format!(
+                    "space = \"{}\" and type = page and lastmodified >= \"{literal}\"",
+                    cql_escape(&s.space_key)
+                );
+                let mut url = c.url("wiki/rest/api/content/search")?;
+                url.query_pairs_mut()
+                    .append_pair("cql", &cql)
+                    .append_pair("limit", &SEARCH_LIMIT.to_string())
+                    .append_pair("expand", "version,ancestors");
+                let note = format!("CQL changes since {literal} ({})", c.tz);
+                let runs = checkpoint.runs_since_sweep.saturating_add(1);
+                (FeedKind::Search, url, note, false, runs)
+            }
+            (reason, _) => {
+                let mut url = c.url(&format!("wiki/api/v2/spaces/{space_id}/pages"))?;
+                url.query_pairs_mut()
+                    .append_pair("limit", &s.page_limit.clamp(1, MAX_PAGE_LIMIT).to_string())
+                    // Only live pages: the default also includes archived ones, which CQL
+                    // search and our fetch do not return.
+                    .append_pair("status", "current");
+                let note = format!("complete listing ({})", reason.unwrap_or("no watermark yet"));
+                (FeedKind::Listing, url, note, true, 0)
+            }
+        };
+        Ok(Box::new(ConfluenceFeed {
+            client: Arc::clone(&self.client),
+            kind,
+            next: Some(first),
+            calls,
+            clock,
+            scope,
+            complete,
+            runs_since_sweep,
+            note,
+        }))
+    }
+
+    fn wants_held_versions(&self) -> bool {
+        // Versions come from the listing or CQL; the coordinator compares them.
+        false
+    }
+
+    async fn fetch(&self, docs: &[DocMeta], calls: &ApiCalls) -> Result<Fetched, Error> {
+        let c = &self.client;
+        let mut out = Fetched::default();
+        let mut seen = HashSet::new();
+        let mut wanted = Vec::new();
+        for doc in docs {
+            if !seen.insert(doc.id.0.as_str()) {
+                continue;
+            }
+            if is_numeric_id(&doc.id.0) {
+                wanted.push(doc.id.0.as_str());
+            } else {
+                // Confluence ids are numeric; such an id cannot exist there (and would make
+                // the whole batch a 400).
+                out.missing.push(doc.id.clone());
+            }
+        }
+        for chunk in wanted.chunks(FETCH_BATCH) {
+            let requested: BTreeSet<&str> = chunk.iter().copied().collect();
+            let mut found = BTreeSet::new();
+            let mut url = c.url("wiki/api/v2/pages")?;
+            url.query_pairs_mut()
+                .append_pair("id", &chunk.join(","))
+                .append_pair("body-format", "storage")
+                .append_pair("status", "current")
+                .append_pair("limit", &FETCH_BATCH.to_string());
+            loop {
+                let reply: Reply<V2List<V2Page>> = c.get_json(&url, calls).await?;
+                for page in reply.body.results {
+                    if !requested.contains(page.id.as_str()) || !found.insert(page.id.clone()) {
+                        continue;
+                    }
+                    let meta = page.meta(c, &url)?;
+                    let content = page.body.and_then(|b| b.storage).map(|s| s.value).ok_or_else(|| {
+                        c.http
+                            .permanent(format_args!("GET {}: page {} has no body.storage", url.path(), meta.id))
+                    })?;
+                    let links = page_links(&content);
+                    out.docs.push(FetchedDoc { meta, content, links });
+                }
+                match reply.body.links.and_then(|l| l.next).or(reply.link_next) {
+                    Some(next) => url = c.resolve_site_path(&next, &url)?,
+                    None => break,
+                }
+            }
+            out.missing.extend(
+                chunk
+                    .iter()
+                    .filter(|id| !found.contains(**id))
+                    .map(|id| DocumentId((*id).to_owned())),
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// Page ids this storage-format body links to, in order of first appearance.
+///
+/// Confluence Cloud writes links to pages either as URLs (`<a href=".../wiki/spaces/KEY/pages/123/Title">`,
+/// smart links included) or as `<ri:page ri:content-id="123" .../>` resource identifiers.
+/// Title-only links (`ri:content-title`) are not resolved here.
+pub fn page_links(storage: &str) -> Vec<DocumentId> {
+    fn digits_after(text: &str, marker: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find(marker) {
+            rest = &rest[at + marker.len()..];
+            let id: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            if !id.is_empty() {
+                out.push(id);
+            }
+        }
+        out
+    }
+    let mut seen = HashSet::new();
+    digits_after(storage, "/pages/")
+        .into_iter()
+        .chain(digits_after(storage, "ri:content-id=\""))
+        .filter(|id| seen.insert(id.clone()))
+        .map(DocumentId)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The simulator harness every test of the connector shares, and the tests of
+    //! `fetch` and [`page_links`].
+
+    use url::Url;
+
+    use super::*;
+    use crate::simulators::confluence::{ConfluenceSim, SimConfig};
+    use crate::sources::{FeedEnd, FeedPage, Observation};
+
+    pub(super) async fn start(cfg: SimConfig) -> (ConfluenceSim, Url) {
+        let sim = ConfluenceSim::new(cfg);
+        let (addr, _task) = sim.serve("127.0.0.1:0".parse().expect("addr")).await.expect("serve");
+        (sim, Url::parse(&format!("http://{addr}")).expect("url"))
+    }
+
+    pub(super) fn connector(base: Url, tweak: impl FnOnce(&mut ConfluenceSettings)) -> Confluence {
+        let mut s = ConfluenceSettings::new(base, "ENG");
+        tweak(&mut s);
+        Confluence::new(SourceId::new("confluence-eng").expect("id"), s, reqwest::Client::new()).expect("connector")
+    }
+
+    pub(super) async fn drain(feed: &mut Box<dyn ChangeFeed>) -> Result<(Vec<FeedPage>, FeedEnd), Error> {
+        let mut pages = Vec::new();
+        while let Some(p) = feed.next_page().await? {
+            pages.push(p);
+        }
+        Ok((pages, feed.end()))
+    }
+
+    pub(super) fn metas(pages: &[FeedPage]) -> Vec<DocMeta> {
+        pages
+            .iter()
+            .flat_map(|p| &p.observations)
+            .filter_map(|o| match o {
+                Observation::Present(m) => Some(m.clone()),
+                Observation::Deleted(_) | Observation::Moved { .. } => None,
+            })
+            .collect()
+    }
+
+    pub(super) fn permanent_context(e: Error) -> String {
+        match e {
+            Error::Permanent { context } => context,
+            other => panic!("expected Permanent, got {other:?}"),
+        }
+    }
+
+    /// Links to pages are found in both URL and resource-identifier form, once each.
+    #[test]
+    fn page_links_in_storage_format() {
+        let body = r#"<p>See <a href="https://x.atlassian.net/wiki/spaces/ENG/pages/100012/Install">install</a>,
+            <ac:link><ri:page ri:content-id="100020" ri:space-key="ENG"/></ac:link> and
+            <a href="/wiki/spaces/ENG/pages/100012">again</a>; <ri:page ri:content-title="Only a title"/></p>"#;
+        assert_eq!(
+            page_links(body),
+            vec![DocumentId("100012".into()), DocumentId("100020".into())]
+        );
+        assert!(page_links("<p>no links</p>").is_empty());
+    }
+
+    /// Fetch asks for all ids in one batched call and reports deleted ids as missing.
+    #[tokio::test]
+    async fn fetch_batches_ids_and_reports_missing() {
+        let (sim, base) = start(SimConfig {
+            pages: 10,
+            ..SimConfig::default()
+        })
+        .await;
+        let src = connector(base, |_| {});
+        let all = sim.pages();
+        let gone = all[3].id.clone();
+        assert!(sim.delete_page(&gone));
+        let wanted: Vec<DocMeta> = all[..6]
+            .iter()
+            .map(|p| DocMeta {
+                id: DocumentId(p.id.clone()),
+                version: p.version.to_string(),
+                title: p.title.clone(),
+                parent: None,
+                modified_at: None,
+            })
+            .collect();
+        sim.reset_calls();
+        let meter = ApiCalls::default();
+        let got = src.fetch(&wanted, &meter).await.expect("fetch");
+        assert_eq!(meter.get(), 1);
+        assert_eq!(sim.calls().get("GET /wiki/api/v2/pages"), Some(&1));
+        assert_eq!(got.missing, vec![DocumentId(gone.clone())]);
+        assert_eq!(got.docs.len(), 5);
+        let now = sim.pages();
+        for doc in &got.docs {
+            let p = now.iter().find(|p| p.id == doc.meta.id.0).expect("known page");
+            assert_eq!(doc.content, p.body);
+            assert_eq!(doc.meta.version, p.version.to_string());
+            assert_eq!(doc.meta.parent.as_ref().map(|d| d.0.clone()), p.parent_id);
+        }
+    }
+}

@@ -1,0 +1,619 @@
+//! The Drive API v3 as this connector speaks it: the [`Client`] (auth, URLs,
+//! `changes.getStartPageToken`, `files.list`, `changes.list`, downloads and
+//! exports), the wire types it decodes, [`GoogleError`], and [`classify`]: which
+//! answers are retried.
+//!
+//! Invariants:
+//! - Every HTTP attempt, retries included, is counted in `api_calls` (by
+//!   [`client::RetryingClient`]); the 403 rate-limit rule is decided here.
+//! - The bearer token is re-read from `access_token_env` / `access_token_file`
+//!   for every attempt, so an external refresher works; tokens are never refreshed here.
+//! - A refused page token (400 `invalid` at `pageToken`, or 404) is
+//!   `Error::CursorExpired`; every other refusal is `Error::Permanent`.
+//! - [`Kind`] tags `DocMeta.version` with how the file is read (`gdoc:12`), so
+//!   a download needs no metadata call.
+
+use chrono::{DateTime, Utc};
+use reqwest::header::{ACCEPT, AUTHORIZATION};
+use serde::Deserialize;
+use url::Url;
+
+use super::settings::{GdriveSettings, is_drive_id};
+use crate::sources::client::{self, Body, RetryingClient, Verdict};
+use crate::sources::clock;
+use crate::sources::{ApiCalls, DocMeta, Error, FetchedDoc};
+use crate::types::DocumentId;
+
+/// Largest `pageSize` of `changes.list` and `files.list`.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+/// `mimeType` of a folder.
+pub(super) const FOLDER_MIME: &str = "application/vnd.google-apps.folder";
+/// Fields asked of `changes.list`.
+const CHANGE_FIELDS: &str = "nextPageToken,newStartPageToken,changes(changeType,removed,fileId,time,file(id,name,mimeType,parents,trashed,modifiedTime,version,md5Checksum,driveId))";
+/// Fields asked of `files.list`.
+const LIST_FIELDS: &str = "nextPageToken,files(id,name,mimeType,parents,trashed,modifiedTime,version,md5Checksum)";
+
+/// Everything a request needs; shared by the source and its feeds.
+pub(super) struct Client {
+    pub(super) settings: GdriveSettings,
+    /// Sends, counts and retries every request; knows the source id.
+    pub(super) http: RetryingClient,
+}
+
+/// A non-retryable HTTP error answer, with Google's error details.
+#[derive(Debug)]
+struct Refusal {
+    status: u16,
+    detail: GoogleError,
+    /// `source …: GET /path: HTTP 400 invalid: Invalid Value`.
+    context: String,
+}
+
+impl Refusal {
+    fn into_error(self) -> Error {
+        Error::Permanent { context: self.context }
+    }
+}
+
+/// A decoded Google error body, reduced to what decisions need.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GoogleError {
+    /// `error.message`.
+    pub message: String,
+    /// `error.errors[].reason`.
+    pub reasons: Vec<String>,
+    /// `error.errors[].location`.
+    pub locations: Vec<String>,
+}
+
+impl GoogleError {
+    /// Parses `{"error":{"code","message","errors":[{reason,location,…}],"status"}}`;
+    /// anything else becomes a message of its first 200 characters.
+    pub fn parse(body: &str) -> Self {
+        #[derive(Deserialize)]
+        struct Wrap {
+            error: Inner,
+        }
+        #[derive(Deserialize)]
+        struct Inner {
+            #[serde(default)]
+            message: String,
+            #[serde(default)]
+            errors: Vec<Item>,
+        }
+        #[derive(Deserialize)]
+        struct Item {
+            reason: Option<String>,
+            location: Option<String>,
+        }
+        match serde_json::from_str::<Wrap>(body) {
+            Ok(w) => Self {
+                message: w.error.message,
+                reasons: w.error.errors.iter().filter_map(|e| e.reason.clone()).collect(),
+                locations: w.error.errors.iter().filter_map(|e| e.location.clone()).collect(),
+            },
+            Err(_) => {
+                let trimmed = body.trim();
+                Self {
+                    message: if trimmed.is_empty() {
+                        "(empty body)".to_owned()
+                    } else {
+                        trimmed.chars().take(200).collect()
+                    },
+                    ..Self::default()
+                }
+            }
+        }
+    }
+
+    fn has_reason(&self, reason: &str) -> bool {
+        self.reasons.iter().any(|r| r == reason)
+    }
+
+    /// Drive's rate limits: 403 `userRateLimitExceeded`/`rateLimitExceeded`, 429 `rateLimitExceeded`.
+    pub fn is_rate_limit(&self) -> bool {
+        self.has_reason("userRateLimitExceeded") || self.has_reason("rateLimitExceeded")
+    }
+
+    fn summary(&self) -> String {
+        match self.reasons.first() {
+            Some(r) => format!("{r}: {}", self.message),
+            None => self.message.clone(),
+        }
+    }
+}
+
+/// Whether a `changes.list` refusal means the saved page token is unusable.
+/// Drive answers a bad or unknown token with 400 `invalid` at location
+/// `pageToken` ("Invalid Value"); 404 is treated the same, defensively.
+pub fn is_token_refusal(status: u16, e: &GoogleError) -> bool {
+    (status == 400 && (e.locations.iter().any(|l| l == "pageToken") || e.has_reason("invalid"))) || status == 404
+}
+
+impl Client {
+    /// `path` (without leading '/') under `base_url`.
+    fn url(&self, path: &str) -> Result<Url, Error> {
+        self.settings
+            .base_url
+            .join(path)
+            .map_err(|e| self.http.permanent(format_args!("cannot build URL for {path}: {e}")))
+    }
+
+    /// The token, read synchronously (only at construction, to fail early).
+    pub(super) fn token_blocking(&self) -> Result<Option<String>, Error> {
+        match self.settings.access_token() {
+            Some(secret) => secret
+                .read("access_token")
+                .map(Some)
+                .map_err(|e| self.http.permanent(e)),
+            None => Ok(None),
+        }
+    }
+
+    /// The token as of now: re-read every request so an external refresher works.
+    async fn token(&self) -> Result<Option<String>, Error> {
+        match self.settings.access_token() {
+            Some(secret) => secret
+                .read_async("access_token")
+                .await
+                .map(Some)
+                .map_err(|e| self.http.permanent(e)),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds the shared-drive parameters every call of that kind needs.
+    fn drive_params(&self, url: &mut Url, listing: bool) {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("supportsAllDrives", "true");
+        q.append_pair("includeItemsFromAllDrives", "true");
+        if let Some(d) = &self.settings.drive_id {
+            if listing {
+                q.append_pair("corpora", "drive");
+            }
+            q.append_pair("driveId", d);
+        }
+    }
+
+    /// GETs `url` with auth, retrying rate limits (403/429 with a rate-limit reason),
+    /// 5xx and network failures with exponential backoff (or `Retry-After` when sent).
+    /// Every attempt is counted in `calls`. Other error statuses come back as a [`Refusal`].
+    async fn get(&self, url: &Url, calls: &ApiCalls) -> Result<Result<Vec<u8>, Refusal>, Error> {
+        let label = format!("GET {}", url.path());
+        let build = move || async move {
+            // Re-read for every attempt, so a refreshed token is picked up mid-retry.
+            let token = self.token().await?;
+            let req = self.http.http().get(url.clone()).header(ACCEPT, "application/json");
+            Ok(match &token {
+                Some(t) => req.header(AUTHORIZATION, format!("Bearer {t}")),
+                None => req,
+            })
+        };
+        let reply = self.http.send(&label, build, Body::Always, classify, calls).await?;
+        if reply.status.is_success() {
+            return Ok(Ok(reply.body));
+        }
+        let status = reply.status.as_u16();
+        let detail = GoogleError::parse(&reply.text());
+        let hint = if status == 401 {
+            " (access token invalid or expired; tidemark does not refresh tokens)"
+        } else {
+            ""
+        };
+        Ok(Err(Refusal {
+            status,
+            context: format!(
+                "{}: HTTP {status}: {}{hint}",
+                self.http.context(&label),
+                detail.summary()
+            ),
+            detail,
+        }))
+    }
+
+    /// GETs and decodes JSON; refusals become `Permanent`.
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &Url, calls: &ApiCalls) -> Result<T, Error> {
+        let body = self.get(url, calls).await?.map_err(Refusal::into_error)?;
+        self.decode(url, &body)
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, url: &Url, body: &[u8]) -> Result<T, Error> {
+        self.http.decode_json(format_args!("GET {}", url.path()), body)
+    }
+
+    /// `changes.getStartPageToken`: the token of the next change.
+    pub(super) async fn start_page_token(&self, calls: &ApiCalls) -> Result<String, Error> {
+        let mut url = self.url("drive/v3/changes/startPageToken")?;
+        url.query_pairs_mut().append_pair("supportsAllDrives", "true");
+        if let Some(d) = &self.settings.drive_id {
+            url.query_pairs_mut().append_pair("driveId", d);
+        }
+        let body: StartPageToken = self.get_json(&url, calls).await?;
+        if body.start_page_token.is_empty() {
+            return Err(self
+                .http
+                .permanent(format_args!("GET {}: empty startPageToken", url.path())));
+        }
+        Ok(body.start_page_token)
+    }
+
+    /// `files.list` of one folder's children (one page).
+    pub(super) async fn list_children(
+        &self,
+        folder: &str,
+        page: Option<&str>,
+        calls: &ApiCalls,
+    ) -> Result<FileList, Error> {
+        let mut url = self.url("drive/v3/files")?;
+        url.query_pairs_mut()
+            // Ids are checked to be [A-Za-z0-9_-], so no quote can end the literal early.
+            .append_pair("q", &format!("'{folder}' in parents and trashed=false"))
+            .append_pair("pageSize", &self.settings.page_size.clamp(1, MAX_PAGE_SIZE).to_string())
+            .append_pair("fields", LIST_FIELDS);
+        if let Some(p) = page {
+            url.query_pairs_mut().append_pair("pageToken", p);
+        }
+        self.drive_params(&mut url, true);
+        self.get_json(&url, calls).await
+    }
+
+    /// `changes.list` (one page); a refused token is `CursorExpired`.
+    pub(super) async fn list_changes(&self, token: &str, calls: &ApiCalls) -> Result<ChangeList, Error> {
+        let mut url = self.url("drive/v3/changes")?;
+        url.query_pairs_mut()
+            .append_pair("pageToken", token)
+            .append_pair("pageSize", &self.settings.page_size.clamp(1, MAX_PAGE_SIZE).to_string())
+            .append_pair("includeRemoved", "true")
+            .append_pair("fields", CHANGE_FIELDS);
+        self.drive_params(&mut url, false);
+        match self.get(&url, calls).await? {
+            Ok(body) => self.decode(&url, &body),
+            Err(r) if is_token_refusal(r.status, &r.detail) => Err(Error::CursorExpired {
+                context: format!(
+                    "source {}: GET {}: page token {token:?} refused (HTTP {}: {})",
+                    self.http.source(),
+                    url.path(),
+                    r.status,
+                    r.detail.summary()
+                ),
+            }),
+            Err(r) => Err(r.into_error()),
+        }
+    }
+
+    /// Downloads one document; `None` if Drive no longer has it.
+    pub(super) async fn download(&self, meta: &DocMeta, calls: &ApiCalls) -> Result<Option<FetchedDoc>, Error> {
+        let id = &meta.id.0;
+        if !is_drive_id(id) {
+            // Cannot be a Drive id, so Drive cannot have it.
+            return Ok(None);
+        }
+        let kind = meta.version.split_once(':').and_then(|(tag, _)| Kind::from_tag(tag));
+        let mut url = self.url("drive/v3/files")?;
+        let Ok(mut segments) = url.path_segments_mut() else {
+            return Err(self.http.permanent("base_url cannot have a path"));
+        };
+        segments.push(id);
+        match kind.and_then(Kind::export_mime) {
+            Some(mime) => {
+                segments.push("export");
+                drop(segments);
+                url.query_pairs_mut().append_pair("mimeType", mime);
+            }
+            None => {
+                drop(segments);
+                url.query_pairs_mut()
+                    .append_pair("alt", "media")
+                    .append_pair("supportsAllDrives", "true");
+            }
+        }
+        let body = match self.get(&url, calls).await? {
+            Ok(b) => b,
+            Err(r) if r.status == 404 => return Ok(None),
+            // A version without a tag (not written by this connector): a Google
+            // Doc refuses alt=media, so export it instead (one more call).
+            Err(r) if kind.is_none() && r.detail.has_reason("fileNotDownloadable") => {
+                let mut url = self.url("drive/v3/files")?;
+                if let Ok(mut s) = url.path_segments_mut() {
+                    s.push(id).push("export");
+                }
+                url.query_pairs_mut().append_pair("mimeType", "text/plain");
+                match self.get(&url, calls).await? {
+                    Ok(b) => b,
+                    Err(r) if r.status == 404 => return Ok(None),
+                    Err(r) => return Err(self.file_error(meta, r)),
+                }
+            }
+            Err(r) => return Err(self.file_error(meta, r)),
+        };
+        let content = match String::from_utf8(body) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(source = %self.http.source(), file = %id, "content is not UTF-8; invalid bytes replaced");
+                String::from_utf8_lossy(e.as_bytes()).into_owned()
+            }
+        };
+        // Exports may begin with a byte-order mark; it is not content.
+        let content = content.strip_prefix('\u{feff}').map(str::to_owned).unwrap_or(content);
+        Ok(Some(FetchedDoc {
+            meta: meta.clone(),
+            content,
+            links: Vec::new(),
+        }))
+    }
+
+    fn file_error(&self, meta: &DocMeta, r: Refusal) -> Error {
+        // e.g. 403 exportSizeLimitExceeded (exports are capped at 10 MB): retrying cannot help,
+        // and the job goes to the dead-letter stream naming the file.
+        Error::Permanent {
+            context: format!("{} (file {} {:?})", r.context, meta.id, meta.title),
+        }
+    }
+}
+
+/// Drive's answers: 429, 5xx and a 403 whose reason is a rate limit are
+/// transient; every other status goes back to the caller, which decides what a
+/// 404 or a refused page token means.
+fn classify(reply: &client::Reply) -> Verdict {
+    if reply.status.is_success() {
+        return Verdict::Accept;
+    }
+    let detail = GoogleError::parse(&reply.text());
+    let rate_limited = reply.status.as_u16() == 403 && detail.is_rate_limit();
+    if rate_limited || client::is_transient(reply.status) {
+        Verdict::Retry {
+            detail: format!("HTTP {}: {}", reply.status.as_u16(), detail.summary()),
+            after: client::retry_after(&reply.headers),
+        }
+    } else {
+        Verdict::Accept
+    }
+}
+
+/// How a file's content is read; the tag is the prefix of `DocMeta.version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A text file: `alt=media`.
+    Text,
+    /// A Google Doc: export `text/plain`.
+    Doc,
+    /// A Google Sheet: export `text/csv` (Drive exports the first sheet only).
+    Sheet,
+    /// A Google Slides deck: export `text/plain`.
+    Slides,
+}
+
+impl Kind {
+    /// The kind of a `mimeType`, or `None` if it is not synced (folders, forms, binaries…).
+    pub fn of_mime(mime: &str) -> Option<Kind> {
+        match mime {
+            "application/vnd.google-apps.document" => Some(Kind::Doc),
+            "application/vnd.google-apps.spreadsheet" => Some(Kind::Sheet),
+            "application/vnd.google-apps.presentation" => Some(Kind::Slides),
+            m if m.starts_with("text/") => Some(Kind::Text),
+            "application/json" | "application/xml" | "application/x-yaml" | "application/yaml" => Some(Kind::Text),
+            _ => None,
+        }
+    }
+
+    fn tag(self) -> &'static str {
+        match self {
+            Kind::Text => "text",
+            Kind::Doc => "gdoc",
+            Kind::Sheet => "gsheet",
+            Kind::Slides => "gslides",
+        }
+    }
+
+    pub(super) fn from_tag(tag: &str) -> Option<Kind> {
+        [Kind::Text, Kind::Doc, Kind::Sheet, Kind::Slides]
+            .into_iter()
+            .find(|k| k.tag() == tag)
+    }
+
+    fn export_mime(self) -> Option<&'static str> {
+        match self {
+            Kind::Text => None,
+            Kind::Doc | Kind::Slides => Some("text/plain"),
+            Kind::Sheet => Some("text/csv"),
+        }
+    }
+}
+
+/// `DocMeta.version` for a Drive `version` of a file of kind `kind`.
+pub fn version_string(kind: Kind, version: &str) -> String {
+    format!("{}:{version}", kind.tag())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StartPageToken {
+    #[serde(default)]
+    start_page_token: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct FileList {
+    pub(super) next_page_token: Option<String>,
+    #[serde(default)]
+    pub(super) files: Vec<DriveFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ChangeList {
+    pub(super) next_page_token: Option<String>,
+    pub(super) new_start_page_token: Option<String>,
+    #[serde(default)]
+    pub(super) changes: Vec<Change>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Change {
+    pub(super) change_type: Option<String>,
+    #[serde(default)]
+    pub(super) removed: bool,
+    pub(super) file_id: Option<String>,
+    pub(super) file: Option<DriveFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct DriveFile {
+    pub(super) id: String,
+    #[serde(default)]
+    pub(super) name: String,
+    #[serde(default)]
+    pub(super) mime_type: String,
+    #[serde(default)]
+    pub(super) parents: Vec<String>,
+    #[serde(default)]
+    pub(super) trashed: bool,
+    /// RFC 3339 in UTC as Drive sends it (a zoneless one would be read as UTC).
+    #[serde(default, deserialize_with = "clock::deserialize_opt_utc")]
+    modified_time: Option<DateTime<Utc>>,
+    /// Drive serves `version` (int64) as a JSON string.
+    version: Option<String>,
+}
+
+impl DriveFile {
+    pub(super) fn is_folder(&self) -> bool {
+        self.mime_type == FOLDER_MIME
+    }
+
+    pub(super) fn parent(&self) -> Option<&str> {
+        self.parents.first().map(String::as_str)
+    }
+
+    /// The document's metadata, if it is a kind we sync.
+    pub(super) fn meta(&self) -> Option<DocMeta> {
+        let kind = Kind::of_mime(&self.mime_type)?;
+        Some(DocMeta {
+            id: DocumentId(self.id.clone()),
+            version: version_string(kind, self.version.as_deref().unwrap_or("0")),
+            title: self.name.clone(),
+            parent: self.parent().map(|p| DocumentId(p.to_owned())),
+            modified_at: self.modified_time,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, HashSet};
+
+    use super::super::tests::{connector, present_ids, run, start};
+    use super::*;
+    use crate::simulators::gdrive::{DOC_MIME, FORM_MIME, SimConfig};
+    use crate::sources::{Checkpoint, Error};
+    use crate::types::SyncMode;
+
+    /// 403 userRateLimitExceeded and 429 are retried with backoff, every attempt
+    /// counted; a 403 for another reason is permanent; exhausted retries are retryable.
+    #[tokio::test]
+    async fn rate_limits_are_retried() {
+        let (sim, base) = start(SimConfig {
+            files: 3,
+            subfolders: 0,
+            ..SimConfig::default()
+        })
+        .await;
+        let src = connector(base.clone(), |_| {});
+        let meter = ApiCalls::default();
+        sim.fail_next(2, 403);
+        let (obs, end) = run(&src, &Checkpoint::default(), SyncMode::Full, &HashMap::new(), &meter)
+            .await
+            .expect("full");
+        assert_eq!(obs.len(), 3);
+        assert_eq!(meter.get(), 4, "two 403s, the start token, one folder listing");
+        let meter = ApiCalls::default();
+        sim.fail_next(1, 429);
+        run(&src, &end.checkpoint, SyncMode::Incremental, &HashMap::new(), &meter)
+            .await
+            .expect("inc");
+        assert_eq!(meter.get(), 2, "429 then changes.list");
+
+        let src = connector(base, |s| s.max_retries = 1);
+        sim.fail_next(5, 500);
+        let err = run(&src, &end.checkpoint, SyncMode::Incremental, &HashMap::new(), &meter)
+            .await
+            .expect_err("retries run out");
+        assert!(err.is_retryable(), "{err}");
+        sim.fail_next(0, 500);
+        sim.fail_next(1, 401);
+        match run(&src, &end.checkpoint, SyncMode::Incremental, &HashMap::new(), &meter).await {
+            Err(Error::Permanent { context }) => {
+                assert!(
+                    context.starts_with("source gdrive-eng: GET /drive/v3/changes: HTTP 401: authError"),
+                    "{context}"
+                );
+                assert!(context.contains("does not refresh tokens"), "{context}");
+            }
+            other => panic!("expected Permanent, got {:?}", other.map(|(o, _)| o.len())),
+        }
+    }
+
+    /// With drive_id, every call carries the shared-drive parameters.
+    #[tokio::test]
+    async fn shared_drive_parameters() {
+        let (sim, base) = start(SimConfig {
+            files: 6,
+            drive_id: Some("0AShared".into()),
+            ..SimConfig::default()
+        })
+        .await;
+        let src = connector(base, |s| s.drive_id = Some("0AShared".into()));
+        let meter = ApiCalls::default();
+        let (obs, end) = run(&src, &Checkpoint::default(), SyncMode::Full, &HashMap::new(), &meter)
+            .await
+            .expect("full");
+        assert_eq!(obs.len(), 6);
+        let id = sim.files_in_tree()[0].id.clone();
+        sim.update_file(&id, None, Some("x"));
+        let (obs, _) = run(&src, &end.checkpoint, SyncMode::Incremental, &HashMap::new(), &meter)
+            .await
+            .expect("inc");
+        assert_eq!(present_ids(&obs), HashSet::from([id]));
+        for r in sim.requests() {
+            let p = &r.params;
+            assert_eq!(p.get("supportsAllDrives").map(String::as_str), Some("true"), "{r:?}");
+            assert_eq!(p.get("driveId").map(String::as_str), Some("0AShared"), "{r:?}");
+            if r.label == "GET /drive/v3/files" {
+                assert_eq!(p.get("corpora").map(String::as_str), Some("drive"));
+                assert_eq!(p.get("includeItemsFromAllDrives").map(String::as_str), Some("true"));
+            }
+        }
+    }
+
+    /// Google error bodies parse into reasons and locations; a bad page token is
+    /// recognised, a rate limit is told from a permission error.
+    #[test]
+    fn error_bodies_and_token_refusals() {
+        let bad_token = r#"{"error":{"code":400,"message":"Invalid Value","errors":[{"domain":"global","reason":"invalid","message":"Invalid Value","locationType":"parameter","location":"pageToken"}]}}"#;
+        let e = GoogleError::parse(bad_token);
+        assert_eq!(e.reasons, vec!["invalid"]);
+        assert!(is_token_refusal(400, &e));
+        assert!(!is_token_refusal(403, &e));
+        let limit = r#"{"error":{"errors":[{"domain":"usageLimits","reason":"userRateLimitExceeded","message":"User Rate Limit Exceeded"}],"code":403,"message":"User Rate Limit Exceeded","status":"PERMISSION_DENIED"}}"#;
+        assert!(GoogleError::parse(limit).is_rate_limit());
+        let denied = r#"{"error":{"errors":[{"domain":"global","reason":"insufficientFilePermissions","message":"no"}],"code":403,"message":"no"}}"#;
+        assert!(!GoogleError::parse(denied).is_rate_limit());
+        assert_eq!(GoogleError::parse("<html>oops</html>").message, "<html>oops</html>");
+        assert_eq!(GoogleError::parse("").message, "(empty body)");
+    }
+
+    /// Versions carry the read method; mime types map to kinds or are skipped.
+    #[test]
+    fn kinds_and_versions() {
+        assert_eq!(Kind::of_mime(DOC_MIME), Some(Kind::Doc));
+        assert_eq!(Kind::of_mime("text/markdown"), Some(Kind::Text));
+        assert_eq!(Kind::of_mime(FORM_MIME), None);
+        assert_eq!(Kind::of_mime(FOLDER_MIME), None);
+        assert_eq!(Kind::of_mime("application/pdf"), None);
+        assert_eq!(version_string(Kind::Sheet, "17"), "gsheet:17");
+        assert_eq!(Kind::from_tag("gslides"), Some(Kind::Slides));
+        assert_eq!(Kind::from_tag("nope"), None);
+    }
+}

@@ -1,0 +1,623 @@
+//! One run's change feed: the change list from the saved page token
+//! (incremental runs), then `files.list` listings of folders, one page per
+//! `next_page`.
+//!
+//! Invariants:
+//! - Changes are applied against the tree as it is at the *end* of the change
+//!   list (each change carries the file's *current* resource), so the order in
+//!   which a folder move and a change inside that folder are reported does not
+//!   matter, nor does a file appearing more than once.
+//! - A folder leaving the tree deletes every document under it; one entering
+//!   it is listed from its top, each folder once per run.
+//! - The synced folder itself trashed or deleted deletes everything and drops
+//!   the token, so the next run lists from scratch.
+//! - A feed claims `complete_listing` only for a full walk of the tree.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::api::{Client, Kind};
+use super::tree::{Tree, reachable};
+use crate::sources::{ApiCalls, ChangeFeed, Checkpoint, Error, FeedEnd, FeedPage, Held, Observation};
+use crate::types::DocumentId;
+
+/// Counts for the run note.
+#[derive(Debug, Default, Clone)]
+struct Stats {
+    changes: usize,
+    listed_folders: usize,
+    documents: usize,
+    skipped: usize,
+    deleted: usize,
+}
+
+/// One run's change feed: first the change list (incremental runs), then
+/// folder listings, one `files.list` page per `next_page`.
+pub(super) struct GdriveFeed {
+    client: Arc<Client>,
+    calls: ApiCalls,
+    held: Held,
+    /// The checkpoint the run started from.
+    base: Checkpoint,
+    /// The saved token, until the change list has been read.
+    changes_from: Option<String>,
+    /// The token the next run starts from.
+    cursor: Option<String>,
+    /// Folders still to list, with the page to continue from.
+    queue: VecDeque<(String, Option<String>)>,
+    /// Folders queued for listing in this run (each is listed once).
+    queued: HashSet<String>,
+    tree: Tree,
+    scope: BTreeMap<String, String>,
+    complete: bool,
+    runs_since_sweep: u32,
+    stats: Stats,
+    reason: String,
+}
+
+#[async_trait]
+impl ChangeFeed for GdriveFeed {
+    async fn next_page(&mut self) -> Result<Option<FeedPage>, Error> {
+        if let Some(token) = self.changes_from.take() {
+            return self.read_changes(token).await.map(Some);
+        }
+        let Some((folder, page)) = self.queue.pop_front() else {
+            return Ok(None);
+        };
+        let c = Arc::clone(&self.client);
+        let list = c.list_children(&folder, page.as_deref(), &self.calls).await?;
+        if page.is_none() {
+            self.stats.listed_folders += 1;
+        }
+        if let Some(next) = list.next_page_token {
+            if page.as_ref() == Some(&next) {
+                return Err(c.http.permanent(format_args!(
+                    "GET /drive/v3/files: pagination did not advance for folder {folder}"
+                )));
+            }
+            // Finish this folder before the ones queued behind it.
+            self.queue.push_front((folder.clone(), Some(next)));
+        }
+        let mut observations = Vec::new();
+        for f in list.files {
+            if f.trashed {
+                continue;
+            }
+            if f.is_folder() {
+                if f.id != c.settings.folder_id {
+                    self.tree.folders.insert(f.id.clone(), (folder.clone(), f.name.clone()));
+                    if self.queued.insert(f.id.clone()) {
+                        self.queue.push_back((f.id.clone(), None));
+                    }
+                }
+                continue;
+            }
+            match f.meta() {
+                Some(meta) => {
+                    self.stats.documents += 1;
+                    self.tree.docs.insert(f.id.clone(), folder.clone());
+                    observations.push(Observation::Present(meta));
+                }
+                None => self.stats.skipped += 1,
+            }
+        }
+        Ok(Some(FeedPage { observations }))
+    }
+
+    fn end(&self) -> FeedEnd {
+        let mut scope = self.scope.clone();
+        self.tree.save(&mut scope);
+        let st = &self.stats;
+        let mut note = self.reason.clone();
+        if self.complete {
+            note.push_str(&format!(
+                ": {} document(s) in {} folder(s)",
+                st.documents, st.listed_folders
+            ));
+        } else {
+            note.push_str(&format!(": {} change(s)", st.changes));
+            if st.deleted > 0 {
+                note.push_str(&format!(", {} document(s) deleted or moved out", st.deleted));
+            }
+            if st.listed_folders > 0 {
+                note.push_str(&format!(
+                    ", {} folder(s) entering the tree listed ({} document(s))",
+                    st.listed_folders, st.documents
+                ));
+            }
+        }
+        if st.skipped > 0 {
+            note.push_str(&format!(
+                "; {} file(s) skipped (not text or exportable to text)",
+                st.skipped
+            ));
+        }
+        // Start from the run's checkpoint so fields the coordinator keeps (and ones
+        // added later) carry over; ours are all overwritten.
+        let mut checkpoint = self.base.clone();
+        checkpoint.cursor = self.cursor.clone();
+        checkpoint.watermark = None;
+        checkpoint.runs_since_sweep = self.runs_since_sweep;
+        checkpoint.scope = scope;
+        FeedEnd {
+            checkpoint,
+            complete_listing: self.complete,
+            note: Some(note),
+        }
+    }
+}
+
+impl GdriveFeed {
+    /// A feed that reads the change list from `token` (the saved page token),
+    /// against the tree saved with it.
+    pub(super) fn changes(
+        client: Arc<Client>,
+        calls: ApiCalls,
+        held: Held,
+        base: &Checkpoint,
+        token: &str,
+        tree: Tree,
+        scope: BTreeMap<String, String>,
+    ) -> Self {
+        Self {
+            client,
+            calls,
+            held,
+            base: base.clone(),
+            changes_from: Some(token.to_owned()),
+            cursor: Some(token.to_owned()),
+            queue: VecDeque::new(),
+            queued: HashSet::new(),
+            tree,
+            scope,
+            complete: false,
+            runs_since_sweep: base.runs_since_sweep.saturating_add(1),
+            stats: Stats::default(),
+            reason: format!("changes since page token {token}"),
+        }
+    }
+
+    /// A complete listing of the tree from the synced folder down; `token` is
+    /// the start page token asked for *before* listing, `reason` says why.
+    pub(super) fn listing(
+        client: Arc<Client>,
+        calls: ApiCalls,
+        held: Held,
+        base: &Checkpoint,
+        token: String,
+        scope: BTreeMap<String, String>,
+        reason: &str,
+    ) -> Self {
+        let root = client.settings.folder_id.clone();
+        let mut queue = VecDeque::new();
+        queue.push_back((root.clone(), None));
+        Self {
+            client,
+            calls,
+            held,
+            base: base.clone(),
+            changes_from: None,
+            cursor: Some(token),
+            queue,
+            queued: HashSet::from([root]),
+            tree: Tree::default(),
+            scope,
+            complete: true,
+            runs_since_sweep: 0,
+            stats: Stats::default(),
+            reason: format!("complete listing ({reason})"),
+        }
+    }
+
+    /// Reads the whole change list from `token` and turns it into observations
+    /// against the tree as it stands after every change; queues folders that
+    /// entered the tree for listing.
+    async fn read_changes(&mut self, token: String) -> Result<FeedPage, Error> {
+        let c = Arc::clone(&self.client);
+        let root = c.settings.folder_id.clone();
+        let mut changes = Vec::new();
+        let mut next = token;
+        let mut seen_tokens = HashSet::new();
+        let new_start = loop {
+            if !seen_tokens.insert(next.clone()) {
+                return Err(c.http.permanent(format_args!(
+                    "GET /drive/v3/changes: page token {next:?} repeated; pagination did not advance"
+                )));
+            }
+            let page = c.list_changes(&next, &self.calls).await?;
+            changes.extend(page.changes);
+            match (page.next_page_token, page.new_start_page_token) {
+                (Some(n), _) => next = n,
+                (None, Some(start)) => break start,
+                (None, None) => {
+                    return Err(c
+                        .http
+                        .permanent("GET /drive/v3/changes: response has neither nextPageToken nor newStartPageToken"));
+                }
+            }
+        };
+        self.cursor = Some(new_start);
+        // Shared-drive changes (changeType "drive") are about the drive, not its files.
+        changes.retain(|ch| ch.change_type.as_deref().is_none_or(|t| t == "file"));
+        self.stats.changes = changes.len();
+
+        let old = self.tree.folders.clone();
+        let mut folders = old.clone();
+        let mut root_gone = false;
+        // Pass 1: the folder tree after every change.
+        for ch in &changes {
+            let Some(id) = ch.file_id.as_deref().or(ch.file.as_ref().map(|f| f.id.as_str())) else {
+                continue;
+            };
+            let gone = ch.removed || ch.file.as_ref().is_none_or(|f| f.trashed);
+            if id == root {
+                root_gone |= gone;
+                continue;
+            }
+            match &ch.file {
+                Some(f) if f.is_folder() && !gone => {
+                    if let Some(p) = f.parent() {
+                        folders.insert(id.to_owned(), (p.to_owned(), f.name.clone()));
+                    }
+                }
+                _ if gone => {
+                    folders.remove(id);
+                }
+                _ => {}
+            }
+        }
+        let keep = reachable(&root, &folders);
+        folders.retain(|id, _| keep.contains(id));
+
+        let mut observations = Vec::new();
+        let mut deleted: HashSet<String> = HashSet::new();
+        if root_gone {
+            // The synced folder itself was trashed or deleted: nothing is in scope, and
+            // the next run lists from scratch (a restored folder is picked up then).
+            for doc in std::mem::take(&mut self.tree.docs).into_keys() {
+                deleted.insert(doc.clone());
+                observations.push(Observation::Deleted(DocumentId(doc)));
+            }
+            self.stats.deleted = deleted.len();
+            self.tree.folders.clear();
+            self.cursor = None;
+            self.reason.push_str(" (the synced folder was trashed or deleted)");
+            return Ok(FeedPage { observations });
+        }
+
+        // Pass 2: each changed file against the final tree.
+        let in_tree = |parent: Option<&str>| parent.is_some_and(|p| p == root || folders.contains_key(p));
+        for ch in &changes {
+            let Some(id) = ch.file_id.clone().or(ch.file.as_ref().map(|f| f.id.clone())) else {
+                continue;
+            };
+            if id == root || old.contains_key(&id) || folders.contains_key(&id) {
+                continue;
+            }
+            let present = match &ch.file {
+                Some(f) if !ch.removed && !f.trashed && !f.is_folder() && in_tree(f.parent()) => f.meta(),
+                _ => None,
+            };
+            match present {
+                Some(meta) => {
+                    self.tree.docs.insert(
+                        id.clone(),
+                        meta.parent.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+                    );
+                    observations.push(Observation::Present(meta));
+                }
+                None => {
+                    let known = self.tree.docs.remove(&id).is_some() || self.held.contains_key(&DocumentId(id.clone()));
+                    if ch
+                        .file
+                        .as_ref()
+                        .is_some_and(|f| !f.is_folder() && Kind::of_mime(&f.mime_type).is_none())
+                    {
+                        self.stats.skipped += 1;
+                    }
+                    if known && deleted.insert(id.clone()) {
+                        observations.push(Observation::Deleted(DocumentId(id)));
+                    }
+                }
+            }
+        }
+
+        // Pass 3: documents under folders that left the tree.
+        let departed: HashSet<&String> = old.keys().filter(|id| !folders.contains_key(*id)).collect();
+        let orphans: Vec<String> = self
+            .tree
+            .docs
+            .iter()
+            .filter(|(_, parent)| departed.contains(parent))
+            .map(|(doc, _)| doc.clone())
+            .collect();
+        for doc in orphans {
+            self.tree.docs.remove(&doc);
+            if deleted.insert(doc.clone()) {
+                observations.push(Observation::Deleted(DocumentId(doc)));
+            }
+        }
+        self.stats.deleted = deleted.len();
+
+        // Folders that entered the tree: list each new subtree from its top.
+        for (id, (parent, _)) in &folders {
+            if !old.contains_key(id) && (parent == &root || old.contains_key(parent)) && self.queued.insert(id.clone())
+            {
+                self.queue.push_back((id.clone(), None));
+            }
+        }
+        self.tree.folders = folders;
+        Ok(FeedPage { observations })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, HashSet};
+
+    use chrono::Utc;
+
+    use super::super::tests::{apply, connector, deleted_ids, present_ids, run, start};
+    use super::super::{SCOPE_DOCS, SCOPE_FOLDER_ID, SCOPE_SWEPT_AT, scope_document_count, scope_folders};
+    use crate::simulators::gdrive::{FORM_MIME, SimConfig};
+    use crate::sources::{ApiCalls, Checkpoint, Error, Observation};
+    use crate::types::SyncMode;
+
+    /// A full listing asks for the start token first, walks every folder, reports
+    /// every document (skipping forms), and saves the folder map and doc parents.
+    #[tokio::test]
+    async fn full_listing_walks_the_tree() {
+        let (sim, base) = start(SimConfig {
+            files: 40,
+            subfolders: 3,
+            ..SimConfig::default()
+        })
+        .await;
+        sim.create_file("Survey", "root-folder", FORM_MIME, "");
+        let src = connector(base, |s| s.page_size = 7);
+        let meter = ApiCalls::default();
+        let (obs, end) = run(&src, &Checkpoint::default(), SyncMode::Full, &HashMap::new(), &meter)
+            .await
+            .expect("feed");
+        let reqs = sim.requests();
+        assert_eq!(reqs[0].label, "GET /drive/v3/changes/startPageToken");
+        assert!(end.complete_listing);
+        let expected: HashSet<String> = sim
+            .files_in_tree()
+            .into_iter()
+            .filter(|f| f.mime_type != FORM_MIME)
+            .map(|f| f.id)
+            .collect();
+        assert_eq!(present_ids(&obs), expected);
+        assert_eq!(meter.get(), sim.total_calls());
+        assert_eq!(end.checkpoint.cursor, Some((sim.next_change_id()).to_string()));
+        assert_eq!(scope_folders(&end.checkpoint.scope).map(|f| f.len()), Some(3));
+        assert_eq!(scope_document_count(&end.checkpoint.scope), Some(40));
+        assert!(
+            end.note.as_deref().is_some_and(|n| n.contains("1 file(s) skipped")),
+            "{:?}",
+            end.note
+        );
+        let docs = obs
+            .iter()
+            .filter_map(|o| match o {
+                Observation::Present(m) => Some(m),
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        assert!(docs.iter().any(|m| m.version.starts_with("gdoc:")));
+        assert!(docs.iter().any(|m| m.version.starts_with("text:")));
+    }
+
+    /// A no-op incremental run is one changes.list call; a change is one call
+    /// plus nothing else, and the new token is the list's newStartPageToken.
+    #[tokio::test]
+    async fn incremental_is_one_call() {
+        let (sim, base) = start(SimConfig {
+            files: 20,
+            ..SimConfig::default()
+        })
+        .await;
+        let src = connector(base, |_| {});
+        let meter = ApiCalls::default();
+        let mut held = HashMap::new();
+        let (obs, end) = run(&src, &Checkpoint::default(), SyncMode::Full, &held, &meter)
+            .await
+            .expect("full");
+        apply(&mut held, &obs);
+        sim.reset_calls();
+        let meter = ApiCalls::default();
+        let (obs, noop) = run(&src, &end.checkpoint, SyncMode::Incremental, &held, &meter)
+            .await
+            .expect("noop");
+        assert!(obs.is_empty());
+        assert_eq!((meter.get(), sim.total_calls()), (1, 1));
+        assert!(!noop.complete_listing);
+        assert_eq!(noop.checkpoint.cursor, end.checkpoint.cursor);
+        assert_eq!(noop.checkpoint.runs_since_sweep, 1);
+
+        let id = sim.files_in_tree()[3].id.clone();
+        assert!(sim.update_file(&id, Some("Renamed"), None));
+        let meter = ApiCalls::default();
+        let (obs, next) = run(&src, &noop.checkpoint, SyncMode::Incremental, &held, &meter)
+            .await
+            .expect("inc");
+        assert_eq!(meter.get(), 1);
+        assert_eq!(present_ids(&obs), HashSet::from([id]));
+        assert_eq!(next.checkpoint.cursor, Some(sim.next_change_id().to_string()));
+    }
+
+    /// Moves in and out of the tree, trash and permanent deletion, and folders
+    /// leaving or entering with their subtrees, whatever order the changes come in.
+    #[tokio::test]
+    async fn moves_trash_and_subtrees() {
+        let (sim, base) = start(SimConfig {
+            files: 30,
+            subfolders: 3,
+            ..SimConfig::default()
+        })
+        .await;
+        let src = connector(base, |s| s.page_size = 3);
+        let meter = ApiCalls::default();
+        let mut held = HashMap::new();
+        let (obs, end) = run(&src, &Checkpoint::default(), SyncMode::Full, &held, &meter)
+            .await
+            .expect("full");
+        apply(&mut held, &obs);
+        let outside = sim.create_folder("Outside", &sim.drive_root_id()).expect("outside");
+        let out_file = sim.create_file("out.txt", &outside, "text/plain", "out").expect("file");
+        let files = sim.files();
+        let folder1 = files.iter().find(|f| f.name == "Folder 1").expect("f1").id.clone();
+        let under_f1: HashSet<String> = {
+            let f2 = files.iter().find(|f| f.name == "Folder 2").expect("f2").id.clone();
+            files
+                .iter()
+                .filter(|f| f.parent.as_deref() == Some(&folder1) || f.parent.as_deref() == Some(&f2))
+                .filter(|f| !f.is_folder())
+                .map(|f| f.id.clone())
+                .collect()
+        };
+        let in_root: Vec<String> = files
+            .iter()
+            .filter(|f| f.parent.as_deref() == Some("root-folder") && !f.is_folder())
+            .map(|f| f.id.clone())
+            .collect();
+        // A file inside Folder 1 changes *before* Folder 1 leaves: it must still be deleted.
+        let touched = under_f1.iter().next().expect("some").clone();
+        assert!(sim.update_file(&touched, None, Some("edited")));
+        assert!(sim.move_file(&folder1, &outside));
+        assert!(sim.move_file(&in_root[0], &outside));
+        assert!(sim.trash_file(&in_root[1]));
+        assert!(sim.delete_file(&in_root[2]));
+        assert!(sim.move_file(&out_file, "root-folder"));
+        let (obs, end) = run(&src, &end.checkpoint, SyncMode::Incremental, &held, &meter)
+            .await
+            .expect("inc");
+        let mut gone: HashSet<String> = under_f1.clone();
+        gone.extend(in_root[..3].iter().cloned());
+        assert_eq!(deleted_ids(&obs), gone);
+        assert_eq!(present_ids(&obs), HashSet::from([out_file.clone()]));
+        apply(&mut held, &obs);
+
+        // The folder comes back with its subtree: listed (two folders), all present again.
+        sim.reset_calls();
+        let meter = ApiCalls::default();
+        assert!(sim.move_file(&folder1, "root-folder"));
+        let (obs, end) = run(&src, &end.checkpoint, SyncMode::Incremental, &held, &meter)
+            .await
+            .expect("inc");
+        assert_eq!(present_ids(&obs), under_f1);
+        assert!(deleted_ids(&obs).is_empty());
+        assert!(sim.calls().get("GET /drive/v3/files").is_some_and(|n| *n >= 2));
+        assert_eq!(meter.get(), sim.total_calls());
+        apply(&mut held, &obs);
+        let expected: HashSet<String> = sim.files_in_tree().into_iter().map(|f| f.id).collect();
+        assert_eq!(held.keys().map(|k| k.0.clone()).collect::<HashSet<_>>(), expected);
+        assert!(
+            end.note.as_deref().is_some_and(|n| n.contains("entering the tree")),
+            "{:?}",
+            end.note
+        );
+    }
+
+    /// A due sweep (`sweep_every_hours`), a scope saved for another folder, or a
+    /// missing folder map turn an incremental run into a complete listing; a
+    /// recent sweep does not.
+    #[tokio::test]
+    async fn sweeps_and_scope_changes_list_everything() {
+        let (_sim, base) = start(SimConfig {
+            files: 8,
+            ..SimConfig::default()
+        })
+        .await;
+        let src = connector(base, |s| s.sweep_every_hours = Some(1));
+        let meter = ApiCalls::default();
+        let (_, end) = run(&src, &Checkpoint::default(), SyncMode::Full, &HashMap::new(), &meter)
+            .await
+            .expect("full");
+        let (_, recent) = run(&src, &end.checkpoint, SyncMode::Incremental, &HashMap::new(), &meter)
+            .await
+            .expect("inc");
+        assert!(!recent.complete_listing, "swept just now");
+
+        let mut old = recent.checkpoint.clone();
+        let two_hours_ago = (Utc::now() - chrono::Duration::hours(2)).to_rfc3339();
+        old.scope.insert(SCOPE_SWEPT_AT.to_owned(), two_hours_ago);
+        let mut other_folder = recent.checkpoint.clone();
+        other_folder
+            .scope
+            .insert(SCOPE_FOLDER_ID.to_owned(), "another".to_owned());
+        let mut no_map = recent.checkpoint.clone();
+        no_map.scope.remove(SCOPE_DOCS);
+        for (cp, why) in [
+            (old, "periodic reconciliation due"),
+            (other_folder, "synced folder or drive changed"),
+            (no_map, "saved folder map missing"),
+        ] {
+            let (obs, end) = run(&src, &cp, SyncMode::Incremental, &HashMap::new(), &meter)
+                .await
+                .expect("sweep");
+            assert!(end.complete_listing, "{why}");
+            assert_eq!(obs.len(), 8, "{why}");
+            assert_eq!(end.checkpoint.runs_since_sweep, 0);
+            assert!(end.note.as_deref().is_some_and(|n| n.contains(why)), "{:?}", end.note);
+        }
+    }
+
+    /// Trashing the synced folder itself deletes every document and drops the
+    /// token, so the next run lists from scratch.
+    #[tokio::test]
+    async fn trashed_root_deletes_everything() {
+        let (sim, base) = start(SimConfig {
+            files: 6,
+            ..SimConfig::default()
+        })
+        .await;
+        let src = connector(base, |_| {});
+        let meter = ApiCalls::default();
+        let mut held = HashMap::new();
+        let (obs, end) = run(&src, &Checkpoint::default(), SyncMode::Full, &held, &meter)
+            .await
+            .expect("full");
+        apply(&mut held, &obs);
+        assert!(sim.trash_file("root-folder"));
+        let (obs, end) = run(&src, &end.checkpoint, SyncMode::Incremental, &held, &meter)
+            .await
+            .expect("inc");
+        assert_eq!(deleted_ids(&obs).len(), 6);
+        assert_eq!(end.checkpoint.cursor, None);
+        assert!(sim.files_in_tree().is_empty());
+    }
+
+    /// A refused page token is CursorExpired, naming the token; the fallback full
+    /// listing gets a fresh token.
+    #[tokio::test]
+    async fn expired_token_is_cursor_expired() {
+        let (sim, base) = start(SimConfig {
+            files: 5,
+            ..SimConfig::default()
+        })
+        .await;
+        let src = connector(base, |_| {});
+        let meter = ApiCalls::default();
+        let (_, end) = run(&src, &Checkpoint::default(), SyncMode::Full, &HashMap::new(), &meter)
+            .await
+            .expect("full");
+        sim.expire_all_tokens();
+        match run(&src, &end.checkpoint, SyncMode::Incremental, &HashMap::new(), &meter).await {
+            Err(Error::CursorExpired { context }) => {
+                assert!(
+                    context.starts_with("source gdrive-eng: GET /drive/v3/changes: page token \""),
+                    "{context}"
+                );
+                assert!(
+                    context.contains("refused (HTTP 400: invalid: Invalid Value)"),
+                    "{context}"
+                );
+            }
+            other => panic!("expected CursorExpired, got {:?}", other.map(|(o, _)| o.len())),
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! What the `settings` tables of the HTTP-based connectors (Confluence, Drive,
+//! HTTP) share: [`ClientSettings`] — retries, timeout and user agent, with their
+//! defaults, their validation and the [`RetryingClient`] they configure — and
+//! the check of a `base_url` that must be an API or site root.
+//!
+//! Why the TOML fields are not one embedded table: serde's `#[serde(flatten)]`
+//! does not work together with `#[serde(deny_unknown_fields)]`, and a settings
+//! table must keep refusing unknown keys. So each connector's settings struct
+//! declares `max_retries` and `request_timeout_secs` (and `user_agent` where it
+//! has one) itself, with the serde defaults below, and hands them over as a
+//! [`ClientSettings`]; everything done with them happens here, once.
+//!
+//! Invariants:
+//! - Problems are pushed as `"<key>.<field>: <problem>"`; the texts are part of
+//!   the interface (operators and tests read them).
+//! - A `user_agent` that cannot be a header value is a validation problem, and
+//!   building the client fails on it too (a source built without validation).
+
+use std::time::Duration;
+
+use reqwest::header::HeaderValue;
+use url::Url;
+
+use super::Error;
+use super::client::RetryingClient;
+use crate::types::SourceId;
+
+/// Default of every connector's `max_retries` setting: retries of one request
+/// after a transient failure (serde `default` for the settings tables).
+pub fn default_max_retries() -> u32 {
+    5
+}
+
+/// Default of every connector's `request_timeout_secs` setting, in seconds.
+pub fn default_request_timeout_secs() -> u64 {
+    30
+}
+
+/// How an HTTP-based connector's requests are sent: the client part of its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSettings {
+    /// Retries of one request after a rate limit, 5xx or network failure.
+    pub max_retries: u32,
+    /// Per-request timeout in seconds; at least 1.
+    pub request_timeout_secs: u64,
+    /// `User-Agent` sent with every request; `None` keeps the `reqwest::Client`'s own.
+    pub user_agent: Option<String>,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        Self {
+            max_retries: default_max_retries(),
+            request_timeout_secs: default_request_timeout_secs(),
+            user_agent: None,
+        }
+    }
+}
+
+impl ClientSettings {
+    /// Pushes every problem found as `"{key}.<field>: <problem>"`.
+    pub fn validate(&self, key: &str, problems: &mut Vec<String>) {
+        if self.request_timeout_secs == 0 {
+            problems.push(format!("{key}.request_timeout_secs: must be at least 1"));
+        }
+        if let Some(ua) = &self.user_agent
+            && HeaderValue::from_str(ua).is_err()
+        {
+            problems.push(format!("{key}.user_agent: {ua:?} is not a valid header value"));
+        }
+    }
+
+    /// The client that sends, counts and retries requests for `source` as these
+    /// settings say (a zero timeout, refused by validation, is read as 1 s).
+    /// Fails only on a `user_agent` that cannot be a header.
+    pub fn build(&self, http: reqwest::Client, source: SourceId) -> Result<RetryingClient, Error> {
+        let user_agent = match &self.user_agent {
+            Some(ua) => Some(HeaderValue::from_str(ua).map_err(|_| Error::Permanent {
+                context: format!("source {source}: user_agent {ua:?} is not a valid header value"),
+            })?),
+            None => None,
+        };
+        let timeout = Duration::from_secs(self.request_timeout_secs.max(1));
+        let client = RetryingClient::new(http, source, timeout, self.max_retries);
+        Ok(match user_agent {
+            Some(ua) => client.with_user_agent(ua),
+            None => client,
+        })
+    }
+}
+
+/// Checks that `url` (the value of `field`, e.g. `sources[0].settings.base_url`)
+/// is an http(s) URL without a path, a query or a fragment; `must_be` finishes
+/// the sentence otherwise (`the API root (e.g. https://www.googleapis.com), without a path or a query`).
+pub fn check_root_url(field: &str, url: &Url, must_be: &str, problems: &mut Vec<String>) {
+    // `Url` adds a '/' to bare origins; show the URL as it was most likely written.
+    let shown = url.as_str().strip_suffix('/').unwrap_or(url.as_str());
+    if !matches!(url.scheme(), "http" | "https") {
+        problems.push(format!("{field}: {shown:?} is not an http(s) URL"));
+    } else if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        problems.push(format!("{field}: {shown:?} must be {must_be}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Defaults are the documented ones; a zero timeout and a user agent that
+    /// cannot be a header are reported by field, and the latter also fails the build.
+    #[test]
+    fn defaults_validation_and_build() {
+        let d = ClientSettings::default();
+        assert_eq!(
+            (d.max_retries, d.request_timeout_secs, d.user_agent.as_deref()),
+            (5, 30, None)
+        );
+        let mut problems = Vec::new();
+        d.validate("k", &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+
+        let bad = ClientSettings {
+            request_timeout_secs: 0,
+            user_agent: Some("a\nb".into()),
+            ..ClientSettings::default()
+        };
+        bad.validate("k", &mut problems);
+        assert_eq!(
+            problems,
+            vec![
+                "k.request_timeout_secs: must be at least 1".to_owned(),
+                "k.user_agent: \"a\\nb\" is not a valid header value".to_owned(),
+            ]
+        );
+        let id = SourceId::new("web").expect("id");
+        let err = bad
+            .build(reqwest::Client::new(), id.clone())
+            .expect_err("bad user agent");
+        assert_eq!(
+            err.to_string(),
+            "source web: user_agent \"a\\nb\" is not a valid header value"
+        );
+        assert!(d.build(reqwest::Client::new(), id).is_ok());
+    }
+
+    /// Only a bare http(s) origin is a root.
+    #[test]
+    fn root_urls() {
+        let check = |u: &str| {
+            let mut problems = Vec::new();
+            check_root_url("f", &Url::parse(u).expect("url"), "the root", &mut problems);
+            problems
+        };
+        assert!(check("https://x.net").is_empty());
+        assert_eq!(
+            check("ftp://x"),
+            vec!["f: \"ftp://x\" is not an http(s) URL".to_owned()]
+        );
+        assert_eq!(
+            check("https://x.net/wiki"),
+            vec!["f: \"https://x.net/wiki\" must be the root".to_owned()]
+        );
+        assert_eq!(check("https://x.net/?a=1").len(), 1);
+    }
+}
