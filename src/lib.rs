@@ -5,14 +5,21 @@
 //! - [`config`]: the config file as written, and the validated `Config`.
 //! - [`keys`]: every Redis key name, with the `{source}` hash tag.
 //! - [`db`]: Redis connection pools with timeouts.
-//! - [`queue`]: Redis Streams (requests, page jobs, dead letters) and the message envelope.
-//! - [`lock`]: the per-source Redlock lease and fencing tokens.
-//! - [`state`]: checkpoints, held documents, run records; every write fenced.
-//! - [`coordinator`]: request -> lock -> change feed -> page jobs -> checkpoint.
+//! - [`queue`]: Redis Streams (requests, page jobs, dead letters), the message
+//!   envelope, enqueueing, the follow-up list and schedule slot, webhook debounce.
+//! - [`lock`]: the per-source Redlock lease, fencing tokens, the fenced-script composer.
+//! - [`state`]: fence, checkpoints, held documents (`docs`), mark and sweep
+//!   (`sweep`), run records (`runs`); every write fenced.
+//!
+//!   Only `queue`, `lock`, `state` and `db` speak to Redis; their Lua scripts are `lua/*.lua` files.
+//! - [`ancestry`]: breadcrumbs, the one ancestry walk shared by coordinator and worker.
+//! - [`coordinator`]: request -> lock -> change feed -> page jobs -> checkpoint
+//!   (`run`, `plan`, `dependents`).
 //! - [`worker`]: page job -> fetch -> sink + state -> ack.
-//! - [`sources`]: the `Source` trait and one connector per file.
+//! - [`sources`]: the `Source` trait, one folder per connector (settings, api,
+//!   feed, ...), and what they share (`client`, `settings`, `secret`, `clock`).
 //! - [`sinks`]: the `Sink` trait and one sink per file.
-//! - [`simulators`]: faithful imitations of third-party APIs, for tests and the demo.
+//! - [`simulators`]: faithful imitations of third-party APIs, one folder each, for tests and the demo.
 //! - [`api`]: the HTTP API (trigger syncs, request and source status, probes, Prometheus metrics).
 //! - [`app`]: wiring a `Config` into running parts; [`shutdown`]: signals.
 //! - [`report`]: gathering status, and printing it and run figures for people and scripts.

@@ -24,9 +24,9 @@
 //! run that are still queued are refused by fencing when they reach storage.
 //!
 //! Files: `mod.rs` (here) the request loop, takeover of orphaned requests, the
-//! schedule loop and coalescing; [`run`] one run from lock to checkpoint;
-//! [`plan`] what a run does (feed reading, mark and sweep, targeted plans,
-//! reconciliation, the deletion guard); [`dependents`] documents made stale by
+//! schedule loop and coalescing; `run.rs` one run from lock to checkpoint;
+//! `plan.rs` what a run does (feed reading, mark and sweep, targeted plans,
+//! reconciliation, the deletion guard); `dependents.rs` documents made stale by
 //! a run's changes. Breadcrumbs come from [`crate::ancestry`].
 
 mod dependents;

@@ -25,8 +25,8 @@ pub struct StaleFence {
 /// is stale; otherwise it raises the fence and falls through to the write that follows.
 const LUA_CHECK_AND_RAISE: &str = include_str!("lua/check_and_raise.lua");
 
-/// A fenced script: the preamble, then `write`, which sees the fence as KEYS[1]
-/// and the token as ARGV[1] and must end with `return {1, value}`. The one place
+/// A fenced script: the preamble, then `write`, which sees the fence as `KEYS[1]`
+/// and the token as `ARGV[1]` and must end with `return {1, value}`. The one place
 /// where fenced scripts are composed, so no write can forget the check.
 pub fn fenced_script(write: &str) -> Script {
     Script::new(&format!("{LUA_CHECK_AND_RAISE}\n{write}"))
