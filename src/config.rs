@@ -497,6 +497,16 @@ impl Config {
         if raw.redis.pool_size == 0 {
             problems.push("redis.pool_size: must be at least 1, got 0".into());
         }
+        if raw.redis.response_timeout_ms == 0 {
+            problems.push("redis.response_timeout_ms: must be at least 1, got 0".into());
+        } else if raw.sync.block_ms >= raw.redis.response_timeout_ms {
+            // A blocking read (XREADGROUP BLOCK, BLPOP) must answer within the
+            // response timeout, or every idle read would end in a timeout error.
+            problems.push(format!(
+                "sync.block_ms: {} ms must be below redis.response_timeout_ms ({} ms)",
+                raw.sync.block_ms, raw.redis.response_timeout_ms
+            ));
+        }
         let sync = check_sync(&raw.sync, &mut problems);
 
         let sink = match raw.sink.kind.as_str() {
@@ -683,6 +693,42 @@ space_key = "ENG"
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
+    }
+
+    /// Blocking reads must end before the Redis response timeout, or every idle
+    /// read times out (issue 8, point 7); a zero response timeout is refused.
+    #[test]
+    fn timeouts_must_fit_together() {
+        let text = GOOD.replace(
+            "url = \"redis://127.0.0.1:6379\"",
+            "url = \"redis://127.0.0.1:6379\"\nresponse_timeout_ms = 2000\n[sync]\nblock_ms = 2000",
+        );
+        let Err(Error::Invalid { problems, .. }) = parse(&text) else {
+            panic!("block_ms = response_timeout_ms must be refused");
+        };
+        let all = problems.join("\n");
+        assert!(
+            all.contains("sync.block_ms: 2000 ms must be below redis.response_timeout_ms (2000 ms)"),
+            "{all}"
+        );
+        let text = GOOD.replace(
+            "url = \"redis://127.0.0.1:6379\"",
+            "url = \"redis://127.0.0.1:6379\"\nresponse_timeout_ms = 0",
+        );
+        let Err(Error::Invalid { problems, .. }) = parse(&text) else {
+            panic!("a zero response timeout must be refused");
+        };
+        assert!(
+            problems
+                .join("\n")
+                .contains("redis.response_timeout_ms: must be at least 1, got 0"),
+            "{problems:?}"
+        );
+        let fits = GOOD.replace(
+            "url = \"redis://127.0.0.1:6379\"",
+            "url = \"redis://127.0.0.1:6379\"\nresponse_timeout_ms = 2500\n[sync]\nblock_ms = 2000",
+        );
+        assert!(parse(&fits).is_ok());
     }
 
     /// An unknown key is an error naming it, not silently ignored.

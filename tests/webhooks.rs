@@ -147,6 +147,19 @@ async fn forged_stale_and_replayed_deliveries_are_refused() {
         (status, reply["error"]["code"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("replayed"))
     );
+    // The same delivery with its hex digits in upper case still verifies (hex is
+    // case-blind), so it must still count as the same delivery (issue 8, point 7).
+    let mut shouted = fresh.clone();
+    shouted[2].1 = format!(
+        "sha256={}",
+        fresh[2].1.trim_start_matches("sha256=").to_ascii_uppercase()
+    );
+    let (status, reply) = post(&env, &shouted, body.clone()).await;
+    assert_eq!(
+        (status, reply["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("replayed")),
+        "an upper-case copy of an accepted signature is a replay"
+    );
     assert_eq!(requests_len(&env), 1, "only the one good delivery was enqueued");
 
     let huge = vec![b' '; 70 * 1024];

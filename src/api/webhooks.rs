@@ -194,15 +194,10 @@ async fn verify(
             "no X-Tidemark-Signature, X-Hub-Signature or X-Goog-Channel-Token header",
         ));
     };
-    if !webhooks::first_delivery(
-        &app.pool,
-        &app.keys,
-        source,
-        signature.trim_start_matches("sha256="),
-        replay_window,
-    )
-    .await?
-    {
+    // Canonical (lower-case) hex: the HMAC check is case-blind, so the replay
+    // key must be too, or an upper-cased copy of a delivery would pass as new.
+    let canonical = signature.trim_start_matches("sha256=").to_ascii_lowercase();
+    if !webhooks::first_delivery(&app.pool, &app.keys, source, &canonical, replay_window).await? {
         return Err(unauthorized("replayed", "this delivery was already accepted"));
     }
     if body.iter().all(u8::is_ascii_whitespace) {
