@@ -424,7 +424,7 @@ impl Config {
 fn check_redis_url(key: &str, url: &str, problems: &mut Vec<String>) {
     match url::Url::parse(url) {
         Ok(u) if matches!(u.scheme(), "redis" | "rediss" | "unix" | "redis+unix") => {}
-        _ => problems.push(format!("{key}: {url:?} is not a redis:// URL")),
+        _ => problems.push(format!("{key}: {:?} is not a redis:// URL", crate::db::redacted(url))),
     }
 }
 
@@ -729,6 +729,14 @@ space_key = "ENG"
             "url = \"redis://127.0.0.1:6379\"\nresponse_timeout_ms = 2500\n[sync]\nblock_ms = 2000",
         );
         assert!(parse(&fits).is_ok());
+    }
+
+    /// A password in a bad Redis URL is not echoed in the error.
+    #[test]
+    fn bad_redis_urls_are_reported_without_their_password() {
+        let text = GOOD.replace("redis://127.0.0.1:6379", "http://default:s3cret@127.0.0.1:6379");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("redis.url") && !err.contains("s3cret"), "{err}");
     }
 
     /// An unknown key is an error naming it, not silently ignored.

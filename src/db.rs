@@ -13,17 +13,35 @@ use deadpool_redis::{Manager, Pool, Runtime};
 #[derive(Debug, thiserror::Error)]
 #[error("redis {url}: {message}")]
 pub struct PoolError {
-    /// The URL given.
+    /// The URL given, with any password redacted.
     pub url: String,
     /// What was wrong.
     pub message: String,
 }
 
+/// `url` fit for logs and error messages: a password is replaced by `***`
+/// (`redis://default:***@host:6379`). Text that is not a URL is cut at its last
+/// `@`, since whatever stood before it may be a credential.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) if u.password().is_none() => url.to_owned(),
+        Ok(mut u) => {
+            // Only a URL that cannot have a password refuses this, and it had one.
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Err(_) => match url.rfind('@') {
+            Some(at) => format!("***{}", &url[at..]),
+            None => url.to_owned(),
+        },
+    }
+}
+
 /// A pool of `size` connections to `url`, each command bounded by `response_timeout`.
 pub fn pool(url: &str, size: usize, response_timeout: Duration) -> Result<Pool, PoolError> {
     let err = |message: String| PoolError {
-        url: url.to_owned(),
-        message,
+        url: redacted(url),
+        message: message.replace(url, &redacted(url)),
     };
     let conn_config = AsyncConnectionConfig::new()
         .set_response_timeout(Some(response_timeout))
@@ -46,4 +64,23 @@ pub async fn ping(pool: &Pool) -> Result<(), String> {
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Passwords never reach logs or errors, whatever the shape of the URL (issue 8, point 7).
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redacted("redis://default:s3cret@10.0.0.1:6379/0"),
+            "redis://default:***@10.0.0.1:6379/0"
+        );
+        assert_eq!(redacted("rediss://:s3cret@host:6380"), "rediss://:***@host:6380");
+        assert_eq!(redacted("redis://host:6379"), "redis://host:6379");
+        assert!(!redacted("not a url user:s3cret@host").contains("s3cret"));
+        let err = pool("redis://default:s3cret@host:notaport", 1, Duration::from_secs(1)).unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
 }
