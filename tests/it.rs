@@ -28,6 +28,8 @@ mod layout;
 mod lock;
 /// Dead letters, poison jobs, redelivery after a worker dies.
 mod queue;
+/// Every per-run key expires.
+mod run_keys;
 /// End-to-end sync scenarios from the problem statement.
 mod sync;
 /// Webhooks: signatures, replays, Drive push notifications, debouncing, targeted runs.

@@ -388,9 +388,13 @@ impl StateStore {
         token: FencingToken,
         fields: &[(&str, String)],
     ) -> Result<(), Error> {
-        let args: Vec<Vec<u8>> = fields
-            .iter()
-            .flat_map(|(k, v)| [k.as_bytes().to_vec(), v.as_bytes().to_vec()])
+        let retention = RUN_RETENTION_SECS.to_string().into_bytes();
+        let args: Vec<Vec<u8>> = std::iter::once(retention)
+            .chain(
+                fields
+                    .iter()
+                    .flat_map(|(k, v)| [k.as_bytes().to_vec(), v.as_bytes().to_vec()]),
+            )
             .collect();
         self.fenced(
             &FENCED_RUN_UPDATE,
@@ -410,8 +414,20 @@ impl StateStore {
         counter: RunCounter,
         n: u64,
     ) -> Result<(), Error> {
+        let key = self.keys.run(source, run);
         let mut conn = self.pool.get().await?;
-        let _: i64 = conn.hincr(self.keys.run(source, run), counter.field(), n).await?;
+        // EXPIRE NX (Redis 7.0): a counter added after the record expired must
+        // not leave a record that never expires.
+        redis::pipe()
+            .hincr(&key, counter.field(), n)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(RUN_RETENTION_SECS)
+            .arg("NX")
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
         Ok(())
     }
 
@@ -427,6 +443,7 @@ impl StateStore {
     ) -> Result<bool, Error> {
         let args: Vec<Vec<u8>> = [
             page.to_string(),
+            RUN_RETENTION_SECS.to_string(),
             "upserted".into(),
             stats.upserted.to_string(),
             "deleted".into(),
@@ -466,6 +483,7 @@ impl StateStore {
             .key(self.keys.run_wakeup(source, run))
             .arg(page)
             .arg(reason)
+            .arg(RUN_RETENTION_SECS)
             .invoke_async(&mut conn)
             .await?;
         Ok(())
