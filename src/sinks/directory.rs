@@ -1,4 +1,6 @@
-//! The directory sink: one JSON file per document, `<root>/<source>/docs/<id>.json`.
+//! The directory sink: one JSON file per document, `<root>/<source>/docs/<id>.json`
+//! (the id escaped; an id whose name would pass 255 bytes is shortened to a
+//! readable prefix plus its SHA-256, and the full id is inside the file).
 //!
 //! Invariants:
 //! - A write is atomic: the file is written to a temporary name, synced, and
@@ -40,9 +42,10 @@ impl DirectorySink {
         self.root.join(source.as_str()).join("docs")
     }
 
-    /// The file for one document. Ids are escaped so any id is one safe file name.
+    /// The file for one document: any id is one safe file name of at most
+    /// [`MAX_FILE_NAME`] bytes (see [`file_name`]); the id itself is inside the file.
     pub fn doc_path(&self, source: &SourceId, id: &DocumentId) -> PathBuf {
-        self.source_dir(source).join(format!("{}.json", escape_id(&id.0)))
+        self.source_dir(source).join(file_name(&id.0))
     }
 
     /// Reads every document of a source (for tests, the demo and `status`).
@@ -76,6 +79,25 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
         path: path.to_owned(),
         source,
     }
+}
+
+/// The longest file name common file systems accept (ext4, XFS, NTFS, APFS), in bytes.
+pub const MAX_FILE_NAME: usize = 255;
+
+/// `<escaped id>.json`; when that would exceed [`MAX_FILE_NAME`], a readable
+/// prefix of the escaped id, `~`, and the SHA-256 of the whole id. Names that
+/// fit are unchanged, so documents written before keep their files (issue 8:
+/// an id whose escaped name was too long failed its page on every run).
+fn file_name(id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let escaped = escape_id(id);
+    if escaped.len() + ".json".len() <= MAX_FILE_NAME {
+        return format!("{escaped}.json");
+    }
+    let digest = hex::encode(Sha256::digest(id.as_bytes()));
+    // Escaped text is ASCII, so any byte offset is a character boundary.
+    let keep = MAX_FILE_NAME - ".json".len() - digest.len() - 1;
+    format!("{}~{digest}.json", &escaped[..keep])
 }
 
 /// Keeps `[A-Za-z0-9._-]`, percent-escapes the rest (and a leading dot).
@@ -142,7 +164,9 @@ fn fence(dir: &Path, token: FencingToken) -> Result<FenceGuard, Error> {
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io(dir))?;
-    let tmp = path.with_extension(format!("tmp.{}", uuid::Uuid::new_v4().simple()));
+    // A name of its own, not derived from the document's: that one may already
+    // be as long as file names can be. No `.json` ending, so readers skip it.
+    let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
     let mut f = File::create(&tmp).map_err(io(&tmp))?;
     f.write_all(bytes).map_err(io(&tmp))?;
     f.sync_data().map_err(io(&tmp))?;
@@ -284,6 +308,38 @@ mod tests {
             Err(Error::StaleFence(_))
         ));
         assert_eq!(sink.read_all(&src).unwrap()[0].content, "x");
+    }
+
+    /// Any id, however long or exotic, gets one file name of at most 255 bytes,
+    /// distinct from its neighbours', and round-trips through the sink.
+    #[tokio::test]
+    async fn long_ids_get_bounded_file_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = DirectorySink::new(dir.path());
+        let src = SourceId::new("eng").unwrap();
+        let long = format!("docs/{}/é-🚀", "x".repeat(300));
+        let sibling = format!("{long}-2");
+        for id in [&long, &sibling] {
+            let name = file_name(id);
+            assert!(name.len() <= MAX_FILE_NAME, "{} bytes", name.len());
+            let mut d = doc(1, "1", id);
+            d.id = DocumentId(id.clone());
+            assert_eq!(sink.upsert(&d).await.unwrap(), Written::Changed);
+        }
+        assert_ne!(file_name(&long), file_name(&sibling));
+        assert_eq!(file_name("page-12"), "page-12.json", "short names are unchanged");
+        let got = sink
+            .get(&src, &DocumentId(long.clone()))
+            .await
+            .unwrap()
+            .expect("stored");
+        assert_eq!(got.id.0, long);
+        let ids: Vec<String> = sink.read_all(&src).unwrap().into_iter().map(|d| d.id.0).collect();
+        assert_eq!(ids, vec![long.clone(), sibling]);
+        assert_eq!(
+            sink.delete(&src, &DocumentId(long), FencingToken(1)).await.unwrap(),
+            Written::Changed
+        );
     }
 
     /// Ids with path separators or dots cannot escape the directory.
