@@ -39,9 +39,12 @@ pub fn redacted(url: &str) -> String {
 
 /// A pool of `size` connections to `url`, each command bounded by `response_timeout`.
 pub fn pool(url: &str, size: usize, response_timeout: Duration) -> Result<Pool, PoolError> {
-    let err = |message: String| PoolError {
-        url: redacted(url),
-        message: message.replace(url, &redacted(url)),
+    let err = |message: String| {
+        let shown = redacted(url);
+        PoolError {
+            message: message.replace(url, &shown),
+            url: shown,
+        }
     };
     let conn_config = AsyncConnectionConfig::new()
         .set_response_timeout(Some(response_timeout))

@@ -137,17 +137,14 @@ impl Coordinator {
             // Failed pages were not applied, held-back deletions not made: keeping
             // the old checkpoint makes the next run see them again (and skip the
             // rest by version).
-            if let Some(refusal) = guard {
-                self.state
-                    .update_run(&id, run, token, &RunUpdate::error(refusal))
-                    .await?;
-                self.state.add_run_counter(&id, run, RunCounter::Errors, 1).await?;
-            }
             RunStatus::CompletedWithErrors
         };
-        self.state
-            .update_run(&id, run, token, &RunUpdate::ended(status))
-            .await?;
+        let mut ended = RunUpdate::ended(status);
+        if let Some(refusal) = guard {
+            self.state.add_run_counter(&id, run, RunCounter::Errors, 1).await?;
+            ended = ended.with_error(refusal);
+        }
+        self.state.update_run(&id, run, token, &ended).await?;
         tracing::info!(source = %id, run = %run, %status, "run ended");
         Ok(())
     }

@@ -39,7 +39,12 @@ impl DirectorySink {
 
     /// Where a source's documents live.
     pub fn source_dir(&self, source: &SourceId) -> PathBuf {
-        self.root.join(source.as_str()).join("docs")
+        self.fence_dir(source).join("docs")
+    }
+
+    /// Where a source's `.fence` file lives.
+    fn fence_dir(&self, source: &SourceId) -> PathBuf {
+        self.root.join(source.as_str())
     }
 
     /// The file for one document: any id is one safe file name of at most
@@ -177,12 +182,12 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 #[async_trait]
 impl Sink for DirectorySink {
     async fn register_token(&self, source: &SourceId, token: FencingToken) -> Result<(), Error> {
-        let root = self.root.join(source.as_str());
+        let root = self.fence_dir(source);
         run_blocking(move || fence(&root, token).map(drop)).await
     }
 
     async fn upsert(&self, doc: &SinkDocument) -> Result<Written, Error> {
-        let root = self.root.join(doc.source.as_str());
+        let root = self.fence_dir(&doc.source);
         let path = self.doc_path(&doc.source, &doc.id);
         let doc = doc.clone();
         run_blocking(move || {
@@ -207,7 +212,7 @@ impl Sink for DirectorySink {
     }
 
     async fn delete(&self, source: &SourceId, id: &DocumentId, token: FencingToken) -> Result<Written, Error> {
-        let root = self.root.join(source.as_str());
+        let root = self.fence_dir(source);
         let path = self.doc_path(source, id);
         run_blocking(move || {
             let _guard = fence(&root, token)?;
