@@ -68,6 +68,12 @@ impl Keys {
         self.source(source, "docs")
     }
 
+    /// Hash: document id -> "run/page" for documents whose sink write may have
+    /// happened without the state recording it yet (see `state::docs`).
+    pub fn unsettled(&self, source: &SourceId) -> String {
+        self.source(source, "unsettled")
+    }
+
     /// Set: the documents whose parent is `doc` (reverse index of `DocState.parent`).
     pub fn children(&self, source: &SourceId, doc: &DocumentId) -> String {
         self.source(source, &format!("kids:{doc}"))

@@ -2,9 +2,11 @@
 //!
 //! One worker process handles up to `worker_concurrency` pages at once. For each page:
 //! fetch the content of the documents to upsert (one batched call), skip those
-//! whose version and content hash we already hold, write the rest to the sink
-//! and then to the state (both under the run's fencing token), apply deletions,
-//! mark the page done (idempotent), and only then XACK.
+//! whose version and content hash we already hold (unless they are unsettled,
+//! see [`crate::state::docs`]), mark the rest unsettled, write them and the
+//! deletions to the sink, record them in the state (settling them; all three
+//! under the run's fencing token), mark the page done (idempotent), and only
+//! then XACK.
 //!
 //! Failure handling, by what the error means:
 //! - a stale fencing token: a newer run owns the source; the page is acked and
@@ -102,6 +104,25 @@ impl From<state::Error> for JobError {
         match e {
             state::Error::StaleFence(s) => JobError::Stale(s),
             other => JobError::retry(other),
+        }
+    }
+}
+
+/// One sink write a page decided on, made after its documents are marked unsettled.
+enum SinkOp {
+    /// A fetched document, new or changed.
+    Upsert(SinkDocument),
+    /// A held document whose breadcrumb or link titles changed.
+    Refresh(SinkDocument),
+    /// A document the source no longer has.
+    Delete(DocumentId),
+}
+
+impl SinkOp {
+    fn id(&self) -> &DocumentId {
+        match self {
+            SinkOp::Upsert(d) | SinkOp::Refresh(d) => &d.id,
+            SinkOp::Delete(id) => id,
         }
     }
 }
@@ -459,6 +480,15 @@ impl Worker {
 
         let announced_parents: HashMap<&DocumentId, &Option<DocumentId>> =
             job.items.iter().map(|i| (&i.meta.id, &i.meta.parent)).collect();
+        // Unsettled documents may differ in the sink from what the state says:
+        // the skip check must not trust the state for them.
+        let checked: Vec<&DocumentId> = fetched
+            .iter()
+            .map(|d| &d.meta.id)
+            .chain(refreshes.iter().copied())
+            .collect();
+        let unsettled = self.state.unsettled_of(&job.source, &checked).await?;
+        let mut ops: Vec<SinkOp> = Vec::new();
         let mut writes = Vec::new();
         // Titles and parents for breadcrumbs rebuilt below: this page's fetches
         // first, completed from the state as needed.
@@ -490,25 +520,24 @@ impl Worker {
             let links = resolve(&doc.links);
             let hash = content_hash(&doc.meta.title, &breadcrumb, &doc.content, &links);
             let old = held.get(&doc.meta.id);
-            if old.is_some_and(|h| h.version == doc.meta.version && h.content_hash == hash) {
+            if !unsettled.contains(&doc.meta.id)
+                && old.is_some_and(|h| h.version == doc.meta.version && h.content_hash == hash)
+            {
                 stats.skipped += 1;
                 continue;
             }
-            let written = self
-                .sink
-                .upsert(&SinkDocument {
-                    source: job.source.clone(),
-                    id: doc.meta.id.clone(),
-                    title: doc.meta.title.clone(),
-                    breadcrumb: breadcrumb.clone(),
-                    parent: doc.meta.parent.clone(),
-                    version: doc.meta.version.clone(),
-                    content: doc.content.clone(),
-                    content_hash: hash.clone(),
-                    fencing_token: job.token,
-                    links,
-                })
-                .await?;
+            ops.push(SinkOp::Upsert(SinkDocument {
+                source: job.source.clone(),
+                id: doc.meta.id.clone(),
+                title: doc.meta.title.clone(),
+                breadcrumb: breadcrumb.clone(),
+                parent: doc.meta.parent.clone(),
+                version: doc.meta.version.clone(),
+                content: doc.content.clone(),
+                content_hash: hash.clone(),
+                fencing_token: job.token,
+                links,
+            }));
             writes.push(DocWrite::Put {
                 id: doc.meta.id.clone(),
                 new: DocState {
@@ -523,10 +552,6 @@ impl Worker {
                 },
                 old: old.cloned(),
             });
-            match written {
-                Written::Changed => stats.upserted += 1,
-                Written::Unchanged => stats.skipped += 1,
-            }
         }
 
         for id in refreshes {
@@ -538,7 +563,8 @@ impl Worker {
             let breadcrumb = breadcrumbs.get(id).map(|b| (*b).clone()).unwrap_or_default();
             let links = resolve(&old.links);
             let hash = content_hash(&old.title, &breadcrumb, &doc.content, &links);
-            if doc.breadcrumb == breadcrumb && doc.links == links && old.content_hash == hash {
+            if !unsettled.contains(id) && doc.breadcrumb == breadcrumb && doc.links == links && old.content_hash == hash
+            {
                 stats.skipped += 1;
                 continue;
             }
@@ -546,7 +572,7 @@ impl Worker {
             doc.links = links;
             doc.content_hash = hash.clone();
             doc.fencing_token = job.token;
-            self.sink.upsert(&doc).await?;
+            ops.push(SinkOp::Refresh(doc));
             writes.push(DocWrite::Put {
                 id: id.clone(),
                 new: DocState {
@@ -558,20 +584,42 @@ impl Worker {
                 },
                 old: Some(old.clone()),
             });
-            stats.refreshed += 1;
         }
 
         for id in &deletes {
-            if self.sink.delete(&job.source, id, job.token).await? == Written::Changed {
-                stats.deleted += 1;
-            }
+            ops.push(SinkOp::Delete(id.clone()));
             writes.push(DocWrite::Delete {
                 id: id.clone(),
                 old: held.get(id).cloned(),
             });
         }
-        // State last: if we die before this, the redo finds the sink already
-        // written (Unchanged) and records the state then.
+        if writes.is_empty() {
+            return Ok(stats);
+        }
+
+        // Unsettled first, state last: whatever happens between the two (a
+        // crash, a takeover), the marks make the next run redo these documents
+        // instead of trusting a state that may not match the sink.
+        let owner = format!("{}/{}", job.run, job.page);
+        let ids: Vec<&DocumentId> = ops.iter().map(SinkOp::id).collect();
+        self.state.mark_unsettled(&job.source, job.token, &owner, &ids).await?;
+        for op in &ops {
+            match op {
+                SinkOp::Upsert(doc) => match self.sink.upsert(doc).await? {
+                    Written::Changed => stats.upserted += 1,
+                    Written::Unchanged => stats.skipped += 1,
+                },
+                SinkOp::Refresh(doc) => {
+                    self.sink.upsert(doc).await?;
+                    stats.refreshed += 1;
+                }
+                SinkOp::Delete(id) => {
+                    if self.sink.delete(&job.source, id, job.token).await? == Written::Changed {
+                        stats.deleted += 1;
+                    }
+                }
+            }
+        }
         self.state.apply_docs(&job.source, job.token, &writes).await?;
         Ok(stats)
     }

@@ -3,11 +3,17 @@
 //! can change neither the sink nor the state, even if the new run never writes.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
+use async_trait::async_trait;
+use tidemark::app::App;
 use tidemark::queue::{self, streams};
+use tidemark::sinks::{self, Sink, SinkDocument, Written};
 use tidemark::state::RunStatus;
-use tidemark::types::SyncMode;
+use tidemark::types::{DocumentId, FencingToken, SourceId, SyncMode};
+use tokio_util::sync::CancellationToken;
 
 use crate::harness::nginx::write_with_mtime;
 use crate::harness::{Env, Options, wait_until};
@@ -111,5 +117,143 @@ async fn stale_deletion_after_failover_never_reaches_the_sink() {
     // And the sink stays equal to the source through a later run.
     let fourth = env.sync(SyncMode::Incremental).await;
     assert_eq!(fourth.status, RunStatus::Completed, "{fourth:?}");
+    assert_eq!(sink_ids(&env), expected);
+}
+
+/// A sink that really deletes `victim` and then fails, as if the worker died
+/// between its sink write and its state write (the window the unsettled marks cover).
+struct DiesAfterSinkDelete {
+    inner: Arc<dyn Sink>,
+    victim: DocumentId,
+    tripped: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl Sink for DiesAfterSinkDelete {
+    async fn register_token(&self, source: &SourceId, token: FencingToken) -> Result<(), sinks::Error> {
+        self.inner.register_token(source, token).await
+    }
+    async fn upsert(&self, doc: &SinkDocument) -> Result<Written, sinks::Error> {
+        self.inner.upsert(doc).await
+    }
+    async fn delete(&self, source: &SourceId, id: &DocumentId, token: FencingToken) -> Result<Written, sinks::Error> {
+        let written = self.inner.delete(source, id, token).await?;
+        if *id == self.victim {
+            self.tripped.store(true, Ordering::SeqCst);
+            return Err(sinks::Error::Io {
+                path: id.0.clone().into(),
+                source: std::io::Error::other("injected: the worker dies after the sink write"),
+            });
+        }
+        Ok(written)
+    }
+    async fn get(&self, source: &SourceId, id: &DocumentId) -> Result<Option<SinkDocument>, sinks::Error> {
+        self.inner.get(source, id).await
+    }
+}
+
+/// The same failover, with the crash one step later: run 2's worker deletes
+/// a.md from the sink and dies before recording it in the state; run 2's
+/// coordinator dies too, so the page is never redone by run 2. The file comes
+/// back unchanged. Run 3 takes over: the state still says "a.md at its old
+/// version", which matches the source, so a skip check that trusted the state
+/// would leave the sink without a.md forever. The unsettled mark left by the
+/// dead page makes run 3 write it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_write_without_state_write_is_redone_after_takeover() {
+    let dir = tempfile::tempdir().expect("tmp");
+    seed(dir.path());
+    let toml = format!(
+        "[[sources]]\nid = \"eng\"\nkind = \"filesystem\"\n[sources.settings]\nroot = {:?}\n",
+        dir.path().display().to_string()
+    );
+    let mut env = Env::start(Options {
+        source_toml: Some(toml),
+        ..Options::default()
+    })
+    .await;
+    let state = env.app.state();
+    let c1 = env.coordinator("c1");
+    let w1 = env.worker("w1");
+    assert_eq!(env.sync(SyncMode::Full).await.status, RunStatus::Completed);
+    c1.stop().await;
+    w1.stop().await;
+    let mut expected: Vec<String> = FILES.iter().map(|f| f.to_string()).collect();
+    expected.sort();
+
+    // Run 2: a.md is deleted; the worker deletes it from the sink and "dies".
+    let original = std::fs::read(dir.path().join("a.md")).expect("a.md");
+    std::fs::remove_file(dir.path().join("a.md")).expect("rm a.md");
+    let tripped = Arc::new(AtomicBool::new(false));
+    let crashing = App {
+        sink: Arc::new(DiesAfterSinkDelete {
+            inner: env.app.sink.clone(),
+            victim: DocumentId("a.md".into()),
+            tripped: tripped.clone(),
+        }),
+        ..env.app.clone()
+    }
+    .worker("w-dies");
+    let stop_crashing = CancellationToken::new();
+    let crashing_run = tokio::spawn({
+        let stop = stop_crashing.clone();
+        async move { crashing.run(stop, Duration::from_millis(100)).await }
+    });
+    let pid = env.spawn_process(&["coordinator"]);
+    let r2 = env.enqueue(SyncMode::Incremental, "test").await;
+    wait_until(
+        "run 2's worker wrote the sink and died",
+        Duration::from_secs(20),
+        || {
+            let t = tripped.clone();
+            async move { t.load(Ordering::SeqCst) }
+        },
+    )
+    .await;
+    stop_crashing.cancel();
+    let _ = crashing_run.await;
+    std::process::Command::new("kill")
+        .arg("-KILL")
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(!sink_ids(&env).contains(&"a.md".to_string()), "the sink write happened");
+    let held = state
+        .docs(&env.source, &[&DocumentId("a.md".into())])
+        .await
+        .expect("state");
+    assert!(held[0].is_some(), "the state write did not");
+
+    // a.md comes back exactly as it was.
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    write_with_mtime(
+        &dir.path().join("a.md"),
+        std::str::from_utf8(&original).expect("utf-8"),
+        t0,
+    );
+
+    // Run 3 takes over run 2's request (a higher token) before any worker
+    // could redo run 2's page, and repairs the sink.
+    let run2_token = state.current_fence(&env.source).await.expect("fence");
+    let _c2 = env.coordinator("c2");
+    wait_until("run 3 took its token", Duration::from_secs(30), || {
+        let (state, source) = (state.clone(), env.source.clone());
+        async move { state.current_fence(&source).await.expect("fence") > run2_token }
+    })
+    .await;
+    let _w2 = env.worker("w2");
+    let third = env.wait(&r2).await;
+    assert_eq!(third.status, RunStatus::Completed, "{third:?}");
+    assert_eq!(third.upserted, 1, "a.md written again: {third:?}");
+    assert_eq!(sink_ids(&env), expected, "a.md must be back in the sink");
+    assert!(state.unsettled(&env.source).await.expect("state").is_empty(), "settled");
+
+    // And a later run neither loses it nor redoes it.
+    let fourth = env.sync(SyncMode::Incremental).await;
+    assert_eq!(
+        (fourth.status, fourth.docs_processed),
+        (RunStatus::Completed, 0),
+        "{fourth:?}"
+    );
     assert_eq!(sink_ids(&env), expected);
 }

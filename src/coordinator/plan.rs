@@ -23,7 +23,7 @@ use crate::config::SourcePolicy;
 use crate::queue::jobs::{Action, JobItem, SyncRequest};
 use crate::sources::{self, DocMeta, Observation, Source};
 use crate::state::HeldMeta;
-use crate::types::{DocumentId, RunId, SyncMode};
+use crate::types::{DocumentId, RunId, SourceId, SyncMode};
 
 /// What a run decided to do, before jobs are enqueued.
 #[derive(Debug, Default)]
@@ -78,26 +78,26 @@ pub fn effective_mode(
     (SyncMode::Incremental, None)
 }
 
-/// A plan for named documents only: each is fetched (a document the source no
-/// longer has becomes a deletion in the worker), with what we hold as the hint.
+/// An upsert of a document named without a feed observation (by a webhook, or
+/// unsettled): fetched again, with what we hold as the hint; a document the
+/// source no longer has becomes a deletion in the worker.
+fn named_item(id: &DocumentId, held: Option<&HeldMeta>) -> JobItem {
+    JobItem {
+        meta: DocMeta {
+            id: id.clone(),
+            version: held.map(|h| h.version.clone()).unwrap_or_default(),
+            title: held.map(|h| h.title.clone()).unwrap_or_default(),
+            parent: held.and_then(|h| h.parent.clone()),
+            modified_at: None,
+        },
+        action: Action::Upsert,
+        breadcrumb: Vec::new(),
+    }
+}
+
+/// A plan for named documents only.
 pub(super) fn targeted_plan(targets: &[DocumentId], before: HashMap<DocumentId, HeldMeta>) -> Plan {
-    let items = targets
-        .iter()
-        .map(|id| {
-            let h = before.get(id);
-            JobItem {
-                meta: DocMeta {
-                    id: id.clone(),
-                    version: h.map(|h| h.version.clone()).unwrap_or_default(),
-                    title: h.map(|h| h.title.clone()).unwrap_or_default(),
-                    parent: h.and_then(|h| h.parent.clone()),
-                    modified_at: None,
-                },
-                action: Action::Upsert,
-                breadcrumb: Vec::new(),
-            }
-        })
-        .collect();
+    let items = targets.iter().map(|id| named_item(id, before.get(id))).collect();
     Plan {
         items,
         note: vec![format!("targeted: {} document(s) named by a webhook", targets.len())],
@@ -132,12 +132,36 @@ pub(super) fn deletion_guard(plan: &mut Plan, held: usize, policy: &SourcePolicy
 }
 
 impl Coordinator {
+    /// Adds the source's unsettled documents (written to the sink, or about to
+    /// be, without the state recording it: see [`crate::state::docs`]) that the
+    /// plan does not already touch, as named upserts. This is what makes a sink
+    /// write lost between sink and state (a dead worker, a superseded run)
+    /// repaired by the next run rather than trusted away by the skip check.
+    pub(super) async fn include_unsettled(&self, source: &SourceId, plan: &mut Plan) -> Result<(), Error> {
+        let unsettled = self.state.unsettled(source).await?;
+        let planned: HashSet<&DocumentId> = plan.items.iter().map(|i| &i.meta.id).collect();
+        let mut extra: Vec<&DocumentId> = unsettled.keys().filter(|id| !planned.contains(id)).collect();
+        if extra.is_empty() {
+            return Ok(());
+        }
+        extra.sort();
+        let held = self.state.held_meta_of(source, &extra).await?;
+        for (id, h) in extra.iter().zip(held) {
+            plan.items.push(named_item(id, h.as_ref()));
+            if let Some(h) = h {
+                plan.tree.insert((*id).clone(), (h.title.clone(), h.parent.clone()));
+                plan.before.insert((*id).clone(), h);
+            }
+        }
+        plan.note.push(format!(
+            "{} unsettled document(s) from interrupted pages redone",
+            extra.len()
+        ));
+        Ok(())
+    }
+
     /// Gives every upsert of the plan its breadcrumb, reading missing ancestors from the state.
-    pub(super) async fn complete_breadcrumbs(
-        &self,
-        source: &crate::types::SourceId,
-        plan: &mut Plan,
-    ) -> Result<(), Error> {
+    pub(super) async fn complete_breadcrumbs(&self, source: &SourceId, plan: &mut Plan) -> Result<(), Error> {
         let gone: HashSet<DocumentId> = plan
             .items
             .iter()
@@ -344,6 +368,7 @@ impl Coordinator {
                 breadcrumb: Vec::new(),
             });
         }
+        self.include_unsettled(&id, &mut plan).await?;
         self.complete_breadcrumbs(&id, &mut plan).await?;
         Ok((plan, end))
     }

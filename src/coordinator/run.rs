@@ -78,6 +78,7 @@ impl Coordinator {
                 .filter_map(|(id, m)| m.map(|m| ((*id).clone(), m)))
                 .collect();
             let mut plan = plan::targeted_plan(request.targets, before);
+            self.include_unsettled(&id, &mut plan).await?;
             self.complete_breadcrumbs(&id, &mut plan).await?;
             (plan, None)
         };

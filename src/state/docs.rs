@@ -4,6 +4,15 @@
 //! Invariant: documents and reverse indexes change together, in one fenced
 //! script per page ([`StateStore::apply_docs`]), so the indexes never disagree
 //! with the documents and a stale run changes neither.
+//!
+//! **The state is the authority for what the sink holds**, with one exception
+//! it records itself: a worker marks the documents it is about to write as
+//! *unsettled* (`tm:{S}:unsettled`, [`StateStore::mark_unsettled`]) before it
+//! touches the sink, and [`StateStore::apply_docs`] settles them in the same
+//! script that records the writes. A mark that outlives its page (the worker
+//! died between sink and state, or its run was superseded before a redo) means
+//! "the sink may differ from the state here": the next run plans those
+//! documents again and the worker writes them even when the versions match.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
@@ -74,6 +83,8 @@ pub enum DocWrite {
 
 static FENCED_APPLY_DOCS: LazyLock<Script> =
     LazyLock::new(|| fencing::fenced_script(include_str!("lua/apply_docs.lua")));
+static FENCED_MARK_UNSETTLED: LazyLock<Script> =
+    LazyLock::new(|| fencing::fenced_script(include_str!("lua/mark_unsettled.lua")));
 
 impl StateStore {
     /// What a run compares against for every document we hold: version, title
@@ -163,7 +174,11 @@ impl StateStore {
         if writes.is_empty() {
             return Ok(());
         }
-        let mut keys = vec![self.keys.fence(source), self.keys.docs(source)];
+        let mut keys = vec![
+            self.keys.fence(source),
+            self.keys.docs(source),
+            self.keys.unsettled(source),
+        ];
         let mut key_index: HashMap<String, usize> = HashMap::new();
         let mut key_of = |k: String, keys: &mut Vec<String>| -> String {
             let i = *key_index.entry(k.clone()).or_insert_with(|| {
@@ -236,6 +251,52 @@ impl StateStore {
         }
         self.fenced(&FENCED_APPLY_DOCS, &keys, token, &args).await?;
         Ok(())
+    }
+
+    /// Marks `ids` unsettled by `owner` ("run/page") under `token`, before their
+    /// sink writes: until [`StateStore::apply_docs`] records them, the sink may
+    /// differ from the state for these documents.
+    pub async fn mark_unsettled(
+        &self,
+        source: &SourceId,
+        token: FencingToken,
+        owner: &str,
+        ids: &[&DocumentId],
+    ) -> Result<(), Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let keys = [self.keys.fence(source), self.keys.unsettled(source)];
+        let mut args = vec![owner.as_bytes().to_vec()];
+        args.extend(ids.iter().map(|d| d.0.as_bytes().to_vec()));
+        self.fenced(&FENCED_MARK_UNSETTLED, &keys, token, &args).await?;
+        Ok(())
+    }
+
+    /// Which of `ids` are unsettled (one HMGET).
+    pub async fn unsettled_of(&self, source: &SourceId, ids: &[&DocumentId]) -> Result<HashSet<DocumentId>, Error> {
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let mut conn = self.pool.get().await?;
+        let owners: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.keys.unsettled(source))
+            .arg(ids.iter().map(|d| d.0.as_str()).collect::<Vec<_>>())
+            .query_async(&mut conn)
+            .await?;
+        Ok(ids
+            .iter()
+            .zip(owners)
+            .filter_map(|(id, o)| o.map(|_| (*id).clone()))
+            .collect())
+    }
+
+    /// Every unsettled document with its owner ("run/page"). Small: at most the
+    /// documents of the pages in flight when workers died or runs were superseded.
+    pub async fn unsettled(&self, source: &SourceId) -> Result<HashMap<DocumentId, String>, Error> {
+        let mut conn = self.pool.get().await?;
+        let all: HashMap<String, String> = conn.hgetall(self.keys.unsettled(source)).await?;
+        Ok(all.into_iter().map(|(k, v)| (DocumentId(k), v)).collect())
     }
 
     /// Members of the reverse-index sets `keys` (children or linked-from), de-duplicated.
