@@ -77,6 +77,22 @@ pub enum Command {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Compare the sink with the state (and the source): report drift by kind.
+    /// Exit 0: no drift; 4: drift found; 1: could not check.
+    Verify {
+        /// Source id.
+        source: String,
+        /// Also list the source (one full listing, no content fetched) and compare.
+        #[arg(long = "source")]
+        with_source: bool,
+        /// Enqueue the run that repairs what was found (drifted documents are
+        /// marked unsettled, then fetched again or deleted).
+        #[arg(long)]
+        repair: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the configuration file and exit.
     CheckConfig,
     /// Run a simulator of a third-party API.

@@ -23,6 +23,7 @@
 //! - [`api`]: the HTTP API (trigger syncs, request and source status, probes, Prometheus metrics).
 //! - [`app`]: wiring a `Config` into running parts; [`shutdown`]: signals.
 //! - [`report`]: gathering status, and printing it and run figures for people and scripts.
+//! - [`verify`]: sink vs state vs source, and the targeted run that repairs drift.
 
 #![forbid(unsafe_code)]
 
@@ -42,4 +43,5 @@ pub mod sinks;
 pub mod sources;
 pub mod state;
 pub mod types;
+pub mod verify;
 pub mod worker;

@@ -203,6 +203,44 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Verify {
+            source,
+            with_source,
+            repair,
+            json,
+        } => {
+            let app = load(&cli)?;
+            let id = SourceId::new(source.clone())?;
+            let report = tidemark::verify::verify(&app, &id, *with_source)
+                .await
+                .with_context(|| format!("verifying {source}"))?;
+            let repaired = if *repair {
+                tidemark::verify::repair(&app, &id, &report)
+                    .await
+                    .with_context(|| format!("repairing {source}"))?
+            } else {
+                None
+            };
+            if *json {
+                let v = serde_json::json!({"report": report, "repair": repaired});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", report.text());
+                if let Some(r) = &repaired {
+                    println!(
+                        "repair: {} document(s) marked; request {} enqueued ({})",
+                        r.documents,
+                        r.request_id,
+                        if r.targeted { "targeted" } else { "incremental run" }
+                    );
+                }
+            }
+            Ok(if report.drift() {
+                ExitCode::from(4)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         Command::Simulate { service } => match service {
             Simulated::Confluence {
                 listen,

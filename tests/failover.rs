@@ -2,6 +2,7 @@
 //! writes to learns its token when the run starts, so a job of a superseded run
 //! can change neither the sink nor the state, even if the new run never writes.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -149,6 +150,9 @@ impl Sink for DiesAfterSinkDelete {
     }
     async fn get(&self, source: &SourceId, id: &DocumentId) -> Result<Option<SinkDocument>, sinks::Error> {
         self.inner.get(source, id).await
+    }
+    async fn versions(&self, source: &SourceId) -> Result<HashMap<DocumentId, String>, sinks::Error> {
+        self.inner.versions(source).await
     }
 }
 

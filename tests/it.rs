@@ -32,5 +32,7 @@ mod queue;
 mod run_keys;
 /// End-to-end sync scenarios from the problem statement.
 mod sync;
+/// `tidemark verify`: drift by kind between sink, state and source, and its repair.
+mod verify;
 /// Webhooks: signatures, replays, Drive push notifications, debouncing, targeted runs.
 mod webhooks;

@@ -15,6 +15,7 @@
 //!
 //! All file work runs on the blocking thread pool.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -209,6 +210,12 @@ impl Sink for DirectorySink {
     async fn get(&self, source: &SourceId, id: &DocumentId) -> Result<Option<SinkDocument>, Error> {
         let path = self.doc_path(source, id);
         run_blocking(move || read_doc(&path)).await
+    }
+
+    async fn versions(&self, source: &SourceId) -> Result<HashMap<DocumentId, String>, Error> {
+        let sink = self.clone();
+        let source = source.clone();
+        run_blocking(move || Ok(sink.read_all(&source)?.into_iter().map(|d| (d.id, d.version)).collect())).await
     }
 
     async fn delete(&self, source: &SourceId, id: &DocumentId, token: FencingToken) -> Result<Written, Error> {

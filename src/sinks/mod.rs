@@ -10,6 +10,7 @@
 
 pub mod directory;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
@@ -97,4 +98,7 @@ pub trait Sink: Send + Sync {
     /// Reads a document back, so dependents (breadcrumbs, link titles) can be
     /// rewritten without fetching their content from the source again.
     async fn get(&self, source: &SourceId, id: &DocumentId) -> Result<Option<SinkDocument>, Error>;
+    /// Every document the sink holds for `source`, as id -> version (what
+    /// `tidemark verify` compares with the state and the source).
+    async fn versions(&self, source: &SourceId) -> Result<HashMap<DocumentId, String>, Error>;
 }

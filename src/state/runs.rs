@@ -521,6 +521,23 @@ impl StateStore {
         Ok(())
     }
 
+    /// The source's current run, if its record still says it is running (a
+    /// coordinator that died leaves it so until a later run takes over).
+    pub async fn run_in_progress(&self, source: &SourceId) -> Result<Option<RunId>, Error> {
+        let current: Option<String> = {
+            let mut conn = self.pool.get().await?;
+            conn.get(self.keys.current_run(source)).await?
+        };
+        let Some(run) = current.map(RunId) else {
+            return Ok(None);
+        };
+        let running = self
+            .run(source, &run)
+            .await?
+            .is_some_and(|r| r.status == RunStatus::Running);
+        Ok(running.then_some(run))
+    }
+
     /// A run's record.
     pub async fn run(&self, source: &SourceId, run: &RunId) -> Result<Option<RunRecord>, Error> {
         let key = self.keys.run(source, run);
