@@ -74,6 +74,12 @@ impl Keys {
         self.source(source, "unsettled")
     }
 
+    /// Hash: document id -> MessagePack `DocFailure`, documents that failed on
+    /// their own and are retried by every run (see `state::failures`).
+    pub fn failed(&self, source: &SourceId) -> String {
+        self.source(source, "failed")
+    }
+
     /// Set: the documents whose parent is `doc` (reverse index of `DocState.parent`).
     pub fn children(&self, source: &SourceId, doc: &DocumentId) -> String {
         self.source(source, &format!("kids:{doc}"))

@@ -5,13 +5,14 @@
 //! [`collect_status`], so the two never disagree about what a status contains.
 //! Nothing here writes to Redis.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use serde::Serialize;
 
 use crate::app::App;
 use crate::queue::streams::{self, GroupInfo};
-use crate::state::{self, RunRecord};
+use crate::state::{self, DocFailure, RunRecord};
 use crate::types::SourceId;
 
 /// One source's status, as `tidemark status` reports it.
@@ -29,6 +30,10 @@ pub struct SourceStatus {
     pub cursor: Option<String>,
     /// Recent runs, newest first.
     pub runs: Vec<RunRecord>,
+    /// Documents that failed on their own, by id (retried by every run until they succeed).
+    pub failed_documents: BTreeMap<String, DocFailure>,
+    /// Documents left unsettled by an interrupted page (the next run redoes them).
+    pub unsettled_documents: u64,
 }
 
 /// Queue figures.
@@ -73,6 +78,8 @@ pub async fn collect_status(
             watermark: cp.watermark.map(|w| w.to_rfc3339()),
             cursor: cp.cursor,
             runs: state.recent_runs(&id, runs).await?,
+            failed_documents: state.failures(&id).await?.into_iter().map(|(d, f)| (d.0, f)).collect(),
+            unsettled_documents: state.unsettled(&id).await?.len() as u64,
         });
     }
     Ok((sources, queue_status(app).await?))
@@ -93,7 +100,7 @@ pub async fn queue_status(app: &App) -> Result<QueueStatus, state::Error> {
 /// One line of figures for a run.
 pub fn run_line(r: &RunRecord) -> String {
     format!(
-        "run {} [{}] {} by {}: {} processed ({} upserted, {} deleted, {} skipped), {} unchanged by version, {} dependents updated, {} API calls, {} pages ({} failed), {}",
+        "run {} [{}] {} by {}: {} processed ({} upserted, {} deleted, {} skipped, {} failed), {} unchanged by version, {} dependents updated, {} API calls, {} pages ({} failed), {}",
         &r.run_id.0[..r.run_id.0.len().min(8)],
         r.mode,
         r.status,
@@ -102,6 +109,7 @@ pub fn run_line(r: &RunRecord) -> String {
         r.upserted,
         r.deleted,
         r.skipped,
+        r.docs_failed,
         r.unchanged,
         r.dependents_updated,
         r.api_calls,
@@ -123,6 +131,24 @@ pub fn status_text(sources: &[SourceStatus], queues: &QueueStatus) -> String {
         }
         if let Some(c) = &s.cursor {
             let _ = writeln!(out, "  cursor: {c}");
+        }
+        if !s.failed_documents.is_empty() {
+            let _ = writeln!(
+                out,
+                "  failed documents: {} (retried by every run)",
+                s.failed_documents.len()
+            );
+            for (id, f) in s.failed_documents.iter().take(10) {
+                let kind = if f.retryable { "retryable" } else { "permanent" };
+                let _ = writeln!(out, "    {id} [{kind}, run {}]: {}", f.run.0, f.reason);
+            }
+        }
+        if s.unsettled_documents > 0 {
+            let _ = writeln!(
+                out,
+                "  unsettled documents: {} (an interrupted page; the next run redoes them)",
+                s.unsettled_documents
+            );
         }
         for r in &s.runs {
             let _ = writeln!(out, "  {}", run_line(r));

@@ -42,7 +42,7 @@ use crate::queue::streams::{self, Entry};
 use crate::queue::{self, dlq};
 use crate::sinks::{self, Link, Sink, SinkDocument, Written};
 use crate::sources::{self, Source};
-use crate::state::{self, DocState, DocWrite, PageStats, RunCounter, RunUpdate, StateStore};
+use crate::state::{self, DocFailure, DocState, DocWrite, PageStats, RunCounter, RunUpdate, StateStore};
 use crate::types::{DocumentId, SourceId};
 
 /// The workers' consumer group on the jobs stream.
@@ -105,6 +105,19 @@ impl From<state::Error> for JobError {
             state::Error::StaleFence(s) => JobError::Stale(s),
             other => JobError::retry(other),
         }
+    }
+}
+
+/// A document of a page that failed on its own.
+struct Failure {
+    id: DocumentId,
+    retryable: bool,
+    reason: String,
+}
+
+impl Failure {
+    fn new(id: DocumentId, retryable: bool, reason: String) -> Self {
+        Self { id, retryable, reason }
     }
 }
 
@@ -400,6 +413,51 @@ impl Worker {
         }
     }
 
+    /// Records documents that failed on their own: in the state (every later
+    /// run retries them), in the dead-letter stream (for operators) and as the
+    /// run's last error. The rest of their page has been applied.
+    async fn record_failures(&self, job: &PageJob, failures: &[Failure]) -> Result<(), JobError> {
+        let now = Utc::now();
+        let records: Vec<(DocumentId, DocFailure)> = failures
+            .iter()
+            .map(|f| {
+                let failure = DocFailure {
+                    reason: f.reason.clone(),
+                    retryable: f.retryable,
+                    run: job.run.clone(),
+                    at: now,
+                };
+                (f.id.clone(), failure)
+            })
+            .collect();
+        self.state.record_failures(&job.source, job.token, &records).await?;
+        for f in failures {
+            tracing::warn!(source = %job.source, run = %job.run, page = job.page, document = %f.id, retryable = f.retryable, reason = %f.reason, "document failed; the rest of its page is applied");
+            let failed = dlq::FailedDocument {
+                source: &job.source,
+                run: &job.run,
+                page: job.page,
+                document: &f.id,
+                reason: &f.reason,
+                retryable: f.retryable,
+            };
+            if let Err(e) = dlq::document_failed(&self.pool, &self.keys.dead_letters(), &failed).await {
+                tracing::warn!(error = %e, document = %f.id, "could not dead-letter the failed document");
+            }
+        }
+        let last = &failures[failures.len() - 1];
+        let _ = self
+            .state
+            .update_run(
+                &job.source,
+                &job.run,
+                job.token,
+                &RunUpdate::error(format!("document {}: {}", last.id, last.reason)),
+            )
+            .await;
+        Ok(())
+    }
+
     /// Applies a page to the sink and the state. Idempotent.
     pub async fn apply(
         &self,
@@ -417,6 +475,7 @@ impl Worker {
             }));
         }
         let mut stats = PageStats::default();
+        let mut failures: Vec<Failure> = Vec::new();
         let of = |action: Action| job.items.iter().filter(move |i| i.action == action);
         let mut deletes: Vec<DocumentId> = of(Action::Delete).map(|i| i.meta.id.clone()).collect();
         let breadcrumbs: HashMap<&DocumentId, &Vec<String>> =
@@ -431,6 +490,9 @@ impl Worker {
             let fetched = fetched?;
             // Deleted between the feed and the fetch: a deletion, not an error.
             deletes.extend(fetched.missing);
+            for (id, e) in fetched.failed {
+                failures.push(Failure::new(id, e.is_retryable(), format!("fetch: {e}")));
+            }
             fetched.docs
         };
 
@@ -487,9 +549,10 @@ impl Worker {
             .map(|d| &d.meta.id)
             .chain(refreshes.iter().copied())
             .collect();
-        let unsettled = self.state.unsettled_of(&job.source, &checked).await?;
+        let mut unsettled = self.state.unsettled_of(&job.source, &checked).await?;
+        unsettled.extend(self.state.failed_of(&job.source, &checked).await?);
         let mut ops: Vec<SinkOp> = Vec::new();
-        let mut writes = Vec::new();
+        let mut writes: Vec<DocWrite> = Vec::new();
         // Titles and parents for breadcrumbs rebuilt below: this page's fetches
         // first, completed from the state as needed.
         let mut tree: Option<Tree> = None;
@@ -593,7 +656,7 @@ impl Worker {
                 old: held.get(id).cloned(),
             });
         }
-        if writes.is_empty() {
+        if writes.is_empty() && failures.is_empty() {
             return Ok(stats);
         }
 
@@ -603,24 +666,44 @@ impl Worker {
         let owner = format!("{}/{}", job.run, job.page);
         let ids: Vec<&DocumentId> = ops.iter().map(SinkOp::id).collect();
         self.state.mark_unsettled(&job.source, job.token, &owner, &ids).await?;
-        for op in &ops {
-            match op {
-                SinkOp::Upsert(doc) => match self.sink.upsert(doc).await? {
-                    Written::Changed => stats.upserted += 1,
-                    Written::Unchanged => stats.skipped += 1,
-                },
-                SinkOp::Refresh(doc) => {
-                    self.sink.upsert(doc).await?;
-                    stats.refreshed += 1;
+        let mut applied = Vec::with_capacity(writes.len());
+        for (op, write) in ops.iter().zip(writes) {
+            let result = match op {
+                SinkOp::Upsert(doc) | SinkOp::Refresh(doc) => self.sink.upsert(doc).await,
+                SinkOp::Delete(id) => self.sink.delete(&job.source, id, job.token).await,
+            };
+            let written = match result {
+                Ok(w) => w,
+                Err(sinks::Error::StaleFence(s)) => return Err(JobError::Stale(s)),
+                // One document the sink refuses fails alone; the rest of the page goes on.
+                Err(e) => {
+                    let permanent = matches!(e, sinks::Error::Rejected { .. });
+                    failures.push(Failure::new(op.id().clone(), !permanent, format!("sink: {e}")));
+                    continue;
                 }
-                SinkOp::Delete(id) => {
-                    if self.sink.delete(&job.source, id, job.token).await? == Written::Changed {
-                        stats.deleted += 1;
-                    }
-                }
+            };
+            match (op, written) {
+                (SinkOp::Upsert(_), Written::Changed) => stats.upserted += 1,
+                (SinkOp::Upsert(_), Written::Unchanged) => stats.skipped += 1,
+                (SinkOp::Refresh(_), _) => stats.refreshed += 1,
+                (SinkOp::Delete(_), Written::Changed) => stats.deleted += 1,
+                (SinkOp::Delete(_), Written::Unchanged) => {}
             }
+            applied.push(write);
         }
-        self.state.apply_docs(&job.source, job.token, &writes).await?;
+        if failures.len() >= job.items.len() && failures.iter().all(|f| f.retryable) {
+            // Nothing of the page worked and all of it may: the page as a whole
+            // is redelivered (a full disk, a source down for every document).
+            return Err(JobError::retry(format!(
+                "every document of the page failed, e.g. {}: {}",
+                failures[0].id, failures[0].reason
+            )));
+        }
+        self.state.apply_docs(&job.source, job.token, &applied).await?;
+        if !failures.is_empty() {
+            stats.failed = failures.len() as u64;
+            self.record_failures(job, &failures).await?;
+        }
         Ok(stats)
     }
 }

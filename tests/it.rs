@@ -22,6 +22,8 @@ mod filesystem;
 mod gdrive;
 /// The HTTP connector against a real nginx: conditional requests, 304s, sitemaps.
 mod http_source;
+/// Per-document failure isolation: one bad document fails alone and is retried by every run.
+mod isolation;
 /// House rules of src/: Redis only in its rooms, Lua in files, no import cycle, file sizes.
 mod layout;
 /// Lock exclusion, expiry, Redlock majorities, fencing of stale writes.

@@ -10,7 +10,7 @@ use tidemark::types::SyncMode;
 
 use crate::harness::{Env, Options, wait_until};
 
-fn dead_letters(env: &Env) -> Vec<std::collections::HashMap<String, String>> {
+pub(crate) fn dead_letters(env: &Env) -> Vec<std::collections::HashMap<String, String>> {
     let mut conn = env.redis.conn();
     let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(env.app.keys.dead_letters())

@@ -133,18 +133,25 @@ pub(super) fn deletion_guard(plan: &mut Plan, held: usize, policy: &SourcePolicy
 
 impl Coordinator {
     /// Adds the source's unsettled documents (written to the sink, or about to
-    /// be, without the state recording it: see [`crate::state::docs`]) that the
-    /// plan does not already touch, as named upserts. This is what makes a sink
+    /// be, without the state recording it: see [`crate::state::docs`]) and its
+    /// failed ones ([`crate::state::failures`]) that the plan does not already
+    /// touch, as named upserts. This is what makes a sink
     /// write lost between sink and state (a dead worker, a superseded run)
     /// repaired by the next run rather than trusted away by the skip check.
     pub(super) async fn include_unsettled(&self, source: &SourceId, plan: &mut Plan) -> Result<(), Error> {
         let unsettled = self.state.unsettled(source).await?;
+        let failed = self.state.failures(source).await?;
         let planned: HashSet<&DocumentId> = plan.items.iter().map(|i| &i.meta.id).collect();
-        let mut extra: Vec<&DocumentId> = unsettled.keys().filter(|id| !planned.contains(id)).collect();
+        let mut extra: Vec<&DocumentId> = unsettled
+            .keys()
+            .chain(failed.keys())
+            .filter(|id| !planned.contains(id))
+            .collect();
+        extra.sort();
+        extra.dedup();
         if extra.is_empty() {
             return Ok(());
         }
-        extra.sort();
         let held = self.state.held_meta_of(source, &extra).await?;
         for (id, h) in extra.iter().zip(held) {
             plan.items.push(named_item(id, h.as_ref()));
@@ -154,7 +161,7 @@ impl Coordinator {
             }
         }
         plan.note.push(format!(
-            "{} unsettled document(s) from interrupted pages redone",
+            "{} document(s) redone: failed before, or left unsettled by an interrupted page",
             extra.len()
         ));
         Ok(())

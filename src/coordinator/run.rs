@@ -128,16 +128,19 @@ impl Coordinator {
             tracing::info!(source = %id, run = %run, dependents = refresh.len(), "dependents enqueued");
         }
         let record = self.wait_for_pages(&id, run, u64::from(pages), lost).await?;
-        let status = if record.pages_failed == 0 && guard.is_none() {
+        let commit = record.pages_failed == 0 && guard.is_none();
+        if commit && let Some(end) = &end {
             // A targeted run read no feed: the checkpoint stays for the next full-feed run.
-            if let Some(end) = &end {
-                self.state.commit_checkpoint(&id, token, &end.checkpoint).await?;
-            }
+            // Documents that failed alone do not hold it back: they are recorded
+            // as failed, and every later run retries them (`include_unsettled`).
+            self.state.commit_checkpoint(&id, token, &end.checkpoint).await?;
+        }
+        // Failed pages were not applied, held-back deletions not made: keeping
+        // the old checkpoint makes the next run see them again (and skip the
+        // rest by version).
+        let status = if commit && record.docs_failed == 0 {
             RunStatus::Completed
         } else {
-            // Failed pages were not applied, held-back deletions not made: keeping
-            // the old checkpoint makes the next run see them again (and skip the
-            // rest by version).
             RunStatus::CompletedWithErrors
         };
         let mut ended = RunUpdate::ended(status);

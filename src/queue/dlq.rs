@@ -7,6 +7,42 @@ use deadpool_redis::Pool;
 
 use super::Error;
 use super::streams::{self, Entry};
+use crate::types::{DocumentId, RunId, SourceId};
+
+/// A document that failed on its own while the rest of its page was applied.
+#[derive(Debug, Clone, Copy)]
+pub struct FailedDocument<'a> {
+    /// Its source.
+    pub source: &'a SourceId,
+    /// The run.
+    pub run: &'a RunId,
+    /// The page of the run.
+    pub page: u32,
+    /// The document.
+    pub document: &'a DocumentId,
+    /// What went wrong.
+    pub reason: &'a str,
+    /// Whether a later attempt may succeed (every later run retries it anyway).
+    pub retryable: bool,
+}
+
+/// Adds a failed document to `dead_letters` (`origin` = `document`): nothing is
+/// acked, the page it came from completed without it.
+pub async fn document_failed(pool: &Pool, dead_letters: &str, failed: &FailedDocument<'_>) -> Result<(), Error> {
+    let page = failed.page.to_string();
+    let retryable = if failed.retryable { "true" } else { "false" };
+    let fields: Vec<(&str, &[u8])> = vec![
+        ("origin", b"document"),
+        ("source", failed.source.as_str().as_bytes()),
+        ("run", failed.run.0.as_bytes()),
+        ("page", page.as_bytes()),
+        ("document", failed.document.0.as_bytes()),
+        ("reason", failed.reason.as_bytes()),
+        ("retryable", retryable.as_bytes()),
+    ];
+    streams::add(pool, dead_letters, &fields).await?;
+    Ok(())
+}
 
 /// Copies `entry` to `dead_letters` with `reason`, then acks it on `origin`.
 pub async fn dead_letter(

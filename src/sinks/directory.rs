@@ -69,7 +69,10 @@ impl DirectorySink {
                 source,
             })?;
             let path = entry.path();
-            if path.extension().is_some_and(|e| e == "json")
+            // Only files are documents (a directory in the way is some document's failure).
+            let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+            if is_file
+                && path.extension().is_some_and(|e| e == "json")
                 && let Some(doc) = read_doc(&path)?
             {
                 docs.push(doc);
@@ -190,8 +193,9 @@ impl Sink for DirectorySink {
     async fn upsert(&self, doc: &SinkDocument) -> Result<Written, Error> {
         let root = self.fence_dir(&doc.source);
         let path = self.doc_path(&doc.source, &doc.id);
+        let id = doc.id.clone();
         let doc = doc.clone();
-        run_blocking(move || {
+        let written = run_blocking(move || {
             let _guard = fence(&root, doc.fencing_token)?;
             if let Some(existing) = read_doc(&path)?
                 && existing.version == doc.version
@@ -204,7 +208,8 @@ impl Sink for DirectorySink {
             write_atomically(&path, &bytes)?;
             Ok(Written::Changed)
         })
-        .await
+        .await;
+        written.map_err(|e| rejected_if_permanent(e, id))
     }
 
     async fn get(&self, source: &SourceId, id: &DocumentId) -> Result<Option<SinkDocument>, Error> {
@@ -230,6 +235,18 @@ impl Sink for DirectorySink {
             }
         })
         .await
+    }
+}
+
+/// A document whose file path is taken by a directory can never be written
+/// there: that is the document's failure, not the sink's.
+fn rejected_if_permanent(e: Error, id: DocumentId) -> Error {
+    match e {
+        Error::Io { path, source } if source.kind() == std::io::ErrorKind::IsADirectory => Error::Rejected {
+            id,
+            reason: format!("{} is a directory", path.display()),
+        },
+        other => other,
     }
 }
 

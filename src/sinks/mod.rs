@@ -25,7 +25,16 @@ pub enum Error {
     /// A newer run holds the source; the write was refused.
     #[error(transparent)]
     StaleFence(#[from] StaleFence),
-    /// The file system failed.
+    /// The sink will never accept this document as it is (its path is taken by
+    /// a directory, an index refuses its size): the document fails alone.
+    #[error("sink refused document {id}: {reason}")]
+    Rejected {
+        /// The document.
+        id: DocumentId,
+        /// Why, in the sink's words.
+        reason: String,
+    },
+    /// The file system failed (may clear up: disk full, permissions).
     #[error("sink {path}: {source}")]
     Io {
         /// Where.

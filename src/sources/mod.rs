@@ -178,12 +178,17 @@ pub struct FetchedDoc {
 }
 
 /// The result of fetching a page of documents.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Fetched {
     /// Documents that exist, with content.
     pub docs: Vec<FetchedDoc>,
     /// Requested documents the source no longer has (deleted since the feed was read).
     pub missing: Vec<DocumentId>,
+    /// Requested documents that failed on their own (a corrupt body, one file's
+    /// download failing) while the others could be fetched; the error says
+    /// whether retrying may help. An error that concerns the whole request (a
+    /// 429, an unreadable response) is returned as the fetch's error instead.
+    pub failed: Vec<(DocumentId, Error)>,
 }
 
 /// Walks one run's change feed.

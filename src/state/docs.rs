@@ -178,6 +178,7 @@ impl StateStore {
             self.keys.fence(source),
             self.keys.docs(source),
             self.keys.unsettled(source),
+            self.keys.failed(source),
         ];
         let mut key_index: HashMap<String, usize> = HashMap::new();
         let mut key_of = |k: String, keys: &mut Vec<String>| -> String {

@@ -2,7 +2,9 @@
 //! hold, run records.
 //!
 //! - `mod.rs` (here): [`StateStore`], the fenced-write helper, the fence and the checkpoint;
-//! - [`docs`]: what we hold per document ([`DocState`]) and the reverse indexes;
+//! - [`docs`]: what we hold per document ([`DocState`]), the reverse indexes,
+//!   and the unsettled marks that bracket a page's sink writes;
+//! - [`failures`]: documents that failed on their own ([`DocFailure`]), retried by every run;
 //! - [`sweep`]: the mark and sweep that finds held documents a complete listing left out;
 //! - [`runs`]: run records ([`RunRecord`], typed updates [`RunUpdate`]), page
 //!   completion, and which run served a request.
@@ -31,10 +33,12 @@ use crate::sources::Checkpoint;
 use crate::types::{FencingToken, SourceId};
 
 pub mod docs;
+pub mod failures;
 pub mod runs;
 pub mod sweep;
 
 pub use docs::{DocState, DocWrite, HeldMeta};
+pub use failures::DocFailure;
 pub use runs::{PageStats, RunCounter, RunRecord, RunStatus, RunUpdate};
 
 /// State-store failures.

@@ -100,6 +100,9 @@ pub struct RunRecord {
     pub pages_done: u64,
     /// Pages dead-lettered.
     pub pages_failed: u64,
+    /// Documents that failed on their own while their pages were applied
+    /// (recorded with their reasons; every later run retries them).
+    pub docs_failed: u64,
     /// Documents put into jobs (changed, created or deleted).
     pub docs_processed: u64,
     /// Documents written to the sink.
@@ -157,6 +160,7 @@ impl RunRecord {
             pages_total: n("pages_total"),
             pages_done: n("pages_done"),
             pages_failed: n("pages_failed"),
+            docs_failed: n("docs_failed"),
             docs_processed: n("docs_processed"),
             upserted: n("upserted"),
             deleted: n("deleted"),
@@ -283,6 +287,8 @@ pub struct PageStats {
     pub api_calls: u64,
     /// Dependents (descendants, linking documents) rewritten without fetching.
     pub refreshed: u64,
+    /// Documents that failed on their own (the rest of the page was applied).
+    pub failed: u64,
 }
 
 static FENCED_RUN_UPDATE: LazyLock<Script> =
@@ -454,6 +460,8 @@ impl StateStore {
             stats.api_calls.to_string(),
             "dependents_updated".into(),
             stats.refreshed.to_string(),
+            "docs_failed".into(),
+            stats.failed.to_string(),
         ]
         .into_iter()
         .map(String::into_bytes)

@@ -212,11 +212,22 @@ impl Source for Confluence {
                     if !requested.contains(page.id.as_str()) || !found.insert(page.id.clone()) {
                         continue;
                     }
-                    let meta = page.meta(c, &url)?;
-                    let content = page.body.and_then(|b| b.storage).map(|s| s.value).ok_or_else(|| {
-                        c.http
-                            .permanent(format_args!("GET {}: page {} has no body.storage", url.path(), meta.id))
-                    })?;
+                    // One corrupt page fails alone; the rest of the batch is applied.
+                    let id = DocumentId(page.id.clone());
+                    let meta = match page.meta(c, &url) {
+                        Ok(meta) => meta,
+                        Err(e) => {
+                            out.failed.push((id, e));
+                            continue;
+                        }
+                    };
+                    let Some(content) = page.body.and_then(|b| b.storage).map(|s| s.value) else {
+                        let e =
+                            c.http
+                                .permanent(format_args!("GET {}: page {} has no body.storage", url.path(), meta.id));
+                        out.failed.push((id, e));
+                        continue;
+                    };
                     let links = page_links(&content);
                     out.docs.push(FetchedDoc { meta, content, links });
                 }

@@ -143,11 +143,11 @@ impl Source for Filesystem {
                 match cfg.read(&id) {
                     Ok(Some(doc)) => out.docs.push(doc),
                     Ok(None) => out.missing.push(DocumentId(id)),
+                    // One unreadable file fails alone (permissions may be fixed: retryable).
                     Err(e) => {
-                        return Err(Error::Retryable {
-                            context: format!("source {source}: reading {}: {e}", cfg.root.join(&id).display()),
-                            after: None,
-                        });
+                        let context = format!("source {source}: reading {}: {e}", cfg.root.join(&id).display());
+                        out.failed
+                            .push((DocumentId(id), Error::Retryable { context, after: None }));
                     }
                 }
             }

@@ -176,10 +176,14 @@ impl Source for Gdrive {
             .collect()
             .await;
         let mut out = Fetched::default();
+        let fetched_any = results.iter().any(|(_, r)| r.is_ok());
         for (id, r) in results {
-            match r? {
-                Some(doc) => out.docs.push(doc),
-                None => out.missing.push(id),
+            match r {
+                Ok(Some(doc)) => out.docs.push(doc),
+                Ok(None) => out.missing.push(id),
+                // Throttled or down for every file: the page as a whole waits and retries.
+                Err(e) if e.is_retryable() && !fetched_any => return Err(e),
+                Err(e) => out.failed.push((id, e)),
             }
         }
         Ok(out)

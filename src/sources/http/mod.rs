@@ -425,10 +425,15 @@ impl Source for HttpSource {
             .buffered(c.settings.concurrency.clamp(1, MAX_CONCURRENCY))
             .collect()
             .await;
+        let fetched_any = results.iter().any(|(_, r)| r.is_ok());
         for (url, result) in results {
-            match result? {
-                Some(doc) => out.docs.push(doc),
-                None => out.missing.push(DocumentId(url.as_str().to_owned())),
+            let id = DocumentId(url.as_str().to_owned());
+            match result {
+                Ok(Some(doc)) => out.docs.push(doc),
+                Ok(None) => out.missing.push(id),
+                // Throttled or down for every page: the job as a whole waits and retries.
+                Err(e) if e.is_retryable() && !fetched_any => return Err(e),
+                Err(e) => out.failed.push((id, e)),
             }
         }
         Ok(out)
