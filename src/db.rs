@@ -62,7 +62,7 @@ pub fn pool(url: &str, size: usize, response_timeout: Duration) -> Result<Pool, 
 /// Whether a Redis error means "Redis is not answering" (unreachable, timing
 /// out, restarting, loading its AOF) rather than "Redis answered something we
 /// did not expect". The first clears up by itself and is retried with the
-/// shared backoff ([`crate::retry`]); the API answers it with 503.
+/// shared backoff policy (`retry.rs`); the API answers it with 503.
 pub fn is_unavailable(e: &RedisError) -> bool {
     e.kind() == ErrorKind::Io
         || e.is_timeout()

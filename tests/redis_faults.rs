@@ -154,8 +154,9 @@ async fn run_in_flight_survives_a_redis_restart() {
     run_survives(env, |env| env.redis.restart()).await;
 }
 
-/// A run in flight survives Redis paused (SIGSTOP) for 2 s, shorter than its
-/// lease: commands time out, are retried with backoff, and the run completes.
+/// A run in flight survives Redis paused (SIGSTOP) for 3 s, shorter than its
+/// lease (10 s) and longer than the response timeout (2 s): commands time out,
+/// are retried with backoff, and the run completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_in_flight_survives_a_redis_pause() {
     let env = Env::start(Options {
@@ -165,7 +166,7 @@ async fn run_in_flight_survives_a_redis_pause() {
     .await;
     run_survives(env, |env| {
         env.redis.pause();
-        std::thread::sleep(Duration::from_secs(2));
+        std::thread::sleep(Duration::from_secs(3));
         env.redis.resume();
     })
     .await;
