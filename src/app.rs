@@ -99,28 +99,39 @@ impl App {
 
     /// A coordinator named `consumer`.
     pub fn coordinator(&self, consumer: impl Into<String>) -> Arc<Coordinator> {
-        Arc::new(Coordinator::new(
-            self.pool.clone(),
-            self.keys.clone(),
-            self.locks.clone(),
-            self.sources.clone(),
-            self.sink.clone(),
-            &self.config.sources,
-            self.config.sync.clone(),
-            consumer.into(),
-        ))
+        Arc::new(
+            Coordinator::new(
+                self.pool.clone(),
+                self.keys.clone(),
+                self.locks.clone(),
+                self.sources.clone(),
+                self.sink.clone(),
+                &self.config.sources,
+                self.config.sync.clone(),
+                consumer.into(),
+            )
+            .with_redis_retry(self.config.redis.retry, self.redis_addr()),
+        )
     }
 
     /// A worker named `consumer`.
     pub fn worker(&self, consumer: impl Into<String>) -> Arc<Worker> {
-        Arc::new(Worker::new(
-            self.pool.clone(),
-            self.keys.clone(),
-            self.sources.clone(),
-            self.sink.clone(),
-            self.config.sync.clone(),
-            consumer.into(),
-        ))
+        Arc::new(
+            Worker::new(
+                self.pool.clone(),
+                self.keys.clone(),
+                self.sources.clone(),
+                self.sink.clone(),
+                self.config.sync.clone(),
+                consumer.into(),
+            )
+            .with_redis_retry(self.config.redis.retry, self.redis_addr()),
+        )
+    }
+
+    /// The main Redis's address as logs may show it (password redacted).
+    pub fn redis_addr(&self) -> String {
+        db::redacted(&self.config.redis.url)
     }
 }
 

@@ -47,6 +47,13 @@ pub enum Command {
         workers: usize,
     },
     /// Ask for a sync of SOURCE.
+    ///
+    /// Redis faults are waited out with backoff, up to --timeout. Exit codes:
+    /// 0 the run completed; 1 the run failed (or tidemark could not start: bad
+    /// configuration, unknown source); 2 it completed with errors (some pages
+    /// dead-lettered); 3 --wait timed out (Redis answered, no run ended in
+    /// time); 4 Redis could not be reached within --timeout (the request was not
+    /// enqueued, or its outcome could not be read when time ran out); 64 bad arguments.
     Enqueue {
         /// Source id.
         source: String,
@@ -59,7 +66,8 @@ pub enum Command {
         /// Block until the run serving this request ends; print its figures.
         #[arg(long)]
         wait: bool,
-        /// With --wait: give up after this many seconds (exit 3).
+        /// Give up after this many seconds: waiting for the run (exit 3) or for
+        /// an unreachable Redis (exit 4), enqueueing included.
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
         /// Print JSON.
@@ -78,7 +86,7 @@ pub enum Command {
         runs: usize,
     },
     /// Compare the sink with the state (and the source): report drift by kind.
-    /// Exit 0: no drift; 4: drift found; 1: could not check.
+    /// Exit 0: no drift; 5: drift found; 1: could not check.
     Verify {
         /// Source id.
         source: String,

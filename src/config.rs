@@ -87,6 +87,12 @@ pub struct RawRedis {
     /// How long one Redis command may take before it fails. Default 5000 ms.
     #[serde(default = "default_response_timeout_ms")]
     pub response_timeout_ms: u64,
+    /// First retry delay after a Redis fault (jittered down to half). Default 200 ms.
+    #[serde(default = "default_retry_initial_ms")]
+    pub retry_initial_ms: u64,
+    /// Longest retry delay after repeated Redis faults. Default 10000 ms.
+    #[serde(default = "default_retry_max_ms")]
+    pub retry_max_ms: u64,
 }
 
 fn default_namespace() -> String {
@@ -97,6 +103,12 @@ fn default_pool_size() -> usize {
 }
 fn default_response_timeout_ms() -> u64 {
     5000
+}
+fn default_retry_initial_ms() -> u64 {
+    crate::retry::Backoff::default().initial.as_millis() as u64
+}
+fn default_retry_max_ms() -> u64 {
+    crate::retry::Backoff::default().max.as_millis() as u64
 }
 
 /// `[sync]` as written; every field has a default.
@@ -309,6 +321,8 @@ pub struct RedisConfig {
     pub pool_size: usize,
     /// Per-command timeout.
     pub response_timeout: Duration,
+    /// How every component retries while Redis is unavailable.
+    pub retry: crate::retry::Backoff,
 }
 
 /// Checked `[sync]`.
@@ -507,6 +521,14 @@ impl Config {
                 raw.sync.block_ms, raw.redis.response_timeout_ms
             ));
         }
+        if raw.redis.retry_initial_ms == 0 {
+            problems.push("redis.retry_initial_ms: must be at least 1, got 0".into());
+        } else if raw.redis.retry_max_ms < raw.redis.retry_initial_ms {
+            problems.push(format!(
+                "redis.retry_max_ms: {} ms must be at least redis.retry_initial_ms ({} ms)",
+                raw.redis.retry_max_ms, raw.redis.retry_initial_ms
+            ));
+        }
         let sync = check_sync(&raw.sync, &mut problems);
 
         let sink = match raw.sink.kind.as_str() {
@@ -599,6 +621,10 @@ impl Config {
                         namespace: raw.redis.namespace,
                         pool_size: raw.redis.pool_size,
                         response_timeout: Duration::from_millis(raw.redis.response_timeout_ms),
+                        retry: crate::retry::Backoff {
+                            initial: Duration::from_millis(raw.redis.retry_initial_ms),
+                            max: Duration::from_millis(raw.redis.retry_max_ms),
+                        },
                     },
                     sync,
                     sink,
@@ -729,6 +755,35 @@ space_key = "ENG"
             "url = \"redis://127.0.0.1:6379\"\nresponse_timeout_ms = 2500\n[sync]\nblock_ms = 2000",
         );
         assert!(parse(&fits).is_ok());
+    }
+
+    /// The Redis retry policy defaults to 200 ms .. 10 s; a zero start or a cap
+    /// below the start is refused, naming the key.
+    #[test]
+    fn redis_retry_policy() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.redis.retry, crate::retry::Backoff::default());
+        let set = |extra: &str| {
+            GOOD.replace(
+                "url = \"redis://127.0.0.1:6379\"",
+                &format!("url = \"redis://127.0.0.1:6379\"\n{extra}"),
+            )
+        };
+        let c = parse(&set("retry_initial_ms = 50\nretry_max_ms = 2000")).expect("valid");
+        assert_eq!(c.redis.retry.initial, Duration::from_millis(50));
+        assert_eq!(c.redis.retry.max, Duration::from_secs(2));
+        for (extra, needle) in [
+            ("retry_initial_ms = 0", "redis.retry_initial_ms: must be at least 1"),
+            (
+                "retry_initial_ms = 500\nretry_max_ms = 100",
+                "redis.retry_max_ms: 100 ms must be at least redis.retry_initial_ms (500 ms)",
+            ),
+        ] {
+            let Err(Error::Invalid { problems, .. }) = parse(&set(extra)) else {
+                panic!("{extra} must be refused");
+            };
+            assert!(problems.join("\n").contains(needle), "{problems:?}");
+        }
     }
 
     /// A password in a bad Redis URL is not echoed in the error.

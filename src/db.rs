@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use deadpool_redis::redis::{self, AsyncConnectionConfig};
+use deadpool_redis::redis::{self, AsyncConnectionConfig, ErrorKind, RedisError, ServerErrorKind};
 use deadpool_redis::{Manager, Pool, Runtime};
 
 /// Pool creation failed (bad URL); connecting itself happens lazily.
@@ -57,6 +57,37 @@ pub fn pool(url: &str, size: usize, response_timeout: Duration) -> Result<Pool, 
         .create_timeout(Some(Duration::from_secs(2)))
         .build()
         .map_err(|e| err(e.to_string()))
+}
+
+/// Whether a Redis error means "Redis is not answering" (unreachable, timing
+/// out, restarting, loading its AOF) rather than "Redis answered something we
+/// did not expect". The first clears up by itself and is retried with the
+/// shared backoff policy (`retry.rs`); the API answers it with 503.
+pub fn is_unavailable(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::Io
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+            )
+        )
+}
+
+/// Whether the command surely never reached Redis (the connection was refused),
+/// so even a command that is not idempotent may be sent again.
+pub fn surely_not_sent(e: &RedisError) -> bool {
+    e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(ServerErrorKind::BusyLoading | ServerErrorKind::TryAgain | ServerErrorKind::MasterDown)
+        )
 }
 
 /// PING through `pool`: whether Redis answers, with the reason if not.

@@ -4,7 +4,9 @@
 //! - [`types`]: domain newtypes (`SourceId`, `DocumentId`, `FencingToken`, `RunId`, `SyncMode`).
 //! - [`config`]: the config file as written, and the validated `Config`.
 //! - [`keys`]: every Redis key name, with the `{source}` hash tag.
-//! - [`db`]: Redis connection pools with timeouts.
+//! - [`db`]: Redis connection pools with timeouts; which Redis errors mean "unavailable".
+//! - [`retry`]: the one policy for Redis faults (capped exponential backoff with
+//!   jitter, [`retry::Transient`] errors), used by every component.
 //! - [`queue`]: Redis Streams (requests, page jobs, dead letters), the message
 //!   envelope, enqueueing, the follow-up list and schedule slot, webhook debounce.
 //! - [`lock`]: the per-source Redlock lease, fencing tokens, the fenced-script composer.
@@ -37,6 +39,7 @@ pub mod keys;
 pub mod lock;
 pub mod queue;
 pub mod report;
+pub mod retry;
 pub mod shutdown;
 pub mod simulators;
 pub mod sinks;

@@ -5,6 +5,8 @@ mod cli;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use anyhow::{Context, bail};
 use clap::Parser;
 use tokio::task::JoinSet;
@@ -15,16 +17,44 @@ use tidemark::app::{App, consumer_name};
 use tidemark::config::Config;
 use tidemark::queue::jobs::SyncRequest;
 use tidemark::report;
+use tidemark::retry::{Retrier, Transient};
 use tidemark::simulators::confluence::{ConfluenceSim, SimConfig};
 use tidemark::simulators::gdrive::{GdriveSim, SimConfig as GdriveSimConfig};
-use tidemark::state::RunStatus;
+use tidemark::state::{RunRecord, RunStatus};
 use tidemark::types::{SourceId, SyncMode};
 
 /// How long in-flight work may take to finish after SIGTERM; below Kubernetes' default 30 s grace period.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(25);
 
+/// Exit codes beyond 0 and 1 (1, as for any error, is "failed"): `enqueue
+/// --wait`'s outcomes, and `verify`'s drift.
+/// Documented in README.md and `enqueue --help`.
+mod exit {
+    /// The run completed, but some pages were dead-lettered.
+    pub const COMPLETED_WITH_ERRORS: u8 = 2;
+    /// Redis answered, but no run serving the request ended within `--timeout`.
+    pub const TIMED_OUT: u8 = 3;
+    /// Redis could not be reached within `--timeout`: the request could not be
+    /// enqueued, or the run's outcome could not be read when time ran out.
+    pub const REDIS_UNREACHABLE: u8 = 4;
+    /// `verify` found drift between the sink, the state and the source.
+    pub const DRIFT: u8 = 5;
+    /// Bad arguments (sysexits' EX_USAGE; clap's default 2 would read as "completed with errors").
+    pub const USAGE: u8 = 64;
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(exit::USAGE)
+            } else {
+                ExitCode::SUCCESS // --help, --version
+            };
+        }
+    };
     init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -79,6 +109,65 @@ async fn join_all(mut tasks: JoinSet<anyhow::Result<()>>, shutdown: &Cancellatio
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// How waiting for a request's run ended.
+enum Waited {
+    /// A run serving it ended as completed, completed with errors, or failed.
+    Ended(Box<RunRecord>),
+    /// Redis answered, and no run had ended by the deadline.
+    TimedOut,
+    /// Redis was unreachable when the deadline passed (the last error).
+    Unreachable(String),
+}
+
+/// Polls the request's outcome until a run serving it has ended or `deadline`
+/// passes. Redis faults on the way are waited out with the shared backoff; they
+/// never become an outcome. An `abandoned` run is not one either: the request
+/// stays pending and is served by the run that takes it over.
+async fn wait_for_outcome(app: &App, source: &SourceId, request_id: &str, deadline: Instant) -> anyhow::Result<Waited> {
+    const POLL: Duration = Duration::from_millis(200);
+    let state = app.state();
+    let mut delays = app.config.redis.retry.delays();
+    let mut unreachable: Option<String> = None;
+    loop {
+        match state.request_outcome(source, request_id).await {
+            Ok(outcome) => {
+                if unreachable.take().is_some() {
+                    tracing::info!(redis = %app.redis_addr(), "redis reachable again; still waiting for the run");
+                }
+                delays.reset();
+                if let Some(rec) = outcome
+                    && matches!(
+                        rec.status,
+                        RunStatus::Completed | RunStatus::CompletedWithErrors | RunStatus::Failed
+                    )
+                {
+                    return Ok(Waited::Ended(Box::new(rec)));
+                }
+            }
+            Err(e) if e.is_transient() => {
+                if unreachable.is_none() {
+                    tracing::warn!(redis = %app.redis_addr(), error = %e, "redis unreachable; still waiting for the run, retrying with backoff");
+                }
+                unreachable = Some(e.to_string());
+            }
+            Err(e) => return Err(e).context("reading the run's outcome"),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(match unreachable {
+                Some(e) => Waited::Unreachable(e),
+                None => Waited::TimedOut,
+            });
+        }
+        let pause = if unreachable.is_some() {
+            delays.next_delay()
+        } else {
+            POLL
+        };
+        tokio::time::sleep(pause.min(left)).await;
+    }
 }
 
 fn load(cli: &Cli) -> anyhow::Result<App> {
@@ -147,7 +236,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mode = if *full { SyncMode::Full } else { SyncMode::Incremental };
             let mut request = SyncRequest::new(id.clone(), mode, "cli");
             request.allow_mass_delete = *allow_mass_delete;
-            tidemark::queue::enqueue(&app.pool, &app.keys, &request).await?;
+            let deadline = Instant::now() + Duration::from_secs(*timeout);
+            let stop = CancellationToken::new();
+            let mut retrier = Retrier::new(app.config.redis.retry, &stop, "enqueueing the request").until(deadline);
+            // A duplicate XADD after an unknown outcome is harmless: both entries
+            // carry the same request id, the second is coalesced or served again,
+            // and the answer is the first run that completed.
+            loop {
+                match tidemark::queue::enqueue(&app.pool, &app.keys, &request).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        if let Err(e) = retrier.failed(e).await {
+                            if e.is_transient() {
+                                eprintln!(
+                                    "error: could not reach redis at {} within {timeout}s: {e}",
+                                    app.redis_addr()
+                                );
+                                return Ok(ExitCode::from(exit::REDIS_UNREACHABLE));
+                            }
+                            return Err(e).context("enqueueing the request");
+                        }
+                    }
+                }
+            }
             if !wait {
                 if *json {
                     println!(
@@ -159,21 +270,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let record = app
-                .state()
-                .wait_for_request(
-                    &id,
-                    &request.request_id,
-                    Duration::from_millis(200),
-                    Duration::from_secs(*timeout),
-                )
-                .await?;
-            let Some(record) = record else {
-                eprintln!(
-                    "error: no run of {source} ended within {timeout}s (request {})",
-                    request.request_id
-                );
-                return Ok(ExitCode::from(3));
+            let record = match wait_for_outcome(&app, &id, &request.request_id, deadline).await? {
+                Waited::Ended(record) => record,
+                Waited::TimedOut => {
+                    eprintln!(
+                        "error: no run of {source} ended within {timeout}s (request {})",
+                        request.request_id
+                    );
+                    return Ok(ExitCode::from(exit::TIMED_OUT));
+                }
+                Waited::Unreachable(e) => {
+                    eprintln!(
+                        "error: redis at {} unreachable when the {timeout}s timeout ran out; \
+                         the outcome of request {} is unknown: {e}",
+                        app.redis_addr(),
+                        request.request_id
+                    );
+                    return Ok(ExitCode::from(exit::REDIS_UNREACHABLE));
+                }
             };
             if *json {
                 println!("{}", serde_json::to_string_pretty(&record)?);
@@ -185,7 +299,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(match record.status {
                 RunStatus::Completed => ExitCode::SUCCESS,
-                RunStatus::CompletedWithErrors => ExitCode::from(2),
+                RunStatus::CompletedWithErrors => ExitCode::from(exit::COMPLETED_WITH_ERRORS),
                 _ => ExitCode::FAILURE,
             })
         }
@@ -236,7 +350,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(if report.drift() {
-                ExitCode::from(4)
+                ExitCode::from(exit::DRIFT)
             } else {
                 ExitCode::SUCCESS
             })

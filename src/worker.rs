@@ -40,6 +40,7 @@ use crate::lock::fencing::StaleFence;
 use crate::queue::jobs::{self, Action, PageJob};
 use crate::queue::streams::{self, Entry};
 use crate::queue::{self, dlq};
+use crate::retry::{self, Backoff};
 use crate::sinks::{self, Link, Sink, SinkDocument, Written};
 use crate::sources::{self, Source};
 use crate::state::{self, DocFailure, DocState, DocWrite, PageStats, RunCounter, RunUpdate, StateStore};
@@ -149,6 +150,9 @@ pub struct Worker {
     sink: Arc<dyn Sink>,
     cfg: SyncConfig,
     consumer: String,
+    /// How the run loop rides out Redis faults, and the (redacted) address it names in logs.
+    retry: Backoff,
+    redis_addr: String,
 }
 
 /// SHA-256 over what the sink receives, so a change in any of it is a change.
@@ -192,7 +196,16 @@ impl Worker {
             sink,
             cfg,
             consumer,
+            retry: Backoff::default(),
+            redis_addr: "redis".into(),
         }
+    }
+
+    /// Retries Redis faults with `retry`; logs name Redis as `addr` (pass it through [`crate::db::redacted`]).
+    pub fn with_redis_retry(mut self, retry: Backoff, addr: impl Into<String>) -> Self {
+        self.retry = retry;
+        self.redis_addr = addr.into();
+        self
     }
 
     /// Consumes jobs until `shutdown` is cancelled, then lets in-flight pages finish
@@ -203,7 +216,15 @@ impl Worker {
         drain_timeout: Duration,
     ) -> Result<(), queue::Error> {
         let stream = self.keys.jobs();
-        streams::ensure_group(&self.pool, &stream, GROUP).await?;
+        // Started before Redis (or during an outage): wait for it, never exit.
+        let reached = retry::until_reachable(self.retry, &shutdown, "worker", &self.redis_addr, || {
+            streams::ensure_group(&self.pool, &stream, GROUP)
+        })
+        .await?;
+        if !reached {
+            return Ok(());
+        }
+        let mut delays = self.retry.delays();
         let permits = Arc::new(Semaphore::new(self.cfg.worker_concurrency.get()));
         let tracker = TaskTracker::new();
         let mut last_reclaim = tokio::time::Instant::now();
@@ -226,18 +247,27 @@ impl Worker {
             let free = permits.available_permits() + 1;
             // Not raced against shutdown: a read cancelled mid-flight could leave
             // entries delivered to us that nobody processes until they go idle.
-            let entries =
-                match streams::read_new(&self.pool, &stream, GROUP, &self.consumer, free, self.cfg.block).await {
-                    Ok(e) => e,
-                    Err(e) => {
-                        drop(permit);
-                        tracing::warn!(error = %e, "reading jobs failed; retrying");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                        }
+            let entries = match streams::read_new(&self.pool, &stream, GROUP, &self.consumer, free, self.cfg.block)
+                .await
+            {
+                Ok(e) => {
+                    if delays.attempts() > 0 {
+                        tracing::info!(redis = %self.redis_addr, "reading jobs again");
                     }
-                };
+                    delays.reset();
+                    e
+                }
+                Err(e) => {
+                    drop(permit);
+                    // The shared policy: capped exponential backoff with jitter.
+                    let wait = delays.next_delay();
+                    tracing::warn!(redis = %self.redis_addr, error = %e, retry_in = ?wait, attempt = delays.attempts(), "reading jobs failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => continue,
+                    }
+                }
+            };
             let mut permit = Some(permit);
             for entry in entries {
                 let p = match permit.take() {

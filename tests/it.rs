@@ -30,6 +30,8 @@ mod layout;
 mod lock;
 /// Dead letters, poison jobs, redelivery after a worker dies.
 mod queue;
+/// Redis faults: start-up without Redis, readiness, runs and `enqueue --wait` across outages.
+mod redis_faults;
 /// Every per-run key expires.
 mod run_keys;
 /// End-to-end sync scenarios from the problem statement.

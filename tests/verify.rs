@@ -85,7 +85,7 @@ async fn verify_reports_each_kind_of_drift_and_repair_fixes_it() {
     // Sink against state: no source call at all.
     env.sim.reset_calls();
     let (code, cheap) = verify(&env, &[]);
-    assert_eq!(code, 4, "drift exits 4: {cheap}");
+    assert_eq!(code, 5, "drift exits 5: {cheap}");
     assert_eq!(
         env.sim.total_calls(),
         0,
@@ -103,7 +103,7 @@ async fn verify_reports_each_kind_of_drift_and_repair_fixes_it() {
 
     // Against the source too.
     let (code, full) = verify(&env, &["--source"]);
-    assert_eq!(code, 4);
+    assert_eq!(code, 5);
     let kinds: Vec<(String, u64, Vec<String>)> = findings(&full).into_iter().skip(3).collect();
     assert_eq!(
         kinds,
@@ -118,7 +118,7 @@ async fn verify_reports_each_kind_of_drift_and_repair_fixes_it() {
 
     // --repair enqueues the targeted run that fixes all three documents.
     let (code, repaired) = verify(&env, &["--repair"]);
-    assert_eq!(code, 4, "the report is of the drift found before the repair");
+    assert_eq!(code, 5, "the report is of the drift found before the repair");
     assert_eq!(repaired["repair"]["documents"], 3, "{repaired}");
     assert_eq!(repaired["repair"]["targeted"], true);
     let request = repaired["repair"]["request_id"].as_str().expect("request").to_string();

@@ -20,9 +20,9 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use deadpool_redis::redis::{ErrorKind, RedisError, ServerErrorKind};
 use serde_json::json;
 
+use crate::retry::Transient;
 use crate::{queue, state};
 
 /// A failed API request.
@@ -176,34 +176,12 @@ pub async fn log_server_errors(request: Request, next: Next) -> Response {
     response
 }
 
-/// Whether a Redis error means "Redis is not answering" (503: retry later)
-/// rather than "Redis answered something we did not expect" (500: a bug or corrupt data).
-fn redis_unavailable(e: &RedisError) -> bool {
-    e.kind() == ErrorKind::Io
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_unrecoverable_error()
-        || matches!(
-            e.kind(),
-            ErrorKind::Server(
-                ServerErrorKind::BusyLoading
-                    | ServerErrorKind::TryAgain
-                    | ServerErrorKind::ClusterDown
-                    | ServerErrorKind::MasterDown
-            )
-        )
-}
-
 impl From<queue::Error> for ApiError {
     fn from(e: queue::Error) -> Self {
-        let unavailable = match &e {
-            // Every pool failure is "no connection in time": timeout, refused, closed.
-            queue::Error::Pool(_) => true,
-            queue::Error::Redis { source, .. } => redis_unavailable(source),
-            queue::Error::Decode { .. } => false,
-        };
-        if unavailable {
+        // "Redis is not answering" (503: retry later) rather than "Redis answered
+        // something we did not expect" (500: a bug or corrupt data); the same
+        // test every component's retries use.
+        if e.is_transient() {
             ApiError::Unavailable(e.to_string())
         } else {
             ApiError::Internal(e.to_string())

@@ -7,7 +7,7 @@
 //! | `GET /v1/sources[?runs=N]` | 200 `{sources, queues}`, as `tidemark status --json` | 422 bad `runs`, 503 |
 //! | `GET /v1/sources/{source}[?runs=N]` | 200 `{sources: [one], queues}` | 404, 422, 503 |
 //! | `GET /healthz` | 200 `ok` (no Redis call) | |
-//! | `GET /readyz` | 200 `ready` if Redis answers PING within the response timeout | 503 |
+//! | `GET /readyz` | 200 `ready` if Redis answers PING within the response timeout | 503 `not ready: redis at <addr> unavailable: <reason>` |
 //! | `GET /metrics` | 200 Prometheus text (see [`metrics`]) | 503 |
 //! | `POST /webhooks/{source}` | 202 accepted (debounced), 200 for a Drive `sync` handshake (see [`webhooks`]) | 401 verification, 413, 404 unknown source or no webhook configured, 400 |
 //!
@@ -104,6 +104,11 @@ async fn healthz() -> &'static str {
 /// Ready when Redis answers PING. The whole check, pool wait and reconnect
 /// included, is bounded by the Redis response timeout, so a paused Redis gives
 /// a prompt 503 instead of a probe that hangs until the kubelet gives up.
+///
+/// Readiness, not liveness: while Redis is out the process keeps running and
+/// retrying with backoff (`/healthz` stays 200, so Kubernetes does not restart
+/// it), it is only taken out of the Service. The 503 body says why, naming
+/// Redis by its redacted address (probes and operators read it; no credentials).
 async fn readyz(State(app): State<App>) -> Response {
     let limit = app.config.redis.response_timeout;
     let problem = match tokio::time::timeout(limit, crate::db::ping(&app.pool)).await {
@@ -111,8 +116,14 @@ async fn readyz(State(app): State<App>) -> Response {
         Ok(Err(e)) => e,
         Err(_) => format!("no PING reply within {limit:?}"),
     };
-    tracing::warn!(error = %problem, "not ready: redis unavailable");
-    (StatusCode::SERVICE_UNAVAILABLE, "redis unavailable").into_response()
+    let addr = app.redis_addr();
+    let problem = problem.replace(&app.config.redis.url, &addr);
+    tracing::warn!(redis = %addr, error = %problem, "not ready: redis unavailable");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("not ready: redis at {addr} unavailable: {problem}"),
+    )
+        .into_response()
 }
 
 async fn no_route(uri: Uri) -> ApiError {

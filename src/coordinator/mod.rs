@@ -48,6 +48,7 @@ use crate::lock::{self, Lease, LockManager};
 use crate::queue::jobs::SyncRequest;
 use crate::queue::streams::{self, Entry};
 use crate::queue::{self, dlq, requests};
+use crate::retry::{self, Backoff, Transient};
 use crate::sinks::{self, Sink};
 use crate::sources::{self, Source};
 use crate::state::{self, RunCounter, RunStatus, RunUpdate, StateStore};
@@ -87,6 +88,16 @@ pub enum Error {
     Stalled(Duration, u64, u64),
 }
 
+impl Transient for Error {
+    fn is_transient(&self) -> bool {
+        match self {
+            Error::State(e) => e.is_transient(),
+            Error::Queue(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
 /// Drives sync runs.
 pub struct Coordinator {
     pool: Pool,
@@ -100,6 +111,9 @@ pub struct Coordinator {
     policies: HashMap<SourceId, SourcePolicy>,
     cfg: SyncConfig,
     consumer: String,
+    /// How loops and runs ride out Redis faults, and the (redacted) address logs name.
+    retry: Backoff,
+    redis_addr: String,
 }
 
 impl Coordinator {
@@ -142,7 +156,16 @@ impl Coordinator {
             policies,
             cfg,
             consumer,
+            retry: Backoff::default(),
+            redis_addr: "redis".into(),
         }
+    }
+
+    /// Retries Redis faults with `retry`; logs name Redis as `addr` (pass it through [`crate::db::redacted`]).
+    pub fn with_redis_retry(mut self, retry: Backoff, addr: impl Into<String>) -> Self {
+        self.retry = retry;
+        self.redis_addr = addr.into();
+        self
     }
 
     fn request_idle_timeout(&self) -> Duration {
@@ -156,8 +179,16 @@ impl Coordinator {
         drain_timeout: Duration,
     ) -> Result<(), queue::Error> {
         let requests = self.keys.requests();
-        streams::ensure_group(&self.pool, &requests, GROUP).await?;
-        streams::ensure_group(&self.pool, &self.keys.jobs(), queue::JOBS_GROUP).await?;
+        // Started before Redis (or during an outage): wait for it, never exit.
+        let reached = retry::until_reachable(self.retry, &shutdown, "coordinator", &self.redis_addr, || async {
+            streams::ensure_group(&self.pool, &requests, GROUP).await?;
+            streams::ensure_group(&self.pool, &self.keys.jobs(), queue::JOBS_GROUP).await
+        })
+        .await?;
+        if !reached {
+            return Ok(());
+        }
+        let mut delays = self.retry.delays();
         let runs = Arc::new(Semaphore::new(self.cfg.max_concurrent_runs.get()));
         let tracker = TaskTracker::new();
         if !self.schedules.is_empty() || !self.webhook_sources.is_empty() {
@@ -181,13 +212,21 @@ impl Coordinator {
             }
             if entries.is_empty() {
                 match streams::read_new(&self.pool, &requests, GROUP, &self.consumer, 1, self.cfg.block).await {
-                    Ok(e) => entries = e,
+                    Ok(e) => {
+                        if delays.attempts() > 0 {
+                            tracing::info!(redis = %self.redis_addr, "reading requests again");
+                        }
+                        delays.reset();
+                        entries = e;
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "reading requests failed; retrying");
+                        // The shared policy: capped exponential backoff with jitter.
+                        let wait = delays.next_delay();
+                        tracing::warn!(redis = %self.redis_addr, error = %e, retry_in = ?wait, attempt = delays.attempts(), "reading requests failed; retrying");
                         drop(permit);
                         tokio::select! {
                             _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                            _ = tokio::time::sleep(wait) => continue,
                         }
                     }
                 }
@@ -232,13 +271,17 @@ impl Coordinator {
     /// and turns debounced webhook events into requests when their window closes.
     async fn schedule_loop(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut delays = self.retry.delays();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            let mut unavailable = false;
             for source in &self.webhook_sources {
                 if let Err(e) = queue::webhooks::flush_due(&self.pool, &self.keys, source).await {
+                    unavailable |= e.is_transient();
                     tracing::warn!(%source, error = %e, "flushing webhook events failed");
                 }
             }
@@ -247,12 +290,27 @@ impl Coordinator {
                     Ok(true) => {
                         let req = SyncRequest::new(source.clone(), SyncMode::Incremental, "schedule");
                         if let Err(e) = queue::enqueue(&self.pool, &self.keys, &req).await {
+                            unavailable |= e.is_transient();
                             tracing::warn!(%source, error = %e, "scheduled request failed");
                         }
                     }
                     Ok(false) => {}
-                    Err(e) => tracing::warn!(%source, error = %e, "schedule check failed"),
+                    Err(e) => {
+                        unavailable |= e.is_transient();
+                        tracing::warn!(%source, error = %e, "schedule check failed");
+                    }
                 }
+            }
+            // While Redis is unavailable, back off like every other loop
+            // instead of trying (and logging) four times a second.
+            if unavailable {
+                let wait = delays.next_delay();
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            } else {
+                delays.reset();
             }
         }
     }
@@ -324,6 +382,7 @@ impl Coordinator {
             self.locks.clone(),
             lease.clone(),
             self.cfg.lock_ttl,
+            self.retry,
             lost.clone(),
             self.pool.clone(),
             self.keys.requests(),

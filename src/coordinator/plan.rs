@@ -138,9 +138,18 @@ impl Coordinator {
     /// touch, as named upserts. This is what makes a sink
     /// write lost between sink and state (a dead worker, a superseded run)
     /// repaired by the next run rather than trusted away by the skip check.
-    pub(super) async fn include_unsettled(&self, source: &SourceId, plan: &mut Plan) -> Result<(), Error> {
-        let unsettled = self.state.unsettled(source).await?;
-        let failed = self.state.failures(source).await?;
+    pub(super) async fn include_unsettled(
+        &self,
+        source: &SourceId,
+        plan: &mut Plan,
+        lost: &CancellationToken,
+    ) -> Result<(), Error> {
+        let unsettled = self
+            .redis(lost, "reading unsettled documents", || self.state.unsettled(source))
+            .await?;
+        let failed = self
+            .redis(lost, "reading failed documents", || self.state.failures(source))
+            .await?;
         let planned: HashSet<&DocumentId> = plan.items.iter().map(|i| &i.meta.id).collect();
         let mut extra: Vec<&DocumentId> = unsettled
             .keys()
@@ -152,7 +161,11 @@ impl Coordinator {
         if extra.is_empty() {
             return Ok(());
         }
-        let held = self.state.held_meta_of(source, &extra).await?;
+        let held = self
+            .redis(lost, "reading held documents", || {
+                self.state.held_meta_of(source, &extra)
+            })
+            .await?;
         for (id, h) in extra.iter().zip(held) {
             plan.items.push(named_item(id, h.as_ref()));
             if let Some(h) = h {
@@ -168,7 +181,12 @@ impl Coordinator {
     }
 
     /// Gives every upsert of the plan its breadcrumb, reading missing ancestors from the state.
-    pub(super) async fn complete_breadcrumbs(&self, source: &SourceId, plan: &mut Plan) -> Result<(), Error> {
+    pub(super) async fn complete_breadcrumbs(
+        &self,
+        source: &SourceId,
+        plan: &mut Plan,
+        lost: &CancellationToken,
+    ) -> Result<(), Error> {
         let gone: HashSet<DocumentId> = plan
             .items
             .iter()
@@ -184,7 +202,14 @@ impl Coordinator {
             .filter(|i| i.action == Action::Upsert)
             .map(|i| i.meta.id.clone())
             .collect();
-        ancestry::fill(&self.state, source, upserts, &mut plan.tree, &gone).await?;
+        let mut retrier = self.retrier(lost, "reading ancestors");
+        loop {
+            // Repeating a partial fill is harmless: it only adds what the state holds.
+            match ancestry::fill(&self.state, source, upserts.clone(), &mut plan.tree, &gone).await {
+                Ok(()) => break,
+                Err(e) => retrier.failed(e).await?,
+            }
+        }
         for item in plan.items.iter_mut().filter(|i| i.action == Action::Upsert) {
             item.breadcrumb = ancestry::breadcrumb(&item.meta.id, &plan.tree);
         }
@@ -215,7 +240,10 @@ impl Coordinator {
         let seen = self.keys.run_seen(&id, run);
         let mut plan = Plan::default();
         let versions: sources::Held = if source.wants_held_versions() {
-            Arc::new(self.state.held_versions(&id).await?)
+            Arc::new(
+                self.redis(lost, "reading held versions", || self.state.held_versions(&id))
+                    .await?,
+            )
         } else {
             Arc::default()
         };
@@ -246,7 +274,8 @@ impl Coordinator {
                 Err(sources::Error::CursorExpired { context }) => {
                     // Expired mid-feed: start over with a full listing.
                     plan.note.push(format!("{context}: fell back to a full listing"));
-                    self.state.clear_seen(&seen).await?;
+                    self.redis(lost, "clearing the seen set", || self.state.clear_seen(&seen))
+                        .await?;
                     changed.clear();
                     deleted.clear();
                     plan.before.clear();
@@ -270,9 +299,12 @@ impl Coordinator {
                     Observation::Moved { from, to } => vec![from, &to.id],
                 })
                 .collect();
+            let held_meta = self
+                .redis(lost, "reading held documents", || self.state.held_meta_of(&id, &named))
+                .await?;
             let held: HashMap<DocumentId, HeldMeta> = named
                 .iter()
-                .zip(self.state.held_meta_of(&id, &named).await?)
+                .zip(held_meta)
                 .filter_map(|(d, m)| m.map(|m| ((*d).clone(), m)))
                 .collect();
             let mut mark = Vec::new();
@@ -324,7 +356,11 @@ impl Coordinator {
                     }
                 }
             }
-            self.state.mark_seen(&seen, &mark, &unmark).await?;
+            // SADD and SREM: repeating them changes nothing.
+            self.redis(lost, "marking seen documents", || {
+                self.state.mark_seen(&seen, &mark, &unmark)
+            })
+            .await?;
         }
         let end = feed.end();
         // Directories and the like: not documents, but breadcrumbs pass through them.
@@ -339,7 +375,12 @@ impl Coordinator {
         }
         if end.complete_listing {
             let mut missing = 0usize;
-            for (doc, meta) in self.state.unseen(&id, &seen).await? {
+            let unseen = self
+                .redis(lost, "sweeping for unlisted documents", || {
+                    self.state.unseen(&id, &seen)
+                })
+                .await?;
+            for (doc, meta) in unseen {
                 if !changed.contains_key(&doc) && deleted.insert(doc.clone()) {
                     missing += 1;
                     plan.before.insert(doc, meta);
@@ -350,7 +391,8 @@ impl Coordinator {
                     .push(format!("complete listing: {missing} held document(s) no longer listed"));
             }
         }
-        self.state.clear_seen(&seen).await?;
+        self.redis(lost, "clearing the seen set", || self.state.clear_seen(&seen))
+            .await?;
 
         let mut changed: Vec<DocMeta> = changed.into_values().collect();
         changed.sort_by(|a, b| a.id.cmp(&b.id));
@@ -375,8 +417,8 @@ impl Coordinator {
                 breadcrumb: Vec::new(),
             });
         }
-        self.include_unsettled(&id, &mut plan).await?;
-        self.complete_breadcrumbs(&id, &mut plan).await?;
+        self.include_unsettled(&id, &mut plan, lost).await?;
+        self.complete_breadcrumbs(&id, &mut plan, lost).await?;
         Ok((plan, end))
     }
 }

@@ -7,8 +7,19 @@
 //! - the checkpoint is committed only when every page is done and the deletion
 //!   guard did not hold anything back; otherwise the next run sees it all again;
 //! - a lost lease (not extended in time) stops the run at its next safe point,
-//!   before it commits anything.
+//!   before it commits anything;
+//! - a transient Redis fault (a restart, a short pause) costs the run a wait,
+//!   not its outcome: every Redis operation of the run is retried with the
+//!   shared backoff ([`crate::retry`]), but only while the lease holds (the
+//!   keeper retries extensions until `valid_until`, then cancels `lost`, which
+//!   ends every retry). Retried operations are idempotent: fenced writes set
+//!   fields, page completion is a set of page numbers, and a page job XADDed
+//!   twice after an unknown outcome is the same page number, counted once.
+//!   Counters (`api_calls`, `errors`) are re-sent only when the first attempt
+//!   surely did not reach Redis; otherwise a figure may be short, never doubled.
 
+use std::fmt::Display;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -19,6 +30,7 @@ use super::{Coordinator, Error, GROUP, plan};
 use crate::lock::{Lease, LockManager};
 use crate::queue::jobs::{self, JobItem, PageJob};
 use crate::queue::streams;
+use crate::retry::{Backoff, Retrier, Transient};
 use crate::sources::{self, Source};
 use crate::state::{self, RunCounter, RunStatus, RunUpdate};
 use crate::types::{DocumentId, FencingToken, RunId, SourceId, SyncMode};
@@ -47,39 +59,48 @@ impl Coordinator {
         let policy = self.policies.get(&id).cloned().unwrap_or_default();
         // Both stores learn the token before any page job of this run exists:
         // from here on, every job of an older run is refused by each of them.
-        self.state.register_token(&id, token).await?;
+        self.redis(lost, "registering the run's token", || {
+            self.state.register_token(&id, token)
+        })
+        .await?;
         self.sink.register_token(&id, token).await?;
-        let checkpoint = self.state.checkpoint(&id).await?;
+        let checkpoint = self
+            .redis(lost, "reading the checkpoint", || self.state.checkpoint(&id))
+            .await?;
         let (mode, reconcile_note) = plan::effective_mode(request.mode, &checkpoint, &policy, Utc::now());
-        if let Some(prev) = self
-            .state
-            .start_run(&id, run, token, mode, request.requested_by, request.request_ids)
-            .await?
-        {
+        let start = || {
+            self.state
+                .start_run(&id, run, token, mode, request.requested_by, request.request_ids)
+        };
+        if let Some(prev) = self.redis(lost, "starting the run record", start).await? {
             tracing::warn!(source = %id, previous = %prev, "previous run was abandoned by its coordinator");
         }
         tracing::info!(source = %id, run = %run, %mode, %token, "run started");
 
-        let held_count = self.state.doc_count(&id).await? as usize;
+        let held_count = self
+            .redis(lost, "counting held documents", || self.state.doc_count(&id))
+            .await? as usize;
         let (mut plan, mut end) = if request.targets.is_empty() {
             let calls = sources::ApiCalls::default();
             let planned = self.plan(source, &checkpoint, mode, run, lost, &calls).await;
             // Counted whether or not the feed succeeded: failed calls spend the source's budget too.
-            self.state
-                .add_run_counter(&id, run, RunCounter::ApiCalls, calls.get())
+            self.add_counter(lost, &id, run, RunCounter::ApiCalls, calls.get())
                 .await?;
             let (plan, end) = planned?;
             (plan, Some(end))
         } else {
             let refs: Vec<&DocumentId> = request.targets.iter().collect();
+            let held = self
+                .redis(lost, "reading held documents", || self.state.held_meta_of(&id, &refs))
+                .await?;
             let before = refs
                 .iter()
-                .zip(self.state.held_meta_of(&id, &refs).await?)
+                .zip(held)
                 .filter_map(|(id, m)| m.map(|m| ((*id).clone(), m)))
                 .collect();
             let mut plan = plan::targeted_plan(request.targets, before);
-            self.include_unsettled(&id, &mut plan).await?;
-            self.complete_breadcrumbs(&id, &mut plan).await?;
+            self.include_unsettled(&id, &mut plan, lost).await?;
+            self.complete_breadcrumbs(&id, &mut plan, lost).await?;
             (plan, None)
         };
         if let Some(note) = reconcile_note {
@@ -100,7 +121,8 @@ impl Coordinator {
         }
 
         let mut pages = 0u32;
-        self.enqueue_pages(&id, run, token, &plan.items, &mut pages).await?;
+        self.enqueue_pages(&id, run, token, &plan.items, &mut pages, lost)
+            .await?;
         let feed_read = RunUpdate {
             pages_total: Some(u64::from(pages)),
             docs_processed: Some(plan.items.len() as u64),
@@ -109,22 +131,30 @@ impl Coordinator {
             note: Some(plan.note.join("; ")),
             ..RunUpdate::default()
         };
-        self.state.update_run(&id, run, token, &feed_read).await?;
+        self.redis(lost, "recording the feed", || {
+            self.state.update_run(&id, run, token, &feed_read)
+        })
+        .await?;
         tracing::info!(source = %id, run = %run, pages, docs = plan.items.len(), unchanged = plan.unchanged, "feed read, jobs enqueued");
         self.wait_for_pages(&id, run, u64::from(pages), lost).await?;
 
         // Dependents: what changed may have made other documents stale without
         // changing them at the source. Their rewrite needs the state the pages
         // above just wrote (titles, parents, links), hence a second phase.
-        let refresh = self.dependents(&id, &plan).await?;
+        let refresh = self
+            .redis(lost, "finding dependents", || self.dependents(&id, &plan))
+            .await?;
         if !refresh.is_empty() {
-            self.enqueue_pages(&id, run, token, &refresh, &mut pages).await?;
+            self.enqueue_pages(&id, run, token, &refresh, &mut pages, lost).await?;
             let found = RunUpdate {
                 pages_total: Some(u64::from(pages)),
                 dependents: Some(refresh.len() as u64),
                 ..RunUpdate::default()
             };
-            self.state.update_run(&id, run, token, &found).await?;
+            self.redis(lost, "recording dependents", || {
+                self.state.update_run(&id, run, token, &found)
+            })
+            .await?;
             tracing::info!(source = %id, run = %run, dependents = refresh.len(), "dependents enqueued");
         }
         let record = self.wait_for_pages(&id, run, u64::from(pages), lost).await?;
@@ -133,7 +163,8 @@ impl Coordinator {
             // A targeted run read no feed: the checkpoint stays for the next full-feed run.
             // Documents that failed alone do not hold it back: they are recorded
             // as failed, and every later run retries them (`include_unsettled`).
-            self.state.commit_checkpoint(&id, token, &end.checkpoint).await?;
+            let commit = || self.state.commit_checkpoint(&id, token, &end.checkpoint);
+            self.redis(lost, "committing the checkpoint", commit).await?;
         }
         // Failed pages were not applied, held-back deletions not made: keeping
         // the old checkpoint makes the next run see them again (and skip the
@@ -145,10 +176,13 @@ impl Coordinator {
         };
         let mut ended = RunUpdate::ended(status);
         if let Some(refusal) = guard {
-            self.state.add_run_counter(&id, run, RunCounter::Errors, 1).await?;
+            self.add_counter(lost, &id, run, RunCounter::Errors, 1).await?;
             ended = ended.with_error(refusal);
         }
-        self.state.update_run(&id, run, token, &ended).await?;
+        self.redis(lost, "ending the run", || {
+            self.state.update_run(&id, run, token, &ended)
+        })
+        .await?;
         tracing::info!(source = %id, run = %run, %status, "run ended");
         Ok(())
     }
@@ -161,7 +195,9 @@ impl Coordinator {
         token: FencingToken,
         items: &[JobItem],
         pages: &mut u32,
+        lost: &CancellationToken,
     ) -> Result<(), Error> {
+        let stream = self.keys.jobs();
         for chunk in items.chunks(self.cfg.page_size.get()) {
             let job = PageJob {
                 run: run.clone(),
@@ -171,7 +207,14 @@ impl Coordinator {
                 items: chunk.to_vec(),
             };
             let fields = job.to_fields();
-            streams::add(&self.pool, &self.keys.jobs(), &jobs::as_field_refs(&fields)).await?;
+            let refs = jobs::as_field_refs(&fields);
+            // Retried after an unknown outcome, the page may be on the stream
+            // twice: both copies carry this page number, which the run's done
+            // set counts once, and `pages_total` comes from `pages`, not the stream.
+            self.redis(lost, "enqueueing a page job", || {
+                streams::add(&self.pool, &stream, &refs)
+            })
+            .await?;
             *pages += 1;
         }
         Ok(())
@@ -189,8 +232,7 @@ impl Coordinator {
         let mut last_count = u64::MAX;
         loop {
             let record = self
-                .state
-                .run(source, run)
+                .redis(lost, "reading the run's progress", || self.state.run(source, run))
                 .await?
                 .ok_or_else(|| state::Error::Corrupt {
                     key: self.keys.run(source, run),
@@ -211,18 +253,73 @@ impl Coordinator {
             }
             // Woken at once by a finished page; the timeout re-checks the lock and stall.
             let wait = self.cfg.block.min(self.cfg.lock_ttl / 3).max(Duration::from_millis(10));
-            self.state.wait_for_progress(source, run, wait).await?;
+            self.redis(lost, "waiting for pages", || {
+                self.state.wait_for_progress(source, run, wait)
+            })
+            .await?;
+        }
+    }
+
+    /// One Redis operation of a run, retried with the shared backoff while its
+    /// error is transient and the run holds its lease (`lost` not cancelled).
+    pub(super) async fn redis<T, E, F, Fut>(&self, lost: &CancellationToken, what: &str, op: F) -> Result<T, Error>
+    where
+        E: Transient + Display + Into<Error>,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        crate::retry::retry(self.retry, lost, what, op)
+            .await
+            .map_err(Into::into)
+    }
+
+    /// A [`Retrier`] for a run's operation that borrows mutably (so cannot be a closure).
+    pub(super) fn retrier<'a>(&self, lost: &'a CancellationToken, what: &'a str) -> Retrier<'a> {
+        Retrier::new(self.retry, lost, what)
+    }
+
+    /// Adds to a run counter. HINCRBY is not idempotent: it is re-sent only
+    /// when the failed attempt surely never reached Redis; after an unknown
+    /// outcome the figure may be short (logged), which beats counting twice or
+    /// failing the run over a figure for people.
+    async fn add_counter(
+        &self,
+        lost: &CancellationToken,
+        source: &SourceId,
+        run: &RunId,
+        counter: RunCounter,
+        n: u64,
+    ) -> Result<(), Error> {
+        let mut retrier = self.retrier(lost, "adding to a run counter").not_idempotent();
+        loop {
+            match self.state.add_run_counter(source, run, counter, n).await {
+                Ok(()) => return Ok(()),
+                Err(e) => match retrier.failed(e).await {
+                    Ok(()) => {}
+                    Err(e) if e.is_transient() => {
+                        tracing::warn!(%source, %run, ?counter, n, error = %e, "run counter not updated (outcome unknown)");
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+            }
         }
     }
 }
 
 /// Extends the lease every third of its TTL and keeps the request entry fresh
 /// in the pending list; cancels `lost` if the lease cannot be kept.
+///
+/// A failed extension (Redis restarting or paused) is retried with `backoff`,
+/// but never past the lease's `valid_until`: once that passes without an
+/// extension, another coordinator may hold the lock, so `lost` is cancelled
+/// and the run stops committing (fencing refuses whatever was already on its way).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn keep_lease(
     locks: LockManager,
     mut lease: Lease,
     ttl: Duration,
+    backoff: Backoff,
     lost: CancellationToken,
     pool: Pool,
     requests: String,
@@ -233,10 +330,17 @@ pub(super) async fn keep_lease(
     tick.tick().await;
     loop {
         tick.tick().await;
-        if !locks.extend(&mut lease, ttl).await {
-            tracing::error!(source = %lease.source, "lock lost: the run stops at its next safe point");
-            lost.cancel();
-            return;
+        let mut delays = backoff.delays();
+        while !locks.extend(&mut lease, ttl).await {
+            let left = lease.valid_until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::error!(source = %lease.source, "lock lost: the run stops at its next safe point");
+                lost.cancel();
+                return;
+            }
+            let wait = delays.next_delay().min(left);
+            tracing::warn!(source = %lease.source, retry_in = ?wait, lease_left = ?left, "could not extend the lock; retrying");
+            tokio::time::sleep(wait).await;
         }
         if let Err(e) = streams::touch(&pool, &requests, GROUP, &consumer, &entry_id).await {
             tracing::warn!(error = %e, "could not refresh the request entry");

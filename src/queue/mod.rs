@@ -51,6 +51,26 @@ pub enum Error {
     },
 }
 
+impl crate::retry::Transient for Error {
+    fn is_transient(&self) -> bool {
+        match self {
+            // Every pool failure is "no connection in time": timeout, refused, closed.
+            Error::Pool(_) => true,
+            Error::Redis { source, .. } => crate::db::is_unavailable(source),
+            Error::Decode { .. } => false,
+        }
+    }
+
+    fn surely_not_applied(&self) -> bool {
+        match self {
+            // No connection was had: nothing was sent.
+            Error::Pool(_) => true,
+            Error::Redis { source, .. } => crate::db::surely_not_sent(source),
+            Error::Decode { .. } => false,
+        }
+    }
+}
+
 /// Adds context to a Redis error.
 pub(crate) trait RedisContext<T> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T, Error>;

@@ -60,6 +60,16 @@ pub enum Error {
     },
 }
 
+impl crate::retry::Transient for Error {
+    fn is_transient(&self) -> bool {
+        matches!(self, Error::Queue(q) if q.is_transient())
+    }
+
+    fn surely_not_applied(&self) -> bool {
+        matches!(self, Error::Queue(q) if q.surely_not_applied())
+    }
+}
+
 impl From<redis::RedisError> for Error {
     fn from(source: redis::RedisError) -> Self {
         Error::Queue(queue::Error::Redis {

@@ -339,7 +339,10 @@ impl StateStore {
         self.set_fields(source, run, token, &start).await?;
         let mut conn = self.pool.get().await?;
         let mut pipe = redis::pipe();
+        // LREM before each push: a start retried after a Redis fault lists the run once.
         pipe.set(self.keys.current_run(source), &run.0)
+            .ignore()
+            .lrem(self.keys.runs(source), 0, &run.0)
             .ignore()
             .lpush(self.keys.runs(source), &run.0)
             .ignore()
@@ -354,7 +357,9 @@ impl StateStore {
         // both the run that took the lock and a follow-up).
         for id in request_ids {
             let key = self.keys.request_run(source, id);
-            pipe.rpush(&key, &run.0)
+            pipe.lrem(&key, 0, &run.0)
+                .ignore()
+                .rpush(&key, &run.0)
                 .ignore()
                 .expire(&key, RUN_RETENTION_SECS)
                 .ignore();

@@ -42,6 +42,8 @@ pub struct Options {
     pub appendfsync: &'static str,
     /// Separate Redis nodes for the lock (`redis.lock_urls`); 0 means the main Redis.
     pub lock_nodes: usize,
+    /// `[sync] lock_ttl_ms` (a run survives a Redis outage shorter than its lease).
+    pub lock_ttl_ms: u64,
     /// Replaces the Confluence `[[sources]]` block: a whole `[[sources]]` entry
     /// (id must be `eng`) for another connector. The Confluence simulator still runs.
     pub source_toml: Option<String>,
@@ -58,6 +60,7 @@ impl Default for Options {
             sim: SimConfig::default(),
             appendfsync: "always",
             lock_nodes: 0,
+            lock_ttl_ms: 3000,
             source_toml: None,
         }
     }
@@ -105,7 +108,7 @@ response_timeout_ms = 2000
 
 [sync]
 page_size = {page_size}
-lock_ttl_ms = 3000
+lock_ttl_ms = {lock_ttl_ms}
 job_idle_timeout_ms = 1000
 block_ms = 200
 max_deliveries = 3
@@ -124,6 +127,7 @@ listen = ""
             redis = redis.url(),
             lock_urls = lock_urls,
             page_size = opts.page_size,
+            lock_ttl_ms = opts.lock_ttl_ms,
             sync = opts.sync,
             sink = sink_dir.path().display(),
             source = opts.source_toml.clone().unwrap_or_else(|| format!(
@@ -170,20 +174,46 @@ listen = ""
         Running { token, handle }
     }
 
-    /// Starts the real binary as a child process (`tidemark <args> --config ...`).
+    /// Starts the real binary as a child process (`tidemark <args> --config ...`);
+    /// its warnings and errors go to [`Env::process_log`].
     pub fn spawn_process(&mut self, args: &[&str]) -> u32 {
+        let log = std::fs::File::create(self.process_log_path(self.children.len())).expect("create process log");
         let child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
             .args(args)
             .arg("--config")
             .arg(&self.config_path)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("spawn tidemark");
         let pid = child.id();
         self.children.push(child);
         pid
+    }
+
+    fn process_log_path(&self, index: usize) -> PathBuf {
+        self.sink_dir.path().join(format!("process-{index}.log"))
+    }
+
+    fn child_index(&self, pid: u32) -> usize {
+        self.children
+            .iter()
+            .position(|c| c.id() == pid)
+            .unwrap_or_else(|| panic!("no child process {pid}"))
+    }
+
+    /// What the child process `pid` wrote to stderr so far.
+    #[allow(dead_code)]
+    pub fn process_log(&self, pid: u32) -> String {
+        std::fs::read_to_string(self.process_log_path(self.child_index(pid))).unwrap_or_default()
+    }
+
+    /// The exit status of child process `pid`, if it has exited.
+    #[allow(dead_code)]
+    pub fn process_exited(&mut self, pid: u32) -> Option<std::process::ExitStatus> {
+        let i = self.child_index(pid);
+        self.children[i].try_wait().expect("child status")
     }
 
     /// Enqueues a request and returns its id.
