@@ -99,16 +99,19 @@ impl App {
 
     /// A coordinator named `consumer`.
     pub fn coordinator(&self, consumer: impl Into<String>) -> Arc<Coordinator> {
-        Arc::new(Coordinator::new(
-            self.pool.clone(),
-            self.keys.clone(),
-            self.locks.clone(),
-            self.sources.clone(),
-            self.sink.clone(),
-            &self.config.sources,
-            self.config.sync.clone(),
-            consumer.into(),
-        ))
+        Arc::new(
+            Coordinator::new(
+                self.pool.clone(),
+                self.keys.clone(),
+                self.locks.clone(),
+                self.sources.clone(),
+                self.sink.clone(),
+                &self.config.sources,
+                self.config.sync.clone(),
+                consumer.into(),
+            )
+            .with_retention(self.config.queue.clone()),
+        )
     }
 
     /// A worker named `consumer`.

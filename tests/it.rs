@@ -30,6 +30,8 @@ mod lock;
 mod queue;
 /// Every per-run key expires.
 mod run_keys;
+/// Bounded streams: acked entries trimmed, pending ones never, dead letters by count and age.
+mod streams;
 /// End-to-end sync scenarios from the problem statement.
 mod sync;
 /// Webhooks: signatures, replays, Drive push notifications, debouncing, targeted runs.

@@ -100,6 +100,7 @@ pub struct Coordinator {
     policies: HashMap<SourceId, SourcePolicy>,
     cfg: SyncConfig,
     consumer: String,
+    retention: queue::retention::Retention,
 }
 
 impl Coordinator {
@@ -142,7 +143,14 @@ impl Coordinator {
             policies,
             cfg,
             consumer,
+            retention: queue::retention::Retention::default(),
         }
+    }
+
+    /// What the streams keep (`[queue]`); the default unless set.
+    pub fn with_retention(mut self, retention: queue::retention::Retention) -> Self {
+        self.retention = retention;
+        self
     }
 
     fn request_idle_timeout(&self) -> Duration {
@@ -163,6 +171,13 @@ impl Coordinator {
         if !self.schedules.is_empty() || !self.webhook_sources.is_empty() {
             tracker.spawn(self.clone().schedule_loop(shutdown.clone()));
         }
+        // Bounded streams: acked entries and old dead letters are trimmed periodically.
+        tracker.spawn(queue::retention::keep_trimmed(
+            self.pool.clone(),
+            self.keys.clone(),
+            self.retention.clone(),
+            shutdown.clone(),
+        ));
         let mut last_reclaim = Instant::now();
         tracing::info!(consumer = %self.consumer, "coordinator started");
 
@@ -360,6 +375,10 @@ impl Coordinator {
         self.locks.release(&lease).await;
         self.ack_request(&entry).await;
         self.enqueue_follow_up(&request.source).await;
+        // The run's jobs are acked now: trim them (and anything else acked) away.
+        if let Err(e) = queue::retention::trim_all(&self.pool, &self.keys, &self.retention).await {
+            tracing::warn!(error = %e, "trimming streams failed; the periodic trim will retry");
+        }
     }
 
     /// Takes the lock, or records the request as a follow-up of the running sync.
