@@ -6,7 +6,8 @@
 //! - [`keys`]: every Redis key name, with the `{source}` hash tag.
 //! - [`db`]: Redis connection pools with timeouts.
 //! - [`queue`]: Redis Streams (requests, page jobs, dead letters), the message
-//!   envelope, enqueueing, the follow-up list and schedule slot, webhook debounce.
+//!   envelope, enqueueing, the follow-up list and schedule slot, webhook
+//!   debounce, stream retention (trimming).
 //! - [`lock`]: the per-source Redlock lease, fencing tokens, the fenced-script composer.
 //! - [`state`]: fence, checkpoints, held documents (`docs`), mark and sweep
 //!   (`sweep`), run records (`runs`); every write fenced.
