@@ -110,7 +110,8 @@ impl App {
                 self.config.sync.clone(),
                 consumer.into(),
             )
-            .with_redis_retry(self.config.redis.retry, self.redis_addr()),
+            .with_redis_retry(self.config.redis.retry, self.redis_addr())
+            .with_retention(self.config.queue.clone()),
         )
     }
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::queue::retention::Retention;
 use crate::sources::SourceSettings;
 use crate::sources::secret::{SecretError, SecretRef};
 use crate::types::SourceId;
@@ -67,6 +68,32 @@ pub struct RawConfig {
     /// `[api]`, optional.
     #[serde(default)]
     pub api: RawApi,
+    /// `[queue]`, optional: how much of the streams is kept.
+    #[serde(default)]
+    pub queue: RawQueue,
+}
+
+/// `[queue]` as written; every field has a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawQueue {
+    /// Most dead letters kept (the oldest go first). Default 10000.
+    pub dlq_max_len: u64,
+    /// Dead letters older than this are dropped. Default 168 hours (7 days).
+    pub dlq_max_age_hours: u64,
+    /// How often a coordinator trims the streams, besides after every run. Default 60 s.
+    pub trim_interval_secs: u64,
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        let r = Retention::default();
+        Self {
+            dlq_max_len: r.dlq_max_len,
+            dlq_max_age_hours: r.dlq_max_age.as_secs() / 3600,
+            trim_interval_secs: r.trim_interval.as_secs(),
+        }
+    }
 }
 
 /// `[redis]` as written.
@@ -306,6 +333,8 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// HTTP API address, if enabled.
     pub api_listen: Option<std::net::SocketAddr>,
+    /// What the streams keep (`[queue]`).
+    pub queue: Retention,
 }
 
 /// Checked `[redis]`.
@@ -530,6 +559,7 @@ impl Config {
             ));
         }
         let sync = check_sync(&raw.sync, &mut problems);
+        let queue = check_queue(&raw.queue, &mut problems);
 
         let sink = match raw.sink.kind.as_str() {
             "directory" => match &raw.sink.path {
@@ -630,10 +660,29 @@ impl Config {
                     sink,
                     sources,
                     api_listen,
+                    queue,
                 })
             }
             _ => Err(problems),
         }
+    }
+}
+
+/// Checks `[queue]`; zero would mean "keep no dead letter" or "trim in a busy loop".
+fn check_queue(raw: &RawQueue, problems: &mut Vec<String>) -> Retention {
+    for (key, value) in [
+        ("queue.dlq_max_len", raw.dlq_max_len),
+        ("queue.dlq_max_age_hours", raw.dlq_max_age_hours),
+        ("queue.trim_interval_secs", raw.trim_interval_secs),
+    ] {
+        if value == 0 {
+            problems.push(format!("{key}: must be at least 1, got 0"));
+        }
+    }
+    Retention {
+        dlq_max_len: raw.dlq_max_len,
+        dlq_max_age: Duration::from_secs(raw.dlq_max_age_hours.saturating_mul(3600)),
+        trim_interval: Duration::from_secs(raw.trim_interval_secs),
     }
 }
 
@@ -669,6 +718,27 @@ space_key = "ENG"
         assert_eq!(c.sync.page_size.get(), 50);
         assert_eq!(c.redis.lock_urls, vec!["redis://127.0.0.1:6379".to_string()]);
         assert!(SyncConfig::default().lock_ttl > Duration::ZERO);
+        assert_eq!(c.queue, Retention::default());
+    }
+
+    /// `[queue]` sets the stream retention; zeros are refused with their keys.
+    #[test]
+    fn queue_retention_is_read_and_checked() {
+        let c = parse(&format!(
+            "{GOOD}\n[queue]\ndlq_max_len = 50\ndlq_max_age_hours = 2\ntrim_interval_secs = 5\n"
+        ))
+        .unwrap();
+        assert_eq!(c.queue.dlq_max_len, 50);
+        assert_eq!(c.queue.dlq_max_age, Duration::from_secs(7200));
+        assert_eq!(c.queue.trim_interval, Duration::from_secs(5));
+        let err = parse(&format!("{GOOD}\n[queue]\ndlq_max_len = 0\ntrim_interval_secs = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("queue.dlq_max_len: must be at least 1, got 0"), "{err}");
+        assert!(
+            err.contains("queue.trim_interval_secs: must be at least 1, got 0"),
+            "{err}"
+        );
     }
 
     /// Every problem is reported at once, each naming its key and value.

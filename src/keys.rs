@@ -53,6 +53,13 @@ impl Keys {
         self.source(source, "lock:tokens")
     }
 
+    /// On each lock node: the `run_id` of the Redis process that last wrote
+    /// `lock_tokens` there. A restarted node has a new `run_id`, so its counter
+    /// is not trusted until it is written again (re-seeded).
+    pub fn lock_epoch(&self, source: &SourceId) -> String {
+        self.source(source, "lock:epoch")
+    }
+
     /// Highest fencing token the state store has seen; writes below it are refused.
     pub fn fence(&self, source: &SourceId) -> String {
         self.source(source, "fence")

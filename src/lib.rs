@@ -8,7 +8,8 @@
 //! - [`retry`]: the one policy for Redis faults (capped exponential backoff with
 //!   jitter, [`retry::Transient`] errors), used by every component.
 //! - [`queue`]: Redis Streams (requests, page jobs, dead letters), the message
-//!   envelope, enqueueing, the follow-up list and schedule slot, webhook debounce.
+//!   envelope, enqueueing, the follow-up list and schedule slot, webhook
+//!   debounce, stream retention (trimming).
 //! - [`lock`]: the per-source Redlock lease, fencing tokens, the fenced-script composer.
 //! - [`state`]: fence, checkpoints, held documents (`docs`), mark and sweep
 //!   (`sweep`), run records (`runs`); every write fenced.

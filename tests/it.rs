@@ -34,6 +34,8 @@ mod queue;
 mod redis_faults;
 /// Every per-run key expires.
 mod run_keys;
+/// Bounded streams: acked entries trimmed, pending ones never, dead letters by count and age.
+mod streams;
 /// End-to-end sync scenarios from the problem statement.
 mod sync;
 /// `tidemark verify`: drift by kind between sink, state and source, and its repair.

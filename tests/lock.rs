@@ -26,6 +26,10 @@ fn manager(servers: &[&RedisServer]) -> LockManager {
     LockManager::new(pools, Keys::new("tm"))
 }
 
+fn manager_of(nodes: &[RedisServer]) -> LockManager {
+    manager(&nodes.iter().collect::<Vec<_>>())
+}
+
 fn src(s: &str) -> SourceId {
     SourceId::new(s).unwrap()
 }
@@ -77,22 +81,21 @@ async fn redlock_majority_over_three_nodes() {
     let n3 = RedisServer::start();
     let locks = manager(&[&n1, &n2, &n3]);
     let s = src("eng");
-    let t1 = locks.acquire(&s, Duration::from_secs(5)).await.unwrap().unwrap();
+    // Fresh nodes count once they have been up for a lock TTL (they might have
+    // restarted empty); the TTL is short to keep the test quick.
+    let ttl = Duration::from_secs(2);
+    let t1 = acquire_eventually(&locks, &s, ttl).await;
     locks.release(&t1).await;
     n1.kill();
-    let t2 = locks
-        .acquire(&s, Duration::from_secs(5))
-        .await
-        .unwrap()
-        .expect("2 of 3 is a majority");
+    let t2 = locks.acquire(&s, ttl).await.unwrap().expect("2 of 3 is a majority");
     assert!(t2.token > t1.token);
     assert!(
-        locks.acquire(&s, Duration::from_secs(5)).await.unwrap().is_none(),
+        locks.acquire(&s, ttl).await.unwrap().is_none(),
         "still exclusive with a node down"
     );
     locks.release(&t2).await;
     n2.kill();
-    let err = locks.acquire(&s, Duration::from_secs(5)).await.unwrap_err();
+    let err = locks.acquire(&s, ttl).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -107,8 +110,208 @@ async fn redlock_majority_over_three_nodes() {
     );
     n1.restart();
     n2.restart();
-    let t3 = locks.acquire(&s, Duration::from_secs(5)).await.unwrap().unwrap();
+    // The restarted nodes' grants count once they have been up for a lock TTL.
+    let t3 = acquire_eventually(&locks, &s, ttl).await;
     assert!(t3.token > t2.token, "tokens never repeat after nodes come back");
+}
+
+/// Acquires `source` with `ttl`, retrying while nodes are recovering (young);
+/// panics on any other outcome but "held" within 10 s.
+async fn acquire_eventually(locks: &LockManager, source: &SourceId, ttl: Duration) -> lock::Lease {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match locks.acquire(source, ttl).await {
+            Ok(Some(lease)) => return lease,
+            Ok(None) | Err(lock::Error::Recovering { .. }) => {}
+            Err(e) => panic!("acquire failed: {e}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "lock not granted within 10s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sets every node's token counter of `source` to `value`, far above the clock
+/// term (now in ms * 1000, about 1.8e15), so that only the counters order the
+/// tokens: what follows then proves the counter argument without the clock.
+fn counters_above_the_clock(nodes: &[&RedisServer], source: &SourceId, value: u64) {
+    for n in nodes {
+        let _: () = redis::cmd("SET")
+            .arg(Keys::new("tm").lock_tokens(source))
+            .arg(value)
+            .query(&mut n.conn())
+            .unwrap();
+    }
+}
+
+/// Three nodes without persistence. Each node in turn is restarted empty and
+/// the lock taken again: every token is strictly greater than all before it,
+/// both while the clock term orders them and with counters far above the
+/// clock (where only the trusted majority of counters can order them).
+#[tokio::test]
+async fn tokens_increase_when_any_node_restarts_empty() {
+    let mut nodes = [
+        RedisServer::start_ephemeral(),
+        RedisServer::start_ephemeral(),
+        RedisServer::start_ephemeral(),
+    ];
+    let s = src("eng");
+    let ttl = Duration::from_secs(1);
+    let mut last = {
+        let locks = manager_of(&nodes);
+        let l = acquire_eventually(&locks, &s, ttl).await;
+        locks.release(&l).await;
+        l.token
+    };
+    for big in [false, true] {
+        if big {
+            counters_above_the_clock(&nodes.iter().collect::<Vec<_>>(), &s, 8_000_000_000_000_000);
+        }
+        for i in 0..3 {
+            nodes[i].restart_empty();
+            let locks = manager_of(&nodes);
+            let l = acquire_eventually(&locks, &s, ttl).await;
+            locks.release(&l).await;
+            assert!(
+                l.token > last,
+                "node {i} restarted empty (counters above the clock: {big}):\nbefore: {last}\nafter:  {}",
+                l.token
+            );
+            if big {
+                assert!(
+                    l.token.0 > 8_000_000_000_000_000,
+                    "ordered by the counters: {}",
+                    l.token
+                );
+            }
+            last = l.token;
+        }
+    }
+}
+
+/// Two nodes restarted empty one after the other, with counters above the
+/// clock so that the counters alone must order the tokens: still increasing.
+#[tokio::test]
+async fn tokens_increase_when_two_nodes_restart_empty_in_sequence() {
+    let mut nodes = [
+        RedisServer::start_ephemeral(),
+        RedisServer::start_ephemeral(),
+        RedisServer::start_ephemeral(),
+    ];
+    let s = src("eng");
+    let take = async |nodes: &[RedisServer; 3]| {
+        let locks = manager_of(nodes);
+        let l = acquire_eventually(&locks, &s, Duration::from_secs(1)).await;
+        locks.release(&l).await;
+        l.token
+    };
+    let mut tokens = vec![take(&nodes).await];
+    counters_above_the_clock(&nodes.iter().collect::<Vec<_>>(), &s, 8_000_000_000_000_000);
+    tokens.push(take(&nodes).await);
+    nodes[0].restart_empty();
+    tokens.push(take(&nodes).await);
+    nodes[1].restart_empty();
+    tokens.push(take(&nodes).await);
+    assert!(tokens.windows(2).all(|w| w[1] > w[0]), "{tokens:?}");
+    assert!(
+        tokens[3].0 > 8_000_000_000_000_000,
+        "ordered by the counters: {tokens:?}"
+    );
+}
+
+/// Every node restarted empty at once (total loss): the clock term keeps the
+/// next token above every earlier one.
+#[tokio::test]
+async fn tokens_increase_after_every_node_restarts_empty() {
+    let mut nodes = [
+        RedisServer::start_ephemeral(),
+        RedisServer::start_ephemeral(),
+        RedisServer::start_ephemeral(),
+    ];
+    let s = src("eng");
+    let locks = manager_of(&nodes);
+    let before = acquire_eventually(&locks, &s, Duration::from_secs(1)).await;
+    locks.release(&before).await;
+    for n in nodes.iter_mut() {
+        n.restart_empty();
+    }
+    let locks = manager_of(&nodes);
+    let after = acquire_eventually(&locks, &s, Duration::from_secs(1)).await;
+    assert!(
+        after.token > before.token,
+        "before: {}\nafter:  {}",
+        before.token,
+        after.token
+    );
+}
+
+/// The example: a token written back only to {A, B} (C was down),
+/// then A restarts empty and B goes down. The majority {A, C} has never seen
+/// that token (C's counter is older), yet the next token is greater: A is
+/// not trusted after its restart, so the token is ordered by the clock term.
+#[tokio::test]
+async fn token_known_only_to_a_lost_majority_is_still_exceeded() {
+    let mut nodes = [
+        RedisServer::start_ephemeral(),
+        RedisServer::start_ephemeral(),
+        RedisServer::start_ephemeral(),
+    ];
+    let s = src("eng");
+    // Long enough to outlast the paused node's timeouts inside one attempt.
+    let ttl = Duration::from_secs(3);
+    let t0 = acquire_eventually(&manager_of(&nodes), &s, ttl).await;
+    manager_of(&nodes).release(&t0).await;
+    nodes[2].pause();
+    let locks = manager_of(&nodes);
+    let t1 = acquire_eventually(&locks, &s, ttl).await;
+    locks.release(&t1).await;
+    nodes[2].resume();
+    let c_counter: u64 = redis::cmd("GET")
+        .arg(Keys::new("tm").lock_tokens(&s))
+        .query(&mut nodes[2].conn())
+        .unwrap();
+    assert!(c_counter < t1.token.0, "C never saw t1: {c_counter} vs {}", t1.token);
+    nodes[0].restart_empty();
+    nodes[1].kill();
+    let t2 = acquire_eventually(&manager_of(&nodes), &s, ttl).await;
+    assert!(t2.token > t1.token, "t1: {}\nt2: {}", t1.token, t2.token);
+}
+
+/// The classic Redlock hazard: a lock held on {A, B} (C was down); A restarts
+/// empty and C comes back, so A and C would both grant it to someone else.
+/// A's grant does not count while A is younger than the lock TTL, so the
+/// second acquirer is refused with `Recovering` while the lease is valid.
+#[tokio::test]
+async fn restarted_empty_node_cannot_grant_a_held_lock_twice() {
+    let mut nodes = [
+        RedisServer::start_ephemeral(),
+        RedisServer::start_ephemeral(),
+        RedisServer::start_ephemeral(),
+    ];
+    let s = src("eng");
+    let ttl = Duration::from_secs(3);
+    // Fresh nodes are young too: let them come of age first.
+    let first = acquire_eventually(&manager_of(&nodes), &s, ttl).await;
+    manager_of(&nodes).release(&first).await;
+    nodes[2].pause();
+    let holder = manager_of(&nodes)
+        .acquire(&s, ttl)
+        .await
+        .unwrap()
+        .expect("A and B grant");
+    nodes[2].resume();
+    nodes[0].restart_empty();
+    let other = manager_of(&nodes);
+    while std::time::Instant::now() < holder.valid_until {
+        match other.acquire(&s, ttl).await {
+            Err(lock::Error::Recovering {
+                young: 1, quorum: 2, ..
+            }) => {}
+            r => panic!("the lock is held elsewhere until {:?}: got {r:?}", holder.valid_until),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let next = acquire_eventually(&other, &s, ttl).await;
+    assert!(next.token > holder.token);
 }
 
 /// A paused (SIGSTOP) Redis makes acquisition fail within the response timeout

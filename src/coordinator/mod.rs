@@ -114,6 +114,7 @@ pub struct Coordinator {
     /// How loops and runs ride out Redis faults, and the (redacted) address logs name.
     retry: Backoff,
     redis_addr: String,
+    retention: queue::retention::Retention,
 }
 
 impl Coordinator {
@@ -158,6 +159,7 @@ impl Coordinator {
             consumer,
             retry: Backoff::default(),
             redis_addr: "redis".into(),
+            retention: queue::retention::Retention::default(),
         }
     }
 
@@ -165,6 +167,12 @@ impl Coordinator {
     pub fn with_redis_retry(mut self, retry: Backoff, addr: impl Into<String>) -> Self {
         self.retry = retry;
         self.redis_addr = addr.into();
+        self
+    }
+
+    /// What the streams keep (`[queue]`); the default unless set.
+    pub fn with_retention(mut self, retention: queue::retention::Retention) -> Self {
+        self.retention = retention;
         self
     }
 
@@ -194,6 +202,13 @@ impl Coordinator {
         if !self.schedules.is_empty() || !self.webhook_sources.is_empty() {
             tracker.spawn(self.clone().schedule_loop(shutdown.clone()));
         }
+        // Bounded streams: acked entries and old dead letters are trimmed periodically.
+        tracker.spawn(queue::retention::keep_trimmed(
+            self.pool.clone(),
+            self.keys.clone(),
+            self.retention.clone(),
+            shutdown.clone(),
+        ));
         let mut last_reclaim = Instant::now();
         tracing::info!(consumer = %self.consumer, "coordinator started");
 
@@ -419,6 +434,10 @@ impl Coordinator {
         self.locks.release(&lease).await;
         self.ack_request(&entry).await;
         self.enqueue_follow_up(&request.source).await;
+        // The run's jobs are acked now: trim them (and anything else acked) away.
+        if let Err(e) = queue::retention::trim_all(&self.pool, &self.keys, &self.retention).await {
+            tracing::warn!(error = %e, "trimming streams failed; the periodic trim will retry");
+        }
     }
 
     /// Takes the lock, or records the request as a follow-up of the running sync.

@@ -2,11 +2,19 @@
 //!
 //! Moving is XADD to the dead-letter stream, then XACK on the origin: if we die
 //! between the two, the entry is dead-lettered twice, never lost.
+//!
+//! Dead letters are for operators and nobody acks them, so the stream is
+//! bounded by policy ([`trim`]): at most `max_len` entries, none older than
+//! `max_age` (both `[queue]` settings).
+
+use std::sync::LazyLock;
+use std::time::Duration;
 
 use deadpool_redis::Pool;
+use deadpool_redis::redis::Script;
 
-use super::Error;
 use super::streams::{self, Entry};
+use super::{Error, RedisContext};
 use crate::types::{DocumentId, RunId, SourceId};
 
 /// A document that failed on its own while the rest of its page was applied.
@@ -42,6 +50,20 @@ pub async fn document_failed(pool: &Pool, dead_letters: &str, failed: &FailedDoc
     ];
     streams::add(pool, dead_letters, &fields).await?;
     Ok(())
+}
+
+static TRIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/trim_dead_letters.lua")));
+
+/// Drops the oldest dead letters beyond `max_len` and every one older than
+/// `max_age` (by its entry id, stamped by the Redis clock); returns how many went.
+pub async fn trim(pool: &Pool, dead_letters: &str, max_len: u64, max_age: Duration) -> Result<u64, Error> {
+    let mut conn = pool.get().await?;
+    TRIM.key(dead_letters)
+        .arg(max_len)
+        .arg(max_age.as_millis() as u64)
+        .invoke_async(&mut conn)
+        .await
+        .context(|| format!("trimming {dead_letters}"))
 }
 
 /// Copies `entry` to `dead_letters` with `reason`, then acks it on `origin`.

@@ -5,6 +5,8 @@
 //! - `dlq`: moving an entry that cannot be processed aside, with its reason.
 //! - `requests`: enqueueing sync requests; the follow-up list and schedule slot
 //!   that hold requests for a busy source.
+//! - `retention`: bounded streams: trimming acked requests and jobs, and dead
+//!   letters by count and age.
 //! - `webhooks`: replay marks, the debounce window and pending targets of webhook deliveries.
 //!
 //! Every Redis command on these structures lives here (Lua scripts as `lua/*.lua`).
@@ -16,6 +18,7 @@
 pub mod dlq;
 pub mod jobs;
 pub mod requests;
+pub mod retention;
 pub mod streams;
 pub mod webhooks;
 

@@ -1,16 +1,24 @@
 //! Redis Streams primitives used by both streams (requests and jobs).
 //!
 //! Only Redis 7.0 commands: XADD, XGROUP CREATE MKSTREAM, XREADGROUP, XACK,
-//! XPENDING with IDLE, XCLAIM. Nothing here knows what an entry means.
+//! XPENDING with IDLE, XCLAIM, XINFO GROUPS, XTRIM MINID. Nothing here knows
+//! what an entry means.
+//!
+//! Trimming ([`trim_acked`]) removes only entries that every consumer group has
+//! acknowledged: never a pending entry (it may still be claimed from a dead
+//! consumer) and never an undelivered one.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use deadpool_redis::Pool;
 use deadpool_redis::redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
-use deadpool_redis::redis::{self, Value};
+use deadpool_redis::redis::{self, Script, Value};
 
 use super::{Error, RedisContext};
+
+static TRIM_ACKED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/trim_acked.lua")));
 
 /// One stream entry: its id and raw fields.
 #[derive(Debug, Clone, PartialEq)]
@@ -207,6 +215,19 @@ pub async fn touch(pool: &Pool, stream: &str, group: &str, consumer: &str, id: &
         .await
         .context(|| format!("XCLAIM {stream} {id} JUSTID"))?;
     Ok(())
+}
+
+/// Removes entries every consumer group of `stream` has acknowledged (pending
+/// and undelivered ones stay; see `lua/trim_acked.lua`); returns how many went.
+/// Approximate (`MINID ~`): up to one macro node (100 entries) of acked
+/// entries may stay until the next trim. A stream without a group is left alone.
+pub async fn trim_acked(pool: &Pool, stream: &str) -> Result<u64, Error> {
+    let mut conn = pool.get().await?;
+    TRIM_ACKED
+        .key(stream)
+        .invoke_async(&mut conn)
+        .await
+        .context(|| format!("trimming acked entries of {stream}"))
 }
 
 /// Stream length and the group's pending count and lag (XINFO GROUPS, Redis 7.0).

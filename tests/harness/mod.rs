@@ -36,6 +36,8 @@ pub struct Options {
     pub source_fields: String,
     /// Extra lines for `[sync]`.
     pub sync: String,
+    /// Extra lines for `[queue]` (stream retention).
+    pub queue: String,
     /// Simulator settings.
     pub sim: SimConfig,
     /// Redis `appendfsync` (tests: `always`, so a killed Redis loses nothing).
@@ -57,6 +59,7 @@ impl Default for Options {
             source_settings: String::new(),
             source_fields: String::new(),
             sync: String::new(),
+            queue: String::new(),
             sim: SimConfig::default(),
             appendfsync: "always",
             lock_nodes: 0,
@@ -115,6 +118,9 @@ max_deliveries = 3
 stall_timeout_secs = 60
 {sync}
 
+[queue]
+{queue}
+
 [sink]
 kind = "directory"
 path = "{sink}"
@@ -129,6 +135,7 @@ listen = ""
             page_size = opts.page_size,
             lock_ttl_ms = opts.lock_ttl_ms,
             sync = opts.sync,
+            queue = opts.queue,
             sink = sink_dir.path().display(),
             source = opts.source_toml.clone().unwrap_or_else(|| format!(
                 "[[sources]]\nid = \"eng\"\nkind = \"confluence\"\n{}\n[sources.settings]\nbase_url = \"http://{addr}\"\nspace_key = \"{}\"\n{}\n",

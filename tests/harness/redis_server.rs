@@ -1,7 +1,9 @@
-//! A real `redis-server` per test: free port, own temp dir, AOF on; killed on drop.
+//! A real `redis-server` per test: free port, own temp dir, AOF on (or no
+//! persistence at all, [`RedisServer::start_ephemeral`]); killed on drop.
 //!
 //! Tests can kill (SIGKILL), pause (SIGSTOP), resume (SIGCONT) and restart it
-//! on the same port and directory, so the AOF brings its data back.
+//! on the same port and directory, so the AOF brings its data back, or
+//! restart it empty ([`RedisServer::restart_empty`]).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -10,7 +12,8 @@ use std::time::{Duration, Instant};
 
 /// A redis-server child process.
 pub struct RedisServer {
-    appendfsync: &'static str,
+    /// `None`: no AOF and no RDB, nothing survives a restart.
+    appendfsync: Option<&'static str>,
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -30,6 +33,16 @@ impl RedisServer {
 
     /// Starts a server with the given `appendfsync` policy (`always`, `everysec`, `no`).
     pub fn start_with_fsync(appendfsync: &'static str) -> Self {
+        Self::start_persisting(Some(appendfsync))
+    }
+
+    /// Starts a server with no persistence (no AOF, no RDB): a restart comes back empty.
+    #[allow(dead_code)]
+    pub fn start_ephemeral() -> Self {
+        Self::start_persisting(None)
+    }
+
+    fn start_persisting(appendfsync: Option<&'static str>) -> Self {
         let mut s = RedisServer {
             appendfsync,
             port: free_port(),
@@ -41,19 +54,20 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .arg("--port")
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
             .arg(self.port.to_string())
             .arg("--bind")
             .arg("127.0.0.1")
             .arg("--dir")
             .arg(self.dir.path())
-            .arg("--appendonly")
-            .arg("yes")
-            .arg("--appendfsync")
-            .arg(self.appendfsync)
             .arg("--save")
-            .arg("")
+            .arg("");
+        match self.appendfsync {
+            Some(fsync) => cmd.arg("--appendonly").arg("yes").arg("--appendfsync").arg(fsync),
+            None => cmd.arg("--appendonly").arg("no"),
+        };
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -113,6 +127,22 @@ impl RedisServer {
     #[allow(dead_code)]
     pub fn restart(&mut self) {
         self.kill();
+        self.spawn();
+    }
+
+    /// Kills it, deletes its data directory's contents, and starts it again on
+    /// the same port: a node that lost everything (or never persisted).
+    #[allow(dead_code)]
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        for entry in std::fs::read_dir(self.dir.path()).expect("data dir readable") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).expect("remove data");
+            } else {
+                std::fs::remove_file(&path).expect("remove data");
+            }
+        }
         self.spawn();
     }
 
