@@ -28,6 +28,8 @@ mod layout;
 mod lock;
 /// Dead letters, poison jobs, redelivery after a worker dies.
 mod queue;
+/// The fleet-wide rate gate: no early requests after Retry-After, budgets held across worker processes.
+mod rate_gate;
 /// Every per-run key expires.
 mod run_keys;
 /// End-to-end sync scenarios from the problem statement.
