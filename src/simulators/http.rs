@@ -115,6 +115,7 @@ async fn stats<S: CallCounts>(State(sim): State<S>) -> Json<Value> {
         "early_requests": t.early_requests,
         "in_flight_requests": t.in_flight_requests,
         "max_per_second": t.max_per_second,
+        "span_ms": t.span_ms,
         "per_throttle": t.per_throttle,
     }))
 }

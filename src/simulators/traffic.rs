@@ -88,6 +88,8 @@ pub struct TrafficStats {
     pub in_flight_requests: u64,
     /// The most requests that arrived in any one second (sliding window).
     pub max_per_second: u64,
+    /// Milliseconds from the first request kept to the last.
+    pub span_ms: u64,
     /// The most recent throttles, oldest first.
     pub per_throttle: Vec<ThrottleRecord>,
 }
@@ -252,6 +254,10 @@ impl Traffic {
             early_requests: self.early,
             in_flight_requests: self.in_flight,
             max_per_second: max_in_window(&self.arrivals, Duration::from_secs(1)),
+            span_ms: match (self.arrivals.iter().min(), self.arrivals.iter().max()) {
+                (Some(first), Some(last)) => u64::try_from((*last - *first).as_millis()).unwrap_or(u64::MAX),
+                _ => 0,
+            },
             per_throttle: self.records.iter().cloned().collect(),
         }
     }
