@@ -188,15 +188,17 @@ async fn no_request_before_retry_after_across_worker_processes() {
 }
 
 /// (b) Three workers (two processes and one in-process, 4 pages in flight each)
-/// with a budget of 20 requests/s (burst 5), against a source that allows 20/s:
-/// in no second do more than 20 + 5 requests arrive, the source never has to
-/// throttle, and the sync completes.
+/// with a budget of 10 requests/s (burst 3), against a source that allows 10/s:
+/// in no second do more than 10 + 3 requests arrive, the source never has to
+/// throttle, and the sync completes. (The gate admits at most 12 in any
+/// half-open second; the one request of slack absorbs delivery jitter between
+/// admission in Redis and arrival at the simulator.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budget_holds_across_worker_processes() {
-    const R: u64 = 20;
-    const BURST: u64 = 5;
+    const R: u64 = 10;
+    const BURST: u64 = 3;
     let mut env = env(
-        160,
+        100,
         2,
         SimConfig {
             rate_limit_per_sec: Some(R as u32),
@@ -218,7 +220,7 @@ async fn budget_holds_across_worker_processes() {
         stats.throttles
     );
     assert_eq!(run.status, RunStatus::Completed, "{run:?}");
-    assert!(env.sim.total_calls() > 80, "enough requests to measure");
+    assert!(env.sim.total_calls() > 50, "enough requests to measure");
     assert!(
         stats.max_per_second <= R + BURST,
         "{} requests in one second over a budget of {R}/s (burst {BURST})",
