@@ -11,6 +11,7 @@ use deadpool_redis::Pool;
 use crate::config::{Config, SinkConfig};
 use crate::coordinator::Coordinator;
 use crate::db::{self, PoolError};
+use crate::gate::Gates;
 use crate::keys::Keys;
 use crate::lock::LockManager;
 use crate::sinks::Sink;
@@ -73,10 +74,12 @@ impl App {
             .connect_timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| Error::Http(e.to_string()))?;
+        // One rate gate per source in the main Redis, shared by every process of the fleet.
+        let gates = Gates::shared(pool.clone(), keys.clone());
         let mut sources = HashMap::new();
         for s in &config.sources {
-            let connector =
-                sources::build(s.id.clone(), &s.settings, http.clone()).map_err(|e| Error::Source(s.id.clone(), e))?;
+            let connector = sources::build(s.id.clone(), &s.settings, http.clone(), &gates)
+                .map_err(|e| Error::Source(s.id.clone(), e))?;
             sources.insert(s.id.clone(), connector);
         }
         let sink: Arc<dyn Sink> = match &config.sink {

@@ -157,6 +157,12 @@ impl Keys {
         self.source(source, "followup:schedule")
     }
 
+    /// Hash with a TTL: the source's fleet-wide rate gate (not-before, throttle
+    /// level, GCRA arrival time), kept by `gate/`.
+    pub fn rate_gate(&self, source: &SourceId) -> String {
+        self.source(source, "gate")
+    }
+
     /// Which run served a sync request (for `enqueue --wait`).
     pub fn request_run(&self, source: &SourceId, request_id: &str) -> String {
         self.source(source, &format!("req:{request_id}"))
@@ -181,6 +187,7 @@ mod tests {
             keys.run(&s, &run),
             keys.run_pages_done(&s, &run),
             keys.follow_up(&s),
+            keys.rate_gate(&s),
         ] {
             assert!(k.contains("{eng}"), "{k} lacks the hash tag");
         }

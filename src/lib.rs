@@ -14,7 +14,10 @@
 //! - [`state`]: fence, checkpoints, held documents (`docs`), mark and sweep
 //!   (`sweep`), run records (`runs`); every write fenced.
 //!
-//!   Only `queue`, `lock`, `state` and `db` speak to Redis; their Lua scripts are `lua/*.lua` files.
+//! - [`gate`]: the per-source rate gate shared by the fleet (not-before after a
+//!   throttle, shared backoff level, optional GCRA budget), with a local fallback.
+//!
+//!   Only `queue`, `lock`, `state`, `gate` and `db` speak to Redis; their Lua scripts are `lua/*.lua` files.
 //! - [`ancestry`]: breadcrumbs, the one ancestry walk shared by coordinator and worker.
 //! - [`coordinator`]: request -> lock -> change feed -> page jobs -> checkpoint
 //!   (`run`, `plan`, `dependents`).
@@ -36,6 +39,7 @@ pub mod app;
 pub mod config;
 pub mod coordinator;
 pub mod db;
+pub mod gate;
 pub mod keys;
 pub mod lock;
 pub mod queue;

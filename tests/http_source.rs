@@ -221,6 +221,7 @@ async fn fetch_reports_same_site_links() {
         SourceId::new("web").expect("id"),
         HttpSettings::new(urls.clone()),
         reqwest::Client::new(),
+        &tidemark::gate::Gates::local(),
     )
     .expect("source");
     let want: Vec<DocMeta> = urls

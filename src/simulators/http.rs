@@ -1,8 +1,9 @@
 //! HTTP scaffolding both simulators share: assembling the app (gated API routes,
 //! `/_sim/` controls, a fallback), serving it on a spawned task, naming each
 //! request by its endpoint, the added latency, query-string decoding, the
-//! truncated 200 of `corrupt_next`, the `/_sim/stats` endpoints and the JSON
-//! time format.
+//! truncated 200 of `corrupt_next`, the `/_sim/stats` endpoints (calls, and
+//! the traffic figures: early requests per throttle, the busiest second) and
+//! the JSON time format.
 //!
 //! Invariants: what is shared here is only what both services answer alike.
 //! Each simulator keeps its service's own answers (error bodies, rate-limit
@@ -22,6 +23,8 @@ use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
+use super::traffic::TrafficStats;
+
 /// A simulator's API call counters, read and reset by `/_sim/stats` and `/_sim/stats/reset`.
 pub(crate) trait CallCounts: Clone + Send + Sync + 'static {
     /// API calls by endpoint label.
@@ -30,6 +33,8 @@ pub(crate) trait CallCounts: Clone + Send + Sync + 'static {
     fn total_calls(&self) -> u64;
     /// Zeroes the counters (and whatever the simulator logs with them).
     fn reset_calls(&self);
+    /// Early requests per throttle and the busiest second.
+    fn traffic_stats(&self) -> TrafficStats;
 }
 
 /// The whole app: `api` (already behind the simulator's gate), `control` plus
@@ -102,7 +107,17 @@ pub(crate) fn rfc3339_millis(t: DateTime<Utc>) -> String {
 }
 
 async fn stats<S: CallCounts>(State(sim): State<S>) -> Json<Value> {
-    Json(json!({"total": sim.total_calls(), "by_endpoint": sim.calls()}))
+    let t = sim.traffic_stats();
+    Json(json!({
+        "total": sim.total_calls(),
+        "by_endpoint": sim.calls(),
+        "throttles": t.throttles,
+        "early_requests": t.early_requests,
+        "in_flight_requests": t.in_flight_requests,
+        "max_per_second": t.max_per_second,
+        "span_ms": t.span_ms,
+        "per_throttle": t.per_throttle,
+    }))
 }
 
 async fn reset_stats<S: CallCounts>(State(sim): State<S>) -> StatusCode {

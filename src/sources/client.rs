@@ -1,27 +1,33 @@
 //! The retrying HTTP client every HTTP-based connector sends its requests through.
 //!
-//! What it owns: one request's life — build, count, send with a timeout, read the
-//! body, ask the connector what the response means, back off and retry, and
-//! turn the outcome into a [`sources::Error`](super::Error) whose context names
-//! the source, the method, the endpoint and the status.
+//! What it owns: one request's life — wait for the source's rate gate, build,
+//! count, send with a timeout, read the body, ask the connector what the
+//! response means, report throttles to the gate, back off and retry, and turn
+//! the outcome into a [`sources::Error`](super::Error) whose context names the
+//! source, the method, the endpoint and the status.
 //!
 //! What it does not own: what a status *means*. The connector's classifier
 //! decides per response whether it is accepted (returned to the connector, which
 //! may still treat it as a refusal: Drive's 404 or expired page token, the HTTP
-//! connector's 304/404/410), retried, or refused. Authentication, headers and
+//! connector's 304/404/410), a throttle, retried, or refused. Authentication, headers and
 //! URLs are the connector's too, through the request factory (only the
 //! configured `User-Agent` is added here). How a client is configured from a
 //! connector's settings is [`ClientSettings`](super::settings::ClientSettings).
+//! The fleet-wide waiting is the [`Gate`]'s (`crate::gate`).
 //!
 //! Invariants:
+//! - Every attempt passes the source's gate first (so no request leaves before
+//!   a not-before any process recorded, and the budget is spent fleet-wide).
 //! - Every attempt, retries included, is counted with `calls.add(1)` just before
 //!   it is sent (a rate limit counts them all).
+//! - A [`Verdict::Throttle`] raises the gate's not-before (to `Retry-After`, or
+//!   the shared backoff); the retry then waits at the gate like everyone else.
+//!   A [`Verdict::Retry`] (5xx, network) waits on its own: its `Retry-After`,
+//!   or the same truncated exponential backoff by attempt.
 //! - At most `max_retries` retries follow the first attempt; then the last
 //!   failure is returned as `Error::Retryable` with the source's `Retry-After`.
-//! - Waits double from [`BACKOFF_START`] up to [`BACKOFF_CAP`] (optionally with
-//!   up to 10% jitter); a `Retry-After` replaces the backoff but is honoured only
-//!   up to [`RETRY_AFTER_CAP`], beyond which the caller's own retry (a later run
-//!   or job) is the better place to wait.
+//!   A wait longer than [`RETRY_AFTER_CAP`] is not waited here: the call ends
+//!   `Retryable` at once, and the caller's own retry (a later job delivery) waits.
 //! - Nothing here reads our clock for anything but the length of a wait.
 
 use std::fmt::Display;
@@ -35,13 +41,10 @@ use serde::de::DeserializeOwned;
 
 use super::clock;
 use super::{ApiCalls, Error};
+use crate::gate::{self, Gate, Gates, Policy};
 use crate::types::SourceId;
 
-/// First backoff after a retryable failure without `Retry-After`.
-pub const BACKOFF_START: Duration = Duration::from_millis(100);
-/// Backoff stops doubling here (a truncated exponential backoff, as Google and Atlassian suggest).
-pub const BACKOFF_CAP: Duration = Duration::from_secs(10);
-/// Longest we honour a `Retry-After` inside one call; beyond that the caller reschedules.
+/// Longest we wait (a `Retry-After`, the gate) inside one call; beyond that the caller reschedules.
 pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
 
 /// Which response bodies are read before the classifier sees the response.
@@ -87,8 +90,18 @@ impl Reply {
 pub enum Verdict {
     /// Return the response to the connector (a success, or a refusal it interprets).
     Accept,
-    /// A transient failure: retry. `detail` follows the call's context in the
-    /// error if retries run out (e.g. `HTTP 503: busy`); `after` is the source's hint.
+    /// The source is throttling us (429, 503, Google's rate-limit 403): the
+    /// whole fleet waits `after` (the source's `Retry-After`) or, without it,
+    /// the shared backoff; then retry. `detail` as for `Retry`.
+    Throttle {
+        /// What went wrong, after the call's context.
+        detail: String,
+        /// The source's `Retry-After`, when it sent one.
+        after: Option<Duration>,
+    },
+    /// A transient failure of this request only (5xx, a body cut short): retry
+    /// after its own backoff. `detail` follows the call's context in the
+    /// error if retries run out (e.g. `HTTP 500: busy`); `after` is the source's hint.
     Retry {
         /// What went wrong, after the call's context.
         detail: String,
@@ -109,30 +122,31 @@ pub struct RetryingClient {
     source: SourceId,
     timeout: Duration,
     max_retries: u32,
-    jitter: bool,
+    gate: Gate,
     detailed_errors: bool,
     user_agent: Option<HeaderValue>,
 }
 
 impl RetryingClient {
     /// A client for `source` with a per-request `timeout` and `max_retries`
-    /// retries after the first attempt; no jitter, plain error texts.
+    /// retries after the first attempt; plain error texts, and a gate of this
+    /// process only with the default policy (see [`with_gate`](Self::with_gate)).
     pub fn new(http: reqwest::Client, source: SourceId, timeout: Duration, max_retries: u32) -> Self {
+        let gate = Gates::local().gate(&source, Policy::default());
         Self {
             http,
             source,
             timeout,
             max_retries,
-            jitter: false,
+            gate,
             detailed_errors: false,
             user_agent: None,
         }
     }
 
-    /// Adds up to 10% random jitter to backoffs (not to `Retry-After` waits), so
-    /// parallel workers sharing a quota do not retry in lockstep.
-    pub fn with_jitter(mut self) -> Self {
-        self.jitter = true;
+    /// Sends every attempt through `gate` (normally the source's fleet-wide one).
+    pub fn with_gate(mut self, gate: Gate) -> Self {
+        self.gate = gate;
         self
     }
 
@@ -200,21 +214,38 @@ impl RetryingClient {
         C: Fn(&Reply) -> Verdict,
     {
         let ctx = self.context(label);
-        let mut backoff = BACKOFF_START;
+        let policy = *self.gate.policy();
         let mut attempt: u32 = 0;
         loop {
+            let pass = match self.gate.wait_turn(RETRY_AFTER_CAP).await {
+                Ok(pass) => pass,
+                Err(wait) => {
+                    return Err(Error::Retryable {
+                        context: format!("{ctx}: throttled, next request allowed in {}s", wait.as_secs()),
+                        after: Some(wait),
+                    });
+                }
+            };
             let mut request = build().await?.timeout(self.timeout);
             if let Some(ua) = &self.user_agent {
                 request = request.header(USER_AGENT, ua.clone());
             }
             calls.add(1);
-            // (what happened, the source's Retry-After) for a retryable failure.
-            let (failure, after) = match self.attempt(request, body).await {
-                Err(detail) => (format!("{ctx}: {detail}"), None),
+            // (what happened, the source's Retry-After, whether the gate already waits for it).
+            let (failure, after, gated) = match self.attempt(request, body).await {
+                Err(detail) => (format!("{ctx}: {detail}"), None, false),
                 Ok(reply) => match classify(&reply) {
-                    Verdict::Accept => return Ok(reply),
-                    Verdict::Retry { detail, after } => (format!("{ctx}: {detail}"), after),
+                    Verdict::Accept => {
+                        self.gate.succeeded(&pass).await;
+                        return Ok(reply);
+                    }
+                    Verdict::Throttle { detail, after } => {
+                        self.gate.throttled(&pass, after).await;
+                        (format!("{ctx}: {detail}"), after, true)
+                    }
+                    Verdict::Retry { detail, after } => (format!("{ctx}: {detail}"), after, false),
                     Verdict::Refuse { detail } => {
+                        self.gate.succeeded(&pass).await;
                         return Err(Error::Permanent {
                             context: format!("{ctx}: {detail}"),
                         });
@@ -230,17 +261,16 @@ impl RetryingClient {
                 return Err(Error::Retryable { context, after });
             }
             attempt += 1;
+            // A throttle's wait is the gate's, taken at the top of the loop by every process.
             let wait = match after {
+                _ if gated => Duration::ZERO,
                 Some(a) => a.min(RETRY_AFTER_CAP),
-                None if self.jitter => {
-                    let tenth = u64::try_from(backoff.as_millis() / 10).unwrap_or(u64::MAX);
-                    backoff + Duration::from_millis(rand::random_range(0..=tenth))
-                }
-                None => backoff,
+                None => gate::backoff(attempt, policy.backoff_start, policy.backoff_cap, rand::random::<f64>()),
             };
-            backoff = (backoff * 2).min(BACKOFF_CAP);
             tracing::debug!(source = %self.source, attempt, ?wait, "{failure}; retrying");
-            tokio::time::sleep(wait).await;
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
         }
     }
 
@@ -286,9 +316,27 @@ pub fn is_transient(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
 }
 
-/// `Retry-After` as seconds, or as an HTTP-date measured against the response's
-/// own `Date` (the source's clock; ours only when it sent none). A date in the
-/// past means "now".
+/// Statuses that mean the source is shedding load, not that this request
+/// failed: 429 Too Many Requests and 503 Service Unavailable.
+pub fn is_throttle(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE
+}
+
+/// The verdict for a transient status ([`is_transient`]): a [`Verdict::Throttle`]
+/// for 429 and 503, a [`Verdict::Retry`] otherwise, each with the reply's `Retry-After`.
+pub fn transient_verdict(reply: &Reply, detail: String) -> Verdict {
+    let after = retry_after(&reply.headers);
+    if is_throttle(reply.status) {
+        Verdict::Throttle { detail, after }
+    } else {
+        Verdict::Retry { detail, after }
+    }
+}
+
+/// `Retry-After` as delta-seconds, or as an HTTP-date (RFC 9110 §10.2.3)
+/// measured against the response's own `Date` (the source's clock; ours only
+/// when it sent none). A date in the past means "now"; anything else
+/// (negative or fractional seconds, garbage) is no hint at all.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let text = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = text.parse::<u64>() {
@@ -380,10 +428,7 @@ mod tests {
 
     fn standard(reply: &Reply) -> Verdict {
         if is_transient(reply.status) {
-            Verdict::Retry {
-                detail: format!("HTTP {}: {}", reply.status.as_u16(), reply.text()),
-                after: retry_after(&reply.headers),
-            }
+            transient_verdict(reply, format!("HTTP {}: {}", reply.status.as_u16(), reply.text()))
         } else if reply.status.is_success() {
             Verdict::Accept
         } else {
@@ -422,7 +467,7 @@ mod tests {
             other => panic!("expected Retryable, got {other:?}"),
         }
         assert_eq!(calls.get(), 2);
-        let detailed = client(0).with_detailed_errors().with_jitter();
+        let detailed = client(0).with_detailed_errors();
         match get_via(&detailed, &url, Body::Never, &calls).await {
             Err(Error::Retryable { context, .. }) => {
                 assert_eq!(context, "source src: GET /x: HTTP 429:  (after 1 attempts)");
@@ -483,7 +528,12 @@ mod tests {
         assert_eq!(retry_after(&h), Some(Duration::from_secs(60)));
         h.insert(DATE, "Wed, 21 Oct 2015 08:00:00 GMT".parse().expect("hv"));
         assert_eq!(retry_after(&h), Some(Duration::ZERO), "a past date means now");
-        h.insert(RETRY_AFTER, "soon".parse().expect("hv"));
-        assert_eq!(retry_after(&h), None);
+        h.insert(RETRY_AFTER, "Wednesday, 21-Oct-15 07:28:30 GMT".parse().expect("hv"));
+        h.insert(DATE, "Wed, 21 Oct 2015 07:28:00 GMT".parse().expect("hv"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(30)), "obsolete RFC 850 date");
+        for garbage in ["soon", "-5", "1.5", "", "30s", "Wed, 32 Oct 2015 07:28:00 GMT"] {
+            h.insert(RETRY_AFTER, garbage.parse().expect("hv"));
+            assert_eq!(retry_after(&h), None, "{garbage:?}");
+        }
     }
 }

@@ -41,6 +41,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::gate::Gates;
 use crate::types::{DocumentId, SourceId, SyncMode};
 
 /// Errors a connector reports, by what the caller should do about them.
@@ -304,11 +305,17 @@ impl SourceSettings {
 }
 
 /// Builds the connector for a configured source.
-pub fn build(id: SourceId, settings: &SourceSettings, http: reqwest::Client) -> Result<Arc<dyn Source>, Error> {
+/// HTTP connectors send through `gates` (the fleet-wide rate gate of each source).
+pub fn build(
+    id: SourceId,
+    settings: &SourceSettings,
+    http: reqwest::Client,
+    gates: &Gates,
+) -> Result<Arc<dyn Source>, Error> {
     match settings {
-        SourceSettings::Confluence(s) => Ok(Arc::new(confluence::Confluence::new(id, s.clone(), http)?)),
-        SourceSettings::Gdrive(s) => Ok(Arc::new(gdrive::Gdrive::new(id, s.clone(), http)?)),
-        SourceSettings::Http(s) => Ok(Arc::new(http::HttpSource::new(id, s.clone(), http)?)),
+        SourceSettings::Confluence(s) => Ok(Arc::new(confluence::Confluence::new(id, s.clone(), http, gates)?)),
+        SourceSettings::Gdrive(s) => Ok(Arc::new(gdrive::Gdrive::new(id, s.clone(), http, gates)?)),
+        SourceSettings::Http(s) => Ok(Arc::new(http::HttpSource::new(id, s.clone(), http, gates)?)),
         SourceSettings::Filesystem(s) => Ok(Arc::new(filesystem::Filesystem::new(id, s.clone()))),
     }
 }

@@ -123,6 +123,8 @@ space_key = "ENG"
 timezone = "{tz}"
 sweep_every = {conf_sweep}
 page_limit = {conf_limit}
+# Injected throttles back off from 100 ms, not 1 s: the seeds stay quick.
+rate = {{ backoff_start_ms = 100 }}
 
 [[sources]]
 id = "{DRIVE}"
@@ -132,6 +134,7 @@ max_delete_share = 1.0
 base_url = "http://{drive_addr}"
 folder_id = "root-folder"
 page_size = {drive_page}
+rate = {{ backoff_start_ms = 100 }}
 
 [[sources]]
 id = "{FILES}"

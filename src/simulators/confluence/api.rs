@@ -101,11 +101,15 @@ pub(super) fn error_response(status: u16, v1: bool, message: &str) -> Response {
 
 /// Counts, fails, rate-limits and `Date`-stamps every API request.
 async fn gate(State(sim): State<ConfluenceSim>, req: Request, next: Next) -> Response {
+    let arrived = std::time::Instant::now();
     let label = http::endpoint_label(&req);
     let v1 = req.uri().path().starts_with("/wiki/rest/");
-    let latency = sim.lock().traffic.latency();
+    let (latency, throttle_after) = {
+        let st = sim.lock();
+        (st.traffic.latency(), st.traffic.throttle_retry_after())
+    };
     http::delay(latency).await;
-    let mut resp = match sim.admit(&label) {
+    let mut resp = match sim.admit(&label, arrived) {
         Admission::Serve(limits) => {
             let mut resp = next.run(req).await;
             if let Some((limit, remaining)) = limits {
@@ -122,7 +126,8 @@ async fn gate(State(sim): State<ConfluenceSim>, req: Request, next: Next) -> Res
         Admission::Fail(status) => {
             let mut resp = error_response(status, v1, &format!("Simulated failure (HTTP {status})"));
             if status == 429 || status == 503 {
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+                let secs = sim.throttle_sent(status, throttle_after);
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
             resp
         }
@@ -130,6 +135,7 @@ async fn gate(State(sim): State<ConfluenceSim>, req: Request, next: Next) -> Res
         Admission::Limited { per_sec, retry_after } => {
             let now = sim.now();
             let mut resp = error_response(429, v1, "Rate limit exceeded");
+            sim.throttle_sent(429, std::time::Duration::from_secs(retry_after));
             let h = resp.headers_mut();
             h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             h.insert("x-ratelimit-limit", HeaderValue::from(per_sec));

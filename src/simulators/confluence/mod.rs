@@ -38,7 +38,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
 use super::http::{self, CallCounts};
-use super::traffic::Admission;
+use super::traffic::{Admission, TrafficStats};
 pub use model::SimPage;
 use model::SimState;
 
@@ -152,7 +152,8 @@ impl ConfluenceSim {
         self.lock().traffic.set_rate_limit(per_sec);
     }
 
-    /// The next `n` API requests answer `status` (429 and 503 with `Retry-After: 1`).
+    /// The next `n` API requests answer `status` (429 and 503 with `Retry-After`,
+    /// 1 s unless [`set_throttle_retry_after`](Self::set_throttle_retry_after)).
     pub fn fail_next(&self, n: u32, status: u16) {
         self.lock().traffic.fail_next(n, status);
     }
@@ -179,9 +180,26 @@ impl ConfluenceSim {
         self.lock().now()
     }
 
-    /// Counts one API request and decides whether it is served.
-    fn admit(&self, label: &str) -> Admission {
-        self.lock().traffic.admit(label)
+    /// Counts one API request (arrived at `arrived`) and decides whether it is served.
+    fn admit(&self, label: &str, arrived: std::time::Instant) -> Admission {
+        self.lock().traffic.admit(label, arrived)
+    }
+
+    /// Notes a throttle answered just now with `Retry-After: retry_after`; returns the header value.
+    fn throttle_sent(&self, status: u16, retry_after: std::time::Duration) -> u64 {
+        self.lock().traffic.throttle_sent(status, retry_after);
+        retry_after.as_secs()
+    }
+
+    /// How clients behaved toward throttles and limits: early requests per
+    /// throttle, the busiest second (also at `/_sim/stats`).
+    pub fn traffic_stats(&self) -> TrafficStats {
+        self.lock().traffic.stats()
+    }
+
+    /// The `Retry-After` (whole seconds) of injected 429s and 503s (default 1 s).
+    pub fn set_throttle_retry_after(&self, d: std::time::Duration) {
+        self.lock().traffic.set_throttle_retry_after(d);
     }
 }
 
@@ -196,6 +214,10 @@ impl CallCounts for ConfluenceSim {
 
     fn reset_calls(&self) {
         ConfluenceSim::reset_calls(self);
+    }
+
+    fn traffic_stats(&self) -> TrafficStats {
+        ConfluenceSim::traffic_stats(self)
     }
 }
 

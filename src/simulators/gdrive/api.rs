@@ -188,11 +188,12 @@ fn drive_scope(st: &SimState, p: &BTreeMap<String, String>) -> Result<bool, Box<
 
 /// Counts, logs, fails and rate-limits every API request.
 async fn gate(State(sim): State<GdriveSim>, req: Request, next: Next) -> Response {
+    let arrived = std::time::Instant::now();
     let label = http::endpoint_label(&req);
     let params = query_map(req.uri().query());
     let latency = sim.lock().traffic.latency();
     http::delay(latency).await;
-    match sim.admit(&label, params) {
+    match sim.admit(&label, params, arrived) {
         Admission::Serve(_) => next.run(req).await,
         Admission::Fail(status) => injected(status),
         Admission::Corrupt => http::truncated_json(r#"{"kind":"drive#changeList","changes":[{"kind":"drive#ch"#),

@@ -50,7 +50,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::http::{self, CallCounts};
-use super::traffic::Admission;
+use super::traffic::{Admission, TrafficStats};
 use model::SimState;
 pub use model::{DOC_MIME, FOLDER_MIME, FORM_MIME, SHEET_MIME, SLIDES_MIME, SimFile};
 
@@ -266,7 +266,7 @@ impl GdriveSim {
     }
 
     /// Counts and logs one API request and decides whether it is served.
-    fn admit(&self, label: &str, params: BTreeMap<String, String>) -> Admission {
+    fn admit(&self, label: &str, params: BTreeMap<String, String>, arrived: std::time::Instant) -> Admission {
         let mut st = self.lock();
         if st.requests.len() >= REQUEST_LOG {
             st.requests.pop_front();
@@ -275,7 +275,13 @@ impl GdriveSim {
             label: label.to_owned(),
             params,
         });
-        st.traffic.admit(label)
+        st.traffic.admit(label, arrived)
+    }
+
+    /// How clients behaved: the busiest second (Drive sends no `Retry-After`,
+    /// so there are no early requests to count; also at `/_sim/stats`).
+    pub fn traffic_stats(&self) -> TrafficStats {
+        self.lock().traffic.stats()
     }
 }
 
@@ -290,6 +296,10 @@ impl CallCounts for GdriveSim {
 
     fn reset_calls(&self) {
         GdriveSim::reset_calls(self);
+    }
+
+    fn traffic_stats(&self) -> TrafficStats {
+        GdriveSim::traffic_stats(self)
     }
 }
 

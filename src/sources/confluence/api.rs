@@ -138,18 +138,15 @@ impl Client {
     }
 }
 
-/// Atlassian's answers: 429 and 5xx are transient (Retry-After comes on 429 and
-/// some 503s); any other non-2xx status is final and its body says why.
+/// Atlassian's answers: 429 and 503 are throttles (Retry-After comes on 429 and
+/// some 503s), other 5xx transient; any other non-2xx status is final and its body says why.
 fn classify(reply: &client::Reply) -> Verdict {
     if reply.status.is_success() {
         return Verdict::Accept;
     }
     let detail = format!("HTTP {}: {}", reply.status.as_u16(), error_detail(&reply.text()));
     if client::is_transient(reply.status) {
-        Verdict::Retry {
-            detail,
-            after: client::retry_after(&reply.headers),
-        }
+        client::transient_verdict(reply, detail)
     } else {
         Verdict::Refuse { detail }
     }

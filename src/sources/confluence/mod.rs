@@ -43,6 +43,7 @@ use self::api::{Client, Reply, SEARCH_LIMIT, V2List, V2Page, cql_escape, is_nume
 use self::feed::{ConfluenceFeed, FeedKind};
 use super::clock::{self, Watermark};
 use super::{ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, Fetched, FetchedDoc, Held, Source};
+use crate::gate::Gates;
 use crate::types::{DocumentId, SourceId, SyncMode};
 
 pub use self::settings::{ConfluenceSettings, MAX_PAGE_LIMIT};
@@ -61,7 +62,12 @@ pub struct Confluence {
 
 impl Confluence {
     /// Builds the connector; fails if the time zone is unknown or the token unreadable.
-    pub fn new(id: SourceId, settings: ConfluenceSettings, http: reqwest::Client) -> Result<Self, Error> {
+    pub fn new(
+        id: SourceId,
+        settings: ConfluenceSettings,
+        http: reqwest::Client,
+        gates: &Gates,
+    ) -> Result<Self, Error> {
         let tz = Tz::from_str(&settings.timezone).map_err(|_| Error::Permanent {
             context: format!("source {id}: timezone {:?} is not an IANA time zone", settings.timezone),
         })?;
@@ -81,7 +87,7 @@ impl Confluence {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        let http = settings.client().build(http, id)?;
+        let http = settings.client().build(http, id, gates)?;
         Ok(Self {
             client: Arc::new(Client {
                 settings,
@@ -294,7 +300,13 @@ mod tests {
     pub(super) fn connector(base: Url, tweak: impl FnOnce(&mut ConfluenceSettings)) -> Confluence {
         let mut s = ConfluenceSettings::new(base, "ENG");
         tweak(&mut s);
-        Confluence::new(SourceId::new("confluence-eng").expect("id"), s, reqwest::Client::new()).expect("connector")
+        Confluence::new(
+            SourceId::new("confluence-eng").expect("id"),
+            s,
+            reqwest::Client::new(),
+            &Gates::local(),
+        )
+        .expect("connector")
     }
 
     pub(super) async fn drain(feed: &mut Box<dyn ChangeFeed>) -> Result<(Vec<FeedPage>, FeedEnd), Error> {

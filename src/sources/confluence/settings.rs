@@ -15,7 +15,9 @@ use chrono_tz::Tz;
 use url::Url;
 
 use crate::sources::secret::{self, SecretRef};
-use crate::sources::settings::{ClientSettings, check_root_url, default_max_retries, default_request_timeout_secs};
+use crate::sources::settings::{
+    ClientSettings, RateSettings, check_root_url, default_max_retries, default_request_timeout_secs,
+};
 
 /// The largest `limit` the v2 page endpoints accept.
 pub const MAX_PAGE_LIMIT: u32 = 250;
@@ -75,6 +77,10 @@ pub struct ConfluenceSettings {
     /// Per-request timeout in seconds (default 30).
     #[serde(default = "default_request_timeout_secs")]
     pub request_timeout_secs: u64,
+    /// The source's fleet-wide rate gate (`[sources.settings.rate]`): budget
+    /// and backoff after throttles (defaults: no budget, 1 s start, 32 s cap).
+    #[serde(default)]
+    pub rate: RateSettings,
 }
 
 impl ConfluenceSettings {
@@ -92,6 +98,7 @@ impl ConfluenceSettings {
             sweep_every: default_sweep_every(),
             max_retries: default_max_retries(),
             request_timeout_secs: default_request_timeout_secs(),
+            rate: RateSettings::default(),
         }
     }
 
@@ -148,6 +155,7 @@ impl ConfluenceSettings {
             max_retries: self.max_retries,
             request_timeout_secs: self.request_timeout_secs,
             user_agent: None,
+            rate: self.rate.clone(),
         }
     }
 

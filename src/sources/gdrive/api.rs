@@ -351,8 +351,9 @@ impl Client {
     }
 }
 
-/// Drive's answers: 429, 5xx and a 403 whose reason is a rate limit are
-/// transient; every other status goes back to the caller, which decides what a
+/// Drive's answers: 429, 503 and a 403 whose reason is a rate limit
+/// (`userRateLimitExceeded`, `rateLimitExceeded`) are throttles for the whole
+/// fleet, other 5xx transient; every other status goes back to the caller, which decides what a
 /// 404 or a refused page token means.
 fn classify(reply: &client::Reply) -> Verdict {
     if reply.status.is_success() {
@@ -360,11 +361,14 @@ fn classify(reply: &client::Reply) -> Verdict {
     }
     let detail = GoogleError::parse(&reply.text());
     let rate_limited = reply.status.as_u16() == 403 && detail.is_rate_limit();
-    if rate_limited || client::is_transient(reply.status) {
-        Verdict::Retry {
-            detail: format!("HTTP {}: {}", reply.status.as_u16(), detail.summary()),
+    let text = format!("HTTP {}: {}", reply.status.as_u16(), detail.summary());
+    if rate_limited {
+        Verdict::Throttle {
+            detail: text,
             after: client::retry_after(&reply.headers),
         }
+    } else if client::is_transient(reply.status) {
+        client::transient_verdict(reply, text)
     } else {
         Verdict::Accept
     }

@@ -74,6 +74,7 @@ use self::api::Client;
 use self::feed::GdriveFeed;
 use self::tree::Tree;
 use super::{ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, Fetched, FetchedDoc, Held, Source};
+use crate::gate::Gates;
 use crate::types::{DocumentId, SourceId, SyncMode};
 
 pub use self::api::{GoogleError, Kind, MAX_PAGE_SIZE, is_token_refusal, version_string};
@@ -92,10 +93,10 @@ pub struct Gdrive {
 
 impl Gdrive {
     /// Builds the connector; fails if the token source is unreadable now.
-    pub fn new(id: SourceId, settings: GdriveSettings, http: reqwest::Client) -> Result<Self, Error> {
-        // Drive rarely sends Retry-After; jittered backoffs keep parallel workers
-        // from retrying in lockstep against the same per-user quota.
-        let http = settings.client().build(http, id)?.with_jitter();
+    pub fn new(id: SourceId, settings: GdriveSettings, http: reqwest::Client, gates: &Gates) -> Result<Self, Error> {
+        // Drive rarely sends Retry-After: its rate-limit 403s raise the fleet's
+        // shared, jittered backoff (see crate::gate).
+        let http = settings.client().build(http, id, gates)?;
         let client = Client { settings, http };
         client.token_blocking()?;
         Ok(Self {
@@ -211,7 +212,13 @@ mod tests {
     pub(super) fn connector(base: Url, tweak: impl FnOnce(&mut GdriveSettings)) -> Gdrive {
         let mut s = GdriveSettings::new(base, "root-folder");
         tweak(&mut s);
-        Gdrive::new(SourceId::new("gdrive-eng").expect("id"), s, reqwest::Client::new()).expect("connector")
+        Gdrive::new(
+            SourceId::new("gdrive-eng").expect("id"),
+            s,
+            reqwest::Client::new(),
+            &Gates::local(),
+        )
+        .expect("connector")
     }
 
     pub(super) async fn drain(feed: &mut Box<dyn ChangeFeed>) -> Result<(Vec<Observation>, FeedEnd), Error> {

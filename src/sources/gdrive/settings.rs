@@ -12,7 +12,9 @@ use url::Url;
 
 use super::api::MAX_PAGE_SIZE;
 use crate::sources::secret::{self, SecretRef};
-use crate::sources::settings::{ClientSettings, check_root_url, default_max_retries, default_request_timeout_secs};
+use crate::sources::settings::{
+    ClientSettings, RateSettings, check_root_url, default_max_retries, default_request_timeout_secs,
+};
 
 fn default_base_url() -> Url {
     // A constant that parses; not outside input.
@@ -50,6 +52,10 @@ pub struct GdriveSettings {
     /// Per-request timeout in seconds (default 30).
     #[serde(default = "default_request_timeout_secs")]
     pub request_timeout_secs: u64,
+    /// The source's fleet-wide rate gate (`[sources.settings.rate]`): budget
+    /// and backoff after throttles (defaults: no budget, 1 s start, 32 s cap).
+    #[serde(default)]
+    pub rate: RateSettings,
     /// Hours between full listings on incremental runs (default: none, never;
     /// the change feed reports deletions itself). A sweep also repairs the saved
     /// folder map should it ever drift from Drive.
@@ -75,6 +81,7 @@ impl GdriveSettings {
             page_size: default_page_size(),
             max_retries: default_max_retries(),
             request_timeout_secs: default_request_timeout_secs(),
+            rate: RateSettings::default(),
             sweep_every_hours: None,
         }
     }
@@ -123,6 +130,7 @@ impl GdriveSettings {
             max_retries: self.max_retries,
             request_timeout_secs: self.request_timeout_secs,
             user_agent: None,
+            rate: self.rate.clone(),
         }
     }
 

@@ -69,6 +69,7 @@ use self::html::sitemap_locs;
 use super::client::{self, Body, RetryingClient, Verdict};
 use super::clock;
 use super::{ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, Fetched, FetchedDoc, Held, Source};
+use crate::gate::Gates;
 use crate::types::{DocumentId, SourceId, SyncMode};
 
 pub use self::html::{page_links, page_title};
@@ -84,9 +85,9 @@ pub struct HttpSource {
 
 impl HttpSource {
     /// Builds the connector; fails only on a `user_agent` that cannot be a header.
-    pub fn new(id: SourceId, settings: HttpSettings, http: reqwest::Client) -> Result<Self, Error> {
+    pub fn new(id: SourceId, settings: HttpSettings, http: reqwest::Client, gates: &Gates) -> Result<Self, Error> {
         // Detailed errors: a dead web server's "Connection refused" is the whole story.
-        let http = settings.client().build(http, id)?.with_detailed_errors();
+        let http = settings.client().build(http, id, gates)?.with_detailed_errors();
         let mut configured = Vec::new();
         let mut seen = HashSet::new();
         for url in &settings.urls {
@@ -444,10 +445,7 @@ impl Source for HttpSource {
 /// 404/410, other 4xx) goes back to the probe or fetch that decides what it means.
 fn classify(reply: &client::Reply) -> Verdict {
     if client::is_transient(reply.status) {
-        Verdict::Retry {
-            detail: format!("HTTP {}", reply.status.as_u16()),
-            after: client::retry_after(&reply.headers),
-        }
+        client::transient_verdict(reply, format!("HTTP {}", reply.status.as_u16()))
     } else {
         Verdict::Accept
     }
@@ -531,6 +529,7 @@ mod tests {
             SourceId::new("web").expect("id"),
             HttpSettings::new(vec![page.clone()]),
             reqwest::Client::new(),
+            &Gates::local(),
         )
         .expect("source");
 
@@ -571,7 +570,13 @@ mod tests {
 
         let mut s = HttpSettings::new(vec![page.clone()]);
         s.max_retries = 1;
-        let impatient = HttpSource::new(SourceId::new("web").expect("id"), s, reqwest::Client::new()).expect("source");
+        let impatient = HttpSource::new(
+            SourceId::new("web").expect("id"),
+            s,
+            reqwest::Client::new(),
+            &Gates::local(),
+        )
+        .expect("source");
         let calls = ApiCalls::default();
         let mut feed = impatient
             .open_feed(

@@ -7,7 +7,7 @@
 
 use url::Url;
 
-use crate::sources::settings::{ClientSettings, default_max_retries, default_request_timeout_secs};
+use crate::sources::settings::{ClientSettings, RateSettings, default_max_retries, default_request_timeout_secs};
 
 /// Most concurrent requests a source may configure.
 pub const MAX_CONCURRENCY: usize = 64;
@@ -32,6 +32,10 @@ pub struct HttpSettings {
     /// Per-request timeout in seconds (default 30).
     #[serde(default = "default_request_timeout_secs")]
     pub request_timeout_secs: u64,
+    /// The source's fleet-wide rate gate (`[sources.settings.rate]`): budget
+    /// and backoff after throttles (defaults: no budget, 1 s start, 32 s cap).
+    #[serde(default)]
+    pub rate: RateSettings,
     /// `User-Agent` sent with every request (default: the client's, `tidemark/<version>`).
     #[serde(default)]
     pub user_agent: Option<String>,
@@ -48,6 +52,7 @@ impl HttpSettings {
             sitemap: None,
             max_retries: default_max_retries(),
             request_timeout_secs: default_request_timeout_secs(),
+            rate: RateSettings::default(),
             user_agent: None,
             concurrency: default_concurrency(),
         }
@@ -83,6 +88,7 @@ impl HttpSettings {
             max_retries: self.max_retries,
             request_timeout_secs: self.request_timeout_secs,
             user_agent: self.user_agent.clone(),
+            rate: self.rate.clone(),
         }
     }
 }
