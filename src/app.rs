@@ -11,6 +11,7 @@ use deadpool_redis::Pool;
 use crate::config::{Config, SinkConfig};
 use crate::coordinator::Coordinator;
 use crate::db::{self, PoolError};
+use crate::hooks::{Hooks, RunHooks};
 use crate::keys::Keys;
 use crate::lock::LockManager;
 use crate::sinks::Sink;
@@ -49,6 +50,9 @@ pub struct App {
     pub sources: HashMap<SourceId, Arc<dyn Source>>,
     /// The sink.
     pub sink: Arc<dyn Sink>,
+    /// Run points announced by the coordinators and workers built here; none
+    /// unless a test installed some ([`App::with_hooks`]).
+    pub hooks: Hooks,
 }
 
 impl App {
@@ -89,7 +93,15 @@ impl App {
             keys,
             sources,
             sink,
+            hooks: Hooks::default(),
         })
+    }
+
+    /// Tests only: coordinators and workers built from here on announce their
+    /// run points to `hooks` and wait for it (see [`crate::hooks`]).
+    pub fn with_hooks(mut self, hooks: Arc<dyn RunHooks>) -> Self {
+        self.hooks = Hooks::new(hooks);
+        self
     }
 
     /// The state store.
@@ -99,28 +111,34 @@ impl App {
 
     /// A coordinator named `consumer`.
     pub fn coordinator(&self, consumer: impl Into<String>) -> Arc<Coordinator> {
-        Arc::new(Coordinator::new(
-            self.pool.clone(),
-            self.keys.clone(),
-            self.locks.clone(),
-            self.sources.clone(),
-            self.sink.clone(),
-            &self.config.sources,
-            self.config.sync.clone(),
-            consumer.into(),
-        ))
+        Arc::new(
+            Coordinator::new(
+                self.pool.clone(),
+                self.keys.clone(),
+                self.locks.clone(),
+                self.sources.clone(),
+                self.sink.clone(),
+                &self.config.sources,
+                self.config.sync.clone(),
+                consumer.into(),
+            )
+            .with_hooks(self.hooks.clone()),
+        )
     }
 
     /// A worker named `consumer`.
     pub fn worker(&self, consumer: impl Into<String>) -> Arc<Worker> {
-        Arc::new(Worker::new(
-            self.pool.clone(),
-            self.keys.clone(),
-            self.sources.clone(),
-            self.sink.clone(),
-            self.config.sync.clone(),
-            consumer.into(),
-        ))
+        Arc::new(
+            Worker::new(
+                self.pool.clone(),
+                self.keys.clone(),
+                self.sources.clone(),
+                self.sink.clone(),
+                self.config.sync.clone(),
+                consumer.into(),
+            )
+            .with_hooks(self.hooks.clone()),
+        )
     }
 }
 

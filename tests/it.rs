@@ -28,6 +28,8 @@ mod layout;
 mod lock;
 /// Dead letters, poison jobs, redelivery after a worker dies.
 mod queue;
+/// Races made deterministic: a source changes at a point of a run the test chooses.
+mod races;
 /// Every per-run key expires.
 mod run_keys;
 /// End-to-end sync scenarios from the problem statement.

@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{SourceConfig, SourcePolicy, SyncConfig};
+use crate::hooks::Hooks;
 use crate::keys::Keys;
 use crate::lock::{self, Lease, LockManager};
 use crate::queue::jobs::SyncRequest;
@@ -100,6 +101,8 @@ pub struct Coordinator {
     policies: HashMap<SourceId, SourcePolicy>,
     cfg: SyncConfig,
     consumer: String,
+    /// Run points for tests ([`crate::hooks`]); none in production.
+    hooks: Hooks,
 }
 
 impl Coordinator {
@@ -142,7 +145,14 @@ impl Coordinator {
             policies,
             cfg,
             consumer,
+            hooks: Hooks::default(),
         }
+    }
+
+    /// Announces this coordinator's run points to `hooks` (tests; see [`crate::hooks`]).
+    pub fn with_hooks(mut self, hooks: Hooks) -> Self {
+        self.hooks = hooks;
+        self
     }
 
     fn request_idle_timeout(&self) -> Duration {

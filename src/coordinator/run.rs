@@ -16,6 +16,7 @@ use deadpool_redis::Pool;
 use tokio_util::sync::CancellationToken;
 
 use super::{Coordinator, Error, GROUP, plan};
+use crate::hooks::Point;
 use crate::lock::{Lease, LockManager};
 use crate::queue::jobs::{self, JobItem, PageJob};
 use crate::queue::streams;
@@ -98,6 +99,7 @@ impl Coordinator {
             };
         }
 
+        self.hooks.at(&id, run, Point::Planned).await;
         let mut pages = 0u32;
         self.enqueue_pages(&id, run, token, &plan.items, &mut pages).await?;
         let feed_read = RunUpdate {
@@ -111,6 +113,7 @@ impl Coordinator {
         self.state.update_run(&id, run, token, &feed_read).await?;
         tracing::info!(source = %id, run = %run, pages, docs = plan.items.len(), unchanged = plan.unchanged, "feed read, jobs enqueued");
         self.wait_for_pages(&id, run, u64::from(pages), lost).await?;
+        self.hooks.at(&id, run, Point::PagesDone).await;
 
         // Dependents: what changed may have made other documents stale without
         // changing them at the source. Their rewrite needs the state the pages
@@ -127,6 +130,7 @@ impl Coordinator {
             tracing::info!(source = %id, run = %run, dependents = refresh.len(), "dependents enqueued");
         }
         let record = self.wait_for_pages(&id, run, u64::from(pages), lost).await?;
+        self.hooks.at(&id, run, Point::BeforeCommit).await;
         let status = if record.pages_failed == 0 && guard.is_none() {
             // A targeted run read no feed: the checkpoint stays for the next full-feed run.
             if let Some(end) = &end {
