@@ -7,7 +7,7 @@
 //! (issue 8: convergence seed 334 failed under load and passed on replay), so
 //! the coordinator and the worker announce each point to an optional
 //! [`RunHooks`] and wait for it to return. A test installs one through
-//! [`crate::app::App::with_hooks`], applies its change while the run waits, and
+//! `App::with_hooks` (in `app`), applies its change while the run waits, and
 //! so replays the same interleaving every time.
 //!
 //! Production never installs hooks: [`Hooks::at`] is then one `Option` check.
