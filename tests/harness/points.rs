@@ -59,7 +59,6 @@ impl std::fmt::Display for When {
 /// A run paused at an armed point; it goes on when this is resumed or dropped.
 pub struct Paused {
     pub source: SourceId,
-    pub run: RunId,
     pub when: When,
     resume: oneshot::Sender<()>,
 }
@@ -148,7 +147,6 @@ impl RunHooks for Director {
             let (tx, rx) = oneshot::channel();
             let paused = Paused {
                 source: at.source.clone(),
-                run: at.run.clone(),
                 when,
                 resume: tx,
             };
