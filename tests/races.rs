@@ -145,3 +145,59 @@ async fn children_moved_up_to_a_grandparent_by_a_racing_deletion() {
     .await;
     assert_converges_in_one_quiet_sync(&env).await;
 }
+
+/// Issue 8, convergence seed 45: a parent and its child both change, and the
+/// parent is renamed again after the plan. The child's breadcrumb was planned
+/// from the feed's (old) parent title; the dependents pass skipped the child
+/// because this run had written it itself, so the stale breadcrumb stayed for
+/// good (neither page changes again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parent_renamed_between_feed_and_fetch_reaches_a_child_written_in_the_same_run() {
+    let (env, director, mut paused) = env_with_points(Options {
+        pages: 0,
+        page_size: 4,
+        ..Options::default()
+    })
+    .await;
+    let parent = env.sim.create_page("Parent", None, "<p>p</p>");
+    let child = env.sim.create_page("Child", Some(&parent), "<p>c</p>");
+    env.coordinator("c1");
+    env.worker("w1");
+    env.sync(SyncMode::Full).await;
+
+    env.sim.update_page(&parent, None, Some("<p>p2</p>"));
+    env.sim.update_page(&child, Some("Child renamed"), None);
+    sync_with_change_at(&env, &director, &mut paused, When::PageStart(0), || {
+        env.sim.update_page(&parent, Some("Parent renamed"), None);
+    })
+    .await;
+    env.assert_sink_matches_source();
+    assert_converges_in_one_quiet_sync(&env).await;
+}
+
+/// A parent renamed before the feed and renamed back after the plan: the
+/// title it ends with equals what we held, so it is no rename by that
+/// comparison, yet its child's planned breadcrumb carries the intermediate title.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parent_renamed_and_back_around_the_plan_leaves_no_stale_breadcrumb() {
+    let (env, director, mut paused) = env_with_points(Options {
+        pages: 0,
+        page_size: 1,
+        ..Options::default()
+    })
+    .await;
+    let parent = env.sim.create_page("Parent", None, "<p>p</p>");
+    let child = env.sim.create_page("Child", Some(&parent), "<p>c</p>");
+    env.coordinator("c1");
+    env.worker("w1");
+    env.sync(SyncMode::Full).await;
+
+    env.sim.update_page(&parent, Some("Interim"), None);
+    env.sim.update_page(&child, None, Some("<p>c2</p>"));
+    sync_with_change_at(&env, &director, &mut paused, When::Planned, || {
+        env.sim.update_page(&parent, Some("Parent"), None);
+    })
+    .await;
+    env.assert_sink_matches_source();
+    assert_converges_in_one_quiet_sync(&env).await;
+}
