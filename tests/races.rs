@@ -4,9 +4,12 @@
 //! one quiet sync the sink equals the source (parents included), and a further
 //! sync has nothing to do.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use tidemark::simulators::gdrive::{GdriveSim, SimConfig as GdriveConfig};
 use tidemark::sinks::SinkDocument;
+use tidemark::sources::gdrive::{Kind, version_string};
 use tidemark::state::RunStatus;
 use tidemark::types::SyncMode;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -200,4 +203,83 @@ async fn parent_renamed_and_back_around_the_plan_leaves_no_stale_breadcrumb() {
     .await;
     env.assert_sink_matches_source();
     assert_converges_in_one_quiet_sync(&env).await;
+}
+
+/// An environment whose source `eng` is a simulated Drive folder, with points.
+async fn drive_env_with_points() -> (Env, GdriveSim, Arc<Director>, UnboundedReceiver<Paused>) {
+    let sim = GdriveSim::new(GdriveConfig::default());
+    let (addr, _task) = sim.serve("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
+    let source = format!(
+        "[[sources]]\nid = \"eng\"\nkind = \"gdrive\"\n[sources.settings]\nbase_url = \"http://{addr}\"\nfolder_id = \"root-folder\"\n"
+    );
+    let (env, director, paused) = env_with_points(Options {
+        pages: 0,
+        page_size: 1,
+        source_toml: Some(source),
+        ..Options::default()
+    })
+    .await;
+    (env, sim, director, paused)
+}
+
+/// The sink holds exactly the syncable files of the synced tree: id, version, name, parent, content.
+fn assert_sink_matches_drive(env: &Env, sim: &GdriveSim) {
+    type Row = (String, String, Option<String>, String);
+    let expected: BTreeMap<String, Row> = sim
+        .files_in_tree()
+        .into_iter()
+        .filter_map(|f| {
+            let kind = Kind::of_mime(&f.mime_type)?;
+            let row = (
+                version_string(kind, &f.version.to_string()),
+                f.name,
+                f.parent,
+                f.content,
+            );
+            Some((f.id, row))
+        })
+        .collect();
+    let got: BTreeMap<String, Row> = env
+        .sink_docs()
+        .into_iter()
+        .map(|d| (d.id.0, (d.version, d.title, d.parent.map(|p| p.0), d.content)))
+        .collect();
+    crate::harness::assert_same_docs("the drive", &expected, &got);
+}
+
+/// Drive's sibling of seed 334: a folder is trashed (its files with it, with no
+/// change of their own) while a run applies an edit to one of its files, and a
+/// second folder leaves the synced tree after the plan. One quiet sync later
+/// the sink holds neither folder's files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drive_folders_trashed_or_moved_out_while_their_files_are_applied() {
+    let (env, sim, director, mut paused) = drive_env_with_points().await;
+    let root = sim.root_folder_id();
+    let trashed = sim.create_folder("Trashed", &root).expect("folder");
+    let moved = sim.create_folder("Moved", &root).expect("folder");
+    let a = sim.create_file("a.txt", &trashed, "text/plain", "a").expect("file");
+    let b = sim.create_file("b.txt", &moved, "text/plain", "b").expect("file");
+    // Enough others that two deletions stay under the deletion guard's share.
+    for n in 0..4 {
+        sim.create_file(&format!("c{n}.txt"), &root, "text/plain", "c")
+            .expect("file");
+    }
+    env.coordinator("c1");
+    env.worker("w1");
+    let full = env.sync(SyncMode::Full).await;
+    assert_eq!(full.status, RunStatus::Completed, "{full:?}");
+    assert_sink_matches_drive(&env, &sim);
+
+    sim.update_file(&a, None, Some("a2"));
+    sim.update_file(&b, None, Some("b2"));
+    sync_with_change_at(&env, &director, &mut paused, When::PageStart(0), || {
+        assert!(sim.trash_file(&trashed));
+        assert!(sim.move_file(&moved, &sim.drive_root_id()));
+    })
+    .await;
+    let quiet = env.sync(SyncMode::Incremental).await;
+    assert_eq!(quiet.status, RunStatus::Completed, "{quiet:?}");
+    assert_sink_matches_drive(&env, &sim);
+    let noop = env.sync(SyncMode::Incremental).await;
+    assert_eq!(noop.docs_processed, 0, "{noop:?}");
 }
