@@ -12,6 +12,7 @@ use crate::config::{Config, SinkConfig};
 use crate::coordinator::Coordinator;
 use crate::db::{self, PoolError};
 use crate::gate::Gates;
+use crate::hooks::{Hooks, RunHooks};
 use crate::keys::Keys;
 use crate::lock::LockManager;
 use crate::sinks::Sink;
@@ -50,6 +51,9 @@ pub struct App {
     pub sources: HashMap<SourceId, Arc<dyn Source>>,
     /// The sink.
     pub sink: Arc<dyn Sink>,
+    /// Run points announced by the coordinators and workers built here; none
+    /// unless a test installed some ([`App::with_hooks`]).
+    pub hooks: Hooks,
 }
 
 impl App {
@@ -92,7 +96,15 @@ impl App {
             keys,
             sources,
             sink,
+            hooks: Hooks::default(),
         })
+    }
+
+    /// Tests only: coordinators and workers built from here on announce their
+    /// run points to `hooks` and wait for it (see [`crate::hooks`]).
+    pub fn with_hooks(mut self, hooks: Arc<dyn RunHooks>) -> Self {
+        self.hooks = Hooks::new(hooks);
+        self
     }
 
     /// The state store.
@@ -114,7 +126,8 @@ impl App {
                 consumer.into(),
             )
             .with_redis_retry(self.config.redis.retry, self.redis_addr())
-            .with_retention(self.config.queue.clone()),
+            .with_retention(self.config.queue.clone())
+            .with_hooks(self.hooks.clone()),
         )
     }
 
@@ -129,7 +142,8 @@ impl App {
                 self.config.sync.clone(),
                 consumer.into(),
             )
-            .with_redis_retry(self.config.redis.retry, self.redis_addr()),
+            .with_redis_retry(self.config.redis.retry, self.redis_addr())
+            .with_hooks(self.hooks.clone()),
         )
     }
 

@@ -22,6 +22,8 @@
 //! - [`coordinator`]: request -> lock -> change feed -> page jobs -> checkpoint
 //!   (`run`, `plan`, `dependents`).
 //! - [`worker`]: page job -> fetch -> sink + state -> ack.
+//! - [`hooks`]: named points of a run (feed page read, planned, page start/end,
+//!   pages done, before commit) where a test may pause it to replay a race.
 //! - [`sources`]: the `Source` trait, one folder per connector (settings, api,
 //!   feed, ...), and what they share (`client`, `settings`, `secret`, `clock`).
 //! - [`sinks`]: the `Sink` trait and one sink per file.
@@ -40,6 +42,7 @@ pub mod config;
 pub mod coordinator;
 pub mod db;
 pub mod gate;
+pub mod hooks;
 pub mod keys;
 pub mod lock;
 pub mod queue;

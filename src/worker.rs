@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::ancestry::{self, Tree};
 use crate::config::SyncConfig;
+use crate::hooks::{Hooks, Point};
 use crate::keys::Keys;
 use crate::lock::fencing::StaleFence;
 use crate::queue::jobs::{self, Action, PageJob};
@@ -153,12 +154,34 @@ pub struct Worker {
     /// How the run loop rides out Redis faults, and the (redacted) address it names in logs.
     retry: Backoff,
     redis_addr: String,
+    /// Run points for tests ([`crate::hooks`]); none in production.
+    hooks: Hooks,
 }
 
-/// SHA-256 over what the sink receives, so a change in any of it is a change.
-pub fn content_hash(title: &str, breadcrumb: &[String], content: &str, links: &[Link]) -> String {
+/// SHA-256 over what the sink receives besides the version, so a change in any
+/// of it is a change: the skip check and the sink's own idempotence compare
+/// version and this hash only.
+///
+/// The parent is in it because a source may move a document without a new
+/// version (Confluence moves a deleted page's children up). Without it, such a
+/// child, once refreshed by a run that saw the deletion but not the move, was
+/// planned by every later run (the coordinator compares parents) and skipped by
+/// the worker and the sink: the dead parent stayed in the sink for good
+/// (issue 8, convergence seed 334; `races::children_moved_up_by_a_deletion_racing_a_sync`).
+pub fn content_hash(
+    title: &str,
+    parent: Option<&DocumentId>,
+    breadcrumb: &[String],
+    content: &str,
+    links: &[Link],
+) -> String {
     let mut h = Sha256::new();
     h.update(title.as_bytes());
+    h.update([0u8]);
+    if let Some(p) = parent {
+        h.update([3u8]);
+        h.update(p.0.as_bytes());
+    }
     h.update([0u8]);
     for b in breadcrumb {
         h.update(b.as_bytes());
@@ -198,6 +221,7 @@ impl Worker {
             consumer,
             retry: Backoff::default(),
             redis_addr: "redis".into(),
+            hooks: Hooks::default(),
         }
     }
 
@@ -206,6 +230,35 @@ impl Worker {
         self.retry = retry;
         self.redis_addr = addr.into();
         self
+    }
+
+    /// Announces this worker's page starts and ends to `hooks` (tests; see [`crate::hooks`]).
+    pub fn with_hooks(mut self, hooks: Hooks) -> Self {
+        self.hooks = hooks;
+        self
+    }
+
+    /// [`Worker::handle`] between the `PageStart` and `PageEnd` run points.
+    async fn handle_at_points(&self, entry: Entry, deliveries: u64) {
+        let r = jobs::routing(&entry);
+        let (Some(source), Some(run), Some(page)) = (r.source, r.run, r.page) else {
+            return self.handle(entry, deliveries).await;
+        };
+        // Paused at the point (a test deciding when the page goes), the entry is
+        // kept fresh as if in flight, so no other worker claims it meanwhile.
+        let start = self.hooks.at(&source, &run, Point::PageStart { page, deliveries });
+        let keep_fresh = async {
+            loop {
+                tokio::time::sleep(self.cfg.job_idle_timeout / 3).await;
+                let _ = streams::touch(&self.pool, &self.keys.jobs(), GROUP, &self.consumer, &entry.id).await;
+            }
+        };
+        tokio::select! {
+            () = start => {}
+            _ = keep_fresh => unreachable!("the refresh loop never ends"),
+        }
+        self.handle(entry, deliveries).await;
+        self.hooks.at(&source, &run, Point::PageEnd { page, deliveries }).await;
     }
 
     /// Consumes jobs until `shutdown` is cancelled, then lets in-flight pages finish
@@ -280,7 +333,7 @@ impl Worker {
                 };
                 let me = self.clone();
                 tracker.spawn(async move {
-                    me.handle(entry, 1).await;
+                    me.handle_at_points(entry, 1).await;
                     drop(p);
                 });
             }
@@ -325,7 +378,7 @@ impl Worker {
                 .expect("the semaphore is never closed");
             let me = self.clone();
             tracker.spawn(async move {
-                me.handle(entry, deliveries).await;
+                me.handle_at_points(entry, deliveries).await;
                 drop(permit);
             });
         }
@@ -611,7 +664,13 @@ impl Worker {
                 breadcrumb = ancestry::breadcrumb(&doc.meta.id, tree);
             }
             let links = resolve(&doc.links);
-            let hash = content_hash(&doc.meta.title, &breadcrumb, &doc.content, &links);
+            let hash = content_hash(
+                &doc.meta.title,
+                doc.meta.parent.as_ref(),
+                &breadcrumb,
+                &doc.content,
+                &links,
+            );
             let old = held.get(&doc.meta.id);
             if !unsettled.contains(&doc.meta.id)
                 && old.is_some_and(|h| h.version == doc.meta.version && h.content_hash == hash)
@@ -655,7 +714,7 @@ impl Worker {
             };
             let breadcrumb = breadcrumbs.get(id).map(|b| (*b).clone()).unwrap_or_default();
             let links = resolve(&old.links);
-            let hash = content_hash(&old.title, &breadcrumb, &doc.content, &links);
+            let hash = content_hash(&old.title, doc.parent.as_ref(), &breadcrumb, &doc.content, &links);
             if !unsettled.contains(id) && doc.breadcrumb == breadcrumb && doc.links == links && old.content_hash == hash
             {
                 stats.skipped += 1;

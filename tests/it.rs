@@ -30,6 +30,8 @@ mod layout;
 mod lock;
 /// Dead letters, poison jobs, redelivery after a worker dies.
 mod queue;
+/// Races made deterministic: a source changes at a point of a run the test chooses.
+mod races;
 /// The fleet-wide rate gate: no early requests after Retry-After, budgets held across worker processes.
 mod rate_gate;
 /// Redis faults: start-up without Redis, readiness, runs and `enqueue --wait` across outages.

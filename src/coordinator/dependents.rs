@@ -44,7 +44,14 @@ impl Coordinator {
                 (Some(now), before) => {
                     let renamed = before.is_some_and(|h| h.title != now.title);
                     let moved = before.is_some_and(|h| h.parent != now.parent);
-                    if renamed || moved {
+                    // Breadcrumbs planned in this run used the feed's title and
+                    // parent; a change between the feed and the fetch (even one
+                    // back to what we held) makes them stale too.
+                    let not_as_planned = plan
+                        .tree
+                        .get(*id)
+                        .is_some_and(|(title, parent)| *title != now.title || *parent != now.parent);
+                    if renamed || moved || not_as_planned {
                         roots.push((*id).clone());
                     }
                     if renamed || before.is_none() {
@@ -68,15 +75,13 @@ impl Coordinator {
         let mut level = roots;
         while !level.is_empty() {
             let sets: Vec<String> = level.iter().map(|d| keys.children(source, d)).collect();
-            let next: Vec<DocumentId> = self
-                .state
-                .union_of(&sets)
-                .await?
-                .into_iter()
-                .filter(|d| visited.insert(d.clone()))
-                .collect();
-            found.extend(next.iter().cloned());
-            level = next;
+            let kids = self.state.union_of(&sets).await?;
+            // Every descendant is refreshed, even one this run wrote itself: its
+            // breadcrumb was planned from the feed, before an ancestor's fetch
+            // found a new title (issue 8, convergence seed 45). The visited set
+            // only cuts cycles; a refresh that changes nothing writes nothing.
+            found.extend(kids.iter().cloned());
+            level = kids.into_iter().filter(|d| visited.insert(d.clone())).collect();
         }
         let sets: Vec<String> = link_targets.iter().map(|d| keys.linked_from(source, d)).collect();
         found.extend(self.state.union_of(&sets).await?);

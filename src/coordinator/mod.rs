@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{SourceConfig, SourcePolicy, SyncConfig};
+use crate::hooks::Hooks;
 use crate::keys::Keys;
 use crate::lock::{self, Lease, LockManager};
 use crate::queue::jobs::SyncRequest;
@@ -115,6 +116,8 @@ pub struct Coordinator {
     retry: Backoff,
     redis_addr: String,
     retention: queue::retention::Retention,
+    /// Run points for tests ([`crate::hooks`]); none in production.
+    hooks: Hooks,
 }
 
 impl Coordinator {
@@ -160,6 +163,7 @@ impl Coordinator {
             retry: Backoff::default(),
             redis_addr: "redis".into(),
             retention: queue::retention::Retention::default(),
+            hooks: Hooks::default(),
         }
     }
 
@@ -173,6 +177,12 @@ impl Coordinator {
     /// What the streams keep (`[queue]`); the default unless set.
     pub fn with_retention(mut self, retention: queue::retention::Retention) -> Self {
         self.retention = retention;
+        self
+    }
+
+    /// Announces this coordinator's run points to `hooks` (tests; see [`crate::hooks`]).
+    pub fn with_hooks(mut self, hooks: Hooks) -> Self {
+        self.hooks = hooks;
         self
     }
 

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Coordinator, Error};
 use crate::ancestry::{self, Tree};
 use crate::config::SourcePolicy;
+use crate::hooks::Point;
 use crate::queue::jobs::{Action, JobItem, SyncRequest};
 use crate::sources::{self, DocMeta, Observation, Source};
 use crate::state::HeldMeta;
@@ -264,6 +265,7 @@ impl Coordinator {
 
         let mut changed: HashMap<DocumentId, DocMeta> = HashMap::new();
         let mut deleted: HashSet<DocumentId> = HashSet::new();
+        let mut feed_pages = 0u32;
         loop {
             if lost.is_cancelled() {
                 return Err(Error::LockLost(id));
@@ -361,6 +363,8 @@ impl Coordinator {
                 self.state.mark_seen(&seen, &mark, &unmark)
             })
             .await?;
+            self.hooks.at(&id, run, Point::FeedPage(feed_pages)).await;
+            feed_pages += 1;
         }
         let end = feed.end();
         // Directories and the like: not documents, but breadcrumbs pass through them.

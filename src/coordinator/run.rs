@@ -27,6 +27,7 @@ use deadpool_redis::Pool;
 use tokio_util::sync::CancellationToken;
 
 use super::{Coordinator, Error, GROUP, plan};
+use crate::hooks::Point;
 use crate::lock::{Lease, LockManager};
 use crate::queue::jobs::{self, JobItem, PageJob};
 use crate::queue::streams;
@@ -120,6 +121,7 @@ impl Coordinator {
             };
         }
 
+        self.hooks.at(&id, run, Point::Planned).await;
         let mut pages = 0u32;
         self.enqueue_pages(&id, run, token, &plan.items, &mut pages, lost)
             .await?;
@@ -137,6 +139,7 @@ impl Coordinator {
         .await?;
         tracing::info!(source = %id, run = %run, pages, docs = plan.items.len(), unchanged = plan.unchanged, "feed read, jobs enqueued");
         self.wait_for_pages(&id, run, u64::from(pages), lost).await?;
+        self.hooks.at(&id, run, Point::PagesDone).await;
 
         // Dependents: what changed may have made other documents stale without
         // changing them at the source. Their rewrite needs the state the pages
@@ -158,6 +161,7 @@ impl Coordinator {
             tracing::info!(source = %id, run = %run, dependents = refresh.len(), "dependents enqueued");
         }
         let record = self.wait_for_pages(&id, run, u64::from(pages), lost).await?;
+        self.hooks.at(&id, run, Point::BeforeCommit).await;
         let commit = record.pages_failed == 0 && guard.is_none();
         if commit && let Some(end) = &end {
             // A targeted run read no feed: the checkpoint stays for the next full-feed run.

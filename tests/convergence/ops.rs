@@ -10,6 +10,9 @@ use std::time::{Duration, SystemTime};
 use super::compare::Docs;
 use super::rng::Rng;
 
+/// Counter values reserved for one fork: far more than a round's operations use.
+const FORK_BLOCK: u64 = 10_000;
+
 /// One seed's stream of operations. The four sources share it, so its draws,
 /// ticks and log lines interleave in the one order a seed replays.
 pub struct Ops {
@@ -34,6 +37,25 @@ impl Ops {
     pub fn tick(&mut self) -> u64 {
         self.counter += 1;
         self.counter
+    }
+
+    /// A stream of its own for one source's operations at a run point: its own
+    /// RNG (`rng`), and a block of counter values (`slot`) above everything used
+    /// so far, so its names, contents and mtimes stay unique and increasing
+    /// whichever source's point comes first. [`Ops::join`] takes it back.
+    pub fn fork(&self, rng: Rng, slot: u64) -> Ops {
+        Ops {
+            seed: self.seed,
+            rng,
+            log: Vec::new(),
+            counter: self.counter + FORK_BLOCK * (slot + 1),
+        }
+    }
+
+    /// Takes back a fork: later ticks are above all of its ticks; returns its log.
+    pub fn join(&mut self, fork: Ops) -> Vec<String> {
+        self.counter = self.counter.max(fork.counter);
+        fork.log
     }
 
     /// A fresh, strictly increasing modification time (whole seconds, so nginx's ETag moves).

@@ -1,19 +1,33 @@
 //! One seed's world: its setup (the simulators, directories, the `App` with
-//! its four sources, one coordinator and two workers), its scenario (a first
-//! sync, rounds of operations racing the syncs, a quiet sync, a no-op sync),
-//! the check of every run, and the final comparison of the sink with every
-//! source.
+//! its four sources, one coordinator and two workers, and the run points they
+//! announce to a `Director`), its scenario (a first sync, rounds of operations
+//! racing the syncs at seeded run points, a quiet sync, a no-op sync), the
+//! check of every run, and the final comparison of the sink with every source.
+//!
+//! Races are placed, not timed: in a racing round each source's run is paused
+//! at a point drawn from the seed (after feed page n, after the plan, before
+//! page k, before the dependents, before the commit) and that source's
+//! operations are applied there, from a stream of their own (`Ops::fork`), so
+//! whichever run gets to its point first, every source sees the same operations
+//! at the same place of its run. Pages of one run are applied one at a time in
+//! page order; runs of different sources still run at once (they share no
+//! data). A replay (`TIDEMARK_SEED=n`) therefore repeats the interleaving. One
+//! seed in eight instead lets the pages of a run go in parallel (logged as
+//! "free page order"): random concurrency still finds what placement cannot,
+//! but such a seed may replay differently.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono_tz::Tz;
 use tidemark::app::App;
 use tidemark::config::Config;
 use tidemark::queue::jobs::SyncRequest;
-use tidemark::state::{RunRecord, RunStatus};
+use tidemark::state::{RunRecord, RunStatus, StateStore};
 use tidemark::types::{SourceId, SyncMode};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
 use super::compare::{diff, sink_docs};
@@ -22,6 +36,8 @@ use super::filesystem::Filesystem;
 use super::gdrive::Drive;
 use super::http::Web;
 use super::ops::{Ops, SimulatedSource};
+use super::rng::Rng;
+use crate::harness::points::{Director, Paused, When};
 
 /// Longest one sync (or one wait for a run to reach a phase) may take.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -53,7 +69,18 @@ pub struct World {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Runs this seed waited for and checked.
     pub runs: usize,
+    /// What each checked run did, in order: what a replay must repeat.
+    pub trace: Vec<String>,
+    /// Pages of a run go in parallel (a replay may differ).
+    pub free: bool,
     started: Instant,
+    /// Pauses runs at armed points (and orders pages unless `free`).
+    director: Arc<Director>,
+    /// Runs paused at their armed points.
+    paused: Option<UnboundedReceiver<Paused>>,
+    /// Where racing operations go, drawn apart from `ops` so the main stream
+    /// of operations does not depend on the schedule.
+    schedule: Rng,
 }
 
 /// How a round's syncs meet its mutations.
@@ -61,10 +88,33 @@ pub struct World {
 enum Mid {
     /// Everything is applied before the syncs are enqueued.
     Before,
-    /// Part is applied right after enqueueing (racing the feeds).
+    /// Part is applied at a seeded point of each feed (after feed page n, or after the plan).
     AfterEnqueue,
-    /// Part is applied once every feed has been read (racing the workers).
+    /// Part is applied at a seeded point after the feed (before page k, before
+    /// the dependents, or before the commit).
     AfterFeed,
+}
+
+/// Where one source's racing operations land in its run.
+fn draw_point(rng: &mut Rng, mid: Mid) -> When {
+    match mid {
+        Mid::AfterEnqueue if rng.chance(25) => When::Planned,
+        Mid::AfterEnqueue => When::FeedPage(rng.below(3) as u32),
+        _ => match rng.below(100) {
+            0..=59 => When::PageStart(rng.below(4) as u32),
+            60..=84 => When::PagesDone,
+            _ => When::BeforeCommit,
+        },
+    }
+}
+
+/// Waits for the run serving `request` of `source` to end.
+async fn wait_request(state: StateStore, source: &'static str, request: String) -> Result<RunRecord, String> {
+    state
+        .wait_for_request(&sid(source), &request, Duration::from_millis(10), RUN_TIMEOUT)
+        .await
+        .map_err(|e| format!("state: {e}"))?
+        .ok_or_else(|| format!("[{source}] request {request} did not finish within {RUN_TIMEOUT:?}"))
 }
 
 pub fn sid(s: &str) -> SourceId {
@@ -155,7 +205,15 @@ sitemap = "{web_base}sitemap.xml"
             tz = tz.name(),
             fs_root = files.root.path().display().to_string(),
         );
+        // Apart from `ops`: the schedule of racing points does not shift the operations.
+        let mut schedule = Rng::new(seed ^ 0x5ced_u64.rotate_left(40));
+        let free = schedule.chance(12);
+        let (director, paused) = Director::new(!free);
+        let director = Arc::new(director);
         let mut w = World {
+            director: director.clone(),
+            paused: Some(paused),
+            schedule,
             ops,
             conf,
             drive,
@@ -166,16 +224,24 @@ sitemap = "{web_base}sitemap.xml"
                 Config::parse(&text, Path::new("unused.toml"), |_| None)
                     .unwrap_or_else(|e| panic!("seed {seed}: config: {e}")),
             )
-            .expect("app"),
+            .expect("app")
+            .with_hooks(director),
             stop: CancellationToken::new(),
             tasks: Vec::new(),
             runs: 0,
+            trace: Vec::new(),
+            free,
             started: Instant::now(),
         };
         w.ops.log.push(format!(
             "settings: tz {}, skew {skew_secs}s, sweep_every {conf_sweep}, page_size {page_size}, confluence page_limit {conf_limit}, drive page_size {drive_page}",
             tz.name()
         ));
+        if free {
+            w.ops
+                .log
+                .push("free page order: pages of a run go in parallel (a replay may interleave differently)".into());
+        }
         // Initial filesystem and web content.
         w.files.populate(&mut w.ops);
         w.web.populate(&mut w.ops);
@@ -229,36 +295,18 @@ sitemap = "{web_base}sitemap.xml"
             .ok_or_else(|| format!("[{source}] request {request} did not finish within {RUN_TIMEOUT:?}"))
     }
 
-    /// Waits until every request's run has read its feed (or ended).
-    async fn wait_feeds_read(&self, requests: &[(&str, String)]) -> Result<(), String> {
-        let state = self.app.state();
-        let deadline = Instant::now() + RUN_TIMEOUT;
-        for (source, request) in requests {
-            let source = sid(source);
-            loop {
-                if let Some(run) = state
-                    .run_for_request(&source, request)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    && state
-                        .run(&source, &run)
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .is_some_and(|r| r.feed_done || r.status.is_terminal())
-                {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    return Err(format!("[{source}] run of {request} did not read its feed in time"));
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-        Ok(())
-    }
-
     /// Checks one ended run: completed, and fell back to a listing when tokens were expired.
-    fn check_run(&self, source: &str, rec: &RunRecord, expired: bool) -> Result<(), String> {
+    fn check_run(&mut self, source: &str, rec: &RunRecord, expired: bool) -> Result<(), String> {
+        self.trace.push(format!(
+            "[{source}] {:?}: processed {}, upserted {}, deleted {}, skipped {}, dependents {} ({} updated)",
+            rec.status,
+            rec.docs_processed,
+            rec.upserted,
+            rec.deleted,
+            rec.skipped,
+            rec.dependents,
+            rec.dependents_updated,
+        ));
         if rec.status != RunStatus::Completed {
             return Err(format!(
                 "[{source}] run {} ended {:?}: error {:?}, note {:?}",
@@ -315,6 +363,16 @@ sitemap = "{web_base}sitemap.xml"
             },
             if drive_429 { ", drive 2x429" } else { "" },
         ));
+        if mid != Mid::Before {
+            self.ops.log.push(format!(
+                "   (part of the operations races the syncs {}:)",
+                if mid == Mid::AfterEnqueue {
+                    "in their feeds"
+                } else {
+                    "after their feeds"
+                }
+            ));
+        }
         self.apply_ops(2);
         if expire {
             self.drive.sim.expire_all_tokens();
@@ -327,28 +385,75 @@ sitemap = "{web_base}sitemap.xml"
         if drive_429 {
             self.drive.sim.fail_next(2, 429);
         }
+        // Racing operations: per source, a point of its run and a stream of its own.
+        let mut racing: Vec<(When, usize, Option<Ops>)> = Vec::new();
+        if mid != Mid::Before {
+            for (i, s) in SOURCES.iter().enumerate() {
+                let when = draw_point(&mut self.schedule, mid);
+                let n = self.schedule.range(1, 3);
+                let fork = self
+                    .ops
+                    .fork(Rng::new(self.schedule.below(usize::MAX) as u64), i as u64);
+                self.director.arm(&sid(s), when);
+                racing.push((when, n, Some(fork)));
+            }
+        }
         let mut requests = Vec::new();
         for s in SOURCES {
             requests.push((s, self.enqueue(s).await));
         }
-        match mid {
-            Mid::Before => {}
-            Mid::AfterEnqueue => {
-                self.ops.log.push("   (syncs enqueued; racing the feeds:)".into());
-                self.apply_ops(1);
+        let state = self.app.state();
+        let waits = futures::future::join_all(requests.iter().map(|(s, r)| wait_request(state.clone(), s, r.clone())));
+        tokio::pin!(waits);
+        let mut paused = self.paused.take().expect("one round at a time");
+        let mut logs: Vec<Vec<String>> = vec![Vec::new(); SOURCES.len()];
+        let records = loop {
+            tokio::select! {
+                records = &mut waits => break records,
+                Some(p) = paused.recv() => {
+                    if let Some(i) = SOURCES.iter().position(|s| sid(s) == p.source)
+                        && let Some((when, n, fork)) = racing.get_mut(i)
+                        && let Some(mut ops) = fork.take()
+                    {
+                        self.mutate_one(i, &mut ops, *n);
+                        logs[i].push(format!("   [{}] paused {when}:", SOURCES[i]));
+                        logs[i].extend(self.ops.join(ops).into_iter().map(|l| format!("     {l}")));
+                    }
+                    p.resume();
+                }
             }
-            Mid::AfterFeed => {
-                self.wait_feeds_read(&requests).await?;
-                self.ops.log.push("   (feeds read; racing the workers:)".into());
-                self.apply_ops(1);
+        };
+        self.paused = Some(paused);
+        // A point the run never reached (fewer pages, a shorter feed): the
+        // operations land after the run, still at one place a replay repeats.
+        for (i, (when, n, fork)) in racing.iter_mut().enumerate() {
+            self.director.disarm(&sid(SOURCES[i]));
+            if let Some(mut ops) = fork.take() {
+                self.mutate_one(i, &mut ops, *n);
+                logs[i].push(format!("   [{}] never reached {when}; after the run:", SOURCES[i]));
+                logs[i].extend(self.ops.join(ops).into_iter().map(|l| format!("     {l}")));
             }
         }
-        for (s, r) in &requests {
-            let rec = self.wait(s, r).await?;
+        for l in logs {
+            self.ops.log.extend(l);
+        }
+        for ((s, _), rec) in requests.iter().zip(records) {
+            let rec = rec?;
             self.runs += 1;
             self.check_run(s, &rec, expire)?;
         }
         Ok(())
+    }
+
+    /// Applies `n` operations drawn from `ops` to source `i` (`SOURCES` order).
+    fn mutate_one(&mut self, i: usize, ops: &mut Ops, n: usize) {
+        let source: &mut dyn SimulatedSource = match i {
+            0 => &mut self.conf,
+            1 => &mut self.drive,
+            2 => &mut self.files,
+            _ => &mut self.web,
+        };
+        source.mutate(ops, n);
     }
 
     /// Syncs all four sources at once; returns their records.

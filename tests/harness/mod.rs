@@ -3,6 +3,7 @@
 //! in-process (or as child processes of the real binary) against them.
 
 pub mod nginx;
+pub mod points;
 pub mod redis_server;
 
 use std::collections::BTreeMap;
