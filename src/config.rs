@@ -454,7 +454,8 @@ impl Config {
         }
         Self::check(raw, &env).map_err(|problems| Error::Invalid {
             path: path.to_owned(),
-            problems,
+            // Problems quote the values they refuse: never a URL's password.
+            problems: problems.iter().map(|p| crate::redact::text(p)).collect(),
         })
     }
 

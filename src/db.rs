@@ -23,18 +23,7 @@ pub struct PoolError {
 /// (`redis://default:***@host:6379`). Text that is not a URL is cut at its last
 /// `@`, since whatever stood before it may be a credential.
 pub fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(u) if u.password().is_none() => url.to_owned(),
-        Ok(mut u) => {
-            // Only a URL that cannot have a password refuses this, and it had one.
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Err(_) => match url.rfind('@') {
-            Some(at) => format!("***{}", &url[at..]),
-            None => url.to_owned(),
-        },
-    }
+    crate::redact::url(url)
 }
 
 /// A pool of `size` connections to `url`, each command bounded by `response_timeout`.

@@ -30,6 +30,7 @@
 //! - [`simulators`]: faithful imitations of third-party APIs, one folder each, for tests and the demo.
 //! - [`api`]: the HTTP API (trigger syncs, request and source status, probes, Prometheus metrics).
 //! - [`app`]: wiring a `Config` into running parts; [`shutdown`]: signals.
+//! - [`redact`]: passwords out of URLs and of any text quoting them (errors, logs, config problems).
 //! - [`report`]: gathering status, and printing it and run figures for people and scripts.
 //! - [`verify`]: sink vs state vs source, and the targeted run that repairs drift.
 
@@ -46,6 +47,7 @@ pub mod hooks;
 pub mod keys;
 pub mod lock;
 pub mod queue;
+pub mod redact;
 pub mod report;
 pub mod retry;
 pub mod shutdown;

@@ -66,7 +66,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", tidemark::redact::text(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

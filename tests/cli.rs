@@ -134,3 +134,47 @@ async fn standalone_enqueue_wait_and_status() {
     assert_eq!(status["sources"][0]["runs"][0]["status"], "completed");
     env.assert_sink_matches_source();
 }
+
+/// No URL password reaches a person: not in config problems, not in a run's
+/// errors from a source that cannot be reached (issue 8, point 7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_passwords_never_reach_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[redis]
+url = "redis://default:s3cret-redis@127.0.0.1:1"
+[sink]
+kind = "directory"
+path = "/tmp/x"
+[[sources]]
+id = "eng"
+kind = "confluence"
+[sources.settings]
+base_url = "https://bot:s3cret-wiki@example.atlassian.net/wiki"
+space_key = "ENG"
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = tidemark(&["check-config", "--config", path.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("bot:***@example.atlassian.net"), "{err}");
+    assert!(!format!("{out}{err}").contains("s3cret"), "{out}{err}");
+
+    // A source URL with credentials that cannot be reached: the run's error names it, redacted.
+    let web = "[[sources]]\nid = \"eng\"\nkind = \"http\"\n[sources.settings]\n\
+               urls = [\"http://u:s3cret-web@127.0.0.1:1/page\"]\nmax_retries = 0\n";
+    let env = crate::harness::Env::start(crate::harness::Options {
+        source_toml: Some(web.into()),
+        ..Default::default()
+    })
+    .await;
+    let _c = env.coordinator("c1");
+    let _w = env.worker("w1");
+    let run = env.sync(tidemark::types::SyncMode::Full).await;
+    assert!(!run.last_error.is_empty(), "{run:?}");
+    assert!(run.last_error.contains("u:***@127.0.0.1"), "{run:?}");
+    assert!(!format!("{run:?}").contains("s3cret"), "{run:?}");
+}

@@ -177,7 +177,8 @@ impl RetryingClient {
 
     /// `source <id>: <label>`: the start of every error context for a call.
     pub fn context(&self, label: impl Display) -> String {
-        format!("source {}: {label}", self.source)
+        // Labels may quote whole URLs (the HTTP connector's): no password in errors.
+        crate::redact::text(&format!("source {}: {label}", self.source))
     }
 
     /// `Error::Permanent` with context `source <id>: <what>`.
@@ -303,11 +304,12 @@ impl RetryingClient {
     }
 
     fn describe(&self, e: &reqwest::Error) -> String {
-        if self.detailed_errors {
+        // reqwest quotes the request's URL, credentials included.
+        crate::redact::text(&if self.detailed_errors {
             with_causes(e)
         } else {
             e.to_string()
-        }
+        })
     }
 }
 
