@@ -28,6 +28,29 @@ fn seed(root: &Path) {
     }
 }
 
+/// A filesystem source seeded with [`FILES`], synced once in full (run 1) by a
+/// coordinator and a worker that are stopped again: no process runs afterwards.
+async fn synced_filesystem() -> (tempfile::TempDir, Env) {
+    let dir = tempfile::tempdir().expect("tmp");
+    seed(dir.path());
+    let toml = format!(
+        "[[sources]]\nid = \"eng\"\nkind = \"filesystem\"\n[sources.settings]\nroot = {:?}\n",
+        dir.path().display().to_string()
+    );
+    let env = Env::start(Options {
+        source_toml: Some(toml),
+        ..Options::default()
+    })
+    .await;
+    let c1 = env.coordinator("c1");
+    let w1 = env.worker("w1");
+    let first = env.sync(SyncMode::Full).await;
+    assert_eq!((first.status, first.upserted), (RunStatus::Completed, 4), "{first:?}");
+    c1.stop().await;
+    w1.stop().await;
+    (dir, env)
+}
+
 /// The sink's ids, sorted.
 fn sink_ids(env: &Env) -> Vec<String> {
     env.sink_docs().into_iter().map(|d| d.id.0).collect()
@@ -40,26 +63,8 @@ fn sink_ids(env: &Env) -> Vec<String> {
 /// sink still holds the document, equal to the source, and a later run agrees.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_deletion_after_failover_never_reaches_the_sink() {
-    let dir = tempfile::tempdir().expect("tmp");
-    seed(dir.path());
-    let toml = format!(
-        "[[sources]]\nid = \"eng\"\nkind = \"filesystem\"\n[sources.settings]\nroot = {:?}\n",
-        dir.path().display().to_string()
-    );
-    let mut env = Env::start(Options {
-        source_toml: Some(toml),
-        ..Options::default()
-    })
-    .await;
+    let (dir, mut env) = synced_filesystem().await;
     let state = env.app.state();
-
-    // Run 1: everything synced.
-    let c1 = env.coordinator("c1");
-    let w1 = env.worker("w1");
-    let first = env.sync(SyncMode::Full).await;
-    assert_eq!((first.status, first.upserted), (RunStatus::Completed, 4), "{first:?}");
-    c1.stop().await;
-    w1.stop().await;
 
     // Run 2 plans the deletion of a.md (no worker runs), then its coordinator dies.
     let original = std::fs::read(dir.path().join("a.md")).expect("a.md");
@@ -165,23 +170,8 @@ impl Sink for DiesAfterSinkDelete {
 /// dead page makes run 3 write it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_write_without_state_write_is_redone_after_takeover() {
-    let dir = tempfile::tempdir().expect("tmp");
-    seed(dir.path());
-    let toml = format!(
-        "[[sources]]\nid = \"eng\"\nkind = \"filesystem\"\n[sources.settings]\nroot = {:?}\n",
-        dir.path().display().to_string()
-    );
-    let mut env = Env::start(Options {
-        source_toml: Some(toml),
-        ..Options::default()
-    })
-    .await;
+    let (dir, mut env) = synced_filesystem().await;
     let state = env.app.state();
-    let c1 = env.coordinator("c1");
-    let w1 = env.worker("w1");
-    assert_eq!(env.sync(SyncMode::Full).await.status, RunStatus::Completed);
-    c1.stop().await;
-    w1.stop().await;
     let mut expected: Vec<String> = FILES.iter().map(|f| f.to_string()).collect();
     expected.sort();
 

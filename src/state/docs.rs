@@ -276,20 +276,7 @@ impl StateStore {
 
     /// Which of `ids` are unsettled (one HMGET).
     pub async fn unsettled_of(&self, source: &SourceId, ids: &[&DocumentId]) -> Result<HashSet<DocumentId>, Error> {
-        if ids.is_empty() {
-            return Ok(HashSet::new());
-        }
-        let mut conn = self.pool.get().await?;
-        let owners: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(self.keys.unsettled(source))
-            .arg(ids.iter().map(|d| d.0.as_str()).collect::<Vec<_>>())
-            .query_async(&mut conn)
-            .await?;
-        Ok(ids
-            .iter()
-            .zip(owners)
-            .filter_map(|(id, o)| o.map(|_| (*id).clone()))
-            .collect())
+        self.present_in(&self.keys.unsettled(source), ids).await
     }
 
     /// Every unsettled document with its owner ("run/page"). Small: at most the

@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
-use deadpool_redis::redis::{self, AsyncCommands, Script};
+use deadpool_redis::redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
 use super::{Error, StateStore, decode, encode};
@@ -71,19 +71,6 @@ impl StateStore {
 
     /// Which of `ids` are recorded as failed (one HMGET).
     pub async fn failed_of(&self, source: &SourceId, ids: &[&DocumentId]) -> Result<HashSet<DocumentId>, Error> {
-        if ids.is_empty() {
-            return Ok(HashSet::new());
-        }
-        let mut conn = self.pool.get().await?;
-        let found: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
-            .arg(self.keys.failed(source))
-            .arg(ids.iter().map(|d| d.0.as_str()).collect::<Vec<_>>())
-            .query_async(&mut conn)
-            .await?;
-        Ok(ids
-            .iter()
-            .zip(found)
-            .filter_map(|(id, f)| f.map(|_| (*id).clone()))
-            .collect())
+        self.present_in(&self.keys.failed(source), ids).await
     }
 }

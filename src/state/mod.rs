@@ -21,6 +21,7 @@
 //!
 //! The scripts, each with its KEYS and ARGV, are the files in `lua/`.
 
+use std::collections::HashSet;
 use std::sync::LazyLock;
 
 use deadpool_redis::Pool;
@@ -30,7 +31,7 @@ use crate::keys::Keys;
 use crate::lock::fencing::{self, StaleFence, check_reply};
 use crate::queue;
 use crate::sources::Checkpoint;
-use crate::types::{FencingToken, SourceId};
+use crate::types::{DocumentId, FencingToken, SourceId};
 
 pub mod docs;
 pub mod failures;
@@ -126,6 +127,24 @@ impl StateStore {
         }
         let reply: (i64, i64) = inv.invoke_async(&mut conn).await?;
         Ok(check_reply(token, reply)?)
+    }
+
+    /// Which of `ids` are fields of the hash `key` (one HMGET; values are not decoded).
+    async fn present_in(&self, key: &str, ids: &[&DocumentId]) -> Result<HashSet<DocumentId>, Error> {
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let mut conn = self.pool.get().await?;
+        let found: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+            .arg(key)
+            .arg(ids.iter().map(|d| d.0.as_str()).collect::<Vec<_>>())
+            .query_async(&mut conn)
+            .await?;
+        Ok(ids
+            .iter()
+            .zip(found)
+            .filter_map(|(id, f)| f.map(|_| (*id).clone()))
+            .collect())
     }
 
     /// Registers a newly acquired token, so every older token is refused from now on.
