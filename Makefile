@@ -37,8 +37,10 @@ test: deps
 
 ## soak: the randomized convergence test over more seeds than `make test` runs (200)
 SEEDS ?= 1000
+## (FROM=n starts at seed n, to cut a long soak into slices)
+FROM ?= 1
 soak: deps
-	TIDEMARK_SEEDS=$(SEEDS) $(CARGO) test --test it convergence -- --nocapture
+	TIDEMARK_SEEDS=$(SEEDS) TIDEMARK_SEED_FROM=$(FROM) $(CARGO) test --test it convergence -- --nocapture
 
 ## demo: 500-page Confluence space, full sync, 6 changes, incremental sync
 demo: release
