@@ -178,3 +178,37 @@ space_key = "ENG"
     assert!(run.last_error.contains("u:***@127.0.0.1"), "{run:?}");
     assert!(!format!("{run:?}").contains("s3cret"), "{run:?}");
 }
+
+/// Timeouts that cannot work together are refused at start, by name: an idle
+/// XREADGROUP BLOCK as long as the Redis response timeout would time out every
+/// idle read (issue 8, point 7).
+#[test]
+fn timeouts_that_cannot_work_together_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    std::fs::write(
+        &path,
+        r#"
+[redis]
+url = "redis://127.0.0.1:6379"
+response_timeout_ms = 2000
+[sink]
+kind = "directory"
+path = "/tmp/x"
+[sync]
+block_ms = 2000
+[[sources]]
+id = "eng"
+kind = "filesystem"
+[sources.settings]
+root = "/tmp"
+"#,
+    )
+    .unwrap();
+    let (code, _, err) = tidemark(&["check-config", "--config", path.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("sync.block_ms") && err.contains("response_timeout_ms"),
+        "{err}"
+    );
+}

@@ -182,3 +182,36 @@ async fn rename_is_reported_as_a_move() {
     assert_eq!((title.as_str(), content.as_str()), ("macos.md", "brew install"));
     assert_eq!(crumbs, &vec!["archive".to_owned()]);
 }
+
+/// A document whose id escapes to a file name far over 255 bytes (a deep path
+/// of long directory names) is written like any other, with its id inside the
+/// file; its page completes and the next run has nothing to redo (issue 8,
+/// point 7: such an id used to poison its page on every run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_with_a_very_long_id_is_synced() {
+    let dir = tempfile::tempdir().expect("tmp");
+    seed(dir.path());
+    let deep = format!("{}/{}/{}/doc.md", "d".repeat(120), "e".repeat(120), "f".repeat(120));
+    write_with_mtime(&dir.path().join(&deep), "deep", t0());
+    let env = env_for(dir.path()).await;
+    let first = env.sync(SyncMode::Full).await;
+    assert_eq!(
+        (first.status, first.upserted, first.docs_failed),
+        (RunStatus::Completed, 6, 0),
+        "{first:?}"
+    );
+    let docs = sink(&env);
+    assert_eq!(docs.get(&deep).map(|d| d.2.as_str()), Some("deep"), "{docs:?}");
+    let longest = std::fs::read_dir(env.sink_dir.path().join("eng/docs"))
+        .expect("sink dir")
+        .map(|e| e.expect("entry").file_name().len())
+        .max()
+        .expect("files");
+    assert!(longest <= 255, "file name of {longest} bytes");
+    let again = env.sync(SyncMode::Incremental).await;
+    assert_eq!(
+        (again.status, again.docs_processed),
+        (RunStatus::Completed, 0),
+        "{again:?}"
+    );
+}
