@@ -1,0 +1,398 @@
+//! One page applied: fetch, skip what we hold, mark unsettled, write the sink,
+//! record the state; documents that fail alone are recorded and the rest goes on.
+//!
+//! Invariants: nothing reaches the sink before its document is marked
+//! unsettled, and nothing is recorded in the state that the sink refused; a
+//! page is either applied (some documents perhaps failed alone, each recorded)
+//! or returns an error that leaves its entry for redelivery or the dead letters.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+
+use super::{JobError, Worker};
+use crate::ancestry::{self, Tree};
+use crate::lock::fencing::StaleFence;
+use crate::queue::dlq;
+use crate::queue::jobs::{Action, PageJob};
+use crate::sinks::{self, Link, SinkDocument, Written};
+use crate::sources::{self, Source};
+use crate::state::{DocFailure, DocState, DocWrite, PageStats, RunUpdate};
+use crate::types::DocumentId;
+
+/// A document of a page that failed on its own.
+struct Failure {
+    id: DocumentId,
+    retryable: bool,
+    reason: String,
+}
+
+impl Failure {
+    fn new(id: DocumentId, retryable: bool, reason: String) -> Self {
+        Self { id, retryable, reason }
+    }
+}
+
+/// One sink write a page decided on, made after its documents are marked unsettled.
+enum SinkOp {
+    /// A fetched document, new or changed.
+    Upsert(SinkDocument),
+    /// A held document whose breadcrumb or link titles changed.
+    Refresh(SinkDocument),
+    /// A document the source no longer has.
+    Delete(DocumentId),
+}
+
+impl SinkOp {
+    fn id(&self) -> &DocumentId {
+        match self {
+            SinkOp::Upsert(d) | SinkOp::Refresh(d) => &d.id,
+            SinkOp::Delete(id) => id,
+        }
+    }
+}
+
+/// SHA-256 over what the sink receives besides the version, so a change in any
+/// of it is a change: the skip check and the sink's own idempotence compare
+/// version and this hash only.
+///
+/// The parent is in it because a source may move a document without a new
+/// version (Confluence moves a deleted page's children up). Without it, such a
+/// child, once refreshed by a run that saw the deletion but not the move, was
+/// planned by every later run (the coordinator compares parents) and skipped by
+/// the worker and the sink: the dead parent stayed in the sink for good
+/// (issue 8, convergence seed 334; `races::children_moved_up_by_a_deletion_racing_a_sync`).
+pub fn content_hash(
+    title: &str,
+    parent: Option<&DocumentId>,
+    breadcrumb: &[String],
+    content: &str,
+    links: &[Link],
+) -> String {
+    let mut h = Sha256::new();
+    h.update(title.as_bytes());
+    h.update([0u8]);
+    if let Some(p) = parent {
+        h.update([3u8]);
+        h.update(p.0.as_bytes());
+    }
+    h.update([0u8]);
+    for b in breadcrumb {
+        h.update(b.as_bytes());
+        h.update([1u8]);
+    }
+    h.update([0u8]);
+    h.update(content.as_bytes());
+    for l in links {
+        h.update([2u8]);
+        h.update(l.target.0.as_bytes());
+        h.update([1u8]);
+        if let Some(t) = &l.title {
+            h.update(t.as_bytes());
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+impl Worker {
+    /// Records documents that failed on their own: in the state (every later
+    /// run retries them), in the dead-letter stream (for operators) and as the
+    /// run's last error. The rest of their page has been applied.
+    async fn record_failures(&self, job: &PageJob, failures: &[Failure]) -> Result<(), JobError> {
+        let now = Utc::now();
+        let records: Vec<(DocumentId, DocFailure)> = failures
+            .iter()
+            .map(|f| {
+                let failure = DocFailure {
+                    reason: f.reason.clone(),
+                    retryable: f.retryable,
+                    run: job.run.clone(),
+                    at: now,
+                };
+                (f.id.clone(), failure)
+            })
+            .collect();
+        self.state.record_failures(&job.source, job.token, &records).await?;
+        for f in failures {
+            tracing::warn!(source = %job.source, run = %job.run, page = job.page, document = %f.id, retryable = f.retryable, reason = %f.reason, "document failed; the rest of its page is applied");
+            let failed = dlq::FailedDocument {
+                source: &job.source,
+                run: &job.run,
+                page: job.page,
+                document: &f.id,
+                reason: &f.reason,
+                retryable: f.retryable,
+            };
+            if let Err(e) = dlq::document_failed(&self.pool, &self.keys.dead_letters(), &failed).await {
+                tracing::warn!(error = %e, document = %f.id, "could not dead-letter the failed document");
+            }
+        }
+        let last = &failures[failures.len() - 1];
+        let _ = self
+            .state
+            .update_run(
+                &job.source,
+                &job.run,
+                job.token,
+                &RunUpdate::error(format!("document {}: {}", last.id, last.reason)),
+            )
+            .await;
+        Ok(())
+    }
+
+    /// Applies a page to the sink and the state. Idempotent.
+    pub async fn apply(
+        &self,
+        job: &PageJob,
+        source: &dyn Source,
+        calls: &sources::ApiCalls,
+    ) -> Result<PageStats, JobError> {
+        // A job of a superseded run would be refused at its first write anyway;
+        // checking first spares the source the fetches (its quota is shared).
+        let current = self.state.current_fence(&job.source).await?;
+        if current > job.token {
+            return Err(JobError::Stale(StaleFence {
+                ours: job.token,
+                current,
+            }));
+        }
+        let mut stats = PageStats::default();
+        let mut failures: Vec<Failure> = Vec::new();
+        let of = |action: Action| job.items.iter().filter(move |i| i.action == action);
+        let mut deletes: Vec<DocumentId> = of(Action::Delete).map(|i| i.meta.id.clone()).collect();
+        let breadcrumbs: HashMap<&DocumentId, &Vec<String>> =
+            job.items.iter().map(|i| (&i.meta.id, &i.breadcrumb)).collect();
+
+        let metas: Vec<_> = of(Action::Upsert).map(|i| i.meta.clone()).collect();
+        let fetched = if metas.is_empty() {
+            Vec::new()
+        } else {
+            let fetched = source.fetch(&metas, calls).await;
+            stats.api_calls = calls.get();
+            let fetched = fetched?;
+            // Deleted between the feed and the fetch: a deletion, not an error.
+            deletes.extend(fetched.missing);
+            for (id, e) in fetched.failed {
+                failures.push(Failure::new(id, e.is_retryable(), format!("fetch: {e}")));
+            }
+            fetched.docs
+        };
+
+        // What we hold for everything this page touches, and the titles of
+        // everything it links to (newest first: this page's own fetches).
+        let refreshes: Vec<&DocumentId> = of(Action::Refresh).map(|i| &i.meta.id).collect();
+        let touched: Vec<&DocumentId> = fetched
+            .iter()
+            .map(|d| &d.meta.id)
+            .chain(deletes.iter())
+            .chain(refreshes.iter().copied())
+            .collect();
+        let held: HashMap<DocumentId, DocState> = touched
+            .iter()
+            .zip(self.state.docs(&job.source, &touched).await?)
+            .filter_map(|(id, st)| st.map(|st| ((*id).clone(), st)))
+            .collect();
+        let mut titles: HashMap<DocumentId, Option<String>> = HashMap::new();
+        let wanted: Vec<&DocumentId> = fetched
+            .iter()
+            .flat_map(|d| d.links.iter())
+            .chain(
+                refreshes
+                    .iter()
+                    .filter_map(|id| held.get(*id))
+                    .flat_map(|h| h.links.iter()),
+            )
+            .collect();
+        for (id, st) in wanted.iter().zip(self.state.docs(&job.source, &wanted).await?) {
+            titles.insert((*id).clone(), st.map(|s| s.title));
+        }
+        for d in &fetched {
+            titles.insert(d.meta.id.clone(), Some(d.meta.title.clone()));
+        }
+        for id in &deletes {
+            titles.insert(id.clone(), None);
+        }
+        let resolve = |links: &[DocumentId]| -> Vec<Link> {
+            links
+                .iter()
+                .map(|t| Link {
+                    target: t.clone(),
+                    title: titles.get(t).cloned().flatten(),
+                })
+                .collect()
+        };
+
+        let announced_parents: HashMap<&DocumentId, &Option<DocumentId>> =
+            job.items.iter().map(|i| (&i.meta.id, &i.meta.parent)).collect();
+        // Unsettled documents may differ in the sink from what the state says:
+        // the skip check must not trust the state for them.
+        let checked: Vec<&DocumentId> = fetched
+            .iter()
+            .map(|d| &d.meta.id)
+            .chain(refreshes.iter().copied())
+            .collect();
+        let mut unsettled = self.state.unsettled_of(&job.source, &checked).await?;
+        unsettled.extend(self.state.failed_of(&job.source, &checked).await?);
+        let mut ops: Vec<SinkOp> = Vec::new();
+        let mut writes: Vec<DocWrite> = Vec::new();
+        // Titles and parents for breadcrumbs rebuilt below: this page's fetches
+        // first, completed from the state as needed.
+        let mut tree: Option<Tree> = None;
+        for doc in &fetched {
+            let mut breadcrumb = breadcrumbs.get(&doc.meta.id).map(|b| (*b).clone()).unwrap_or_default();
+            if announced_parents
+                .get(&doc.meta.id)
+                .is_none_or(|p| **p != doc.meta.parent)
+            {
+                // Moved since the job was planned (or targeted without a hint):
+                // the planned breadcrumb is stale, rebuild it from the state.
+                let tree = tree.get_or_insert_with(|| {
+                    fetched
+                        .iter()
+                        .map(|d| (d.meta.id.clone(), (d.meta.title.clone(), d.meta.parent.clone())))
+                        .collect()
+                });
+                ancestry::fill(
+                    &self.state,
+                    &job.source,
+                    vec![doc.meta.id.clone()],
+                    tree,
+                    &HashSet::new(),
+                )
+                .await?;
+                breadcrumb = ancestry::breadcrumb(&doc.meta.id, tree);
+            }
+            let links = resolve(&doc.links);
+            let hash = content_hash(
+                &doc.meta.title,
+                doc.meta.parent.as_ref(),
+                &breadcrumb,
+                &doc.content,
+                &links,
+            );
+            let old = held.get(&doc.meta.id);
+            if !unsettled.contains(&doc.meta.id)
+                && old.is_some_and(|h| h.version == doc.meta.version && h.content_hash == hash)
+            {
+                stats.skipped += 1;
+                continue;
+            }
+            ops.push(SinkOp::Upsert(SinkDocument {
+                source: job.source.clone(),
+                id: doc.meta.id.clone(),
+                title: doc.meta.title.clone(),
+                breadcrumb: breadcrumb.clone(),
+                parent: doc.meta.parent.clone(),
+                version: doc.meta.version.clone(),
+                content: doc.content.clone(),
+                content_hash: hash.clone(),
+                fencing_token: job.token,
+                links,
+            }));
+            writes.push(DocWrite::Put {
+                id: doc.meta.id.clone(),
+                new: DocState {
+                    version: doc.meta.version.clone(),
+                    content_hash: hash,
+                    title: doc.meta.title.clone(),
+                    parent: doc.meta.parent.clone(),
+                    breadcrumb,
+                    links: doc.links.clone(),
+                    token: job.token,
+                    synced_at: Utc::now(),
+                },
+                old: old.cloned(),
+            });
+        }
+
+        for id in refreshes {
+            // Gone since the run planned it, or never synced: nothing depends on it here.
+            let (Some(old), Some(mut doc)) = (held.get(id), self.sink.get(&job.source, id).await?) else {
+                stats.skipped += 1;
+                continue;
+            };
+            let breadcrumb = breadcrumbs.get(id).map(|b| (*b).clone()).unwrap_or_default();
+            let links = resolve(&old.links);
+            let hash = content_hash(&old.title, doc.parent.as_ref(), &breadcrumb, &doc.content, &links);
+            if !unsettled.contains(id) && doc.breadcrumb == breadcrumb && doc.links == links && old.content_hash == hash
+            {
+                stats.skipped += 1;
+                continue;
+            }
+            doc.breadcrumb = breadcrumb.clone();
+            doc.links = links;
+            doc.content_hash = hash.clone();
+            doc.fencing_token = job.token;
+            ops.push(SinkOp::Refresh(doc));
+            writes.push(DocWrite::Put {
+                id: id.clone(),
+                new: DocState {
+                    content_hash: hash,
+                    breadcrumb,
+                    token: job.token,
+                    synced_at: Utc::now(),
+                    ..old.clone()
+                },
+                old: Some(old.clone()),
+            });
+        }
+
+        for id in &deletes {
+            ops.push(SinkOp::Delete(id.clone()));
+            writes.push(DocWrite::Delete {
+                id: id.clone(),
+                old: held.get(id).cloned(),
+            });
+        }
+        if writes.is_empty() && failures.is_empty() {
+            return Ok(stats);
+        }
+
+        // Unsettled first, state last: whatever happens between the two (a
+        // crash, a takeover), the marks make the next run redo these documents
+        // instead of trusting a state that may not match the sink.
+        let owner = format!("{}/{}", job.run, job.page);
+        let ids: Vec<&DocumentId> = ops.iter().map(SinkOp::id).collect();
+        self.state.mark_unsettled(&job.source, job.token, &owner, &ids).await?;
+        let mut applied = Vec::with_capacity(writes.len());
+        for (op, write) in ops.iter().zip(writes) {
+            let result = match op {
+                SinkOp::Upsert(doc) | SinkOp::Refresh(doc) => self.sink.upsert(doc).await,
+                SinkOp::Delete(id) => self.sink.delete(&job.source, id, job.token).await,
+            };
+            let written = match result {
+                Ok(w) => w,
+                Err(sinks::Error::StaleFence(s)) => return Err(JobError::Stale(s)),
+                // One document the sink refuses fails alone; the rest of the page goes on.
+                Err(e) => {
+                    let permanent = matches!(e, sinks::Error::Rejected { .. });
+                    failures.push(Failure::new(op.id().clone(), !permanent, format!("sink: {e}")));
+                    continue;
+                }
+            };
+            match (op, written) {
+                (SinkOp::Upsert(_), Written::Changed) => stats.upserted += 1,
+                (SinkOp::Upsert(_), Written::Unchanged) => stats.skipped += 1,
+                (SinkOp::Refresh(_), _) => stats.refreshed += 1,
+                (SinkOp::Delete(_), Written::Changed) => stats.deleted += 1,
+                (SinkOp::Delete(_), Written::Unchanged) => {}
+            }
+            applied.push(write);
+        }
+        if failures.len() >= job.items.len() && failures.iter().all(|f| f.retryable) {
+            // Nothing of the page worked and all of it may: the page as a whole
+            // is redelivered (a full disk, a source down for every document).
+            return Err(JobError::retry(format!(
+                "every document of the page failed, e.g. {}: {}",
+                failures[0].id, failures[0].reason
+            )));
+        }
+        self.state.apply_docs(&job.source, job.token, &applied).await?;
+        if !failures.is_empty() {
+            stats.failed = failures.len() as u64;
+            self.record_failures(job, &failures).await?;
+        }
+        Ok(stats)
+    }
+}
