@@ -150,7 +150,7 @@ response_timeout_ms = 5000
 
 [sync]
 page_size = {page_size}
-lock_ttl_ms = 3000
+lock_ttl_ms = 10000
 job_idle_timeout_ms = 2000
 block_ms = 100
 max_deliveries = 5
