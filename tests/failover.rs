@@ -114,6 +114,9 @@ async fn stale_deletion_after_failover_never_reaches_the_sink() {
     let mut expected: Vec<String> = FILES.iter().map(|f| f.to_string()).collect();
     expected.sort();
     assert_eq!(sink_ids(&env), expected, "the stale deletion reached the sink");
+    // The refused page is counted in its own (stale) run.
+    let stale = state.run(&env.source, &run2).await.expect("state").expect("run 2");
+    assert_eq!(stale.pages_superseded, 1, "{stale:?}");
 
     // And the sink stays equal to the source through a later run.
     let fourth = env.sync(SyncMode::Incremental).await;
