@@ -87,8 +87,8 @@ impl Sources {
         conf.sweep = 1;
         let (drive, drive_addr) = Drive::start(&mut ops.rng, seed).await;
         // Slow enough that faults land inside runs and pages, not between them.
-        conf.sim.set_latency(Duration::from_millis(100));
-        drive.sim.set_latency(Duration::from_millis(100));
+        conf.sim.set_latency(Duration::from_millis(200));
+        drive.sim.set_latency(Duration::from_millis(200));
         let files = Filesystem::new();
         let mut web = Web::new(&nginx.root(), &nginx.url(""), seed);
         files.populate(&mut ops);
@@ -269,6 +269,8 @@ async fn scenario(seed: u64, secs: u64, report: &mut Report) -> Result<(), Strin
         // The harness's own Confluence space is not configured: keep it tiny.
         pages: 1,
         page_size: 3,
+        // Pages queue up behind busy workers: a takeover finds some still to do.
+        sync: "worker_concurrency = 2".into(),
         lock_nodes: 3,
         source_toml: Some(toml),
         ..Options::default()
