@@ -4,9 +4,9 @@
 //! Definitions (plain, so a reader can check them against the run records):
 //! - runs: every run record of the four sources seen during the test, by status;
 //! - documents re-processed: documents planned by runs that did not complete
-//!   (failed, abandoned after a takeover, completed with errors), which a later
-//!   run planned again, plus documents a run redid because an interrupted page
-//!   left them unsettled or failed (the "N document(s) redone" of run notes);
+//!   (failed, or abandoned after a takeover), whose changes a later run planned
+//!   again, plus documents a run redid because an interrupted page left them
+//!   unsettled or failed (the "N document(s) redone" of run notes);
 //! - skipped on apply: documents in page jobs found already written with the
 //!   same version and content (redone pages, overlapping runs);
 //! - stale pages refused: pages workers dropped because a newer run owned the
@@ -121,12 +121,9 @@ impl fmt::Display for Report {
             self.runs.len(),
             statuses.join(", ")
         )?;
-        let unfinished = self.sum(|r| {
-            if r.status == RunStatus::Completed || r.status == RunStatus::Running {
-                0
-            } else {
-                r.docs_processed
-            }
+        let unfinished = self.sum(|r| match r.status {
+            RunStatus::Failed | RunStatus::Abandoned => r.docs_processed,
+            _ => 0,
         });
         let marks = self.sum(|r| redone(&r.note));
         writeln!(
