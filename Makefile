@@ -6,7 +6,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
 APT_PACKAGES := redis-server curl jq nginx
 
-.PHONY: all deps build release test unit soak demo bench fmt lint clean
+.PHONY: all deps build release test unit soak chaos demo bench fmt lint clean
 
 all: build
 
@@ -41,6 +41,12 @@ SEEDS ?= 1000
 FROM ?= 1
 soak: deps
 	TIDEMARK_SEEDS=$(SEEDS) TIDEMARK_SEED_FROM=$(FROM) $(CARGO) test --test it convergence -- --nocapture
+
+## chaos: the chaos test with DURATION seconds of faults (default 600; `make test` runs 30) and seed SEED
+DURATION ?= 600
+SEED ?= 1
+chaos: deps
+	TIDEMARK_CHAOS_SECS=$(DURATION) TIDEMARK_CHAOS_SEED=$(SEED) $(CARGO) test --test it chaos:: -- --nocapture
 
 ## demo: 500-page Confluence space, full sync, 6 changes, incremental sync
 demo: release

@@ -87,6 +87,18 @@ impl Keys {
         self.source(source, "failed")
     }
 
+    /// Set: documents renamed, moved or deleted whose descendants' breadcrumbs
+    /// are owed a refresh (see `state::owed`).
+    pub fn owed_crumbs(&self, source: &SourceId) -> String {
+        self.source(source, "owed:crumbs")
+    }
+
+    /// Set: documents created, renamed or deleted whose linkers' link titles
+    /// are owed a refresh (see `state::owed`).
+    pub fn owed_links(&self, source: &SourceId) -> String {
+        self.source(source, "owed:links")
+    }
+
     /// Set: the documents whose parent is `doc` (reverse index of `DocState.parent`).
     pub fn children(&self, source: &SourceId, doc: &DocumentId) -> String {
         self.source(source, &format!("kids:{doc}"))
@@ -188,6 +200,8 @@ mod tests {
             keys.run_pages_done(&s, &run),
             keys.follow_up(&s),
             keys.rate_gate(&s),
+            keys.owed_crumbs(&s),
+            keys.owed_links(&s),
         ] {
             assert!(k.contains("{eng}"), "{k} lacks the hash tag");
         }

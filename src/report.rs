@@ -100,7 +100,7 @@ pub async fn queue_status(app: &App) -> Result<QueueStatus, state::Error> {
 /// One line of figures for a run.
 pub fn run_line(r: &RunRecord) -> String {
     format!(
-        "run {} [{}] {} by {}: {} processed ({} upserted, {} deleted, {} skipped, {} failed), {} unchanged by version, {} dependents updated, {} API calls, {} pages ({} failed), {}",
+        "run {} [{}] {} by {}: {} processed ({} upserted, {} deleted, {} skipped, {} failed), {} unchanged by version, {} dependents updated, {} API calls, {} pages ({} failed, {} superseded), {}",
         &r.run_id.0[..r.run_id.0.len().min(8)],
         r.mode,
         r.status,
@@ -115,6 +115,7 @@ pub fn run_line(r: &RunRecord) -> String {
         r.api_calls,
         r.pages_total,
         r.pages_failed,
+        r.pages_superseded,
         r.wall_ms
             .map(|ms| format!("{:.2}s", ms as f64 / 1000.0))
             .unwrap_or_else(|| "in progress".into()),

@@ -119,6 +119,9 @@ async fn stale_deletion_after_failover_never_reaches_the_sink() {
     let mut expected: Vec<String> = FILES.iter().map(|f| f.to_string()).collect();
     expected.sort();
     assert_eq!(sink_ids(&env), expected, "the stale deletion reached the sink");
+    // The refused page is counted in its own (stale) run.
+    let stale = state.run(&env.source, &run2).await.expect("state").expect("run 2");
+    assert_eq!(stale.pages_superseded, 1, "{stale:?}");
 
     // And the sink stays equal to the source through a later run.
     let fourth = env.sync(SyncMode::Incremental).await;
@@ -250,4 +253,82 @@ async fn sink_write_without_state_write_is_redone_after_takeover() {
         "{fourth:?}"
     );
     assert_eq!(sink_ids(&env), expected);
+}
+
+/// Found by the chaos test (seed 11): a run whose pages renamed or deleted a
+/// document and whose coordinator died before the dependents step left its
+/// dependents stale for good: the run that took over found the rename already
+/// in the state, so nothing changed, and no breadcrumb or link title was
+/// refreshed. The pages now record what they owe (`tm:{S}:owed:*`) in the
+/// script that writes them; the next run refreshes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependents_owed_by_a_run_that_died_are_refreshed_by_the_next() {
+    let mut env = Env::start(Options {
+        pages: 0,
+        page_size: 1,
+        ..Options::default()
+    })
+    .await;
+    let parent = env.sim.create_page("Parent", None, "<p>p</p>");
+    let child = env.sim.create_page("Child", Some(&parent), "<p>c</p>");
+    env.sim.create_page("Grandchild", Some(&child), "<p>g</p>");
+    let body = format!("<p>See <a href=\"/wiki/spaces/ENG/pages/{parent}\">the parent</a>.</p>");
+    env.sim.create_page("Linker", None, &body);
+    let gone = env.sim.create_page("Gone", None, "<p>soon gone</p>");
+    env.sim.create_page("Under gone", Some(&gone), "<p>u</p>");
+    let state = env.app.state();
+    let c1 = env.coordinator("c1");
+    let w1 = env.worker("w1");
+    assert_eq!(env.sync(SyncMode::Full).await.status, RunStatus::Completed);
+    env.assert_sink_matches_source();
+    c1.stop().await;
+    w1.stop().await;
+
+    // Run 2 renames the parent and deletes "Gone" (its child moves up); its
+    // coordinator stops once the pages are planned.
+    env.sim.update_page(&parent, Some("Parent renamed"), None);
+    assert!(env.sim.delete_page(&gone));
+    let pid = env.spawn_process(&["coordinator"]);
+    let r2 = env.enqueue(SyncMode::Incremental, "test").await;
+    env.wait_feed_read(&r2).await;
+    let signal = |sig: &str| {
+        std::process::Command::new("kill")
+            .arg(sig)
+            .arg(pid.to_string())
+            .status()
+            .expect("kill")
+    };
+    signal("-STOP");
+    // A worker applies run 2's pages; the coordinator never gets to the dependents.
+    let run2 = state
+        .run_for_request(&env.source, &r2)
+        .await
+        .expect("state")
+        .expect("run 2");
+    let w2 = env.worker("w2");
+    wait_until("run 2's pages were applied", Duration::from_secs(20), || {
+        let (state, source, run2) = (state.clone(), env.source.clone(), run2.clone());
+        async move {
+            let r = state.run(&source, &run2).await.expect("state").expect("run 2");
+            r.pages_done == r.pages_total
+        }
+    })
+    .await;
+    signal("-KILL");
+    w2.stop().await;
+
+    // Run 3 takes the request over; nothing has changed at the source since
+    // run 2's pages, yet it must refresh what run 2 owed.
+    let _c2 = env.coordinator("c2");
+    let _w3 = env.worker("w3");
+    let third = env.wait(&r2).await;
+    assert_eq!(third.status, RunStatus::Completed, "{third:?}");
+    assert_ne!(third.run_id, run2);
+    env.assert_sink_matches_source();
+    assert!(
+        state.owed(&env.source).await.expect("state").is_empty(),
+        "nothing owed any more"
+    );
+    let fourth = env.sync(SyncMode::Incremental).await;
+    assert_eq!((fourth.docs_processed, fourth.dependents), (0, 0), "{fourth:?}");
 }

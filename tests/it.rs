@@ -6,6 +6,8 @@ mod harness;
 
 /// The HTTP API: sync requests, status, metrics, readiness, and its error statuses.
 mod api;
+/// Chaos: sources sync through killed and stopped processes and Redis faults; the sink ends equal to every source.
+mod chaos;
 /// The binary's edge: configuration and argument errors.
 mod cli;
 /// Randomized convergence: after any sequence of source changes, one quiet sync makes the sink equal every source.

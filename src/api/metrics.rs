@@ -212,6 +212,7 @@ mod tests {
             pages_total: 3,
             pages_done: 3,
             pages_failed: 0,
+            pages_superseded: 0,
             docs_failed: 0,
             docs_processed: 60,
             upserted: 58,

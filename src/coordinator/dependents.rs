@@ -6,7 +6,9 @@
 //! copy, with no content fetched.
 //!
 //! Invariant: computed from what the pages actually wrote (read back from the
-//! state), not from what the feed announced; cycles are cut by a visited set.
+//! state), not from what the feed announced, and from everything still owed
+//! by earlier writes (`state::owed`: a run that died before this step left
+//! its dependents there); cycles are cut by a visited set.
 
 use std::collections::HashSet;
 
@@ -15,6 +17,7 @@ use super::{Coordinator, Error};
 use crate::ancestry;
 use crate::queue::jobs::{Action, JobItem};
 use crate::sources::DocMeta;
+use crate::state::Owed;
 use crate::types::{DocumentId, SourceId};
 
 impl Coordinator {
@@ -22,8 +25,11 @@ impl Coordinator {
     /// of renamed, moved or deleted documents (their breadcrumbs), and the
     /// documents linking to created, renamed or deleted ones (their link titles).
     /// Found through the reverse indexes; cycles are cut by the visited set.
-    pub(super) async fn dependents(&self, source: &SourceId, plan: &Plan) -> Result<Vec<JobItem>, Error> {
+    /// Also returns what was owed when they were computed: the run forgets it
+    /// once every refresh is applied.
+    pub(super) async fn dependents(&self, source: &SourceId, plan: &Plan) -> Result<(Vec<JobItem>, Owed), Error> {
         let keys = &self.keys;
+        let owed = self.state.owed(source).await?;
         let mut roots = Vec::new();
         let mut link_targets = Vec::new();
         let mut deleted = HashSet::new();
@@ -65,11 +71,27 @@ impl Coordinator {
                 (None, None) => {}
             }
         }
+        // Owed by earlier writes (this run's pages record theirs too): refreshed
+        // whether or not this plan names them.
+        let owed_ids: Vec<&DocumentId> = owed.crumbs.iter().chain(&owed.links).collect();
+        for (id, held) in owed_ids.iter().zip(self.state.held_meta_of(source, &owed_ids).await?) {
+            if held.is_none() {
+                deleted.insert((*id).clone());
+            }
+        }
+        let mut is_root: HashSet<DocumentId> = roots.iter().cloned().collect();
+        let mut is_target: HashSet<DocumentId> = link_targets.iter().cloned().collect();
         for id in &deleted {
-            roots.push(id.clone());
-            link_targets.push(id.clone());
+            if is_root.insert(id.clone()) {
+                roots.push(id.clone());
+            }
+            if is_target.insert(id.clone()) {
+                link_targets.push(id.clone());
+            }
             tree.remove(id);
         }
+        roots.extend(owed.crumbs.iter().filter(|d| is_root.insert((*d).clone())).cloned());
+        link_targets.extend(owed.links.iter().filter(|d| is_target.insert((*d).clone())).cloned());
         let mut found: HashSet<DocumentId> = HashSet::new();
         let mut visited: HashSet<DocumentId> = roots.iter().cloned().collect();
         let mut level = roots;
@@ -94,7 +116,7 @@ impl Coordinator {
             tree.remove(id);
         }
         ancestry::fill(&self.state, source, ids.clone(), &mut tree, &deleted).await?;
-        Ok(ids
+        let items = ids
             .into_iter()
             .map(|id| {
                 let (title, parent) = tree.get(&id).cloned().unwrap_or_default();
@@ -110,6 +132,7 @@ impl Coordinator {
                     action: Action::Refresh,
                 }
             })
-            .collect())
+            .collect();
+        Ok((items, owed))
     }
 }

@@ -144,7 +144,7 @@ impl Coordinator {
         // Dependents: what changed may have made other documents stale without
         // changing them at the source. Their rewrite needs the state the pages
         // above just wrote (titles, parents, links), hence a second phase.
-        let refresh = self
+        let (refresh, owed) = self
             .redis(lost, "finding dependents", || self.dependents(&id, &plan))
             .await?;
         if !refresh.is_empty() {
@@ -161,6 +161,14 @@ impl Coordinator {
             tracing::info!(source = %id, run = %run, dependents = refresh.len(), "dependents enqueued");
         }
         let record = self.wait_for_pages(&id, run, u64::from(pages), lost).await?;
+        if record.pages_failed == 0 {
+            // Every refresh is applied: what was owed is paid. (A failed page
+            // leaves it owed, for the next run.)
+            self.redis(lost, "forgetting owed dependents", || {
+                self.state.forget_owed(&id, token, &owed)
+            })
+            .await?;
+        }
         self.hooks.at(&id, run, Point::BeforeCommit).await;
         let commit = record.pages_failed == 0 && guard.is_none();
         if commit && let Some(end) = &end {

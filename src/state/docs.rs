@@ -179,7 +179,11 @@ impl StateStore {
             self.keys.docs(source),
             self.keys.unsettled(source),
             self.keys.failed(source),
+            self.keys.owed_crumbs(source),
+            self.keys.owed_links(source),
         ];
+        // KEYS[5] and KEYS[6], as the script's triples name them.
+        let (crumbs, links) = ("5".to_owned(), "6".to_owned());
         let mut key_index: HashMap<String, usize> = HashMap::new();
         let mut key_of = |k: String, keys: &mut Vec<String>| -> String {
             let i = *key_index.entry(k.clone()).or_insert_with(|| {
@@ -206,6 +210,17 @@ impl StateStore {
                     (id, old.as_ref(), None)
                 }
             };
+            // What this write makes others owe (see `state::owed`), recorded
+            // with it: a run that dies before its dependents leaves it behind.
+            let renamed = matches!((old, new), (Some(o), Some(n)) if o.title != n.title);
+            let moved = matches!((old, new), (Some(o), Some(n)) if o.parent != n.parent);
+            let deleted = old.is_some() && new.is_none();
+            if renamed || moved || deleted {
+                ops.push(["SADD".into(), crumbs.clone(), id.0.clone()]);
+            }
+            if renamed || deleted || (old.is_none() && new.is_some()) {
+                ops.push(["SADD".into(), links.clone(), id.0.clone()]);
+            }
             let old_parent = old.and_then(|o| o.parent.as_ref());
             let new_parent = new.and_then(|n| n.parent.as_ref());
             if old_parent != new_parent {

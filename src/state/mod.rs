@@ -5,6 +5,7 @@
 //! - [`docs`]: what we hold per document ([`DocState`]), the reverse indexes,
 //!   and the unsettled marks that bracket a page's sink writes;
 //! - [`failures`]: documents that failed on their own ([`DocFailure`]), retried by every run;
+//! - [`owed`]: dependents a page's writes made stale ([`Owed`]), kept until a run refreshes them;
 //! - [`sweep`]: the mark and sweep that finds held documents a complete listing left out;
 //! - [`runs`]: run records ([`RunRecord`], typed updates [`RunUpdate`]), page
 //!   completion, and which run served a request.
@@ -35,11 +36,13 @@ use crate::types::{DocumentId, FencingToken, SourceId};
 
 pub mod docs;
 pub mod failures;
+pub mod owed;
 pub mod runs;
 pub mod sweep;
 
 pub use docs::{DocState, DocWrite, HeldMeta};
 pub use failures::DocFailure;
+pub use owed::Owed;
 pub use runs::{PageStats, RunCounter, RunRecord, RunStatus, RunUpdate};
 
 /// State-store failures.

@@ -100,6 +100,9 @@ pub struct RunRecord {
     pub pages_done: u64,
     /// Pages dead-lettered.
     pub pages_failed: u64,
+    /// Pages dropped by workers because a newer run owned the source (their
+    /// writes refused by fencing, or never attempted).
+    pub pages_superseded: u64,
     /// Documents that failed on their own while their pages were applied
     /// (recorded with their reasons; every later run retries them).
     pub docs_failed: u64,
@@ -160,6 +163,7 @@ impl RunRecord {
             pages_total: n("pages_total"),
             pages_done: n("pages_done"),
             pages_failed: n("pages_failed"),
+            pages_superseded: n("pages_superseded"),
             docs_failed: n("docs_failed"),
             docs_processed: n("docs_processed"),
             upserted: n("upserted"),
@@ -263,6 +267,9 @@ pub enum RunCounter {
     ApiCalls,
     /// Errors recorded (`errors`).
     Errors,
+    /// Pages of this run dropped because a newer run owned the source
+    /// (`pages_superseded`; a page redelivered after its worker died may count twice).
+    PagesSuperseded,
 }
 
 impl RunCounter {
@@ -270,6 +277,7 @@ impl RunCounter {
         match self {
             RunCounter::ApiCalls => "api_calls",
             RunCounter::Errors => "errors",
+            RunCounter::PagesSuperseded => "pages_superseded",
         }
     }
 }
@@ -440,6 +448,12 @@ impl StateStore {
             .query_async::<()>(&mut conn)
             .await?;
         Ok(())
+    }
+
+    /// Counts a page of `run` dropped by a worker because a newer run owns the
+    /// source (`pages_superseded`; a redelivered stale page may count twice).
+    pub async fn page_superseded(&self, source: &SourceId, run: &RunId) -> Result<(), Error> {
+        self.add_run_counter(source, run, RunCounter::PagesSuperseded, 1).await
     }
 
     /// Marks a page done under `token` and adds its figures; a repeat is a no-op.

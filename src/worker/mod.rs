@@ -404,18 +404,12 @@ impl Worker {
                     }
                     self.ack(&entry).await
                 }
-                Err(state::Error::StaleFence(s)) => {
-                    tracing::info!(run = %job.run, page = job.page, %s, "page superseded by a newer run");
-                    self.ack(&entry).await;
-                }
+                Err(state::Error::StaleFence(s)) => self.drop_superseded(&job, &entry, &s).await,
                 Err(e) => {
                     tracing::warn!(run = %job.run, page = job.page, error = %e, "marking page done failed; will be redelivered")
                 }
             },
-            Err(JobError::Stale(s)) => {
-                tracing::info!(run = %job.run, page = job.page, %s, "page superseded by a newer run");
-                self.ack(&entry).await;
-            }
+            Err(JobError::Stale(s)) => self.drop_superseded(&job, &entry, &s).await,
             Err(JobError::Retryable { reason, after }) => {
                 tracing::warn!(run = %job.run, page = job.page, %reason, ?after, deliveries, "page failed; will be redelivered");
                 let _ = self
@@ -425,5 +419,12 @@ impl Worker {
             }
             Err(JobError::Permanent(reason)) => self.dead_letter(&entry, &reason, deliveries).await,
         }
+    }
+
+    /// A newer run owns the source: ack and drop the page, counted in its run's `pages_superseded`.
+    async fn drop_superseded(&self, job: &PageJob, entry: &Entry, s: &StaleFence) {
+        tracing::info!(run = %job.run, page = job.page, %s, "page superseded by a newer run");
+        let _ = self.state.page_superseded(&job.source, &job.run).await;
+        self.ack(entry).await;
     }
 }

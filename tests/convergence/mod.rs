@@ -45,13 +45,14 @@
 //! draw from (the seed's `rng`, a counter, the operation log); `compare` reads
 //! the sink and reports differences.
 
-mod compare;
-mod confluence;
-mod filesystem;
-mod gdrive;
-mod http;
-mod ops;
-mod rng;
+// The sources, their expectations and the comparison are shared with `chaos`.
+pub mod compare;
+pub mod confluence;
+pub mod filesystem;
+pub mod gdrive;
+pub mod http;
+pub mod ops;
+pub mod rng;
 mod world;
 
 use std::fmt::Write as _;

@@ -4,10 +4,11 @@
 -- failure record removed).
 -- (Preceded by lock/lua/check_and_raise.lua: KEYS[1] fence, ARGV[1] token.)
 -- KEYS[2]: tm:{S}:docs; KEYS[3]: tm:{S}:unsettled; KEYS[4]: tm:{S}:failed;
--- KEYS[5..]: the index sets (kids:, linkedfrom:) the ops name
+-- KEYS[5]: tm:{S}:owed:crumbs; KEYS[6]: tm:{S}:owed:links (what the writes owe, see state/owed.rs);
+-- KEYS[7..]: the index sets (kids:, linkedfrom:) the ops name
 -- ARGV[2]: n puts, then n (id, MessagePack DocState) pairs;
 -- then m deletes, then m ids;
--- then (op, key index, member) triples: op is SADD or SREM on KEYS[key index]
+-- then (op, key index, member) triples: op is SADD or SREM on KEYS[key index] (5.. only)
 local n = tonumber(ARGV[2])
 local i = 3
 for _ = 1, n do

@@ -1,0 +1,75 @@
+//! Dependents owed: what a page's writes made stale elsewhere, recorded in the
+//! same fenced script that writes them ([`super::StateStore::apply_docs`]), and
+//! forgotten only once a run has refreshed it.
+//!
+//! A renamed, moved or deleted document owes its descendants a breadcrumb
+//! refresh (`tm:{S}:owed:crumbs`); a created, renamed or deleted one owes the
+//! documents linking to it a link-title refresh (`tm:{S}:owed:links`). A run
+//! computes its dependents from its plan *and* from these sets (see
+//! `coordinator::dependents`), so a run that died between its pages and its
+//! dependents (a killed coordinator, a lost lease) leaves them to the next run
+//! instead of to nobody: the next run finds the rename already in the state and
+//! would otherwise see nothing to do (issue 8, chaos seed 11).
+//!
+//! Invariants: an id enters a set atomically with the state write that makes
+//! it owed; it leaves only by [`StateStore::forget_owed`], fenced, after the
+//! run that read it has applied every refresh page. The sets hold a run's
+//! changes at most (created documents included) and are empty between runs.
+
+use std::sync::LazyLock;
+
+use deadpool_redis::redis::{AsyncCommands, Script};
+
+use super::{Error, StateStore};
+use crate::lock::fencing;
+use crate::types::{DocumentId, FencingToken, SourceId};
+
+static FENCED_FORGET_OWED: LazyLock<Script> =
+    LazyLock::new(|| fencing::fenced_script(include_str!("lua/forget_owed.lua")));
+
+/// Dependents owed by earlier writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owed {
+    /// Documents whose descendants' breadcrumbs are owed a refresh.
+    pub crumbs: Vec<DocumentId>,
+    /// Documents whose linkers' link titles are owed a refresh.
+    pub links: Vec<DocumentId>,
+}
+
+impl Owed {
+    /// Nothing owed.
+    pub fn is_empty(&self) -> bool {
+        self.crumbs.is_empty() && self.links.is_empty()
+    }
+}
+
+impl StateStore {
+    /// Everything owed now, sorted.
+    pub async fn owed(&self, source: &SourceId) -> Result<Owed, Error> {
+        let mut conn = self.pool.get().await?;
+        let mut crumbs: Vec<String> = conn.smembers(self.keys.owed_crumbs(source)).await?;
+        let mut links: Vec<String> = conn.smembers(self.keys.owed_links(source)).await?;
+        crumbs.sort();
+        links.sort();
+        Ok(Owed {
+            crumbs: crumbs.into_iter().map(DocumentId).collect(),
+            links: links.into_iter().map(DocumentId).collect(),
+        })
+    }
+
+    /// Forgets `owed` under `token`: its refreshes have all been applied.
+    pub async fn forget_owed(&self, source: &SourceId, token: FencingToken, owed: &Owed) -> Result<(), Error> {
+        if owed.is_empty() {
+            return Ok(());
+        }
+        let mut args: Vec<Vec<u8>> = vec![owed.crumbs.len().to_string().into_bytes()];
+        args.extend(owed.crumbs.iter().chain(&owed.links).map(|d| d.0.as_bytes().to_vec()));
+        let keys = [
+            self.keys.fence(source),
+            self.keys.owed_crumbs(source),
+            self.keys.owed_links(source),
+        ];
+        self.fenced(&FENCED_FORGET_OWED, &keys, token, &args).await?;
+        Ok(())
+    }
+}
