@@ -15,13 +15,18 @@ fn tidemark(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `tidemark check-config` on a config file holding `toml`.
+fn check_config(toml: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tidemark.toml");
+    std::fs::write(&path, toml).unwrap();
+    tidemark(&["check-config", "--config", path.to_str().unwrap()])
+}
+
 /// `check-config` on a file with several mistakes exits non-zero and names every one, with its key path.
 #[test]
 fn check_config_names_every_problem() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.toml");
-    std::fs::write(
-        &path,
+    let (code, _, err) = check_config(
         r#"
 [redis]
 url = "http://localhost"
@@ -37,9 +42,7 @@ kind = "confluence"
 base_url = "ftp://x"
 space_key = "ENG"
 "#,
-    )
-    .unwrap();
-    let (code, _, err) = tidemark(&["check-config", "--config", path.to_str().unwrap()]);
+    );
     assert_ne!(code, 0);
     for needle in [
         "redis.url",
@@ -139,10 +142,7 @@ async fn standalone_enqueue_wait_and_status() {
 /// errors from a source that cannot be reached (issue 8, point 7).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn url_passwords_never_reach_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.toml");
-    std::fs::write(
-        &path,
+    let (code, out, err) = check_config(
         r#"
 [redis]
 url = "redis://default:s3cret-redis@127.0.0.1:1"
@@ -156,9 +156,7 @@ kind = "confluence"
 base_url = "https://bot:s3cret-wiki@example.atlassian.net/wiki"
 space_key = "ENG"
 "#,
-    )
-    .unwrap();
-    let (code, out, err) = tidemark(&["check-config", "--config", path.to_str().unwrap()]);
+    );
     assert_ne!(code, 0);
     assert!(err.contains("bot:***@example.atlassian.net"), "{err}");
     assert!(!format!("{out}{err}").contains("s3cret"), "{out}{err}");
@@ -184,10 +182,7 @@ space_key = "ENG"
 /// idle read (issue 8, point 7).
 #[test]
 fn timeouts_that_cannot_work_together_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.toml");
-    std::fs::write(
-        &path,
+    let (code, _, err) = check_config(
         r#"
 [redis]
 url = "redis://127.0.0.1:6379"
@@ -203,9 +198,7 @@ kind = "filesystem"
 [sources.settings]
 root = "/tmp"
 "#,
-    )
-    .unwrap();
-    let (code, _, err) = tidemark(&["check-config", "--config", path.to_str().unwrap()]);
+    );
     assert_ne!(code, 0);
     assert!(
         err.contains("sync.block_ms") && err.contains("response_timeout_ms"),
