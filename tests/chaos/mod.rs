@@ -449,6 +449,7 @@ async fn run(
 /// drift, and nothing was lost (see the module docs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sources_converge_through_process_and_redis_faults() {
+    let _turn = crate::harness::heavy().await;
     let seed = env_u64("TIDEMARK_CHAOS_SEED").unwrap_or(DEFAULT_SEED);
     let secs = env_u64("TIDEMARK_CHAOS_SECS").unwrap_or(DEFAULT_SECS);
     let mut report = Report::new(seed, secs);

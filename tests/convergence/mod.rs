@@ -130,6 +130,7 @@ async fn run_seed(seed: u64, shared: Arc<Shared>) -> Result<usize, String> {
 /// The convergence property over many random seeds (see the module docs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_operations_converge() {
+    let _turn = crate::harness::heavy().await;
     let seeds: Vec<u64> = match env_u64("TIDEMARK_SEED") {
         Some(s) => vec![s],
         None => {
@@ -236,6 +237,7 @@ async fn transcript_of(seed: u64) -> (bool, Vec<String>) {
 /// Checked on the regression seeds and a few others, each run twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replayed_seed_repeats_its_interleaving() {
+    let _turn = crate::harness::heavy().await;
     let mut checked = 0;
     for seed in regression_seeds().into_iter().chain([3, 5]) {
         let (free, first) = transcript_of(seed).await;
