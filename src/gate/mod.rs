@@ -35,7 +35,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_redis::Pool;
-use deadpool_redis::redis::Script;
+use deadpool_redis::redis::{FromRedisValue, Script, ScriptInvocation};
 
 use crate::keys::Keys;
 use crate::types::SourceId;
@@ -214,32 +214,21 @@ impl Gate {
             .lock_local()
             .throttled(&self.policy, pass.local_at, now, retry_after, jitter);
         if let Some(remote) = self.usable_remote() {
-            let reply: Result<(i64, i64), _> = async {
-                let mut conn = remote.pool.get().await.map_err(|e| e.to_string())?;
-                THROTTLED
-                    .key(&remote.key)
-                    .arg(pass.remote_at.unwrap_or(0))
+            let args = |inv: &mut ScriptInvocation<'_>| {
+                inv.arg(pass.remote_at.unwrap_or(0))
                     .arg(retry_after.map_or(-1, micros))
                     .arg(micros(self.policy.backoff_start))
                     .arg(micros(self.policy.backoff_cap))
                     .arg(jitter)
-                    .arg(micros(IDLE))
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            .await;
-            match reply {
-                Ok((wait_us, level)) => {
-                    self.redis_ok(remote);
-                    let wait = from_micros(wait_us);
-                    // Mirror the fleet's decision locally, in case Redis goes away next.
-                    self.lock_local()
-                        .adopt(now + wait, u32::try_from(level).unwrap_or(u32::MAX));
-                    tracing::info!(source = %self.source, ?wait, level, ?retry_after, "rate gate: source throttled; fleet waits");
-                    return wait;
-                }
-                Err(e) => self.redis_failed(remote, &e),
+                    .arg(micros(IDLE));
+            };
+            if let Some((wait_us, level)) = self.remote_call::<(i64, i64)>(remote, &THROTTLED, args).await {
+                let wait = from_micros(wait_us);
+                // Mirror the fleet's decision locally, in case Redis goes away next.
+                self.lock_local()
+                    .adopt(now + wait, u32::try_from(level).unwrap_or(u32::MAX));
+                tracing::info!(source = %self.source, ?wait, level, ?retry_after, "rate gate: source throttled; fleet waits");
+                return wait;
             }
         }
         tracing::info!(source = %self.source, wait = ?local_wait, ?retry_after, "rate gate (local): source throttled; process waits");
@@ -254,20 +243,11 @@ impl Gate {
         }
         self.lock_local().succeeded(pass.local_at);
         if let (Some(remote), Some(at)) = (self.usable_remote(), pass.remote_at) {
-            let reply: Result<i64, String> = async {
-                let mut conn = remote.pool.get().await.map_err(|e| e.to_string())?;
-                SUCCEEDED
-                    .key(&remote.key)
-                    .arg(at)
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            .await;
-            match reply {
-                Ok(_) => self.redis_ok(remote),
-                Err(e) => self.redis_failed(remote, &e),
-            }
+            let _: Option<i64> = self
+                .remote_call(remote, &SUCCEEDED, |inv| {
+                    inv.arg(at);
+                })
+                .await;
         }
     }
 
@@ -276,29 +256,16 @@ impl Gate {
         if let Some(remote) = self.usable_remote() {
             let interval = self.policy.budget.map_or(0, |b| micros(b.interval()));
             let burst = self.policy.budget.map_or(1, |b| b.burst.max(1));
-            let reply: Result<(i64, i64, i64), String> = async {
-                let mut conn = remote.pool.get().await.map_err(|e| e.to_string())?;
-                ACQUIRE
-                    .key(&remote.key)
-                    .arg(interval)
-                    .arg(burst)
-                    .arg(micros(IDLE))
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            .await;
-            match reply {
-                Ok((wait_us, level, now_us)) => {
-                    self.redis_ok(remote);
-                    let pass = Pass {
-                        local_at: Instant::now(),
-                        remote_at: Some(now_us),
-                        level: u32::try_from(level).unwrap_or(u32::MAX),
-                    };
-                    return (from_micros(wait_us), pass);
-                }
-                Err(e) => self.redis_failed(remote, &e),
+            let args = |inv: &mut ScriptInvocation<'_>| {
+                inv.arg(interval).arg(burst).arg(micros(IDLE));
+            };
+            if let Some((wait_us, level, now_us)) = self.remote_call::<(i64, i64, i64)>(remote, &ACQUIRE, args).await {
+                let pass = Pass {
+                    local_at: Instant::now(),
+                    remote_at: Some(now_us),
+                    level: u32::try_from(level).unwrap_or(u32::MAX),
+                };
+                return (from_micros(wait_us), pass);
             }
         }
         let now = Instant::now();
@@ -323,6 +290,34 @@ impl Gate {
         match *down {
             Some(until) if Instant::now() < until => None,
             _ => Some(remote),
+        }
+    }
+
+    /// Runs `script` on the fleet's gate key with the arguments `args` adds,
+    /// noting whether Redis answered: `None` (and the gate local for a while) if not.
+    async fn remote_call<T: FromRedisValue>(
+        &self,
+        remote: &Remote,
+        script: &Script,
+        args: impl FnOnce(&mut ScriptInvocation<'_>),
+    ) -> Option<T> {
+        let mut invocation = script.prepare_invoke();
+        invocation.key(&remote.key);
+        args(&mut invocation);
+        let reply: Result<T, String> = async {
+            let mut conn = remote.pool.get().await.map_err(|e| e.to_string())?;
+            invocation.invoke_async(&mut conn).await.map_err(|e| e.to_string())
+        }
+        .await;
+        match reply {
+            Ok(value) => {
+                self.redis_ok(remote);
+                Some(value)
+            }
+            Err(e) => {
+                self.redis_failed(remote, &e);
+                None
+            }
         }
     }
 

@@ -115,6 +115,7 @@ impl From<state::Error> for JobError {
         }
     }
 }
+
 /// Everything a worker needs; shared by its in-flight pages.
 pub struct Worker {
     pool: Pool,
