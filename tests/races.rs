@@ -55,6 +55,36 @@ fn parents(env: &Env) -> Vec<(String, Option<String>, Vec<String>)> {
         .collect()
 }
 
+/// A Confluence space holding one chain of pages, each the parent of the next,
+/// titled `titles` (body `<p>` + the title's first letter, lower case), synced
+/// in full by a coordinator and `workers` workers that keep running; returns the
+/// pages' ids in chain order.
+async fn synced_chain<const N: usize>(
+    page_size: usize,
+    titles: &[&str; N],
+    workers: usize,
+) -> (Env, Arc<Director>, UnboundedReceiver<Paused>, [String; N]) {
+    let (env, director, paused) = env_with_points(Options {
+        pages: 0,
+        page_size,
+        ..Options::default()
+    })
+    .await;
+    let mut parent: Option<String> = None;
+    let ids = titles.map(|title| {
+        let body = format!("<p>{}</p>", title[..1].to_lowercase());
+        let id = env.sim.create_page(title, parent.as_deref(), &body);
+        parent = Some(id.clone());
+        id
+    });
+    env.coordinator("c1");
+    for w in 1..=workers {
+        env.worker(&format!("w{w}"));
+    }
+    env.sync(SyncMode::Full).await;
+    (env, director, paused, ids)
+}
+
 /// After one quiet sync the sink equals the source, parents included, and a
 /// second quiet sync processes nothing.
 async fn assert_converges_in_one_quiet_sync(env: &Env) {
@@ -87,19 +117,8 @@ async fn assert_converges_in_one_quiet_sync(env: &Env) {
 /// parent for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn children_moved_up_by_a_deletion_racing_a_sync() {
-    let (env, director, mut paused) = env_with_points(Options {
-        pages: 0,
-        page_size: 1,
-        ..Options::default()
-    })
-    .await;
-    let parent = env.sim.create_page("Parent", None, "<p>p</p>");
-    let child = env.sim.create_page("Child", Some(&parent), "<p>c</p>");
-    let grandchild = env.sim.create_page("Grandchild", Some(&child), "<p>g</p>");
-    env.coordinator("c1");
-    env.worker("w1");
-    env.worker("w2");
-    env.sync(SyncMode::Full).await;
+    let (env, director, mut paused, chain) = synced_chain(1, &["Parent", "Child", "Grandchild"], 2).await;
+    let [parent, child, grandchild] = chain;
     env.assert_sink_matches_source();
 
     env.sim.update_page(&parent, None, Some("<p>p2</p>"));
@@ -125,19 +144,8 @@ async fn children_moved_up_by_a_deletion_racing_a_sync() {
 /// breadcrumbs change too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn children_moved_up_to_a_grandparent_by_a_racing_deletion() {
-    let (env, director, mut paused) = env_with_points(Options {
-        pages: 0,
-        page_size: 1,
-        ..Options::default()
-    })
-    .await;
-    let top = env.sim.create_page("Top", None, "<p>t</p>");
-    let parent = env.sim.create_page("Parent", Some(&top), "<p>p</p>");
-    let child = env.sim.create_page("Child", Some(&parent), "<p>c</p>");
-    env.sim.create_page("Grandchild", Some(&child), "<p>g</p>");
-    env.coordinator("c1");
-    env.worker("w1");
-    env.sync(SyncMode::Full).await;
+    let (env, director, mut paused, chain) = synced_chain(1, &["Top", "Parent", "Child", "Grandchild"], 1).await;
+    let [_, parent, _, _] = chain;
 
     env.sim.update_page(&parent, Some("Parent renamed"), None);
     // After its page is fetched (page 0 of the run applies the rename) and
@@ -156,17 +164,8 @@ async fn children_moved_up_to_a_grandparent_by_a_racing_deletion() {
 /// good (neither page changes again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parent_renamed_between_feed_and_fetch_reaches_a_child_written_in_the_same_run() {
-    let (env, director, mut paused) = env_with_points(Options {
-        pages: 0,
-        page_size: 4,
-        ..Options::default()
-    })
-    .await;
-    let parent = env.sim.create_page("Parent", None, "<p>p</p>");
-    let child = env.sim.create_page("Child", Some(&parent), "<p>c</p>");
-    env.coordinator("c1");
-    env.worker("w1");
-    env.sync(SyncMode::Full).await;
+    let (env, director, mut paused, chain) = synced_chain(4, &["Parent", "Child"], 1).await;
+    let [parent, child] = chain;
 
     env.sim.update_page(&parent, None, Some("<p>p2</p>"));
     env.sim.update_page(&child, Some("Child renamed"), None);
@@ -183,17 +182,8 @@ async fn parent_renamed_between_feed_and_fetch_reaches_a_child_written_in_the_sa
 /// comparison, yet its child's planned breadcrumb carries the intermediate title.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parent_renamed_and_back_around_the_plan_leaves_no_stale_breadcrumb() {
-    let (env, director, mut paused) = env_with_points(Options {
-        pages: 0,
-        page_size: 1,
-        ..Options::default()
-    })
-    .await;
-    let parent = env.sim.create_page("Parent", None, "<p>p</p>");
-    let child = env.sim.create_page("Child", Some(&parent), "<p>c</p>");
-    env.coordinator("c1");
-    env.worker("w1");
-    env.sync(SyncMode::Full).await;
+    let (env, director, mut paused, chain) = synced_chain(1, &["Parent", "Child"], 1).await;
+    let [parent, child] = chain;
 
     env.sim.update_page(&parent, Some("Interim"), None);
     env.sim.update_page(&child, None, Some("<p>c2</p>"));
