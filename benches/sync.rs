@@ -41,6 +41,7 @@ fn sample_job(page: u32) -> PageJob {
                     title: format!("Page {i:04}"),
                     parent: None,
                     modified_at: None,
+                    ..DocMeta::default()
                 },
                 action: Action::Upsert,
                 breadcrumb: vec!["Root".into(), "Guide".into()],

@@ -26,7 +26,9 @@
 //!   pages done, before commit) where a test may pause it to replay a race.
 //! - [`sources`]: the `Source` trait, one folder per connector (settings, api,
 //!   feed, ...), and what they share (`client`, `settings`, `secret`, `clock`).
-//! - [`sinks`]: the `Sink` trait and one sink per file.
+//! - [`extract`]: bytes to readable text (PDF, Office, HTML, text in any
+//!   charset), shared by every connector.
+//! - [`sinks`]: the `Sink` trait and the document contract, one sink per file.
 //! - [`simulators`]: faithful imitations of third-party APIs, one folder each, for tests and the demo.
 //! - [`api`]: the HTTP API (trigger syncs, request and source status, probes, Prometheus metrics).
 //! - [`app`]: wiring a `Config` into running parts; [`shutdown`]: signals.
@@ -42,6 +44,7 @@ pub mod app;
 pub mod config;
 pub mod coordinator;
 pub mod db;
+pub mod extract;
 pub mod gate;
 pub mod hooks;
 pub mod keys;

@@ -71,7 +71,7 @@ impl FromStr for SourceId {
 }
 
 /// A document's id inside its source (a Confluence page id, a Drive file id, a path).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct DocumentId(pub String);
 

@@ -4,16 +4,17 @@
 
 use std::collections::BTreeMap;
 
-use tidemark::simulators::gdrive::{GdriveSim, SimConfig};
+use tidemark::simulators::files;
+use tidemark::simulators::gdrive::{DOC_MIME, GdriveSim, SHEET_MIME, SLIDES_MIME, SimConfig, SimFile};
 use tidemark::sources::gdrive::{Kind, version_string};
 use tidemark::state::RunStatus;
 use tidemark::types::SyncMode;
 
-use crate::harness::{Env, Options};
+use crate::harness::{Env, Options, words};
 
 /// Starts the simulator, then an environment whose source `eng` is that drive
 /// folder (plus `extra` settings lines), with one coordinator and one worker.
-async fn start(cfg: SimConfig, extra: &str) -> (Env, GdriveSim) {
+pub(crate) async fn start(cfg: SimConfig, extra: &str) -> (Env, GdriveSim) {
     let sim = GdriveSim::new(cfg);
     let (addr, _task) = sim
         .serve("127.0.0.1:0".parse().expect("addr"))
@@ -42,15 +43,63 @@ fn assert_sink_matches(env: &Env, sim: &GdriveSim) {
         .into_iter()
         .filter_map(|f| {
             let kind = Kind::of_mime(&f.mime_type)?;
-            Some((f.id, (version_string(kind, &f.version.to_string()), f.name, f.content)))
+            Some((
+                f.id,
+                (version_string(kind, &f.version.to_string()), f.name, words(&f.text)),
+            ))
         })
         .collect();
     let got: BTreeMap<String, (String, String, String)> = env
         .sink_docs()
         .into_iter()
-        .map(|d| (d.id.0, (d.version, d.title, d.content)))
+        .map(|d| (d.id.0, (d.version, d.title, words(&d.content))))
         .collect();
     crate::harness::assert_same_docs("the drive", &expected, &got);
+}
+
+/// Asserts every document carries the document contract as Drive's reference
+/// defines its parts: `webViewLink` (the Docs editor for Docs Editors files,
+/// the viewer for stored files), the file's `mimeType` and `modifiedTime`,
+/// the SHA-256 of the exact bytes downloaded or exported, the stored size, and
+/// a note (with empty text) for kinds that have no text, such as images.
+fn assert_contract(env: &Env, sim: &GdriveSim) {
+    use sha2::Digest;
+    let files: BTreeMap<String, SimFile> = sim.files_in_tree().into_iter().map(|f| (f.id.clone(), f)).collect();
+    let docs = env.sink_docs();
+    assert_eq!(docs.len(), files.len());
+    for d in docs {
+        let f = &files[&d.id.0];
+        assert_eq!(d.schema_version, tidemark::sinks::SCHEMA_VERSION);
+        let native = f.mime_type.starts_with("application/vnd.google-apps.");
+        let url = match f.mime_type.as_str() {
+            DOC_MIME => format!("https://docs.google.com/document/d/{}/edit?usp=drivesdk", f.id),
+            SHEET_MIME => format!("https://docs.google.com/spreadsheets/d/{}/edit?usp=drivesdk", f.id),
+            SLIDES_MIME => format!("https://docs.google.com/presentation/d/{}/edit?usp=drivesdk", f.id),
+            _ => format!("https://drive.google.com/file/d/{}/view?usp=drivesdk", f.id),
+        };
+        let a = &d.about;
+        assert_eq!(a.url.as_deref(), Some(url.as_str()), "{}", f.name);
+        assert_eq!(a.mime_type.as_deref(), Some(f.mime_type.as_str()), "{}", f.name);
+        assert_eq!(a.modified_at, Some(f.modified_time), "{}", f.name);
+        if f.mime_type.starts_with("image/") {
+            assert_eq!(d.content, "", "{}", f.name);
+            assert!(
+                a.content_note.as_deref().is_some_and(|n| n.contains("image/png")),
+                "{d:?}"
+            );
+            assert_eq!(a.source_sha256, None, "nothing was downloaded for {}", f.name);
+        } else {
+            let sha = hex::encode(sha2::Sha256::digest(&f.content));
+            assert_eq!(a.source_sha256.as_deref(), Some(sha.as_str()), "{}", f.name);
+            assert_eq!(a.content_note, None, "{}", f.name);
+        }
+        assert_eq!(
+            a.size_bytes,
+            Some(f.content.len() as u64),
+            "{} (native: {native})",
+            f.name
+        );
+    }
 }
 
 fn ids_named(sim: &GdriveSim, name: &str) -> String {
@@ -61,10 +110,13 @@ fn ids_named(sim: &GdriveSim, name: &str) -> String {
         .unwrap_or_else(|| panic!("no file named {name:?}"))
 }
 
-/// The problem statement on Drive: 500 files (Google Docs and text files in
-/// nested folders), then 3 created, 2 updated and 1 deleted. The incremental run
-/// processes exactly those 6 documents with at most 7 API calls (one
-/// changes.list plus one download per upsert), and the sink equals the drive.
+/// The problem statement on Drive: 500 files of every kind (Docs, Sheets and
+/// Slides; PDF, Word, Excel, PowerPoint, text, Markdown, CSV, HTML and images,
+/// each a real file) in nested folders, then 3 created, 2 updated and 1
+/// trashed. The full sync holds every file, binary ones included, with its
+/// text, URL, type and fingerprint; the incremental run processes exactly the 6
+/// documents with at most 7 API calls (one changes.list plus one download or
+/// export per upsert), and the sink equals the drive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_files_six_changes() {
     let (env, sim) = start(
@@ -79,19 +131,37 @@ async fn five_hundred_files_six_changes() {
     assert_eq!(full.status, RunStatus::Completed, "{full:?}");
     assert_eq!((full.docs_processed, full.upserted), (500, 500), "{full:?}");
     assert_sink_matches(&env, &sim);
+    assert_contract(&env, &sim);
+    let kinds: std::collections::BTreeSet<String> = sim.files_in_tree().into_iter().map(|f| f.mime_type).collect();
+    assert_eq!(kinds.len(), 12, "every kind is seeded: {kinds:?}");
 
     let folder2 = ids_named(&sim, "Folder 2");
-    sim.create_file("New A.txt", "root-folder", "text/plain", "a")
-        .expect("a");
-    sim.create_file("New B", &folder2, tidemark::simulators::gdrive::DOC_MIME, "b")
-        .expect("b");
-    sim.create_file("New C.md", &folder2, "text/markdown", "# c")
-        .expect("c");
+    sim.create_binary(
+        "New A.pdf",
+        "root-folder",
+        tidemark::extract::PDF_MIME,
+        &files::pdf(&["Incident review"]),
+        "Incident review",
+    )
+    .expect("a");
+    sim.create_file("New B", &folder2, DOC_MIME, "b").expect("b");
+    sim.create_binary(
+        "New C.docx",
+        &folder2,
+        tidemark::extract::DOCX_MIME,
+        &files::docx(&["Runbook"]),
+        "Runbook",
+    )
+    .expect("c");
     let in_tree = sim.files_in_tree();
-    assert!(sim.update_file(&in_tree[10].id, None, Some("edited")));
+    let deck = in_tree
+        .iter()
+        .find(|f| f.mime_type == tidemark::extract::PPTX_MIME)
+        .expect("a deck");
+    assert!(sim.update_binary(&deck.id, &files::pptx(&["New roadmap"]), "New roadmap"));
     assert!(sim.update_file(&in_tree[20].id, Some("Renamed"), None));
     let deleted = in_tree[30].id.clone();
-    assert!(sim.delete_file(&deleted));
+    assert!(sim.trash_file(&deleted));
     sim.reset_calls();
 
     let inc = env.sync(SyncMode::Incremental).await;
@@ -104,9 +174,10 @@ async fn five_hundred_files_six_changes() {
     assert_eq!(sim.calls().get("GET /drive/v3/changes"), Some(&1));
     assert!(
         env.sink_docs().iter().all(|d| d.id.0 != deleted),
-        "deleted file still in the sink"
+        "trashed file still in the sink"
     );
     assert_sink_matches(&env, &sim);
+    assert_contract(&env, &sim);
 }
 
 /// With nothing changed, an incremental run is one changes.list call and
@@ -256,7 +327,12 @@ async fn rate_limits_are_retried() {
     )
     .await;
     env.sync(SyncMode::Full).await;
-    let id = sim.files_in_tree()[2].id.clone();
+    let id = sim
+        .files_in_tree()
+        .into_iter()
+        .find(|f| f.mime_type == "text/plain")
+        .expect("a text file")
+        .id;
     assert!(sim.update_file(&id, None, Some("after the storm")));
     sim.reset_calls();
     sim.fail_next(2, 403);

@@ -232,6 +232,7 @@ async fn fetch_reports_same_site_links() {
             title: String::new(),
             parent: None,
             modified_at: None,
+            ..DocMeta::default()
         })
         .collect();
     let calls = ApiCalls::default();

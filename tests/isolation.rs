@@ -82,3 +82,53 @@ async fn one_unwritable_document_fails_alone_and_is_retried_until_it_succeeds() 
         "{fourth:?}"
     );
 }
+
+/// A document the source cannot hand over fails alone, at the fetch: Drive
+/// refuses to export a Google Doc over 10 MB (403 `exportSizeLimitExceeded`,
+/// per the `files.export` reference). The rest of its page is applied, the
+/// failure is permanent and names the file, and once the document shrinks the
+/// next incremental run writes it and forgets the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_unfetchable_document_fails_alone_and_is_retried_until_it_succeeds() {
+    use tidemark::simulators::gdrive::{DOC_MIME, EXPORT_LIMIT_BYTES, SimConfig};
+
+    let (env, sim) = crate::gdrive::start(
+        SimConfig {
+            files: 30,
+            ..SimConfig::default()
+        },
+        "",
+    )
+    .await;
+    let huge = "x".repeat(EXPORT_LIMIT_BYTES + 1);
+    let victim = sim
+        .create_file("Huge export", "root-folder", DOC_MIME, &huge)
+        .expect("created");
+
+    let first = env.sync(SyncMode::Full).await;
+    assert_eq!(first.status, RunStatus::CompletedWithErrors, "{first:?}");
+    assert_eq!(
+        (first.upserted, first.docs_failed, first.pages_failed),
+        (30, 1, 0),
+        "{first:?}"
+    );
+    assert!(
+        first.last_error.contains(&victim) && first.last_error.contains("exportSizeLimitExceeded"),
+        "{first:?}"
+    );
+    assert!(env.sink_docs().iter().all(|d| d.id.0 != victim));
+    let failures = env.app.state().failures(&env.source).await.expect("state");
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(!failures[&DocumentId(victim.clone())].retryable, "{failures:?}");
+
+    assert!(sim.update_file(&victim, None, Some("small now")));
+    let second = env.sync(SyncMode::Incremental).await;
+    assert_eq!(second.status, RunStatus::Completed, "{second:?}");
+    assert_eq!((second.upserted, second.docs_failed), (1, 0), "{second:?}");
+    assert!(
+        env.sink_docs()
+            .iter()
+            .any(|d| d.id.0 == victim && d.content == "small now")
+    );
+    assert!(env.app.state().failures(&env.source).await.expect("state").is_empty());
+}

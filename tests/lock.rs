@@ -388,6 +388,7 @@ async fn stale_token_writes_are_refused_everywhere() {
 
     let sink = DirectorySink::new(env.sink_dir.path());
     let mut sdoc = SinkDocument {
+        schema_version: tidemark::sinks::SCHEMA_VERSION,
         source: s.clone(),
         id: id.clone(),
         title: "T".into(),
@@ -395,6 +396,7 @@ async fn stale_token_writes_are_refused_everywhere() {
         parent: None,
         version: "1".into(),
         content: "new".into(),
+        about: tidemark::sinks::About::default(),
         content_hash: "h1".into(),
         fencing_token: new.token,
         links: vec![],
@@ -424,6 +426,7 @@ async fn stale_token_writes_are_refused_everywhere() {
                 title: page.title.clone(),
                 parent: None,
                 modified_at: None,
+                ..DocMeta::default()
             },
             action: Action::Upsert,
             breadcrumb: vec![],

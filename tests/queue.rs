@@ -244,6 +244,7 @@ async fn a_page_applied_twice_is_written_once() {
                 title: p.title.clone(),
                 parent: None,
                 modified_at: None,
+                ..DocMeta::default()
             },
             action: Action::Upsert,
             breadcrumb: vec![],

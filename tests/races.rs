@@ -224,7 +224,7 @@ fn assert_sink_matches_drive(env: &Env, sim: &GdriveSim) {
                 version_string(kind, &f.version.to_string()),
                 f.name,
                 f.parent,
-                f.content,
+                crate::harness::words(&f.text),
             );
             Some((f.id, row))
         })
@@ -232,7 +232,17 @@ fn assert_sink_matches_drive(env: &Env, sim: &GdriveSim) {
     let got: BTreeMap<String, Row> = env
         .sink_docs()
         .into_iter()
-        .map(|d| (d.id.0, (d.version, d.title, d.parent.map(|p| p.0), d.content)))
+        .map(|d| {
+            (
+                d.id.0,
+                (
+                    d.version,
+                    d.title,
+                    d.parent.map(|p| p.0),
+                    crate::harness::words(&d.content),
+                ),
+            )
+        })
         .collect();
     crate::harness::assert_same_docs("the drive", &expected, &got);
 }

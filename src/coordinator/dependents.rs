@@ -128,6 +128,7 @@ impl Coordinator {
                         title,
                         parent,
                         modified_at: None,
+                        ..DocMeta::default()
                     },
                     action: Action::Refresh,
                 }

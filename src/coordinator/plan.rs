@@ -90,6 +90,7 @@ fn named_item(id: &DocumentId, held: Option<&HeldMeta>) -> JobItem {
             title: held.map(|h| h.title.clone()).unwrap_or_default(),
             parent: held.and_then(|h| h.parent.clone()),
             modified_at: None,
+            ..DocMeta::default()
         },
         action: Action::Upsert,
         breadcrumb: Vec::new(),
@@ -416,6 +417,7 @@ impl Coordinator {
                     title: h.as_ref().map(|h| h.title.clone()).unwrap_or_default(),
                     parent: h.and_then(|h| h.parent),
                     modified_at: None,
+                    ..DocMeta::default()
                 },
                 action: Action::Delete,
                 breadcrumb: Vec::new(),
@@ -476,6 +478,7 @@ mod tests {
                 title: id.into(),
                 parent: None,
                 modified_at: None,
+                ..DocMeta::default()
             },
             action,
             breadcrumb: vec![],

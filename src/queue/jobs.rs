@@ -213,6 +213,7 @@ mod tests {
                     title: "T".into(),
                     parent: None,
                     modified_at: None,
+                    ..DocMeta::default()
                 },
                 action: Action::Upsert,
                 breadcrumb: vec!["Root".into()],

@@ -267,6 +267,7 @@ mod tests {
 
     fn doc(token: u64, version: &str, content: &str) -> SinkDocument {
         SinkDocument {
+            schema_version: crate::sinks::SCHEMA_VERSION,
             source: SourceId::new("eng").unwrap(),
             id: DocumentId("a/b".into()),
             title: "T".into(),
@@ -274,6 +275,7 @@ mod tests {
             parent: None,
             version: version.into(),
             content: content.into(),
+            about: crate::sinks::About::default(),
             content_hash: format!("h-{content}"),
             fencing_token: FencingToken(token),
             links: vec![],

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::lock::fencing::StaleFence;
@@ -44,9 +45,21 @@ pub enum Error {
     },
 }
 
-/// A document as written to a sink.
+/// The version of the document contract a [`SinkDocument`] follows
+/// (1: before `url`, `mime_type`, `modified_at`, `size_bytes`, `source_sha256` and `content_note`).
+pub const SCHEMA_VERSION: u32 = 2;
+
+fn schema_v1() -> u32 {
+    1
+}
+
+/// A document as written to a sink: the contract every sink stores and a
+/// retriever reads, the same for every connector (README, "The document contract").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SinkDocument {
+    /// [`SCHEMA_VERSION`] when written by this build.
+    #[serde(default = "schema_v1")]
+    pub schema_version: u32,
     /// Source it came from.
     pub source: SourceId,
     /// Id within the source.
@@ -59,9 +72,12 @@ pub struct SinkDocument {
     pub parent: Option<DocumentId>,
     /// Source version.
     pub version: String,
-    /// Content as the source gave it.
+    /// Readable text, extracted from what the source holds (empty for kinds without text).
     pub content: String,
-    /// SHA-256 over title, breadcrumb and content.
+    /// Where it lives at the source and what it is.
+    #[serde(flatten)]
+    pub about: About,
+    /// SHA-256 over everything a reader sees: title, parent, breadcrumb, content, links and [`About`].
     pub content_hash: String,
     /// Token of the run that wrote it.
     pub fencing_token: FencingToken,
@@ -69,6 +85,29 @@ pub struct SinkDocument {
     /// (`None`: the target does not exist, the link is broken).
     #[serde(default)]
     pub links: Vec<Link>,
+}
+
+/// A document's place and kind at its source: what a retriever cites and filters on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct About {
+    /// The link a person opens (a Confluence page's web UI, Drive's `webViewLink`, the web page, `file://`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The media type at the source (`application/pdf`, `application/vnd.google-apps.document`, ...).
+    #[serde(default)]
+    pub mime_type: Option<String>,
+    /// Last modification by the source's clock, UTC.
+    #[serde(default)]
+    pub modified_at: Option<DateTime<Utc>>,
+    /// Size in bytes at the source (or of what was fetched).
+    #[serde(default)]
+    pub size_bytes: Option<u64>,
+    /// SHA-256 (hex) of the exact bytes fetched or exported.
+    #[serde(default)]
+    pub source_sha256: Option<String>,
+    /// Why `content` is empty or partial (no extractor for the kind, over the size cap).
+    #[serde(default)]
+    pub content_note: Option<String>,
 }
 
 /// A resolved link to another document of the same source.

@@ -77,7 +77,7 @@ impl Error {
 }
 
 /// A document's metadata as the source reports it in a listing or change feed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DocMeta {
     /// The id inside the source.
     pub id: DocumentId,
@@ -89,6 +89,15 @@ pub struct DocMeta {
     pub parent: Option<DocumentId>,
     /// Last modification time by the *source's* clock, when it reports one.
     pub modified_at: Option<DateTime<Utc>>,
+    /// The link a person opens to read it (a page's web UI, Drive's `webViewLink`, `file://`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Its media type at the source (`application/pdf`, a Google Docs type, `text/html`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime_type: Option<String>,
+    /// Its size in bytes, when the source reports one (or once fetched, the bytes read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
 /// One fact from a change feed.
@@ -172,10 +181,36 @@ pub struct Checkpoint {
 pub struct FetchedDoc {
     /// Metadata as of the fetch (may be newer than the feed reported).
     pub meta: DocMeta,
-    /// The document's content (Confluence storage format, plain text, HTML...).
+    /// The document's readable text, extracted from whatever the source holds
+    /// (see [`crate::extract`]); empty for a kind that has no text.
     pub content: String,
     /// Documents of the same source this one links to, as the connector resolved them.
     pub links: Vec<DocumentId>,
+    /// SHA-256 (hex) of the exact bytes fetched or exported, when any were.
+    pub source_sha256: Option<String>,
+    /// Why `content` is empty or partial (no extractor for the kind, over the size cap), for people.
+    pub content_note: Option<String>,
+}
+
+impl FetchedDoc {
+    /// A document whose text is `content` as fetched (no separate bytes to fingerprint
+    /// beyond the text itself, whose SHA-256 is recorded).
+    pub fn text(meta: DocMeta, content: String, links: Vec<DocumentId>) -> Self {
+        let source_sha256 = Some(sha256_hex(content.as_bytes()));
+        Self {
+            meta,
+            content,
+            links,
+            source_sha256,
+            content_note: None,
+        }
+    }
+}
+
+/// Hex SHA-256 of `bytes` (the `source_sha256` of a fetched document).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// The result of fetching a page of documents.

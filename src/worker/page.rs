@@ -16,7 +16,7 @@ use crate::ancestry::{self, Tree};
 use crate::lock::fencing::StaleFence;
 use crate::queue::dlq;
 use crate::queue::jobs::{Action, PageJob};
-use crate::sinks::{self, Link, SinkDocument, Written};
+use crate::sinks::{self, About, Link, SCHEMA_VERSION, SinkDocument, Written};
 use crate::sources::{self, Source};
 use crate::state::{DocFailure, DocState, DocWrite, PageStats, RunUpdate};
 use crate::types::DocumentId;
@@ -63,12 +63,15 @@ impl SinkOp {
 /// planned by every later run (the coordinator compares parents) and skipped by
 /// the worker and the sink: the dead parent stayed in the sink for good
 /// (issue 8, convergence seed 334; `races::children_moved_up_by_a_deletion_racing_a_sync`).
+/// [`About`] is in it so a new URL, media type or note is written even when
+/// the text is the same.
 pub fn content_hash(
     title: &str,
     parent: Option<&DocumentId>,
     breadcrumb: &[String],
     content: &str,
     links: &[Link],
+    about: &About,
 ) -> String {
     let mut h = Sha256::new();
     h.update(title.as_bytes());
@@ -92,6 +95,8 @@ pub fn content_hash(
             h.update(t.as_bytes());
         }
     }
+    h.update([4u8]);
+    h.update(serde_json::to_vec(about).unwrap_or_default());
     hex::encode(h.finalize())
 }
 
@@ -264,12 +269,21 @@ impl Worker {
                 breadcrumb = ancestry::breadcrumb(&doc.meta.id, tree);
             }
             let links = resolve(&doc.links);
+            let about = About {
+                url: doc.meta.url.clone(),
+                mime_type: doc.meta.mime_type.clone(),
+                modified_at: doc.meta.modified_at,
+                size_bytes: doc.meta.size,
+                source_sha256: doc.source_sha256.clone(),
+                content_note: doc.content_note.clone(),
+            };
             let hash = content_hash(
                 &doc.meta.title,
                 doc.meta.parent.as_ref(),
                 &breadcrumb,
                 &doc.content,
                 &links,
+                &about,
             );
             let old = held.get(&doc.meta.id);
             if !unsettled.contains(&doc.meta.id)
@@ -279,6 +293,7 @@ impl Worker {
                 continue;
             }
             ops.push(SinkOp::Upsert(SinkDocument {
+                schema_version: SCHEMA_VERSION,
                 source: job.source.clone(),
                 id: doc.meta.id.clone(),
                 title: doc.meta.title.clone(),
@@ -286,6 +301,7 @@ impl Worker {
                 parent: doc.meta.parent.clone(),
                 version: doc.meta.version.clone(),
                 content: doc.content.clone(),
+                about,
                 content_hash: hash.clone(),
                 fencing_token: job.token,
                 links,
@@ -314,7 +330,14 @@ impl Worker {
             };
             let breadcrumb = breadcrumbs.get(id).map(|b| (*b).clone()).unwrap_or_default();
             let links = resolve(&old.links);
-            let hash = content_hash(&old.title, doc.parent.as_ref(), &breadcrumb, &doc.content, &links);
+            let hash = content_hash(
+                &old.title,
+                doc.parent.as_ref(),
+                &breadcrumb,
+                &doc.content,
+                &links,
+                &doc.about,
+            );
             if !unsettled.contains(id) && doc.breadcrumb == breadcrumb && doc.links == links && old.content_hash == hash
             {
                 stats.skipped += 1;

@@ -17,6 +17,7 @@ pub struct Doc {
     pub title: String,
     pub parent: Option<String>,
     pub breadcrumb: Vec<String>,
+    /// Compared by its words (`harness::words`).
     pub content: String,
     pub links: Vec<(String, Option<String>)>,
 }
@@ -98,7 +99,7 @@ pub fn sink_docs(sink_dir: &Path, source: &SourceId) -> Docs {
                     title: d.title,
                     parent: d.parent.map(|p| p.0),
                     breadcrumb: d.breadcrumb,
-                    content: d.content,
+                    content: crate::harness::words(&d.content),
                     links: d.links.into_iter().map(|l| (l.target.0, l.title)).collect(),
                 },
             )

@@ -149,7 +149,7 @@ impl SimulatedSource for Confluence {
                         title: p.title.clone(),
                         parent: p.parent_id.clone(),
                         breadcrumb: crumbs,
-                        content: p.body.clone(),
+                        content: crate::harness::words(&p.body),
                         links,
                     },
                 )

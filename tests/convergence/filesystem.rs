@@ -210,7 +210,7 @@ impl SimulatedSource for Filesystem {
                         title: name,
                         parent: dir,
                         breadcrumb,
-                        content: String::from_utf8_lossy(&bytes).into_owned(),
+                        content: crate::harness::words(&String::from_utf8_lossy(&bytes)),
                         links: Vec::new(),
                     },
                 )

@@ -1,11 +1,14 @@
 //! The Google Drive source (`drive`, served by the simulator): how the test
 //! creates, edits, renames, trashes, deletes and moves its files and folders,
-//! and what the sink must hold for it: every syncable file of the folder tree,
-//! with `<kind>:<version>`, name, parent folder and content; no breadcrumb
-//! (folders are not documents) and no links.
+//! and what the sink must hold for it: every file of the folder tree (every
+//! kind: Docs Editors files, real PDF and Office files, text, images), with
+//! `<kind>:<version>`, name, parent folder and text; no breadcrumb (folders
+//! are not documents) and no links.
 
 use std::net::SocketAddr;
 
+use tidemark::extract::{DOCX_MIME, PDF_MIME, PPTX_MIME, XLSX_MIME};
+use tidemark::simulators::files;
 use tidemark::simulators::gdrive::{DOC_MIME, FORM_MIME, GdriveSim, SHEET_MIME, SimConfig};
 use tidemark::sources::gdrive::{Kind, version_string};
 
@@ -35,6 +38,27 @@ impl Drive {
         sim.create_file("Outside.txt", &outside, "text/plain", "outside, for now")
             .expect("outside file");
         (Drive { sim }, addr)
+    }
+
+    /// A real file of type `mime` holding `text`, and the text a reader should get from it.
+    fn content(mime: &str, text: &str) -> (Vec<u8>, String) {
+        match mime {
+            PDF_MIME => (files::pdf(&[text]), text.to_owned()),
+            DOCX_MIME => (files::docx(&[text]), text.to_owned()),
+            PPTX_MIME => (files::pptx(&[text]), text.to_owned()),
+            XLSX_MIME => (files::xlsx(&[("S", vec![vec![text]])]), format!("## S\n{text}")),
+            m if m.starts_with("image/") => (files::PNG_1X1.to_vec(), String::new()),
+            // A form has no text export: a document with its metadata only.
+            FORM_MIME => (Vec::new(), String::new()),
+            _ => (text.as_bytes().to_vec(), text.to_owned()),
+        }
+    }
+
+    /// Rewrites file `id` (of type `mime`) with new content built from `text`.
+    fn edit(&self, ops: &mut Ops, id: &str, mime: &str, text: &str) {
+        let (bytes, expected) = Self::content(mime, text);
+        self.sim.update_binary(id, &bytes, &expected);
+        ops.log.push(format!("drive edit {id}"));
     }
 
     /// Untrashes `id` if `trashed`, trashes it otherwise; `what` (`""` or
@@ -67,6 +91,13 @@ impl SimulatedSource for Drive {
                 .filter(|f| !f.is_folder())
                 .map(|f| (f.id.clone(), f.trashed))
                 .collect();
+            let mime_of = |id: &str| {
+                files
+                    .iter()
+                    .find(|f| f.id == id)
+                    .map(|f| f.mime_type.clone())
+                    .unwrap_or_default()
+            };
             let roll = ops.rng.below(100);
             let doc = ops.rng.pick(&docs).cloned();
             let mut dest = ops.rng.pick(&folders).cloned().unwrap_or_else(|| root.clone());
@@ -80,21 +111,25 @@ impl SimulatedSource for Drive {
                         .rng
                         .pick(&[
                             "text/plain",
-                            "text/plain",
                             DOC_MIME,
                             "text/markdown",
                             SHEET_MIME,
                             FORM_MIME,
+                            PDF_MIME,
+                            DOCX_MIME,
+                            XLSX_MIME,
+                            PPTX_MIME,
+                            "image/png",
                         ])
                         .expect("mimes");
                     let name = format!("File {k}");
-                    let id = self.sim.create_file(&name, &dest, mime, &format!("content {k}"));
+                    let (bytes, text) = Self::content(mime, &format!("content {k}"));
+                    let id = self.sim.create_binary(&name, &dest, mime, &bytes, &text);
                     ops.log.push(format!("drive create {id:?} {name:?} {mime} in {dest}"));
                 }
                 (20..=39, Some((id, _))) => {
                     let k = ops.tick();
-                    self.sim.update_file(&id, None, Some(&format!("edited {k}")));
-                    ops.log.push(format!("drive edit {id}"));
+                    self.edit(ops, &id, &mime_of(&id), &format!("edited {k}"));
                 }
                 (40..=49, Some((id, _))) => {
                     let k = ops.tick();
@@ -133,8 +168,7 @@ impl SimulatedSource for Drive {
                 }
                 (_, Some((id, _))) => {
                     let k = ops.tick();
-                    self.sim.update_file(&id, None, Some(&format!("edited {k}")));
-                    ops.log.push(format!("drive edit {id}"));
+                    self.edit(ops, &id, &mime_of(&id), &format!("edited {k}"));
                 }
             }
         }
@@ -153,7 +187,7 @@ impl SimulatedSource for Drive {
                         title: f.name,
                         parent: f.parent,
                         breadcrumb: Vec::new(),
-                        content: f.content,
+                        content: crate::harness::words(&f.text),
                         links: Vec::new(),
                     },
                 ))

@@ -217,7 +217,7 @@ impl SimulatedSource for Web {
                     title: (*title).to_owned(),
                     parent: None,
                     breadcrumb: Vec::new(),
-                    content,
+                    content: crate::harness::words(&content),
                     links,
                 },
             );

@@ -344,6 +344,12 @@ impl Drop for Env {
     }
 }
 
+/// Text compared by its words: extraction may lay lines out differently (a
+/// PDF's line breaks, trailing newlines) without the text being different.
+pub fn words(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// Panics with a readable diff (missing, extra, and up to 5 differing ids) if
 /// the sink's documents (`got`) are not exactly those of the source (`expected`).
 pub fn assert_same_docs<V: PartialEq + std::fmt::Debug>(

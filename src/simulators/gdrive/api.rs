@@ -16,7 +16,8 @@
 //!   `driveId` is a 404 `notFound`.
 //! - An empty rate bucket answers 403 `userRateLimitExceeded` without
 //!   `Retry-After`, as Drive does.
-//! - `fields` is accepted and ignored: every field the connector asks for is served.
+//! - `fields` selects what a response carries ([`super::fields`]); without it,
+//!   Drive's defaults (`kind,id,name,mimeType` per file).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -30,7 +31,8 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::GdriveSim;
-use super::model::{DOC_MIME, Entry, FIRST_CHANGE, FOLDER_MIME, SHEET_MIME, SLIDES_MIME, SimState};
+use super::fields::Selection;
+use super::model::{DOC_MIME, EXPORT_LIMIT_BYTES, Entry, FIRST_CHANGE, FOLDER_MIME, SHEET_MIME, SLIDES_MIME, SimState};
 use super::query::parse_q;
 use crate::simulators::http::{self, query_map, rfc3339_millis as ts};
 use crate::simulators::traffic::Admission;
@@ -63,7 +65,15 @@ impl SimState {
             "trashed": e.trashed,
             "modifiedTime": ts(e.modified),
             "version": e.version.to_string(),
+            "webViewLink": web_view_link(id, &e.mime),
         });
+        // Only files with content stored in Drive have a size and checksums
+        // (not Docs Editors files, folders or shortcuts). `md5Checksum` and
+        // `sha1Checksum` are not simulated: tidemark does not ask for them.
+        if !e.mime.starts_with("application/vnd.google-apps.") {
+            v["size"] = json!(e.content.len().to_string());
+            v["sha256Checksum"] = json!(crate::sources::sha256_hex(&e.content));
+        }
         if let Some(d) = &self.drive_id {
             v["driveId"] = json!(d);
         }
@@ -207,6 +217,30 @@ pub(super) async fn not_found() -> Response {
     google_error(404, "global", "notFound", "Not Found", None)
 }
 
+/// `fields` when the request has none: what Drive v3 answers by default.
+const DEFAULT_LIST_FIELDS: &str = "kind,nextPageToken,incompleteSearch,files(kind,id,name,mimeType)";
+const DEFAULT_CHANGE_FIELDS: &str = "kind,nextPageToken,newStartPageToken,changes(kind,changeType,removed,fileId,time,driveId,file(kind,id,name,mimeType))";
+const DEFAULT_FILE_FIELDS: &str = "kind,id,name,mimeType";
+
+/// `body` cut down to the request's `fields` (or `default`); 400 for a malformed selection.
+fn selected(p: &BTreeMap<String, String>, default: &str, body: &Value) -> Response {
+    match Selection::parse(p.get("fields").map_or(default, String::as_str)) {
+        Ok(sel) => Json(sel.apply(body)).into_response(),
+        Err(e) => invalid_param("fields", &format!("Invalid field selection: {e}")),
+    }
+}
+
+/// `webViewLink` as Drive builds it: the editor for Docs Editors files, the viewer otherwise.
+fn web_view_link(id: &str, mime: &str) -> String {
+    match mime {
+        DOC_MIME => format!("https://docs.google.com/document/d/{id}/edit?usp=drivesdk"),
+        SHEET_MIME => format!("https://docs.google.com/spreadsheets/d/{id}/edit?usp=drivesdk"),
+        SLIDES_MIME => format!("https://docs.google.com/presentation/d/{id}/edit?usp=drivesdk"),
+        FOLDER_MIME => format!("https://drive.google.com/drive/folders/{id}"),
+        _ => format!("https://drive.google.com/file/d/{id}/view?usp=drivesdk"),
+    }
+}
+
 async fn api_start_token(State(sim): State<GdriveSim>, RawQuery(q): RawQuery) -> Response {
     let p = query_map(q.as_deref());
     let st = sim.lock();
@@ -283,7 +317,7 @@ async fn api_changes(State(sim): State<GdriveSim>, RawQuery(q): RawQuery) -> Res
         Some(t) => body["nextPageToken"] = json!(t.to_string()),
         None => body["newStartPageToken"] = json!(st.next_change.to_string()),
     }
-    Json(body).into_response()
+    selected(&p, DEFAULT_CHANGE_FIELDS, &body)
 }
 
 async fn api_files_list(State(sim): State<GdriveSim>, RawQuery(q): RawQuery) -> Response {
@@ -352,7 +386,7 @@ async fn api_files_list(State(sim): State<GdriveSim>, RawQuery(q): RawQuery) -> 
     if more && let Some(l) = last {
         body["nextPageToken"] = json!(format!("~{l}"));
     }
-    Json(body).into_response()
+    selected(&p, DEFAULT_LIST_FIELDS, &body)
 }
 
 async fn api_files_get(State(sim): State<GdriveSim>, Path(id): Path<String>, RawQuery(q): RawQuery) -> Response {
@@ -366,7 +400,7 @@ async fn api_files_get(State(sim): State<GdriveSim>, Path(id): Path<String>, Raw
         return file_not_found(&id);
     };
     match p.get("alt").map(String::as_str) {
-        None | Some("json") => Json(st.file_json(&id, e)).into_response(),
+        None | Some("json") => selected(&p, DEFAULT_FILE_FIELDS, &st.file_json(&id, e)),
         Some("media") => {
             if e.mime.starts_with("application/vnd.google-apps.") {
                 return google_error(
@@ -419,6 +453,17 @@ async fn api_files_export(State(sim): State<GdriveSim>, Path(id): Path<String>, 
             "badRequest",
             "The requested conversion is not supported.",
             Some(("parameter", "mimeType")),
+        );
+    }
+    // "The exported content is limited to 10MB" (files.export reference); the
+    // refusal's body is the one Google documents for it.
+    if e.content.len() > EXPORT_LIMIT_BYTES {
+        return google_error(
+            403,
+            "global",
+            "exportSizeLimitExceeded",
+            "This file is too large to be exported.",
+            None,
         );
     }
     let ct = HeaderValue::from_str(target).unwrap_or(HeaderValue::from_static("text/plain"));
@@ -515,7 +560,7 @@ mod tests {
             .send()
             .await
             .expect("send");
-        assert_eq!(resp.text().await.expect("text"), txt.content);
+        assert_eq!(resp.bytes().await.expect("bytes"), txt.content);
         let (status, err) = get_json(&http, &format!("{base}/drive/v3/files/{}?alt=media", doc.id)).await;
         assert_eq!(
             (status, err["error"]["errors"][0]["reason"].clone()),
@@ -526,7 +571,7 @@ mod tests {
             .send()
             .await
             .expect("send");
-        assert_eq!(resp.text().await.expect("text"), doc.content);
+        assert_eq!(resp.bytes().await.expect("bytes"), doc.content);
         let (status, err) = get_json(&http, &format!("{base}/drive/v3/files/nope?alt=media")).await;
         assert_eq!(status, 404);
         assert_eq!(err["error"]["errors"][0]["reason"], "notFound");
@@ -563,7 +608,7 @@ mod tests {
         let (_, hidden) = get_json(&http, &format!("{base}/drive/v3/files?q={q}")).await;
         assert_eq!(hidden["files"].as_array().map(Vec::len), Some(0));
         let shared = format!(
-            "{base}/drive/v3/files?q={q}&corpora=drive&driveId=0AbcSharedDrive&supportsAllDrives=true&includeItemsFromAllDrives=true"
+            "{base}/drive/v3/files?q={q}&corpora=drive&driveId=0AbcSharedDrive&supportsAllDrives=true&includeItemsFromAllDrives=true&fields=files(id%2CdriveId)"
         );
         let (status, seen) = get_json(&http, &shared).await;
         assert_eq!(status, 200, "{seen}");

@@ -52,10 +52,11 @@ use serde::Serialize;
 use super::http::{self, CallCounts};
 use super::traffic::{Admission, TrafficStats};
 use model::SimState;
-pub use model::{DOC_MIME, FOLDER_MIME, FORM_MIME, SHEET_MIME, SLIDES_MIME, SimFile};
+pub use model::{DOC_MIME, EXPORT_LIMIT_BYTES, FOLDER_MIME, FORM_MIME, SHEET_MIME, SLIDES_MIME, SimFile};
 
 mod api;
 mod control;
+mod fields;
 mod model;
 mod query;
 
@@ -146,10 +147,16 @@ impl GdriveSim {
         self.lock().drive_root_id.clone()
     }
 
-    /// Creates a file (version 1) under `parent`; returns its id. `None` if
-    /// `parent` is not a folder.
+    /// Creates a text file (or a Docs Editors file whose export is `content`),
+    /// version 1, under `parent`; returns its id. `None` if `parent` is not a folder.
     pub fn create_file(&self, name: &str, parent: &str, mime: &str, content: &str) -> Option<String> {
-        self.lock().create_file(name, parent, mime, content)
+        self.lock().create_file(name, parent, mime, content.as_bytes(), content)
+    }
+
+    /// Creates a file holding `bytes` (a real PDF, DOCX, ...) whose readable
+    /// text is `text`, version 1, under `parent`; returns its id.
+    pub fn create_binary(&self, name: &str, parent: &str, mime: &str, bytes: &[u8], text: &str) -> Option<String> {
+        self.lock().create_file(name, parent, mime, bytes, text)
     }
 
     /// Creates a folder under `parent`; returns its id. `None` if `parent` is not a folder.
@@ -157,10 +164,15 @@ impl GdriveSim {
         self.create_file(name, parent, FOLDER_MIME, "")
     }
 
-    /// Renames and/or rewrites a file: bumps `version` and `modifiedTime`, records
-    /// a change. `false` if there is no such file.
+    /// Renames and/or rewrites a text file: bumps `version` and `modifiedTime`,
+    /// records a change. `false` if there is no such file.
     pub fn update_file(&self, id: &str, name: Option<&str>, content: Option<&str>) -> bool {
-        self.lock().update_file(id, name, content)
+        self.lock().update_file(id, name, content.map(|c| (c.as_bytes(), c)))
+    }
+
+    /// Rewrites a file with new `bytes` whose readable text is `text`, as [`Self::update_file`].
+    pub fn update_binary(&self, id: &str, bytes: &[u8], text: &str) -> bool {
+        self.lock().update_file(id, None, Some((bytes, text)))
     }
 
     /// Moves a file to the trash (`trashed: true`, still readable by id), recording a change.

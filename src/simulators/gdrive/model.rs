@@ -23,6 +23,9 @@ use crate::simulators::traffic::Traffic;
 
 /// `mimeType` of a folder.
 pub const FOLDER_MIME: &str = "application/vnd.google-apps.folder";
+/// `files.export` refuses content larger than this ("limited to 10MB").
+pub const EXPORT_LIMIT_BYTES: usize = 10 * 1024 * 1024;
+
 /// `mimeType` of a Google Doc (exportable as `text/plain`).
 pub const DOC_MIME: &str = "application/vnd.google-apps.document";
 /// `mimeType` of a Google Sheet (exportable as `text/csv`).
@@ -47,8 +50,12 @@ pub struct SimFile {
     pub mime_type: String,
     /// `version` (Drive serves it as a string).
     pub version: u64,
-    /// Content: the bytes of a plain file, the text export of a Google Doc; empty for folders.
-    pub content: String,
+    /// Content: the bytes of a file stored in Drive (a real PDF, DOCX, ...), the
+    /// text export of a Docs Editors file; empty for folders.
+    pub content: Vec<u8>,
+    /// The text a reader should get from it: what the file was made from (the
+    /// expected value of tests; empty for kinds without text, such as images).
+    pub text: String,
     /// In the trash.
     pub trashed: bool,
     /// `modifiedTime`.
@@ -67,7 +74,8 @@ pub(super) struct Entry {
     pub(super) parent: Option<String>,
     pub(super) mime: String,
     pub(super) version: u64,
-    pub(super) content: String,
+    pub(super) content: Vec<u8>,
+    pub(super) text: String,
     pub(super) trashed: bool,
     pub(super) modified: DateTime<Utc>,
 }
@@ -126,7 +134,8 @@ impl SimState {
                 parent: None,
                 mime: FOLDER_MIME.to_owned(),
                 version: 1,
-                content: String::new(),
+                content: Vec::new(),
+                text: String::new(),
                 trashed: false,
                 modified: t,
             },
@@ -138,7 +147,8 @@ impl SimState {
                 parent: Some(cfg.drive_root_id.clone()),
                 mime: FOLDER_MIME.to_owned(),
                 version: 1,
-                content: String::new(),
+                content: Vec::new(),
+                text: String::new(),
                 trashed: false,
                 modified: t,
             },
@@ -152,20 +162,23 @@ impl SimState {
             } else {
                 cfg.root_folder_id.clone()
             };
-            let id = st.insert(&format!("Folder {}", k + 1), &parent, FOLDER_MIME, "", 1);
+            let id = st.insert(&format!("Folder {}", k + 1), &parent, FOLDER_MIME, b"", "", 1);
             folders.push(id);
         }
         let mut rng = cfg.seed;
         for i in 0..cfg.files {
             let parent = folders[i % folders.len()].clone();
-            let (name, mime) = if i % 3 == 0 {
-                (format!("Doc {:04}", i + 1), DOC_MIME)
-            } else {
-                (format!("Note {:04}.txt", i + 1), "text/plain")
-            };
-            let content = format!("Seeded file {} ({mime}).\nToken {:016x}.\n", i + 1, splitmix(&mut rng));
+            let token = splitmix(&mut rng);
+            let seeded = seeded_file(i, token);
             let version = 1 + splitmix(&mut rng) % 5;
-            st.insert(&name, &parent, mime, &content, version);
+            st.insert(
+                &seeded.name,
+                &parent,
+                seeded.mime,
+                &seeded.content,
+                &seeded.text,
+                version,
+            );
         }
         st
     }
@@ -193,7 +206,15 @@ impl SimState {
     }
 
     /// Adds an item under `parent` and records its change; returns its new id.
-    pub(super) fn insert(&mut self, name: &str, parent: &str, mime: &str, content: &str, version: u64) -> String {
+    pub(super) fn insert(
+        &mut self,
+        name: &str,
+        parent: &str,
+        mime: &str,
+        content: &[u8],
+        text: &str,
+        version: u64,
+    ) -> String {
         let id = self.new_id(mime == FOLDER_MIME);
         self.files.insert(
             id.clone(),
@@ -203,6 +224,7 @@ impl SimState {
                 mime: mime.to_owned(),
                 version,
                 content: content.to_owned(),
+                text: text.to_owned(),
                 trashed: false,
                 modified: now(),
             },
@@ -217,24 +239,32 @@ impl SimState {
     }
 
     /// Creates an item (version 1) under `parent`; `None` if `parent` is not a folder.
-    pub(super) fn create_file(&mut self, name: &str, parent: &str, mime: &str, content: &str) -> Option<String> {
+    pub(super) fn create_file(
+        &mut self,
+        name: &str,
+        parent: &str,
+        mime: &str,
+        content: &[u8],
+        text: &str,
+    ) -> Option<String> {
         if self.files.get(parent).is_none_or(|p| p.mime != FOLDER_MIME) {
             return None;
         }
-        Some(self.insert(name, parent, mime, content, 1))
+        Some(self.insert(name, parent, mime, content, text, 1))
     }
 
     /// Renames and/or rewrites an item: bumps `version` and `modified`, records
     /// a change. `false` if there is no such item.
-    pub(super) fn update_file(&mut self, id: &str, name: Option<&str>, content: Option<&str>) -> bool {
+    pub(super) fn update_file(&mut self, id: &str, name: Option<&str>, content: Option<(&[u8], &str)>) -> bool {
         let Some(e) = self.files.get_mut(id) else {
             return false;
         };
         if let Some(n) = name {
             e.name = n.to_owned();
         }
-        if let Some(c) = content {
-            e.content = c.to_owned();
+        if let Some((bytes, text)) = content {
+            e.content = bytes.to_owned();
+            e.text = text.to_owned();
         }
         e.version += 1;
         e.modified = now();
@@ -313,6 +343,7 @@ impl SimState {
                 mime_type: e.mime.clone(),
                 version: e.version,
                 content: e.content.clone(),
+                text: e.text.clone(),
                 trashed: e.trashed,
                 modified_time: e.modified,
             })
@@ -351,4 +382,90 @@ pub(super) fn files_in_tree(all: &[SimFile], root: &str) -> Vec<SimFile> {
         .filter(|f| !f.is_folder() && !f.trashed && in_tree(f))
         .cloned()
         .collect()
+}
+
+/// One seeded file: name, type, bytes and the text a reader should get.
+pub(super) struct Seeded {
+    pub(super) name: String,
+    pub(super) mime: &'static str,
+    pub(super) content: Vec<u8>,
+    pub(super) text: String,
+}
+
+/// The `i`-th seeded file: the kinds cycle through every kind a drive holds
+/// (Docs Editors files, PDF, Office files, text, Markdown, CSV, HTML and an
+/// image), each a real file of its type holding a sentence unique to it.
+pub(super) fn seeded_file(i: usize, token: u64) -> Seeded {
+    use crate::extract::{DOCX_MIME, PDF_MIME, PPTX_MIME, XLSX_MIME};
+    use crate::simulators::files;
+
+    let n = i + 1;
+    let line = format!("Seeded file {n} token {token:016x}");
+    let text_file = |name: String, mime: &'static str, text: String| Seeded {
+        name,
+        mime,
+        content: text.clone().into_bytes(),
+        text,
+    };
+    let binary = |name: String, mime: &'static str, content: Vec<u8>, text: String| Seeded {
+        name,
+        mime,
+        content,
+        text,
+    };
+    let html = format!(
+        "<!doctype html><html><head><title>Page {n}</title><script>var x=1;</script></head><body><h1>{line}</h1><p>An HTML page.</p></body></html>"
+    );
+    match i % 12 {
+        0 => text_file(format!("Doc {n:04}"), DOC_MIME, format!("{line}\nA Google Doc.")),
+        1 => text_file(format!("Note {n:04}.txt"), "text/plain", format!("{line}\nPlain text.")),
+        2 => binary(
+            format!("Report {n:04}.pdf"),
+            PDF_MIME,
+            files::pdf(&[&line, "Second page of the report"]),
+            format!("{line}\n\nSecond page of the report"),
+        ),
+        3 => binary(
+            format!("Guide {n:04}.docx"),
+            DOCX_MIME,
+            files::docx(&[&line, "A Word document."]),
+            format!("{line}\nA Word document."),
+        ),
+        4 => text_file(format!("Sheet {n:04}"), SHEET_MIME, format!("name,value\n{line},{n}")),
+        5 => binary(
+            format!("Budget {n:04}.xlsx"),
+            XLSX_MIME,
+            files::xlsx(&[("Budget", vec![vec!["item", "cost"], vec![&line, "300"]])]),
+            format!("## Budget\nitem,cost\n{line},300"),
+        ),
+        6 => text_file(
+            format!("Readme {n:04}.md"),
+            "text/markdown",
+            format!("# {line}\n\nMarkdown text."),
+        ),
+        7 => binary(
+            format!("Deck {n:04}.pptx"),
+            PPTX_MIME,
+            files::pptx(&[&line, "Questions?"]),
+            format!("{line}\n\nQuestions?"),
+        ),
+        8 => text_file(
+            format!("Slides {n:04}"),
+            SLIDES_MIME,
+            format!("{line}\nA Google Slides deck."),
+        ),
+        9 => text_file(format!("Data {n:04}.csv"), "text/csv", format!("id,label\n{n},{line}")),
+        10 => binary(
+            format!("Page {n:04}.html"),
+            "text/html",
+            html.into_bytes(),
+            format!("# {line}\n\nAn HTML page."),
+        ),
+        _ => binary(
+            format!("Photo {n:04}.png"),
+            "image/png",
+            files::PNG_1X1.to_vec(),
+            String::new(),
+        ),
+    }
 }

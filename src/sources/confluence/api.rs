@@ -305,6 +305,7 @@ impl V2Page {
             title: self.title.clone(),
             parent: self.parent_id.clone().map(DocumentId),
             modified_at: c.timestamp(version.created_at.as_deref(), url)?,
+            ..DocMeta::default()
         })
     }
 }

@@ -95,6 +95,7 @@ impl ChangeFeed for ConfluenceFeed {
                         // Ancestors run from the space root down to the direct parent.
                         parent: item.ancestors.last().map(|a| DocumentId(a.id.clone())),
                         modified_at: when,
+                        ..DocMeta::default()
                     }));
                 }
                 if let Some(links) = reply.body.links

@@ -235,7 +235,7 @@ impl Source for Confluence {
                         continue;
                     };
                     let links = page_links(&content);
-                    out.docs.push(FetchedDoc { meta, content, links });
+                    out.docs.push(FetchedDoc::text(meta, content, links));
                 }
                 match reply.body.links.and_then(|l| l.next).or(reply.link_next) {
                     Some(next) => url = c.resolve_site_path(&next, &url)?,
@@ -368,6 +368,7 @@ mod tests {
                 title: p.title.clone(),
                 parent: None,
                 modified_at: None,
+                ..DocMeta::default()
             })
             .collect();
         sim.reset_calls();

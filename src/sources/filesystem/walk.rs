@@ -103,6 +103,7 @@ pub(super) fn meta_for(id: &str, version: String, mtime: Option<i128>) -> DocMet
         title,
         parent,
         modified_at: mtime.and_then(modified_at),
+        ..DocMeta::default()
     }
 }
 
@@ -431,11 +432,11 @@ impl Walker {
             mtime_ns: mtime,
             hash: hash_prefix(&bytes),
         };
-        Ok(Some(FetchedDoc {
-            meta: meta_for(id, version.render(), Some(mtime)),
-            content: String::from_utf8_lossy(&bytes).into_owned(),
-            links: Vec::new(),
-        }))
+        Ok(Some(FetchedDoc::text(
+            meta_for(id, version.render(), Some(mtime)),
+            String::from_utf8_lossy(&bytes).into_owned(),
+            Vec::new(),
+        )))
     }
 }
 

@@ -19,19 +19,24 @@ use serde::Deserialize;
 use url::Url;
 
 use super::settings::{GdriveSettings, is_drive_id};
+use crate::extract::{self, Format};
 use crate::sources::client::{self, Body, RetryingClient, Verdict};
 use crate::sources::clock;
-use crate::sources::{ApiCalls, DocMeta, Error, FetchedDoc};
+use crate::sources::{self, ApiCalls, DocMeta, Error, FetchedDoc};
 use crate::types::DocumentId;
 
 /// Largest `pageSize` of `changes.list` and `files.list`.
 pub const MAX_PAGE_SIZE: u32 = 1000;
 /// `mimeType` of a folder.
 pub(super) const FOLDER_MIME: &str = "application/vnd.google-apps.folder";
+/// `mimeType` of a shortcut (a pointer to another file, not a document itself).
+pub(super) const SHORTCUT_MIME: &str = "application/vnd.google-apps.shortcut";
 /// Fields asked of `changes.list`.
-const CHANGE_FIELDS: &str = "nextPageToken,newStartPageToken,changes(changeType,removed,fileId,time,file(id,name,mimeType,parents,trashed,modifiedTime,version,md5Checksum,driveId))";
+const CHANGE_FIELDS: &str = "nextPageToken,newStartPageToken,changes(changeType,removed,fileId,time,file(id,name,mimeType,parents,trashed,modifiedTime,version,size,webViewLink,driveId))";
+/// Fields asked of `files.get` for one file's metadata.
+const FILE_FIELDS: &str = "id,name,mimeType,parents,trashed,modifiedTime,version,size,webViewLink";
 /// Fields asked of `files.list`.
-const LIST_FIELDS: &str = "nextPageToken,files(id,name,mimeType,parents,trashed,modifiedTime,version,md5Checksum)";
+const LIST_FIELDS: &str = "nextPageToken,files(id,name,mimeType,parents,trashed,modifiedTime,version,size,webViewLink)";
 
 /// Everything a request needs; shared by the source and its feeds.
 pub(super) struct Client {
@@ -281,20 +286,73 @@ impl Client {
         }
     }
 
-    /// Downloads one document; `None` if Drive no longer has it.
+    /// The current metadata of one file (`files.get`); `None` if Drive no longer
+    /// has it, it is in the trash, or it is not a document (a folder, a shortcut).
+    async fn file_meta(&self, id: &str, calls: &ApiCalls) -> Result<Option<DocMeta>, Error> {
+        let mut url = self.url("drive/v3/files")?;
+        if let Ok(mut s) = url.path_segments_mut() {
+            s.push(id);
+        }
+        url.query_pairs_mut()
+            .append_pair("supportsAllDrives", "true")
+            .append_pair("fields", FILE_FIELDS);
+        match self.get(&url, calls).await? {
+            Ok(body) => {
+                let f: DriveFile = self.decode(&url, &body)?;
+                Ok(if f.trashed { None } else { f.meta() })
+            }
+            Err(r) if r.status == 404 => Ok(None),
+            Err(r) => Err(r.into_error()),
+        }
+    }
+
+    /// Downloads one document; `None` if Drive no longer has it. A document
+    /// named without a listing (a repair, an unsettled or failed document)
+    /// carries no media type: its metadata is read first (one more call), so
+    /// it is written with its URL and type like any other.
     pub(super) async fn download(&self, meta: &DocMeta, calls: &ApiCalls) -> Result<Option<FetchedDoc>, Error> {
         let id = &meta.id.0;
         if !is_drive_id(id) {
             // Cannot be a Drive id, so Drive cannot have it.
             return Ok(None);
         }
+        let fresh;
+        let meta = if meta.mime_type.is_none() {
+            match self.file_meta(id, calls).await? {
+                Some(m) => {
+                    fresh = m;
+                    &fresh
+                }
+                None => return Ok(None),
+            }
+        } else {
+            meta
+        };
         let kind = meta.version.split_once(':').and_then(|(tag, _)| Kind::from_tag(tag));
+        if kind == Some(Kind::MetadataOnly) {
+            let mime = meta.mime_type.as_deref().unwrap_or("this file type");
+            return Ok(Some(metadata_only(
+                meta,
+                format!("no text: {mime} has no text extractor"),
+            )));
+        }
+        let cap = self.settings.max_file_bytes;
+        if let Some(size) = meta
+            .size
+            .filter(|s| *s > cap && kind.is_none_or(|k| k.export_mime().is_none()))
+        {
+            return Ok(Some(metadata_only(
+                meta,
+                format!("not downloaded: {size} bytes is over max_file_bytes ({cap})"),
+            )));
+        }
         let mut url = self.url("drive/v3/files")?;
         let Ok(mut segments) = url.path_segments_mut() else {
             return Err(self.http.permanent("base_url cannot have a path"));
         };
         segments.push(id);
-        match kind.and_then(Kind::export_mime) {
+        let export = kind.and_then(Kind::export_mime);
+        match export {
             Some(mime) => {
                 segments.push("export");
                 drop(segments);
@@ -307,8 +365,8 @@ impl Client {
                     .append_pair("supportsAllDrives", "true");
             }
         }
-        let body = match self.get(&url, calls).await? {
-            Ok(b) => b,
+        let (body, exported) = match self.get(&url, calls).await? {
+            Ok(b) => (b, export.is_some()),
             Err(r) if r.status == 404 => return Ok(None),
             // A version without a tag (not written by this connector): a Google
             // Doc refuses alt=media, so export it instead (one more call).
@@ -319,26 +377,43 @@ impl Client {
                 }
                 url.query_pairs_mut().append_pair("mimeType", "text/plain");
                 match self.get(&url, calls).await? {
-                    Ok(b) => b,
+                    Ok(b) => (b, true),
                     Err(r) if r.status == 404 => return Ok(None),
                     Err(r) => return Err(self.file_error(meta, r)),
                 }
             }
             Err(r) => return Err(self.file_error(meta, r)),
         };
-        let content = match String::from_utf8(body) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(source = %self.http.source(), file = %id, "content is not UTF-8; invalid bytes replaced");
-                String::from_utf8_lossy(e.as_bytes()).into_owned()
+        // Exports are text (text/plain, text/csv); stored files are read by their type,
+        // or by their bytes when the type says nothing (application/octet-stream).
+        let format = if exported {
+            Format::Text
+        } else {
+            match meta.mime_type.as_deref().map(Format::of_mime) {
+                Some(f) if f != Format::Unsupported => f,
+                _ => Format::sniff(&body),
             }
         };
-        // Exports may begin with a byte-order mark; it is not content.
-        let content = content.strip_prefix('\u{feff}').map(str::to_owned).unwrap_or(content);
+        let source_sha256 = Some(sources::sha256_hex(&body));
+        let size = body.len() as u64;
+        let extracted = tokio::task::spawn_blocking(move || extract::extract(&body, format, None))
+            .await
+            .map_err(|e| self.http.permanent(format_args!("file {id}: extraction stopped: {e}")))?;
+        let content = extracted.map_err(|e| Error::Permanent {
+            context: format!("source {}: file {} {:?}: {e}", self.http.source(), meta.id, meta.title),
+        })?;
+        let content_note = (format == Format::Unsupported).then(|| {
+            let mime = meta.mime_type.as_deref().unwrap_or("this file type");
+            format!("no text: {mime} has no text extractor")
+        });
+        let mut meta = meta.clone();
+        meta.size = Some(meta.size.unwrap_or(size));
         Ok(Some(FetchedDoc {
-            meta: meta.clone(),
+            meta,
             content,
             links: Vec::new(),
+            source_sha256,
+            content_note,
         }))
     }
 
@@ -374,50 +449,72 @@ fn classify(reply: &client::Reply) -> Verdict {
     }
 }
 
+/// A document that is its metadata only (no call made): `note` says why `content` is empty.
+fn metadata_only(meta: &DocMeta, note: String) -> FetchedDoc {
+    FetchedDoc {
+        meta: meta.clone(),
+        content: String::new(),
+        links: Vec::new(),
+        source_sha256: None,
+        content_note: Some(note),
+    }
+}
+
 /// How a file's content is read; the tag is the prefix of `DocMeta.version`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// A text file: `alt=media`.
-    Text,
+    /// Bytes stored in Drive (PDF, Office files, text, Markdown, HTML, CSV...):
+    /// downloaded with `alt=media`, then turned into text by type ([`crate::extract`]).
+    File,
     /// A Google Doc: export `text/plain`.
     Doc,
     /// A Google Sheet: export `text/csv` (Drive exports the first sheet only).
     Sheet,
     /// A Google Slides deck: export `text/plain`.
     Slides,
+    /// Nothing to read as text (images, video, archives, Forms, Drawings...):
+    /// a document with its metadata and an empty `content`, fetched with no call.
+    MetadataOnly,
 }
 
 impl Kind {
-    /// The kind of a `mimeType`, or `None` if it is not synced (folders, forms, binaries…).
+    /// The kind of a `mimeType`; `None` for what is not a document (folders, shortcuts).
     pub fn of_mime(mime: &str) -> Option<Kind> {
         match mime {
+            FOLDER_MIME | SHORTCUT_MIME => None,
             "application/vnd.google-apps.document" => Some(Kind::Doc),
             "application/vnd.google-apps.spreadsheet" => Some(Kind::Sheet),
             "application/vnd.google-apps.presentation" => Some(Kind::Slides),
-            m if m.starts_with("text/") => Some(Kind::Text),
-            "application/json" | "application/xml" | "application/x-yaml" | "application/yaml" => Some(Kind::Text),
-            _ => None,
+            m if m.starts_with("application/vnd.google-apps.") => Some(Kind::MetadataOnly),
+            "application/octet-stream" => Some(Kind::File),
+            m if Format::of_mime(m) == Format::Unsupported => Some(Kind::MetadataOnly),
+            _ => Some(Kind::File),
         }
     }
 
     fn tag(self) -> &'static str {
         match self {
-            Kind::Text => "text",
+            Kind::File => "file",
             Kind::Doc => "gdoc",
             Kind::Sheet => "gsheet",
             Kind::Slides => "gslides",
+            Kind::MetadataOnly => "meta",
         }
     }
 
     pub(super) fn from_tag(tag: &str) -> Option<Kind> {
-        [Kind::Text, Kind::Doc, Kind::Sheet, Kind::Slides]
+        if tag == "text" {
+            // Written by builds that downloaded only text files.
+            return Some(Kind::File);
+        }
+        [Kind::File, Kind::Doc, Kind::Sheet, Kind::Slides, Kind::MetadataOnly]
             .into_iter()
             .find(|k| k.tag() == tag)
     }
 
     fn export_mime(self) -> Option<&'static str> {
         match self {
-            Kind::Text => None,
+            Kind::File | Kind::MetadataOnly => None,
             Kind::Doc | Kind::Slides => Some("text/plain"),
             Kind::Sheet => Some("text/csv"),
         }
@@ -480,6 +577,10 @@ pub(super) struct DriveFile {
     modified_time: Option<DateTime<Utc>>,
     /// Drive serves `version` (int64) as a JSON string.
     version: Option<String>,
+    /// Bytes of a file stored in Drive (int64 as a string); absent for Docs Editors files.
+    size: Option<String>,
+    /// The link that opens the file in a browser.
+    web_view_link: Option<String>,
 }
 
 impl DriveFile {
@@ -500,6 +601,9 @@ impl DriveFile {
             title: self.name.clone(),
             parent: self.parent().map(|p| DocumentId(p.to_owned())),
             modified_at: self.modified_time,
+            url: self.web_view_link.clone(),
+            mime_type: Some(self.mime_type.clone()),
+            size: self.size.as_deref().and_then(|s| s.parse().ok()),
         })
     }
 }
@@ -608,16 +712,23 @@ mod tests {
         assert_eq!(GoogleError::parse("").message, "(empty body)");
     }
 
-    /// Versions carry the read method; mime types map to kinds or are skipped.
+    /// Versions carry the read method; every mime type but folders and
+    /// shortcuts is a document, read by export, by download, or not at all.
     #[test]
     fn kinds_and_versions() {
         assert_eq!(Kind::of_mime(DOC_MIME), Some(Kind::Doc));
-        assert_eq!(Kind::of_mime("text/markdown"), Some(Kind::Text));
-        assert_eq!(Kind::of_mime(FORM_MIME), None);
+        assert_eq!(Kind::of_mime("text/markdown"), Some(Kind::File));
+        assert_eq!(Kind::of_mime("application/pdf"), Some(Kind::File));
+        assert_eq!(Kind::of_mime(crate::extract::PPTX_MIME), Some(Kind::File));
+        assert_eq!(Kind::of_mime("application/octet-stream"), Some(Kind::File));
+        assert_eq!(Kind::of_mime(FORM_MIME), Some(Kind::MetadataOnly));
+        assert_eq!(Kind::of_mime("image/png"), Some(Kind::MetadataOnly));
+        assert_eq!(Kind::of_mime("video/mp4"), Some(Kind::MetadataOnly));
         assert_eq!(Kind::of_mime(FOLDER_MIME), None);
-        assert_eq!(Kind::of_mime("application/pdf"), None);
+        assert_eq!(Kind::of_mime(SHORTCUT_MIME), None);
         assert_eq!(version_string(Kind::Sheet, "17"), "gsheet:17");
         assert_eq!(Kind::from_tag("gslides"), Some(Kind::Slides));
+        assert_eq!(Kind::from_tag("text"), Some(Kind::File), "versions of older builds");
         assert_eq!(Kind::from_tag("nope"), None);
     }
 }

@@ -130,7 +130,7 @@ impl ChangeFeed for GdriveFeed {
         }
         if st.skipped > 0 {
             note.push_str(&format!(
-                "; {} file(s) skipped (not text or exportable to text)",
+                "; {} shortcut(s) skipped (a shortcut points to a file elsewhere; the file itself is synced where it lives)",
                 st.skipped
             ));
         }
@@ -366,7 +366,7 @@ mod tests {
     use crate::types::SyncMode;
 
     /// A full listing asks for the start token first, walks every folder, reports
-    /// every document (skipping forms), and saves the folder map and doc parents.
+    /// every document (a form included, as metadata), and saves the folder map and doc parents.
     #[tokio::test]
     async fn full_listing_walks_the_tree() {
         let (sim, base) = start(SimConfig {
@@ -384,19 +384,16 @@ mod tests {
         let reqs = sim.requests();
         assert_eq!(reqs[0].label, "GET /drive/v3/changes/startPageToken");
         assert!(end.complete_listing);
-        let expected: HashSet<String> = sim
-            .files_in_tree()
-            .into_iter()
-            .filter(|f| f.mime_type != FORM_MIME)
-            .map(|f| f.id)
-            .collect();
+        // The form is a document too (metadata only): nothing in the tree is skipped.
+        let expected: HashSet<String> = sim.files_in_tree().into_iter().map(|f| f.id).collect();
+        assert_eq!(expected.len(), 41);
         assert_eq!(present_ids(&obs), expected);
         assert_eq!(meter.get(), sim.total_calls());
         assert_eq!(end.checkpoint.cursor, Some((sim.next_change_id()).to_string()));
         assert_eq!(scope_folders(&end.checkpoint.scope).map(|f| f.len()), Some(3));
-        assert_eq!(scope_document_count(&end.checkpoint.scope), Some(40));
+        assert_eq!(scope_document_count(&end.checkpoint.scope), Some(41));
         assert!(
-            end.note.as_deref().is_some_and(|n| n.contains("1 file(s) skipped")),
+            end.note.as_deref().is_some_and(|n| !n.contains("skipped")),
             "{:?}",
             end.note
         );
@@ -408,7 +405,7 @@ mod tests {
             })
             .collect::<Vec<_>>();
         assert!(docs.iter().any(|m| m.version.starts_with("gdoc:")));
-        assert!(docs.iter().any(|m| m.version.starts_with("text:")));
+        assert!(docs.iter().any(|m| m.version.starts_with("file:")));
     }
 
     /// A no-op incremental run is one changes.list call; a change is one call

@@ -314,7 +314,18 @@ mod tests {
             .map(|d| (d.meta.id.0.clone(), d.content.clone()))
             .collect();
         assert_eq!(content.get(&doc).map(String::as_str), Some("doc text"));
-        assert_eq!(content.get(&sheet).map(String::as_str), Some("a,b\n1,2\n"));
+        // Content is tidied text: the export's final line break is not content.
+        assert_eq!(content.get(&sheet).map(String::as_str), Some("a,b\n1,2"));
+        let sheet_doc = got.docs.iter().find(|d| d.meta.id.0 == sheet).expect("sheet");
+        assert_eq!(
+            sheet_doc.source_sha256.as_deref(),
+            Some(crate::sources::sha256_hex(b"a,b\n1,2\n").as_str()),
+            "the fingerprint is of the exact bytes exported"
+        );
+        assert_eq!(
+            sheet_doc.meta.url.as_deref(),
+            Some(format!("https://docs.google.com/spreadsheets/d/{sheet}/edit?usp=drivesdk").as_str())
+        );
         assert_eq!(content.get(&txt).map(String::as_str), Some("# t"));
         let calls = sim.calls();
         assert_eq!(calls.get("GET /drive/v3/files/{id}/export"), Some(&2));

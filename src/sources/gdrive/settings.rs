@@ -23,6 +23,12 @@ fn default_base_url() -> Url {
 fn default_page_size() -> u32 {
     MAX_PAGE_SIZE
 }
+fn default_max_file_bytes() -> u64 {
+    DEFAULT_MAX_FILE_BYTES
+}
+
+/// Default `max_file_bytes`: 64 MiB.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Settings of one Google Drive folder source.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -61,6 +67,12 @@ pub struct GdriveSettings {
     /// folder map should it ever drift from Drive.
     #[serde(default)]
     pub sweep_every_hours: Option<u64>,
+    /// Files larger than this many bytes (Drive's `size`) are not downloaded:
+    /// they are documents with their metadata, an empty `content` and a
+    /// `content_note` saying why (default 64 MiB). Docs Editors exports are
+    /// capped by Drive itself at 10 MB.
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: u64,
 }
 
 /// Drive ids are URL-safe base64-ish; anything else is refused so ids can sit
@@ -83,6 +95,7 @@ impl GdriveSettings {
             request_timeout_secs: default_request_timeout_secs(),
             rate: RateSettings::default(),
             sweep_every_hours: None,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
         }
     }
 
@@ -114,6 +127,9 @@ impl GdriveSettings {
             ));
         }
         self.client().validate(key, problems);
+        if self.max_file_bytes == 0 {
+            problems.push(format!("{key}.max_file_bytes: must be at least 1"));
+        }
         if self.sweep_every_hours == Some(0) {
             problems.push(format!(
                 "{key}.sweep_every_hours: must be at least 1 (leave it out to never sweep)"

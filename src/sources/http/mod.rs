@@ -301,6 +301,7 @@ impl Client {
             title: title.clone(),
             parent: None,
             modified_at: validator_time(split_version(version).0),
+            ..DocMeta::default()
         };
         if status == 304
             && let Some(held) = held
@@ -328,6 +329,7 @@ impl Client {
                             version: join_version(&v, &title),
                             title: title.clone(),
                             parent: None,
+                            ..DocMeta::default()
                         },
                         unchanged: false,
                     }
@@ -361,17 +363,19 @@ impl Client {
             format!("sha256:{h}")
         });
         let links = page_links(&body, url);
-        Ok(Some(FetchedDoc {
-            meta: DocMeta {
+        Ok(Some(FetchedDoc::text(
+            DocMeta {
                 id: DocumentId(url.as_str().to_owned()),
                 version: join_version(&validator, &title),
                 modified_at: clock::header_date(&reply.headers, LAST_MODIFIED),
                 title,
                 parent: None,
+                url: Some(url.as_str().to_owned()),
+                ..DocMeta::default()
             },
-            content: body,
+            body,
             links,
-        }))
+        )))
     }
 }
 
@@ -560,6 +564,7 @@ mod tests {
                     title: String::new(),
                     parent: None,
                     modified_at: None,
+                    ..DocMeta::default()
                 }],
                 &calls,
             )

@@ -1,0 +1,203 @@
+//! HTML to readable text with `scraper` (html5ever, the parser Servo uses):
+//! the page's main text, headings kept (as Markdown `#` lines, so a chunker
+//! can split on them), list items as `- ` lines, table cells tab-separated;
+//! scripts, styles, navigation and other non-content elements dropped.
+//!
+//! "Main text" is the `<main>` element (or `role="main"`) when the page has
+//! one, else its only `<article>`, else the whole `<body>`.
+
+use scraper::{ElementRef, Html, Node, Selector};
+
+/// Elements whose content is never text a reader sees.
+const SKIPPED: &[&str] = &[
+    "script", "style", "noscript", "template", "head", "svg", "math", "iframe", "object", "canvas", "nav", "select",
+    "button",
+];
+
+/// Elements that start and end a line.
+const BLOCKS: &[&str] = &[
+    "address",
+    "article",
+    "aside",
+    "blockquote",
+    "dd",
+    "details",
+    "dialog",
+    "div",
+    "dl",
+    "dt",
+    "fieldset",
+    "figcaption",
+    "figure",
+    "footer",
+    "form",
+    "header",
+    "hr",
+    "li",
+    "main",
+    "ol",
+    "p",
+    "pre",
+    "section",
+    "summary",
+    "table",
+    "tbody",
+    "thead",
+    "tfoot",
+    "tr",
+    "ul",
+    "caption",
+];
+
+/// The readable text of an HTML page.
+pub fn html_text(html: &str) -> String {
+    let doc = Html::parse_document(html);
+    let mut w = Writer::default();
+    w.element(main_element(&doc).unwrap_or_else(|| doc.root_element()), false);
+    w.out
+}
+
+/// The page's `<title>`, whitespace collapsed; `None` when absent or blank.
+pub fn html_title(html: &str) -> Option<String> {
+    let doc = Html::parse_document(html);
+    let selector = Selector::parse("title").ok()?;
+    let title = doc.select(&selector).next()?.text().collect::<String>();
+    let title = title.split_whitespace().collect::<Vec<_>>().join(" ");
+    (!title.is_empty()).then_some(title)
+}
+
+fn main_element(doc: &Html) -> Option<ElementRef<'_>> {
+    let first = |css: &str| Selector::parse(css).ok().and_then(|s| doc.select(&s).next());
+    if let Some(main) = first("main, [role=main]") {
+        return Some(main);
+    }
+    let articles: Vec<ElementRef<'_>> = Selector::parse("article")
+        .ok()
+        .map(|s| doc.select(&s).collect())
+        .unwrap_or_default();
+    if let [only] = articles.as_slice() {
+        return Some(*only);
+    }
+    first("body")
+}
+
+#[derive(Default)]
+struct Writer {
+    out: String,
+    /// Whitespace was seen since the last word: a space goes before the next one.
+    space: bool,
+}
+
+impl Writer {
+    fn newline(&mut self) {
+        if !self.out.is_empty() && !self.out.ends_with('\n') {
+            self.out.push('\n');
+        }
+        self.space = false;
+    }
+
+    fn text(&mut self, text: &str, pre: bool) {
+        if pre {
+            self.out.push_str(text);
+            self.space = false;
+            return;
+        }
+        for (i, word) in text.split_whitespace().enumerate() {
+            let at_line_start = self.out.is_empty() || self.out.ends_with(['\n', '\t', ' ']);
+            if (i > 0 || self.space || text.starts_with(char::is_whitespace)) && !at_line_start {
+                self.out.push(' ');
+            }
+            self.out.push_str(word);
+            self.space = false;
+        }
+        if text.ends_with(char::is_whitespace) {
+            self.space = true;
+        }
+    }
+
+    fn element(&mut self, el: ElementRef<'_>, pre: bool) {
+        let name = el.value().name();
+        if SKIPPED.contains(&name) || el.value().attr("hidden").is_some() {
+            return;
+        }
+        let heading = match name {
+            "h1" => Some(1),
+            "h2" => Some(2),
+            "h3" => Some(3),
+            "h4" => Some(4),
+            "h5" => Some(5),
+            "h6" => Some(6),
+            _ => None,
+        };
+        let block = heading.is_some() || BLOCKS.contains(&name);
+        if block {
+            self.newline();
+        }
+        match (name, heading) {
+            (_, Some(level)) => {
+                self.out.push('\n');
+                self.out.push_str(&"#".repeat(level));
+                self.out.push(' ');
+            }
+            ("li", _) => self.out.push_str("- "),
+            ("br", _) => self.newline(),
+            _ => {}
+        }
+        let pre = pre || name == "pre";
+        for child in el.children() {
+            match child.value() {
+                Node::Text(t) => self.text(t, pre),
+                Node::Element(_) => {
+                    if let Some(child) = ElementRef::wrap(child) {
+                        self.element(child, pre);
+                    }
+                }
+                _ => {}
+            }
+        }
+        match name {
+            "td" | "th" => self.out.push('\t'),
+            "img" => {
+                if let Some(alt) = el.value().attr("alt").filter(|a| !a.trim().is_empty()) {
+                    self.text(alt, false);
+                }
+            }
+            _ => {}
+        }
+        if block {
+            self.newline();
+            if heading.is_some() {
+                self.out.push('\n');
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extract::tidy;
+
+    /// Scripts and styles dropped, headings and lists kept, whitespace collapsed, entities decoded.
+    #[test]
+    fn readable_text() {
+        let html = r#"<!doctype html><html><head><title> A  page </title><style>p{color:red}</style></head>
+            <body><nav><a href="/">Home</a></nav><script>var x = "<p>no</p>";</script>
+            <h1>Title &amp; more</h1><p>First   paragraph,
+            <b>bold</b> text.</p><ul><li>one</li><li>two</li></ul>
+            <table><tr><td>a</td><td>b</td></tr></table><p hidden>secret</p></body></html>"#;
+        assert_eq!(
+            tidy(&html_text(html)),
+            "# Title & more\n\nFirst paragraph, bold text.\n- one\n- two\na\tb"
+        );
+        assert_eq!(html_title(html).as_deref(), Some("A page"));
+    }
+
+    /// With a <main>, only its text counts; <pre> keeps its layout.
+    #[test]
+    fn main_and_pre() {
+        let html =
+            "<body><header>Site header</header><main><p>Body</p><pre>  a\n    b</pre></main><footer>f</footer></body>";
+        assert_eq!(tidy(&html_text(html)), "Body\n  a\n    b");
+    }
+}
