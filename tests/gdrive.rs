@@ -35,24 +35,51 @@ pub(crate) async fn start(cfg: SimConfig, extra: &str) -> (Env, GdriveSim) {
     (env, sim)
 }
 
-/// Asserts the sink holds exactly the syncable files of the simulated tree:
-/// ids, versions (with their kind tag), titles and content.
+/// The folder names from the synced folder down to `file`'s folder, read off
+/// the simulated drive's parents.
+pub(crate) fn folder_path(sim: &GdriveSim, file: &SimFile) -> Vec<String> {
+    let all: BTreeMap<String, SimFile> = sim.files().into_iter().map(|f| (f.id.clone(), f)).collect();
+    let root = sim.root_folder_id();
+    let mut path = Vec::new();
+    let mut cur = file.parent.clone();
+    while let Some(id) = cur {
+        let folder = &all[&id];
+        path.push(folder.name.clone());
+        if id == root {
+            break;
+        }
+        cur = folder.parent.clone();
+    }
+    path.reverse();
+    path
+}
+
+type Row = (String, String, Vec<String>, String);
+
+/// Asserts the sink holds exactly the files of the simulated tree: ids,
+/// versions (with their kind tag), titles, folder breadcrumbs and text.
 fn assert_sink_matches(env: &Env, sim: &GdriveSim) {
-    let expected: BTreeMap<String, (String, String, String)> = sim
+    let expected: BTreeMap<String, Row> = sim
         .files_in_tree()
         .into_iter()
         .filter_map(|f| {
             let kind = Kind::of_mime(&f.mime_type)?;
+            let crumbs = folder_path(sim, &f);
             Some((
                 f.id,
-                (version_string(kind, &f.version.to_string()), f.name, words(&f.text)),
+                (
+                    version_string(kind, &f.version.to_string()),
+                    f.name,
+                    crumbs,
+                    words(&f.text),
+                ),
             ))
         })
         .collect();
-    let got: BTreeMap<String, (String, String, String)> = env
+    let got: BTreeMap<String, Row> = env
         .sink_docs()
         .into_iter()
-        .map(|d| (d.id.0, (d.version, d.title, words(&d.content))))
+        .map(|d| (d.id.0, (d.version, d.title, d.breadcrumb, words(&d.content))))
         .collect();
     crate::harness::assert_same_docs("the drive", &expected, &got);
 }
@@ -178,6 +205,69 @@ async fn five_hundred_files_six_changes() {
     );
     assert_sink_matches(&env, &sim);
     assert_contract(&env, &sim);
+}
+
+/// Folder paths follow renames and moves of any folder on the path: renaming
+/// a folder rewrites the breadcrumbs of everything under it (nested folders
+/// included) with no content fetched, and so do moving a folder and renaming
+/// the synced folder itself. Each run is one `changes.list` call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folder_renames_and_moves_rewrite_breadcrumbs_without_fetching() {
+    let (env, sim) = start(
+        SimConfig {
+            files: 60,
+            subfolders: 4,
+            ..SimConfig::default()
+        },
+        "",
+    )
+    .await;
+    let full = env.sync(SyncMode::Full).await;
+    assert_eq!(full.status, RunStatus::Completed, "{full:?}");
+    assert_sink_matches(&env, &sim);
+    let crumbs: Vec<Vec<String>> = env.sink_docs().into_iter().map(|d| d.breadcrumb).collect();
+    assert!(
+        crumbs
+            .iter()
+            .all(|c| c.first().map(String::as_str) == Some("Knowledge base"))
+    );
+    assert!(crumbs.iter().any(|c| c.len() == 3), "nested folders: {crumbs:?}");
+
+    // "Folder 1" holds "Folder 2": renaming it changes both folders' documents.
+    let folder1 = ids_named(&sim, "Folder 1");
+    let under = sim
+        .files_in_tree()
+        .iter()
+        .filter(|f| folder_path(&sim, f).contains(&"Folder 1".to_owned()))
+        .count();
+    assert!(under > 0);
+    assert!(sim.update_file(&folder1, Some("Handbook / 2026 ✓"), None));
+    sim.reset_calls();
+    let renamed = env.sync(SyncMode::Incremental).await;
+    assert_eq!(renamed.status, RunStatus::Completed, "{renamed:?}");
+    assert_eq!((renamed.docs_processed, renamed.api_calls), (0, 1), "{renamed:?}");
+    assert_eq!(renamed.dependents_updated as usize, under, "{renamed:?}");
+    assert_sink_matches(&env, &sim);
+
+    // Move "Folder 3" under "Folder 4".
+    let (folder3, folder4) = (ids_named(&sim, "Folder 3"), ids_named(&sim, "Folder 4"));
+    assert!(sim.move_file(&folder3, &folder4));
+    sim.reset_calls();
+    let moved = env.sync(SyncMode::Incremental).await;
+    assert_eq!((moved.docs_processed, moved.api_calls), (0, 1), "{moved:?}");
+    assert!(moved.dependents_updated > 0, "{moved:?}");
+    assert_sink_matches(&env, &sim);
+
+    // Rename the synced folder itself: every breadcrumb starts with it.
+    assert!(sim.update_file("root-folder", Some("KB"), None));
+    let root = env.sync(SyncMode::Incremental).await;
+    assert_eq!(root.docs_processed, 0, "{root:?}");
+    assert_eq!(root.dependents_updated, 60, "{root:?}");
+    assert_sink_matches(&env, &sim);
+
+    // A full run finds nothing to rewrite.
+    let again = env.sync(SyncMode::Full).await;
+    assert_eq!((again.upserted, again.dependents_updated), (0, 0), "{again:?}");
 }
 
 /// With nothing changed, an incremental run is one changes.list call and

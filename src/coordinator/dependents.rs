@@ -1,6 +1,6 @@
 //! Dependents: documents a run's changes made stale without changing them at
-//! the source. Descendants of a renamed, moved or deleted document have stale
-//! breadcrumbs; documents linking to a created, renamed or deleted one have
+//! the source. Descendants of a renamed, moved or deleted document, or of a
+//! renamed or moved folder (Drive), have stale breadcrumbs; documents linking to a created, renamed or deleted one have
 //! stale link titles. They are found through the reverse indexes
 //! (`kids:`, `linkedfrom:`) and rewritten as `Refresh` jobs from the sink's own
 //! copy, with no content fetched.
@@ -91,6 +91,13 @@ impl Coordinator {
             tree.remove(id);
         }
         roots.extend(owed.crumbs.iter().filter(|d| is_root.insert((*d).clone())).cloned());
+        // Renamed or moved folders (not documents): what sits in them needs new breadcrumbs.
+        roots.extend(
+            plan.changed_folders
+                .iter()
+                .filter(|d| is_root.insert((*d).clone()))
+                .cloned(),
+        );
         link_targets.extend(owed.links.iter().filter(|d| is_target.insert((*d).clone())).cloned());
         let mut found: HashSet<DocumentId> = HashSet::new();
         let mut visited: HashSet<DocumentId> = roots.iter().cloned().collect();

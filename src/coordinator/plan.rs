@@ -38,6 +38,9 @@ pub(super) struct Plan {
     pub(super) tree: Tree,
     /// What we held before the run for every document the plan changes or deletes.
     pub(super) before: HashMap<DocumentId, HeldMeta>,
+    /// Folders renamed or moved in this run (`ChangeFeed::changed_folders`):
+    /// the documents under them are dependents.
+    pub(super) changed_folders: Vec<DocumentId>,
 }
 
 /// The documents a set of requests targets: their union if every request is
@@ -371,6 +374,13 @@ impl Coordinator {
         // Directories and the like: not documents, but breadcrumbs pass through them.
         for folder in feed.folders() {
             plan.tree.insert(folder.id, (folder.title, folder.parent));
+        }
+        plan.changed_folders = feed.changed_folders();
+        if !plan.changed_folders.is_empty() {
+            plan.note.push(format!(
+                "{} folder(s) renamed or moved, or under one",
+                plan.changed_folders.len()
+            ));
         }
         if moves > 0 {
             plan.note.push(format!("{moves} document(s) moved or renamed"));

@@ -240,6 +240,13 @@ pub trait ChangeFeed: Send {
     fn folders(&self) -> Vec<Folder> {
         Vec::new()
     }
+    /// Folders (from [`Self::folders`]) renamed or moved since the checkpoint
+    /// the feed started from, with every folder under them: the documents
+    /// below them need new breadcrumbs, though none of them changed.
+    /// Meaningful once `next_page` has returned `None`.
+    fn changed_folders(&self) -> Vec<DocumentId> {
+        Vec::new()
+    }
 }
 
 /// A non-document ancestor reported by [`ChangeFeed::folders`]: used for breadcrumbs only.

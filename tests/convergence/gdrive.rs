@@ -2,8 +2,8 @@
 //! creates, edits, renames, trashes, deletes and moves its files and folders,
 //! and what the sink must hold for it: every file of the folder tree (every
 //! kind: Docs Editors files, real PDF and Office files, text, images), with
-//! `<kind>:<version>`, name, parent folder and text; no breadcrumb (folders
-//! are not documents) and no links.
+//! `<kind>:<version>`, name, parent folder, folder breadcrumb (names from the
+//! synced folder down, through renames and moves of any folder) and text; no links.
 
 use std::net::SocketAddr;
 
@@ -156,10 +156,18 @@ impl SimulatedSource for Drive {
                     let trashed = files.iter().any(|x| x.id == f && x.trashed);
                     self.toggle_trash(ops, &f, trashed, " folder");
                 }
-                (93..=96, _) => {
+                (93..=94, _) => {
                     let k = ops.tick();
                     let id = self.sim.create_folder(&format!("Folder {k}"), &dest);
                     ops.log.push(format!("drive create folder {id:?} in {dest}"));
+                }
+                (95..=96, _) => {
+                    // Any folder on a path, the synced folder included: breadcrumbs follow.
+                    let k = ops.tick();
+                    let f = ops.rng.pick(&folders).cloned().unwrap_or_else(|| root.clone());
+                    let name = format!("Renamed folder {k}");
+                    self.sim.update_file(&f, Some(&name), None);
+                    ops.log.push(format!("drive rename folder {f} -> {name:?}"));
                 }
                 (_, _) if !movable_folders.is_empty() => {
                     let f = ops.rng.pick(&movable_folders).cloned().expect("non-empty");
@@ -180,13 +188,14 @@ impl SimulatedSource for Drive {
             .into_iter()
             .filter_map(|f| {
                 let kind = Kind::of_mime(&f.mime_type)?;
+                let breadcrumb = crate::gdrive::folder_path(&self.sim, &f);
                 Some((
                     f.id,
                     Doc {
                         version: version_string(kind, &f.version.to_string()),
                         title: f.name,
                         parent: f.parent,
-                        breadcrumb: Vec::new(),
+                        breadcrumb,
                         content: crate::harness::words(&f.text),
                         links: Vec::new(),
                     },

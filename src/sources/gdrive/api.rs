@@ -286,6 +286,26 @@ impl Client {
         }
     }
 
+    /// The name of folder `id` (the synced folder: the head of every breadcrumb).
+    /// A folder Drive does not have is an error naming it: listing it would
+    /// find nothing, and nothing should be deleted for that.
+    pub(super) async fn folder_name(&self, id: &str, calls: &ApiCalls) -> Result<String, Error> {
+        let mut url = self.url("drive/v3/files")?;
+        if let Ok(mut s) = url.path_segments_mut() {
+            s.push(id);
+        }
+        url.query_pairs_mut()
+            .append_pair("supportsAllDrives", "true")
+            .append_pair("fields", "id,name");
+        match self.get(&url, calls).await? {
+            Ok(body) => Ok(self.decode::<DriveFile>(&url, &body)?.name),
+            Err(r) if r.status == 404 => Err(Error::Permanent {
+                context: format!("{}: the synced folder {id} was not found (folder_id)", r.context),
+            }),
+            Err(r) => Err(r.into_error()),
+        }
+    }
+
     /// The current metadata of one file (`files.get`); `None` if Drive no longer
     /// has it, it is in the trash, or it is not a document (a folder, a shortcut).
     async fn file_meta(&self, id: &str, calls: &ApiCalls) -> Result<Option<DocMeta>, Error> {
@@ -635,7 +655,11 @@ mod tests {
             .await
             .expect("full");
         assert_eq!(obs.len(), 3);
-        assert_eq!(meter.get(), 4, "two 403s, the start token, one folder listing");
+        assert_eq!(
+            meter.get(),
+            5,
+            "two 403s, the start token, the synced folder's name, one folder listing"
+        );
         let meter = ApiCalls::default();
         sim.fail_next(1, 429);
         run(&src, &end.checkpoint, SyncMode::Incremental, &HashMap::new(), &meter)
@@ -687,6 +711,10 @@ mod tests {
         for r in sim.requests() {
             let p = &r.params;
             assert_eq!(p.get("supportsAllDrives").map(String::as_str), Some("true"), "{r:?}");
+            if r.label == "GET /drive/v3/files/{id}" {
+                // files.get takes no driveId: a file id is unique across drives.
+                continue;
+            }
             assert_eq!(p.get("driveId").map(String::as_str), Some("0AShared"), "{r:?}");
             if r.label == "GET /drive/v3/files" {
                 assert_eq!(p.get("corpora").map(String::as_str), Some("drive"));

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::api::{Client, Kind};
-use super::tree::{Tree, reachable};
-use crate::sources::{ApiCalls, ChangeFeed, Checkpoint, Error, FeedEnd, FeedPage, Held, Observation};
+use super::tree::{Folders, SCOPE_FOLDER_NAME, Tree, changed_under, reachable};
+use crate::sources::{ApiCalls, ChangeFeed, Checkpoint, Error, FeedEnd, FeedPage, Folder, Held, Observation};
 use crate::types::DocumentId;
 
 /// Counts for the run note.
@@ -50,6 +50,11 @@ pub(super) struct GdriveFeed {
     /// Folders queued for listing in this run (each is listed once).
     queued: HashSet<String>,
     tree: Tree,
+    /// The synced folder's name, the head of every breadcrumb (`None` until known).
+    root_name: Option<String>,
+    /// The folder tree and root name the run started from, to find renamed or
+    /// moved folders (`None`: nothing to compare with, e.g. a first run).
+    prior: Option<(Folders, Option<String>)>,
     scope: BTreeMap<String, String>,
     complete: bool,
     runs_since_sweep: u32,
@@ -106,9 +111,49 @@ impl ChangeFeed for GdriveFeed {
         Ok(Some(FeedPage { observations }))
     }
 
+    fn folders(&self) -> Vec<Folder> {
+        let root = &self.client.settings.folder_id;
+        let mut out: Vec<Folder> = self
+            .tree
+            .folders
+            .iter()
+            .map(|(id, (parent, name))| Folder {
+                id: DocumentId(id.clone()),
+                title: name.clone(),
+                parent: Some(DocumentId(parent.clone())),
+            })
+            .collect();
+        if let Some(name) = &self.root_name {
+            out.push(Folder {
+                id: DocumentId(root.clone()),
+                title: name.clone(),
+                parent: None,
+            });
+        }
+        out
+    }
+
+    fn changed_folders(&self) -> Vec<DocumentId> {
+        let Some((before, before_root)) = &self.prior else {
+            return Vec::new();
+        };
+        let root_renamed = before_root.is_some() && *before_root != self.root_name;
+        let mut out: Vec<DocumentId> = changed_under(before, &self.tree.folders, root_renamed)
+            .into_iter()
+            .map(DocumentId)
+            .collect();
+        if root_renamed {
+            out.push(DocumentId(self.client.settings.folder_id.clone()));
+        }
+        out
+    }
+
     fn end(&self) -> FeedEnd {
         let mut scope = self.scope.clone();
         self.tree.save(&mut scope);
+        if let Some(name) = &self.root_name {
+            scope.insert(SCOPE_FOLDER_NAME.to_owned(), name.clone());
+        }
         let st = &self.stats;
         let mut note = self.reason.clone();
         if self.complete {
@@ -161,6 +206,7 @@ impl GdriveFeed {
         tree: Tree,
         scope: BTreeMap<String, String>,
     ) -> Self {
+        let root_name = scope.get(SCOPE_FOLDER_NAME).cloned();
         Self {
             client,
             calls,
@@ -170,6 +216,8 @@ impl GdriveFeed {
             cursor: Some(token.to_owned()),
             queue: VecDeque::new(),
             queued: HashSet::new(),
+            prior: Some((tree.folders.clone(), root_name.clone())),
+            root_name,
             tree,
             scope,
             complete: false,
@@ -180,16 +228,22 @@ impl GdriveFeed {
     }
 
     /// A complete listing of the tree from the synced folder down; `token` is
-    /// the start page token asked for *before* listing, `reason` says why.
+    /// the start page token asked for *before* listing, `root_name` the synced
+    /// folder's name, `prior` the tree saved by the last run (if it is of the
+    /// same folder), `reason` says why.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn listing(
         client: Arc<Client>,
         calls: ApiCalls,
         held: Held,
         base: &Checkpoint,
         token: String,
+        root_name: String,
+        prior: Option<Tree>,
         scope: BTreeMap<String, String>,
         reason: &str,
     ) -> Self {
+        let prior = prior.map(|t| (t.folders, scope.get(SCOPE_FOLDER_NAME).cloned()));
         let root = client.settings.folder_id.clone();
         let mut queue = VecDeque::new();
         queue.push_back((root.clone(), None));
@@ -203,6 +257,8 @@ impl GdriveFeed {
             queue,
             queued: HashSet::from([root]),
             tree: Tree::default(),
+            root_name: Some(root_name),
+            prior,
             scope,
             complete: true,
             runs_since_sweep: 0,
@@ -254,6 +310,9 @@ impl GdriveFeed {
             let gone = ch.removed || ch.file.as_ref().is_none_or(|f| f.trashed);
             if id == root {
                 root_gone |= gone;
+                if let Some(f) = ch.file.as_ref().filter(|_| !gone) {
+                    self.root_name = Some(f.name.clone());
+                }
                 continue;
             }
             match &ch.file {

@@ -80,7 +80,8 @@ use crate::types::{DocumentId, SourceId, SyncMode};
 pub use self::api::{GoogleError, Kind, MAX_PAGE_SIZE, is_token_refusal, version_string};
 pub use self::settings::GdriveSettings;
 pub use self::tree::{
-    SCOPE_DOCS, SCOPE_DRIVE_ID, SCOPE_FOLDER_ID, SCOPE_FOLDERS, SCOPE_SWEPT_AT, scope_document_count, scope_folders,
+    SCOPE_DOCS, SCOPE_DRIVE_ID, SCOPE_FOLDER_ID, SCOPE_FOLDER_NAME, SCOPE_FOLDERS, SCOPE_SWEPT_AT,
+    scope_document_count, scope_folders,
 };
 
 /// Downloads in flight per `fetch` (Drive has no batch download: one call per file).
@@ -147,12 +148,24 @@ impl Source for Gdrive {
             (None, Some(token), Some(tree)) => {
                 GdriveFeed::changes(Arc::clone(&self.client), calls, held, checkpoint, token, tree, scope)
             }
-            (reason, _, _) => {
+            (reason, _, tree) => {
                 // Before listing: whatever changes while we list is in the next run.
                 let token = c.start_page_token(&calls).await?;
+                let root_name = c.folder_name(&s.folder_id, &calls).await?;
                 scope.insert(SCOPE_SWEPT_AT.to_owned(), Utc::now().to_rfc3339());
                 let reason = reason.unwrap_or("no change token yet");
-                GdriveFeed::listing(Arc::clone(&self.client), calls, held, checkpoint, token, scope, reason)
+                let prior = tree.filter(|_| same_scope);
+                GdriveFeed::listing(
+                    Arc::clone(&self.client),
+                    calls,
+                    held,
+                    checkpoint,
+                    token,
+                    root_name,
+                    prior,
+                    scope,
+                    reason,
+                )
             }
         };
         Ok(Box::new(feed))

@@ -21,14 +21,19 @@ pub const SCOPE_DRIVE_ID: &str = "drive_id";
 pub const SCOPE_FOLDERS: &str = "folders";
 /// `Checkpoint.scope` key: JSON `{document id: parent folder id}` of the documents in scope.
 pub const SCOPE_DOCS: &str = "docs";
+/// `Checkpoint.scope` key: the synced folder's own name (the first breadcrumb of every document).
+pub const SCOPE_FOLDER_NAME: &str = "folder_name";
 /// `Checkpoint.scope` key: when the last full listing started (RFC 3339, our clock; only schedules sweeps).
 pub const SCOPE_SWEPT_AT: &str = "swept_at";
+
+/// Folder id -> (parent id, name): the folders under the synced folder.
+pub(super) type Folders = BTreeMap<String, (String, String)>;
 
 /// The saved tree: folders under the synced folder, and each document's folder.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct Tree {
     /// Folder id -> (parent id, name); the synced folder itself is implicit.
-    pub(super) folders: BTreeMap<String, (String, String)>,
+    pub(super) folders: Folders,
     /// Document id -> parent folder id.
     pub(super) docs: BTreeMap<String, String>,
 }
@@ -56,7 +61,7 @@ impl Tree {
 }
 
 /// Folders in `folders` whose parent chain reaches `root` (bounded against cycles).
-pub(super) fn reachable(root: &str, folders: &BTreeMap<String, (String, String)>) -> HashSet<String> {
+pub(super) fn reachable(root: &str, folders: &Folders) -> HashSet<String> {
     let mut ok: HashSet<String> = HashSet::new();
     for id in folders.keys() {
         let mut chain = Vec::new();
@@ -79,6 +84,41 @@ pub(super) fn reachable(root: &str, folders: &BTreeMap<String, (String, String)>
         }
     }
     ok
+}
+
+/// Folders of `now` whose own entry (parent, name) differs from `before`, with
+/// every folder under one of them; `root_renamed` counts every folder (the synced
+/// folder's name heads every breadcrumb). Folders new to the tree are not
+/// included: what is in them is listed, and written with fresh breadcrumbs, anyway.
+pub(super) fn changed_under(before: &Folders, now: &Folders, root_renamed: bool) -> Vec<String> {
+    if root_renamed {
+        return now.keys().cloned().collect();
+    }
+    let changed: HashSet<&String> = now
+        .iter()
+        .filter(|(id, entry)| before.get(*id).is_some_and(|old| old != *entry))
+        .map(|(id, _)| id)
+        .collect();
+    if changed.is_empty() {
+        return Vec::new();
+    }
+    now.keys()
+        .filter(|id| {
+            // Bounded walk up: the tree is reachable from the root, but stay safe on cycles.
+            let mut cur = id.as_str();
+            for _ in 0..=now.len() {
+                if changed.contains(&cur.to_owned()) {
+                    return true;
+                }
+                match now.get(cur) {
+                    Some((parent, _)) => cur = parent,
+                    None => return false,
+                }
+            }
+            false
+        })
+        .cloned()
+        .collect()
 }
 
 /// How many documents a saved scope holds, for status output and tests.
@@ -109,5 +149,32 @@ mod tests {
             &f(&[("a", "root"), ("b", "a"), ("c", "x"), ("d", "e"), ("e", "d")]),
         );
         assert_eq!(r, HashSet::from(["a".to_owned(), "b".to_owned()]));
+    }
+
+    /// A renamed or moved folder counts with everything under it; new folders and
+    /// untouched branches do not; a renamed root counts every folder.
+    #[test]
+    fn changed_folders() {
+        let t = |entries: &[(&str, &str, &str)]| -> BTreeMap<String, (String, String)> {
+            entries
+                .iter()
+                .map(|(id, p, n)| (id.to_string(), (p.to_string(), n.to_string())))
+                .collect()
+        };
+        let before = t(&[("a", "root", "A"), ("b", "a", "B"), ("c", "root", "C"), ("d", "c", "D")]);
+        let now = t(&[
+            ("a", "root", "A renamed"),
+            ("b", "a", "B"),
+            ("c", "root", "C"),
+            ("d", "c", "D"),
+            ("e", "root", "E new"),
+        ]);
+        let mut got = changed_under(&before, &now, false);
+        got.sort();
+        assert_eq!(got, vec!["a", "b"]);
+        let moved = t(&[("a", "root", "A"), ("b", "c", "B"), ("c", "root", "C"), ("d", "c", "D")]);
+        assert_eq!(changed_under(&before, &moved, false), vec!["b"]);
+        assert!(changed_under(&before, &before, false).is_empty());
+        assert_eq!(changed_under(&before, &before, true).len(), 4);
     }
 }
