@@ -368,8 +368,9 @@ async fn folder_subtree_leaves_and_returns() {
 }
 
 /// An expired change token makes the run fall back to a full listing on its
-/// own; the run completes, its note says why, and a file deleted while the
-/// token was unusable is still removed (held ids missing from the listing).
+/// own, whether Drive refuses it with 400 `invalid`, 404 or 410 Gone; the run
+/// completes, its note says why, and a file deleted while the token was
+/// unusable is still removed (held ids missing from the listing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_token_falls_back_to_full_listing() {
     let (env, sim) = start(
@@ -381,25 +382,28 @@ async fn expired_token_falls_back_to_full_listing() {
     )
     .await;
     env.sync(SyncMode::Full).await;
-    let victim = sim.files_in_tree()[7].id.clone();
-    assert!(sim.delete_file(&victim));
-    sim.expire_all_tokens();
-    let run = env.sync(SyncMode::Incremental).await;
-    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
-    assert!(
-        run.note.contains("page token") && run.note.contains("fell back to a full listing"),
-        "{}",
-        run.note
-    );
-    assert!(run.note.contains("HTTP 400"), "{}", run.note);
-    assert_eq!(run.deleted, 1, "{run:?}");
-    assert!(env.sink_docs().iter().all(|d| d.id.0 != victim));
-    assert_sink_matches(&env, &sim);
+    for (round, status) in [400u16, 404, 410].into_iter().enumerate() {
+        let victim = sim.files_in_tree()[7 + round].id.clone();
+        assert!(sim.delete_file(&victim));
+        sim.set_token_refusal(status);
+        sim.expire_all_tokens();
+        let run = env.sync(SyncMode::Incremental).await;
+        assert_eq!(run.status, RunStatus::Completed, "HTTP {status}: {run:?}");
+        assert!(
+            run.note.contains("page token") && run.note.contains("fell back to a full listing"),
+            "{}",
+            run.note
+        );
+        assert!(run.note.contains(&format!("HTTP {status}")), "{}", run.note);
+        assert_eq!(run.deleted, 1, "{run:?}");
+        assert!(env.sink_docs().iter().all(|d| d.id.0 != victim));
+        assert_sink_matches(&env, &sim);
 
-    // The fresh token from the fallback works: the next run is incremental again.
-    sim.reset_calls();
-    let next = env.sync(SyncMode::Incremental).await;
-    assert_eq!((next.docs_processed, next.api_calls), (0, 1), "{next:?}");
+        // The fresh token from the fallback works: the next run is incremental again.
+        sim.reset_calls();
+        let next = env.sync(SyncMode::Incremental).await;
+        assert_eq!((next.docs_processed, next.api_calls), (0, 1), "{next:?}");
+    }
 }
 
 /// 403 userRateLimitExceeded and 429 rateLimitExceeded answers (no

@@ -354,7 +354,11 @@ sitemap = "{web_base}sitemap.xml"
         self.ops.log.push(format!(
             "-- round {round} (at {:.2}s): {mid:?}{}{}{}{}",
             self.started.elapsed().as_secs_f64(),
-            if expire { ", drive tokens expired" } else { "" },
+            if expire {
+                [", drive tokens expired (400)", ", drive tokens expired (404)", ", drive tokens expired (410)"][round % 3]
+            } else {
+                ""
+            },
             if conf_500 { ", confluence 2x500" } else { "" },
             if conf_429 {
                 ", confluence 2x429 (Retry-After 1s)"
@@ -375,6 +379,8 @@ sitemap = "{web_base}sitemap.xml"
         }
         self.apply_ops(2);
         if expire {
+            // Each way Google says "start over" in turn (no extra draw: seeds keep their sequences).
+            self.drive.sim.set_token_refusal([400, 404, 410][round % 3]);
             self.drive.sim.expire_all_tokens();
         }
         if conf_429 {

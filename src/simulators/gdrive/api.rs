@@ -101,6 +101,7 @@ pub(super) fn google_error(
         403 => "PERMISSION_DENIED",
         404 => "NOT_FOUND",
         429 => "RESOURCE_EXHAUSTED",
+        410 => "ABORTED",
         503 => "UNAVAILABLE",
         _ => "INTERNAL",
     };
@@ -109,6 +110,29 @@ pub(super) fn google_error(
         Json(json!({"error": {"code": status, "message": message, "errors": [item], "status": status_name}})),
     )
         .into_response()
+}
+
+/// A refused page token, in the shape a Google API answers it with `status`:
+/// 400 `invalid` at `pageToken` (what Drive documents), 404 `notFound`, or 410
+/// `fullSyncRequired` (how Google's sync-token APIs say "start over").
+fn token_refused(status: u16) -> Response {
+    match status {
+        404 => google_error(
+            404,
+            "global",
+            "notFound",
+            "Page token not found.",
+            Some(("parameter", "pageToken")),
+        ),
+        410 => google_error(
+            410,
+            "global",
+            "fullSyncRequired",
+            "Sync token is no longer valid, a full sync is required.",
+            None,
+        ),
+        _ => invalid_param("pageToken", "Invalid Value"),
+    }
 }
 
 fn invalid_param(name: &str, message: &str) -> Response {
@@ -268,7 +292,7 @@ async fn api_changes(State(sim): State<GdriveSim>, RawQuery(q): RawQuery) -> Res
     };
     let start = match token.parse::<u64>() {
         Ok(t) if t >= st.expired_before && t >= FIRST_CHANGE && t <= st.next_change => t,
-        _ => return invalid_param("pageToken", "Invalid Value"),
+        _ => return token_refused(st.token_refusal),
     };
     let size = match page_size(&p) {
         Ok(s) => s,

@@ -224,6 +224,12 @@ impl GdriveSim {
         self.lock().expire_all_tokens();
     }
 
+    /// Refuses expired page tokens with `status` from now on: 400 `invalid`
+    /// (the default, as Drive documents), 404 `notFound` or 410 `fullSyncRequired`.
+    pub fn set_token_refusal(&self, status: u16) {
+        self.lock().token_refusal = status;
+    }
+
     /// The next change id (what `startPageToken` would answer now).
     pub fn next_change_id(&self) -> u64 {
         self.lock().next_change

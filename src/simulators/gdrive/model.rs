@@ -94,6 +94,8 @@ pub(super) struct SimState {
     pub(super) changes: Vec<ChangeRec>,
     pub(super) next_change: u64,
     pub(super) expired_before: u64,
+    /// The status an expired or unknown page token is refused with (400, 404 or 410).
+    pub(super) token_refusal: u16,
     pub(super) next_file: u64,
     pub(super) traffic: Traffic,
     pub(super) requests: VecDeque<SimRequest>,
@@ -117,6 +119,7 @@ impl SimState {
             changes: Vec::new(),
             next_change: FIRST_CHANGE,
             expired_before: 0,
+            token_refusal: 400,
             next_file: 1,
             traffic: Traffic::new(cfg.rate_limit_per_sec),
             requests: VecDeque::new(),

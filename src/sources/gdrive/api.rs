@@ -8,7 +8,7 @@
 //!   [`client::RetryingClient`]); the 403 rate-limit rule is decided here.
 //! - The bearer token is re-read from `access_token_env` / `access_token_file`
 //!   for every attempt, so an external refresher works; tokens are never refreshed here.
-//! - A refused page token (400 `invalid` at `pageToken`, or 404) is
+//! - A refused page token (400 `invalid` at `pageToken`, 404, or 410 Gone) is
 //!   `Error::CursorExpired`; every other refusal is `Error::Permanent`.
 //! - [`Kind`] tags `DocMeta.version` with how the file is read (`gdoc:12`), so
 //!   a download needs no metadata call.
@@ -128,11 +128,17 @@ impl GoogleError {
     }
 }
 
-/// Whether a `changes.list` refusal means the saved page token is unusable.
-/// Drive answers a bad or unknown token with 400 `invalid` at location
-/// `pageToken` ("Invalid Value"); 404 is treated the same, defensively.
+/// Whether a `changes.list` refusal means the saved page token is unusable, so
+/// the run must start over with a full listing and id comparison. Drive
+/// answers a bad or unknown token with 400 `invalid` at location `pageToken`
+/// ("Invalid Value"); 404 (the token not found) and 410 Gone (Google's "a full
+/// sync is required", `fullSyncRequired`) mean the same and are read the same.
 pub fn is_token_refusal(status: u16, e: &GoogleError) -> bool {
-    (status == 400 && (e.locations.iter().any(|l| l == "pageToken") || e.has_reason("invalid"))) || status == 404
+    match status {
+        400 => e.locations.iter().any(|l| l == "pageToken") || e.has_reason("invalid"),
+        404 | 410 => true,
+        _ => false,
+    }
 }
 
 impl Client {
@@ -732,6 +738,15 @@ mod tests {
         assert_eq!(e.reasons, vec!["invalid"]);
         assert!(is_token_refusal(400, &e));
         assert!(!is_token_refusal(403, &e));
+        let gone = GoogleError::parse(
+            r#"{"error":{"code":410,"message":"Sync token is no longer valid, a full sync is required.","errors":[{"domain":"global","reason":"fullSyncRequired","message":"Sync token is no longer valid, a full sync is required."}]}}"#,
+        );
+        assert!(is_token_refusal(410, &gone));
+        assert!(is_token_refusal(404, &GoogleError::parse("")));
+        let bad_fields = GoogleError::parse(
+            r#"{"error":{"code":400,"message":"Invalid field selection x","errors":[{"domain":"global","reason":"badRequest","message":"Invalid field selection x","locationType":"parameter","location":"fields"}]}}"#,
+        );
+        assert!(!is_token_refusal(400, &bad_fields), "a 400 about another parameter is not about the token");
         let limit = r#"{"error":{"errors":[{"domain":"usageLimits","reason":"userRateLimitExceeded","message":"User Rate Limit Exceeded"}],"code":403,"message":"User Rate Limit Exceeded","status":"PERMISSION_DENIED"}}"#;
         assert!(GoogleError::parse(limit).is_rate_limit());
         let denied = r#"{"error":{"errors":[{"domain":"global","reason":"insufficientFilePermissions","message":"no"}],"code":403,"message":"no"}}"#;
