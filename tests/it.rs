@@ -30,6 +30,8 @@ mod isolation;
 mod layout;
 /// Lock exclusion, expiry, Redlock majorities, fencing of stale writes.
 mod lock;
+/// API roots with a path: Drive and Confluence behind a real nginx proxy under a prefix.
+mod proxy;
 /// Dead letters, poison jobs, redelivery after a worker dies.
 mod queue;
 /// Races made deterministic: a source changes at a point of a run the test chooses.

@@ -179,21 +179,56 @@ impl ClientSettings {
 }
 
 /// Checks that `url` (the value of `field`, e.g. `sources[0].settings.base_url`)
-/// is an http(s) URL without a path, a query or a fragment; `must_be` finishes
-/// the sentence otherwise (`the API root (e.g. https://www.googleapis.com), without a path or a query`).
-pub fn check_root_url(field: &str, url: &Url, must_be: &str, problems: &mut Vec<String>) {
+/// is an http(s) URL without a query or a fragment (a path is allowed: a
+/// proxy's prefix); `must_be` finishes the sentence otherwise.
+pub fn check_api_root(field: &str, url: &Url, must_be: &str, problems: &mut Vec<String>) {
     // `Url` adds a '/' to bare origins; show the URL as it was most likely written.
     let shown = url.as_str().strip_suffix('/').unwrap_or(url.as_str());
     if !matches!(url.scheme(), "http" | "https") {
         problems.push(format!("{field}: {shown:?} is not an http(s) URL"));
-    } else if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+    } else if url.query().is_some() || url.fragment().is_some() || url.cannot_be_a_base() {
         problems.push(format!("{field}: {shown:?} must be {must_be}"));
     }
+}
+
+/// `url` as a root that relative paths are joined under: its path ends in '/'
+/// (`Url::join` would otherwise replace the last segment: a proxy prefix such
+/// as `/google` would be lost).
+pub fn api_root(url: &Url) -> Url {
+    let mut root = url.clone();
+    if !root.path().ends_with('/') {
+        let path = format!("{}/", root.path());
+        root.set_path(&path);
+    }
+    root
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An API root may carry a path (a proxy, a gateway, a regional endpoint),
+    /// never a query or a fragment; joining keeps the path.
+    #[test]
+    fn api_roots_with_paths() {
+        let mut problems = Vec::new();
+        for ok in [
+            "https://www.googleapis.com",
+            "https://proxy.example.com/google/drive/v3",
+        ] {
+            check_api_root("k", &Url::parse(ok).expect("url"), "a root", &mut problems);
+        }
+        assert!(problems.is_empty(), "{problems:?}");
+        for bad in ["ftp://x", "https://x/a?b=1", "https://x/a#f", "mailto:a@b"] {
+            check_api_root("k", &Url::parse(bad).expect("url"), "a root", &mut problems);
+        }
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        let root = api_root(&Url::parse("https://proxy.example.com/google").expect("url"));
+        assert_eq!(
+            root.join("drive/v3/files").expect("join").as_str(),
+            "https://proxy.example.com/google/drive/v3/files"
+        );
+    }
 
     /// Defaults are the documented ones; a zero timeout and a user agent that
     /// cannot be a header are reported by field, and the latter also fails the build.
@@ -274,23 +309,23 @@ mod tests {
         assert_eq!(problems.len(), 2, "{problems:?}");
     }
 
-    /// Only a bare http(s) origin is a root.
+    /// An http(s) URL is a root, with or without a path; a query is not.
     #[test]
     fn root_urls() {
         let check = |u: &str| {
             let mut problems = Vec::new();
-            check_root_url("f", &Url::parse(u).expect("url"), "the root", &mut problems);
+            check_api_root("f", &Url::parse(u).expect("url"), "the root", &mut problems);
             problems
         };
         assert!(check("https://x.net").is_empty());
+        assert!(check("https://x.net/proxy/confluence").is_empty());
         assert_eq!(
             check("ftp://x"),
             vec!["f: \"ftp://x\" is not an http(s) URL".to_owned()]
         );
         assert_eq!(
-            check("https://x.net/wiki"),
-            vec!["f: \"https://x.net/wiki\" must be the root".to_owned()]
+            check("https://x.net/?a=1"),
+            vec!["f: \"https://x.net/?a=1\" must be the root".to_owned()]
         );
-        assert_eq!(check("https://x.net/?a=1").len(), 1);
     }
 }

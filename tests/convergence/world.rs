@@ -355,7 +355,11 @@ sitemap = "{web_base}sitemap.xml"
             "-- round {round} (at {:.2}s): {mid:?}{}{}{}{}",
             self.started.elapsed().as_secs_f64(),
             if expire {
-                [", drive tokens expired (400)", ", drive tokens expired (404)", ", drive tokens expired (410)"][round % 3]
+                [
+                    ", drive tokens expired (400)",
+                    ", drive tokens expired (404)",
+                    ", drive tokens expired (410)",
+                ][round % 3]
             } else {
                 ""
             },

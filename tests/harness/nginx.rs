@@ -28,6 +28,12 @@ pub struct Nginx {
 impl Nginx {
     /// Writes the config, starts nginx and waits until it accepts connections.
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// As [`Nginx::start`], with `locations` (nginx `location` blocks, e.g. a
+    /// `proxy_pass` under a path prefix) added to the server before the static root.
+    pub fn start_with(locations: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let d = dir.path();
@@ -52,11 +58,13 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root {d}/www;
+        {locations}
         location / {{ }}
     }}
 }}
 "#,
-            d = d.display()
+            d = d.display(),
+            locations = locations
         );
         std::fs::write(d.join("nginx.conf"), conf).expect("write nginx.conf");
         let mut s = Nginx { port, dir, child: None };

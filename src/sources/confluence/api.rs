@@ -70,8 +70,19 @@ impl Client {
     }
 
     /// Resolves a pagination link that is a path on our site (v2 `_links.next`,
-    /// `Link` header). Absolute URLs are accepted only on our own origin.
+    /// `Link` header). Absolute URLs are accepted only on our own origin. A
+    /// host-absolute path (`/wiki/...`) is put under `base_url`'s own path
+    /// when it is not already: behind a proxy at `/confluence`, Confluence still
+    /// answers `/wiki/...`.
     pub(super) fn resolve_site_path(&self, link: &str, current: &Url) -> Result<Url, Error> {
+        let prefix = self.base.path().trim_end_matches('/');
+        let link = match link.strip_prefix('/') {
+            Some(rest) if !prefix.is_empty() && !link.starts_with(&format!("{prefix}/")) => {
+                format!("{prefix}/{rest}")
+            }
+            _ => link.to_owned(),
+        };
+        let link = link.as_str();
         let url = self.base.join(link).map_err(|e| {
             self.http
                 .permanent(format_args!("GET {}: bad next link {link:?}: {e}", current.path()))

@@ -81,12 +81,7 @@ impl Confluence {
             (Some(email), Some(token)) => Some((email.clone(), token)),
             _ => None,
         };
-        let mut base = settings.base_url.clone();
-        // `Url::join` replaces the last path segment unless the path ends in '/'.
-        if !base.path().ends_with('/') {
-            let path = format!("{}/", base.path());
-            base.set_path(&path);
-        }
+        let base = crate::sources::settings::api_root(&settings.base_url);
         let http = settings.client().build(http, id, gates)?;
         Ok(Self {
             client: Arc::new(Client {

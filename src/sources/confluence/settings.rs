@@ -3,8 +3,9 @@
 //! Invariants:
 //! - Every problem is reported at once, as `"<key>.<field>: <problem>"`; the
 //!   texts are part of the interface (operators and tests read them).
-//! - `base_url` is the site root: the connector appends `/wiki/...` itself and
-//!   v2 pagination links are host-absolute paths.
+//! - `base_url` is the site root, possibly under a proxy's path prefix: the
+//!   connector appends `wiki/...` itself, and host-absolute pagination links
+//!   (`/wiki/...`) are put back under the prefix.
 //! - An API token and an e-mail come together (HTTP Basic auth needs both), or
 //!   neither (anonymous).
 
@@ -16,7 +17,7 @@ use url::Url;
 
 use crate::sources::secret::{self, SecretRef};
 use crate::sources::settings::{
-    ClientSettings, RateSettings, check_root_url, default_max_retries, default_request_timeout_secs,
+    ClientSettings, RateSettings, check_api_root, default_max_retries, default_request_timeout_secs,
 };
 
 /// The largest `limit` the v2 page endpoints accept.
@@ -104,14 +105,20 @@ impl ConfluenceSettings {
 
     /// Pushes every problem found as `"{key}.<field>: <problem>"`.
     pub fn validate(&self, key: &str, problems: &mut Vec<String>) {
-        // The connector appends `/wiki/...` itself and v2 pagination links are
-        // host-absolute paths, so anything but the site root would be lost or doubled.
-        check_root_url(
+        // The connector appends `wiki/...` itself; a path (a proxy's prefix) is
+        // kept, and host-absolute pagination links are put back under it.
+        check_api_root(
             &format!("{key}.base_url"),
             &self.base_url,
-            "the site root (e.g. https://example.atlassian.net), without /wiki, a path or a query",
+            "the site root (e.g. https://example.atlassian.net, or a proxy's https://proxy.example.com/confluence), without /wiki, a query or a fragment",
             problems,
         );
+        if self.base_url.path().trim_end_matches('/').ends_with("/wiki") {
+            let shown = crate::redact::url(self.base_url.as_str());
+            problems.push(format!(
+                "{key}.base_url: {shown:?} ends in /wiki; give the site root (tidemark adds /wiki itself)"
+            ));
+        }
         if self.space_key.trim().is_empty() {
             problems.push(format!("{key}.space_key: must not be empty"));
         }

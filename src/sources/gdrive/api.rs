@@ -22,6 +22,7 @@ use super::settings::{GdriveSettings, is_drive_id};
 use crate::extract::{self, Format};
 use crate::sources::client::{self, Body, RetryingClient, Verdict};
 use crate::sources::clock;
+use crate::sources::settings::api_root;
 use crate::sources::{self, ApiCalls, DocMeta, Error, FetchedDoc};
 use crate::types::DocumentId;
 
@@ -142,11 +143,16 @@ pub fn is_token_refusal(status: u16, e: &GoogleError) -> bool {
 }
 
 impl Client {
-    /// `path` (without leading '/') under `base_url`.
+    /// `path` (without leading '/', e.g. `drive/v3/files`) under `base_url`;
+    /// a `base_url` that already ends in `/drive/v3` is the Drive root itself.
     fn url(&self, path: &str) -> Result<Url, Error> {
-        self.settings
-            .base_url
-            .join(path)
+        let root = api_root(&self.settings.base_url);
+        let path = if root.path().ends_with("/drive/v3/") {
+            path.strip_prefix("drive/v3/").unwrap_or(path)
+        } else {
+            path
+        };
+        root.join(path)
             .map_err(|e| self.http.permanent(format_args!("cannot build URL for {path}: {e}")))
     }
 
@@ -746,7 +752,10 @@ mod tests {
         let bad_fields = GoogleError::parse(
             r#"{"error":{"code":400,"message":"Invalid field selection x","errors":[{"domain":"global","reason":"badRequest","message":"Invalid field selection x","locationType":"parameter","location":"fields"}]}}"#,
         );
-        assert!(!is_token_refusal(400, &bad_fields), "a 400 about another parameter is not about the token");
+        assert!(
+            !is_token_refusal(400, &bad_fields),
+            "a 400 about another parameter is not about the token"
+        );
         let limit = r#"{"error":{"errors":[{"domain":"usageLimits","reason":"userRateLimitExceeded","message":"User Rate Limit Exceeded"}],"code":403,"message":"User Rate Limit Exceeded","status":"PERMISSION_DENIED"}}"#;
         assert!(GoogleError::parse(limit).is_rate_limit());
         let denied = r#"{"error":{"errors":[{"domain":"global","reason":"insufficientFilePermissions","message":"no"}],"code":403,"message":"no"}}"#;

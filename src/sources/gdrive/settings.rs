@@ -13,7 +13,7 @@ use url::Url;
 use super::api::MAX_PAGE_SIZE;
 use crate::sources::secret::{self, SecretRef};
 use crate::sources::settings::{
-    ClientSettings, RateSettings, check_root_url, default_max_retries, default_request_timeout_secs,
+    ClientSettings, RateSettings, check_api_root, default_max_retries, default_request_timeout_secs,
 };
 
 fn default_base_url() -> Url {
@@ -34,7 +34,10 @@ pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GdriveSettings {
-    /// API root (default `https://www.googleapis.com`; tests point it at the simulator).
+    /// API root (default `https://www.googleapis.com`; tests point it at the
+    /// simulator). It may carry a path: a proxy or gateway prefix
+    /// (`https://proxy.example.com/google`, under which `drive/v3/...` is
+    /// requested) or the Drive API root itself, ending in `/drive/v3`.
     #[serde(default = "default_base_url")]
     pub base_url: Url,
     /// Id of the folder whose tree is synced (required).
@@ -101,10 +104,10 @@ impl GdriveSettings {
 
     /// Pushes every problem found as `"{key}.<field>: <problem>"`.
     pub fn validate(&self, key: &str, problems: &mut Vec<String>) {
-        check_root_url(
+        check_api_root(
             &format!("{key}.base_url"),
             &self.base_url,
-            "the API root (e.g. https://www.googleapis.com), without a path or a query",
+            "the API root (e.g. https://www.googleapis.com, or https://proxy.example.com/google/drive/v3), without a query or a fragment",
             problems,
         );
         if !is_drive_id(&self.folder_id) {
