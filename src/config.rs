@@ -223,6 +223,19 @@ pub struct RawWebhook {
     /// Events within this window become one sync request. Default 5 s.
     #[serde(default = "default_debounce_secs")]
     pub debounce_secs: u64,
+    /// Where the source should deliver push notifications (this source's
+    /// `https://<tidemark>/webhooks/<id>` as the source can reach it). Set for a
+    /// source with push channels (Drive), tidemark opens one itself, renews it
+    /// and stops the ones it replaced. Default: none (deliveries are set up by hand).
+    pub address: Option<url::Url>,
+    /// How long each push channel is asked to live; Drive grants at most a
+    /// week. Renewed when a quarter of it is left. Default 604800 s (a week).
+    #[serde(default = "default_channel_ttl_secs")]
+    pub channel_ttl_secs: u64,
+}
+
+fn default_channel_ttl_secs() -> u64 {
+    604_800
 }
 
 fn default_tolerance_secs() -> u64 {
@@ -251,6 +264,10 @@ pub struct WebhookConfig {
     pub tolerance: Duration,
     /// Trailing debounce window.
     pub debounce: Duration,
+    /// Where push channels deliver (`address`), if tidemark opens them itself.
+    pub address: Option<url::Url>,
+    /// How long each push channel is asked to live.
+    pub channel_ttl: Duration,
 }
 
 fn check_webhook(
@@ -293,10 +310,26 @@ fn check_webhook(
     if raw.tolerance_secs == 0 {
         problems.push(format!("{key}.tolerance_secs: must be at least 1, got 0"));
     }
+    if let Some(a) = &raw.address
+        && !matches!(a.scheme(), "http" | "https")
+    {
+        problems.push(format!(
+            "{key}.address: {:?} is not an http(s) URL",
+            crate::redact::url(a.as_str())
+        ));
+    }
+    if raw.channel_ttl_secs < 60 {
+        problems.push(format!(
+            "{key}.channel_ttl_secs: must be at least 60, got {}",
+            raw.channel_ttl_secs
+        ));
+    }
     secret.map(|s| WebhookConfig {
         secret: Secret(s),
         tolerance: Duration::from_secs(raw.tolerance_secs.max(1)),
         debounce: Duration::from_secs(raw.debounce_secs),
+        address: raw.address.clone(),
+        channel_ttl: Duration::from_secs(raw.channel_ttl_secs.max(60)),
     })
 }
 

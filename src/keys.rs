@@ -124,6 +124,16 @@ impl Keys {
         self.source(source, &format!("webhook:seen:{signature}"))
     }
 
+    /// Hash `{id, json}`: the push channel the source's coordinators keep open (see `state::channels`).
+    pub fn push_channel(&self, source: &SourceId) -> String {
+        self.source(source, "channel")
+    }
+
+    /// String with a TTL: the coordinator renewing the push channel now (one at a time).
+    pub fn push_channel_renewal(&self, source: &SourceId) -> String {
+        self.source(source, "channel:renewing")
+    }
+
     /// String: the highest Google push-notification message number accepted per channel.
     pub fn webhook_channel(&self, source: &SourceId, channel: &str) -> String {
         self.source(source, &format!("webhook:channel:{channel}"))

@@ -262,3 +262,73 @@ async fn sources_without_webhooks_refuse_deliveries() {
         (StatusCode::NOT_FOUND, Some("webhooks_not_configured"))
     );
 }
+
+/// Drive push channels need no hand work: with `webhook.address` set, the
+/// coordinator opens a channel (`changes.watch`, token = the webhook secret)
+/// to tidemark's own webhook endpoint; a change in the drive then makes Drive
+/// push `X-Goog-Resource-State: change` there, which starts a sync that picks
+/// the change up. When Drive grants channels short lives, each is renewed
+/// before it expires and the one it replaced is stopped (`channels.stop`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drive_channels_are_opened_renewed_and_pushes_start_syncs() {
+    use tidemark::simulators::gdrive::{GdriveSim, SimConfig};
+
+    let sim = GdriveSim::new(SimConfig {
+        files: 12,
+        ..SimConfig::default()
+    });
+    // Drive's cap is a week; 8 s here, so renewal (a quarter of the life left) comes within the test.
+    sim.set_channel_cap(8);
+    let (drive, _task) = sim.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let source = format!(
+        "[[sources]]\nid = \"eng\"\nkind = \"gdrive\"\n[sources.webhook]\nsecret_file = {:?}\ndebounce_secs = 0\naddress = \"http://{api}/webhooks/eng\"\n[sources.settings]\nbase_url = \"http://{drive}\"\nfolder_id = \"root-folder\"\n",
+        secret.display().to_string()
+    );
+    let env = Env::start(Options {
+        pages: 0,
+        source_toml: Some(source),
+        ..Options::default()
+    })
+    .await;
+    let app = router(env.app.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    env.coordinator("c1");
+    env.worker("w1");
+    env.sync(SyncMode::Full).await;
+
+    wait_until("a channel opened by tidemark", Duration::from_secs(10), || {
+        let open = sim.channels();
+        async move { open.len() == 1 }
+    })
+    .await;
+    let (first, address, _) = sim.channels()[0].clone();
+    assert_eq!(address, format!("http://{api}/webhooks/eng"));
+
+    let id = sim
+        .files_in_tree()
+        .into_iter()
+        .find(|f| f.mime_type == "text/plain")
+        .unwrap()
+        .id;
+    assert!(sim.update_file(&id, None, Some("pushed")));
+    let run = webhook_run(&env).await;
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    assert_eq!(run.upserted, 1, "{run:?}");
+    assert!(env.sink_docs().iter().any(|d| d.id.0 == id && d.content == "pushed"));
+
+    wait_until(
+        "the channel renewed and its predecessor stopped",
+        Duration::from_secs(20),
+        || {
+            let (open, stopped) = (sim.channels(), sim.stopped_channels());
+            let first = first.clone();
+            async move { stopped >= 1 && open.len() == 1 && open[0].0 != first }
+        },
+    )
+    .await;
+}

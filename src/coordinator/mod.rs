@@ -27,8 +27,10 @@
 //! schedule loop and coalescing; `run.rs` one run from lock to checkpoint;
 //! `plan.rs` what a run does (feed reading, mark and sweep, targeted plans,
 //! reconciliation, the deletion guard); `dependents.rs` documents made stale by
-//! a run's changes. Breadcrumbs come from [`crate::ancestry`].
+//! a run's changes; `channels.rs` the push channels kept open for sources that
+//! deliver notifications (Drive `changes.watch`). Breadcrumbs come from [`crate::ancestry`].
 
+mod channels;
 mod dependents;
 mod plan;
 mod run;
@@ -42,7 +44,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{SourceConfig, SourcePolicy, SyncConfig};
+use crate::config::{SourceConfig, SourcePolicy, SyncConfig, WebhookConfig};
 use crate::hooks::Hooks;
 use crate::keys::Keys;
 use crate::lock::{self, Lease, LockManager};
@@ -109,6 +111,8 @@ pub struct Coordinator {
     sink: Arc<dyn Sink>,
     schedules: Vec<(SourceId, Duration)>,
     webhook_sources: Vec<SourceId>,
+    /// Sources whose webhook has an `address`: their push channels are kept open.
+    channels: Vec<(SourceId, WebhookConfig)>,
     policies: HashMap<SourceId, SourcePolicy>,
     cfg: SyncConfig,
     consumer: String,
@@ -148,6 +152,13 @@ impl Coordinator {
             .filter(|s| s.webhook.is_some())
             .map(|s| s.id.clone())
             .collect();
+        let channels = source_configs
+            .iter()
+            .filter_map(|s| {
+                let hook = s.webhook.as_ref().filter(|w| w.address.is_some())?;
+                Some((s.id.clone(), hook.clone()))
+            })
+            .collect();
         Self {
             pool,
             keys,
@@ -157,6 +168,7 @@ impl Coordinator {
             sink,
             schedules,
             webhook_sources,
+            channels,
             policies,
             cfg,
             consumer,
@@ -211,6 +223,9 @@ impl Coordinator {
         let tracker = TaskTracker::new();
         if !self.schedules.is_empty() || !self.webhook_sources.is_empty() {
             tracker.spawn(self.clone().schedule_loop(shutdown.clone()));
+        }
+        if !self.channels.is_empty() {
+            tracker.spawn(self.clone().keep_channels(shutdown.clone()));
         }
         // Bounded streams: acked entries and old dead letters are trimmed periodically.
         tracker.spawn(queue::retention::keep_trimmed(

@@ -249,6 +249,17 @@ pub trait ChangeFeed: Send {
     }
 }
 
+/// A push channel opened by [`Source::watch`] (Drive: `changes.watch`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Channel {
+    /// Our id for it (a UUID), sent back in every notification (`X-Goog-Channel-ID`).
+    pub id: String,
+    /// The source's id for what is watched, needed to stop the channel.
+    pub resource_id: String,
+    /// When the source stops sending to it.
+    pub expires_at: DateTime<Utc>,
+}
+
 /// A non-document ancestor reported by [`ChangeFeed::folders`]: used for breadcrumbs only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Folder {
@@ -276,6 +287,25 @@ pub trait Source: Send + Sync {
     ) -> Result<Box<dyn ChangeFeed>, Error>;
     /// Fetches the content of `docs` (one job's worth), batching calls where the API allows.
     async fn fetch(&self, docs: &[DocMeta], calls: &ApiCalls) -> Result<Fetched, Error>;
+    /// Opens a push channel: the source will POST a notification to `address`,
+    /// carrying `token`, whenever something changes, until `expires` (or the
+    /// source's own cap, which the returned channel says). `Ok(None)`: this
+    /// source has no push channels (the default).
+    async fn watch(
+        &self,
+        address: &url::Url,
+        token: &str,
+        expires: DateTime<Utc>,
+        calls: &ApiCalls,
+    ) -> Result<Option<Channel>, Error> {
+        let _ = (address, token, expires, calls);
+        Ok(None)
+    }
+    /// Stops a channel `watch` opened; one the source no longer knows is stopped already.
+    async fn stop_channel(&self, channel: &Channel, calls: &ApiCalls) -> Result<(), Error> {
+        let _ = (channel, calls);
+        Ok(())
+    }
     /// Whether `open_feed` reads `held` (conditional probes, move detection).
     /// Building it costs memory in proportion to the source, so a connector
     /// that does not read it says so, and gets an empty map.

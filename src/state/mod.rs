@@ -8,7 +8,9 @@
 //! - [`owed`]: dependents a page's writes made stale ([`Owed`]), kept until a run refreshes them;
 //! - [`sweep`]: the mark and sweep that finds held documents a complete listing left out;
 //! - [`runs`]: run records ([`RunRecord`], typed updates [`RunUpdate`]), page
-//!   completion, and which run served a request.
+//!   completion, and which run served a request;
+//! - [`channels`]: the push channel the fleet keeps open per source (not run
+//!   data, so not fenced: a compare-and-swap keeps it to one).
 //!
 //! Invariants:
 //! - Every write that a run makes (document state, checkpoint, page progress,
@@ -34,6 +36,7 @@ use crate::queue;
 use crate::sources::Checkpoint;
 use crate::types::{DocumentId, FencingToken, SourceId};
 
+pub mod channels;
 pub mod docs;
 pub mod failures;
 pub mod owed;

@@ -27,7 +27,7 @@ use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::GdriveSim;
@@ -50,6 +50,8 @@ pub(super) fn routes(sim: &GdriveSim) -> Router<GdriveSim> {
         .route("/drive/v3/files", get(api_files_list))
         .route("/drive/v3/files/{id}", get(api_files_get))
         .route("/drive/v3/files/{id}/export", get(api_files_export))
+        .route("/drive/v3/changes/watch", post(super::push::api_watch))
+        .route("/drive/v3/channels/stop", post(super::push::api_stop))
         .route_layer(middleware::from_fn_with_state(sim.clone(), gate))
 }
 

@@ -8,6 +8,8 @@
 //! - `GET /drive/v3/files?q=&pageSize=&pageToken=&corpora=&driveId=&supportsAllDrives=&includeItemsFromAllDrives=&fields=`
 //! - `GET /drive/v3/files/{id}` (metadata) and `GET /drive/v3/files/{id}?alt=media` (content)
 //! - `GET /drive/v3/files/{id}/export?mimeType=`
+//! - `POST /drive/v3/changes/watch?pageToken=` and `POST /drive/v3/channels/stop`
+//!   (push channels; every change is then POSTed to each open channel's address)
 //!
 //! plus control endpoints under `/_sim/` (not Drive; not counted as API calls).
 //!
@@ -20,11 +22,13 @@
 //! - Exactly one of `nextPageToken` / `newStartPageToken` is in every change list.
 //! - A token older than `expire_tokens_before` (or not a number, or beyond the
 //!   log) is refused as Drive refuses a bad token: 400 `Invalid Value`, reason
-//!   `invalid`, location `pageToken`.
+//!   `invalid`, location `pageToken` (or, after `set_token_refusal`, 404 or 410 Gone).
 //! - `q` understands `'<id>' in parents` and `trashed = true|false` joined by
 //!   `and`; anything else is a 400 `invalid` at location `q`.
-//! - `fields` is accepted and ignored: responses always carry every field the
-//!   connector asks for (`md5Checksum` is never served, the connector does not use it).
+//! - `fields` selects what responses carry, as Google's partial responses do
+//!   (`fields.rs`); without it, Drive's defaults. `md5Checksum` is never served.
+//! - Files stored in Drive are real files of their type (`crate::simulators::files`),
+//!   with `size`, `sha256Checksum` and Drive's `webViewLink` forms.
 //! - Shared drive (`drive_id` set): items are visible only with
 //!   `supportsAllDrives=true` (files.get and files.list) and, for lists,
 //!   `includeItemsFromAllDrives=true`; a `driveId` other than the configured one
@@ -53,11 +57,13 @@ use super::http::{self, CallCounts};
 use super::traffic::{Admission, TrafficStats};
 use model::SimState;
 pub use model::{DOC_MIME, EXPORT_LIMIT_BYTES, FOLDER_MIME, FORM_MIME, SHEET_MIME, SLIDES_MIME, SimFile};
+pub use push::MAX_CHANNEL_SECS;
 
 mod api;
 mod control;
 mod fields;
 mod model;
+mod push;
 mod query;
 
 /// Requests remembered by [`GdriveSim::requests`].
@@ -132,9 +138,32 @@ impl GdriveSim {
         http::app(self.clone(), api::routes(self), control::routes(), api::not_found)
     }
 
-    /// Binds `addr` (port 0 picks one), serves in a spawned task, returns the bound address.
+    /// Binds `addr` (port 0 picks one), serves in a spawned task, returns the
+    /// bound address. Push notifications are delivered from here on.
     pub async fn serve(&self, addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.lock().outbox = Some(tx);
+        tokio::spawn(push::deliver(rx));
         http::serve(self.router(), addr, "gdrive").await
+    }
+
+    /// The open push channels: (id, address, expiration).
+    pub fn channels(&self) -> Vec<(String, String, DateTime<Utc>)> {
+        self.lock()
+            .channels
+            .iter()
+            .map(|c| (c.id.clone(), c.address.clone(), c.expiration))
+            .collect()
+    }
+
+    /// How many channels `channels.stop` has closed.
+    pub fn stopped_channels(&self) -> u64 {
+        self.lock().stopped_channels
+    }
+
+    /// Grants channels at most `secs` of life (Drive: one week), so tests see renewals.
+    pub fn set_channel_cap(&self, secs: i64) {
+        self.lock().max_channel_secs = secs;
     }
 
     /// The synced folder's id.

@@ -96,6 +96,13 @@ pub(super) struct SimState {
     pub(super) expired_before: u64,
     /// The status an expired or unknown page token is refused with (400, 404 or 410).
     pub(super) token_refusal: u16,
+    /// Open push channels (`changes.watch`), and how many were stopped.
+    pub(super) channels: Vec<super::push::SimChannel>,
+    pub(super) stopped_channels: u64,
+    /// The longest life granted to a channel, in seconds (Drive: one week).
+    pub(super) max_channel_secs: i64,
+    /// Where notifications go to be delivered (set when the simulator serves).
+    pub(super) outbox: Option<tokio::sync::mpsc::UnboundedSender<super::push::Push>>,
     pub(super) next_file: u64,
     pub(super) traffic: Traffic,
     pub(super) requests: VecDeque<SimRequest>,
@@ -120,6 +127,10 @@ impl SimState {
             next_change: FIRST_CHANGE,
             expired_before: 0,
             token_refusal: 400,
+            channels: Vec::new(),
+            stopped_channels: 0,
+            max_channel_secs: super::push::MAX_CHANNEL_SECS,
+            outbox: None,
             next_file: 1,
             traffic: Traffic::new(cfg.rate_limit_per_sec),
             requests: VecDeque::new(),
@@ -186,7 +197,7 @@ impl SimState {
         st
     }
 
-    /// Appends one change for `file_id`.
+    /// Appends one change for `file_id`, and notifies every open push channel.
     pub(super) fn record(&mut self, file_id: &str) {
         let id = self.next_change;
         self.next_change += 1;
@@ -195,6 +206,7 @@ impl SimState {
             file_id: file_id.to_owned(),
             time: now(),
         });
+        self.notify_change();
     }
 
     fn new_id(&mut self, folder: bool) -> String {

@@ -48,15 +48,15 @@ pub(super) struct Client {
 
 /// A non-retryable HTTP error answer, with Google's error details.
 #[derive(Debug)]
-struct Refusal {
-    status: u16,
-    detail: GoogleError,
+pub(super) struct Refusal {
+    pub(super) status: u16,
+    pub(super) detail: GoogleError,
     /// `source …: GET /path: HTTP 400 invalid: Invalid Value`.
-    context: String,
+    pub(super) context: String,
 }
 
 impl Refusal {
-    fn into_error(self) -> Error {
+    pub(super) fn into_error(self) -> Error {
         Error::Permanent { context: self.context }
     }
 }
@@ -145,7 +145,7 @@ pub fn is_token_refusal(status: u16, e: &GoogleError) -> bool {
 impl Client {
     /// `path` (without leading '/', e.g. `drive/v3/files`) under `base_url`;
     /// a `base_url` that already ends in `/drive/v3` is the Drive root itself.
-    fn url(&self, path: &str) -> Result<Url, Error> {
+    pub(super) fn url(&self, path: &str) -> Result<Url, Error> {
         let root = api_root(&self.settings.base_url);
         let path = if root.path().ends_with("/drive/v3/") {
             path.strip_prefix("drive/v3/").unwrap_or(path)
@@ -180,7 +180,7 @@ impl Client {
     }
 
     /// Adds the shared-drive parameters every call of that kind needs.
-    fn drive_params(&self, url: &mut Url, listing: bool) {
+    pub(super) fn drive_params(&self, url: &mut Url, listing: bool) {
         let mut q = url.query_pairs_mut();
         q.append_pair("supportsAllDrives", "true");
         q.append_pair("includeItemsFromAllDrives", "true");
@@ -196,15 +196,37 @@ impl Client {
     /// 5xx and network failures with exponential backoff (or `Retry-After` when sent).
     /// Every attempt is counted in `calls`. Other error statuses come back as a [`Refusal`].
     async fn get(&self, url: &Url, calls: &ApiCalls) -> Result<Result<Vec<u8>, Refusal>, Error> {
-        let label = format!("GET {}", url.path());
-        let build = move || async move {
-            // Re-read for every attempt, so a refreshed token is picked up mid-retry.
-            let token = self.token().await?;
-            let req = self.http.http().get(url.clone()).header(ACCEPT, "application/json");
-            Ok(match &token {
-                Some(t) => req.header(AUTHORIZATION, format!("Bearer {t}")),
-                None => req,
-            })
+        self.send(reqwest::Method::GET, url, None, calls).await
+    }
+
+    /// Sends `method` to `url` with auth and, if given, a JSON `body`; retried
+    /// and counted as [`Client::get`] is. Other error statuses come back as a [`Refusal`].
+    pub(super) async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &Url,
+        body: Option<&serde_json::Value>,
+        calls: &ApiCalls,
+    ) -> Result<Result<Vec<u8>, Refusal>, Error> {
+        let label = format!("{method} {}", url.path());
+        let build = move || {
+            let method = method.clone();
+            async move {
+                // Re-read for every attempt, so a refreshed token is picked up mid-retry.
+                let token = self.token().await?;
+                let mut req = self
+                    .http
+                    .http()
+                    .request(method, url.clone())
+                    .header(ACCEPT, "application/json");
+                if let Some(body) = body {
+                    req = req.json(body);
+                }
+                Ok(match &token {
+                    Some(t) => req.header(AUTHORIZATION, format!("Bearer {t}")),
+                    None => req,
+                })
+            }
         };
         let reply = self.http.send(&label, build, Body::Always, classify, calls).await?;
         if reply.status.is_success() {
@@ -234,7 +256,7 @@ impl Client {
         self.decode(url, &body)
     }
 
-    fn decode<T: serde::de::DeserializeOwned>(&self, url: &Url, body: &[u8]) -> Result<T, Error> {
+    pub(super) fn decode<T: serde::de::DeserializeOwned>(&self, url: &Url, body: &[u8]) -> Result<T, Error> {
         self.http.decode_json(format_args!("GET {}", url.path()), body)
     }
 

@@ -56,9 +56,11 @@
 //!   downloads), its wire types, [`GoogleError`] and which answers are retried;
 //! - `tree.rs`: the folder tree in scope, reachability, and its encoding in `Checkpoint.scope`;
 //! - `feed.rs`: one run's change feed (change list, then folder listings);
+//! - `channels.rs`: push channels (`changes.watch`, `channels.stop`);
 //! - `mod.rs` (this file): [`Gdrive`], the [`Source`] that chooses the feed and downloads content.
 
 mod api;
+mod channels;
 mod feed;
 mod settings;
 mod tree;
@@ -73,11 +75,12 @@ use futures::StreamExt;
 use self::api::Client;
 use self::feed::GdriveFeed;
 use self::tree::Tree;
-use super::{ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, Fetched, FetchedDoc, Held, Source};
+use super::{ApiCalls, ChangeFeed, Channel, Checkpoint, DocMeta, Error, Fetched, FetchedDoc, Held, Source};
 use crate::gate::Gates;
 use crate::types::{DocumentId, SourceId, SyncMode};
 
 pub use self::api::{GoogleError, Kind, MAX_PAGE_SIZE, is_token_refusal, version_string};
+pub use self::channels::MAX_CHANNEL_SECS;
 pub use self::settings::GdriveSettings;
 pub use self::tree::{
     SCOPE_DOCS, SCOPE_DRIVE_ID, SCOPE_FOLDER_ID, SCOPE_FOLDER_NAME, SCOPE_FOLDERS, SCOPE_SWEPT_AT,
@@ -169,6 +172,20 @@ impl Source for Gdrive {
             }
         };
         Ok(Box::new(feed))
+    }
+
+    async fn watch(
+        &self,
+        address: &url::Url,
+        token: &str,
+        expires: DateTime<Utc>,
+        calls: &ApiCalls,
+    ) -> Result<Option<Channel>, Error> {
+        self.client.watch(address, token, expires, calls).await.map(Some)
+    }
+
+    async fn stop_channel(&self, channel: &Channel, calls: &ApiCalls) -> Result<(), Error> {
+        self.client.stop_channel(channel, calls).await
     }
 
     async fn fetch(&self, docs: &[DocMeta], calls: &ApiCalls) -> Result<Fetched, Error> {
