@@ -48,5 +48,7 @@ mod streams;
 mod sync;
 /// `tidemark verify`: drift by kind between sink, state and source, and its repair.
 mod verify;
+/// Web pages as a browser reads them: compression, charsets, text, redirects, PDFs, caps, one failing URL.
+mod web;
 /// Webhooks: signatures, replays, Drive push notifications, debouncing, targeted runs.
 mod webhooks;

@@ -24,7 +24,7 @@ pub fn decode(bytes: &[u8], charset: Option<&str>) -> String {
 
 /// Decodes an HTML page: as [`decode`], but a `<meta charset>` (or
 /// `http-equiv` Content-Type) near the top counts when the server declared none.
-pub(super) fn decode_html(bytes: &[u8], charset: Option<&str>) -> String {
+pub fn decode_html(bytes: &[u8], charset: Option<&str>) -> String {
     let declared = charset
         .and_then(|c| Encoding::for_label(c.as_bytes()))
         .or_else(|| meta_charset(&bytes[..bytes.len().min(1024)]));

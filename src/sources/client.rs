@@ -57,6 +57,10 @@ pub enum Body {
     OnSuccess,
     /// None (`HEAD`, or probes that only need the headers).
     Never,
+    /// Only 2xx bodies, and of those at most this many bytes (after decoding
+    /// `Content-Encoding`): a longer body is cut there and the reply says
+    /// `truncated`, so one huge page cannot fill a worker's memory.
+    OnSuccessUpTo(u64),
 }
 
 /// A response the client read: status, headers, the body (empty when not
@@ -69,6 +73,10 @@ pub struct Reply {
     pub headers: HeaderMap,
     /// The body bytes, as selected by [`Body`].
     pub body: Vec<u8>,
+    /// The body was longer than [`Body::OnSuccessUpTo`] allowed and was cut.
+    pub truncated: bool,
+    /// The URL that answered, after redirects (what relative links resolve against).
+    pub url: url::Url,
     /// The `Date` header: the source's clock when it answered.
     pub date: Option<DateTime<Utc>>,
 }
@@ -277,29 +285,48 @@ impl RetryingClient {
 
     /// One attempt: the reply, or what went wrong on the way (network, 2xx body).
     async fn attempt(&self, request: RequestBuilder, body: Body) -> Result<Reply, String> {
-        let resp = request.send().await.map_err(|e| self.describe(&e))?;
+        let mut resp = request.send().await.map_err(|e| self.describe(&e))?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let read = match body {
-            Body::Always => true,
-            Body::OnSuccess => status.is_success(),
-            Body::Never => false,
+        let url = resp.url().clone();
+        let (read, limit) = match body {
+            Body::Always => (true, None),
+            Body::OnSuccess => (status.is_success(), None),
+            Body::OnSuccessUpTo(limit) => (status.is_success(), Some(limit)),
+            Body::Never => (false, None),
         };
-        let bytes = if !read {
-            Vec::new()
-        } else {
-            match resp.bytes().await {
+        let mut truncated = false;
+        let bytes = match limit {
+            _ if !read => Vec::new(),
+            Some(limit) => {
+                let mut buf = Vec::new();
+                loop {
+                    match resp.chunk().await {
+                        Ok(Some(chunk)) if (buf.len() + chunk.len()) as u64 > limit => {
+                            truncated = true;
+                            break;
+                        }
+                        Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+                        Ok(None) => break,
+                        Err(e) => return Err(format!("reading body: {}", self.describe(&e))),
+                    }
+                }
+                buf
+            }
+            None => match resp.bytes().await {
                 Ok(b) => b.to_vec(),
                 Err(e) if status.is_success() => return Err(format!("reading body: {}", self.describe(&e))),
                 // An unreadable error body loses only the reason, not the status.
                 Err(_) => Vec::new(),
-            }
+            },
         };
         Ok(Reply {
             status,
             date: clock::header_date(&headers, DATE),
             headers,
             body: bytes,
+            truncated,
+            url,
         })
     }
 

@@ -4,8 +4,11 @@
 //! Invariants:
 //! - Every feed is a complete listing of the configured set. A page is left
 //!   out only when the server said `404`/`410`; another 4xx keeps the held
-//!   version (counted in the note); network errors and 5xx/429 once retries run
-//!   out fail the run, so an unreachable server deletes nothing.
+//!   version (counted in the note). A URL whose probe fails (network error,
+//!   redirect loop, 5xx/429 once retries run out) is reported unvalidated, so
+//!   the worker fetches it and records the failure as that document's own while
+//!   the rest syncs; when every probe of a page fails the server is down and the
+//!   run fails, so an unreachable server deletes nothing.
 //! - At most `concurrency` probes of one page are in flight.
 
 use std::sync::Arc;
@@ -16,7 +19,7 @@ use url::Url;
 
 use super::settings::MAX_CONCURRENCY;
 use super::{Client, Probe};
-use crate::sources::{ApiCalls, ChangeFeed, Checkpoint, Error, FeedEnd, FeedPage, Held, Observation};
+use crate::sources::{ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, FeedEnd, FeedPage, Held, Observation};
 use crate::types::DocumentId;
 
 /// URLs probed per feed page.
@@ -28,6 +31,7 @@ struct Counts {
     not_modified: u64,
     changed: u64,
     gone: u64,
+    failed: u64,
     refused: u64,
     refused_status: Vec<u16>,
 }
@@ -92,8 +96,38 @@ impl ChangeFeed for HttpFeed {
             .collect()
             .await;
         let mut observations = Vec::new();
-        for probe in probes {
-            match probe? {
+        // A server that answers nothing at all is down: fail the run, delete nothing.
+        // One URL that fails (a timeout, a redirect loop, a 5xx after retries)
+        // fails alone: it is reported unvalidated, so the worker fetches it and
+        // records its error as the document's own, and the rest of the source syncs.
+        if let Some(first) = probes.iter().find_map(|p| p.as_ref().err())
+            && probes.iter().all(Result::is_err)
+        {
+            return Err(clone_error(first));
+        }
+        let batch: Vec<Url> = self.urls[self.next..end].to_vec();
+        for (url, probe) in batch.into_iter().zip(probes) {
+            let probe = match probe {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(source = %self.client.http.source(), %url, error = %e, "probe failed; the page is fetched to record its error");
+                    self.counts.failed += 1;
+                    let id = DocumentId(url.as_str().to_owned());
+                    let title = self
+                        .held
+                        .get(&id)
+                        .and_then(|v| super::split_version(v).1.map(str::to_owned))
+                        .unwrap_or_else(|| super::path_title(&url));
+                    observations.push(Observation::Present(DocMeta {
+                        version: super::join_version(super::UNVALIDATED, &title),
+                        id,
+                        title,
+                        ..DocMeta::default()
+                    }));
+                    continue;
+                }
+            };
+            match probe {
                 Probe::Present { meta, unchanged } => {
                     if unchanged {
                         self.counts.not_modified += 1;
@@ -134,6 +168,12 @@ impl ChangeFeed for HttpFeed {
                 statuses.join("/")
             ));
         }
+        if k.failed > 0 {
+            note.push_str(&format!(
+                ", {} failed to answer (fetched to record their errors)",
+                k.failed
+            ));
+        }
         if let Some(s) = &self.sitemap_note {
             note = format!("{s}; {note}");
         }
@@ -142,6 +182,22 @@ impl ChangeFeed for HttpFeed {
             complete_listing: true,
             note: Some(note),
         }
+    }
+}
+
+/// A copy of a probe's error for the run (the probes' own are dropped with them).
+fn clone_error(e: &Error) -> Error {
+    match e {
+        Error::Retryable { context, after } => Error::Retryable {
+            context: context.clone(),
+            after: *after,
+        },
+        Error::Permanent { context } => Error::Permanent {
+            context: context.clone(),
+        },
+        Error::CursorExpired { context } => Error::CursorExpired {
+            context: context.clone(),
+        },
     }
 }
 

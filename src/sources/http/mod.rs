@@ -20,9 +20,15 @@
 //! Invariants:
 //! - Every feed is a complete listing of the configured set (the `urls` plus the
 //!   sitemap's, read afresh each run). A page is left out of it only when the
-//!   server said `404`/`410`; every other failure either keeps the held version
-//!   (other 4xx, counted in the note) or fails the run (network errors and
-//!   5xx/429 once retries run out), so an unreachable server deletes nothing.
+//!   server said `404`/`410`; other 4xx keep the held version (counted in the
+//!   note); a URL that fails (network error, redirect loop, 5xx/429 once retries
+//!   run out) fails alone, as a document, while the rest syncs; a server that
+//!   answers nothing fails the run, so an unreachable server deletes nothing.
+//! - A page is read as a browser reads it: `Content-Encoding` (gzip, brotli,
+//!   deflate) decoded by the HTTP client, the charset from `Content-Type` or
+//!   `<meta>`, `content` the readable text ([`crate::extract`]), links resolved
+//!   against the URL the redirects ended at; other types (PDF, Office, text)
+//!   through the same extractors; bodies over `max_page_bytes` are not read whole.
 //! - Versions come from the server (`ETag`, `Last-Modified`) or the body, never from our clock.
 //! - Every HTTP attempt, retries included, is counted in `api_calls` (by
 //!   [`client::RetryingClient`]; what 304/404/410 mean is decided here).
@@ -39,8 +45,9 @@
 //! What it cannot detect: changes a server hides behind an unchanged validator
 //! (a weak ETag or a Last-Modified that does not move; a `Full` run re-reads and
 //! the worker's content hash still catches those); pages served without any
-//! validator are always fetched and decided by the content hash. Gzipped sitemaps
-//! (`.xml.gz`) are not read. Redirects are followed; the id stays the configured URL.
+//! validator are always fetched and decided by the content hash. Gzipped sitemap
+//! files (`.xml.gz`, as opposed to gzip transfer encoding) are not read.
+//! Redirects are followed; the id stays the configured URL.
 //!
 //! Where things are:
 //! - `settings.rs`: [`HttpSettings`], its defaults and validation;
@@ -59,9 +66,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use reqwest::header::{ETAG, HeaderMap, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
+use reqwest::header::{CONTENT_TYPE, ETAG, HeaderMap, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
 use reqwest::{Method, StatusCode};
-use sha2::{Digest, Sha256};
 use url::Url;
 
 use self::feed::HttpFeed;
@@ -69,7 +75,9 @@ use self::html::sitemap_locs;
 use super::client::{self, Body, RetryingClient, Verdict};
 use super::clock;
 use super::{ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, Fetched, FetchedDoc, Held, Source};
+use crate::extract::{self, Format};
 use crate::gate::Gates;
+use crate::sources;
 use crate::types::{DocumentId, SourceId, SyncMode};
 
 pub use self::html::{page_links, page_title};
@@ -119,8 +127,12 @@ struct Client {
 struct Reply {
     status: StatusCode,
     headers: HeaderMap,
-    /// The body, when asked for and the status was a success.
-    body: Option<String>,
+    /// The body bytes (after `Content-Encoding`), when asked for and the status was a success.
+    body: Option<Vec<u8>>,
+    /// The body was longer than `max_page_bytes` and was cut.
+    truncated: bool,
+    /// Where the answer came from, after redirects.
+    url: Url,
 }
 
 /// The id form of a URL: no fragment.
@@ -202,14 +214,20 @@ impl Client {
             }
             std::future::ready(Ok(req))
         };
-        let read = if want_body { Body::OnSuccess } else { Body::Never };
+        let read = if want_body {
+            Body::OnSuccessUpTo(self.settings.max_page_bytes)
+        } else {
+            Body::Never
+        };
         let label = format!("{method} {url}");
         let reply = self.http.send(&label, build, read, classify, calls).await?;
-        let body = (want_body && reply.status.is_success()).then(|| reply.text());
+        let ok = want_body && reply.status.is_success();
         Ok(Reply {
             status: reply.status,
             headers: reply.headers,
-            body,
+            truncated: reply.truncated,
+            url: reply.url,
+            body: ok.then_some(reply.body),
         })
     }
 
@@ -274,7 +292,11 @@ impl Client {
     async fn get_sitemap(&self, url: &Url, calls: &ApiCalls) -> Result<String, Error> {
         let reply = self.send(Method::GET, url, &[], true, calls).await?;
         match reply.body {
-            Some(body) => Ok(body),
+            Some(body) if !reply.truncated => Ok(String::from_utf8_lossy(&body).into_owned()),
+            Some(_) => Err(self.http.permanent(format_args!(
+                "GET {url}: the sitemap is over max_page_bytes ({})",
+                self.settings.max_page_bytes
+            ))),
             // Without the sitemap we cannot say what exists, so the run must not go on
             // (a complete listing without it would delete every page it names).
             None => Err(self.http.permanent(format_args!(
@@ -346,7 +368,11 @@ impl Client {
         })
     }
 
-    /// GETs one page: `None` when it is gone (404/410).
+    /// GETs one page: `None` when it is gone (404/410). An HTML page is read
+    /// as a browser reads it (its charset, its links against the URL it was
+    /// finally served from); any other type (PDF, Office, text) goes through
+    /// the same extractors as Drive's files; a body over `max_page_bytes` is
+    /// kept as metadata with a note.
     async fn get_page(&self, url: &Url, calls: &ApiCalls) -> Result<Option<FetchedDoc>, Error> {
         let reply = self.send(Method::GET, url, &[], true, calls).await?;
         let status = reply.status.as_u16();
@@ -356,26 +382,67 @@ impl Client {
         let Some(body) = reply.body else {
             return Err(self.http.permanent(format_args!("GET {url}: HTTP {status}")));
         };
-        let title = page_title(&body).unwrap_or_else(|| path_title(url));
-        let validator = validator_of(&reply.headers).unwrap_or_else(|| {
-            let mut h = hex::encode(Sha256::digest(body.as_bytes()));
-            h.truncate(16);
-            format!("sha256:{h}")
+        let content_type = reply
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let charset = extract::charset_of_content_type(&content_type);
+        let format = match Format::of_mime(&content_type) {
+            Format::Unsupported => Format::sniff(&body),
+            f => f,
+        };
+        let source_sha256 = sources::sha256_hex(&body);
+        let validator = validator_of(&reply.headers).unwrap_or_else(|| format!("sha256:{}", &source_sha256[..16]));
+        let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let mut meta = DocMeta {
+            id: DocumentId(url.as_str().to_owned()),
+            modified_at: clock::header_date(&reply.headers, LAST_MODIFIED),
+            title: path_title(url),
+            url: Some(url.as_str().to_owned()),
+            mime_type: (!mime.is_empty()).then_some(mime),
+            size: Some(body.len() as u64),
+            ..DocMeta::default()
+        };
+        if reply.truncated {
+            let cap = self.settings.max_page_bytes;
+            meta.version = join_version(&validator, &meta.title);
+            meta.size = None;
+            return Ok(Some(FetchedDoc {
+                meta,
+                content: String::new(),
+                links: Vec::new(),
+                source_sha256: None,
+                content_note: Some(format!("not read: the page is over max_page_bytes ({cap})")),
+            }));
+        }
+        let mut links = Vec::new();
+        if format == Format::Html {
+            let html = extract::decode_html(&body, charset.as_deref());
+            if let Some(t) = extract::html_title(&html) {
+                meta.title = t;
+            }
+            // Relative links resolve against where the page was served from, as a browser's do.
+            links = page_links(&html, &reply.url);
+        }
+        meta.version = join_version(&validator, &meta.title);
+        let final_url = reply.url;
+        let text = tokio::task::spawn_blocking(move || extract::extract(&body, format, charset.as_deref()))
+            .await
+            .map_err(|e| self.http.permanent(format_args!("GET {url}: extraction stopped: {e}")))?
+            .map_err(|e| self.http.permanent(format_args!("GET {final_url}: {e}")))?;
+        let content_note = (format == Format::Unsupported).then(|| {
+            let mime = meta.mime_type.as_deref().unwrap_or("this content type");
+            format!("no text: {mime} has no text extractor")
         });
-        let links = page_links(&body, url);
-        Ok(Some(FetchedDoc::text(
-            DocMeta {
-                id: DocumentId(url.as_str().to_owned()),
-                version: join_version(&validator, &title),
-                modified_at: clock::header_date(&reply.headers, LAST_MODIFIED),
-                title,
-                parent: None,
-                url: Some(url.as_str().to_owned()),
-                ..DocMeta::default()
-            },
-            body,
+        Ok(Some(FetchedDoc {
+            meta,
+            content: text,
             links,
-        )))
+            source_sha256: Some(source_sha256),
+            content_note,
+        }))
     }
 }
 
@@ -520,6 +587,7 @@ mod tests {
                         (AxStatus::SERVICE_UNAVAILABLE, headers, "busy").into_response()
                     } else {
                         headers.insert("etag", "\"v1\"".parse().expect("hv"));
+                        headers.insert("content-type", "text/html".parse().expect("hv"));
                         (AxStatus::OK, headers, "<title>Page</title>").into_response()
                     }
                 }

@@ -42,6 +42,15 @@ pub struct HttpSettings {
     /// Requests in flight at once for one feed page or fetch, 1..=64 (default 8).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Bodies longer than this many bytes (after decompression) are not read
+    /// whole: the page is kept with its metadata, an empty `content` and a
+    /// `content_note` (default 16 MiB).
+    #[serde(default = "default_max_page_bytes")]
+    pub max_page_bytes: u64,
+}
+
+fn default_max_page_bytes() -> u64 {
+    16 * 1024 * 1024
 }
 
 impl HttpSettings {
@@ -55,6 +64,7 @@ impl HttpSettings {
             rate: RateSettings::default(),
             user_agent: None,
             concurrency: default_concurrency(),
+            max_page_bytes: default_max_page_bytes(),
         }
     }
 
@@ -74,6 +84,9 @@ impl HttpSettings {
             problems.push(format!("{key}.sitemap: {:?} is not an http(s) URL", url.as_str()));
         }
         self.client().validate(key, problems);
+        if self.max_page_bytes == 0 {
+            problems.push(format!("{key}.max_page_bytes: must be at least 1"));
+        }
         if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
             problems.push(format!(
                 "{key}.concurrency: {} is outside 1..={MAX_CONCURRENCY}",
