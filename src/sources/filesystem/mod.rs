@@ -54,7 +54,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use self::walk::Walker;
+use self::walk::{ReadFailure, Walker};
 use super::{ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, FeedEnd, FeedPage, Fetched, Folder, Held, Source};
 use crate::types::{DocumentId, SourceId, SyncMode};
 
@@ -144,10 +144,15 @@ impl Source for Filesystem {
                     Ok(Some(doc)) => out.docs.push(doc),
                     Ok(None) => out.missing.push(DocumentId(id)),
                     // One unreadable file fails alone (permissions may be fixed: retryable).
-                    Err(e) => {
+                    Err(ReadFailure::Io(e)) => {
                         let context = format!("source {source}: reading {}: {e}", cfg.root.join(&id).display());
                         out.failed
                             .push((DocumentId(id), Error::Retryable { context, after: None }));
+                    }
+                    // Bytes that are not what they claim to be: fixed only by a new version.
+                    Err(ReadFailure::Unreadable(e)) => {
+                        let context = format!("source {source}: {}: {e}", cfg.root.join(&id).display());
+                        out.failed.push((DocumentId(id), Error::Permanent { context }));
                     }
                 }
             }
@@ -190,7 +195,7 @@ mod tests {
 
     use super::walk::{HASH_HEX, Version, meta_for};
     use super::*;
-    use crate::sources::{Observation, SourceSettings};
+    use crate::sources::{FetchedDoc, Observation, SourceSettings};
 
     fn source(root: &Path, tweak: impl FnOnce(&mut FilesystemSettings)) -> Filesystem {
         let mut s = FilesystemSettings::new(root);
@@ -331,25 +336,65 @@ mod tests {
         assert!(end.note.expect("note").contains("old/name.md -> new/renamed.md"));
     }
 
-    /// Fetch reads content (invalid UTF-8 replaced), reports vanished files as
-    /// missing, refuses ids that leave the root, and counts no API calls.
+    /// Fetch reads content (text that is not UTF-8 as windows-1252), reports
+    /// vanished files as missing, refuses ids that leave the root, and counts no
+    /// API calls. Files are recognised by their bytes: a real PDF and DOCX are
+    /// read as text whatever their names, a binary file named `.txt` has no
+    /// text (a note says so), and a "PDF" that is not one fails alone, for good.
     #[tokio::test]
     async fn fetch_reads_and_reports_missing() {
         let dir = tempfile::tempdir().expect("tmp");
         write(dir.path(), "d/ok.txt", "hello");
         std::fs::write(dir.path().join("bad.txt"), b"a\xffb").expect("write");
+        std::fs::write(
+            dir.path().join("report.bin"),
+            crate::simulators::files::pdf(&["Annual report"]),
+        )
+        .expect("w");
+        std::fs::write(
+            dir.path().join("guide.docx"),
+            crate::simulators::files::docx(&["Guide"]),
+        )
+        .expect("w");
+        std::fs::write(dir.path().join("photo.txt"), crate::simulators::files::PNG_1X1).expect("w");
+        std::fs::write(dir.path().join("fake.pdf"), b"%PDF-1.4 not really").expect("w");
         let src = source(dir.path(), |_| {});
-        let want: Vec<DocMeta> = ["d/ok.txt", "bad.txt", "nope.txt", "../etc/passwd", "/etc/passwd"]
-            .iter()
-            .map(|id| meta_for(id, String::new(), None))
-            .collect();
+        let ids = [
+            "d/ok.txt",
+            "bad.txt",
+            "report.bin",
+            "guide.docx",
+            "photo.txt",
+            "fake.pdf",
+            "nope.txt",
+            "../etc/passwd",
+            "/etc/passwd",
+        ];
+        let want: Vec<DocMeta> = ids.iter().map(|id| meta_for(id, String::new(), None)).collect();
         let calls = ApiCalls::default();
         let got = src.fetch(&want, &calls).await.expect("fetch");
         assert_eq!(calls.get(), 0);
-        assert_eq!(got.docs.len(), 2);
-        assert_eq!(got.docs[0].content, "hello");
-        assert_eq!(got.docs[0].meta.title, "ok.txt");
-        assert_eq!(got.docs[1].content, "a\u{fffd}b");
+        let by_id: HashMap<&str, &FetchedDoc> = got.docs.iter().map(|d| (d.meta.id.0.as_str(), d)).collect();
+        assert_eq!(by_id.len(), 5);
+        assert_eq!(by_id["d/ok.txt"].content, "hello");
+        assert_eq!(by_id["d/ok.txt"].meta.title, "ok.txt");
+        assert_eq!(by_id["d/ok.txt"].meta.mime_type.as_deref(), Some("text/plain"));
+        assert!(
+            by_id["d/ok.txt"]
+                .meta
+                .url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("file:///") && u.ends_with("/d/ok.txt"))
+        );
+        assert_eq!(by_id["bad.txt"].content, "a\u{ff}b");
+        assert_eq!(by_id["report.bin"].content, "Annual report");
+        assert_eq!(by_id["report.bin"].meta.mime_type.as_deref(), Some("application/pdf"));
+        assert_eq!(by_id["guide.docx"].content, "Guide");
+        assert_eq!(by_id["photo.txt"].content, "");
+        assert!(by_id["photo.txt"].content_note.is_some());
+        assert_eq!(got.failed.len(), 1);
+        assert_eq!(got.failed[0].0.0, "fake.pdf");
+        assert!(!got.failed[0].1.is_retryable(), "{:?}", got.failed[0].1);
         let missing: Vec<&str> = got.missing.iter().map(|d| d.0.as_str()).collect();
         assert_eq!(missing, vec!["nope.txt", "../etc/passwd", "/etc/passwd"]);
     }

@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use super::settings::FilesystemSettings;
+use crate::extract::Format;
 use crate::sources::{DocMeta, FetchedDoc, Folder, Observation};
 use crate::types::DocumentId;
 
@@ -395,8 +396,32 @@ impl Walker {
         })
     }
 
-    /// Reads one file: `Ok(None)` when it is gone (or no longer a file we would list).
-    pub(super) fn read(&self, id: &str) -> std::io::Result<Option<FetchedDoc>> {
+    /// Reads one file and extracts its text: `Ok(None)` when it is gone (or no
+    /// longer a file we would list).
+    pub(super) fn read(&self, id: &str) -> Result<Option<FetchedDoc>, ReadFailure> {
+        let Some((meta, bytes)) = self.read_bytes(id).map_err(ReadFailure::Io)? else {
+            return Ok(None);
+        };
+        let (format, mime) = format_of(id, &bytes);
+        let content = crate::extract::extract(&bytes, format, None).map_err(ReadFailure::Unreadable)?;
+        let content_note = (format == Format::Unsupported).then(|| format!("no text: {mime} has no text extractor"));
+        let meta = DocMeta {
+            url: url::Url::from_file_path(self.root.join(id)).ok().map(String::from),
+            mime_type: Some(mime),
+            size: Some(bytes.len() as u64),
+            ..meta
+        };
+        Ok(Some(FetchedDoc {
+            meta,
+            content,
+            links: Vec::new(),
+            source_sha256: Some(crate::sources::sha256_hex(&bytes)),
+            content_note,
+        }))
+    }
+
+    /// The bytes of one file, with its metadata: `Ok(None)` when it is gone.
+    fn read_bytes(&self, id: &str) -> std::io::Result<Option<(DocMeta, Vec<u8>)>> {
         let Some(path) = self.path_of(id) else {
             return Ok(None);
         };
@@ -432,12 +457,45 @@ impl Walker {
             mtime_ns: mtime,
             hash: hash_prefix(&bytes),
         };
-        Ok(Some(FetchedDoc::text(
-            meta_for(id, version.render(), Some(mtime)),
-            String::from_utf8_lossy(&bytes).into_owned(),
-            Vec::new(),
-        )))
+        Ok(Some((meta_for(id, version.render(), Some(mtime)), bytes)))
     }
+}
+
+/// Why a file could not be read.
+#[derive(Debug)]
+pub(super) enum ReadFailure {
+    /// The file system refused (permissions may be fixed: retryable).
+    Io(std::io::Error),
+    /// The bytes are not what the file claims to be (a corrupt PDF): retrying cannot help.
+    Unreadable(crate::extract::Error),
+}
+
+/// How a file is read, and its media type: by its bytes first (binary files are
+/// detected by content, whatever their name says), then by its name among
+/// the text formats (`.html` is HTML, `.md` Markdown).
+fn format_of(id: &str, bytes: &[u8]) -> (Format, String) {
+    let guessed = mime_guess::from_path(id).first_raw();
+    let sniffed = Format::sniff(bytes);
+    let format = match sniffed {
+        Format::Text | Format::Html => match guessed.map(Format::of_mime) {
+            Some(f @ (Format::Text | Format::Html)) => f,
+            _ => sniffed,
+        },
+        other => other,
+    };
+    let mime = match (format, guessed) {
+        (Format::Text, Some(g)) if Format::of_mime(g) == Format::Text => g,
+        (Format::Html, _) => "text/html",
+        (Format::Text, _) => "text/plain",
+        (Format::Pdf, _) => crate::extract::PDF_MIME,
+        (Format::Docx, _) => crate::extract::DOCX_MIME,
+        (Format::Pptx, _) => crate::extract::PPTX_MIME,
+        (Format::Spreadsheet, Some(g)) if Format::of_mime(g) == Format::Spreadsheet => g,
+        (Format::Spreadsheet, _) => crate::extract::XLSX_MIME,
+        (Format::Unsupported, Some(g)) if Format::of_mime(g) == Format::Unsupported => g,
+        (Format::Unsupported, _) => "application/octet-stream",
+    };
+    (format, mime.to_owned())
 }
 
 /// The result of one walk, ready to page out.
