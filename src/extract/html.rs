@@ -10,8 +10,22 @@ use scraper::{ElementRef, Html, Node, Selector};
 
 /// Elements whose content is never text a reader sees.
 const SKIPPED: &[&str] = &[
-    "script", "style", "noscript", "template", "head", "svg", "math", "iframe", "object", "canvas", "nav", "select",
+    "script",
+    "style",
+    "noscript",
+    "template",
+    "head",
+    "svg",
+    "math",
+    "iframe",
+    "object",
+    "canvas",
+    "nav",
+    "select",
     "button",
+    // Confluence storage format: macro parameters and editor placeholders are not page text.
+    "ac:parameter",
+    "ac:placeholder",
 ];
 
 /// Elements that start and end a line.
@@ -55,6 +69,37 @@ pub fn html_text(html: &str) -> String {
     let mut w = Writer::default();
     w.element(main_element(&doc).unwrap_or_else(|| doc.root_element()), false);
     w.out
+}
+
+/// The readable text of a Confluence page in storage format (XHTML with
+/// `ac:` and `ri:` elements): code and other plain-text macro bodies (CDATA)
+/// kept as preformatted text, macro parameters and placeholders dropped, link
+/// bodies kept as the words they show.
+pub fn storage_text(storage: &str) -> String {
+    // html5ever reads CDATA in HTML content as a comment: make each section escaped text first.
+    let mut html = String::with_capacity(storage.len() + 16);
+    html.push_str("<body>");
+    let mut rest = storage;
+    while let Some(at) = rest.find("<![CDATA[") {
+        let before = &rest[..at];
+        html.push_str(before);
+        let after = &rest[at + "<![CDATA[".len()..];
+        let end = after.find("]]>").unwrap_or(after.len());
+        // A link's body is words in a sentence; any other plain-text body (code) keeps its layout.
+        let inline = before.trim_end().ends_with("<ac:plain-text-link-body>");
+        let text = quick_xml::escape::escape(&after[..end]);
+        if inline {
+            html.push_str(&text);
+        } else {
+            html.push_str("<pre>");
+            html.push_str(&text);
+            html.push_str("</pre>");
+        }
+        rest = after.get(end + "]]>".len()..).unwrap_or("");
+    }
+    html.push_str(rest);
+    html.push_str("</body>");
+    super::tidy(&html_text(&html))
 }
 
 /// The page's `<title>`, whitespace collapsed; `None` when absent or blank.
@@ -191,6 +236,19 @@ mod tests {
             "# Title & more\n\nFirst paragraph, bold text.\n- one\n- two\na\tb"
         );
         assert_eq!(html_title(html).as_deref(), Some("A page"));
+    }
+
+    /// Confluence storage format (as Atlassian documents it): headings,
+    /// paragraphs, a code macro's CDATA body kept as code, its `language`
+    /// parameter dropped, a page link shown as its link body.
+    #[test]
+    fn confluence_storage_format() {
+        let storage = r#"<h1>Runbook</h1><p>Restart the <strong>worker</strong>:</p><ac:structured-macro ac:name="code" ac:schema-version="1"><ac:parameter ac:name="language">bash</ac:parameter><ac:plain-text-body><![CDATA[systemctl restart tidemark
+echo "<done>"]]></ac:plain-text-body></ac:structured-macro><p>See <ac:link><ri:page ri:content-title="Alerts" /><ac:plain-text-link-body><![CDATA[the alerts page]]></ac:plain-text-link-body></ac:link>.</p>"#;
+        assert_eq!(
+            tidy(&storage_text(storage)),
+            "# Runbook\n\nRestart the worker:\nsystemctl restart tidemark\necho \"<done>\"\nSee the alerts page."
+        );
     }
 
     /// With a <main>, only its text counts; <pre> keeps its layout.

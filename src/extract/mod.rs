@@ -21,7 +21,7 @@ mod text;
 
 use std::fmt;
 
-pub use html::{html_text, html_title};
+pub use html::{html_text, html_title, storage_text};
 pub use text::{charset_of_content_type, decode, decode_html};
 
 /// A file format tidemark can (or knowingly cannot) turn into text.

@@ -149,7 +149,7 @@ impl SimulatedSource for Confluence {
                         title: p.title.clone(),
                         parent: p.parent_id.clone(),
                         breadcrumb: crumbs,
-                        content: crate::harness::words(&p.body),
+                        content: crate::harness::words(&tidemark::extract::storage_text(&p.body)),
                         links,
                     },
                 )

@@ -2,8 +2,8 @@
 //! subdirectory, listed by a sitemap): how the test creates, edits, deletes
 //! and restores page files and lists and drops sitemap entries, and what the
 //! sink must hold for it: every sitemap URL that nginx serves (not 404), with
-//! `etag:"<mtime hex>-<size hex>"\n<title>`, `<title>`, body, and the
-//! `<a href>` targets that are in the sitemap, with their titles.
+//! `etag:"<mtime hex>-<size hex>"\n<title>`, `<title>`, the body's text (what
+//! a reader sees), and the `<a href>` targets that are in the sitemap, with their titles.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -217,11 +217,34 @@ impl SimulatedSource for Web {
                     title: (*title).to_owned(),
                     parent: None,
                     breadcrumb: Vec::new(),
-                    content: crate::harness::words(&content),
+                    content: crate::harness::words(&body_text(&content)),
                     links,
                 },
             );
         }
         out
     }
+}
+
+/// What a reader sees of one of this test's pages: the text of its `<body>`
+/// with the tags taken out (the pages have no scripts, styles or entities).
+fn body_text(page: &str) -> String {
+    let body = page
+        .split_once("<body>")
+        .and_then(|(_, rest)| rest.split_once("</body>"))
+        .map_or(page, |(body, _)| body);
+    let mut text = String::with_capacity(body.len());
+    let mut in_tag = false;
+    for c in body.chars() {
+        match c {
+            '<' => {
+                in_tag = true;
+                text.push(' ');
+            }
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text
 }

@@ -318,7 +318,13 @@ listen = ""
                     .collect();
                 (
                     p.id.clone(),
-                    (p.version.to_string(), p.title.clone(), p.body.clone(), crumbs, links),
+                    (
+                        p.version.to_string(),
+                        p.title.clone(),
+                        tidemark::extract::storage_text(&p.body),
+                        crumbs,
+                        links,
+                    ),
                 )
             })
             .collect();

@@ -260,6 +260,16 @@ pub(super) struct V2List<T> {
 #[derive(Deserialize)]
 pub(super) struct V2Links {
     pub(super) next: Option<String>,
+    /// The site's web root (`https://example.atlassian.net/wiki`), what `webui` links are under.
+    #[serde(default)]
+    pub(super) base: Option<String>,
+}
+
+/// A v2 page's own `_links`.
+#[derive(Deserialize)]
+pub(super) struct V2PageLinks {
+    /// The page in the web UI, under the collection's `_links.base` (`/spaces/KEY/pages/123/Title`).
+    pub(super) webui: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -281,6 +291,8 @@ pub(super) struct V2Page {
     pub(super) parent_id: Option<String>,
     pub(super) version: Option<V2Version>,
     pub(super) body: Option<V2Body>,
+    #[serde(default, rename = "_links")]
+    pub(super) links: Option<V2PageLinks>,
 }
 
 #[derive(Deserialize)]

@@ -209,6 +209,13 @@ impl Source for Confluence {
                 .append_pair("limit", &FETCH_BATCH.to_string());
             loop {
                 let reply: Reply<V2List<V2Page>> = c.get_json(&url, calls).await?;
+                // The site's web root, what each page's `webui` path is under.
+                let web_root = reply
+                    .body
+                    .links
+                    .as_ref()
+                    .and_then(|l| l.base.clone())
+                    .unwrap_or_else(|| format!("{}wiki", c.base));
                 for page in reply.body.results {
                     if !requested.contains(page.id.as_str()) || !found.insert(page.id.clone()) {
                         continue;
@@ -230,7 +237,24 @@ impl Source for Confluence {
                         continue;
                     };
                     let links = page_links(&content);
-                    out.docs.push(FetchedDoc::text(meta, content, links));
+                    let url = page
+                        .links
+                        .as_ref()
+                        .and_then(|l| l.webui.as_deref())
+                        .map(|webui| format!("{}{webui}", web_root.trim_end_matches('/')));
+                    let meta = DocMeta {
+                        url,
+                        mime_type: Some("text/html".to_owned()),
+                        size: Some(content.len() as u64),
+                        ..meta
+                    };
+                    out.docs.push(FetchedDoc {
+                        meta,
+                        source_sha256: Some(crate::sources::sha256_hex(content.as_bytes())),
+                        content: crate::extract::storage_text(&content),
+                        links,
+                        content_note: None,
+                    });
                 }
                 match reply.body.links.and_then(|l| l.next).or(reply.link_next) {
                     Some(next) => url = c.resolve_site_path(&next, &url)?,
@@ -343,7 +367,8 @@ mod tests {
         assert!(page_links("<p>no links</p>").is_empty());
     }
 
-    /// Fetch asks for all ids in one batched call and reports deleted ids as missing.
+    /// Fetch asks for all ids in one batched call, reports deleted ids as
+    /// missing, and hands over each page's text, web UI link and fingerprint.
     #[tokio::test]
     async fn fetch_batches_ids_and_reports_missing() {
         let (sim, base) = start(SimConfig {
@@ -376,7 +401,18 @@ mod tests {
         let now = sim.pages();
         for doc in &got.docs {
             let p = now.iter().find(|p| p.id == doc.meta.id.0).expect("known page");
-            assert_eq!(doc.content, p.body);
+            assert_eq!(doc.content, crate::extract::storage_text(&p.body));
+            assert!(!doc.content.contains('<'), "text, not markup: {:?}", doc.content);
+            assert_eq!(
+                doc.source_sha256.as_deref(),
+                Some(crate::sources::sha256_hex(p.body.as_bytes()).as_str())
+            );
+            // Atlassian's page link: the collection's `_links.base` (the site's /wiki) plus the page's `webui`.
+            let url = doc.meta.url.as_deref().expect("url");
+            assert!(
+                url.starts_with("http://") && url.contains(&format!("/wiki/spaces/ENG/pages/{}/", p.id)),
+                "{url}"
+            );
             assert_eq!(doc.meta.version, p.version.to_string());
             assert_eq!(doc.meta.parent.as_ref().map(|d| d.0.clone()), p.parent_id);
         }
