@@ -86,6 +86,9 @@ async fn redlock_majority_over_three_nodes() {
     let ttl = Duration::from_secs(2);
     let t1 = acquire_eventually(&locks, &s, ttl).await;
     locks.release(&t1).await;
+    // A lock granted by two mature nodes does not mean the third is mature:
+    // the majority that survives n1 must be (n2 and n3), so wait for every node.
+    wait_mature(&[&n1, &n2, &n3], ttl).await;
     n1.kill();
     let t2 = locks.acquire(&s, ttl).await.unwrap().expect("2 of 3 is a majority");
     assert!(t2.token > t1.token);
@@ -117,6 +120,33 @@ async fn redlock_majority_over_three_nodes() {
 
 /// Acquires `source` with `ttl`, retrying while nodes are recovering (young);
 /// panics on any other outcome but "held" within 10 s.
+/// Waits until every node has been up for `ttl` (Redis `uptime_in_seconds`):
+/// from then on none of them is young, whichever of them a lock relies on.
+async fn wait_mature(nodes: &[&RedisServer], ttl: Duration) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for n in nodes {
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("server")
+                .query(&mut n.conn())
+                .unwrap_or_default();
+            let uptime: u64 = info
+                .lines()
+                .find_map(|l| l.strip_prefix("uptime_in_seconds:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if uptime >= ttl.as_secs() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node not up for {ttl:?} within 20s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 async fn acquire_eventually(locks: &LockManager, source: &SourceId, ttl: Duration) -> lock::Lease {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -289,9 +319,11 @@ async fn restarted_empty_node_cannot_grant_a_held_lock_twice() {
     ];
     let s = src("eng");
     let ttl = Duration::from_secs(3);
-    // Fresh nodes are young too: let them come of age first.
+    // Fresh nodes are young too: let them come of age first (all of them: the
+    // lock below must be granted by A and B alone).
     let first = acquire_eventually(&manager_of(&nodes), &s, ttl).await;
     manager_of(&nodes).release(&first).await;
+    wait_mature(&[&nodes[0], &nodes[1], &nodes[2]], ttl).await;
     nodes[2].pause();
     let holder = manager_of(&nodes)
         .acquire(&s, ttl)

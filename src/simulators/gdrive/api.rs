@@ -256,7 +256,9 @@ fn selected(p: &BTreeMap<String, String>, default: &str, body: &Value) -> Respon
     }
 }
 
-/// `webViewLink` as Drive builds it: the editor for Docs Editors files, the viewer otherwise.
+/// `webViewLink` as Drive serves it (files resource: "a link for opening the
+/// file in a relevant Google editor or viewer in a browser"): the editor for
+/// Docs Editors files, the Drive viewer otherwise, with `usp=drivesdk` for API clients.
 fn web_view_link(id: &str, mime: &str) -> String {
     match mime {
         DOC_MIME => format!("https://docs.google.com/document/d/{id}/edit?usp=drivesdk"),
@@ -482,7 +484,8 @@ async fn api_files_export(State(sim): State<GdriveSim>, Path(id): Path<String>, 
         );
     }
     // "The exported content is limited to 10MB" (files.export reference); the
-    // refusal's body is the one Google documents for it.
+    // refusal's body is 403 `exportSizeLimitExceeded`, "This file is too large
+    // to be exported." (the "Resolve errors" guide and Google's client libraries' reports).
     if e.content.len() > EXPORT_LIMIT_BYTES {
         return google_error(
             403,

@@ -14,6 +14,11 @@
 //! - Deliveries go out in order from one task started by `serve`; a failed
 //!   delivery is not retried (Drive does not promise retries either).
 //!
+//! Reference: Google's "Notifications for resource changes" guide
+//! (developers.google.com/drive/api/guides/push): the watch body (`id`,
+//! `type: web_hook`, `address`, `token`, `expiration` in ms), the `Channel`
+//! answer, `channels.stop`, and the `X-Goog-*` headers of each notification.
+//!
 //! Unlike Drive, `http://` addresses are accepted: tests deliver to loopback.
 
 use axum::Json;
