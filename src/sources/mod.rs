@@ -193,16 +193,15 @@ pub struct FetchedDoc {
 }
 
 impl FetchedDoc {
-    /// A document whose text is `content` as fetched (no separate bytes to fingerprint
-    /// beyond the text itself, whose SHA-256 is recorded).
-    pub fn text(meta: DocMeta, content: String, links: Vec<DocumentId>) -> Self {
-        let source_sha256 = Some(sha256_hex(content.as_bytes()));
+    /// A document that is its metadata only (nothing was read: no extractor for
+    /// its kind, or over a size cap); `note` says why `content` is empty.
+    pub fn metadata_only(meta: DocMeta, note: String) -> Self {
         Self {
             meta,
-            content,
-            links,
-            source_sha256,
-            content_note: None,
+            content: String::new(),
+            links: Vec::new(),
+            source_sha256: None,
+            content_note: Some(note),
         }
     }
 }

@@ -385,8 +385,8 @@ impl Client {
         let kind = meta.version.split_once(':').and_then(|(tag, _)| Kind::from_tag(tag));
         if kind == Some(Kind::MetadataOnly) {
             let mime = meta.mime_type.as_deref().unwrap_or("this file type");
-            return Ok(Some(metadata_only(
-                meta,
+            return Ok(Some(FetchedDoc::metadata_only(
+                meta.clone(),
                 format!("no text: {mime} has no text extractor"),
             )));
         }
@@ -395,8 +395,8 @@ impl Client {
             .size
             .filter(|s| *s > cap && kind.is_none_or(|k| k.export_mime().is_none()))
         {
-            return Ok(Some(metadata_only(
-                meta,
+            return Ok(Some(FetchedDoc::metadata_only(
+                meta.clone(),
                 format!("not downloaded: {size} bytes is over max_file_bytes ({cap})"),
             )));
         }
@@ -500,17 +500,6 @@ fn classify(reply: &client::Reply) -> Verdict {
         client::transient_verdict(reply, text)
     } else {
         Verdict::Accept
-    }
-}
-
-/// A document that is its metadata only (no call made): `note` says why `content` is empty.
-fn metadata_only(meta: &DocMeta, note: String) -> FetchedDoc {
-    FetchedDoc {
-        meta: meta.clone(),
-        content: String::new(),
-        links: Vec::new(),
-        source_sha256: None,
-        content_note: Some(note),
     }
 }
 

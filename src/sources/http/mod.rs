@@ -409,13 +409,10 @@ impl Client {
             let cap = self.settings.max_page_bytes;
             meta.version = join_version(&validator, &meta.title);
             meta.size = None;
-            return Ok(Some(FetchedDoc {
+            return Ok(Some(FetchedDoc::metadata_only(
                 meta,
-                content: String::new(),
-                links: Vec::new(),
-                source_sha256: None,
-                content_note: Some(format!("not read: the page is over max_page_bytes ({cap})")),
-            }));
+                format!("not read: the page is over max_page_bytes ({cap})"),
+            )));
         }
         let mut links = Vec::new();
         if format == Format::Html {
