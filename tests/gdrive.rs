@@ -20,8 +20,14 @@ pub(crate) async fn start(cfg: SimConfig, extra: &str) -> (Env, GdriveSim) {
         .serve("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("simulator binds");
+    (drive_env(&format!("http://{addr}"), extra).await, sim)
+}
+
+/// An environment whose source `eng` is the drive folder `root-folder` at
+/// API root `base_url` (plus `extra` settings lines), with one coordinator and one worker.
+pub(crate) async fn drive_env(base_url: &str, extra: &str) -> Env {
     let source = format!(
-        "[[sources]]\nid = \"eng\"\nkind = \"gdrive\"\n[sources.settings]\nbase_url = \"http://{addr}\"\nfolder_id = \"root-folder\"\n{extra}\n"
+        "[[sources]]\nid = \"eng\"\nkind = \"gdrive\"\n[sources.settings]\nbase_url = \"{base_url}\"\nfolder_id = \"root-folder\"\n{extra}\n"
     );
     let env = Env::start(Options {
         pages: 0,
@@ -32,7 +38,7 @@ pub(crate) async fn start(cfg: SimConfig, extra: &str) -> (Env, GdriveSim) {
     .await;
     env.coordinator("c1");
     env.worker("w1");
-    (env, sim)
+    env
 }
 
 /// The folder names from the synced folder down to `file`'s folder, read off

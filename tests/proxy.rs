@@ -32,17 +32,7 @@ async fn drive_behind_a_path_prefix() {
     let (addr, _task) = sim.serve("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
     let nginx = proxy(&[("google", addr), ("gateway", addr)]);
     for base in [nginx.url("/google/drive/v3"), nginx.url("/gateway")] {
-        let source = format!(
-            "[[sources]]\nid = \"eng\"\nkind = \"gdrive\"\n[sources.settings]\nbase_url = \"{base}\"\nfolder_id = \"root-folder\"\n"
-        );
-        let env = Env::start(Options {
-            pages: 0,
-            source_toml: Some(source),
-            ..Options::default()
-        })
-        .await;
-        env.coordinator("c1");
-        env.worker("w1");
+        let env = crate::gdrive::drive_env(&base, "").await;
         sim.reset_calls();
         let full = env.sync(SyncMode::Full).await;
         assert_eq!(full.status, RunStatus::Completed, "{base}: {full:?}");

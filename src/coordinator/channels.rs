@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Coordinator;
 use crate::config::WebhookConfig;
-use crate::sources::ApiCalls;
+use crate::sources::{ApiCalls, Source};
 use crate::state::channels::OpenChannel;
 use crate::types::SourceId;
 
@@ -82,9 +82,9 @@ impl Coordinator {
         let Some(address) = &hook.address else {
             return Ok(Checked::Fine);
         };
-        if !self.sources.contains_key(source) {
+        let Some(connector) = self.sources.get(source) else {
             return Ok(Checked::Unsupported);
-        }
+        };
         let current = self.state.push_channel(source).await.map_err(|e| e.to_string())?;
         let now = Utc::now();
         let due = current
@@ -101,7 +101,9 @@ impl Coordinator {
         {
             return Ok(Checked::Fine);
         }
-        let outcome = self.open_channel(source, hook, address, current).await;
+        let outcome = self
+            .open_channel(source, connector.as_ref(), hook, address, current)
+            .await;
         if let Err(e) = self.state.release_channel_renewal(source).await {
             tracing::debug!(%source, error = %e, "releasing the renewal claim failed; it expires by itself");
         }
@@ -111,13 +113,11 @@ impl Coordinator {
     async fn open_channel(
         &self,
         source: &SourceId,
+        connector: &dyn Source,
         hook: &WebhookConfig,
         address: &url::Url,
         current: Option<OpenChannel>,
     ) -> Result<Checked, String> {
-        let Some(connector) = self.sources.get(source) else {
-            return Ok(Checked::Unsupported);
-        };
         let calls = ApiCalls::default();
         let token = String::from_utf8_lossy(&hook.secret.0).into_owned();
         let opened_at = Utc::now();

@@ -45,7 +45,7 @@ use crate::gate::Gates;
 use crate::types::{DocumentId, SourceId, SyncMode};
 
 /// Errors a connector reports, by what the caller should do about them.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// Try again later (HTTP 429, 5xx, a network failure); `after` is the source's own hint.
     #[error("{context}: temporarily unavailable{}", after.map(|d| format!(", retry after {}s", d.as_secs())).unwrap_or_default())]

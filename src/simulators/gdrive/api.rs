@@ -137,6 +137,17 @@ fn token_refused(status: u16) -> Response {
     }
 }
 
+/// A 400 `required` for a missing parameter `name`, as Google words it.
+pub(super) fn required_param(name: &str) -> Response {
+    google_error(
+        400,
+        "global",
+        "required",
+        &format!("Required parameter: {name}"),
+        Some(("parameter", name)),
+    )
+}
+
 fn invalid_param(name: &str, message: &str) -> Response {
     google_error(400, "global", "invalid", message, Some(("parameter", name)))
 }
@@ -286,13 +297,7 @@ async fn api_changes(State(sim): State<GdriveSim>, RawQuery(q): RawQuery) -> Res
         Err(resp) => return *resp,
     };
     let Some(token) = p.get("pageToken") else {
-        return google_error(
-            400,
-            "global",
-            "required",
-            "Required parameter: pageToken",
-            Some(("parameter", "pageToken")),
-        );
+        return required_param("pageToken");
     };
     let start = match token.parse::<u64>() {
         Ok(t) if t >= st.expired_before && t >= FIRST_CHANGE && t <= st.next_change => t,
@@ -453,13 +458,7 @@ async fn api_files_export(State(sim): State<GdriveSim>, Path(id): Path<String>, 
         return file_not_found(&id);
     };
     let Some(target) = p.get("mimeType") else {
-        return google_error(
-            400,
-            "global",
-            "required",
-            "Required parameter: mimeType",
-            Some(("parameter", "mimeType")),
-        );
+        return required_param("mimeType");
     };
     if !e.mime.starts_with("application/vnd.google-apps.") || e.mime == FOLDER_MIME {
         return google_error(

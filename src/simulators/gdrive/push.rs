@@ -29,7 +29,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 
 use super::GdriveSim;
-use super::api::google_error;
+use super::api::{google_error, required_param};
 use super::model::SimState;
 
 /// Longest life Drive grants a channel on the changes resource.
@@ -99,13 +99,7 @@ impl SimState {
 pub(super) async fn api_watch(State(sim): State<GdriveSim>, RawQuery(q): RawQuery, body: String) -> Response {
     let p = crate::simulators::http::query_map(q.as_deref());
     if !p.contains_key("pageToken") {
-        return google_error(
-            400,
-            "global",
-            "required",
-            "Required parameter: pageToken",
-            Some(("parameter", "pageToken")),
-        );
+        return required_param("pageToken");
     }
     let Ok(v) = serde_json::from_str::<Value>(&body) else {
         return google_error(400, "global", "parseError", "Parse Error", None);

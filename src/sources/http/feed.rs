@@ -103,7 +103,7 @@ impl ChangeFeed for HttpFeed {
         if let Some(first) = probes.iter().find_map(|p| p.as_ref().err())
             && probes.iter().all(Result::is_err)
         {
-            return Err(clone_error(first));
+            return Err(first.clone());
         }
         let batch: Vec<Url> = self.urls[self.next..end].to_vec();
         for (url, probe) in batch.into_iter().zip(probes) {
@@ -182,22 +182,6 @@ impl ChangeFeed for HttpFeed {
             complete_listing: true,
             note: Some(note),
         }
-    }
-}
-
-/// A copy of a probe's error for the run (the probes' own are dropped with them).
-fn clone_error(e: &Error) -> Error {
-    match e {
-        Error::Retryable { context, after } => Error::Retryable {
-            context: context.clone(),
-            after: *after,
-        },
-        Error::Permanent { context } => Error::Permanent {
-            context: context.clone(),
-        },
-        Error::CursorExpired { context } => Error::CursorExpired {
-            context: context.clone(),
-        },
     }
 }
 
