@@ -6,7 +6,11 @@
 //! 2. The queue against its ceiling: a bare XADD → XREADGROUP → XACK loop on a
 //!    plain Redis connection vs the same loop through tidemark's stream layer
 //!    (pool, envelope encoding and decoding), as a throughput ratio.
-//! 3. The fleet-wide rate gate: two worker processes and one in-process worker
+//! 3. A 20,000-page Confluence space: API calls of a no-op incremental run
+//!    and of one with an edit and a deletion, against the calls a complete
+//!    listing of that space costs (what every incremental run paid before
+//!    trash listings).
+//! 4. The fleet-wide rate gate: two worker processes and one in-process worker
 //!    against a configured budget; the request rate the simulator saw, as a
 //!    ratio to the limit (near 1: the budget is used, not exceeded).
 //!
@@ -198,8 +202,60 @@ fn main() {
         println!("tidemark / ceiling: {:.2}", per_sec(ours) / per_sec(bare));
 
         held_state_at_scale(&env).await;
+        drop(env);
+        large_space_incrementals().await;
         rate_gate_against_limit().await;
     });
+}
+
+/// A 20,000-page space: an incremental run's calls do not grow with the space.
+async fn large_space_incrementals() {
+    const PAGES: usize = 20_000;
+    let env = Env::start(Options {
+        pages: PAGES,
+        page_size: 250,
+        appendfsync: "everysec",
+        ..Options::default()
+    })
+    .await;
+    env.coordinator("c1");
+    env.worker("w1");
+    env.worker("w2");
+    let full = env.sync(SyncMode::Full).await;
+    let listing_calls = env
+        .sim
+        .calls()
+        .get("GET /wiki/api/v2/spaces/{id}/pages")
+        .copied()
+        .unwrap_or(0);
+    let noop = env.sync(SyncMode::Incremental).await;
+    let pages = env.sim.pages();
+    let parents: std::collections::HashSet<&str> = pages.iter().filter_map(|p| p.parent_id.as_deref()).collect();
+    let leaf = pages
+        .iter()
+        .rev()
+        .find(|p| !parents.contains(p.id.as_str()))
+        .map(|p| p.id.clone())
+        .unwrap_or_default();
+    env.sim.update_page(&pages[7].id, None, Some("<p>edited</p>"));
+    env.sim.delete_page(&leaf);
+    let two = env.sync(SyncMode::Incremental).await;
+    println!();
+    println!("== {PAGES}-page Confluence space: API calls per run");
+    println!(
+        "full sync:                               {:>6} calls ({} documents)",
+        full.api_calls, full.docs_processed
+    );
+    println!("complete listing alone (in the full run): {listing_calls:>5} calls");
+    println!("incremental, no change:                  {:>6} calls", noop.api_calls);
+    println!(
+        "incremental, 1 edit + 1 deletion:        {:>6} calls ({} upserted, {} deleted)",
+        two.api_calls, two.upserted, two.deleted
+    );
+    println!(
+        "no-op incremental / complete listing: {:.3}",
+        noop.api_calls as f64 / listing_calls.max(1) as f64
+    );
 }
 
 /// A full sync whose budget is the limit: how close the fleet's rate comes to it.

@@ -154,6 +154,11 @@ impl Keys {
         self.source(source, &format!("run:{run}:seen"))
     }
 
+    /// Hash: document id → the title the run's feed announced, for every document it upserts.
+    pub fn run_titles(&self, source: &SourceId, run: &RunId) -> String {
+        self.source(source, &format!("run:{run}:titles"))
+    }
+
     /// List a worker pushes to when it finishes a page, so the coordinator wakes at once.
     pub fn run_wakeup(&self, source: &SourceId, run: &RunId) -> String {
         self.source(source, &format!("run:{run}:wake"))

@@ -127,3 +127,58 @@ async fn link_cycles_terminate() {
     assert_eq!(run.docs_processed, 2);
     env.assert_sink_matches_source();
 }
+
+/// A full sync of a space whose pages link to one another (by URL, by
+/// `ri:content-id` and by title only, as real spaces do), with hostile titles
+/// and deep trees, writes each document exactly once: every link title is
+/// resolved before the first write, whichever page of the run writes the
+/// target. The links expected are the ones the simulator seeded, with the
+/// targets' titles; title-only links name no id and are not links to resolve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_sync_of_linked_pages_writes_each_document_once() {
+    let env = Env::five_hundred_pages().await;
+    let seeded = env.sim.seeded_links();
+    let linking = seeded.values().filter(|l| !l.is_empty()).count();
+    assert!(linking > 250, "most seeded pages link to others: {linking}");
+    let pages = env.sim.pages();
+    assert!(pages.iter().any(|p| p.title.contains('/')) && pages.iter().any(|p| p.title.len() >= 240));
+
+    let full = env.sync(SyncMode::Full).await;
+    assert_eq!(full.status, RunStatus::Completed, "{full:?}");
+    assert_eq!(full.upserted, 500, "{full:?}");
+    assert_eq!(
+        (full.dependents, full.dependents_updated),
+        (0, 0),
+        "no document written twice: {full:?}"
+    );
+    let titles: std::collections::HashMap<&str, &str> =
+        pages.iter().map(|p| (p.id.as_str(), p.title.as_str())).collect();
+    for doc in env.sink_docs() {
+        let got: Vec<(String, Option<String>)> = doc.links.into_iter().map(|l| (l.target.0, l.title)).collect();
+        let want: Vec<(String, Option<String>)> = seeded[&doc.id.0]
+            .iter()
+            .map(|t| (t.clone(), titles.get(t.as_str()).map(|t| (*t).to_owned())))
+            .collect();
+        assert_eq!(got, want, "links of {}", doc.id.0);
+    }
+    env.assert_sink_matches_source();
+
+    // Renaming a linked page rewrites exactly its linkers, again without fetching them.
+    let (target, linkers) = seeded
+        .keys()
+        .map(|id| {
+            let linkers: Vec<&String> = seeded.iter().filter(|(_, l)| l.contains(id)).map(|(k, _)| k).collect();
+            (id.clone(), linkers)
+        })
+        .max_by_key(|(_, l)| l.len())
+        .expect("a linked page");
+    assert!(env.sim.update_page(&target, Some("Renamed target"), None));
+    let run = env.sync(SyncMode::Incremental).await;
+    assert_eq!(run.docs_processed, 1, "{run:?}");
+    assert!(
+        run.dependents_updated >= linkers.len() as u64,
+        "{run:?} vs {}",
+        linkers.len()
+    );
+    env.assert_sink_matches_source();
+}

@@ -10,18 +10,11 @@ use crate::harness::{Env, Options, wait_until};
 
 /// The problem statement's example: 500 pages, then 3 created, 2 updated and 1
 /// deleted. The incremental run processes exactly those 6 documents with at most
-/// 10 API calls, and the deleted page is gone from the sink.
+/// 3 API calls (a CQL search, the trash, one batched fetch), and the deleted page
+/// is gone from the sink.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn problem_statement_scenario() {
-    let env = Env::start(Options {
-        pages: 500,
-        page_size: 50,
-        ..Options::default()
-    })
-    .await;
-    env.coordinator("c1");
-    env.worker("w1");
-    env.worker("w2");
+    let env = Env::five_hundred_pages().await;
 
     let full = env.sync(SyncMode::Full).await;
     assert_eq!(full.status, RunStatus::Completed, "{full:?}");
@@ -50,7 +43,12 @@ async fn problem_statement_scenario() {
     assert_eq!(inc.status, RunStatus::Completed, "{inc:?}");
     assert_eq!(inc.docs_processed, 6, "{inc:?}");
     assert_eq!((inc.upserted, inc.deleted), (5, 1), "{inc:?}");
-    assert!(inc.api_calls <= 10, "incremental run made {} API calls", inc.api_calls);
+    assert!(
+        inc.api_calls <= 3,
+        "incremental run made {} API calls: {:?}",
+        inc.api_calls,
+        env.sim.calls()
+    );
     assert_eq!(
         inc.api_calls,
         env.sim.total_calls(),
@@ -64,21 +62,25 @@ async fn problem_statement_scenario() {
     env.assert_sink_matches_source();
 }
 
-/// With nothing changed, an incremental run processes and writes nothing.
+/// With nothing changed, an incremental run processes and writes nothing, in
+/// at most 2 API calls (a CQL search and the trash).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_op_incremental_processes_nothing() {
     let env = Env::start(Options::default()).await;
     env.coordinator("c1");
     env.worker("w1");
     env.sync(SyncMode::Full).await;
+    env.sim.reset_calls();
     let inc = env.sync(SyncMode::Incremental).await;
+    assert!(inc.api_calls <= 2, "{inc:?}: {:?}", env.sim.calls());
+    assert_eq!(inc.api_calls, env.sim.total_calls());
     assert_eq!(inc.status, RunStatus::Completed);
     assert_eq!(
         (inc.docs_processed, inc.upserted, inc.deleted, inc.pages_total),
         (0, 0, 0, 0),
         "{inc:?}"
     );
-    assert_eq!(inc.unchanged, 60);
+    assert_eq!(inc.unchanged, 0, "nothing was edited since the full run: {inc:?}");
     env.assert_sink_matches_source();
 }
 
@@ -192,7 +194,8 @@ async fn state_survives_redis_restart() {
 /// the source's clock three minutes behind ours and its user in New York, a page
 /// edited right after a sync is still found (the watermark comes from the
 /// source's own clock), the overlap window re-reports pages at no processing
-/// cost, and a deletion is caught by the next sweep.
+/// cost, a deletion is caught through the trash, and a deletion purged from
+/// the trash by the next sweep.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cql_between_sweeps_survives_skew_and_timezones() {
     let env = Env::start(Options {
@@ -228,12 +231,11 @@ async fn cql_between_sweeps_survives_skew_and_timezones() {
         "{:?}",
         env.sim.calls()
     );
-    assert!(
-        !env.sim
-            .calls()
-            .keys()
-            .any(|k| k.contains("/pages") && k.contains("spaces")),
-        "no listing between sweeps"
+    assert_eq!(
+        env.sim.calls().get("GET /wiki/api/v2/spaces/{id}/pages"),
+        Some(&1),
+        "no listing between sweeps, only the trash: {:?}",
+        env.sim.calls()
     );
 
     let leaf = pages
@@ -243,12 +245,18 @@ async fn cql_between_sweeps_survives_skew_and_timezones() {
         .unwrap();
     assert!(env.sim.delete_page(&leaf.id));
     let second = env.sync(SyncMode::Incremental).await;
-    assert_eq!(second.deleted, 0, "CQL cannot see deletions: {second:?}");
+    assert_eq!(second.deleted, 1, "the trash shows the deletion: {second:?}");
+    let purged = pages
+        .iter()
+        .rev()
+        .find(|p| p.id != leaf.id && !pages.iter().any(|c| c.parent_id.as_deref() == Some(p.id.as_str())))
+        .unwrap();
+    assert!(env.sim.delete_and_purge_page(&purged.id));
     let third = env.sync(SyncMode::Incremental).await;
     assert_eq!(
         (third.docs_processed, third.deleted),
         (1, 1),
-        "the sweep catches it: {third:?}"
+        "the sweep (every 3rd run) catches the purged page: {third:?}"
     );
     env.assert_sink_matches_source();
 }

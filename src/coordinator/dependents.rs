@@ -8,9 +8,11 @@
 //! Invariant: computed from what the pages actually wrote (read back from the
 //! state), not from what the feed announced, and from everything still owed
 //! by earlier writes (`state::owed`: a run that died before this step left
-//! its dependents there); cycles are cut by a visited set.
+//! its dependents there); cycles are cut by a visited set. A document this run
+//! wrote is not refreshed for a link to a target whose title came out as the
+//! run planned: its page resolved that title before writing (`state::titles`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::plan::Plan;
 use super::{Coordinator, Error};
@@ -45,7 +47,20 @@ impl Coordinator {
             .filter(|i| i.action == Action::Upsert)
             .map(|i| &i.meta.id)
             .collect();
+        let planned_title: HashMap<&DocumentId, &str> = plan.planned_titles().into_iter().collect();
+        // Created or renamed here, and written with the title this run planned:
+        // every page of the run already linked to them under that title.
+        let mut as_planned: HashSet<DocumentId> = HashSet::new();
+        let mut written: Vec<&DocumentId> = Vec::new();
         for (id, now) in upserted.iter().zip(self.state.docs(source, &upserted).await?) {
+            if now.is_some() {
+                written.push(id);
+            }
+            if let Some(now) = &now
+                && planned_title.get(*id).is_some_and(|t| *t == now.title)
+            {
+                as_planned.insert((*id).clone());
+            }
             match (now, plan.before.get(*id)) {
                 (Some(now), before) => {
                     let renamed = before.is_some_and(|h| h.title != now.title);
@@ -112,8 +127,29 @@ impl Coordinator {
             found.extend(kids.iter().cloned());
             level = kids.into_iter().filter(|d| visited.insert(d.clone())).collect();
         }
-        let sets: Vec<String> = link_targets.iter().map(|d| keys.linked_from(source, d)).collect();
+        // Linkers of a target written as planned need no refresh if this run wrote
+        // them too (they resolved its planned title, see `state::titles`): a full
+        // sync of pages linking to one another writes each once. Linkers written
+        // before this run, or whose write failed or is unsettled, still do.
+        let mut written_here: HashSet<DocumentId> = written.iter().map(|d| (*d).clone()).collect();
+        for doc in self.state.failed_of(source, &written).await? {
+            written_here.remove(&doc);
+        }
+        for doc in self.state.unsettled_of(source, &written).await? {
+            written_here.remove(&doc);
+        }
+        let (fresh, other): (Vec<&DocumentId>, Vec<&DocumentId>) =
+            link_targets.iter().partition(|d| as_planned.contains(*d));
+        let sets: Vec<String> = other.iter().map(|d| keys.linked_from(source, d)).collect();
         found.extend(self.state.union_of(&sets).await?);
+        let sets: Vec<String> = fresh.iter().map(|d| keys.linked_from(source, d)).collect();
+        found.extend(
+            self.state
+                .union_of(&sets)
+                .await?
+                .into_iter()
+                .filter(|linker| !written_here.contains(linker)),
+        );
 
         let mut ids: Vec<DocumentId> = found.into_iter().filter(|d| !deleted.contains(d)).collect();
         ids.sort();

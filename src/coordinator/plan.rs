@@ -43,6 +43,19 @@ pub(super) struct Plan {
     pub(super) changed_folders: Vec<DocumentId>,
 }
 
+impl Plan {
+    /// The title this plan expects each document it upserts to have: what the
+    /// feed reported, else what we hold. A document known by id only (a
+    /// targeted run's new document) has none.
+    pub(super) fn planned_titles(&self) -> Vec<(&DocumentId, &str)> {
+        self.items
+            .iter()
+            .filter(|i| i.action == Action::Upsert)
+            .filter_map(|i| self.tree.get(&i.meta.id).map(|(title, _)| (&i.meta.id, title.as_str())))
+            .collect()
+    }
+}
+
 /// The documents a set of requests targets: their union if every request is
 /// targeted, or none (the whole source) if any one is not.
 pub(super) fn merged_targets(requests: &[SyncRequest]) -> Vec<DocumentId> {
@@ -181,6 +194,49 @@ impl Coordinator {
         plan.note.push(format!(
             "{} document(s) redone: failed before, or left unsettled by an interrupted page",
             extra.len()
+        ));
+        Ok(())
+    }
+
+    /// Adds the held children of documents a feed of changes deleted as
+    /// upserts: such a feed says a document went, not where the source put its
+    /// children (Confluence moves them up to its parent without a new version,
+    /// so a search of changes never reports them). Fetching them learns their
+    /// parent; one that went too is found missing and deleted.
+    async fn adopt_orphans(
+        &self,
+        source: &SourceId,
+        deleted: &HashSet<DocumentId>,
+        changed: &mut HashMap<DocumentId, DocMeta>,
+        plan: &mut Plan,
+        lost: &CancellationToken,
+    ) -> Result<(), Error> {
+        let sets: Vec<String> = deleted.iter().map(|d| self.keys.children(source, d)).collect();
+        let mut kids = self
+            .redis(lost, "reading children of deleted documents", || {
+                self.state.union_of(&sets)
+            })
+            .await?;
+        kids.retain(|k| !deleted.contains(k) && !changed.contains_key(k));
+        kids.sort();
+        if kids.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<&DocumentId> = kids.iter().collect();
+        let held = self
+            .redis(lost, "reading children of deleted documents", || {
+                self.state.held_meta_of(source, &refs)
+            })
+            .await?;
+        for (kid, h) in kids.iter().zip(held) {
+            let Some(h) = h else { continue };
+            plan.tree.insert(kid.clone(), (h.title.clone(), h.parent.clone()));
+            changed.insert(kid.clone(), named_item(kid, Some(&h)).meta);
+            plan.before.insert(kid.clone(), h);
+        }
+        plan.note.push(format!(
+            "{} child document(s) of deleted ones fetched again (their parent changed at the source)",
+            kids.len()
         ));
         Ok(())
     }
@@ -405,6 +461,8 @@ impl Coordinator {
                 plan.note
                     .push(format!("complete listing: {missing} held document(s) no longer listed"));
             }
+        } else if !deleted.is_empty() {
+            self.adopt_orphans(&id, &deleted, &mut changed, &mut plan, lost).await?;
         }
         self.redis(lost, "clearing the seen set", || self.state.clear_seen(&seen))
             .await?;

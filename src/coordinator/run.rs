@@ -122,6 +122,13 @@ impl Coordinator {
         }
 
         self.hooks.at(&id, run, Point::Planned).await;
+        // Before any job exists: every page resolves its links to documents
+        // this run writes from these, not from what the state held before.
+        let titles = plan.planned_titles();
+        self.redis(lost, "recording the planned titles", || {
+            self.state.record_planned_titles(&id, run, &titles)
+        })
+        .await?;
         let mut pages = 0u32;
         self.enqueue_pages(&id, run, token, &plan.items, &mut pages, lost)
             .await?;

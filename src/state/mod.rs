@@ -7,6 +7,7 @@
 //! - [`failures`]: documents that failed on their own ([`DocFailure`]), retried by every run;
 //! - [`owed`]: dependents a page's writes made stale ([`Owed`]), kept until a run refreshes them;
 //! - [`sweep`]: the mark and sweep that finds held documents a complete listing left out;
+//! - [`titles`]: the titles a run's feed announced, so pages resolve link titles before their first write;
 //! - [`runs`]: run records ([`RunRecord`], typed updates [`RunUpdate`]), page
 //!   completion, and which run served a request;
 //! - [`channels`]: the push channel the fleet keeps open per source (not run
@@ -42,6 +43,7 @@ pub mod failures;
 pub mod owed;
 pub mod runs;
 pub mod sweep;
+pub mod titles;
 
 pub use docs::{DocState, DocWrite, HeldMeta};
 pub use failures::DocFailure;

@@ -540,6 +540,8 @@ impl StateStore {
         pipe.expire(self.keys.run_pages_done(source, run), RUN_RETENTION_SECS)
             .ignore()
             .del(self.keys.run_wakeup(source, run))
+            .ignore()
+            .del(self.keys.run_titles(source, run))
             .ignore();
         if current.as_deref() == Some(run.0.as_str()) {
             pipe.del(self.keys.current_run(source)).ignore();

@@ -184,8 +184,17 @@ impl Worker {
             fetched.docs
         };
 
+        // Before any write: the run's other pages and its dependents resolve
+        // links to these from what was fetched, not from what the feed said.
+        let seen: Vec<(&DocumentId, &str)> = fetched.iter().map(|d| (&d.meta.id, d.meta.title.as_str())).collect();
+        let gone: Vec<&DocumentId> = deletes.iter().collect();
+        self.state
+            .correct_planned_titles(&job.source, &job.run, &seen, &gone)
+            .await?;
+
         // What we hold for everything this page touches, and the titles of
-        // everything it links to (newest first: this page's own fetches).
+        // everything it links to: this page's own fetches first, then the
+        // run's planned titles, then what the state holds.
         let refreshes: Vec<&DocumentId> = of(Action::Refresh).map(|i| &i.meta.id).collect();
         let touched: Vec<&DocumentId> = fetched
             .iter()
@@ -211,6 +220,17 @@ impl Worker {
             .collect();
         for (id, st) in wanted.iter().zip(self.state.docs(&job.source, &wanted).await?) {
             titles.insert((*id).clone(), st.map(|s| s.title));
+        }
+        // Documents this run writes, wherever their page is: the titles its feed
+        // announced (see `state::titles`), so a link to one created or renamed
+        // by a later page is right at this first write.
+        for (id, planned) in wanted
+            .iter()
+            .zip(self.state.planned_titles(&job.source, &job.run, &wanted).await?)
+        {
+            if let Some(title) = planned {
+                titles.insert((*id).clone(), Some(title));
+            }
         }
         for d in &fetched {
             titles.insert(d.meta.id.clone(), Some(d.meta.title.clone()));

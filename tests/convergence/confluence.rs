@@ -17,7 +17,9 @@ use super::rng::Rng;
 /// The simulated space and what the test remembers about it.
 pub struct Confluence {
     pub sim: ConfluenceSim,
-    /// The connector's `sweep_every`: 1 lets pages be deleted, 3 does not.
+    /// The connector's `sweep_every`: 1 lists everything every run (pages may
+    /// also be purged from the trash or restored), 3 reads the search and the
+    /// trash between sweeps (pages are deleted to the trash only).
     pub sweep: u32,
     /// Every Confluence page id ever created (links may point at deleted ones).
     ids: Vec<String>,
@@ -101,14 +103,20 @@ impl SimulatedSource for Confluence {
                         .push(format!("conf rename+edit {id} -> {title:?} links={links:?}"));
                 }
                 (_, Some(id)) => {
-                    if self.sweep == 1 {
-                        self.sim.delete_page(&id);
-                        ops.log.push(format!("conf delete {id} (children move up)"));
+                    let trashed = self.sim.trash();
+                    // Purged or restored pages are invisible to the search and
+                    // the trash listing: only runs that list everything see them.
+                    if self.sweep == 1 && ops.rng.chance(25) && !trashed.is_empty() {
+                        let back = ops.rng.pick(&trashed).map(|p| p.id.clone()).unwrap_or_default();
+                        self.sim.restore_page(&back);
+                        ops.log.push(format!("conf restore {back} (old version)"));
+                    } else if self.sweep == 1 && ops.rng.chance(33) {
+                        self.sim.delete_and_purge_page(&id);
+                        ops.log.push(format!("conf delete+purge {id} (children move up)"));
                     } else {
-                        // CQL cannot see deletions between sweeps (documented): edit instead.
-                        let (body, links) = self.body(ops);
-                        self.sim.update_page(&id, None, Some(&body));
-                        ops.log.push(format!("conf edit {id} links={links:?}"));
+                        self.sim.delete_page(&id);
+                        ops.log
+                            .push(format!("conf delete {id} (to the trash, children move up)"));
                     }
                 }
             }

@@ -84,6 +84,21 @@ pub struct Env {
 }
 
 impl Env {
+    /// The problem statement's set-up: a 500-page space (pages of 50 documents)
+    /// with one coordinator and two workers running.
+    pub async fn five_hundred_pages() -> Env {
+        let env = Env::start(Options {
+            pages: 500,
+            page_size: 50,
+            ..Options::default()
+        })
+        .await;
+        env.coordinator("c1");
+        env.worker("w1");
+        env.worker("w2");
+        env
+    }
+
     /// Starts Redis and the simulator and writes a config pointing at them. No processes yet.
     pub async fn start(opts: Options) -> Env {
         let redis = RedisServer::start_with_fsync(opts.appendfsync);

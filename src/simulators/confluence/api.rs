@@ -225,10 +225,15 @@ fn next_link(path: &str, pairs: &[(String, String)], cursor: &str) -> String {
     format!("{path}?{}", ser.finish())
 }
 
+/// A title as it appears at the end of a page's web UI path (form-encoded: spaces as `+`).
+fn title_slug(title: &str) -> String {
+    url::form_urlencoded::byte_serialize(title.as_bytes()).collect()
+}
+
 fn v2_page_json(st: &SimState, id: u64, p: &Page, with_body: bool) -> Value {
     let mut v = json!({
         "id": id.to_string(),
-        "status": "current",
+        "status": p.status.name(),
         "title": p.title,
         "spaceId": st.space_id,
         "parentId": p.parent.map(|x| x.to_string()),
@@ -247,7 +252,7 @@ fn v2_page_json(st: &SimState, id: u64, p: &Page, with_body: bool) -> Value {
         },
         "body": {},
         "_links": {
-            "webui": format!("/spaces/{}/pages/{id}/{}", st.space_key, p.title.replace(' ', "+")),
+            "webui": format!("/spaces/{}/pages/{id}/{}", st.space_key, title_slug(&p.title)),
             "editui": format!("/pages/resumedraft.action?draftId={id}"),
             "tinyui": format!("/x/{}", hex::encode(id.to_le_bytes()).trim_end_matches('0'))
         }
@@ -281,13 +286,22 @@ fn v2_results(
             return error_response(400, false, &format!("Unsupported body-format {other:?}"));
         }
     };
-    if let Some(statuses) = list_param(pairs, "status")
-        && !statuses.iter().any(|s| s == "current")
+    // The reference: "By default, current and archived are used"; valid values
+    // are current, archived, deleted and trashed (the simulator has no archived
+    // or purged-but-listed pages).
+    let statuses = list_param(pairs, "status").unwrap_or_else(|| vec!["current".into(), "archived".into()]);
+    if let Some(bad) = statuses
+        .iter()
+        .find(|s| !["current", "archived", "deleted", "trashed"].contains(&s.as_str()))
     {
-        // Every simulated page is current.
-        return v2_json(headers, Vec::new(), None);
+        return error_response(400, false, &format!("Invalid status: {bad:?}"));
     }
-    let mut chosen: Vec<u64> = ids.filter(|id| *id > after).take(limit + 1).collect();
+    let wanted = |id: &u64| {
+        st.pages
+            .get(id)
+            .is_some_and(|p| statuses.iter().any(|s| s == p.status.name()))
+    };
+    let mut chosen: Vec<u64> = ids.filter(|id| *id > after && wanted(id)).take(limit + 1).collect();
     let more = chosen.len() > limit;
     chosen.truncate(limit);
     let results = chosen
@@ -330,7 +344,7 @@ async fn api_spaces(State(sim): State<ConfluenceSim>, headers: HeaderMap, RawQue
             "status": "current",
             "authorId": AUTHOR_ID,
             "createdAt": ts(st.space_created),
-            "homepageId": st.pages.keys().next().map(|id| id.to_string()),
+            "homepageId": st.current().next().map(|(id, _)| id.to_string()),
             "description": null,
             "icon": null,
             "_links": {"webui": format!("/spaces/{}", st.space_key)}
@@ -416,9 +430,9 @@ async fn api_search(State(sim): State<ConfluenceSim>, headers: HeaderMap, RawQue
     let expand: Vec<&str> = param(&pairs, "expand")
         .map(|e| e.split(',').map(str::trim).collect())
         .unwrap_or_default();
+    // Search sees current content only (trashed pages are not indexed).
     let hits: Vec<u64> = st
-        .pages
-        .iter()
+        .current()
         .filter(|(_, p)| matches(&st, &clauses, p))
         .map(|(id, _)| *id)
         .collect();
@@ -456,7 +470,7 @@ fn v1_content(st: &SimState, id: u64, p: &Page, expand: &[&str]) -> Value {
         "status": "current",
         "title": p.title,
         "_links": {
-            "webui": format!("/spaces/{}/pages/{id}/{}", st.space_key, p.title.replace(' ', "+")),
+            "webui": format!("/spaces/{}/pages/{id}/{}", st.space_key, title_slug(&p.title)),
             "self": format!("/rest/api/content/{id}"),
         },
         "_expandable": {"space": format!("/rest/api/space/{}", st.space_key)},

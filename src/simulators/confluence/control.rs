@@ -1,5 +1,6 @@
 //! The `/_sim/` control endpoints that change the simulated space over HTTP
-//! (tests and the demo drive it with them): create, list, edit and delete pages.
+//! (tests and the demo drive it with them): create, list, edit, delete (to
+//! the trash), purge and restore pages.
 //!
 //! Invariants: these are not Confluence endpoints; they sit outside the API
 //! gate, so they are never counted, failed, delayed or rate limited. Each one
@@ -23,6 +24,8 @@ pub(super) fn routes() -> Router<ConfluenceSim> {
     Router::new()
         .route("/_sim/pages", post(ctl_create).get(ctl_list))
         .route("/_sim/pages/{id}", put(ctl_update).delete(ctl_delete))
+        .route("/_sim/pages/{id}/purge", post(ctl_purge))
+        .route("/_sim/pages/{id}/restore", post(ctl_restore))
 }
 
 #[derive(Deserialize)]
@@ -64,6 +67,22 @@ async fn ctl_delete(State(sim): State<ConfluenceSim>, Path(id): Path<String>) ->
         StatusCode::NO_CONTENT.into_response()
     } else {
         error_response(404, false, &format!("Page {id} not found"))
+    }
+}
+
+async fn ctl_purge(State(sim): State<ConfluenceSim>, Path(id): Path<String>) -> Response {
+    if sim.purge_page(&id) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        error_response(404, false, &format!("Page {id} is not in the trash"))
+    }
+}
+
+async fn ctl_restore(State(sim): State<ConfluenceSim>, Path(id): Path<String>) -> Response {
+    if sim.restore_page(&id) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        error_response(404, false, &format!("Page {id} is not in the trash"))
     }
 }
 

@@ -122,14 +122,50 @@ impl ConfluenceSim {
         self.lock().update_page(id, title, body)
     }
 
-    /// Purges a page from every endpoint; its children move up to its parent.
+    /// Deletes a page as Confluence does: it moves to the space's trash (listed
+    /// with `status=trashed`, gone from search and from current listings and
+    /// fetches); its children move up to its parent. `false` if there is no such
+    /// current page.
     pub fn delete_page(&self, id: &str) -> bool {
         self.lock().delete_page(id)
     }
 
-    /// Every page, sorted by id.
+    /// Purges a trashed page: gone from every endpoint. `false` if it is not in the trash.
+    pub fn purge_page(&self, id: &str) -> bool {
+        self.lock().purge_page(id)
+    }
+
+    /// Deletes then purges a page at once (a page that was trashed and purged
+    /// between two syncs: no trace left in the trash).
+    pub fn delete_and_purge_page(&self, id: &str) -> bool {
+        let mut st = self.lock();
+        st.delete_page(id) && st.purge_page(id)
+    }
+
+    /// Restores a trashed page with its old version. `false` if it is not in the trash.
+    pub fn restore_page(&self, id: &str) -> bool {
+        self.lock().restore_page(id)
+    }
+
+    /// Every current page, sorted by id.
     pub fn pages(&self) -> Vec<SimPage> {
         self.lock().snapshot()
+    }
+
+    /// The pages each seeded page's body links to by id (URL and
+    /// `ri:content-id` forms, in order, once each), as the simulator wrote them;
+    /// title-only links are not listed. Bodies edited since say otherwise.
+    pub fn seeded_links(&self) -> BTreeMap<String, Vec<String>> {
+        self.lock()
+            .seeded_links
+            .iter()
+            .map(|(id, links)| (id.to_string(), links.clone()))
+            .collect()
+    }
+
+    /// Every trashed page, sorted by id.
+    pub fn trash(&self) -> Vec<SimPage> {
+        self.lock().trash()
     }
 
     /// API calls by endpoint label, e.g. `"GET /wiki/api/v2/spaces/{id}/pages"`.

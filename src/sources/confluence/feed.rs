@@ -1,5 +1,6 @@
 //! One run's change feed: a v2 listing of every page of the space, or a v1
-//! CQL search for pages modified since the watermark; one response per `next_page`.
+//! CQL search for pages modified since the watermark followed by a v2 listing
+//! of the space's trash; one response per `next_page`.
 //!
 //! Invariants:
 //! - The new watermark comes from the *source's* clock: the `Date` header of the
@@ -7,7 +8,10 @@
 //!   watermark; never our own clock ([`Watermark`]).
 //! - A feed reports `complete_listing` only after following every v2 listing
 //!   page to the end; CQL feeds never claim completeness.
-//! - Only current pages are reported (archived and other content types are skipped).
+//! - Only current pages are reported present (archived and other content types
+//!   are skipped); every page in the trash is reported deleted (the coordinator
+//!   ignores those it does not hold), after the search, so that a page edited
+//!   and then trashed during the run ends deleted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,7 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use url::Url;
 
-use super::api::{Client, Reply, V1Search, V2List, V2Page};
+use super::api::{Client, Reply, V1Search, V2List, V2Page, is_numeric_id};
 use crate::sources::clock::Watermark;
 use crate::sources::{ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, FeedEnd, FeedPage, Observation};
 use crate::types::DocumentId;
@@ -26,6 +30,8 @@ pub(super) enum FeedKind {
     Listing,
     /// v1 CQL `lastmodified >=` search: changes only.
     Search,
+    /// v2 `GET /spaces/{id}/pages?status=trashed`: deleted pages not yet purged.
+    Trash,
 }
 
 /// One run's change feed; pages are requested lazily, one per `next_page`.
@@ -34,6 +40,8 @@ pub(super) struct ConfluenceFeed {
     pub(super) kind: FeedKind,
     /// The next request; `None` once the last page was returned.
     pub(super) next: Option<Url>,
+    /// The listing walked once `next` runs out (the trash, after a search).
+    pub(super) then: Option<(FeedKind, Url)>,
     /// Counts every request of the run's feed.
     pub(super) calls: ApiCalls,
     /// The source's clock as this run read it: the `Date` of the feed's first
@@ -48,6 +56,12 @@ pub(super) struct ConfluenceFeed {
 #[async_trait]
 impl ChangeFeed for ConfluenceFeed {
     async fn next_page(&mut self) -> Result<Option<FeedPage>, Error> {
+        if self.next.is_none()
+            && let Some((kind, url)) = self.then.take()
+        {
+            self.kind = kind;
+            self.next = Some(url);
+        }
         let Some(url) = self.next.take() else {
             return Ok(None);
         };
@@ -65,6 +79,19 @@ impl ChangeFeed for ConfluenceFeed {
                     let meta = page.meta(&c, &url)?;
                     self.clock.observe_modified(meta.modified_at);
                     observations.push(Observation::Present(meta));
+                }
+                if let Some(next) = reply.body.links.and_then(|l| l.next).or(reply.link_next) {
+                    self.next = Some(c.resolve_site_path(&next, &url)?);
+                }
+            }
+            FeedKind::Trash => {
+                let reply: Reply<V2List<V2Page>> = c.get_json(&url, &calls).await?;
+                self.clock.observe_date(reply.date);
+                for page in &reply.body.results {
+                    // The listing asked for the trash only; anything else it holds is not a deletion.
+                    if page.status.as_deref().is_none_or(|st| st == "trashed") && is_numeric_id(&page.id) {
+                        observations.push(Observation::Deleted(DocumentId(page.id.clone())));
+                    }
                 }
                 if let Some(next) = reply.body.links.and_then(|l| l.next).or(reply.link_next) {
                     self.next = Some(c.resolve_site_path(&next, &url)?);
@@ -138,8 +165,9 @@ mod tests {
     use chrono::Utc;
 
     use super::super::SCOPE_SPACE_ID;
-    use super::super::tests::{connector, drain, metas, start};
+    use super::super::tests::{connector, drain, metas, read_feed, start};
     use crate::simulators::confluence::SimConfig;
+    use crate::sources::Observation;
     use crate::sources::{ApiCalls, Checkpoint, Source};
     use crate::types::SyncMode;
 
@@ -229,6 +257,71 @@ mod tests {
         assert!(end.complete_listing);
     }
 
+    /// Between sweeps an incremental run costs a CQL search and a trash listing,
+    /// whatever the size of the space: edits and creations come from the search,
+    /// pages deleted to the trash from the trash. A page deleted and purged at
+    /// once leaves no trace until the next complete listing, which the schedule
+    /// (`sweep_every_hours`, from the saved `swept_at`) brings.
+    #[tokio::test]
+    async fn between_sweeps_search_and_trash_find_every_change_but_purges() {
+        let (sim, base) = start(SimConfig {
+            pages: 600,
+            ..SimConfig::default()
+        })
+        .await;
+        let src = connector(base, |_| {});
+        let (_, full, _) = read_feed(&src, &Checkpoint::default(), SyncMode::Full).await;
+        assert!(full.checkpoint.scope.contains_key(super::super::SCOPE_SWEPT_AT));
+
+        let all = sim.pages();
+        let (edited, trashed, purged) = (all[10].id.clone(), all[20].id.clone(), all[30].id.clone());
+        assert!(sim.update_page(&edited, None, Some("<p>edited</p>")));
+        let created = sim.create_page("New page", Some(&all[40].id), "<p>new</p>");
+        assert!(sim.delete_page(&trashed));
+        assert!(sim.delete_and_purge_page(&purged));
+        assert_eq!(sim.trash().len(), 1);
+        sim.reset_calls();
+        let (pages, end, calls) = read_feed(&src, &full.checkpoint, SyncMode::Incremental).await;
+        assert_eq!(calls, 2, "{:?}", sim.calls());
+        assert_eq!(sim.calls().get("GET /wiki/rest/api/content/search"), Some(&1));
+        assert_eq!(sim.calls().get("GET /wiki/api/v2/spaces/{id}/pages"), Some(&1));
+        assert!(!end.complete_listing);
+        let mut present: Vec<String> = metas(&pages).into_iter().map(|m| m.id.0).collect();
+        present.sort();
+        assert_eq!(present, vec![edited.clone(), created.clone()]);
+        let deleted: Vec<String> = pages
+            .iter()
+            .flat_map(|p| &p.observations)
+            .filter_map(|o| match o {
+                Observation::Deleted(d) => Some(d.0.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            deleted,
+            vec![trashed.clone()],
+            "the purged page leaves no trace in the trash"
+        );
+
+        // A day later (by the saved swept_at) the run is a complete listing, which
+        // no longer lists the purged page: the coordinator deletes what it holds of it.
+        let mut due = end.checkpoint.clone();
+        due.scope.insert(
+            super::super::SCOPE_SWEPT_AT.to_owned(),
+            (Utc::now() - chrono::Duration::hours(25)).to_rfc3339(),
+        );
+        let (pages, swept, _) = read_feed(&src, &due, SyncMode::Incremental).await;
+        assert!(swept.complete_listing);
+        let listed: Vec<String> = metas(&pages).into_iter().map(|m| m.id.0).collect();
+        assert_eq!(listed.len(), 599);
+        assert!(!listed.contains(&purged) && !listed.contains(&trashed) && listed.contains(&created));
+        assert!(
+            swept.note.as_deref().is_some_and(|n| n.contains("sweep due")),
+            "{:?}",
+            swept.note
+        );
+    }
+
     /// With sweep_every = 5, the second incremental run uses CQL and finds a page
     /// edited after the watermark, although the source clock runs 3 minutes behind
     /// ours and its CQL literals are read in America/New_York; the watermark is the
@@ -246,7 +339,7 @@ mod tests {
         .await;
         let src = connector(base, |s| {
             s.timezone = "America/New_York".to_owned();
-            s.sweep_every = 5;
+            s.sweep_every = Some(5);
         });
         let before = Utc::now() + skew;
         let mut feed = src
@@ -283,7 +376,12 @@ mod tests {
             .expect("open");
         let (pages, second) = drain(&mut feed).await.expect("feed");
         assert_eq!(sim.calls().get("GET /wiki/rest/api/content/search"), Some(&1));
-        assert_eq!(meter.get(), 1);
+        assert_eq!(
+            sim.calls().get("GET /wiki/api/v2/spaces/{id}/pages"),
+            Some(&1),
+            "the trash"
+        );
+        assert_eq!(meter.get(), 2);
         let seen = metas(&pages);
         assert_eq!(
             seen.len(),

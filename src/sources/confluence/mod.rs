@@ -37,7 +37,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
+use url::Url;
 
 use self::api::{Client, Reply, SEARCH_LIMIT, V2List, V2Page, cql_escape, is_numeric_id};
 use self::feed::{ConfluenceFeed, FeedKind};
@@ -54,6 +56,8 @@ const FETCH_BATCH: usize = 250;
 pub const SCOPE_SPACE_ID: &str = "space_id";
 /// `Checkpoint.scope` key recording which space key the cached id belongs to.
 pub const SCOPE_SPACE_KEY: &str = "space_key";
+/// `Checkpoint.scope` key: when the last complete listing started (our clock, RFC 3339).
+pub const SCOPE_SWEPT_AT: &str = "swept_at";
 
 /// A Confluence Cloud space as a [`Source`].
 pub struct Confluence {
@@ -129,51 +133,77 @@ impl Source for Confluence {
         scope.insert(SCOPE_SPACE_ID.to_owned(), space_id.clone());
         scope.insert(SCOPE_SPACE_KEY.to_owned(), s.space_key.clone());
 
-        let sweep_due = checkpoint.runs_since_sweep.saturating_add(1) >= s.sweep_every;
+        let runs_due = s
+            .sweep_every
+            .is_some_and(|n| checkpoint.runs_since_sweep.saturating_add(1) >= n);
+        // Our clock, as for Drive: it only schedules the sweep, it never decides what changed.
+        let hours = i64::try_from(s.sweep_every_hours).unwrap_or(i64::MAX).min(1_000_000);
+        let time_due = checkpoint
+            .scope
+            .get(SCOPE_SWEPT_AT)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .is_none_or(|t| Utc::now() - t.with_timezone(&Utc) >= chrono::Duration::hours(hours));
         let listing_reason = match (mode, checkpoint.watermark) {
             (SyncMode::Full, _) => Some("full run"),
             (_, None) => Some("no watermark yet"),
-            (_, Some(_)) if sweep_due => Some("deletion sweep due"),
+            (_, Some(_)) if runs_due || time_due => Some("deletion sweep due"),
             _ => None,
         };
-        let (kind, first, note, complete, runs_since_sweep) = match (listing_reason, clock.query_from()) {
+        let page_limit = s.page_limit.clamp(1, MAX_PAGE_LIMIT).to_string();
+        let space_pages = |status: &str| -> Result<Url, Error> {
+            let mut url = c.url(&format!("wiki/api/v2/spaces/{space_id}/pages"))?;
+            url.query_pairs_mut()
+                .append_pair("limit", &page_limit)
+                .append_pair("status", status);
+            Ok(url)
+        };
+        let feed = match (listing_reason, clock.query_from()) {
             (None, Some(since)) => {
                 let literal = clock::cql_minute_literal(since, c.tz);
                 let cql = format!(
                     "space = \"{}\" and type = page and lastmodified >= \"{literal}\"",
                     cql_escape(&s.space_key)
                 );
-                let mut url = c.url("wiki/rest/api/content/search")?;
-                url.query_pairs_mut()
+                let mut search = c.url("wiki/rest/api/content/search")?;
+                search
+                    .query_pairs_mut()
                     .append_pair("cql", &cql)
                     .append_pair("limit", &SEARCH_LIMIT.to_string())
                     .append_pair("expand", "version,ancestors");
-                let note = format!("CQL changes since {literal} ({})", c.tz);
-                let runs = checkpoint.runs_since_sweep.saturating_add(1);
-                (FeedKind::Search, url, note, false, runs)
+                ConfluenceFeed {
+                    client: Arc::clone(&self.client),
+                    kind: FeedKind::Search,
+                    next: Some(search),
+                    // Deleted pages sit in the space's trash until purged; search
+                    // never returns them, so each such run also reads the trash.
+                    then: Some((FeedKind::Trash, space_pages("trashed")?)),
+                    calls,
+                    clock,
+                    scope,
+                    complete: false,
+                    runs_since_sweep: checkpoint.runs_since_sweep.saturating_add(1),
+                    note: format!("CQL changes since {literal} ({}) and the trash", c.tz),
+                }
             }
             (reason, _) => {
-                let mut url = c.url(&format!("wiki/api/v2/spaces/{space_id}/pages"))?;
-                url.query_pairs_mut()
-                    .append_pair("limit", &s.page_limit.clamp(1, MAX_PAGE_LIMIT).to_string())
-                    // Only live pages: the default also includes archived ones, which CQL
-                    // search and our fetch do not return.
-                    .append_pair("status", "current");
-                let note = format!("complete listing ({})", reason.unwrap_or("no watermark yet"));
-                (FeedKind::Listing, url, note, true, 0)
+                scope.insert(SCOPE_SWEPT_AT.to_owned(), Utc::now().to_rfc3339());
+                ConfluenceFeed {
+                    client: Arc::clone(&self.client),
+                    kind: FeedKind::Listing,
+                    // Only live pages: the default also includes archived ones, which
+                    // CQL search and our fetch do not return.
+                    next: Some(space_pages("current")?),
+                    then: None,
+                    calls,
+                    clock,
+                    scope,
+                    complete: true,
+                    runs_since_sweep: 0,
+                    note: format!("complete listing ({})", reason.unwrap_or("no watermark yet")),
+                }
             }
         };
-        Ok(Box::new(ConfluenceFeed {
-            client: Arc::clone(&self.client),
-            kind,
-            next: Some(first),
-            calls,
-            clock,
-            scope,
-            complete,
-            runs_since_sweep,
-            note,
-        }))
+        Ok(Box::new(feed))
     }
 
     fn wants_held_versions(&self) -> bool {
@@ -278,25 +308,23 @@ impl Source for Confluence {
 /// smart links included) or as `<ri:page ri:content-id="123" .../>` resource identifiers.
 /// Title-only links (`ri:content-title`) are not resolved here.
 pub fn page_links(storage: &str) -> Vec<DocumentId> {
-    fn digits_after(text: &str, marker: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut rest = text;
-        while let Some(at) = rest.find(marker) {
-            rest = &rest[at + marker.len()..];
-            let id: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            if !id.is_empty() {
-                out.push(id);
-            }
-        }
-        out
-    }
+    const MARKERS: [&str; 2] = ["/pages/", "ri:content-id=\""];
     let mut seen = HashSet::new();
-    digits_after(storage, "/pages/")
-        .into_iter()
-        .chain(digits_after(storage, "ri:content-id=\""))
-        .filter(|id| seen.insert(id.clone()))
-        .map(DocumentId)
-        .collect()
+    let mut out = Vec::new();
+    let mut rest = storage;
+    // Whichever marker comes first, so links keep the order they appear in.
+    while let Some((at, marker)) = MARKERS
+        .iter()
+        .filter_map(|m| rest.find(m).map(|at| (at, *m)))
+        .min_by_key(|(at, _)| *at)
+    {
+        rest = &rest[at + marker.len()..];
+        let id: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if !id.is_empty() && seen.insert(id.clone()) {
+            out.push(DocumentId(id));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -336,6 +364,22 @@ mod tests {
         Ok((pages, feed.end()))
     }
 
+    /// Opens a feed at `checkpoint` and reads it to the end: its pages, its end
+    /// and the API calls it made.
+    pub(super) async fn read_feed(
+        src: &Confluence,
+        checkpoint: &Checkpoint,
+        mode: SyncMode,
+    ) -> (Vec<FeedPage>, FeedEnd, u64) {
+        let meter = ApiCalls::default();
+        let mut feed = src
+            .open_feed(checkpoint, mode, Default::default(), meter.clone())
+            .await
+            .expect("open");
+        let (pages, end) = drain(&mut feed).await.expect("feed");
+        (pages, end, meter.get())
+    }
+
     pub(super) fn metas(pages: &[FeedPage]) -> Vec<DocMeta> {
         pages
             .iter()
@@ -363,6 +407,11 @@ mod tests {
         assert_eq!(
             page_links(body),
             vec![DocumentId("100012".into()), DocumentId("100020".into())]
+        );
+        let id_first = r#"<ac:link><ri:page ri:content-id="7" /></ac:link> <a href="/wiki/spaces/E/pages/3/T">t</a>"#;
+        assert_eq!(
+            page_links(id_first),
+            vec![DocumentId("7".into()), DocumentId("3".into())]
         );
         assert!(page_links("<p>no links</p>").is_empty());
     }

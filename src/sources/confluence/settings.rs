@@ -32,8 +32,8 @@ fn default_overlap_secs() -> u64 {
 fn default_page_limit() -> u32 {
     MAX_PAGE_LIMIT
 }
-fn default_sweep_every() -> u32 {
-    1
+fn default_sweep_every_hours() -> u64 {
+    24
 }
 
 /// Settings of one Confluence Cloud space source.
@@ -67,11 +67,16 @@ pub struct ConfluenceSettings {
     /// Pages per v2 listing call, 1..=250 (default 250).
     #[serde(default = "default_page_limit")]
     pub page_limit: u32,
-    /// Incremental runs per complete listing (default 1: every run lists everything;
-    /// N > 1: only every Nth incremental run lists, the others use CQL, and
-    /// deletions are noticed only on listing runs).
-    #[serde(default = "default_sweep_every")]
-    pub sweep_every: u32,
+    /// Hours between complete listings of the space (default 24). Other
+    /// incremental runs read changes through CQL and deletions from the space's
+    /// trash; only a complete listing also notices a page that was deleted *and*
+    /// purged from the trash (or archived) between two runs.
+    #[serde(default = "default_sweep_every_hours")]
+    pub sweep_every_hours: u64,
+    /// Also list everything on every Nth incremental run (default: not by run
+    /// count; 1 = every run lists the whole space, as before trash listings).
+    #[serde(default)]
+    pub sweep_every: Option<u32>,
     /// Retries of one request after 429, 5xx or a network failure (default 5).
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
@@ -96,7 +101,8 @@ impl ConfluenceSettings {
             timezone: default_timezone(),
             overlap_secs: default_overlap_secs(),
             page_limit: default_page_limit(),
-            sweep_every: default_sweep_every(),
+            sweep_every_hours: default_sweep_every_hours(),
+            sweep_every: None,
             max_retries: default_max_retries(),
             request_timeout_secs: default_request_timeout_secs(),
             rate: RateSettings::default(),
@@ -134,9 +140,14 @@ impl ConfluenceSettings {
                 self.page_limit
             ));
         }
-        if self.sweep_every == 0 {
+        if self.sweep_every == Some(0) {
             problems.push(format!(
                 "{key}.sweep_every: must be at least 1 (1 = every incremental run lists everything)"
+            ));
+        }
+        if self.sweep_every_hours == 0 {
+            problems.push(format!(
+                "{key}.sweep_every_hours: must be at least 1 (hours between complete listings)"
             ));
         }
         self.client().validate(key, problems);
@@ -188,13 +199,19 @@ mod tests {
         };
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(
-            (s.timezone.as_str(), s.overlap_secs, s.page_limit, s.sweep_every),
-            ("UTC", 120, 250, 1)
+            (
+                s.timezone.as_str(),
+                s.overlap_secs,
+                s.page_limit,
+                s.sweep_every,
+                s.sweep_every_hours
+            ),
+            ("UTC", 120, 250, None, 24)
         );
         assert_eq!((s.max_retries, s.request_timeout_secs), (5, 30));
 
         let bad: toml::Value = toml::from_str(
-            "base_url = \"ftp://x\"\nspace_key = \"ENG\"\ntimezone = \"Mars/Olympus\"\npage_limit = 500\nsweep_every = 0\napi_token_env = \"TIDEMARK_TEST_SURELY_UNSET_VAR\"",
+            "base_url = \"ftp://x\"\nspace_key = \"ENG\"\ntimezone = \"Mars/Olympus\"\npage_limit = 500\nsweep_every = 0\nsweep_every_hours = 0\napi_token_env = \"TIDEMARK_TEST_SURELY_UNSET_VAR\"",
         )
         .expect("toml");
         let mut problems = Vec::new();
@@ -204,7 +221,8 @@ mod tests {
             "sources[0].settings.base_url: \"ftp://x\" is not an http(s) URL",
             "sources[0].settings.timezone: \"Mars/Olympus\"",
             "sources[0].settings.page_limit: 500 is outside 1..=250",
-            "sources[0].settings.sweep_every",
+            "sources[0].settings.sweep_every: must be at least 1",
+            "sources[0].settings.sweep_every_hours: must be at least 1",
             "sources[0].settings.api_token_env: environment variable \"TIDEMARK_TEST_SURELY_UNSET_VAR\" is not set",
             "sources[0].settings.email: an API token is configured but no email",
         ] {
