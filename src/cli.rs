@@ -114,7 +114,7 @@ pub enum Command {
 /// Simulated services.
 #[derive(Debug, Subcommand)]
 pub enum Simulated {
-    /// Confluence Cloud REST API (v2 pages, v1 CQL search).
+    /// Confluence Cloud REST API (v2 pages and trash, v1 CQL search, attachment downloads).
     Confluence {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8090")]
@@ -134,6 +134,9 @@ pub enum Simulated {
         /// Seconds the simulated server's clock is ahead (negative: behind).
         #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
         clock_skew_secs: i64,
+        /// Attach files (PDF, Office, text, HTML, images) to one page in four.
+        #[arg(long)]
+        attachments: bool,
     },
     /// Google Drive API v3 (changes, files, export), with a folder tree to sync.
     Gdrive {

@@ -363,6 +363,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 rate_limit,
                 timezone,
                 clock_skew_secs,
+                attachments,
             } => {
                 let tz: chrono_tz::Tz = timezone
                     .parse()
@@ -373,6 +374,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     user_timezone: tz,
                     clock_skew: chrono::Duration::seconds(*clock_skew_secs),
                     rate_limit_per_sec: *rate_limit,
+                    attachments: *attachments,
                     ..SimConfig::default()
                 });
                 let (addr, handle) = sim

@@ -6,6 +6,8 @@ mod harness;
 
 /// The HTTP API: sync requests, status, metrics, readiness, and its error statuses.
 mod api;
+/// Confluence attachments as documents: every file kind read, versions, deletion with the page and at the sweep.
+mod attachments;
 /// Chaos: sources sync through killed and stopped processes and Redis faults; the sink ends equal to every source.
 mod chaos;
 /// The binary's edge: configuration and argument errors.

@@ -198,20 +198,23 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Adds the held children of documents a feed of changes deleted as
-    /// upserts: such a feed says a document went, not where the source put its
-    /// children (Confluence moves them up to its parent without a new version,
-    /// so a search of changes never reports them). Fetching them learns their
-    /// parent; one that went too is found missing and deleted.
+    /// Adds the held children of documents a feed of changes deleted: parts
+    /// of them (`Source::dies_with_parent`: a page's attachments) as deletions,
+    /// the others as upserts. Such a feed says a document went, not where the
+    /// source put its children (Confluence moves child pages up to its parent
+    /// without a new version, so a search of changes never reports them).
+    /// Fetching them learns their parent; one that went too is found missing
+    /// and deleted.
     async fn adopt_orphans(
         &self,
-        source: &SourceId,
-        deleted: &HashSet<DocumentId>,
+        id: &SourceId,
+        source: &dyn Source,
+        deleted: &mut HashSet<DocumentId>,
         changed: &mut HashMap<DocumentId, DocMeta>,
         plan: &mut Plan,
         lost: &CancellationToken,
     ) -> Result<(), Error> {
-        let sets: Vec<String> = deleted.iter().map(|d| self.keys.children(source, d)).collect();
+        let sets: Vec<String> = deleted.iter().map(|d| self.keys.children(id, d)).collect();
         let mut kids = self
             .redis(lost, "reading children of deleted documents", || {
                 self.state.union_of(&sets)
@@ -225,19 +228,32 @@ impl Coordinator {
         let refs: Vec<&DocumentId> = kids.iter().collect();
         let held = self
             .redis(lost, "reading children of deleted documents", || {
-                self.state.held_meta_of(source, &refs)
+                self.state.held_meta_of(id, &refs)
             })
             .await?;
+        let (mut parts, mut moved) = (0usize, 0usize);
         for (kid, h) in kids.iter().zip(held) {
             let Some(h) = h else { continue };
-            plan.tree.insert(kid.clone(), (h.title.clone(), h.parent.clone()));
-            changed.insert(kid.clone(), named_item(kid, Some(&h)).meta);
+            if source.dies_with_parent(kid) {
+                parts += 1;
+                deleted.insert(kid.clone());
+            } else {
+                moved += 1;
+                plan.tree.insert(kid.clone(), (h.title.clone(), h.parent.clone()));
+                changed.insert(kid.clone(), named_item(kid, Some(&h)).meta);
+            }
             plan.before.insert(kid.clone(), h);
         }
-        plan.note.push(format!(
-            "{} child document(s) of deleted ones fetched again (their parent changed at the source)",
-            kids.len()
-        ));
+        if parts > 0 {
+            plan.note.push(format!(
+                "{parts} part(s) of deleted documents (attachments) deleted with them"
+            ));
+        }
+        if moved > 0 {
+            plan.note.push(format!(
+                "{moved} child document(s) of deleted ones fetched again (their parent changed at the source)"
+            ));
+        }
         Ok(())
     }
 
@@ -462,7 +478,8 @@ impl Coordinator {
                     .push(format!("complete listing: {missing} held document(s) no longer listed"));
             }
         } else if !deleted.is_empty() {
-            self.adopt_orphans(&id, &deleted, &mut changed, &mut plan, lost).await?;
+            self.adopt_orphans(&id, source, &mut deleted, &mut changed, &mut plan, lost)
+                .await?;
         }
         self.redis(lost, "clearing the seen set", || self.state.clear_seen(&seen))
             .await?;

@@ -202,6 +202,116 @@ fn zip_package(parts: &[(&str, String)]) -> Vec<u8> {
     zip.finish().map(Cursor::into_inner).unwrap_or_default()
 }
 
+/// A stored file: name, type, bytes and the text a reader should get from it.
+pub struct Sample {
+    /// File name.
+    pub name: String,
+    /// Media type.
+    pub mime: &'static str,
+    /// The file's bytes.
+    pub content: Vec<u8>,
+    /// The text a reader should get (empty for an image).
+    pub text: String,
+}
+
+/// The kinds of stored file a drive or a page's attachments hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// `Note N.txt`, plain text.
+    Text,
+    /// `Report N.pdf`, two pages.
+    Pdf,
+    /// `Guide N.docx`.
+    Docx,
+    /// `Budget N.xlsx`, one sheet.
+    Xlsx,
+    /// `Readme N.md`.
+    Markdown,
+    /// `Deck N.pptx`, two slides.
+    Pptx,
+    /// `Data N.csv`.
+    Csv,
+    /// `Page N.html`, with a script the reader must not see.
+    Html,
+    /// `Photo N.png`, no text.
+    Png,
+}
+
+impl Stored {
+    /// Every kind, in a fixed order (seeds cycle through it).
+    pub const ALL: [Stored; 9] = [
+        Stored::Text,
+        Stored::Pdf,
+        Stored::Docx,
+        Stored::Xlsx,
+        Stored::Markdown,
+        Stored::Pptx,
+        Stored::Csv,
+        Stored::Html,
+        Stored::Png,
+    ];
+}
+
+/// File number `n` of `kind`, a real file of its type holding `line`.
+pub fn stored(kind: Stored, n: usize, line: &str) -> Sample {
+    use crate::extract::{DOCX_MIME, PDF_MIME, PPTX_MIME, XLSX_MIME};
+    let text_file = |name: String, mime: &'static str, text: String| Sample {
+        name,
+        mime,
+        content: text.clone().into_bytes(),
+        text,
+    };
+    let binary = |name: String, mime: &'static str, content: Vec<u8>, text: String| Sample {
+        name,
+        mime,
+        content,
+        text,
+    };
+    match kind {
+        Stored::Text => text_file(format!("Note {n:04}.txt"), "text/plain", format!("{line}\nPlain text.")),
+        Stored::Pdf => binary(
+            format!("Report {n:04}.pdf"),
+            PDF_MIME,
+            pdf(&[line, "Second page of the report"]),
+            format!("{line}\n\nSecond page of the report"),
+        ),
+        Stored::Docx => binary(
+            format!("Guide {n:04}.docx"),
+            DOCX_MIME,
+            docx(&[line, "A Word document."]),
+            format!("{line}\nA Word document."),
+        ),
+        Stored::Xlsx => binary(
+            format!("Budget {n:04}.xlsx"),
+            XLSX_MIME,
+            xlsx(&[("Budget", vec![vec!["item", "cost"], vec![line, "300"]])]),
+            format!("## Budget\nitem,cost\n{line},300"),
+        ),
+        Stored::Markdown => text_file(
+            format!("Readme {n:04}.md"),
+            "text/markdown",
+            format!("# {line}\n\nMarkdown text."),
+        ),
+        Stored::Pptx => binary(
+            format!("Deck {n:04}.pptx"),
+            PPTX_MIME,
+            pptx(&[line, "Questions?"]),
+            format!("{line}\n\nQuestions?"),
+        ),
+        Stored::Csv => text_file(format!("Data {n:04}.csv"), "text/csv", format!("id,label\n{n},{line}")),
+        Stored::Html => binary(
+            format!("Page {n:04}.html"),
+            "text/html",
+            format!(
+                "<!doctype html><html><head><title>Page {n}</title><script>var x=1;</script></head><body><h1>{line}</h1><p>An HTML page.</p></body></html>"
+            )
+            .into_bytes(),
+            format!("# {line}\n\nAn HTML page."),
+        ),
+        Stored::Png => binary(format!("Photo {n:04}.png"), "image/png", PNG_1X1.to_vec(), String::new()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Each generated file reads back as the text put in, through [`crate::extract`]:

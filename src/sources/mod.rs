@@ -311,6 +311,13 @@ pub trait Source: Send + Sync {
     fn wants_held_versions(&self) -> bool {
         true
     }
+    /// Whether document `id` is a part of its parent that goes when the parent
+    /// goes (a Confluence page's attachment), rather than a document the
+    /// source keeps elsewhere when its parent is deleted (a child page).
+    fn dies_with_parent(&self, id: &DocumentId) -> bool {
+        let _ = id;
+        false
+    }
 }
 
 /// Connector settings by kind, parsed from a `[[sources]]` entry's `kind` and `settings` table.

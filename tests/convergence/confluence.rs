@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 
 use chrono_tz::Tz;
 use tidemark::simulators::confluence::{ConfluenceSim, SimConfig};
+use tidemark::simulators::files::{self, Stored};
 
 use super::compare::{Doc, Docs};
 use super::ops::{Ops, SimulatedSource};
@@ -31,6 +32,7 @@ impl Confluence {
         let sweep = if rng.chance(50) { 1 } else { 3 };
         let sim = ConfluenceSim::new(SimConfig {
             pages: rng.range(5, 12),
+            attachments: rng.chance(50),
             seed,
             user_timezone: tz,
             clock_skew: chrono::Duration::seconds(skew_secs),
@@ -69,6 +71,27 @@ impl SimulatedSource for Confluence {
             let roll = ops.rng.below(100);
             let target = ops.rng.pick(&ids).cloned();
             match (roll, target) {
+                (0..=9, Some(page)) => {
+                    let attached = self.sim.attachments();
+                    let k = usize::try_from(ops.tick()).unwrap_or(0);
+                    let kind = Stored::ALL[k % Stored::ALL.len()];
+                    let line = format!("Attachment {k} of seed {}", ops.seed);
+                    match (ops.rng.below(3), ops.rng.pick(&attached).map(|a| a.id.clone())) {
+                        (0, Some(a)) => {
+                            self.sim.update_attachment(&a, files::stored(kind, k, &line));
+                            ops.log.push(format!("conf attachment update {a} ({kind:?})"));
+                        }
+                        // Removed on its own, an attachment is seen by complete listings only.
+                        (1, Some(a)) if self.sweep == 1 => {
+                            self.sim.delete_attachment(&a);
+                            ops.log.push(format!("conf attachment delete {a}"));
+                        }
+                        _ => {
+                            let a = self.sim.attach(&page, files::stored(kind, k, &line));
+                            ops.log.push(format!("conf attach {a:?} to {page} ({kind:?})"));
+                        }
+                    }
+                }
                 (0..=29, _) | (_, None) => {
                     let parent = if ops.rng.chance(25) {
                         None
@@ -132,17 +155,7 @@ impl SimulatedSource for Confluence {
         pages
             .iter()
             .map(|p| {
-                let mut crumbs = Vec::new();
-                let mut cur = p.parent_id.as_deref();
-                while let Some(id) = cur {
-                    let Some((title, parent)) = by_id.get(id) else { break };
-                    crumbs.push((*title).to_owned());
-                    cur = *parent;
-                    if crumbs.len() > pages.len() {
-                        break;
-                    }
-                }
-                crumbs.reverse();
+                let crumbs = crumbs_of(&by_id, &p.id, pages.len());
                 let links = tidemark::sources::confluence::page_links(&p.body)
                     .into_iter()
                     .map(|t| {
@@ -162,6 +175,41 @@ impl SimulatedSource for Confluence {
                     },
                 )
             })
+            .collect::<Docs>()
+            .into_iter()
+            .chain(self.sim.attachments().into_iter().filter_map(|a| {
+                // Under its page: the page's breadcrumb plus the page's title.
+                let (title, _) = by_id.get(a.page_id.as_str())?;
+                let mut crumbs = crumbs_of(&by_id, &a.page_id, pages.len());
+                crumbs.push((*title).to_owned());
+                Some((
+                    a.id.clone(),
+                    Doc {
+                        version: a.version.to_string(),
+                        title: a.title.clone(),
+                        parent: Some(a.page_id.clone()),
+                        breadcrumb: crumbs,
+                        content: crate::harness::words(&a.text),
+                        links: Vec::new(),
+                    },
+                ))
+            }))
             .collect()
     }
+}
+
+/// The titles of `id`'s ancestors, root first (bounded against cycles).
+fn crumbs_of(by_id: &HashMap<&str, (&str, Option<&str>)>, id: &str, bound: usize) -> Vec<String> {
+    let mut crumbs = Vec::new();
+    let mut cur = by_id.get(id).and_then(|(_, parent)| *parent);
+    while let Some(id) = cur {
+        let Some((title, parent)) = by_id.get(id) else { break };
+        crumbs.push((*title).to_owned());
+        cur = *parent;
+        if crumbs.len() > bound {
+            break;
+        }
+    }
+    crumbs.reverse();
+    crumbs
 }

@@ -343,6 +343,25 @@ listen = ""
                 )
             })
             .collect();
+        // Attachments: under their page, so their breadcrumb is the page's plus its title.
+        let mut expected = expected;
+        for a in self.sim.attachments() {
+            let Some((_, _, _, page_crumbs, _)) = expected.get(&a.page_id).cloned() else {
+                continue;
+            };
+            let mut crumbs = page_crumbs;
+            crumbs.extend(titles.get(&a.page_id).map(|(t, _)| t.clone()));
+            expected.insert(
+                a.id.clone(),
+                (
+                    a.version.to_string(),
+                    a.title.clone(),
+                    a.text.clone(),
+                    crumbs,
+                    Vec::new(),
+                ),
+            );
+        }
         let got: BTreeMap<String, Expected> = self
             .sink_docs()
             .into_iter()

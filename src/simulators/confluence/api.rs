@@ -25,7 +25,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::ConfluenceSim;
-use super::cql::{matches, parse_cql};
+use super::attachments;
+use super::cql::{matches, matches_attachment, parse_cql};
 use super::model::{Page, SimState};
 use crate::simulators::http::{self, query_pairs, rfc3339_millis as ts};
 use crate::simulators::traffic::Admission;
@@ -39,7 +40,7 @@ const V1_MAX_LIMIT: usize = 100;
 /// Default `limit` of v1 content search.
 const V1_DEFAULT_LIMIT: usize = 25;
 /// The author every simulated page has.
-const AUTHOR_ID: &str = "557058:5e5a7d4b-sim-user";
+pub(super) const AUTHOR_ID: &str = "557058:5e5a7d4b-sim-user";
 
 /// The API routes, behind [`gate`].
 pub(super) fn routes(sim: &ConfluenceSim) -> Router<ConfluenceSim> {
@@ -48,6 +49,10 @@ pub(super) fn routes(sim: &ConfluenceSim) -> Router<ConfluenceSim> {
         .route("/wiki/api/v2/spaces/{id}/pages", get(api_space_pages))
         .route("/wiki/api/v2/pages", get(api_pages))
         .route("/wiki/rest/api/content/search", get(api_search))
+        .route(
+            "/wiki/rest/api/content/{id}/child/attachment/{attachment_id}/download",
+            get(attachments::api_download),
+        )
         .route_layer(middleware::from_fn_with_state(sim.clone(), gate))
 }
 
@@ -430,19 +435,32 @@ async fn api_search(State(sim): State<ConfluenceSim>, headers: HeaderMap, RawQue
     let expand: Vec<&str> = param(&pairs, "expand")
         .map(|e| e.split(',').map(str::trim).collect())
         .unwrap_or_default();
-    // Search sees current content only (trashed pages are not indexed).
-    let hits: Vec<u64> = st
+    // Search sees current content only (trashed pages are not indexed, nor
+    // are the attachments of trashed pages); ids are one sequence for both.
+    let mut hits: Vec<u64> = st
         .current()
         .filter(|(_, p)| matches(&st, &clauses, p))
         .map(|(id, _)| *id)
+        .chain(
+            st.visible_attachments()
+                .filter(|(_, a)| matches_attachment(&st, &clauses, a))
+                .map(|(id, _)| *id),
+        )
         .collect();
+    hits.sort_unstable();
     let start = hits.iter().filter(|id| **id <= after).count();
     let mut chosen: Vec<u64> = hits.iter().copied().filter(|id| *id > after).take(limit + 1).collect();
     let more = chosen.len() > limit;
     chosen.truncate(limit);
     let results: Vec<Value> = chosen
         .iter()
-        .filter_map(|id| st.pages.get(id).map(|p| v1_content(&st, *id, p, &expand)))
+        .filter_map(|id| match st.pages.get(id) {
+            Some(p) => Some(v1_content(&st, *id, p, &expand)),
+            None => st
+                .attachments
+                .get(id)
+                .map(|a| attachments::v1_attachment(&st, *id, a, &expand)),
+        })
         .collect();
     let base = base_link(&headers);
     let mut links = json!({

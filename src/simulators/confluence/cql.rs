@@ -12,12 +12,14 @@
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 
+use super::attachments::Attachment;
 use super::model::{Page, SimState};
 
 /// One parsed CQL clause.
 pub(super) enum Clause {
     Space(String),
-    Type(String),
+    /// `type = X` or `type in (X, Y)`.
+    Type(Vec<String>),
     LastModified(Cmp, DateTime<Utc>),
 }
 
@@ -68,6 +70,9 @@ fn tokenize(cql: &str) -> Result<Vec<Tok>, String> {
                 }
             }
             out.push(Tok::Str(s));
+        } else if matches!(c, '(' | ')' | ',') {
+            chars.next();
+            out.push(Tok::Op(c.to_string()));
         } else if matches!(c, '=' | '>' | '<' | '!') {
             chars.next();
             let mut op = c.to_string();
@@ -118,6 +123,40 @@ pub(super) fn parse_cql(cql: &str, tz: Tz) -> Result<Vec<Clause>, String> {
     let mut clauses = Vec::new();
     let mut i = 0;
     loop {
+        // `type in (a, b)`: the one list this subset reads.
+        if let (Some(Tok::Word(field)), Some(Tok::Word(op))) = (toks.get(i), toks.get(i + 1))
+            && field.eq_ignore_ascii_case("type")
+            && op.eq_ignore_ascii_case("in")
+        {
+            let mut types = Vec::new();
+            let mut j = i + 2;
+            if toks.get(j) != Some(&Tok::Op("(".into())) {
+                return Err("expected ( after IN".to_owned());
+            }
+            j += 1;
+            loop {
+                match (toks.get(j), toks.get(j + 1)) {
+                    (Some(Tok::Word(t) | Tok::Str(t)), Some(Tok::Op(sep))) if sep == "," || sep == ")" => {
+                        types.push(t.clone());
+                        j += 2;
+                        if sep == ")" {
+                            break;
+                        }
+                    }
+                    _ => return Err("expected a list of types: (page, attachment)".to_owned()),
+                }
+            }
+            clauses.push(Clause::Type(types));
+            i = j;
+            match toks.get(i) {
+                None => return Ok(clauses),
+                Some(Tok::Word(w)) if w.eq_ignore_ascii_case("and") => {
+                    i += 1;
+                    continue;
+                }
+                Some(t) => return Err(format!("expected AND, found {t:?}")),
+            }
+        }
         let (Some(Tok::Word(field)), Some(Tok::Op(op)), Some(value)) = (toks.get(i), toks.get(i + 1), toks.get(i + 2))
         else {
             return Err(format!("expected <field> <operator> <value> at token {}", i + 1));
@@ -128,7 +167,7 @@ pub(super) fn parse_cql(cql: &str, tz: Tz) -> Result<Vec<Clause>, String> {
         };
         let clause = match (field.to_ascii_lowercase().as_str(), op.as_str()) {
             ("space", "=") => Clause::Space(value),
-            ("type", "=") => Clause::Type(value),
+            ("type", "=") => Clause::Type(vec![value]),
             ("lastmodified", op) => {
                 let cmp = match op {
                     "=" => Cmp::Eq,
@@ -157,15 +196,23 @@ pub(super) fn parse_cql(cql: &str, tz: Tz) -> Result<Vec<Clause>, String> {
 
 /// Whether page `p` of the space satisfies every clause.
 pub(super) fn matches(st: &SimState, clauses: &[Clause], p: &Page) -> bool {
-    // CQL dates have minute precision: the page's time is truncated to its minute.
-    let minute = p
-        .modified_at
+    holds(st, clauses, "page", p.modified_at)
+}
+
+/// Whether attachment `a` of the space satisfies every clause.
+pub(super) fn matches_attachment(st: &SimState, clauses: &[Clause], a: &Attachment) -> bool {
+    holds(st, clauses, "attachment", a.modified_at)
+}
+
+fn holds(st: &SimState, clauses: &[Clause], kind: &str, modified_at: DateTime<Utc>) -> bool {
+    // CQL dates have minute precision: the content's time is truncated to its minute.
+    let minute = modified_at
         .with_second(0)
         .and_then(|t| t.with_nanosecond(0))
-        .unwrap_or(p.modified_at);
+        .unwrap_or(modified_at);
     clauses.iter().all(|c| match c {
         Clause::Space(k) => *k == st.space_key,
-        Clause::Type(t) => t == "page",
+        Clause::Type(types) => types.iter().any(|t| t == kind),
         Clause::LastModified(cmp, at) => cmp.holds(minute, *at),
     })
 }

@@ -39,10 +39,14 @@ use chrono_tz::Tz;
 
 use super::http::{self, CallCounts};
 use super::traffic::{Admission, TrafficStats};
+pub use attachments::SimAttachment;
 pub use model::SimPage;
 use model::SimState;
 
+use super::files::Sample;
+
 mod api;
+mod attachments;
 mod control;
 mod cql;
 mod model;
@@ -64,6 +68,9 @@ pub struct SimConfig {
     pub rate_limit_per_sec: Option<u32>,
     /// Seed of the page tree's shape.
     pub seed: u64,
+    /// Seed attachments too: one page in four carries one or two files of
+    /// every stored kind (PDF, Office, text, HTML, an image).
+    pub attachments: bool,
 }
 
 impl Default for SimConfig {
@@ -76,6 +83,7 @@ impl Default for SimConfig {
             clock_skew: chrono::Duration::zero(),
             rate_limit_per_sec: None,
             seed: 0,
+            attachments: false,
         }
     }
 }
@@ -102,7 +110,12 @@ impl ConfluenceSim {
 
     /// The axum app: API routes (counted, rate limited, `Date`-stamped) and `/_sim/` controls.
     pub fn router(&self) -> Router {
-        http::app(self.clone(), api::routes(self), control::routes(), api::not_found)
+        http::app(
+            self.clone(),
+            api::routes(self),
+            control::routes().merge(attachments::media_routes()),
+            api::not_found,
+        )
     }
 
     /// Binds `addr` (port 0 picks one), serves in a spawned task, returns the bound address.
@@ -161,6 +174,26 @@ impl ConfluenceSim {
             .iter()
             .map(|(id, links)| (id.to_string(), links.clone()))
             .collect()
+    }
+
+    /// Attaches `file` to current page `page`: its id (`att…`), or `None` if there is no such page.
+    pub fn attach(&self, page: &str, file: Sample) -> Option<String> {
+        self.lock().attach(page, file)
+    }
+
+    /// Uploads a new version of attachment `id`. `false` if it is not visible.
+    pub fn update_attachment(&self, id: &str, file: Sample) -> bool {
+        self.lock().update_attachment(id, file)
+    }
+
+    /// Deletes attachment `id` to the trash. `false` if it is not visible.
+    pub fn delete_attachment(&self, id: &str) -> bool {
+        self.lock().delete_attachment(id)
+    }
+
+    /// Every visible attachment (current, on a current page), sorted by id.
+    pub fn attachments(&self) -> Vec<SimAttachment> {
+        self.lock().attachment_snapshot()
     }
 
     /// Every trashed page, sorted by id.

@@ -22,6 +22,8 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use super::SimConfig;
+use super::attachments::{Attachment, attachment};
+use crate::simulators::files::{self, Stored};
 use crate::simulators::seed::splitmix;
 use crate::simulators::traffic::Traffic;
 
@@ -84,6 +86,8 @@ pub(super) struct SimState {
     pub(super) next_id: u64,
     /// The pages each seeded page links to by id (URL and `ri:content-id` forms), as seeded.
     pub(super) seeded_links: BTreeMap<u64, Vec<String>>,
+    /// Files attached to pages, by id (same id sequence as pages).
+    pub(super) attachments: BTreeMap<u64, Attachment>,
     pub(super) traffic: Traffic,
 }
 
@@ -156,15 +160,36 @@ impl SimState {
                 },
             );
         }
+        // With `cfg.attachments`, one page in four carries one or two files,
+        // cycling through every stored kind, seeded after every page.
+        let mut next_id = FIRST_ID + cfg.pages as u64;
+        let mut attachments = BTreeMap::new();
+        if cfg.attachments {
+            let mut n = 0usize;
+            for (page, p) in &pages {
+                if !splitmix(&mut rng).is_multiple_of(4) {
+                    continue;
+                }
+                for _ in 0..1 + splitmix(&mut rng) % 2 {
+                    n += 1;
+                    let kind = Stored::ALL[n % Stored::ALL.len()];
+                    let line = format!("Attachment {n} of page {page} token {:016x}", splitmix(&mut rng));
+                    let file = files::stored(kind, n, &line);
+                    attachments.insert(next_id, attachment(*page, file, p.modified_at));
+                    next_id += 1;
+                }
+            }
+        }
         SimState {
             space_key: cfg.space_key,
             space_id: cfg.space_id,
             tz: cfg.user_timezone,
             skew: cfg.clock_skew,
             space_created: start,
-            next_id: FIRST_ID + cfg.pages as u64,
+            next_id,
             pages,
             seeded_links,
+            attachments,
             traffic: Traffic::new(cfg.rate_limit_per_sec),
         }
     }

@@ -18,6 +18,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{SimConfig, SimRequest};
+use crate::simulators::files::{self, Sample, Stored};
 use crate::simulators::seed::splitmix;
 use crate::simulators::traffic::Traffic;
 
@@ -399,88 +400,34 @@ pub(super) fn files_in_tree(all: &[SimFile], root: &str) -> Vec<SimFile> {
         .collect()
 }
 
-/// One seeded file: name, type, bytes and the text a reader should get.
-pub(super) struct Seeded {
-    pub(super) name: String,
-    pub(super) mime: &'static str,
-    pub(super) content: Vec<u8>,
-    pub(super) text: String,
-}
-
 /// The `i`-th seeded file: the kinds cycle through every kind a drive holds
 /// (Docs Editors files, PDF, Office files, text, Markdown, CSV, HTML and an
 /// image), each a real file of its type holding a sentence unique to it.
-pub(super) fn seeded_file(i: usize, token: u64) -> Seeded {
-    use crate::extract::{DOCX_MIME, PDF_MIME, PPTX_MIME, XLSX_MIME};
-    use crate::simulators::files;
-
+pub(super) fn seeded_file(i: usize, token: u64) -> Sample {
     let n = i + 1;
     let line = format!("Seeded file {n} token {token:016x}");
-    let text_file = |name: String, mime: &'static str, text: String| Seeded {
+    let editors = |name: String, mime: &'static str, text: String| Sample {
         name,
         mime,
         content: text.clone().into_bytes(),
         text,
     };
-    let binary = |name: String, mime: &'static str, content: Vec<u8>, text: String| Seeded {
-        name,
-        mime,
-        content,
-        text,
-    };
-    let html = format!(
-        "<!doctype html><html><head><title>Page {n}</title><script>var x=1;</script></head><body><h1>{line}</h1><p>An HTML page.</p></body></html>"
-    );
     match i % 12 {
-        0 => text_file(format!("Doc {n:04}"), DOC_MIME, format!("{line}\nA Google Doc.")),
-        1 => text_file(format!("Note {n:04}.txt"), "text/plain", format!("{line}\nPlain text.")),
-        2 => binary(
-            format!("Report {n:04}.pdf"),
-            PDF_MIME,
-            files::pdf(&[&line, "Second page of the report"]),
-            format!("{line}\n\nSecond page of the report"),
-        ),
-        3 => binary(
-            format!("Guide {n:04}.docx"),
-            DOCX_MIME,
-            files::docx(&[&line, "A Word document."]),
-            format!("{line}\nA Word document."),
-        ),
-        4 => text_file(format!("Sheet {n:04}"), SHEET_MIME, format!("name,value\n{line},{n}")),
-        5 => binary(
-            format!("Budget {n:04}.xlsx"),
-            XLSX_MIME,
-            files::xlsx(&[("Budget", vec![vec!["item", "cost"], vec![&line, "300"]])]),
-            format!("## Budget\nitem,cost\n{line},300"),
-        ),
-        6 => text_file(
-            format!("Readme {n:04}.md"),
-            "text/markdown",
-            format!("# {line}\n\nMarkdown text."),
-        ),
-        7 => binary(
-            format!("Deck {n:04}.pptx"),
-            PPTX_MIME,
-            files::pptx(&[&line, "Questions?"]),
-            format!("{line}\n\nQuestions?"),
-        ),
-        8 => text_file(
+        0 => editors(format!("Doc {n:04}"), DOC_MIME, format!("{line}\nA Google Doc.")),
+        1 => files::stored(Stored::Text, n, &line),
+        2 => files::stored(Stored::Pdf, n, &line),
+        3 => files::stored(Stored::Docx, n, &line),
+        4 => editors(format!("Sheet {n:04}"), SHEET_MIME, format!("name,value\n{line},{n}")),
+        5 => files::stored(Stored::Xlsx, n, &line),
+        6 => files::stored(Stored::Markdown, n, &line),
+        7 => files::stored(Stored::Pptx, n, &line),
+        8 => editors(
             format!("Slides {n:04}"),
             SLIDES_MIME,
             format!("{line}\nA Google Slides deck."),
         ),
-        9 => text_file(format!("Data {n:04}.csv"), "text/csv", format!("id,label\n{n},{line}")),
-        10 => binary(
-            format!("Page {n:04}.html"),
-            "text/html",
-            html.into_bytes(),
-            format!("# {line}\n\nAn HTML page."),
-        ),
-        _ => binary(
-            format!("Photo {n:04}.png"),
-            "image/png",
-            files::PNG_1X1.to_vec(),
-            String::new(),
-        ),
+        9 => files::stored(Stored::Csv, n, &line),
+        10 => files::stored(Stored::Html, n, &line),
+        _ => files::stored(Stored::Png, n, &line),
     }
 }

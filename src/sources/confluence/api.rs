@@ -62,6 +62,12 @@ impl Client {
         .transpose()
     }
 
+    /// The site's web root (`https://site/wiki`) that `webui` links are under:
+    /// the response's `_links.base`, else our own site's `/wiki`.
+    pub(super) fn web_root(&self, base: Option<&str>) -> String {
+        base.map_or_else(|| format!("{}wiki", self.base), str::to_owned)
+    }
+
     /// `path` (without leading '/') under the site root.
     pub(super) fn url(&self, path: &str) -> Result<Url, Error> {
         self.base
@@ -122,6 +128,40 @@ impl Client {
         })
     }
 
+    /// Downloads attachment `attachment` of page `page` through the v1 download
+    /// endpoint, which redirects to the file (followed; one call): at most
+    /// `cap` bytes (`truncated` beyond), or `None` if Confluence no longer has
+    /// it there (404).
+    pub(super) async fn download_attachment(
+        &self,
+        page: &str,
+        attachment: &str,
+        cap: u64,
+        calls: &ApiCalls,
+    ) -> Result<Option<client::Reply>, Error> {
+        let url = self.url(&format!(
+            "wiki/rest/api/content/{page}/child/attachment/{attachment}/download"
+        ))?;
+        let label = format!("GET {}", url.path());
+        let build = || async {
+            let req = self.http.http().get(url.clone());
+            Ok(match &self.auth {
+                Some((user, token)) => req.basic_auth(user, Some(token)),
+                None => req,
+            })
+        };
+        // A 404 is an answer here (the attachment or its page went), not a failure.
+        let accept_gone = |reply: &client::Reply| match reply.status.as_u16() {
+            404 => Verdict::Accept,
+            _ => classify(reply),
+        };
+        let reply = self
+            .http
+            .send(&label, build, Body::OnSuccessUpTo(cap), accept_gone, calls)
+            .await?;
+        Ok((reply.status.as_u16() != 404).then_some(reply))
+    }
+
     /// Finds the numeric id of the configured space (call 1). Returns the id and the `Date`.
     pub(super) async fn lookup_space(&self, calls: &ApiCalls) -> Result<(String, Option<DateTime<Utc>>), Error> {
         let mut url = self.url("wiki/api/v2/spaces")?;
@@ -161,6 +201,11 @@ fn classify(reply: &client::Reply) -> Verdict {
     } else {
         Verdict::Refuse { detail }
     }
+}
+
+/// Whether `id` names an attachment (`att` and digits, as both REST APIs show them).
+pub(super) fn is_attachment_id(id: &str) -> bool {
+    id.strip_prefix("att").is_some_and(is_numeric_id)
 }
 
 /// Escapes a value for a double-quoted CQL string.
@@ -346,6 +391,8 @@ pub(super) struct V1Search {
 pub(super) struct V1Links {
     pub(super) next: Option<String>,
     pub(super) context: Option<String>,
+    /// The site's web root (`https://site/wiki`).
+    pub(super) base: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -360,6 +407,26 @@ pub(super) struct V1Content {
     pub(super) version: Option<V1Version>,
     #[serde(default)]
     pub(super) ancestors: Vec<V1Ancestor>,
+    /// An attachment's page (`expand=container`).
+    pub(super) container: Option<V1Ancestor>,
+    /// An attachment's media type and size.
+    pub(super) extensions: Option<V1Extensions>,
+    #[serde(default, rename = "_links")]
+    pub(super) links: Option<V1ContentLinks>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct V1Extensions {
+    #[serde(rename = "mediaType")]
+    pub(super) media_type: Option<String>,
+    #[serde(rename = "fileSize")]
+    pub(super) file_size: Option<u64>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct V1ContentLinks {
+    /// The page (or, for an attachment, its preview) under the site's `/wiki`.
+    pub(super) webui: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -380,7 +447,7 @@ pub(super) struct V1Ancestor {
 mod tests {
     use std::time::Duration;
 
-    use super::super::tests::{connector, drain, metas, permanent_context, start};
+    use super::super::tests::{connector, metas, permanent_context, read_feed, start};
     use super::super::{SCOPE_SPACE_ID, SCOPE_SPACE_KEY};
     use super::*;
     use crate::simulators::confluence::SimConfig;
@@ -407,7 +474,6 @@ mod tests {
     /// A 429 with Retry-After is retried (each attempt counted) and then succeeds.
     #[tokio::test]
     async fn rate_limited_call_is_retried() {
-        let meter = ApiCalls::default();
         let (sim, base) = start(SimConfig {
             pages: 3,
             ..SimConfig::default()
@@ -415,19 +481,10 @@ mod tests {
         .await;
         let src = connector(base, |_| {});
         sim.fail_next(1, 429);
-        let mut feed = src
-            .open_feed(
-                &Checkpoint::default(),
-                SyncMode::Full,
-                Default::default(),
-                meter.clone(),
-            )
-            .await
-            .expect("open");
-        let (pages, _) = drain(&mut feed).await.expect("feed");
+        let (pages, _, calls) = read_feed(&src, &Checkpoint::default(), SyncMode::Full).await;
         assert_eq!(metas(&pages).len(), 3);
-        assert_eq!(meter.get(), 3, "429 + retried lookup + listing");
-        assert_eq!(sim.total_calls(), 3);
+        assert_eq!(calls, 4, "429 + retried lookup + listing + attachment search");
+        assert_eq!(sim.total_calls(), 4);
     }
 
     /// Retries that run out give Retryable, carrying the source's Retry-After.

@@ -100,12 +100,16 @@ impl ChangeFeed for ConfluenceFeed {
             FeedKind::Search => {
                 let reply: Reply<V1Search> = c.get_json(&url, &calls).await?;
                 self.clock.observe_date(reply.date);
+                let web_root = c.web_root(reply.body.links.as_ref().and_then(|l| l.base.as_deref()));
                 for item in &reply.body.results {
-                    if item.kind.as_deref().is_some_and(|k| k != "page")
-                        || item.status.as_deref().is_some_and(|st| st != "current")
-                    {
+                    if item.status.as_deref().is_some_and(|st| st != "current") {
                         continue;
                     }
+                    let attachment = match item.kind.as_deref() {
+                        None | Some("page") => false,
+                        Some("attachment") => true,
+                        Some(_) => continue,
+                    };
                     let version = item.version.as_ref().ok_or_else(|| {
                         c.http.permanent(format_args!(
                             "GET {}: result {} lacks version (expand=version)",
@@ -115,7 +119,7 @@ impl ChangeFeed for ConfluenceFeed {
                     })?;
                     let when = c.timestamp(version.when.as_deref(), &url)?;
                     self.clock.observe_modified(when);
-                    observations.push(Observation::Present(DocMeta {
+                    let meta = DocMeta {
                         id: DocumentId(item.id.clone()),
                         version: version.number.to_string(),
                         title: item.title.clone(),
@@ -123,6 +127,30 @@ impl ChangeFeed for ConfluenceFeed {
                         parent: item.ancestors.last().map(|a| DocumentId(a.id.clone())),
                         modified_at: when,
                         ..DocMeta::default()
+                    };
+                    if !attachment {
+                        observations.push(Observation::Present(meta));
+                        continue;
+                    }
+                    // An attachment hangs under its page (its breadcrumb runs through it).
+                    let page = item.container.as_ref().ok_or_else(|| {
+                        c.http.permanent(format_args!(
+                            "GET {}: attachment {} lacks its page (expand=container)",
+                            url.path(),
+                            item.id
+                        ))
+                    })?;
+                    let extensions = item.extensions.as_ref();
+                    observations.push(Observation::Present(DocMeta {
+                        parent: Some(DocumentId(page.id.clone())),
+                        url: item
+                            .links
+                            .as_ref()
+                            .and_then(|l| l.webui.as_deref())
+                            .map(|w| format!("{}{w}", web_root.trim_end_matches('/'))),
+                        mime_type: extensions.and_then(|e| e.media_type.clone()),
+                        size: extensions.and_then(|e| e.file_size),
+                        ..meta
                     }));
                 }
                 if let Some(links) = reply.body.links
@@ -172,8 +200,9 @@ mod tests {
     use crate::types::SyncMode;
 
     /// A full listing walks every cursor page, reports every page with its parent,
-    /// and counts exactly one space lookup plus one call per 250 pages; the space id
-    /// is cached so the next run skips the lookup.
+    /// and counts exactly one space lookup, one call per 250 pages and one search
+    /// for the space's attachments; the space id is cached so the next run skips
+    /// the lookup.
     #[tokio::test]
     async fn full_listing_follows_cursors_and_counts_calls() {
         let meter = ApiCalls::default();
@@ -194,10 +223,11 @@ mod tests {
             .await
             .expect("open");
         let (pages, end) = drain(&mut feed).await.expect("feed");
-        assert_eq!(pages.len(), 2);
-        assert_eq!(meter.get(), 3);
-        assert_eq!(sim.total_calls(), 3);
+        assert_eq!(pages.len(), 3, "two listing pages, then the (empty) attachment search");
+        assert_eq!(meter.get(), 4);
+        assert_eq!(sim.total_calls(), 4);
         assert_eq!(sim.calls().get("GET /wiki/api/v2/spaces/{id}/pages"), Some(&2));
+        assert_eq!(sim.calls().get("GET /wiki/rest/api/content/search"), Some(&1));
         assert_eq!(sim.calls().get("GET /wiki/api/v2/spaces"), Some(&1));
         let seen = metas(&pages);
         let expected = sim.pages();
@@ -224,8 +254,8 @@ mod tests {
             .await
             .expect("open");
         let (_pages, _) = drain(&mut feed).await.expect("feed");
-        assert_eq!(meter.get(), 2, "cached space id skips the lookup");
-        assert_eq!(sim.total_calls(), 2);
+        assert_eq!(meter.get(), 3, "cached space id skips the lookup");
+        assert_eq!(sim.total_calls(), 3);
     }
 
     /// A page created mid-listing with an id beyond the cursor appears later in the

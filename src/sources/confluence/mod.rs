@@ -1,5 +1,5 @@
-//! Confluence Cloud connector: one space's pages, listed through REST v2 and
-//! searched for changes through REST v1 CQL.
+//! Confluence Cloud connector: one space's pages and their attachments, listed
+//! through REST v2 and searched for changes through REST v1 CQL.
 //!
 //! What it owns:
 //! - [`ConfluenceSettings`]: the `settings` table of a `kind = "confluence"` source;
@@ -24,10 +24,12 @@
 //! - `api.rs`: the REST client (auth, pagination links kept on our site), the v1
 //!   and v2 wire types, Atlassian error bodies and which answers are retried;
 //! - `feed.rs`: one run's change feed (a v2 listing or a v1 CQL search);
+//! - `attachments.rs`: page attachments as documents (download, extraction, size cap);
 //! - `mod.rs` (this file): [`Confluence`], the [`Source`] that chooses the feed and fetches
 //!   page bodies, and [`page_links`].
 
 mod api;
+mod attachments;
 mod feed;
 mod settings;
 
@@ -41,7 +43,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use url::Url;
 
-use self::api::{Client, Reply, SEARCH_LIMIT, V2List, V2Page, cql_escape, is_numeric_id};
+use self::api::{Client, Reply, SEARCH_LIMIT, V2List, V2Page, cql_escape, is_attachment_id, is_numeric_id};
 use self::feed::{ConfluenceFeed, FeedKind};
 use super::clock::{self, Watermark};
 use super::{ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, Fetched, FetchedDoc, Held, Source};
@@ -157,19 +159,25 @@ impl Source for Confluence {
                 .append_pair("status", status);
             Ok(url)
         };
+        // Attachments come from the same search as pages: their page is their `container`.
+        let types = if s.attachments {
+            "type in (page, attachment)"
+        } else {
+            "type = page"
+        };
+        let search = |clauses: &str| -> Result<Url, Error> {
+            let cql = format!("space = \"{}\" and {clauses}", cql_escape(&s.space_key));
+            let mut url = c.url("wiki/rest/api/content/search")?;
+            url.query_pairs_mut()
+                .append_pair("cql", &cql)
+                .append_pair("limit", &SEARCH_LIMIT.to_string())
+                .append_pair("expand", "version,ancestors,container");
+            Ok(url)
+        };
         let feed = match (listing_reason, clock.query_from()) {
             (None, Some(since)) => {
                 let literal = clock::cql_minute_literal(since, c.tz);
-                let cql = format!(
-                    "space = \"{}\" and type = page and lastmodified >= \"{literal}\"",
-                    cql_escape(&s.space_key)
-                );
-                let mut search = c.url("wiki/rest/api/content/search")?;
-                search
-                    .query_pairs_mut()
-                    .append_pair("cql", &cql)
-                    .append_pair("limit", &SEARCH_LIMIT.to_string())
-                    .append_pair("expand", "version,ancestors");
+                let search = search(&format!("{types} and lastmodified >= \"{literal}\""))?;
                 ConfluenceFeed {
                     client: Arc::clone(&self.client),
                     kind: FeedKind::Search,
@@ -193,7 +201,11 @@ impl Source for Confluence {
                     // Only live pages: the default also includes archived ones, which
                     // CQL search and our fetch do not return.
                     next: Some(space_pages("current")?),
-                    then: None,
+                    // Every attachment of the space: v2 lists them per page only.
+                    then: match s.attachments {
+                        true => Some((FeedKind::Search, search("type = attachment")?)),
+                        false => None,
+                    },
                     calls,
                     clock,
                     scope,
@@ -211,17 +223,24 @@ impl Source for Confluence {
         false
     }
 
+    fn dies_with_parent(&self, id: &DocumentId) -> bool {
+        is_attachment_id(&id.0)
+    }
+
     async fn fetch(&self, docs: &[DocMeta], calls: &ApiCalls) -> Result<Fetched, Error> {
         let c = &self.client;
         let mut out = Fetched::default();
         let mut seen = HashSet::new();
         let mut wanted = Vec::new();
+        let mut attachments = Vec::new();
         for doc in docs {
             if !seen.insert(doc.id.0.as_str()) {
                 continue;
             }
             if is_numeric_id(&doc.id.0) {
                 wanted.push(doc.id.0.as_str());
+            } else if is_attachment_id(&doc.id.0) {
+                attachments.push(doc);
             } else {
                 // Confluence ids are numeric; such an id cannot exist there (and would make
                 // the whole batch a 400).
@@ -239,13 +258,7 @@ impl Source for Confluence {
                 .append_pair("limit", &FETCH_BATCH.to_string());
             loop {
                 let reply: Reply<V2List<V2Page>> = c.get_json(&url, calls).await?;
-                // The site's web root, what each page's `webui` path is under.
-                let web_root = reply
-                    .body
-                    .links
-                    .as_ref()
-                    .and_then(|l| l.base.clone())
-                    .unwrap_or_else(|| format!("{}wiki", c.base));
+                let web_root = c.web_root(reply.body.links.as_ref().and_then(|l| l.base.as_deref()));
                 for page in reply.body.results {
                     if !requested.contains(page.id.as_str()) || !found.insert(page.id.clone()) {
                         continue;
@@ -297,6 +310,15 @@ impl Source for Confluence {
                     .filter(|id| !found.contains(**id))
                     .map(|id| DocumentId((*id).to_owned())),
             );
+        }
+        for meta in attachments {
+            match c.fetch_attachment(meta, calls).await {
+                Ok(attachments::Fetch::Doc(doc)) => out.docs.push(*doc),
+                Ok(attachments::Fetch::Missing) => out.missing.push(meta.id.clone()),
+                // A passing failure retries the whole page; a lasting one fails this file alone.
+                Err(e) if e.is_retryable() => return Err(e),
+                Err(e) => out.failed.push((meta.id.clone(), e)),
+            }
         }
         Ok(out)
     }

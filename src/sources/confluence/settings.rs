@@ -35,6 +35,12 @@ fn default_page_limit() -> u32 {
 fn default_sweep_every_hours() -> u64 {
     24
 }
+fn default_attachments() -> bool {
+    true
+}
+fn default_max_attachment_bytes() -> u64 {
+    64 * 1024 * 1024
+}
 
 /// Settings of one Confluence Cloud space source.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -77,6 +83,13 @@ pub struct ConfluenceSettings {
     /// count; 1 = every run lists the whole space, as before trash listings).
     #[serde(default)]
     pub sweep_every: Option<u32>,
+    /// Sync the pages' attachments as documents of their own (default true).
+    #[serde(default = "default_attachments")]
+    pub attachments: bool,
+    /// Attachments larger than this are kept as metadata only, with the reason
+    /// (default 64 MiB); the download stops there.
+    #[serde(default = "default_max_attachment_bytes")]
+    pub max_attachment_bytes: u64,
     /// Retries of one request after 429, 5xx or a network failure (default 5).
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
@@ -103,6 +116,8 @@ impl ConfluenceSettings {
             page_limit: default_page_limit(),
             sweep_every_hours: default_sweep_every_hours(),
             sweep_every: None,
+            attachments: default_attachments(),
+            max_attachment_bytes: default_max_attachment_bytes(),
             max_retries: default_max_retries(),
             request_timeout_secs: default_request_timeout_secs(),
             rate: RateSettings::default(),
@@ -209,6 +224,7 @@ mod tests {
             ("UTC", 120, 250, None, 24)
         );
         assert_eq!((s.max_retries, s.request_timeout_secs), (5, 30));
+        assert_eq!((s.attachments, s.max_attachment_bytes), (true, 64 << 20));
 
         let bad: toml::Value = toml::from_str(
             "base_url = \"ftp://x\"\nspace_key = \"ENG\"\ntimezone = \"Mars/Olympus\"\npage_limit = 500\nsweep_every = 0\nsweep_every_hours = 0\napi_token_env = \"TIDEMARK_TEST_SURELY_UNSET_VAR\"",
