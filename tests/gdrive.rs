@@ -505,3 +505,37 @@ async fn shared_drive_parameters_are_sent() {
         }
     }
 }
+
+/// A shortcut is a document too: Drive gives it no content, so it is kept with
+/// its metadata and a note saying why, never skipped without a trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shortcuts_are_documents_without_text() {
+    use tidemark::simulators::gdrive::SHORTCUT_MIME;
+    let (env, sim) = start(
+        SimConfig {
+            files: 6,
+            shortcuts: 1,
+            ..SimConfig::default()
+        },
+        "",
+    )
+    .await;
+    let full = env.sync(SyncMode::Full).await;
+    assert_eq!((full.status, full.upserted), (RunStatus::Completed, 7), "{full:?}");
+    let docs = env.sink_docs();
+    let doc = docs
+        .iter()
+        .find(|d| d.about.mime_type.as_deref() == Some(SHORTCUT_MIME))
+        .expect("the seeded shortcut is a document");
+    assert_eq!(doc.content, "");
+    assert!(
+        doc.about
+            .content_note
+            .as_deref()
+            .is_some_and(|n| n.contains("shortcut")),
+        "{doc:?}"
+    );
+    assert!(doc.about.url.is_some(), "{doc:?}");
+    assert!(!full.note.contains("skipped"), "{full:?}");
+    assert_sink_matches(&env, &sim);
+}

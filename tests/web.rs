@@ -64,6 +64,11 @@ async fn gzip_pages_from_nginx_are_text() {
     assert_eq!(run.status, RunStatus::Completed, "{run:?}");
     let docs = env.sink_docs();
     assert_eq!(doc(&docs, &url).content, "# Compressed\n\nServed as gzip.");
+    assert_eq!(
+        doc(&docs, &url).about.raw_html,
+        None,
+        "raw HTML is kept only if configured"
+    );
 }
 
 /// Brotli, Latin-1 (declared, or only in `<meta>`), a redirect, a PDF, a page
@@ -161,7 +166,7 @@ async fn pages_are_read_as_a_browser_reads_them() {
     .collect();
     let env = env_for(
         &urls,
-        "request_timeout_secs = 1\nmax_retries = 0\nmax_page_bytes = 20000",
+        "request_timeout_secs = 1\nmax_retries = 0\nmax_page_bytes = 20000\nkeep_raw_html = true",
     )
     .await;
 
@@ -190,6 +195,11 @@ async fn pages_are_read_as_a_browser_reads_them() {
         ["Quarterly", "numbers", "Page", "two"]
     );
     assert_eq!(report.about.mime_type.as_deref(), Some("application/pdf"));
+    // Kept as configured: the HTML as served, decoded from its charset; nothing for a PDF.
+    let latin1 = doc(&docs, &u("/latin1"));
+    let raw = latin1.about.raw_html.as_deref().unwrap_or_default();
+    assert!(raw.contains("Café crème brûlée") && raw.contains('<'), "{raw:?}");
+    assert_eq!(report.about.raw_html, None);
     let huge = doc(&docs, &u("/huge"));
     assert_eq!(huge.content, "");
     assert!(

@@ -76,10 +76,11 @@ pub fn html_text(html: &str) -> String {
 /// kept as preformatted text, macro parameters and placeholders dropped, link
 /// bodies kept as the words they show.
 pub fn storage_text(storage: &str) -> String {
+    let storage = &titled_links(storage);
     // html5ever reads CDATA in HTML content as a comment: make each section escaped text first.
     let mut html = String::with_capacity(storage.len() + 16);
     html.push_str("<body>");
-    let mut rest = storage;
+    let mut rest = storage.as_str();
     while let Some(at) = rest.find("<![CDATA[") {
         let before = &rest[..at];
         html.push_str(before);
@@ -100,6 +101,35 @@ pub fn storage_text(storage: &str) -> String {
     html.push_str(rest);
     html.push_str("</body>");
     super::tidy(&html_text(&html))
+}
+
+/// `<ac:link>`s without a link body shown as Confluence shows them: the
+/// linked page's title (`ri:content-title`, still XML-escaped, which the HTML
+/// reader decodes). One with neither body nor title is left as it is.
+fn titled_links(storage: &str) -> String {
+    const OPEN: &str = "<ac:link";
+    const CLOSE: &str = "</ac:link>";
+    const TITLE: &str = "ri:content-title=\"";
+    let mut out = String::with_capacity(storage.len());
+    let mut rest = storage;
+    while let Some(at) = rest.find(OPEN) {
+        let Some(len) = rest[at..].find(CLOSE).map(|end| end + CLOSE.len()) else {
+            break;
+        };
+        let link = &rest[at..at + len];
+        let title = link
+            .find(TITLE)
+            .map(|t| &link[t + TITLE.len()..])
+            .and_then(|t| t.find('"').map(|end| &t[..end]));
+        out.push_str(&rest[..at]);
+        match title {
+            Some(title) if !link.contains("link-body>") => out.push_str(title),
+            _ => out.push_str(link),
+        }
+        rest = &rest[at + len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The page's `<title>`, whitespace collapsed; `None` when absent or blank.
@@ -249,6 +279,14 @@ echo "<done>"]]></ac:plain-text-body></ac:structured-macro><p>See <ac:link><ri:p
             tidy(&storage_text(storage)),
             "# Runbook\n\nRestart the worker:\nsystemctl restart tidemark\necho \"<done>\"\nSee the alerts page."
         );
+    }
+
+    /// A link naming its page by title only shows that title, as Confluence
+    /// renders it; one with a body shows the body.
+    #[test]
+    fn title_only_links_show_the_title() {
+        let storage = r#"<p>See <ac:link><ri:page ri:content-title="Deploy &amp; roll back" ri:space-key="ENG" /></ac:link> and <ac:link><ri:page ri:content-id="7" /></ac:link>, <ac:link><ri:page ri:content-title="X" /><ac:link-body>the <em>X</em> page</ac:link-body></ac:link>.</p>"#;
+        assert_eq!(tidy(&storage_text(storage)), "See Deploy & roll back and , the X page.");
     }
 
     /// With a <main>, only its text counts; <pre> keeps its layout.

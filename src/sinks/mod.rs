@@ -108,6 +108,10 @@ pub struct About {
     /// Why `content` is empty or partial (no extractor for the kind, over the size cap).
     #[serde(default)]
     pub content_note: Option<String>,
+    /// The page's HTML as served (decoded to UTF-8), only where the source is
+    /// configured to keep it (web: `keep_raw_html`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_html: Option<String>,
 }
 
 /// A resolved link to another document of the same source.

@@ -190,6 +190,8 @@ pub struct FetchedDoc {
     pub source_sha256: Option<String>,
     /// Why `content` is empty or partial (no extractor for the kind, over the size cap), for people.
     pub content_note: Option<String>,
+    /// The HTML as served, when the connector is configured to keep it (web: `keep_raw_html`).
+    pub raw_html: Option<String>,
 }
 
 impl FetchedDoc {
@@ -202,6 +204,7 @@ impl FetchedDoc {
             links: Vec::new(),
             source_sha256: None,
             content_note: Some(note),
+            raw_html: None,
         }
     }
 }

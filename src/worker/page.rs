@@ -296,6 +296,7 @@ impl Worker {
                 size_bytes: doc.meta.size,
                 source_sha256: doc.source_sha256.clone(),
                 content_note: doc.content_note.clone(),
+                raw_html: doc.raw_html.clone(),
             };
             let hash = content_hash(
                 &doc.meta.title,

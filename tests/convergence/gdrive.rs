@@ -28,6 +28,7 @@ impl Drive {
         let sim = GdriveSim::new(SimConfig {
             files: rng.range(5, 12),
             subfolders: rng.range(2, 4),
+            shortcuts: rng.range(0, 2),
             seed,
             ..SimConfig::default()
         });

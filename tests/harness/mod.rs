@@ -249,7 +249,8 @@ listen = ""
 
     /// Waits for the run serving `request_id` to end.
     pub async fn wait(&self, request_id: &str) -> RunRecord {
-        self.app
+        let done = self
+            .app
             .state()
             .wait_for_request(
                 &self.source,
@@ -260,8 +261,17 @@ listen = ""
                 Duration::from_secs(180),
             )
             .await
-            .expect("state readable")
-            .unwrap_or_else(|| panic!("request {request_id} did not finish within 180s"))
+            .expect("state readable");
+        match done {
+            Some(record) => record,
+            None => {
+                // What the run got to, for whoever reads the failure.
+                let state = self.app.state();
+                let latest = state.request_outcome(&self.source, request_id).await;
+                let queues = tidemark::report::queue_status(&self.app).await;
+                panic!("request {request_id} did not finish within 180s; its run: {latest:?}; queues: {queues:?}")
+            }
+        }
     }
 
     /// Waits until the run serving `request_id` has read its feed and enqueued its pages.

@@ -79,6 +79,10 @@ impl SimState {
         if let Some(d) = &self.drive_id {
             v["driveId"] = json!(d);
         }
+        if let Some(target) = &e.target {
+            let target_mime = self.files.get(target).map(|t| t.mime.clone()).unwrap_or_default();
+            v["shortcutDetails"] = json!({"targetId": target, "targetMimeType": target_mime});
+        }
         v
     }
 }

@@ -56,7 +56,9 @@ use serde::Serialize;
 use super::http::{self, CallCounts};
 use super::traffic::{Admission, TrafficStats};
 use model::SimState;
-pub use model::{DOC_MIME, EXPORT_LIMIT_BYTES, FOLDER_MIME, FORM_MIME, SHEET_MIME, SLIDES_MIME, SimFile};
+pub use model::{
+    DOC_MIME, EXPORT_LIMIT_BYTES, FOLDER_MIME, FORM_MIME, SHEET_MIME, SHORTCUT_MIME, SLIDES_MIME, SimFile,
+};
 pub use push::MAX_CHANNEL_SECS;
 
 mod api;
@@ -88,6 +90,8 @@ pub struct SimConfig {
     pub rate_limit_per_sec: Option<u32>,
     /// Seed of versions and content.
     pub seed: u64,
+    /// Shortcuts seeded in the last folder, each to one of the first seeded files.
+    pub shortcuts: usize,
 }
 
 impl Default for SimConfig {
@@ -100,6 +104,7 @@ impl Default for SimConfig {
             drive_id: None,
             rate_limit_per_sec: None,
             seed: 0,
+            shortcuts: 0,
         }
     }
 }

@@ -35,6 +35,8 @@ pub const SHEET_MIME: &str = "application/vnd.google-apps.spreadsheet";
 pub const SLIDES_MIME: &str = "application/vnd.google-apps.presentation";
 /// `mimeType` of a Google Form (not exportable to text).
 pub const FORM_MIME: &str = "application/vnd.google-apps.form";
+/// `mimeType` of a shortcut (`shortcutDetails.targetId` names the file it points to).
+pub const SHORTCUT_MIME: &str = "application/vnd.google-apps.shortcut";
 /// The first change id.
 pub(super) const FIRST_CHANGE: u64 = 1001;
 
@@ -79,6 +81,8 @@ pub(super) struct Entry {
     pub(super) text: String,
     pub(super) trashed: bool,
     pub(super) modified: DateTime<Utc>,
+    /// A shortcut's target file (`shortcutDetails.targetId`).
+    pub(super) target: Option<String>,
 }
 
 pub(super) struct ChangeRec {
@@ -153,6 +157,7 @@ impl SimState {
                 text: String::new(),
                 trashed: false,
                 modified: t,
+                target: None,
             },
         );
         st.files.insert(
@@ -166,6 +171,7 @@ impl SimState {
                 text: String::new(),
                 trashed: false,
                 modified: t,
+                target: None,
             },
         );
         st.record(&cfg.root_folder_id);
@@ -181,12 +187,13 @@ impl SimState {
             folders.push(id);
         }
         let mut rng = cfg.seed;
+        let mut seeded_ids = Vec::new();
         for i in 0..cfg.files {
             let parent = folders[i % folders.len()].clone();
             let token = splitmix(&mut rng);
             let seeded = seeded_file(i, token);
             let version = 1 + splitmix(&mut rng) % 5;
-            st.insert(
+            let id = st.insert(
                 &seeded.name,
                 &parent,
                 seeded.mime,
@@ -194,8 +201,23 @@ impl SimState {
                 &seeded.text,
                 version,
             );
+            seeded_ids.push(id);
+        }
+        // Shortcuts in the last folder, to seeded files elsewhere in the tree.
+        let last_folder = folders[folders.len() - 1].clone();
+        for (k, target) in seeded_ids.iter().take(cfg.shortcuts).enumerate() {
+            st.insert_shortcut(&format!("Shortcut {}", k + 1), &last_folder, target);
         }
         st
+    }
+
+    /// Creates a shortcut to `target` under `parent`; its id.
+    pub(super) fn insert_shortcut(&mut self, name: &str, parent: &str, target: &str) -> String {
+        let id = self.insert(name, parent, SHORTCUT_MIME, b"", "", 1);
+        if let Some(e) = self.files.get_mut(&id) {
+            e.target = Some(target.to_owned());
+        }
+        id
     }
 
     /// Appends one change for `file_id`, and notifies every open push channel.
@@ -243,6 +265,7 @@ impl SimState {
                 text: text.to_owned(),
                 trashed: false,
                 modified: now(),
+                target: None,
             },
         );
         self.record(&id);

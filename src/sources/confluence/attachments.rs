@@ -96,6 +96,7 @@ impl Client {
             links: Vec::new(),
             source_sha256,
             content_note,
+            raw_html: None,
         })))
     }
 }

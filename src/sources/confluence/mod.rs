@@ -297,6 +297,7 @@ impl Source for Confluence {
                         content: crate::extract::storage_text(&content),
                         links,
                         content_note: None,
+                        raw_html: None,
                     });
                 }
                 match reply.body.links.and_then(|l| l.next).or(reply.link_next) {

@@ -417,6 +417,7 @@ impl Walker {
             links: Vec::new(),
             source_sha256: Some(crate::sources::sha256_hex(&bytes)),
             content_note,
+            raw_html: None,
         }))
     }
 

@@ -30,7 +30,7 @@ use crate::types::DocumentId;
 pub const MAX_PAGE_SIZE: u32 = 1000;
 /// `mimeType` of a folder.
 pub(super) const FOLDER_MIME: &str = "application/vnd.google-apps.folder";
-/// `mimeType` of a shortcut (a pointer to another file, not a document itself).
+/// `mimeType` of a shortcut (a pointer to another file; a document with no text).
 pub(super) const SHORTCUT_MIME: &str = "application/vnd.google-apps.shortcut";
 /// Fields asked of `changes.list`.
 const CHANGE_FIELDS: &str = "nextPageToken,newStartPageToken,changes(changeType,removed,fileId,time,file(id,name,mimeType,parents,trashed,modifiedTime,version,size,webViewLink,driveId))";
@@ -341,7 +341,7 @@ impl Client {
     }
 
     /// The current metadata of one file (`files.get`); `None` if Drive no longer
-    /// has it, it is in the trash, or it is not a document (a folder, a shortcut).
+    /// has it, it is in the trash, or it is not a document (a folder).
     async fn file_meta(&self, id: &str, calls: &ApiCalls) -> Result<Option<DocMeta>, Error> {
         let mut url = self.url("drive/v3/files")?;
         if let Ok(mut s) = url.path_segments_mut() {
@@ -384,11 +384,14 @@ impl Client {
         };
         let kind = meta.version.split_once(':').and_then(|(tag, _)| Kind::from_tag(tag));
         if kind == Some(Kind::MetadataOnly) {
-            let mime = meta.mime_type.as_deref().unwrap_or("this file type");
-            return Ok(Some(FetchedDoc::metadata_only(
-                meta.clone(),
-                format!("no text: {mime} has no text extractor"),
-            )));
+            let note = match meta.mime_type.as_deref() {
+                Some(SHORTCUT_MIME) => {
+                    "no text: a shortcut; the file it points to is a document where it lives, when that is in the synced folder"
+                        .to_owned()
+                }
+                mime => format!("no text: {} has no text extractor", mime.unwrap_or("this file type")),
+            };
+            return Ok(Some(FetchedDoc::metadata_only(meta.clone(), note)));
         }
         let cap = self.settings.max_file_bytes;
         if let Some(size) = meta
@@ -468,6 +471,7 @@ impl Client {
             links: Vec::new(),
             source_sha256,
             content_note,
+            raw_html: None,
         }))
     }
 
@@ -521,10 +525,14 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The kind of a `mimeType`; `None` for what is not a document (folders, shortcuts).
+    /// The kind of a `mimeType`; `None` for what is not a document (a folder:
+    /// it gives breadcrumbs their names). A shortcut is a document of its own,
+    /// metadata only: it has no text, and the file it points to is synced
+    /// where that file lives.
     pub fn of_mime(mime: &str) -> Option<Kind> {
         match mime {
-            FOLDER_MIME | SHORTCUT_MIME => None,
+            FOLDER_MIME => None,
+            SHORTCUT_MIME => Some(Kind::MetadataOnly),
             "application/vnd.google-apps.document" => Some(Kind::Doc),
             "application/vnd.google-apps.spreadsheet" => Some(Kind::Sheet),
             "application/vnd.google-apps.presentation" => Some(Kind::Slides),
@@ -775,8 +783,8 @@ mod tests {
         assert_eq!(GoogleError::parse("").message, "(empty body)");
     }
 
-    /// Versions carry the read method; every mime type but folders and
-    /// shortcuts is a document, read by export, by download, or not at all.
+    /// Versions carry the read method; every mime type but folders is a
+    /// document (shortcuts and forms too), read by export, by download, or not at all.
     #[test]
     fn kinds_and_versions() {
         assert_eq!(Kind::of_mime(DOC_MIME), Some(Kind::Doc));
@@ -788,7 +796,7 @@ mod tests {
         assert_eq!(Kind::of_mime("image/png"), Some(Kind::MetadataOnly));
         assert_eq!(Kind::of_mime("video/mp4"), Some(Kind::MetadataOnly));
         assert_eq!(Kind::of_mime(FOLDER_MIME), None);
-        assert_eq!(Kind::of_mime(SHORTCUT_MIME), None);
+        assert_eq!(Kind::of_mime(SHORTCUT_MIME), Some(Kind::MetadataOnly));
         assert_eq!(version_string(Kind::Sheet, "17"), "gsheet:17");
         assert_eq!(Kind::from_tag("gslides"), Some(Kind::Slides));
         assert_eq!(Kind::from_tag("text"), Some(Kind::File), "versions of older builds");

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::api::{Client, Kind};
+use super::api::Client;
 use super::tree::{Folders, SCOPE_FOLDER_NAME, Tree, changed_under, reachable};
 use crate::sources::{ApiCalls, ChangeFeed, Checkpoint, Error, FeedEnd, FeedPage, Folder, Held, Observation};
 use crate::types::DocumentId;
@@ -29,7 +29,6 @@ struct Stats {
     changes: usize,
     listed_folders: usize,
     documents: usize,
-    skipped: usize,
     deleted: usize,
 }
 
@@ -99,13 +98,11 @@ impl ChangeFeed for GdriveFeed {
                 }
                 continue;
             }
-            match f.meta() {
-                Some(meta) => {
-                    self.stats.documents += 1;
-                    self.tree.docs.insert(f.id.clone(), folder.clone());
-                    observations.push(Observation::Present(meta));
-                }
-                None => self.stats.skipped += 1,
+            // Every file but a folder is a document (`Kind::of_mime`).
+            if let Some(meta) = f.meta() {
+                self.stats.documents += 1;
+                self.tree.docs.insert(f.id.clone(), folder.clone());
+                observations.push(Observation::Present(meta));
             }
         }
         Ok(Some(FeedPage { observations }))
@@ -172,12 +169,6 @@ impl ChangeFeed for GdriveFeed {
                     st.listed_folders, st.documents
                 ));
             }
-        }
-        if st.skipped > 0 {
-            note.push_str(&format!(
-                "; {} shortcut(s) skipped (a shortcut points to a file elsewhere; the file itself is synced where it lives)",
-                st.skipped
-            ));
         }
         // Start from the run's checkpoint so fields the coordinator keeps (and ones
         // added later) carry over; ours are all overwritten.
@@ -369,13 +360,6 @@ impl GdriveFeed {
                 }
                 None => {
                     let known = self.tree.docs.remove(&id).is_some() || self.held.contains_key(&DocumentId(id.clone()));
-                    if ch
-                        .file
-                        .as_ref()
-                        .is_some_and(|f| !f.is_folder() && Kind::of_mime(&f.mime_type).is_none())
-                    {
-                        self.stats.skipped += 1;
-                    }
                     if known && deleted.insert(id.clone()) {
                         observations.push(Observation::Deleted(DocumentId(id)));
                     }

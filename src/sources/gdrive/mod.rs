@@ -15,9 +15,11 @@
 //! | Shared drives         | yes: `drive_id` sends `driveId`, `corpora=drive`, `supportsAllDrives`, `includeItems...` |
 //! | Expired/invalid token | yes: `Error::CursorExpired`; the coordinator falls back to a full listing               |
 //! | Periodic sweep        | optional: `sweep_every_hours` forces a full listing (deletions by id comparison)         |
-//! | Content               | Google Docs and Slides exported as `text/plain`, Sheets as `text/csv` (first sheet),     |
-//! |                       | `text/*`, JSON, XML and YAML files downloaded with `alt=media`                           |
-//! | Not synced            | folders, forms, drawings, shortcuts, sites, binary files (PDF, images, Office): skipped   |
+//! | Content               | every file but a folder is a document: Docs and Slides exported as `text/plain`,      |
+//! |                       | Sheets as `text/csv`; stored files (PDF, Office, text, HTML, CSV...) downloaded with  |
+//! |                       | `alt=media` and read by `extract`; images, forms, shortcuts and files over            |
+//! |                       | `max_file_bytes` kept as metadata with a `content_note`                              |
+//! | Not documents         | folders (their names are the breadcrumbs)                                                |
 //! | Cannot detect         | changes to a shortcut's target; items the token's user cannot see; a file kept in two    |
 //! |                       | folders (Drive stopped allowing it in 2020; only `parents[0]` is used)                    |
 //!

@@ -415,6 +415,7 @@ impl Client {
             )));
         }
         let mut links = Vec::new();
+        let mut raw_html = None;
         if format == Format::Html {
             let html = extract::decode_html(&body, charset.as_deref());
             if let Some(t) = extract::html_title(&html) {
@@ -422,6 +423,7 @@ impl Client {
             }
             // Relative links resolve against where the page was served from, as a browser's do.
             links = page_links(&html, &reply.url);
+            raw_html = self.settings.keep_raw_html.then_some(html);
         }
         meta.version = join_version(&validator, &meta.title);
         let final_url = reply.url;
@@ -439,6 +441,7 @@ impl Client {
             links,
             source_sha256: Some(source_sha256),
             content_note,
+            raw_html,
         }))
     }
 }

@@ -47,6 +47,11 @@ pub struct HttpSettings {
     /// `content_note` (default 16 MiB).
     #[serde(default = "default_max_page_bytes")]
     pub max_page_bytes: u64,
+    /// Also keep each HTML page as served (decoded to UTF-8) in the document's
+    /// `raw_html`, for pipelines that parse it themselves (default false:
+    /// `content` is the page's readable text).
+    #[serde(default)]
+    pub keep_raw_html: bool,
 }
 
 fn default_max_page_bytes() -> u64 {
@@ -65,6 +70,7 @@ impl HttpSettings {
             user_agent: None,
             concurrency: default_concurrency(),
             max_page_bytes: default_max_page_bytes(),
+            keep_raw_html: false,
         }
     }
 
