@@ -44,6 +44,8 @@ mod rate_gate;
 mod redis_faults;
 /// Every per-run key expires.
 mod run_keys;
+/// The sink contract: one conformance suite every sink passes.
+mod sinks;
 /// Bounded streams: acked entries trimmed, pending ones never, dead letters by count and age.
 mod streams;
 /// End-to-end sync scenarios from the problem statement.
