@@ -1,10 +1,10 @@
 # tidemark: `make demo` runs the end-to-end demo, `make test` the whole test suite.
-# Both install what is missing first (redis-server, curl, jq, nginx from Debian's packages).
+# Both install what is missing first (redis-server, curl, jq, nginx, postgresql from Debian's packages).
 
 SHELL := /bin/bash
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
-APT_PACKAGES := redis-server curl jq nginx
+APT_PACKAGES := redis-server curl jq nginx postgresql
 
 .PHONY: all deps build release test unit soak chaos demo bench fmt lint clean
 
@@ -17,6 +17,7 @@ deps:
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v jq >/dev/null || missing="$$missing jq"; \
 	[ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \

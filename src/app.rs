@@ -17,6 +17,7 @@ use crate::keys::Keys;
 use crate::lock::LockManager;
 use crate::sinks::Sink;
 use crate::sinks::directory::DirectorySink;
+use crate::sinks::postgres::PostgresSink;
 use crate::sources::{self, Source};
 use crate::state::StateStore;
 use crate::types::SourceId;
@@ -34,6 +35,9 @@ pub enum Error {
     /// The HTTP client could not be built.
     #[error("http client: {0}")]
     Http(String),
+    /// The sink could not be set up.
+    #[error("sink: {0}")]
+    Sink(String),
 }
 
 /// Everything a tidemark process shares.
@@ -88,6 +92,9 @@ impl App {
         }
         let sink: Arc<dyn Sink> = match &config.sink {
             SinkConfig::Directory { path } => Arc::new(DirectorySink::new(path.clone())),
+            SinkConfig::Postgres { url, pool_size } => {
+                Arc::new(PostgresSink::new(url, *pool_size).map_err(|e| Error::Sink(e.to_string()))?)
+            }
         };
         Ok(Self {
             locks: LockManager::new(lock_pools, keys.clone()),

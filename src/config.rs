@@ -179,10 +179,15 @@ impl Default for RawSync {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSink {
-    /// `directory` (the only kind so far).
+    /// `directory` or `postgres`.
     pub kind: String,
     /// For `directory`: where documents are written. Env override: `TIDEMARK_SINK_PATH`.
     pub path: Option<PathBuf>,
+    /// For `postgres`: `postgres://user:password@host:port/database`. Env override:
+    /// `TIDEMARK_SINK_URL` (keeps the password out of the file).
+    pub url: Option<String>,
+    /// For `postgres`: connections per process (default 8).
+    pub pool_size: Option<usize>,
 }
 
 /// One `[[sources]]` entry as written.
@@ -418,13 +423,33 @@ impl Default for SyncConfig {
 }
 
 /// Checked `[sink]`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum SinkConfig {
     /// One JSON file per document under `path/<source>/`.
     Directory {
         /// Root directory.
         path: PathBuf,
     },
+    /// One row per document in a PostgreSQL database (`sinks::postgres`).
+    Postgres {
+        /// Connection URL, password included: never logged (see `Debug`).
+        url: String,
+        /// Connections per process.
+        pool_size: usize,
+    },
+}
+
+impl std::fmt::Debug for SinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SinkConfig::Directory { path } => f.debug_struct("Directory").field("path", path).finish(),
+            SinkConfig::Postgres { url, pool_size } => f
+                .debug_struct("Postgres")
+                .field("url", &crate::redact::url(url))
+                .field("pool_size", pool_size)
+                .finish(),
+        }
+    }
 }
 
 /// One checked source.
@@ -485,6 +510,9 @@ impl Config {
         if let Some(p) = env("TIDEMARK_SINK_PATH") {
             raw.sink.path = Some(PathBuf::from(p));
         }
+        if let Some(u) = env("TIDEMARK_SINK_URL") {
+            raw.sink.url = Some(u);
+        }
         Self::check(raw, &env).map_err(|problems| Error::Invalid {
             path: path.to_owned(),
             // Problems quote the values they refuse: never a URL's password.
@@ -496,6 +524,10 @@ impl Config {
     pub fn source(&self, id: &SourceId) -> Option<&SourceConfig> {
         self.sources.iter().find(|s| &s.id == id)
     }
+}
+
+fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 fn check_redis_url(key: &str, url: &str, problems: &mut Vec<String>) {
@@ -603,8 +635,37 @@ impl Config {
                     None
                 }
             },
+            "postgres" => match (&raw.sink.url, raw.sink.pool_size) {
+                (_, Some(0)) => {
+                    problems.push("sink.pool_size: must be at least 1".into());
+                    if let Some(url) = raw.sink.url.as_ref().filter(|u| !is_postgres_url(u)) {
+                        problems.push(format!(
+                            "sink.url: {:?} is not a postgres:// URL",
+                            crate::redact::url(url)
+                        ));
+                    }
+                    None
+                }
+                (Some(url), n) if is_postgres_url(url) => Some(SinkConfig::Postgres {
+                    url: url.clone(),
+                    pool_size: n.unwrap_or(8),
+                }),
+                (Some(url), _) => {
+                    problems.push(format!(
+                        "sink.url: {:?} is not a postgres:// URL",
+                        crate::redact::url(url)
+                    ));
+                    None
+                }
+                (None, _) => {
+                    problems.push("sink.url: required for kind \"postgres\" (or set TIDEMARK_SINK_URL)".into());
+                    None
+                }
+            },
             other => {
-                problems.push(format!("sink.kind: unknown kind {other:?} (known: directory)"));
+                problems.push(format!(
+                    "sink.kind: unknown kind {other:?} (known: directory, postgres)"
+                ));
                 None
             }
         };
@@ -962,7 +1023,39 @@ space_key = "ENG"
         })
         .unwrap();
         assert_eq!(c.redis.url, "redis://10.0.0.1:7000");
-        let SinkConfig::Directory { path } = &c.sink;
+        let SinkConfig::Directory { path } = &c.sink else {
+            panic!("a directory sink: {:?}", c.sink);
+        };
         assert_eq!(path, Path::new("/data/kb"));
+    }
+
+    /// A PostgreSQL sink takes its URL from the file or `TIDEMARK_SINK_URL`;
+    /// a missing or foreign URL and a zero pool are named; the password never
+    /// reaches the config's `Debug`.
+    #[test]
+    fn postgres_sink_settings() {
+        let pg = GOOD.replace("kind = \"directory\"", "kind = \"postgres\"\npool_size = 3");
+        let c = Config::parse(&pg, Path::new("t.toml"), |k| {
+            (k == "TIDEMARK_SINK_URL").then(|| "postgres://kb:s3cret@db:5432/kb".to_owned())
+        })
+        .expect("valid");
+        let SinkConfig::Postgres { url, pool_size } = &c.sink else {
+            panic!("a postgres sink: {:?}", c.sink);
+        };
+        assert_eq!((url.as_str(), *pool_size), ("postgres://kb:s3cret@db:5432/kb", 3));
+        assert!(!format!("{:?}", c.sink).contains("s3cret"));
+        let bad = pg.replace("pool_size = 3", "pool_size = 0\nurl = \"mysql://x\"");
+        let err = Config::parse(&bad, Path::new("t.toml"), |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sink.url: \"mysql://x\" is not a postgres:// URL"),
+            "{err}"
+        );
+        assert!(err.contains("sink.pool_size: must be at least 1"), "{err}");
+        let none = Config::parse(&pg, Path::new("t.toml"), |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(none.contains("sink.url: required for kind \"postgres\""), "{none}");
     }
 }

@@ -96,6 +96,7 @@ impl Transient for Error {
         match self {
             Error::State(e) => e.is_transient(),
             Error::Queue(e) => e.is_transient(),
+            Error::Sink(e) => e.is_transient(),
             _ => false,
         }
     }

@@ -64,7 +64,12 @@ impl Coordinator {
             self.state.register_token(&id, token)
         })
         .await?;
-        self.sink.register_token(&id, token).await?;
+        // A sink that is down at the start (a database restarting) is waited
+        // for like Redis: failing here would end a request with no run to show for it.
+        self.redis(lost, "registering the run's token with the sink", || {
+            self.sink.register_token(&id, token)
+        })
+        .await?;
         let checkpoint = self
             .redis(lost, "reading the checkpoint", || self.state.checkpoint(&id))
             .await?;

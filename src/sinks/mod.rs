@@ -9,6 +9,7 @@
 //! copy, and reports the second write as `Unchanged`.
 
 pub mod directory;
+pub mod postgres;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -35,6 +36,13 @@ pub enum Error {
         /// Why, in the sink's words.
         reason: String,
     },
+    /// The sink cannot be reached or did not answer (a database restarting):
+    /// the page is retried, nothing of it is recorded as failed.
+    #[error("sink unavailable: {context}")]
+    Unavailable {
+        /// What was being done, and why it failed.
+        context: String,
+    },
     /// The file system failed (may clear up: disk full, permissions).
     #[error("sink {path}: {source}")]
     Io {
@@ -43,6 +51,14 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+}
+
+impl crate::retry::Transient for Error {
+    /// A sink that could not be reached, or a file system error, may clear up;
+    /// a refused token or a refused document will not.
+    fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable { .. } | Error::Io { .. })
+    }
 }
 
 /// The version of the document contract a [`SinkDocument`] follows

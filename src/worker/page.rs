@@ -408,6 +408,9 @@ impl Worker {
             let written = match result {
                 Ok(w) => w,
                 Err(sinks::Error::StaleFence(s)) => return Err(JobError::Stale(s)),
+                // The sink is down: the whole page is retried (its unsettled marks make
+                // the retry redo what this attempt wrote), no document is failed for it.
+                Err(e @ sinks::Error::Unavailable { .. }) => return Err(JobError::retry(e)),
                 // One document the sink refuses fails alone; the rest of the page goes on.
                 Err(e) => {
                     let permanent = matches!(e, sinks::Error::Rejected { .. });

@@ -57,6 +57,11 @@ impl Drive {
 
     /// Rewrites file `id` (of type `mime`) with new content built from `text`.
     fn edit(&self, ops: &mut Ops, id: &str, mime: &str, text: &str) {
+        if mime == tidemark::simulators::gdrive::SHORTCUT_MIME {
+            // Drive stores no content for a shortcut: there is nothing to edit.
+            ops.log.push(format!("drive edit {id}: a shortcut, left as it is"));
+            return;
+        }
         let (bytes, expected) = Self::content(mime, text);
         self.sim.update_binary(id, &bytes, &expected);
         ops.log.push(format!("drive edit {id}"));

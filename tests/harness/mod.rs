@@ -4,6 +4,7 @@
 
 pub mod nginx;
 pub mod points;
+pub mod postgres;
 pub mod redis_server;
 
 use std::collections::BTreeMap;
@@ -50,6 +51,8 @@ pub struct Options {
     /// Replaces the Confluence `[[sources]]` block: a whole `[[sources]]` entry
     /// (id must be `eng`) for another connector. The Confluence simulator still runs.
     pub source_toml: Option<String>,
+    /// Replaces the directory sink: the body of `[sink]` (e.g. a `postgres` URL).
+    pub sink_toml: Option<String>,
 }
 
 impl Default for Options {
@@ -66,6 +69,7 @@ impl Default for Options {
             lock_nodes: 0,
             lock_ttl_ms: 3000,
             source_toml: None,
+            sink_toml: None,
         }
     }
 }
@@ -138,8 +142,7 @@ stall_timeout_secs = 60
 {queue}
 
 [sink]
-kind = "directory"
-path = "{sink}"
+{sink}
 
 [api]
 listen = ""
@@ -152,7 +155,10 @@ listen = ""
             lock_ttl_ms = opts.lock_ttl_ms,
             sync = opts.sync,
             queue = opts.queue,
-            sink = sink_dir.path().display(),
+            sink = opts
+                .sink_toml
+                .clone()
+                .unwrap_or_else(|| format!("kind = \"directory\"\npath = \"{}\"", sink_dir.path().display())),
             source = opts.source_toml.clone().unwrap_or_else(|| format!(
                 "[[sources]]\nid = \"eng\"\nkind = \"confluence\"\n{}\n[sources.settings]\nbase_url = \"http://{addr}\"\nspace_key = \"{}\"\n{}\n",
                 opts.source_fields, opts.sim.space_key, opts.source_settings
