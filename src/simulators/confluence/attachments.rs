@@ -7,6 +7,13 @@
 //! its media service). The bytes' route stands for that service: it is not the
 //! REST API, so it is neither counted nor gated.
 //!
+//! References: Confluence Cloud REST v1 "Download attachment"
+//! (`downloadAttachment`: "Redirects the client to a URL that serves an
+//! attachment's binary data"; `version` absent = the latest), the v1 content
+//! model of an attachment (`extensions.mediaType`, `extensions.fileSize`,
+//! `_links.download`, `container` with `expand=container`), and v2 "Delete
+//! attachment" (deleting moves an attachment to the trash; purging removes it).
+//!
 //! Invariants:
 //! - Attachment ids come from the same sequence as page ids (Confluence content
 //!   ids are one sequence) and are shown with the `att` prefix, as the REST

@@ -47,7 +47,10 @@ pub struct SimPage {
     pub modified_at: DateTime<Utc>,
 }
 
-/// A page's `status`, as v2 reports it and as its `status` filter selects it.
+/// A page's `status`, as v2 reports it and as its `status` filter selects it
+/// (v2 "Get pages in space": valid values current, archived, deleted,
+/// trashed; "by default, current and archived are used"; v2 "Delete page":
+/// deleting moves a page to the trash, `purge=true` on a trashed page removes it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum PageStatus {
     /// Live: listed, searched and fetched by default.

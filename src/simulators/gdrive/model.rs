@@ -35,7 +35,8 @@ pub const SHEET_MIME: &str = "application/vnd.google-apps.spreadsheet";
 pub const SLIDES_MIME: &str = "application/vnd.google-apps.presentation";
 /// `mimeType` of a Google Form (not exportable to text).
 pub const FORM_MIME: &str = "application/vnd.google-apps.form";
-/// `mimeType` of a shortcut (`shortcutDetails.targetId` names the file it points to).
+/// `mimeType` of a shortcut. Drive v3 `files` resource: a shortcut holds no
+/// content; `shortcutDetails.targetId` and `targetMimeType` name the file it points to.
 pub const SHORTCUT_MIME: &str = "application/vnd.google-apps.shortcut";
 /// The first change id.
 pub(super) const FIRST_CHANGE: u64 = 1001;
