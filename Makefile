@@ -6,7 +6,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
 APT_PACKAGES := redis-server curl jq nginx postgresql
 
-.PHONY: all deps build release test unit soak chaos demo bench fmt lint clean
+.PHONY: all deps build release test unit soak chaos demo demo-postgres bench fmt lint clean
 
 all: build
 
@@ -52,6 +52,10 @@ chaos: deps
 ## demo: 500-page Confluence space, full sync, 6 changes, incremental sync
 demo: release
 	bash deploy/demo.sh
+
+## demo-postgres: the same demo into a PostgreSQL server it starts itself, ending with a full-text query
+demo-postgres: release
+	TIDEMARK_DEMO_SINK=postgres bash deploy/demo.sh
 
 ## bench: full vs incremental sync and the queue against a bare Redis ceiling
 bench: release

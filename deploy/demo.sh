@@ -6,6 +6,10 @@
 # Starts its own redis-server (AOF on), the Confluence simulator, one
 # coordinator and two workers, each a separate process on a free port, and
 # stops them all on exit. Needs: target/release/tidemark, redis-server, curl, jq.
+#
+# TIDEMARK_DEMO_SINK=postgres (`make demo-postgres`) writes into a PostgreSQL
+# server the script starts itself (initdb in a temp dir; as the postgres user
+# when run as root) instead of a directory, and ends with a full-text query.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -13,11 +17,14 @@ bin="$here/target/release/tidemark"
 [ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 
 work="$(mktemp -d -t tidemark-demo.XXXXXX)"
+sink_kind="${TIDEMARK_DEMO_SINK:-directory}"
+pgdir=""
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
+  [ -z "$pgdir" ] || rm -rf "$pgdir"
 }
 trap cleanup EXIT INT TERM
 
@@ -52,6 +59,29 @@ pids+=($!)
 sim="http://127.0.0.1:$sim_port"
 wait_for "simulator" curl -sf "$sim/_sim/stats"
 
+sink_toml="kind = \"directory\"
+path = \"$work/kb\""
+if [ "$sink_kind" = postgres ]; then
+  pg_bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+  [ -x "$pg_bin/initdb" ] || { echo "PostgreSQL not found: make deps installs it" >&2; exit 1; }
+  pg_port=$(free_port)
+  pgdir="$(mktemp -d -t tidemark-pg.XXXXXX)"
+  as_pg=()
+  if [ "$(id -u)" = 0 ]; then
+    # PostgreSQL refuses to run as root: run it as the package's postgres user.
+    chown -R postgres:postgres "$pgdir"
+    as_pg=(setpriv --reuid=postgres --regid=postgres --init-groups --)
+  fi
+  echo "== starting PostgreSQL on :$pg_port (data in $pgdir)"
+  "${as_pg[@]}" "$pg_bin/initdb" -D "$pgdir/data" -U tidemark --auth=trust -E UTF8 --locale=C >"$work/logs/initdb.log" 2>&1
+  "${as_pg[@]}" "$pg_bin/postgres" -D "$pgdir/data" -p "$pg_port" -h 127.0.0.1 -k "$pgdir" >"$work/logs/postgres.log" 2>&1 &
+  pids+=($!)
+  wait_for "postgres" "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$pg_port"
+  psql=("$pg_bin/psql" -X -q -h 127.0.0.1 -p "$pg_port" -U tidemark -d postgres)
+  sink_toml="kind = \"postgres\"
+url = \"postgres://tidemark@127.0.0.1:$pg_port/postgres\""
+fi
+
 cat >"$work/tidemark.toml" <<TOML
 [redis]
 url = "redis://127.0.0.1:$redis_port"
@@ -60,8 +90,7 @@ url = "redis://127.0.0.1:$redis_port"
 page_size = 50
 
 [sink]
-kind = "directory"
-path = "$work/kb"
+$sink_toml
 
 [api]
 listen = ""
@@ -92,7 +121,14 @@ run_sync() { # run_sync LABEL [--full]
 echo
 echo "== full sync"
 run_sync full --full
-echo "   documents in the knowledge base: $(ls "$work/kb/confluence-eng/docs" | wc -l)"
+held_count() {
+  if [ "$sink_kind" = postgres ]; then
+    "${psql[@]}" -tAc "SELECT count(*) FROM documents WHERE source = 'confluence-eng'"
+  else
+    ls "$work/kb/confluence-eng/docs" | wc -l
+  fi
+}
+echo "   documents in the knowledge base: $(held_count)"
 
 echo
 echo "== changing the space: 3 created, 2 updated, 1 deleted"
@@ -124,12 +160,26 @@ full_calls=$(jq .api_calls "$work/full.json"); inc_calls=$(jq .api_calls "$work/
 full_docs=$(jq .docs_processed "$work/full.json"); inc_docs=$(jq .docs_processed "$work/incremental.json")
 full_ms=$(jq .wall_ms "$work/full.json"); inc_ms=$(jq .wall_ms "$work/incremental.json")
 echo "== full vs incremental, this run: documents ${full_docs} vs ${inc_docs}, API calls ${full_calls} vs ${inc_calls}, wall ${full_ms} ms vs ${inc_ms} ms"
-if [ -e "$work/kb/confluence-eng/docs/$gone_id.json" ]; then
+still_held() {
+  if [ "$sink_kind" = postgres ]; then
+    [ "$("${psql[@]}" -tAc "SELECT count(*) FROM documents WHERE source = 'confluence-eng' AND id = '$gone_id'")" != 0 ]
+  else
+    [ -e "$work/kb/confluence-eng/docs/$gone_id.json" ]
+  fi
+}
+if still_held; then
   echo "FAIL: deleted page \"$gone_title\" is still in the knowledge base" >&2
   exit 1
 fi
 echo "== deleted page \"$gone_title\" is no longer in the knowledge base: ok"
 [ "$inc_docs" = 6 ] || { echo "FAIL: expected 6 documents processed, got $inc_docs" >&2; exit 1; }
+if [ "$sink_kind" = postgres ]; then
+  echo
+  echo "== asking the knowledge base: websearch_to_tsquery('english', 'edited today')"
+  "${psql[@]}" -c "SELECT title, array_to_string(breadcrumb, ' > ') AS place, ts_rank(search, q) AS rank
+    FROM documents, websearch_to_tsquery('english', 'edited today') AS q
+    WHERE source = 'confluence-eng' AND search @@ q ORDER BY rank DESC, title LIMIT 5"
+fi
 echo
 "$bin" status confluence-eng --runs 2
 echo "== demo done; stopping everything it started"
