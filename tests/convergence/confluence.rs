@@ -24,6 +24,10 @@ pub struct Confluence {
     pub sweep: u32,
     /// Every Confluence page id ever created (links may point at deleted ones).
     ids: Vec<String>,
+    /// The pages each page's body links to, as the test wrote them (the seeded
+    /// ones as the simulator seeded them): the expected links come from what
+    /// was written, not from the connector's reading of the markup.
+    links: HashMap<String, Vec<String>>,
 }
 
 impl Confluence {
@@ -40,7 +44,19 @@ impl Confluence {
         });
         let (addr, _) = sim.serve("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
         let ids = sim.pages().into_iter().map(|p| p.id).collect();
-        (Confluence { sim, sweep, ids }, addr)
+        let links = sim.seeded_links().into_iter().collect();
+        (Confluence { sim, sweep, ids, links }, addr)
+    }
+
+    /// Records that `id`'s body now links to `targets` (each once, in order).
+    fn wrote_links(&mut self, id: &str, targets: &[String]) {
+        let mut once = Vec::new();
+        for t in targets {
+            if !once.contains(t) {
+                once.push(t.clone());
+            }
+        }
+        self.links.insert(id.to_owned(), once);
     }
 
     fn body(&mut self, ops: &mut Ops) -> (String, Vec<String>) {
@@ -104,11 +120,14 @@ impl SimulatedSource for Confluence {
                     let id = self.sim.create_page(&title, parent.as_deref(), &body);
                     ops.log
                         .push(format!("conf create {id} {title:?} parent={parent:?} links={links:?}"));
+                    self.wrote_links(&id, &links);
                     self.ids.push(id);
                 }
                 (30..=59, Some(id)) => {
                     let (body, links) = self.body(ops);
-                    self.sim.update_page(&id, None, Some(&body));
+                    if self.sim.update_page(&id, None, Some(&body)) {
+                        self.wrote_links(&id, &links);
+                    }
                     ops.log.push(format!("conf edit {id} links={links:?}"));
                 }
                 (60..=79, Some(id)) => {
@@ -121,7 +140,9 @@ impl SimulatedSource for Confluence {
                     let k = ops.tick();
                     let title = format!("Rewritten {k}");
                     let (body, links) = self.body(ops);
-                    self.sim.update_page(&id, Some(&title), Some(&body));
+                    if self.sim.update_page(&id, Some(&title), Some(&body)) {
+                        self.wrote_links(&id, &links);
+                    }
                     ops.log
                         .push(format!("conf rename+edit {id} -> {title:?} links={links:?}"));
                 }
@@ -156,11 +177,14 @@ impl SimulatedSource for Confluence {
             .iter()
             .map(|p| {
                 let crumbs = crumbs_of(&by_id, &p.id, pages.len());
-                let links = tidemark::sources::confluence::page_links(&p.body)
+                let links = self
+                    .links
+                    .get(&p.id)
                     .into_iter()
+                    .flatten()
                     .map(|t| {
-                        let title = by_id.get(t.0.as_str()).map(|(title, _)| (*title).to_owned());
-                        (t.0, title)
+                        let title = by_id.get(t.as_str()).map(|(title, _)| (*title).to_owned());
+                        (t.clone(), title)
                     })
                     .collect();
                 (
