@@ -129,7 +129,7 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let env = Env::start(Options {
+        let env = Env::fleet(Options {
             pages: 500,
             page_size: 50,
             // Measure the queue, not the disk: both loops run on this one server.
@@ -137,9 +137,6 @@ fn main() {
             ..Options::default()
         })
         .await;
-        env.coordinator("c1");
-        env.worker("w1");
-        env.worker("w2");
 
         let full = env.sync(SyncMode::Full).await;
         let pages = env.sim.pages();
@@ -211,16 +208,13 @@ fn main() {
 /// A 20,000-page space: an incremental run's calls do not grow with the space.
 async fn large_space_incrementals() {
     const PAGES: usize = 20_000;
-    let env = Env::start(Options {
+    let env = Env::fleet(Options {
         pages: PAGES,
         page_size: 250,
         appendfsync: "everysec",
         ..Options::default()
     })
     .await;
-    env.coordinator("c1");
-    env.worker("w1");
-    env.worker("w2");
     let full = env.sync(SyncMode::Full).await;
     let listing_calls = env
         .sim

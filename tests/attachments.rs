@@ -13,7 +13,7 @@ use crate::harness::{Env, Options};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attachments_are_synced_updated_and_deleted() {
-    let env = Env::start(Options {
+    let env = Env::fleet(Options {
         pages: 60,
         source_settings: "sweep_every = 3".into(),
         sim: SimConfig {
@@ -23,9 +23,6 @@ async fn attachments_are_synced_updated_and_deleted() {
         ..Options::default()
     })
     .await;
-    env.coordinator("c1");
-    env.worker("w1");
-    env.worker("w2");
     let seeded = env.sim.attachments();
     let kinds: std::collections::BTreeSet<&str> = seeded.iter().map(|a| a.media_type.as_str()).collect();
     assert!(kinds.len() >= 6, "every stored kind is attached somewhere: {kinds:?}");

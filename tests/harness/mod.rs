@@ -88,19 +88,24 @@ pub struct Env {
 }
 
 impl Env {
-    /// The problem statement's set-up: a 500-page space (pages of 50 documents)
-    /// with one coordinator and two workers running.
-    pub async fn five_hundred_pages() -> Env {
-        let env = Env::start(Options {
-            pages: 500,
-            page_size: 50,
-            ..Options::default()
-        })
-        .await;
+    /// [`Env::start`] with one coordinator and two workers running.
+    pub async fn fleet(opts: Options) -> Env {
+        let env = Env::start(opts).await;
         env.coordinator("c1");
         env.worker("w1");
         env.worker("w2");
         env
+    }
+
+    /// The problem statement's set-up: a 500-page space (pages of 50 documents)
+    /// with one coordinator and two workers running.
+    pub async fn five_hundred_pages() -> Env {
+        Env::fleet(Options {
+            pages: 500,
+            page_size: 50,
+            ..Options::default()
+        })
+        .await
     }
 
     /// Starts Redis and the simulator and writes a config pointing at them. No processes yet.

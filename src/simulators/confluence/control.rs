@@ -62,28 +62,25 @@ async fn ctl_update(State(sim): State<ConfluenceSim>, Path(id): Path<String>, Js
     }
 }
 
-async fn ctl_delete(State(sim): State<ConfluenceSim>, Path(id): Path<String>) -> Response {
-    if sim.delete_page(&id) {
+/// 204 when `done`, else a 404 saying `why`.
+fn no_content_or_404(done: bool, why: String) -> Response {
+    if done {
         StatusCode::NO_CONTENT.into_response()
     } else {
-        error_response(404, false, &format!("Page {id} not found"))
+        error_response(404, false, &why)
     }
+}
+
+async fn ctl_delete(State(sim): State<ConfluenceSim>, Path(id): Path<String>) -> Response {
+    no_content_or_404(sim.delete_page(&id), format!("Page {id} not found"))
 }
 
 async fn ctl_purge(State(sim): State<ConfluenceSim>, Path(id): Path<String>) -> Response {
-    if sim.purge_page(&id) {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        error_response(404, false, &format!("Page {id} is not in the trash"))
-    }
+    no_content_or_404(sim.purge_page(&id), format!("Page {id} is not in the trash"))
 }
 
 async fn ctl_restore(State(sim): State<ConfluenceSim>, Path(id): Path<String>) -> Response {
-    if sim.restore_page(&id) {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        error_response(404, false, &format!("Page {id} is not in the trash"))
-    }
+    no_content_or_404(sim.restore_page(&id), format!("Page {id} is not in the trash"))
 }
 
 #[cfg(test)]

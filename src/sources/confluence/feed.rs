@@ -205,7 +205,6 @@ mod tests {
     /// the lookup.
     #[tokio::test]
     async fn full_listing_follows_cursors_and_counts_calls() {
-        let meter = ApiCalls::default();
         let (sim, base) = start(SimConfig {
             pages: 500,
             seed: 7,
@@ -213,18 +212,9 @@ mod tests {
         })
         .await;
         let src = connector(base, |_| {});
-        let mut feed = src
-            .open_feed(
-                &Checkpoint::default(),
-                SyncMode::Full,
-                Default::default(),
-                meter.clone(),
-            )
-            .await
-            .expect("open");
-        let (pages, end) = drain(&mut feed).await.expect("feed");
+        let (pages, end, calls) = read_feed(&src, &Checkpoint::default(), SyncMode::Full).await;
         assert_eq!(pages.len(), 3, "two listing pages, then the (empty) attachment search");
-        assert_eq!(meter.get(), 4);
+        assert_eq!(calls, 4);
         assert_eq!(sim.total_calls(), 4);
         assert_eq!(sim.calls().get("GET /wiki/api/v2/spaces/{id}/pages"), Some(&2));
         assert_eq!(sim.calls().get("GET /wiki/rest/api/content/search"), Some(&1));
@@ -248,13 +238,8 @@ mod tests {
         );
 
         sim.reset_calls();
-        let meter = ApiCalls::default();
-        let mut feed = src
-            .open_feed(&end.checkpoint, SyncMode::Full, Default::default(), meter.clone())
-            .await
-            .expect("open");
-        let (_pages, _) = drain(&mut feed).await.expect("feed");
-        assert_eq!(meter.get(), 3, "cached space id skips the lookup");
+        let (_, _, calls) = read_feed(&src, &end.checkpoint, SyncMode::Full).await;
+        assert_eq!(calls, 3, "cached space id skips the lookup");
         assert_eq!(sim.total_calls(), 3);
     }
 
@@ -358,7 +343,6 @@ mod tests {
     /// simulator's Date header. The fifth run is a complete listing again.
     #[tokio::test]
     async fn incremental_cql_uses_source_clock_and_timezone() {
-        let meter = ApiCalls::default();
         let skew = chrono::Duration::minutes(-3);
         let (sim, base) = start(SimConfig {
             pages: 20,
@@ -372,16 +356,7 @@ mod tests {
             s.sweep_every = Some(5);
         });
         let before = Utc::now() + skew;
-        let mut feed = src
-            .open_feed(
-                &Checkpoint::default(),
-                SyncMode::Incremental,
-                Default::default(),
-                meter.clone(),
-            )
-            .await
-            .expect("open");
-        let (_, first) = drain(&mut feed).await.expect("feed");
+        let (_, first, _) = read_feed(&src, &Checkpoint::default(), SyncMode::Incremental).await;
         let after = Utc::now() + skew;
         assert!(first.complete_listing, "no watermark yet: complete listing");
         let wm = first.checkpoint.watermark.expect("watermark");
@@ -394,24 +369,14 @@ mod tests {
         let edited = sim.pages()[5].id.clone();
         assert!(sim.update_page(&edited, Some("Edited"), Some("<p>new</p>")));
         sim.reset_calls();
-        let meter = ApiCalls::default();
-        let mut feed = src
-            .open_feed(
-                &first.checkpoint,
-                SyncMode::Incremental,
-                Default::default(),
-                meter.clone(),
-            )
-            .await
-            .expect("open");
-        let (pages, second) = drain(&mut feed).await.expect("feed");
+        let (pages, second, calls) = read_feed(&src, &first.checkpoint, SyncMode::Incremental).await;
         assert_eq!(sim.calls().get("GET /wiki/rest/api/content/search"), Some(&1));
         assert_eq!(
             sim.calls().get("GET /wiki/api/v2/spaces/{id}/pages"),
             Some(&1),
             "the trash"
         );
-        assert_eq!(meter.get(), 2);
+        assert_eq!(calls, 2);
         let seen = metas(&pages);
         assert_eq!(
             seen.len(),
@@ -430,11 +395,7 @@ mod tests {
             runs_since_sweep: 4,
             ..second.checkpoint.clone()
         };
-        let mut feed = src
-            .open_feed(&due, SyncMode::Incremental, Default::default(), meter.clone())
-            .await
-            .expect("open");
-        let (pages, third) = drain(&mut feed).await.expect("feed");
+        let (pages, third, _) = read_feed(&src, &due, SyncMode::Incremental).await;
         assert!(third.complete_listing);
         assert_eq!(third.checkpoint.runs_since_sweep, 0);
         assert_eq!(metas(&pages).len(), 20);
