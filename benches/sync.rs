@@ -14,6 +14,12 @@
 //!    against a configured budget; the request rate the simulator saw, as a
 //!    ratio to the limit (near 1: the budget is used, not exceeded).
 //!
+//! 5. Sinks: a 20,000-page full sync into the directory sink and into
+//!    PostgreSQL (fsync on, as in production), documents per second side by
+//!    side, and PostgreSQL round trips per page counted on the wire; then,
+//!    for one-paragraph edits of a 50-chunk document, how many chunk rows
+//!    PostgreSQL rewrote (what a downstream embedder re-embeds).
+//!
 //! Absolute times vary with the machine; the ratios are the figures to quote.
 
 #[allow(dead_code)]
@@ -128,6 +134,13 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    // `cargo bench --bench sync -- sinks` runs that section alone.
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    if only.iter().any(|a| a == "sinks") {
+        rt.block_on(sinks_side_by_side());
+        rt.block_on(chunks_rewritten_by_one_edit());
+        return;
+    }
     rt.block_on(async {
         let env = Env::fleet(Options {
             pages: 500,
@@ -202,6 +215,8 @@ fn main() {
         drop(env);
         large_space_incrementals().await;
         rate_gate_against_limit().await;
+        sinks_side_by_side().await;
+        chunks_rewritten_by_one_edit().await;
     });
 }
 
@@ -405,5 +420,199 @@ async fn held_state_at_scale(env: &Env) {
     println!(
         "held versions, for connectors that read them (HTTP, filesystem, Drive): {} ms, peak RSS {after_versions:.0} MiB",
         load.as_millis()
+    );
+}
+
+/// The same 20,000-page full sync into the directory sink and into PostgreSQL,
+/// in one run on one machine; PostgreSQL's round trips counted by a proxy.
+async fn sinks_side_by_side() {
+    const PAGES: usize = 20_000;
+    const PAGE_SIZE: usize = 50;
+    let options = |sink_toml: Option<String>| Options {
+        pages: PAGES,
+        page_size: PAGE_SIZE,
+        appendfsync: "everysec",
+        sink_toml,
+        ..Options::default()
+    };
+    let per_sec =
+        |r: &tidemark::state::RunRecord| r.docs_processed as f64 * 1000.0 / r.wall_ms.unwrap_or(1).max(1) as f64;
+
+    let env = Env::fleet(options(None)).await;
+    let directory = env.sync(SyncMode::Full).await;
+    drop(env);
+
+    let pg = tokio::task::block_in_place(harness::postgres::PgServer::start_durable);
+    let wire = harness::postgres::RoundTrips::proxy(pg.port);
+    let env = Env::fleet(options(Some(format!(
+        "kind = \"postgres\"\nurl = \"{}\"\npool_size = 8",
+        wire.url()
+    ))))
+    .await;
+    let postgres = env.sync(SyncMode::Full).await;
+    let round_trips = wire.count();
+    drop(env);
+
+    println!();
+    println!("== sinks: {PAGES}-page full sync, pages of {PAGE_SIZE} documents, 2 workers");
+    println!(
+        "directory (a JSON file per document, fsync each): {:>7.0} documents/s ({} documents)",
+        per_sec(&directory),
+        directory.docs_processed
+    );
+    println!(
+        "postgresql (fsync on):                            {:>7.0} documents/s ({} documents)",
+        per_sec(&postgres),
+        postgres.docs_processed
+    );
+    println!(
+        "postgresql / directory: {:.2}",
+        per_sec(&postgres) / per_sec(&directory)
+    );
+    println!(
+        "postgresql round trips: {round_trips} for {} pages = {:.2} per page \
+         (all included: migration, run registration, one statement preparation per pooled connection)",
+        postgres.pages_total,
+        round_trips as f64 / postgres.pages_total.max(1) as f64
+    );
+}
+
+/// A 50-chunk document in PostgreSQL with chunking on (default size and
+/// overlap); 24 paragraphs spread over it edited in turn (a sentence added, a
+/// paragraph inserted before it, or it removed), each edit a new version:
+/// chunk rows inserted per edit, against greedy packing known by position.
+async fn chunks_rewritten_by_one_edit() {
+    use tidemark::sinks::Sink;
+    use tidemark::sinks::chunks::{ChunkConfig, split};
+
+    let config = ChunkConfig::default();
+    let mut paragraphs: Vec<String> = Vec::new();
+    let mut p = 0;
+    while split(&paragraphs.join("\n"), &config).len() < 50 {
+        if p % 12 == 0 {
+            paragraphs.push(format!("# Chapter {}", p / 12));
+        }
+        let words = 12 + (p * 17) % 60;
+        paragraphs.push((0..words).map(|w| format!("word{p}x{w}")).collect::<Vec<_>>().join(" "));
+        p += 1;
+    }
+    let pg = tokio::task::block_in_place(harness::postgres::PgServer::start_durable);
+    let sink = tidemark::sinks::postgres::PostgresSink::connect(&pg.url(), 1)
+        .await
+        .expect("connect")
+        .with_chunks(config);
+    let source = SourceId::new("chunks").expect("valid id");
+    sink.register_token(&source, FencingToken(1)).await.expect("register");
+    let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let keys = || async {
+        client
+            .query("SELECT chunk_hash, occurrence FROM chunks WHERE source = 'chunks'", &[])
+            .await
+            .expect("chunks")
+            .into_iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i32>(1)))
+            .collect::<std::collections::HashSet<_>>()
+    };
+    let document = |version: usize, text: String| tidemark::sinks::SinkDocument {
+        schema_version: tidemark::sinks::SCHEMA_VERSION,
+        source: source.clone(),
+        id: DocumentId("manual".into()),
+        title: "Manual".into(),
+        breadcrumb: vec![],
+        parent: None,
+        version: version.to_string(),
+        content_hash: format!("{version}"),
+        content: text,
+        about: tidemark::sinks::About::default(),
+        fencing_token: FencingToken(1),
+        links: vec![],
+    };
+    sink.upsert(&document(0, paragraphs.join("\n"))).await.expect("write");
+    let total = keys().await.len();
+    let editable: Vec<usize> = (0..paragraphs.len())
+        .filter(|i| !paragraphs[*i].starts_with('#'))
+        .collect();
+    // The baseline: paragraphs packed greedily up to the size, with the same
+    // overlap, chunks known by position, as a plain text splitter feeding a
+    // position-keyed store does.
+    let greedy = |paragraphs: &[String]| {
+        let mut bodies = vec![String::new()];
+        for p in paragraphs {
+            let last = bodies.last_mut().expect("one chunk");
+            if !last.is_empty() && last.len() + 1 + p.len() > config.size {
+                bodies.push(p.clone());
+            } else {
+                if !last.is_empty() {
+                    last.push('\n');
+                }
+                last.push_str(p);
+            }
+        }
+        let mut chunks = vec![bodies[0].clone()];
+        for pair in bodies.windows(2) {
+            let tail: String = pair[0]
+                .chars()
+                .rev()
+                .take(config.overlap)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            chunks.push(format!("{tail}\n{}", pair[1]));
+        }
+        chunks
+    };
+    // Three kinds of one-paragraph edit, in turn, over paragraphs spread through the document.
+    let mut rewritten = Vec::new();
+    let mut by_position = Vec::new();
+    let mut version = 0;
+    for (n, i) in editable.iter().step_by(editable.len().div_ceil(24)).enumerate() {
+        let before = keys().await;
+        let old = greedy(&paragraphs);
+        match n % 3 {
+            0 => paragraphs[*i].push_str(" and one sentence more"),
+            1 => paragraphs.insert(
+                *i,
+                format!("A new paragraph written by edit {n}, long enough to matter."),
+            ),
+            _ => {
+                paragraphs.remove(*i);
+            }
+        }
+        version += 1;
+        sink.upsert(&document(version, paragraphs.join("\n")))
+            .await
+            .expect("write");
+        rewritten.push(keys().await.difference(&before).count());
+        let new = greedy(&paragraphs);
+        by_position.push((0..new.len()).filter(|k| old.get(*k) != Some(&new[*k])).count());
+    }
+    rewritten.sort_unstable();
+    by_position.sort_unstable();
+    let mean = |v: &[usize]| v.iter().sum::<usize>() as f64 / v.len() as f64;
+    println!();
+    println!(
+        "== chunks: one-paragraph edits (extend, insert, remove) of a {total}-chunk document (size {}, overlap {}), PostgreSQL",
+        config.size, config.overlap
+    );
+    println!(
+        "chunk rows rewritten per edit over {} edits:    median {:>3}, mean {:>5.2}, worst {:>3} (of {total})",
+        rewritten.len(),
+        rewritten[rewritten.len() / 2],
+        mean(&rewritten),
+        rewritten[rewritten.len() - 1]
+    );
+    println!(
+        "greedy packing + overlap, known by position: median {:>3}, mean {:>5.2}, worst {:>3}",
+        by_position[by_position.len() / 2],
+        mean(&by_position),
+        by_position[by_position.len() - 1]
+    );
+    println!(
+        "rewritten / greedy by position (mean): {:.2}",
+        mean(&rewritten) / mean(&by_position).max(f64::MIN_POSITIVE)
     );
 }

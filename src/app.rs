@@ -8,16 +8,18 @@ use std::time::Duration;
 
 use deadpool_redis::Pool;
 
-use crate::config::{Config, SinkConfig};
+use crate::config::{Config, SinkKind};
 use crate::coordinator::Coordinator;
 use crate::db::{self, PoolError};
 use crate::gate::Gates;
 use crate::hooks::{Hooks, RunHooks};
 use crate::keys::Keys;
 use crate::lock::LockManager;
+use crate::retry::Backoff;
 use crate::sinks::Sink;
 use crate::sinks::directory::DirectorySink;
 use crate::sinks::postgres::PostgresSink;
+use crate::sinks::webhook::{WebhookSettings, WebhookSink};
 use crate::sources::{self, Source};
 use crate::state::StateStore;
 use crate::types::SourceId;
@@ -90,10 +92,41 @@ impl App {
                 .map_err(|e| Error::Source(s.id.clone(), e))?;
             sources.insert(s.id.clone(), connector);
         }
-        let sink: Arc<dyn Sink> = match &config.sink {
-            SinkConfig::Directory { path } => Arc::new(DirectorySink::new(path.clone())),
-            SinkConfig::Postgres { url, pool_size } => {
-                Arc::new(PostgresSink::new(url, *pool_size).map_err(|e| Error::Sink(e.to_string()))?)
+        let chunks = config.sink.chunks;
+        let sink: Arc<dyn Sink> = match &config.sink.kind {
+            SinkKind::Directory { path } => {
+                let sink = DirectorySink::new(path.clone());
+                Arc::new(match chunks {
+                    Some(c) => sink.with_chunks(c),
+                    None => sink,
+                })
+            }
+            SinkKind::Webhook {
+                url,
+                secret,
+                timeout,
+                max_attempts,
+            } => {
+                let settings = WebhookSettings {
+                    url: url.clone(),
+                    secret: secret.0.clone(),
+                    timeout: *timeout,
+                    max_attempts: *max_attempts,
+                    backoff: Backoff::default(),
+                };
+                let ledger = StateStore::new(pool.clone(), keys.clone());
+                let sink = WebhookSink::new("default", settings, ledger).map_err(|e| Error::Sink(e.to_string()))?;
+                Arc::new(match chunks {
+                    Some(c) => sink.with_chunks(c),
+                    None => sink,
+                })
+            }
+            SinkKind::Postgres { url, pool_size } => {
+                let sink = PostgresSink::new(url, *pool_size).map_err(|e| Error::Sink(e.to_string()))?;
+                Arc::new(match chunks {
+                    Some(c) => sink.with_chunks(c),
+                    None => sink,
+                })
             }
         };
         Ok(Self {

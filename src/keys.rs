@@ -65,6 +65,18 @@ impl Keys {
         self.source(source, "fence")
     }
 
+    /// Highest fencing token a delivering sink (one that keeps no copy, such as
+    /// the webhook sink) has seen for the source, per sink name.
+    pub fn sink_fence(&self, source: &SourceId, sink: &str) -> String {
+        self.source(source, &format!("sink:{sink}:fence"))
+    }
+
+    /// What a delivering sink has delivered for the source: id -> version and
+    /// content hash (its idempotence, and what `verify` compares).
+    pub fn sink_delivered(&self, source: &SourceId, sink: &str) -> String {
+        self.source(source, &format!("sink:{sink}:delivered"))
+    }
+
     /// The committed checkpoint (MessagePack).
     pub fn checkpoint(&self, source: &SourceId) -> String {
         self.source(source, "checkpoint")

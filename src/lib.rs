@@ -32,6 +32,7 @@
 //! - [`simulators`]: faithful imitations of third-party APIs, one folder each, for tests and the demo.
 //! - [`api`]: the HTTP API (trigger syncs, request and source status, probes, Prometheus metrics).
 //! - [`app`]: wiring a `Config` into running parts; [`shutdown`]: signals.
+//! - [`signing`]: the HMAC-SHA256 signature of webhooks, checked inbound and made outbound.
 //! - [`redact`]: passwords out of URLs and of any text quoting them (errors, logs, config problems).
 //! - [`report`]: gathering status, and printing it and run figures for people and scripts.
 //! - [`verify`]: sink vs state vs source, and the targeted run that repairs drift.
@@ -54,6 +55,7 @@ pub mod redact;
 pub mod report;
 pub mod retry;
 pub mod shutdown;
+pub mod signing;
 pub mod simulators;
 pub mod sinks;
 pub mod sources;

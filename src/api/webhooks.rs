@@ -39,6 +39,7 @@ use super::ApiError;
 use crate::app::App;
 use crate::config::WebhookConfig;
 use crate::queue::webhooks;
+pub use crate::signing::{sign, sign_body};
 use crate::types::{DocumentId, SourceId};
 
 /// Largest webhook body accepted, in bytes.
@@ -75,22 +76,6 @@ fn verify_hmac(secret: &[u8], message: &[&[u8]], signature: &str) -> Result<(), 
     }
     mac.verify_slice(&expected)
         .map_err(|_| unauthorized("bad_signature", "signature does not match the body"))
-}
-
-/// Signs like a sender would: `sha256=<hex>` of HMAC-SHA256(secret, "{timestamp}.{body}").
-pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// Signs the body alone, as Atlassian and GitHub webhooks do (`X-Hub-Signature`).
-pub fn sign_body(secret: &[u8], body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 fn check_timestamp(ts: i64, tolerance: Duration) -> Result<(), ApiError> {

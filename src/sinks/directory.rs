@@ -12,6 +12,8 @@
 //!   with working locks) are serialised per source.
 //! - A document whose file already holds the same version and content hash is
 //!   not rewritten.
+//! - With chunking configured, a document's file also holds its `chunks`
+//!   (text, hash, position), written with it in the same atomic replace.
 //!
 //! All file work runs on the blocking thread pool.
 
@@ -21,7 +23,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use serde::Serialize;
 
+use super::chunks::{Chunk, ChunkConfig, split};
 use super::{Error, Sink, SinkDocument, Written};
 use crate::lock::fencing::StaleFence;
 use crate::types::{DocumentId, FencingToken, SourceId};
@@ -30,12 +34,32 @@ use crate::types::{DocumentId, FencingToken, SourceId};
 #[derive(Debug, Clone)]
 pub struct DirectorySink {
     root: PathBuf,
+    /// When set, each file also holds the document's `chunks`.
+    chunking: Option<ChunkConfig>,
+}
+
+/// A document's file: the document, and its chunks when the sink splits them.
+#[derive(Serialize)]
+struct DocumentFile<'a> {
+    #[serde(flatten)]
+    doc: &'a SinkDocument,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    chunks: Vec<Chunk>,
 }
 
 impl DirectorySink {
     /// A sink writing under `root` (created on first write).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            chunking: None,
+        }
+    }
+
+    /// Also writes each document's chunks into its file (`"chunks": [...]`).
+    pub fn with_chunks(mut self, config: ChunkConfig) -> Self {
+        self.chunking = Some(config);
+        self
     }
 
     /// Where a source's documents live.
@@ -195,6 +219,7 @@ impl Sink for DirectorySink {
         let path = self.doc_path(&doc.source, &doc.id);
         let id = doc.id.clone();
         let doc = doc.clone();
+        let chunking = self.chunking;
         let written = run_blocking(move || {
             let _guard = fence(&root, doc.fencing_token)?;
             if let Some(existing) = read_doc(&path)?
@@ -203,8 +228,12 @@ impl Sink for DirectorySink {
             {
                 return Ok(Written::Unchanged);
             }
+            let file = DocumentFile {
+                chunks: chunking.map(|c| split(&doc.content, &c)).unwrap_or_default(),
+                doc: &doc,
+            };
             // Serializing a struct of strings to JSON cannot fail.
-            let bytes = serde_json::to_vec_pretty(&doc).expect("JSON encoding of an in-memory struct");
+            let bytes = serde_json::to_vec_pretty(&file).expect("JSON encoding of an in-memory struct");
             write_atomically(&path, &bytes)?;
             Ok(Written::Changed)
         })

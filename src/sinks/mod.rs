@@ -8,8 +8,10 @@
 //! Writes are idempotent: writing the same document version twice leaves one
 //! copy, and reports the second write as `Unchanged`.
 
+pub mod chunks;
 pub mod directory;
 pub mod postgres;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -41,6 +43,13 @@ pub enum Error {
     #[error("sink unavailable: {context}")]
     Unavailable {
         /// What was being done, and why it failed.
+        context: String,
+    },
+    /// The sink refused the page as a whole and will again (a receiver's 4xx):
+    /// the page is dead-lettered with the sink's answer.
+    #[error("sink refused the page: {context}")]
+    Refused {
+        /// The sink's answer.
         context: String,
     },
     /// The file system failed (may clear up: disk full, permissions).
@@ -148,6 +157,52 @@ pub enum Written {
     Unchanged,
 }
 
+/// One change of a page, as the worker hands it to [`Sink::apply`].
+#[derive(Debug, Clone, Copy)]
+pub enum Change<'a> {
+    /// Write (create or replace) this document; it carries the page's token.
+    Put(&'a SinkDocument),
+    /// Remove this document.
+    Delete(&'a DocumentId),
+}
+
+impl Change<'_> {
+    /// The document changed.
+    pub fn id(&self) -> &DocumentId {
+        match self {
+            Change::Put(doc) => &doc.id,
+            Change::Delete(id) => id,
+        }
+    }
+}
+
+/// What [`Sink::apply`] did to each change of a page, in the page's order: a
+/// change the sink refused ([`Error::Rejected`], [`Error::Io`]) fails alone.
+pub type Applied = Vec<Result<Written, Error>>;
+
+/// [`Sink::apply`] one change at a time, in order: what a sink without a
+/// batched write does. Stops at the first refused token, unreachable sink or
+/// refused page (the page is then dropped, retried or dead-lettered as a whole).
+pub async fn apply_each<S: Sink + ?Sized>(
+    sink: &S,
+    source: &SourceId,
+    token: FencingToken,
+    changes: &[Change<'_>],
+) -> Result<Applied, Error> {
+    let mut applied = Vec::with_capacity(changes.len());
+    for change in changes {
+        let result = match change {
+            Change::Put(doc) => sink.upsert(doc).await,
+            Change::Delete(id) => sink.delete(source, id, token).await,
+        };
+        match result {
+            Err(e @ (Error::StaleFence(_) | Error::Unavailable { .. } | Error::Refused { .. })) => return Err(e),
+            result => applied.push(result),
+        }
+    }
+    Ok(applied)
+}
+
 /// A destination for documents.
 ///
 /// The fencing contract: [`Sink::register_token`] is called when a run takes
@@ -163,9 +218,23 @@ pub trait Sink: Send + Sync {
     async fn upsert(&self, doc: &SinkDocument) -> Result<Written, Error>;
     /// Removes a document under `token`.
     async fn delete(&self, source: &SourceId, id: &DocumentId, token: FencingToken) -> Result<Written, Error>;
+    /// Applies a page's changes under `token` (every `Put` carries it), as
+    /// one write where the sink can batch them (PostgreSQL: one statement, one
+    /// round trip). The outer error is the page's ([`Error::StaleFence`]: none
+    /// of it was applied; [`Error::Unavailable`]: retry it all); the inner
+    /// results are each change's, in order.
+    async fn apply(&self, source: &SourceId, token: FencingToken, changes: &[Change<'_>]) -> Result<Applied, Error> {
+        apply_each(self, source, token, changes).await
+    }
     /// Reads a document back, so dependents (breadcrumbs, link titles) can be
     /// rewritten without fetching their content from the source again.
     async fn get(&self, source: &SourceId, id: &DocumentId) -> Result<Option<SinkDocument>, Error>;
+    /// Whether [`Sink::get`] reads back what was written. A sink that delivers
+    /// elsewhere and keeps no copy (a webhook) says no: documents whose
+    /// breadcrumb or link titles change are then fetched from the source again.
+    fn reads_back(&self) -> bool {
+        true
+    }
     /// Every document the sink holds for `source`, as id -> version (what
     /// `tidemark verify` compares with the state and the source).
     async fn versions(&self, source: &SourceId) -> Result<HashMap<DocumentId, String>, Error>;

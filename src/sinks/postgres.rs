@@ -11,18 +11,26 @@
 //!   is rolled back and refused, and a run's registered token holds even if the
 //!   run never writes (the fence row is raised by [`Sink::register_token`]).
 //! - An upsert of the same version and content hash changes nothing.
+//! - A page is written in one statement ([`Sink::apply`]): one round trip, one
+//!   transaction. A page the database refuses as a whole (one document it
+//!   cannot store) is applied again one document at a time, so that document
+//!   fails alone.
 //! - A database that cannot be reached is [`Error::Unavailable`] (the page is
 //!   retried); a document the database refuses is [`Error::Rejected`] (it fails alone).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use serde::Serialize;
 use tokio::sync::OnceCell;
 use tokio_postgres::NoTls;
+use tokio_postgres::types::Json;
 
-use super::{About, Error, Link, Sink, SinkDocument, Written};
+use super::chunks::{ChunkConfig, split};
+use super::{About, Applied, Change, Error, Link, Sink, SinkDocument, Written, apply_each};
 use crate::lock::fencing::StaleFence;
 use crate::types::{DocumentId, FencingToken, SourceId};
 
@@ -39,16 +47,118 @@ const RAISE_FENCE: &str = "INSERT INTO tidemark_fences (source, token) VALUES ($
      ON CONFLICT (source) DO UPDATE SET token = GREATEST(tidemark_fences.token, EXCLUDED.token) \
      RETURNING token";
 
-const UPSERT: &str = "INSERT INTO documents (source, id, schema_version, title, breadcrumb, parent, version, content, \
-     url, mime_type, modified_at, size_bytes, source_sha256, content_note, raw_html, content_hash, fencing_token, links) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
-     ON CONFLICT (source, id) DO UPDATE SET schema_version = EXCLUDED.schema_version, title = EXCLUDED.title, \
-     breadcrumb = EXCLUDED.breadcrumb, parent = EXCLUDED.parent, version = EXCLUDED.version, \
-     content = EXCLUDED.content, url = EXCLUDED.url, mime_type = EXCLUDED.mime_type, \
-     modified_at = EXCLUDED.modified_at, size_bytes = EXCLUDED.size_bytes, \
-     source_sha256 = EXCLUDED.source_sha256, content_note = EXCLUDED.content_note, raw_html = EXCLUDED.raw_html, \
-     content_hash = EXCLUDED.content_hash, fencing_token = EXCLUDED.fencing_token, links = EXCLUDED.links, \
-     written_at = now()";
+/// A whole page in one statement, hence one round trip and one transaction:
+/// the fence raised and checked first (the fence CTE runs before the writes
+/// read its answer), then the documents written, those already holding the
+/// same version and content hash left alone, then the deletions (their chunks
+/// go with them, `ON DELETE CASCADE`), then the chunks of each document
+/// written: rows whose text is gone deleted, new texts inserted, the rest
+/// only renumbered. Under a stale token nothing is written and the fence
+/// comes back higher than `$2`. `$3` is the page's documents as a JSON array
+/// (`jsonb_to_recordset` turns JSON arrays into `TEXT[]`), `$4` the ids to
+/// delete, `$5` the chunks of the documents in `$3` (empty without chunking,
+/// which then removes any chunks those documents had).
+const APPLY_PAGE: &str = "WITH fence AS (
+     INSERT INTO tidemark_fences (source, token) VALUES ($1, $2)
+     ON CONFLICT (source) DO UPDATE SET token = GREATEST(tidemark_fences.token, EXCLUDED.token)
+     RETURNING token),
+ incoming AS (
+     SELECT * FROM jsonb_to_recordset($3::jsonb) AS d(id TEXT, schema_version INTEGER, title TEXT,
+         breadcrumb TEXT[], parent TEXT, version TEXT, content TEXT, url TEXT, mime_type TEXT,
+         modified_at TIMESTAMPTZ, size_bytes BIGINT, source_sha256 TEXT, content_note TEXT, raw_html TEXT,
+         content_hash TEXT, links JSONB)),
+ put AS (
+     INSERT INTO documents (source, id, schema_version, title, breadcrumb, parent, version, content, url,
+         mime_type, modified_at, size_bytes, source_sha256, content_note, raw_html, content_hash,
+         fencing_token, links)
+     SELECT $1, id, schema_version, title, breadcrumb, parent, version, content, url, mime_type,
+         modified_at, size_bytes, source_sha256, content_note, raw_html, content_hash, $2, links
+     FROM incoming WHERE (SELECT token FROM fence) <= $2
+     ON CONFLICT (source, id) DO UPDATE SET schema_version = EXCLUDED.schema_version, title = EXCLUDED.title,
+         breadcrumb = EXCLUDED.breadcrumb, parent = EXCLUDED.parent, version = EXCLUDED.version,
+         content = EXCLUDED.content, url = EXCLUDED.url, mime_type = EXCLUDED.mime_type,
+         modified_at = EXCLUDED.modified_at, size_bytes = EXCLUDED.size_bytes,
+         source_sha256 = EXCLUDED.source_sha256, content_note = EXCLUDED.content_note,
+         raw_html = EXCLUDED.raw_html, content_hash = EXCLUDED.content_hash,
+         fencing_token = EXCLUDED.fencing_token, links = EXCLUDED.links, written_at = now()
+     WHERE (documents.version, documents.content_hash) IS DISTINCT FROM (EXCLUDED.version, EXCLUDED.content_hash)
+     RETURNING id),
+ gone AS (
+     DELETE FROM documents WHERE source = $1 AND id = ANY($4::text[]) AND (SELECT token FROM fence) <= $2
+     RETURNING id),
+ new_chunks AS (
+     SELECT * FROM jsonb_to_recordset($5::jsonb) AS c(document_id TEXT, chunk_hash TEXT, occurrence INTEGER,
+         seq INTEGER, char_start BIGINT, content TEXT)
+     WHERE document_id IN (SELECT id FROM put)),
+ old_chunks AS (
+     DELETE FROM chunks k WHERE k.source = $1 AND k.document_id IN (SELECT id FROM put)
+         AND NOT EXISTS (SELECT 1 FROM new_chunks n WHERE n.document_id = k.document_id
+             AND n.chunk_hash = k.chunk_hash AND n.occurrence = k.occurrence)
+     RETURNING 1),
+ chunked AS (
+     INSERT INTO chunks (source, document_id, chunk_hash, occurrence, seq, char_start, content)
+     SELECT $1, document_id, chunk_hash, occurrence, seq, char_start, content FROM new_chunks
+     ON CONFLICT (source, document_id, chunk_hash, occurrence) DO UPDATE
+         SET seq = EXCLUDED.seq, char_start = EXCLUDED.char_start
+         WHERE (chunks.seq, chunks.char_start) IS DISTINCT FROM (EXCLUDED.seq, EXCLUDED.char_start)
+     RETURNING (xmax = 0) AS inserted)
+ SELECT (SELECT token FROM fence), ARRAY(SELECT id FROM put), ARRAY(SELECT id FROM gone),
+     (SELECT count(*) FROM chunked WHERE inserted), (SELECT count(*) FROM old_chunks)";
+
+/// A chunk as `APPLY_PAGE` reads it from its JSON parameter.
+#[derive(Debug, Serialize)]
+struct ChunkRow<'a> {
+    document_id: &'a str,
+    chunk_hash: String,
+    occurrence: u32,
+    seq: u32,
+    char_start: usize,
+    content: String,
+}
+
+/// A document as `APPLY_PAGE` reads it from its JSON parameter.
+#[derive(Debug, Serialize)]
+struct PageRow<'a> {
+    id: &'a str,
+    schema_version: u32,
+    title: &'a str,
+    breadcrumb: &'a [String],
+    parent: Option<&'a str>,
+    version: &'a str,
+    content: &'a str,
+    url: Option<&'a str>,
+    mime_type: Option<&'a str>,
+    modified_at: Option<DateTime<Utc>>,
+    size_bytes: Option<u64>,
+    source_sha256: Option<&'a str>,
+    content_note: Option<&'a str>,
+    raw_html: Option<&'a str>,
+    content_hash: &'a str,
+    links: &'a [Link],
+}
+
+impl<'a> From<&'a SinkDocument> for PageRow<'a> {
+    fn from(doc: &'a SinkDocument) -> Self {
+        PageRow {
+            id: &doc.id.0,
+            schema_version: doc.schema_version,
+            title: &doc.title,
+            breadcrumb: &doc.breadcrumb,
+            parent: doc.parent.as_ref().map(|p| p.0.as_str()),
+            version: &doc.version,
+            content: &doc.content,
+            url: doc.about.url.as_deref(),
+            mime_type: doc.about.mime_type.as_deref(),
+            modified_at: doc.about.modified_at,
+            size_bytes: doc.about.size_bytes,
+            source_sha256: doc.about.source_sha256.as_deref(),
+            content_note: doc.about.content_note.as_deref(),
+            raw_html: doc.about.raw_html.as_deref(),
+            content_hash: &doc.content_hash,
+            links: &doc.links,
+        }
+    }
+}
 
 const SELECT: &str = "SELECT schema_version, title, breadcrumb, parent, version, content, url, mime_type, modified_at, \
      size_bytes, source_sha256, content_note, raw_html, content_hash, fencing_token, links \
@@ -58,6 +168,8 @@ const SELECT: &str = "SELECT schema_version, title, breadcrumb, parent, version,
 #[derive(Clone)]
 pub struct PostgresSink {
     pool: Pool,
+    /// How documents are split into `chunks` rows; `None`: no chunks.
+    chunking: Option<ChunkConfig>,
     /// Set once this process has brought the schema up to date.
     migrated: Arc<OnceCell<()>>,
 }
@@ -108,8 +220,15 @@ impl PostgresSink {
             .map_err(|e| unavailable("building the pool", e))?;
         Ok(Self {
             pool,
+            chunking: None,
             migrated: Arc::new(OnceCell::new()),
         })
+    }
+
+    /// Also splits each document written into `chunks` rows.
+    pub fn with_chunks(mut self, config: ChunkConfig) -> Self {
+        self.chunking = Some(config);
+        self
     }
 
     /// [`PostgresSink::new`], then connects and migrates at once.
@@ -160,8 +279,116 @@ async fn raise_fence(
     Ok(())
 }
 
+/// What one `APPLY_PAGE` statement did.
+enum PageOutcome {
+    /// Each change's result, in order.
+    Applied(Applied),
+    /// The database refused the page as a whole (a document it cannot store), in its words.
+    Refused(String),
+}
+
+impl PostgresSink {
+    /// [`Sink::apply`] as one statement.
+    async fn apply_page(
+        &self,
+        source: &SourceId,
+        token: FencingToken,
+        changes: &[Change<'_>],
+    ) -> Result<PageOutcome, Error> {
+        let mut puts = Vec::new();
+        let mut deletes = Vec::new();
+        let mut chunks = Vec::new();
+        for change in changes {
+            match change {
+                Change::Put(doc) => {
+                    puts.push(PageRow::from(*doc));
+                    let config = self.chunking.as_ref();
+                    chunks.extend(
+                        config
+                            .into_iter()
+                            .flat_map(|c| split(&doc.content, c))
+                            .map(|c| ChunkRow {
+                                document_id: &doc.id.0,
+                                chunk_hash: c.hash,
+                                occurrence: c.occurrence,
+                                seq: c.seq,
+                                char_start: c.start,
+                                content: c.text,
+                            }),
+                    );
+                }
+                Change::Delete(id) => deletes.push(id.0.as_str()),
+            }
+        }
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(APPLY_PAGE)
+            .await
+            .map_err(|e| unavailable("preparing the page write", e))?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+            &source.as_str(),
+            &token_of(token)?,
+            &Json(&puts),
+            &deletes,
+            &Json(&chunks),
+        ];
+        let row = match client.query_one(&statement, &params).await {
+            Ok(row) => row,
+            Err(e) => {
+                return match e.as_db_error() {
+                    Some(db) => Ok(PageOutcome::Refused(format!("{} ({})", db.message(), db.code().code()))),
+                    None => Err(unavailable("writing the page", e)),
+                };
+            }
+        };
+        let current = FencingToken(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0));
+        if current > token {
+            return Err(Error::StaleFence(StaleFence { ours: token, current }));
+        }
+        let put: HashSet<String> = row.get::<_, Vec<String>>(1).into_iter().collect();
+        let gone: HashSet<String> = row.get::<_, Vec<String>>(2).into_iter().collect();
+        let written = |changed: bool| Ok(if changed { Written::Changed } else { Written::Unchanged });
+        let applied = changes
+            .iter()
+            .map(|change| match change {
+                Change::Put(doc) => written(put.contains(&doc.id.0)),
+                Change::Delete(id) => written(gone.contains(&id.0)),
+            })
+            .collect();
+        // New chunk texts are what a downstream embedder will embed.
+        let (inserted, deleted): (i64, i64) = (row.get(3), row.get(4));
+        tracing::debug!(source = %source, chunks_inserted = inserted, chunks_deleted = deleted, "page written");
+        Ok(PageOutcome::Applied(applied))
+    }
+
+    /// One change as a page of its own: refused by the database means this document is.
+    async fn apply_one(&self, source: &SourceId, token: FencingToken, change: Change<'_>) -> Result<Written, Error> {
+        match self.apply_page(source, token, &[change]).await? {
+            PageOutcome::Applied(mut applied) => applied.pop().unwrap_or(Ok(Written::Unchanged)),
+            PageOutcome::Refused(reason) => Err(Error::Rejected {
+                id: change.id().clone(),
+                reason: format!("postgres: {reason}"),
+            }),
+        }
+    }
+}
+
 #[async_trait]
 impl Sink for PostgresSink {
+    async fn apply(&self, source: &SourceId, token: FencingToken, changes: &[Change<'_>]) -> Result<Applied, Error> {
+        let mut ids = HashSet::with_capacity(changes.len());
+        // One statement cannot touch a row twice; a page never names a document
+        // twice, but should one, it is applied in order, one change at a time.
+        let distinct = changes.iter().all(|c| ids.insert(c.id()));
+        if distinct
+            && !changes.is_empty()
+            && let PageOutcome::Applied(applied) = self.apply_page(source, token, changes).await?
+        {
+            return Ok(applied);
+        }
+        apply_each(self, source, token, changes).await
+    }
+
     async fn register_token(&self, source: &SourceId, token: FencingToken) -> Result<(), Error> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(|e| unavailable("beginning", e))?;
@@ -170,68 +397,11 @@ impl Sink for PostgresSink {
     }
 
     async fn upsert(&self, doc: &SinkDocument) -> Result<Written, Error> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(|e| unavailable("beginning", e))?;
-        raise_fence(&tx, &doc.source, doc.fencing_token).await?;
-        let source = doc.source.as_str();
-        let held = tx
-            .query_opt(
-                "SELECT version, content_hash FROM documents WHERE source = $1 AND id = $2",
-                &[&source, &doc.id.0],
-            )
-            .await
-            .map_err(|e| statement(&doc.id, "reading", e))?;
-        if held.is_some_and(|row| row.get::<_, String>(0) == doc.version && row.get::<_, String>(1) == doc.content_hash)
-        {
-            tx.commit().await.map_err(|e| unavailable("committing", e))?;
-            return Ok(Written::Unchanged);
-        }
-        let links = serde_json::to_value(&doc.links).unwrap_or_default();
-        let parent = doc.parent.as_ref().map(|p| p.0.as_str());
-        let size = doc.about.size_bytes.and_then(|s| i64::try_from(s).ok());
-        let schema = i32::try_from(doc.schema_version).unwrap_or(i32::MAX);
-        tx.execute(
-            UPSERT,
-            &[
-                &source,
-                &doc.id.0,
-                &schema,
-                &doc.title,
-                &doc.breadcrumb,
-                &parent,
-                &doc.version,
-                &doc.content,
-                &doc.about.url,
-                &doc.about.mime_type,
-                &doc.about.modified_at,
-                &size,
-                &doc.about.source_sha256,
-                &doc.about.content_note,
-                &doc.about.raw_html,
-                &doc.content_hash,
-                &token_of(doc.fencing_token)?,
-                &links,
-            ],
-        )
-        .await
-        .map_err(|e| statement(&doc.id, "writing", e))?;
-        tx.commit().await.map_err(|e| unavailable("committing", e))?;
-        Ok(Written::Changed)
+        self.apply_one(&doc.source, doc.fencing_token, Change::Put(doc)).await
     }
 
     async fn delete(&self, source: &SourceId, id: &DocumentId, token: FencingToken) -> Result<Written, Error> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(|e| unavailable("beginning", e))?;
-        raise_fence(&tx, source, token).await?;
-        let gone = tx
-            .execute(
-                "DELETE FROM documents WHERE source = $1 AND id = $2",
-                &[&source.as_str(), &id.0],
-            )
-            .await
-            .map_err(|e| statement(id, "deleting", e))?;
-        tx.commit().await.map_err(|e| unavailable("committing", e))?;
-        Ok(if gone > 0 { Written::Changed } else { Written::Unchanged })
+        self.apply_one(source, token, Change::Delete(id)).await
     }
 
     async fn get(&self, source: &SourceId, id: &DocumentId) -> Result<Option<SinkDocument>, Error> {

@@ -16,7 +16,7 @@ use crate::ancestry::{self, Tree};
 use crate::lock::fencing::StaleFence;
 use crate::queue::dlq;
 use crate::queue::jobs::{Action, PageJob};
-use crate::sinks::{self, About, Link, SCHEMA_VERSION, SinkDocument, Written};
+use crate::sinks::{self, About, Change, Link, SCHEMA_VERSION, SinkDocument, Written};
 use crate::sources::{self, Source};
 use crate::state::{DocFailure, DocState, DocWrite, PageStats, RunUpdate};
 use crate::types::DocumentId;
@@ -169,7 +169,15 @@ impl Worker {
         let breadcrumbs: HashMap<&DocumentId, &Vec<String>> =
             job.items.iter().map(|i| (&i.meta.id, &i.breadcrumb)).collect();
 
-        let metas: Vec<_> = of(Action::Upsert).map(|i| i.meta.clone()).collect();
+        // A sink that keeps no copy (a webhook) cannot rewrite a document from
+        // what it holds: a document to refresh is fetched again instead.
+        let refetch = !self.sink.reads_back();
+        let metas: Vec<_> = job
+            .items
+            .iter()
+            .filter(|i| i.action == Action::Upsert || (refetch && i.action == Action::Refresh))
+            .map(|i| i.meta.clone())
+            .collect();
         let fetched = if metas.is_empty() {
             Vec::new()
         } else {
@@ -195,7 +203,7 @@ impl Worker {
         // What we hold for everything this page touches, and the titles of
         // everything it links to: this page's own fetches first, then the
         // run's planned titles, then what the state holds.
-        let refreshes: Vec<&DocumentId> = of(Action::Refresh).map(|i| &i.meta.id).collect();
+        let refreshes: Vec<&DocumentId> = of(Action::Refresh).filter(|_| !refetch).map(|i| &i.meta.id).collect();
         let touched: Vec<&DocumentId> = fetched
             .iter()
             .map(|d| &d.meta.id)
@@ -399,18 +407,26 @@ impl Worker {
         let owner = format!("{}/{}", job.run, job.page);
         let ids: Vec<&DocumentId> = ops.iter().map(SinkOp::id).collect();
         self.state.mark_unsettled(&job.source, job.token, &owner, &ids).await?;
+        let changes: Vec<Change<'_>> = ops
+            .iter()
+            .map(|op| match op {
+                SinkOp::Upsert(doc) | SinkOp::Refresh(doc) => Change::Put(doc),
+                SinkOp::Delete(id) => Change::Delete(id),
+            })
+            .collect();
+        let results = match self.sink.apply(&job.source, job.token, &changes).await {
+            Ok(results) => results,
+            Err(sinks::Error::StaleFence(s)) => return Err(JobError::Stale(s)),
+            // Refused as a whole (a receiver's 4xx): dead-lettered with its answer.
+            Err(e @ sinks::Error::Refused { .. }) => return Err(JobError::Permanent(e.to_string())),
+            // The sink is down: the whole page is retried (its unsettled marks make
+            // the retry redo what this attempt wrote), no document is failed for it.
+            Err(e) => return Err(JobError::retry(e)),
+        };
         let mut applied = Vec::with_capacity(writes.len());
-        for (op, write) in ops.iter().zip(writes) {
-            let result = match op {
-                SinkOp::Upsert(doc) | SinkOp::Refresh(doc) => self.sink.upsert(doc).await,
-                SinkOp::Delete(id) => self.sink.delete(&job.source, id, job.token).await,
-            };
+        for ((op, write), result) in ops.iter().zip(writes).zip(results) {
             let written = match result {
                 Ok(w) => w,
-                Err(sinks::Error::StaleFence(s)) => return Err(JobError::Stale(s)),
-                // The sink is down: the whole page is retried (its unsettled marks make
-                // the retry redo what this attempt wrote), no document is failed for it.
-                Err(e @ sinks::Error::Unavailable { .. }) => return Err(JobError::retry(e)),
                 // One document the sink refuses fails alone; the rest of the page goes on.
                 Err(e) => {
                     let permanent = matches!(e, sinks::Error::Rejected { .. });

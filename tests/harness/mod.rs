@@ -5,6 +5,7 @@
 pub mod nginx;
 pub mod points;
 pub mod postgres;
+pub mod receiver;
 pub mod redis_server;
 
 use std::collections::BTreeMap;
@@ -471,4 +472,25 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("timed out after {timeout:?} waiting for: {what}");
+}
+
+/// Serves on a thread of its own with a runtime of its own, so a server in a
+/// test (a receiver, a proxy) keeps answering whatever the test's runtime
+/// does: `serve` gets `listener`, made async.
+pub fn serve_on_own_thread<F, Fut>(listener: std::net::TcpListener, serve: F) -> std::thread::JoinHandle<()>
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            serve(listener).await;
+        });
+    })
 }

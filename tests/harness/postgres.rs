@@ -17,6 +17,8 @@ pub struct PgServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Flushes to disk as a production server does (benchmarks); tests skip it.
+    durable: bool,
 }
 
 /// Where `initdb` and `postgres` are: on `PATH`, else the newest Debian install.
@@ -55,6 +57,17 @@ fn as_db_user(program: &Path) -> Command {
 impl PgServer {
     /// Initialises a cluster and starts it; waits until it accepts connections.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// [`PgServer::start`] with `fsync` on: commits reach the disk, as on a
+    /// production server (for benchmarks that compare sinks' durable writes).
+    #[allow(dead_code, reason = "used by benches/sync.rs, which shares this harness")]
+    pub fn start_durable() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("tidemark-pg")
             .tempdir()
@@ -88,6 +101,7 @@ impl PgServer {
             child: None,
             port: free_port(),
             dir,
+            durable,
         };
         server.spawn();
         server
@@ -106,7 +120,11 @@ impl PgServer {
             // A killed server must keep every commit it acknowledged, as a real one
             // does: commits wait for their WAL write (`synchronous_commit` stays on).
             // Only the flush to disk is skipped: the tests kill processes, not machines.
-            .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+            .args(if self.durable {
+                [].as_slice()
+            } else {
+                ["-c", "fsync=off", "-c", "full_page_writes=off"].as_slice()
+            })
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -183,4 +201,88 @@ impl Drop for PgServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A TCP proxy in front of a server that counts round trips: the messages
+/// after which a PostgreSQL client waits for the server's answer (`Sync` in
+/// the extended protocol, `Query` in the simple one). Reading the wire is the
+/// only count that does not trust the sink's own idea of what it sends.
+pub struct RoundTrips {
+    pub port: u16,
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl RoundTrips {
+    /// Listens on a free port and forwards every connection to `upstream`.
+    pub fn proxy(upstream: u16) -> Self {
+        use std::sync::atomic::AtomicU64;
+        let count = std::sync::Arc::new(AtomicU64::new(0));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let counted = std::sync::Arc::clone(&count);
+        super::serve_on_own_thread(listener, move |listener| async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let counted = std::sync::Arc::clone(&counted);
+                tokio::spawn(async move {
+                    if let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await {
+                        let _ = relay(client, server, &counted).await;
+                    }
+                });
+            }
+        });
+        RoundTrips { port, count }
+    }
+
+    /// `postgres://tidemark@127.0.0.1:PORT/postgres` through the proxy.
+    pub fn url(&self) -> String {
+        format!("postgres://tidemark@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Round trips so far, over every connection.
+    pub fn count(&self) -> u64 {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Copies server → client as is, and client → server message by message,
+/// counting the messages that end a round trip.
+async fn relay(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    count: &std::sync::atomic::AtomicU64,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let answers = tokio::spawn(async move { tokio::io::copy(&mut server_read, &mut client_write).await });
+    // Untyped first messages (length, then a code): SSL or GSS encryption
+    // requests, answered and followed by another, then the startup message.
+    loop {
+        let len = client_read.read_u32().await?;
+        let mut body = vec![0; (len as usize).saturating_sub(4)];
+        client_read.read_exact(&mut body).await?;
+        server_write.write_u32(len).await?;
+        server_write.write_all(&body).await?;
+        let code = body.get(..4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+        if !matches!(code, Some(80_877_103 | 80_877_104)) {
+            break;
+        }
+    }
+    loop {
+        let kind = client_read.read_u8().await?;
+        let len = client_read.read_u32().await?;
+        let mut body = vec![0; (len as usize).saturating_sub(4)];
+        client_read.read_exact(&mut body).await?;
+        if kind == b'S' || kind == b'Q' {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        server_write.write_u8(kind).await?;
+        server_write.write_u32(len).await?;
+        server_write.write_all(&body).await?;
+        if kind == b'X' {
+            break;
+        }
+    }
+    answers.abort();
+    Ok(())
 }

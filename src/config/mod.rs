@@ -17,6 +17,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod sink;
+
+pub use sink::{RawChunks, RawSink, SinkConfig, SinkKind};
+
 use crate::queue::retention::Retention;
 use crate::sources::SourceSettings;
 use crate::sources::secret::{SecretError, SecretRef};
@@ -175,21 +179,6 @@ impl Default for RawSync {
     }
 }
 
-/// `[sink]` as written.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSink {
-    /// `directory` or `postgres`.
-    pub kind: String,
-    /// For `directory`: where documents are written. Env override: `TIDEMARK_SINK_PATH`.
-    pub path: Option<PathBuf>,
-    /// For `postgres`: `postgres://user:password@host:port/database`. Env override:
-    /// `TIDEMARK_SINK_URL` (keeps the password out of the file).
-    pub url: Option<String>,
-    /// For `postgres`: connections per process (default 8).
-    pub pool_size: Option<usize>,
-}
-
 /// One `[[sources]]` entry as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -275,14 +264,16 @@ pub struct WebhookConfig {
     pub channel_ttl: Duration,
 }
 
-fn check_webhook(
+/// A shared secret given as `secret_env` or `secret_file` (exactly one, not empty).
+fn check_secret(
     key: &str,
-    raw: &RawWebhook,
+    secret_env: Option<&String>,
+    secret_file: Option<&PathBuf>,
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Vec<String>,
-) -> Option<WebhookConfig> {
-    let secret = match SecretRef::from_keys(raw.secret_env.as_ref(), raw.secret_file.as_ref()) {
-        Some(_) if raw.secret_env.is_some() && raw.secret_file.is_some() => {
+) -> Option<Vec<u8>> {
+    match SecretRef::from_keys(secret_env, secret_file) {
+        Some(_) if secret_env.is_some() && secret_file.is_some() => {
             problems.push(format!("{key}: give secret_env or secret_file, not both"));
             None
         }
@@ -311,7 +302,16 @@ fn check_webhook(
                 }
             }
         }
-    };
+    }
+}
+
+fn check_webhook(
+    key: &str,
+    raw: &RawWebhook,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) -> Option<WebhookConfig> {
+    let secret = check_secret(key, raw.secret_env.as_ref(), raw.secret_file.as_ref(), env, problems);
     if raw.tolerance_secs == 0 {
         problems.push(format!("{key}.tolerance_secs: must be at least 1, got 0"));
     }
@@ -419,36 +419,6 @@ impl Default for SyncConfig {
         let mut problems = Vec::new();
         // The defaults are valid by construction; a failure here is a bug caught by the unit tests.
         check_sync(&raw, &mut problems).expect("default sync settings are valid")
-    }
-}
-
-/// Checked `[sink]`.
-#[derive(Clone)]
-pub enum SinkConfig {
-    /// One JSON file per document under `path/<source>/`.
-    Directory {
-        /// Root directory.
-        path: PathBuf,
-    },
-    /// One row per document in a PostgreSQL database (`sinks::postgres`).
-    Postgres {
-        /// Connection URL, password included: never logged (see `Debug`).
-        url: String,
-        /// Connections per process.
-        pool_size: usize,
-    },
-}
-
-impl std::fmt::Debug for SinkConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SinkConfig::Directory { path } => f.debug_struct("Directory").field("path", path).finish(),
-            SinkConfig::Postgres { url, pool_size } => f
-                .debug_struct("Postgres")
-                .field("url", &crate::redact::url(url))
-                .field("pool_size", pool_size)
-                .finish(),
-        }
     }
 }
 
@@ -627,48 +597,7 @@ impl Config {
         let sync = check_sync(&raw.sync, &mut problems);
         let queue = check_queue(&raw.queue, &mut problems);
 
-        let sink = match raw.sink.kind.as_str() {
-            "directory" => match &raw.sink.path {
-                Some(path) if !path.as_os_str().is_empty() => Some(SinkConfig::Directory { path: path.clone() }),
-                _ => {
-                    problems.push("sink.path: required for kind \"directory\"".into());
-                    None
-                }
-            },
-            "postgres" => match (&raw.sink.url, raw.sink.pool_size) {
-                (_, Some(0)) => {
-                    problems.push("sink.pool_size: must be at least 1".into());
-                    if let Some(url) = raw.sink.url.as_ref().filter(|u| !is_postgres_url(u)) {
-                        problems.push(format!(
-                            "sink.url: {:?} is not a postgres:// URL",
-                            crate::redact::url(url)
-                        ));
-                    }
-                    None
-                }
-                (Some(url), n) if is_postgres_url(url) => Some(SinkConfig::Postgres {
-                    url: url.clone(),
-                    pool_size: n.unwrap_or(8),
-                }),
-                (Some(url), _) => {
-                    problems.push(format!(
-                        "sink.url: {:?} is not a postgres:// URL",
-                        crate::redact::url(url)
-                    ));
-                    None
-                }
-                (None, _) => {
-                    problems.push("sink.url: required for kind \"postgres\" (or set TIDEMARK_SINK_URL)".into());
-                    None
-                }
-            },
-            other => {
-                problems.push(format!(
-                    "sink.kind: unknown kind {other:?} (known: directory, postgres)"
-                ));
-                None
-            }
-        };
+        let sink = sink::check(&raw.sink, env, &mut problems);
 
         let mut seen = HashSet::new();
         let mut sources = Vec::new();
@@ -784,6 +713,7 @@ fn check_queue(raw: &RawQueue, problems: &mut Vec<String>) -> Retention {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::chunks::ChunkConfig;
 
     const GOOD: &str = r#"
 [redis]
@@ -1023,10 +953,102 @@ space_key = "ENG"
         })
         .unwrap();
         assert_eq!(c.redis.url, "redis://10.0.0.1:7000");
-        let SinkConfig::Directory { path } = &c.sink else {
+        let SinkKind::Directory { path } = &c.sink.kind else {
             panic!("a directory sink: {:?}", c.sink);
         };
         assert_eq!(path, Path::new("/data/kb"));
+    }
+
+    /// `[sink.chunks]`: defaults, explicit values, and an overlap that would
+    /// repeat whole chunks or a zero size named.
+    #[test]
+    fn chunk_settings() {
+        let check = |text: &str| Config::parse(text, Path::new("t.toml"), |_| None);
+        let none = check(GOOD).expect("valid");
+        assert_eq!(none.sink.chunks, None, "no chunks unless asked");
+        let with = |table: &str| check(&GOOD.replace("[sink]", &format!("[sink.chunks]\n{table}\n[sink]")));
+        assert_eq!(with("").expect("valid").sink.chunks, Some(ChunkConfig::default()));
+        assert_eq!(
+            with("size = 400\noverlap = 40").expect("valid").sink.chunks,
+            Some(ChunkConfig { size: 400, overlap: 40 })
+        );
+        assert_eq!(
+            with("size = 120").expect("valid").sink.chunks,
+            Some(ChunkConfig { size: 120, overlap: 60 }),
+            "the default overlap shrinks to half a small size"
+        );
+        let err = with("size = 100\noverlap = 100").unwrap_err().to_string();
+        assert!(
+            err.contains("sink.chunks.overlap: 100 characters must be less than sink.chunks.size (100)"),
+            "{err}"
+        );
+        let err = with("size = 0").unwrap_err().to_string();
+        assert!(err.contains("sink.chunks.size: must be at least 1"), "{err}");
+        let err = with("sise = 10").unwrap_err().to_string();
+        assert!(err.contains("sise"), "{err}");
+    }
+
+    /// A webhook sink needs an http(s) URL and a secret; zero timeouts and
+    /// tries are named; the secret never reaches the config's `Debug`.
+    #[test]
+    fn webhook_sink_settings() {
+        let hook = |rest: &str| {
+            GOOD.replace(
+                "kind = \"directory\"\npath = \"/tmp/kb\"",
+                &format!("kind = \"webhook\"\n{rest}"),
+            )
+        };
+        let env = |k: &str| (k == "HOOK_SECRET").then(|| "s3cret".to_owned());
+        let c = Config::parse(
+            &hook("url = \"https://indexer.example.net/tidemark\"\nsecret_env = \"HOOK_SECRET\"\ntimeout_secs = 3"),
+            Path::new("t.toml"),
+            env,
+        )
+        .expect("valid");
+        let SinkKind::Webhook {
+            url,
+            secret,
+            timeout,
+            max_attempts,
+        } = &c.sink.kind
+        else {
+            panic!("a webhook sink: {:?}", c.sink);
+        };
+        assert_eq!(url.as_str(), "https://indexer.example.net/tidemark");
+        assert_eq!(secret.0, b"s3cret");
+        assert_eq!((*timeout, *max_attempts), (Duration::from_secs(3), 5));
+        assert!(!format!("{:?}", c.sink).contains("s3cret"));
+        for (rest, needle) in [
+            (
+                "secret_env = \"HOOK_SECRET\"",
+                "sink.url: required for kind \"webhook\"",
+            ),
+            (
+                "url = \"ftp://x\"\nsecret_env = \"HOOK_SECRET\"",
+                "sink.url: \"ftp://x\" is not an http(s) URL",
+            ),
+            (
+                "url = \"http://x\"",
+                "sink: a secret is required (secret_env or secret_file)",
+            ),
+            (
+                "url = \"http://x\"\nsecret_env = \"UNSET\"",
+                "sink.secret_env: environment variable \"UNSET\" is not set",
+            ),
+            (
+                "url = \"http://x\"\nsecret_env = \"HOOK_SECRET\"\ntimeout_secs = 0",
+                "sink.timeout_secs: must be at least 1",
+            ),
+            (
+                "url = \"http://x\"\nsecret_env = \"HOOK_SECRET\"\nmax_attempts = 0",
+                "sink.max_attempts: must be at least 1",
+            ),
+        ] {
+            let err = Config::parse(&hook(rest), Path::new("t.toml"), env)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+        }
     }
 
     /// A PostgreSQL sink takes its URL from the file or `TIDEMARK_SINK_URL`;
@@ -1039,7 +1061,7 @@ space_key = "ENG"
             (k == "TIDEMARK_SINK_URL").then(|| "postgres://kb:s3cret@db:5432/kb".to_owned())
         })
         .expect("valid");
-        let SinkConfig::Postgres { url, pool_size } = &c.sink else {
+        let SinkKind::Postgres { url, pool_size } = &c.sink.kind else {
             panic!("a postgres sink: {:?}", c.sink);
         };
         assert_eq!((url.as_str(), *pool_size), ("postgres://kb:s3cret@db:5432/kb", 3));
