@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use deadpool_redis::Pool;
 
-use crate::config::{Config, SinkKind};
+use crate::config::{Config, SinkConfig, SinkKind};
 use crate::coordinator::Coordinator;
 use crate::db::{self, PoolError};
 use crate::gate::Gates;
@@ -19,6 +19,7 @@ use crate::retry::Backoff;
 use crate::sinks::Sink;
 use crate::sinks::directory::DirectorySink;
 use crate::sinks::postgres::PostgresSink;
+use crate::sinks::routes::Routes;
 use crate::sinks::webhook::{WebhookSettings, WebhookSink};
 use crate::sources::{self, Source};
 use crate::state::StateStore;
@@ -55,8 +56,8 @@ pub struct App {
     pub locks: LockManager,
     /// Connectors by source id.
     pub sources: HashMap<SourceId, Arc<dyn Source>>,
-    /// The sink.
-    pub sink: Arc<dyn Sink>,
+    /// The sinks each source feeds.
+    pub sinks: Routes,
     /// Run points announced by the coordinators and workers built here; none
     /// unless a test installed some ([`App::with_hooks`]).
     pub hooks: Hooks,
@@ -92,50 +93,22 @@ impl App {
                 .map_err(|e| Error::Source(s.id.clone(), e))?;
             sources.insert(s.id.clone(), connector);
         }
-        let chunks = config.sink.chunks;
-        let sink: Arc<dyn Sink> = match &config.sink.kind {
-            SinkKind::Directory { path } => {
-                let sink = DirectorySink::new(path.clone());
-                Arc::new(match chunks {
-                    Some(c) => sink.with_chunks(c),
-                    None => sink,
-                })
-            }
-            SinkKind::Webhook {
-                url,
-                secret,
-                timeout,
-                max_attempts,
-            } => {
-                let settings = WebhookSettings {
-                    url: url.clone(),
-                    secret: secret.0.clone(),
-                    timeout: *timeout,
-                    max_attempts: *max_attempts,
-                    backoff: Backoff::default(),
-                };
-                let ledger = StateStore::new(pool.clone(), keys.clone());
-                let sink = WebhookSink::new("default", settings, ledger).map_err(|e| Error::Sink(e.to_string()))?;
-                Arc::new(match chunks {
-                    Some(c) => sink.with_chunks(c),
-                    None => sink,
-                })
-            }
-            SinkKind::Postgres { url, pool_size } => {
-                let sink = PostgresSink::new(url, *pool_size).map_err(|e| Error::Sink(e.to_string()))?;
-                Arc::new(match chunks {
-                    Some(c) => sink.with_chunks(c),
-                    None => sink,
-                })
-            }
-        };
+        let mut built: HashMap<String, Arc<dyn Sink>> = HashMap::new();
+        for sink in &config.sinks {
+            let ledger = StateStore::new(pool.clone(), keys.clone());
+            built.insert(sink.name.clone(), build_sink(sink, ledger)?);
+        }
+        let sinks = Routes::new(
+            &built,
+            config.sources.iter().map(|s| (s.id.clone(), s.sinks.as_slice())),
+        );
         Ok(Self {
             locks: LockManager::new(lock_pools, keys.clone()),
             config,
             pool,
             keys,
             sources,
-            sink,
+            sinks,
             hooks: Hooks::default(),
         })
     }
@@ -145,6 +118,11 @@ impl App {
     pub fn with_hooks(mut self, hooks: Arc<dyn RunHooks>) -> Self {
         self.hooks = Hooks::new(hooks);
         self
+    }
+
+    /// What `source` feeds (its one sink, or a fan-out over several).
+    pub fn sink_for(&self, source: &SourceId) -> Option<Arc<dyn Sink>> {
+        self.sinks.sink(source)
     }
 
     /// The state store.
@@ -160,7 +138,7 @@ impl App {
                 self.keys.clone(),
                 self.locks.clone(),
                 self.sources.clone(),
-                self.sink.clone(),
+                self.sinks.clone(),
                 &self.config.sources,
                 self.config.sync.clone(),
                 consumer.into(),
@@ -178,7 +156,7 @@ impl App {
                 self.pool.clone(),
                 self.keys.clone(),
                 self.sources.clone(),
-                self.sink.clone(),
+                self.sinks.clone(),
                 self.config.sync.clone(),
                 consumer.into(),
             )
@@ -191,6 +169,48 @@ impl App {
     pub fn redis_addr(&self) -> String {
         db::redacted(&self.config.redis.url)
     }
+}
+
+/// One configured sink, built (nothing is connected yet); a delivering sink
+/// keeps its fence and ledger in `ledger`.
+fn build_sink(config: &SinkConfig, ledger: StateStore) -> Result<Arc<dyn Sink>, Error> {
+    let chunks = config.chunks;
+    let failed = |e: crate::sinks::Error| Error::Sink(format!("{}: {e}", config.name));
+    Ok(match &config.kind {
+        SinkKind::Directory { path } => {
+            let sink = DirectorySink::new(path.clone());
+            Arc::new(match chunks {
+                Some(c) => sink.with_chunks(c),
+                None => sink,
+            })
+        }
+        SinkKind::Webhook {
+            url,
+            secret,
+            timeout,
+            max_attempts,
+        } => {
+            let settings = WebhookSettings {
+                url: url.clone(),
+                secret: secret.0.clone(),
+                timeout: *timeout,
+                max_attempts: *max_attempts,
+                backoff: Backoff::default(),
+            };
+            let sink = WebhookSink::new(config.name.clone(), settings, ledger).map_err(failed)?;
+            Arc::new(match chunks {
+                Some(c) => sink.with_chunks(c),
+                None => sink,
+            })
+        }
+        SinkKind::Postgres { url, pool_size } => {
+            let sink = PostgresSink::new(url, *pool_size).map_err(failed)?;
+            Arc::new(match chunks {
+                Some(c) => sink.with_chunks(c),
+                None => sink,
+            })
+        }
+    })
 }
 
 /// A consumer name unique to this process: `$HOSTNAME` (the pod name on Kubernetes) plus a random suffix.

@@ -1,4 +1,4 @@
-//! `tidemark verify`: does the sink hold what the state says it holds, and
+//! `tidemark verify`: does each sink hold what the state says it holds, and
 //! (with a fresh listing) what the source has? And `--repair`: the targeted run
 //! that makes it so.
 //!
@@ -71,11 +71,14 @@ pub enum DriftKind {
     VersionDiffersFromSource,
 }
 
-/// All documents of one kind of difference.
+/// All documents of one kind of difference (in one sink).
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
     /// The kind.
     pub kind: DriftKind,
+    /// The sink it is about (every kind but `unsettled`, which is the state's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sink: Option<String>,
     /// How many documents.
     pub count: usize,
     /// The first ids, sorted.
@@ -89,8 +92,8 @@ pub struct Finding {
 pub struct Report {
     /// The source.
     pub source: String,
-    /// Documents in the sink.
-    pub sink_documents: usize,
+    /// Documents in each sink the source feeds, in the configured order.
+    pub sinks: Vec<SinkCount>,
     /// Documents in the state.
     pub state_documents: usize,
     /// Documents the source listed (with `--source`).
@@ -103,6 +106,15 @@ pub struct Report {
     pub run_in_progress: Option<String>,
     /// Non-empty kinds only, in a fixed order.
     pub findings: Vec<Finding>,
+}
+
+/// How many documents one sink holds for the source.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkCount {
+    /// The sink's name.
+    pub name: String,
+    /// Documents it holds (a delivering sink: what its receiver accepted).
+    pub documents: usize,
 }
 
 impl Report {
@@ -118,9 +130,16 @@ impl Report {
 
     /// The report for people.
     pub fn text(&self) -> String {
+        let sinks: Vec<String> = self
+            .sinks
+            .iter()
+            .map(|s| format!("{} {}", s.name, s.documents))
+            .collect();
         let mut out = format!(
             "{}: sink {} document(s), state {}",
-            self.source, self.sink_documents, self.state_documents
+            self.source,
+            sinks.join(", "),
+            self.state_documents
         );
         if let Some(n) = self.source_documents {
             out.push_str(&format!(", source {n} ({} API calls)", self.api_calls));
@@ -142,15 +161,22 @@ impl Report {
             } else {
                 String::new()
             };
-            out.push_str(&format!("  {:?}: {} [{}]{tail}\n", f.kind, f.count, f.ids.join(", ")));
+            let sink = f.sink.as_ref().map(|s| format!(" in {s}")).unwrap_or_default();
+            out.push_str(&format!(
+                "  {:?}{sink}: {} [{}]{tail}\n",
+                f.kind,
+                f.count,
+                f.ids.join(", ")
+            ));
         }
         out
     }
 }
 
-fn finding(kind: DriftKind, all: BTreeSet<DocumentId>) -> Option<Finding> {
+fn finding(kind: DriftKind, sink: Option<&str>, all: BTreeSet<DocumentId>) -> Option<Finding> {
     (!all.is_empty()).then(|| Finding {
         kind,
+        sink: sink.map(str::to_owned),
         count: all.len(),
         ids: all.iter().take(SHOWN_IDS).map(|d| d.0.clone()).collect(),
         all,
@@ -167,37 +193,11 @@ pub async fn verify(app: &App, source: &SourceId, with_source: bool) -> Result<R
         .ok_or_else(|| Error::UnknownSource(source.to_string()))?;
     let state = app.state();
     let held = state.held_meta(source).await?;
-    let sink = app.sink.versions(source).await?;
     let unsettled = state.unsettled(source).await?;
     let run_in_progress = state.run_in_progress(source).await?.map(|r| r.0);
-
-    let mut state_without_sink = BTreeSet::new();
-    let mut version_differs = BTreeSet::new();
-    for (id, h) in &held {
-        match sink.get(id) {
-            None => {
-                state_without_sink.insert(id.clone());
-            }
-            Some(v) if *v != h.version => {
-                version_differs.insert(id.clone());
-            }
-            Some(_) => {}
-        }
-    }
-    let sink_without_state = sink.keys().filter(|id| !held.contains_key(*id)).cloned().collect();
-    let mut findings: Vec<Finding> = [
-        finding(DriftKind::StateWithoutSink, state_without_sink),
-        finding(DriftKind::SinkWithoutState, sink_without_state),
-        finding(DriftKind::VersionDiffersFromState, version_differs),
-        finding(DriftKind::Unsettled, unsettled.into_keys().collect()),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-
     let mut report = Report {
         source: source.to_string(),
-        sink_documents: sink.len(),
+        sinks: Vec::new(),
         state_documents: held.len(),
         source_documents: None,
         complete_listing: None,
@@ -205,7 +205,10 @@ pub async fn verify(app: &App, source: &SourceId, with_source: bool) -> Result<R
         run_in_progress,
         findings: Vec::new(),
     };
-    if with_source {
+    let mut findings: Vec<Finding> = finding(DriftKind::Unsettled, None, unsettled.into_keys().collect())
+        .into_iter()
+        .collect();
+    let listed = if with_source {
         let calls = sources::ApiCalls::default();
         let versions: sources::Held = if connector.wants_held_versions() {
             Arc::new(held.iter().map(|(id, h)| (id.clone(), h.version.clone())).collect())
@@ -216,10 +219,46 @@ pub async fn verify(app: &App, source: &SourceId, with_source: bool) -> Result<R
         report.api_calls = calls.get();
         report.source_documents = Some(listed.docs.len());
         report.complete_listing = Some(listed.complete);
+        Some(listed)
+    } else {
+        None
+    };
+
+    for (name, sink) in app.sinks.each(source) {
+        let sink_docs = sink.versions(source).await?;
+        report.sinks.push(SinkCount {
+            name: name.clone(),
+            documents: sink_docs.len(),
+        });
+        let mut state_without_sink = BTreeSet::new();
+        let mut version_differs = BTreeSet::new();
+        for (id, h) in &held {
+            match sink_docs.get(id) {
+                None => {
+                    state_without_sink.insert(id.clone());
+                }
+                Some(v) if *v != h.version => {
+                    version_differs.insert(id.clone());
+                }
+                Some(_) => {}
+            }
+        }
+        let sink_without_state = sink_docs.keys().filter(|id| !held.contains_key(*id)).cloned().collect();
+        let at = Some(name.as_str());
+        findings.extend(
+            [
+                finding(DriftKind::StateWithoutSink, at, state_without_sink),
+                finding(DriftKind::SinkWithoutState, at, sink_without_state),
+                finding(DriftKind::VersionDiffersFromState, at, version_differs),
+            ]
+            .into_iter()
+            .flatten(),
+        );
+        let Some(listed) = &listed else { continue };
         let mut missing = BTreeSet::new();
         let mut differs = BTreeSet::new();
         for (id, version) in &listed.docs {
-            match sink.get(id) {
+            match sink_docs.get(id) {
                 None => {
                     missing.insert(id.clone());
                 }
@@ -230,7 +269,8 @@ pub async fn verify(app: &App, source: &SourceId, with_source: bool) -> Result<R
             }
         }
         let extra = if listed.complete {
-            sink.keys()
+            sink_docs
+                .keys()
                 .filter(|id| !listed.docs.contains_key(*id))
                 .cloned()
                 .collect()
@@ -239,15 +279,15 @@ pub async fn verify(app: &App, source: &SourceId, with_source: bool) -> Result<R
         };
         findings.extend(
             [
-                finding(DriftKind::MissingInSink, missing),
-                finding(DriftKind::ExtraInSink, extra),
-                finding(DriftKind::VersionDiffersFromSource, differs),
+                finding(DriftKind::MissingInSink, at, missing),
+                finding(DriftKind::ExtraInSink, at, extra),
+                finding(DriftKind::VersionDiffersFromSource, at, differs),
             ]
             .into_iter()
             .flatten(),
         );
     }
-    findings.sort_by_key(|f| f.kind);
+    findings.sort_by(|a, b| (a.kind, &a.sink).cmp(&(b.kind, &b.sink)));
     report.findings = findings;
     Ok(report)
 }

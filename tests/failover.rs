@@ -182,12 +182,13 @@ async fn sink_write_without_state_write_is_redone_after_takeover() {
     let original = std::fs::read(dir.path().join("a.md")).expect("a.md");
     std::fs::remove_file(dir.path().join("a.md")).expect("rm a.md");
     let tripped = Arc::new(AtomicBool::new(false));
+    let dies = DiesAfterSinkDelete {
+        inner: env.app.sink_for(&env.source).expect("the source's sink"),
+        victim: DocumentId("a.md".into()),
+        tripped: tripped.clone(),
+    };
     let crashing = App {
-        sink: Arc::new(DiesAfterSinkDelete {
-            inner: env.app.sink.clone(),
-            victim: DocumentId("a.md".into()),
-            tripped: tripped.clone(),
-        }),
+        sinks: tidemark::sinks::routes::Routes::everywhere(Arc::new(dies), [env.source.clone()]),
         ..env.app.clone()
     }
     .worker("w-dies");

@@ -63,7 +63,7 @@ async fn verify_reports_each_kind_of_drift_and_repair_fixes_it() {
     let (code, clean) = verify(&env, &["--source"]);
     assert_eq!(code, 0, "{clean}");
     assert!(findings(&clean).is_empty(), "{clean}");
-    assert_eq!(clean["report"]["sink_documents"], 60);
+    assert_eq!(clean["report"]["sinks"][0]["documents"], 60);
     assert_eq!(clean["report"]["source_documents"], 60);
 
     // Drift of every kind, made behind tidemark's back.

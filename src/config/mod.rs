@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 mod sink;
 
-pub use sink::{RawChunks, RawSink, SinkConfig, SinkKind};
+pub use sink::{DEFAULT_SINK, RawChunks, RawSink, SinkConfig, SinkKind};
 
 use crate::queue::retention::Retention;
 use crate::sources::SourceSettings;
@@ -64,8 +64,12 @@ pub struct RawConfig {
     /// `[sync]`, optional.
     #[serde(default)]
     pub sync: RawSync,
-    /// `[sink]`
-    pub sink: RawSink,
+    /// `[sink]`: the sink named `default`.
+    #[serde(default)]
+    pub sink: Option<RawSink>,
+    /// `[[sinks]]`: more sinks, each named; sources choose among them.
+    #[serde(default)]
+    pub sinks: Vec<RawSink>,
     /// `[[sources]]`
     #[serde(default)]
     pub sources: Vec<RawSource>,
@@ -201,6 +205,8 @@ pub struct RawSource {
     pub settings: toml::Value,
     /// Webhook deliveries for this source (`[sources.webhook]`), optional.
     pub webhook: Option<RawWebhook>,
+    /// The sinks it feeds, by name; default: the only sink, or the one named `default`.
+    pub sinks: Option<Vec<String>>,
 }
 
 /// `[sources.webhook]` as written.
@@ -365,8 +371,8 @@ pub struct Config {
     pub redis: RedisConfig,
     /// Queue and run tuning.
     pub sync: SyncConfig,
-    /// Where documents go.
-    pub sink: SinkConfig,
+    /// Where documents go: every sink, in the order declared (`[sink]` first).
+    pub sinks: Vec<SinkConfig>,
     /// The configured sources, ids unique.
     pub sources: Vec<SourceConfig>,
     /// HTTP API address, if enabled.
@@ -435,6 +441,8 @@ pub struct SourceConfig {
     pub policy: SourcePolicy,
     /// Webhook deliveries, if configured.
     pub webhook: Option<WebhookConfig>,
+    /// The names of the sinks it feeds (at least one).
+    pub sinks: Vec<String>,
 }
 
 /// Per-source safety and reconciliation settings.
@@ -477,11 +485,19 @@ impl Config {
         if let Some(url) = env("TIDEMARK_REDIS_URL") {
             raw.redis.url = url;
         }
-        if let Some(p) = env("TIDEMARK_SINK_PATH") {
-            raw.sink.path = Some(PathBuf::from(p));
-        }
-        if let Some(u) = env("TIDEMARK_SINK_URL") {
-            raw.sink.url = Some(u);
+        // The overrides are for `[sink]`, or the one `[[sinks]]` entry there is.
+        let overridden = match (&mut raw.sink, raw.sinks.as_mut_slice()) {
+            (Some(sink), _) => Some(sink),
+            (None, [only]) => Some(only),
+            _ => None,
+        };
+        if let Some(sink) = overridden {
+            if let Some(p) = env("TIDEMARK_SINK_PATH") {
+                sink.path = Some(PathBuf::from(p));
+            }
+            if let Some(u) = env("TIDEMARK_SINK_URL") {
+                sink.url = Some(u);
+            }
         }
         Self::check(raw, &env).map_err(|problems| Error::Invalid {
             path: path.to_owned(),
@@ -597,7 +613,7 @@ impl Config {
         let sync = check_sync(&raw.sync, &mut problems);
         let queue = check_queue(&raw.queue, &mut problems);
 
-        let sink = sink::check(&raw.sink, env, &mut problems);
+        let sinks = sink::check_all(raw.sink.as_ref(), &raw.sinks, env, &mut problems);
 
         let mut seen = HashSet::new();
         let mut sources = Vec::new();
@@ -631,10 +647,12 @@ impl Config {
                 .as_ref()
                 .and_then(|w| check_webhook(&format!("{key}.webhook"), w, env, &mut problems));
             let settings = SourceSettings::parse(&s.kind, s.settings, &key, &mut problems);
+            let fed = sink::choose(&key, s.sinks.as_ref(), &sinks, &mut problems);
             if let (Some(id), Some(settings)) = (id, settings) {
                 sources.push(SourceConfig {
                     id,
                     settings,
+                    sinks: fed,
                     schedule_every: s.schedule_every_secs.filter(|s| *s > 0).map(Duration::from_secs),
                     policy: SourcePolicy {
                         max_delete_share: share,
@@ -661,8 +679,8 @@ impl Config {
             }
         };
 
-        match (problems.is_empty(), sync, sink) {
-            (true, Some(sync), Some(sink)) => {
+        match (problems.is_empty(), sync) {
+            (true, Some(sync)) => {
                 let lock_urls = if raw.redis.lock_urls.is_empty() {
                     vec![raw.redis.url.clone()]
                 } else {
@@ -681,7 +699,7 @@ impl Config {
                         },
                     },
                     sync,
-                    sink,
+                    sinks,
                     sources,
                     api_listen,
                     queue,
@@ -953,8 +971,8 @@ space_key = "ENG"
         })
         .unwrap();
         assert_eq!(c.redis.url, "redis://10.0.0.1:7000");
-        let SinkKind::Directory { path } = &c.sink.kind else {
-            panic!("a directory sink: {:?}", c.sink);
+        let SinkKind::Directory { path } = &c.sinks[0].kind else {
+            panic!("a directory sink: {:?}", c.sinks);
         };
         assert_eq!(path, Path::new("/data/kb"));
     }
@@ -965,15 +983,15 @@ space_key = "ENG"
     fn chunk_settings() {
         let check = |text: &str| Config::parse(text, Path::new("t.toml"), |_| None);
         let none = check(GOOD).expect("valid");
-        assert_eq!(none.sink.chunks, None, "no chunks unless asked");
+        assert_eq!(none.sinks[0].chunks, None, "no chunks unless asked");
         let with = |table: &str| check(&GOOD.replace("[sink]", &format!("[sink.chunks]\n{table}\n[sink]")));
-        assert_eq!(with("").expect("valid").sink.chunks, Some(ChunkConfig::default()));
+        assert_eq!(with("").expect("valid").sinks[0].chunks, Some(ChunkConfig::default()));
         assert_eq!(
-            with("size = 400\noverlap = 40").expect("valid").sink.chunks,
+            with("size = 400\noverlap = 40").expect("valid").sinks[0].chunks,
             Some(ChunkConfig { size: 400, overlap: 40 })
         );
         assert_eq!(
-            with("size = 120").expect("valid").sink.chunks,
+            with("size = 120").expect("valid").sinks[0].chunks,
             Some(ChunkConfig { size: 120, overlap: 60 }),
             "the default overlap shrinks to half a small size"
         );
@@ -986,6 +1004,74 @@ space_key = "ENG"
         assert!(err.contains("sink.chunks.size: must be at least 1"), "{err}");
         let err = with("sise = 10").unwrap_err().to_string();
         assert!(err.contains("sise"), "{err}");
+    }
+
+    /// `[[sinks]]`: named sinks, each source choosing which it feeds; a
+    /// source naming none feeds the only sink or the one named `default`;
+    /// unknown, duplicate and missing names are named.
+    #[test]
+    fn named_sinks_and_the_sources_that_choose_them() {
+        let parse = |text: &str| Config::parse(text, Path::new("t.toml"), |_| None);
+        let two = GOOD.replace(
+            "[sink]\nkind = \"directory\"\npath = \"/tmp/kb\"",
+            "[[sinks]]\nname = \"files\"\nkind = \"directory\"\npath = \"/tmp/kb\"\n\n[[sinks]]\nname = \"kb\"\nkind = \"postgres\"\nurl = \"postgres://db/kb\"",
+        );
+        let err = parse(&two).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "sources[0].sinks: several sinks are declared ([\"files\", \"kb\"]) and none is named \"default\""
+            ),
+            "{err}"
+        );
+        let chosen = two.replace("space_key = \"ENG\"", "space_key = \"ENG\"\n[[sources]]\nid = \"web\"\nkind = \"http\"\nsinks = [\"kb\"]\n[sources.settings]\nurls = [\"https://example.net/\"]");
+        let chosen = chosen.replace(
+            "id = \"eng\"\nkind = \"confluence\"",
+            "id = \"eng\"\nkind = \"confluence\"\nsinks = [\"kb\", \"files\"]",
+        );
+        let c = parse(&chosen).expect("valid");
+        let names: Vec<&str> = c.sinks.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["files", "kb"]);
+        assert_eq!(c.sources[0].sinks, ["kb", "files"]);
+        assert_eq!(c.sources[1].sinks, ["kb"]);
+
+        // `[sink]` is `default`: with more sinks, sources naming none feed it.
+        let with_default = GOOD.replace(
+            "[[sources]]",
+            "[[sinks]]\nname = \"kb\"\nkind = \"postgres\"\nurl = \"postgres://db/kb\"\n\n[[sources]]",
+        );
+        let c = parse(&with_default).expect("valid");
+        assert_eq!(c.sources[0].sinks, ["default"]);
+
+        for (text, needle) in [
+            (
+                chosen.replace("sinks = [\"kb\"]", "sinks = [\"nope\"]"),
+                "sources[1].sinks: no sink is named \"nope\"",
+            ),
+            (
+                chosen.replace("sinks = [\"kb\"]", "sinks = []"),
+                "sources[1].sinks: empty",
+            ),
+            (
+                chosen.replace("name = \"kb\"", "name = \"files\""),
+                "sinks[1].name: duplicate sink name \"files\"",
+            ),
+            (chosen.replace("name = \"kb\"\n", ""), "sinks[1].name: \"\" must be"),
+            (
+                chosen.replace("name = \"kb\"", "name = \"K B\""),
+                "sinks[1].name: \"K B\" must be",
+            ),
+            (
+                chosen.replace("url = \"postgres://db/kb\"", "url = \"mysql://db\""),
+                "sinks[1].url: \"mysql://db\" is not a postgres:// URL",
+            ),
+            (
+                GOOD.replace("[sink]\nkind = \"directory\"\npath = \"/tmp/kb\"", ""),
+                "sink: no sink is configured",
+            ),
+        ] {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+        }
     }
 
     /// A webhook sink needs an http(s) URL and a secret; zero timeouts and
@@ -1010,14 +1096,14 @@ space_key = "ENG"
             secret,
             timeout,
             max_attempts,
-        } = &c.sink.kind
+        } = &c.sinks[0].kind
         else {
-            panic!("a webhook sink: {:?}", c.sink);
+            panic!("a webhook sink: {:?}", c.sinks);
         };
         assert_eq!(url.as_str(), "https://indexer.example.net/tidemark");
         assert_eq!(secret.0, b"s3cret");
         assert_eq!((*timeout, *max_attempts), (Duration::from_secs(3), 5));
-        assert!(!format!("{:?}", c.sink).contains("s3cret"));
+        assert!(!format!("{:?}", c.sinks).contains("s3cret"));
         for (rest, needle) in [
             (
                 "secret_env = \"HOOK_SECRET\"",
@@ -1061,11 +1147,11 @@ space_key = "ENG"
             (k == "TIDEMARK_SINK_URL").then(|| "postgres://kb:s3cret@db:5432/kb".to_owned())
         })
         .expect("valid");
-        let SinkKind::Postgres { url, pool_size } = &c.sink.kind else {
-            panic!("a postgres sink: {:?}", c.sink);
+        let SinkKind::Postgres { url, pool_size } = &c.sinks[0].kind else {
+            panic!("a postgres sink: {:?}", c.sinks);
         };
         assert_eq!((url.as_str(), *pool_size), ("postgres://kb:s3cret@db:5432/kb", 3));
-        assert!(!format!("{:?}", c.sink).contains("s3cret"));
+        assert!(!format!("{:?}", c.sinks).contains("s3cret"));
         let bad = pg.replace("pool_size = 3", "pool_size = 0\nurl = \"mysql://x\"");
         let err = Config::parse(&bad, Path::new("t.toml"), |_| None)
             .unwrap_err()

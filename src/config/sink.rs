@@ -1,4 +1,5 @@
-//! `[sink]`: where documents go, as written and as checked.
+//! `[sink]` and `[[sinks]]`: where documents go, as written and as checked,
+//! and which sinks each source feeds.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,11 +9,13 @@ use serde::Deserialize;
 use super::{Secret, check_secret, is_postgres_url};
 use crate::sinks::chunks::ChunkConfig;
 
-/// `[sink]` as written.
+/// `[sink]`, or one `[[sinks]]` entry, as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSink {
-    /// `directory` or `postgres`.
+    /// In `[[sinks]]`: the name sources use to choose it (`[sink]` is named `default`).
+    pub name: Option<String>,
+    /// `directory`, `postgres` or `webhook`.
     pub kind: String,
     /// For `directory`: where documents are written. Env override: `TIDEMARK_SINK_PATH`.
     pub path: Option<PathBuf>,
@@ -43,9 +46,11 @@ pub struct RawChunks {
     pub overlap: Option<usize>,
 }
 
-/// Checked `[sink]`.
+/// One checked sink.
 #[derive(Debug, Clone)]
 pub struct SinkConfig {
+    /// Its name (`default` for `[sink]`).
+    pub name: String,
     /// Where documents go.
     pub kind: SinkKind,
     /// Whether, and how, documents are also split into chunks.
@@ -105,27 +110,118 @@ impl std::fmt::Debug for SinkKind {
     }
 }
 
-/// Checks `[sink]`, pushing each problem found; `None` if any.
+/// The name `[sink]` goes by, and the sink a source feeds when it names none
+/// and several are declared.
+pub const DEFAULT_SINK: &str = "default";
+
+/// Checks `[sink]` and every `[[sinks]]` entry: at least one sink, each named
+/// once (`[[sinks]]` entries must be named; `[sink]` is [`DEFAULT_SINK`]).
+pub(super) fn check_all(
+    single: Option<&RawSink>,
+    many: &[RawSink],
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) -> Vec<SinkConfig> {
+    if single.is_none() && many.is_empty() {
+        problems.push("sink: no sink is configured: add a [sink] table or [[sinks]] entries".into());
+    }
+    let mut out: Vec<SinkConfig> = Vec::new();
+    let named = single
+        .map(|raw| {
+            (
+                "sink".to_owned(),
+                raw,
+                raw.name.clone().unwrap_or_else(|| DEFAULT_SINK.into()),
+            )
+        })
+        .into_iter()
+        .chain(
+            many.iter()
+                .enumerate()
+                .map(|(i, raw)| (format!("sinks[{i}]"), raw, raw.name.clone().unwrap_or_default())),
+        );
+    for (key, raw, name) in named {
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !valid {
+            problems.push(format!(
+                "{key}.name: {name:?} must be 1-63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
+            ));
+        } else if out.iter().any(|s| s.name == name) {
+            problems.push(format!("{key}.name: duplicate sink name {name:?}"));
+        }
+        if let Some(mut sink) = check(&key, raw, env, problems) {
+            sink.name = name;
+            out.push(sink);
+        }
+    }
+    out
+}
+
+/// The sinks a source feeds: those it names (`sinks = [...]`, each declared),
+/// or, naming none, the only sink there is, or the one named [`DEFAULT_SINK`].
+pub(super) fn choose(
+    key: &str,
+    wanted: Option<&Vec<String>>,
+    declared: &[SinkConfig],
+    problems: &mut Vec<String>,
+) -> Vec<String> {
+    let names: Vec<&str> = declared.iter().map(|s| s.name.as_str()).collect();
+    match wanted {
+        Some(list) if list.is_empty() => {
+            problems.push(format!("{key}.sinks: empty; name at least one of {names:?}"));
+            Vec::new()
+        }
+        Some(list) => {
+            let mut chosen: Vec<String> = Vec::new();
+            for name in list {
+                if !names.contains(&name.as_str()) {
+                    problems.push(format!("{key}.sinks: no sink is named {name:?} (declared: {names:?})"));
+                } else if !chosen.contains(name) {
+                    chosen.push(name.clone());
+                }
+            }
+            chosen
+        }
+        None if names.len() == 1 => vec![names[0].to_owned()],
+        None if names.contains(&DEFAULT_SINK) => vec![DEFAULT_SINK.to_owned()],
+        None if names.is_empty() => Vec::new(),
+        None => {
+            problems.push(format!(
+                "{key}.sinks: several sinks are declared ({names:?}) and none is named {DEFAULT_SINK:?}: name the ones this source feeds"
+            ));
+            Vec::new()
+        }
+    }
+}
+
+/// Checks one sink (`key`: `sink` or `sinks[i]`, naming it in problems),
+/// pushing each problem found; `None` if any. Its name is the caller's to set.
 pub(super) fn check(
+    key: &str,
     raw: &RawSink,
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Vec<String>,
 ) -> Option<SinkConfig> {
-    let chunks = raw.chunks.as_ref().and_then(|c| check_chunks(c, problems));
+    let chunks = raw.chunks.as_ref().and_then(|c| check_chunks(key, c, problems));
     let kind = match raw.kind.as_str() {
         "directory" => match &raw.path {
             Some(path) if !path.as_os_str().is_empty() => Some(SinkKind::Directory { path: path.clone() }),
             _ => {
-                problems.push("sink.path: required for kind \"directory\"".into());
+                problems.push(format!("{key}.path: required for kind \"directory\""));
                 None
             }
         },
         "postgres" => match (&raw.url, raw.pool_size) {
             (_, Some(0)) => {
-                problems.push("sink.pool_size: must be at least 1".into());
+                problems.push(format!("{key}.pool_size: must be at least 1"));
                 if let Some(url) = raw.url.as_ref().filter(|u| !is_postgres_url(u)) {
                     problems.push(format!(
-                        "sink.url: {:?} is not a postgres:// URL",
+                        "{key}.url: {:?} is not a postgres:// URL",
                         crate::redact::url(url)
                     ));
                 }
@@ -137,58 +233,69 @@ pub(super) fn check(
             }),
             (Some(url), _) => {
                 problems.push(format!(
-                    "sink.url: {:?} is not a postgres:// URL",
+                    "{key}.url: {:?} is not a postgres:// URL",
                     crate::redact::url(url)
                 ));
                 None
             }
             (None, _) => {
-                problems.push("sink.url: required for kind \"postgres\" (or set TIDEMARK_SINK_URL)".into());
+                problems.push(format!(
+                    "{key}.url: required for kind \"postgres\" (for [sink], TIDEMARK_SINK_URL may give it)"
+                ));
                 None
             }
         },
-        "webhook" => check_webhook_sink(raw, env, problems),
+        "webhook" => check_webhook_sink(key, raw, env, problems),
         other => {
             problems.push(format!(
-                "sink.kind: unknown kind {other:?} (known: directory, postgres, webhook)"
+                "{key}.kind: unknown kind {other:?} (known: directory, postgres, webhook)"
             ));
             None
         }
     };
-    Some(SinkConfig { kind: kind?, chunks })
+    Some(SinkConfig {
+        name: String::new(),
+        kind: kind?,
+        chunks,
+    })
 }
 
 /// Checks a `webhook` sink: an http(s) URL, a secret, a timeout and tries of at least 1.
 fn check_webhook_sink(
+    key: &str,
     raw: &RawSink,
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Vec<String>,
 ) -> Option<SinkKind> {
     let url = match raw.url.as_deref().map(url::Url::parse) {
         None => {
-            problems.push("sink.url: required for kind \"webhook\" (or set TIDEMARK_SINK_URL)".into());
+            problems.push(format!(
+                "{key}.url: required for kind \"webhook\" (for [sink], TIDEMARK_SINK_URL may give it)"
+            ));
             None
         }
         Some(Ok(u)) if matches!(u.scheme(), "http" | "https") => Some(u),
         Some(_) => {
             problems.push(format!(
-                "sink.url: {:?} is not an http(s) URL",
+                "{key}.url: {:?} is not an http(s) URL",
                 crate::redact::url(raw.url.as_deref().unwrap_or_default())
             ));
             None
         }
     };
-    let secret = check_secret("sink", raw.secret_env.as_ref(), raw.secret_file.as_ref(), env, problems);
+    let secret = check_secret(key, raw.secret_env.as_ref(), raw.secret_file.as_ref(), env, problems);
     let timeout = raw.timeout_secs.unwrap_or(10);
     if timeout == 0 {
-        problems.push("sink.timeout_secs: must be at least 1, got 0".into());
+        problems.push(format!("{key}.timeout_secs: must be at least 1, got 0"));
     }
     let max_attempts = raw.max_attempts.unwrap_or(5);
     if max_attempts == 0 {
-        problems.push("sink.max_attempts: must be at least 1, got 0".into());
+        problems.push(format!("{key}.max_attempts: must be at least 1, got 0"));
     }
     if raw.path.is_some() || raw.pool_size.is_some() {
-        problems.push("sink: path and pool_size are not settings of kind \"webhook\"".into());
+        problems.push(format!(
+            "{key}: path and pool_size are not settings of kind \"webhook\""
+        ));
     }
     Some(SinkKind::Webhook {
         url: url?,
@@ -200,17 +307,17 @@ fn check_webhook_sink(
 
 /// Checks `[sink.chunks]`: a chunk holds at least one character, and its
 /// overlap is less than its size (else every chunk would repeat the one before).
-fn check_chunks(raw: &RawChunks, problems: &mut Vec<String>) -> Option<ChunkConfig> {
+fn check_chunks(key: &str, raw: &RawChunks, problems: &mut Vec<String>) -> Option<ChunkConfig> {
     let default = ChunkConfig::default();
     let size = raw.size.unwrap_or(default.size);
     let overlap = raw.overlap.unwrap_or(default.overlap.min(size / 2));
     if size == 0 {
-        problems.push("sink.chunks.size: must be at least 1 character".into());
+        problems.push(format!("{key}.chunks.size: must be at least 1 character"));
         return None;
     }
     if overlap >= size {
         problems.push(format!(
-            "sink.chunks.overlap: {overlap} characters must be less than sink.chunks.size ({size})"
+            "{key}.chunks.overlap: {overlap} characters must be less than {key}.chunks.size ({size})"
         ));
         return None;
     }

@@ -52,7 +52,7 @@ use crate::queue::jobs::SyncRequest;
 use crate::queue::streams::{self, Entry};
 use crate::queue::{self, dlq, requests};
 use crate::retry::{self, Backoff, Transient};
-use crate::sinks::{self, Sink};
+use crate::sinks::{self, routes::Routes};
 use crate::sources::{self, Source};
 use crate::state::{self, RunCounter, RunStatus, RunUpdate, StateStore};
 use crate::types::{RunId, SourceId, SyncMode};
@@ -109,7 +109,7 @@ pub struct Coordinator {
     state: StateStore,
     locks: LockManager,
     sources: HashMap<SourceId, Arc<dyn Source>>,
-    sink: Arc<dyn Sink>,
+    sinks: Routes,
     schedules: Vec<(SourceId, Duration)>,
     webhook_sources: Vec<SourceId>,
     /// Sources whose webhook has an `address`: their push channels are kept open.
@@ -134,7 +134,7 @@ impl Coordinator {
         keys: Keys,
         locks: LockManager,
         sources: HashMap<SourceId, Arc<dyn Source>>,
-        sink: Arc<dyn Sink>,
+        sinks: Routes,
         source_configs: &[SourceConfig],
         cfg: SyncConfig,
         consumer: String,
@@ -166,7 +166,7 @@ impl Coordinator {
             state,
             locks,
             sources,
-            sink,
+            sinks,
             schedules,
             webhook_sources,
             channels,

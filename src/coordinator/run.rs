@@ -66,8 +66,11 @@ impl Coordinator {
         .await?;
         // A sink that is down at the start (a database restarting) is waited
         // for like Redis: failing here would end a request with no run to show for it.
-        self.redis(lost, "registering the run's token with the sink", || {
-            self.sink.register_token(&id, token)
+        let sink = self.sinks.sink(&id).ok_or_else(|| crate::sinks::Error::Refused {
+            context: format!("source {id} feeds no configured sink"),
+        })?;
+        self.redis(lost, "registering the run's token with the sinks", || {
+            sink.register_token(&id, token)
         })
         .await?;
         let checkpoint = self

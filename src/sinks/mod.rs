@@ -11,6 +11,7 @@
 pub mod chunks;
 pub mod directory;
 pub mod postgres;
+pub mod routes;
 pub mod webhook;
 
 use std::collections::HashMap;

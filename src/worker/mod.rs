@@ -44,7 +44,7 @@ use crate::queue::jobs::{self, PageJob};
 use crate::queue::streams::{self, Entry};
 use crate::queue::{self, dlq};
 use crate::retry::{self, Backoff};
-use crate::sinks::{self, Sink};
+use crate::sinks::{self, routes::Routes};
 use crate::sources::{self, Source};
 use crate::state::{self, RunCounter, RunUpdate, StateStore};
 use crate::types::SourceId;
@@ -122,7 +122,7 @@ pub struct Worker {
     keys: Keys,
     state: StateStore,
     sources: HashMap<SourceId, Arc<dyn Source>>,
-    sink: Arc<dyn Sink>,
+    sinks: Routes,
     cfg: SyncConfig,
     consumer: String,
     /// How the run loop rides out Redis faults, and the (redacted) address it names in logs.
@@ -138,7 +138,7 @@ impl Worker {
         pool: Pool,
         keys: Keys,
         sources: HashMap<SourceId, Arc<dyn Source>>,
-        sink: Arc<dyn Sink>,
+        sinks: Routes,
         cfg: SyncConfig,
         consumer: String,
     ) -> Self {
@@ -148,7 +148,7 @@ impl Worker {
             keys,
             state,
             sources,
-            sink,
+            sinks,
             cfg,
             consumer,
             retry: Backoff::default(),

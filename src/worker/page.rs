@@ -162,6 +162,10 @@ impl Worker {
                 current,
             }));
         }
+        let sink = self
+            .sinks
+            .sink(&job.source)
+            .ok_or_else(|| JobError::Permanent(format!("source {} feeds no configured sink", job.source)))?;
         let mut stats = PageStats::default();
         let mut failures: Vec<Failure> = Vec::new();
         let of = |action: Action| job.items.iter().filter(move |i| i.action == action);
@@ -171,7 +175,7 @@ impl Worker {
 
         // A sink that keeps no copy (a webhook) cannot rewrite a document from
         // what it holds: a document to refresh is fetched again instead.
-        let refetch = !self.sink.reads_back();
+        let refetch = !sink.reads_back();
         let metas: Vec<_> = job
             .items
             .iter()
@@ -353,7 +357,7 @@ impl Worker {
 
         for id in refreshes {
             // Gone since the run planned it, or never synced: nothing depends on it here.
-            let (Some(old), Some(mut doc)) = (held.get(id), self.sink.get(&job.source, id).await?) else {
+            let (Some(old), Some(mut doc)) = (held.get(id), sink.get(&job.source, id).await?) else {
                 stats.skipped += 1;
                 continue;
             };
@@ -414,7 +418,7 @@ impl Worker {
                 SinkOp::Delete(id) => Change::Delete(id),
             })
             .collect();
-        let results = match self.sink.apply(&job.source, job.token, &changes).await {
+        let results = match sink.apply(&job.source, job.token, &changes).await {
             Ok(results) => results,
             Err(sinks::Error::StaleFence(s)) => return Err(JobError::Stale(s)),
             // Refused as a whole (a receiver's 4xx): dead-lettered with its answer.

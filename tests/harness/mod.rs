@@ -54,6 +54,8 @@ pub struct Options {
     pub source_toml: Option<String>,
     /// Replaces the directory sink: the body of `[sink]` (e.g. a `postgres` URL).
     pub sink_toml: Option<String>,
+    /// More sinks after `[sink]`: whole `[[sinks]]` entries.
+    pub more_sinks: String,
 }
 
 impl Default for Options {
@@ -71,6 +73,7 @@ impl Default for Options {
             lock_ttl_ms: 3000,
             source_toml: None,
             sink_toml: None,
+            more_sinks: String::new(),
         }
     }
 }
@@ -150,6 +153,8 @@ stall_timeout_secs = 60
 [sink]
 {sink}
 
+{more_sinks}
+
 [api]
 listen = ""
 
@@ -165,6 +170,7 @@ listen = ""
                 .sink_toml
                 .clone()
                 .unwrap_or_else(|| format!("kind = \"directory\"\npath = \"{}\"", sink_dir.path().display())),
+            more_sinks = opts.more_sinks,
             source = opts.source_toml.clone().unwrap_or_else(|| format!(
                 "[[sources]]\nid = \"eng\"\nkind = \"confluence\"\n{}\n[sources.settings]\nbase_url = \"http://{addr}\"\nspace_key = \"{}\"\n{}\n",
                 opts.source_fields, opts.sim.space_key, opts.source_settings
