@@ -1,12 +1,13 @@
 # tidemark: `make demo` runs the end-to-end demo, `make test` the whole test suite.
-# Both install what is missing first (redis-server, curl, jq, nginx, postgresql from Debian's packages).
+# Both install what is missing first (redis-server, curl, jq, nginx, postgresql, and for the
+# deployment checks kubectl, npm and python3-venv, from Debian's packages).
 
 SHELL := /bin/bash
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
-APT_PACKAGES := redis-server curl jq nginx postgresql
+APT_PACKAGES := redis-server curl jq nginx postgresql kubernetes-client npm python3-venv
 
-.PHONY: all deps build release test unit soak chaos demo demo-postgres bench fmt lint clean
+.PHONY: all deps build release test check-deploy unit soak chaos demo demo-postgres bench fmt lint clean
 
 all: build
 
@@ -18,6 +19,9 @@ deps:
 	command -v jq >/dev/null || missing="$$missing jq"; \
 	[ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	command -v kubectl >/dev/null || missing="$$missing kubernetes-client"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
+	python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
@@ -30,11 +34,15 @@ build: deps
 release: deps
 	$(CARGO) build --release
 
-## test: formatting, lints, unit and integration tests (real redis-server processes)
-test: deps
+## test: formatting, lints, the deployment checks, unit and integration tests (real redis-server processes)
+test: deps check-deploy
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --lib --bins --tests
+
+## check-deploy: render k8s/ with kustomize and validate it offline (schemas, policy, KEDA), lint the Dockerfile
+check-deploy: deps
+	bash .ci/check-deploy
 
 ## soak: the randomized convergence test over more seeds than `make test` runs (200)
 SEEDS ?= 1000

@@ -206,6 +206,12 @@ impl Keys {
     pub fn request_run(&self, source: &SourceId, request_id: &str) -> String {
         self.source(source, &format!("req:{request_id}"))
     }
+
+    /// Why a request was dead-lettered without any run serving it (7 days):
+    /// what its status and `enqueue --wait` answer instead of "queued" forever.
+    pub fn request_refused(&self, source: &SourceId, request_id: &str) -> String {
+        self.source(source, &format!("req:{request_id}:refused"))
+    }
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", tidemark::redact::text(&format!("{e:#}")));
+            eprintln!("error: {}", tidemark::redact::text(&one_line(&e)));
             ExitCode::FAILURE
         }
     }
@@ -83,15 +83,46 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// Serves the HTTP API beside the process's loops when `[api] listen` is set.
-fn spawn_api(tasks: &mut JoinSet<anyhow::Result<()>>, app: &App, shutdown: &CancellationToken) {
+/// An error and its causes on one line, each cause once: many errors (pools,
+/// Redis) repeat their cause in their own message, and the chain repeats it
+/// again, so `{:#}` printed "Connection refused" four times.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.is_empty() {
+            out = text;
+        } else if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+/// What a process serves on `[api] listen`, when set.
+#[derive(Clone, Copy)]
+enum Http {
+    /// The whole API (coordinators, standalone).
+    Api,
+    /// Probes and metrics only (workers).
+    Probes,
+}
+
+/// Serves `what` beside the process's loops when `[api] listen` is set.
+fn spawn_http(tasks: &mut JoinSet<anyhow::Result<()>>, app: &App, shutdown: &CancellationToken, what: Http) {
     if let Some(addr) = app.config.api_listen {
+        if matches!(what, Http::Api) && app.config.api.tokens.is_empty() {
+            tracing::warn!(%addr, "the HTTP API has no tokens ([api] tokens_file or tokens_env): anyone who can reach it may request syncs");
+        }
         let app = app.clone();
         let s = shutdown.clone();
         tasks.spawn(async move {
-            tidemark::api::serve(app, addr, s)
-                .await
-                .with_context(|| format!("HTTP API on {addr}"))
+            match what {
+                Http::Api => tidemark::api::serve(app, addr, s).await,
+                Http::Probes => tidemark::api::serve_probes(app, addr, s).await,
+            }
+            .with_context(|| format!("HTTP on {addr}"))
         });
     }
 }
@@ -117,6 +148,8 @@ enum Waited {
     Ended(Box<RunRecord>),
     /// Redis answered, and no run had ended by the deadline.
     TimedOut,
+    /// The request was dead-lettered before any run served it, for this reason.
+    Refused(String),
     /// Redis was unreachable when the deadline passed (the last error).
     Unreachable(String),
 }
@@ -131,6 +164,12 @@ async fn wait_for_outcome(app: &App, source: &SourceId, request_id: &str, deadli
     let mut delays = app.config.redis.retry.delays();
     let mut unreachable: Option<String> = None;
     loop {
+        match state.request_refused(source, request_id).await {
+            Ok(Some(reason)) => return Ok(Waited::Refused(reason)),
+            Ok(None) => {}
+            // Reported by the outcome read just below.
+            Err(_) => {}
+        }
         match state.request_outcome(source, request_id).await {
             Ok(outcome) => {
                 if unreachable.take().is_some() {
@@ -186,7 +225,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let app = load(&cli)?;
             let shutdown = tidemark::shutdown::on_signals();
             let mut tasks = JoinSet::new();
-            spawn_api(&mut tasks, &app, &shutdown);
+            spawn_http(&mut tasks, &app, &shutdown, Http::Api);
             let coordinator = app.coordinator(consumer_name("coordinator"));
             let s = shutdown.clone();
             tasks.spawn(async move { Ok(coordinator.run(s, DRAIN_TIMEOUT).await?) });
@@ -200,14 +239,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     std::num::NonZeroUsize::new(*n).context("--concurrency must be at least 1")?;
             }
             let shutdown = tidemark::shutdown::on_signals();
-            app.worker(consumer_name("worker")).run(shutdown, DRAIN_TIMEOUT).await?;
+            let mut tasks = JoinSet::new();
+            spawn_http(&mut tasks, &app, &shutdown, Http::Probes);
+            let worker = app.worker(consumer_name("worker"));
+            let s = shutdown.clone();
+            tasks.spawn(async move { Ok(worker.run(s, DRAIN_TIMEOUT).await?) });
+            join_all(tasks, &shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Standalone { workers } => {
             let app = load(&cli)?;
             let shutdown = tidemark::shutdown::on_signals();
             let mut tasks = JoinSet::new();
-            spawn_api(&mut tasks, &app, &shutdown);
+            spawn_http(&mut tasks, &app, &shutdown, Http::Api);
             let coordinator = app.coordinator(consumer_name("coordinator"));
             let s = shutdown.clone();
             tasks.spawn(async move { Ok(coordinator.run(s, DRAIN_TIMEOUT).await?) });
@@ -279,6 +323,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                     return Ok(ExitCode::from(exit::TIMED_OUT));
                 }
+                Waited::Refused(reason) => {
+                    if *json {
+                        let failed =
+                            serde_json::json!({"request_id": request.request_id, "status": "failed", "error": reason});
+                        println!("{failed}");
+                    }
+                    eprintln!(
+                        "error: request {} was dead-lettered, no run served it: {reason}",
+                        request.request_id
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
                 Waited::Unreachable(e) => {
                     eprintln!(
                         "error: redis at {} unreachable when the {timeout}s timeout ran out; \
@@ -306,6 +362,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { source, json, runs } => {
             let app = load(&cli)?;
             let id = source.as_ref().map(|s| SourceId::new(s.clone())).transpose()?;
+            // A source is one the config names, or one that ran before (removed since).
+            if let Some(id) = &id
+                && !app.sources.contains_key(id)
+            {
+                let known = app.state().known_sources().await.context("reading the known sources")?;
+                if !known.contains(id) {
+                    let mut configured: Vec<&str> = app.config.sources.iter().map(|s| s.id.as_str()).collect();
+                    configured.sort_unstable();
+                    anyhow::bail!(
+                        "unknown source {:?} (configured: {}; none by that name has ever run)",
+                        id.as_str(),
+                        configured.join(", ")
+                    );
+                }
+            }
             let (sources, queues) = report::collect_status(&app, id.as_ref(), *runs)
                 .await
                 .context("reading status")?;

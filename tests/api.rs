@@ -372,3 +372,165 @@ async fn serve_stops_on_shutdown() {
     );
     drop(client);
 }
+
+/// What a worker serves (`tidemark worker` with `[api] listen`): liveness,
+/// readiness and metrics for Kubernetes and Prometheus, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_serve_probes_and_metrics_only() {
+    let env = Env::start(Options::default()).await;
+    let ask = |uri: &'static str| {
+        let app = env.app.clone();
+        async move {
+            let request = Request::builder().uri(uri).body(Body::empty()).expect("request");
+            let response = tidemark::api::probes_router(app)
+                .oneshot(request)
+                .await
+                .expect("answer");
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .expect("body");
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    assert_eq!(ask("/healthz").await.0, StatusCode::OK);
+    assert_eq!(ask("/readyz").await.0, StatusCode::OK);
+    let (status, metrics) = ask("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(metrics.contains("tidemark_"), "{metrics}");
+    assert_eq!(
+        ask("/v1/sources").await.0,
+        StatusCode::NOT_FOUND,
+        "workers take no requests"
+    );
+    env.redis.pause();
+    assert_eq!(ask("/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    env.redis.resume();
+}
+
+/// With `[api]` tokens: no token or an unknown one is 401 (with
+/// `WWW-Authenticate: Bearer`); a token whose scope is too small is 403, and
+/// nothing is enqueued; `read` reads, `sync` requests syncs, only `admin`
+/// confirms a mass deletion; probes, webhooks and (unless protected) metrics
+/// need no token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_scopes_guard_the_api() {
+    use tidemark::config::{ApiToken, Scope, Secret};
+
+    let env = Env::start(Options::default()).await;
+    let mut app = env.app.clone();
+    let token = |name: &str, scope, secret: &str| ApiToken {
+        name: name.into(),
+        scope,
+        secret: Secret(secret.as_bytes().to_vec()),
+    };
+    app.config.api.tokens = vec![
+        token("reader", Scope::Read, "read-token-0123456789"),
+        token("ci", Scope::Sync, "sync-token-0123456789"),
+        token("ops", Scope::Admin, "admin-token-0123456789"),
+    ];
+    let with = |uri: &str, token: Option<&str>, body: Option<&str>| {
+        let mut b = Request::builder().uri(uri.to_owned());
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let request = match body {
+            Some(json) => b
+                .method(Method::POST)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(json.to_owned())),
+            None => b.body(Body::empty()),
+        };
+        request.expect("request")
+    };
+    let syncs = "/v1/sources/eng/syncs";
+
+    let r = call(&app, with("/v1/sources", None, None)).await;
+    assert_error(
+        &r,
+        StatusCode::UNAUTHORIZED,
+        "missing_token",
+        &["Authorization: Bearer"],
+    );
+    assert_eq!(
+        r.headers.get(header::WWW_AUTHENTICATE).map(|v| v.as_bytes()),
+        Some(&b"Bearer"[..])
+    );
+    let basic = Request::get("/v1/sources")
+        .header(header::AUTHORIZATION, "Basic cmVhZGVyOng=")
+        .body(Body::empty())
+        .expect("request");
+    assert_error(&call(&app, basic).await, StatusCode::UNAUTHORIZED, "missing_token", &[]);
+    let r = call(&app, with("/v1/sources", Some("read-token-012345678X"), None)).await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "bad_token", &[]);
+    assert!(!r.text().contains("012345678X"), "the token is never echoed");
+
+    assert_eq!(
+        call(&app, with("/v1/sources", Some("read-token-0123456789"), None))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&app, with("/v1/sources/eng", Some("read-token-0123456789"), None))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let r = call(
+        &app,
+        with(syncs, Some("read-token-0123456789"), Some(r#"{"mode": "incremental"}"#)),
+    )
+    .await;
+    assert_error(
+        &r,
+        StatusCode::FORBIDDEN,
+        "insufficient_scope",
+        &["reader", "read", "sync"],
+    );
+
+    let mass = r#"{"mode": "full", "allow_mass_delete": true}"#;
+    let r = call(&app, with(syncs, Some("sync-token-0123456789"), Some(mass))).await;
+    assert_error(&r, StatusCode::FORBIDDEN, "insufficient_scope", &["ci", "admin"]);
+    let (_, queues) = report::collect_status(&app, Some(&env.source), 1)
+        .await
+        .expect("status");
+    assert_eq!(queues.requests.length, 0, "nothing was enqueued by a refused request");
+
+    let r = call(
+        &app,
+        with(syncs, Some("sync-token-0123456789"), Some(r#"{"mode": "incremental"}"#)),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let r = call(&app, with(syncs, Some("admin-token-0123456789"), Some(mass))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(
+            call(&app, with(open, None, None)).await.status,
+            StatusCode::OK,
+            "{open}"
+        );
+    }
+    let r = call(&app, with("/webhooks/eng", None, Some("{}"))).await;
+    assert_ne!(
+        r.json()["error"]["code"],
+        "missing_token",
+        "webhooks carry their own signatures"
+    );
+
+    app.config.api.protect_metrics = true;
+    assert_error(
+        &call(&app, with("/metrics", None, None)).await,
+        StatusCode::UNAUTHORIZED,
+        "missing_token",
+        &[],
+    );
+    assert_eq!(
+        call(&app, with("/metrics", Some("read-token-0123456789"), None))
+            .await
+            .status,
+        StatusCode::OK
+    );
+}

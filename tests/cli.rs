@@ -205,3 +205,31 @@ root = "/tmp"
         "{err}"
     );
 }
+
+/// `status` of a source neither configured nor ever run is an error naming
+/// the configured ones; an unreachable Redis is one line, each cause once.
+#[test]
+fn status_of_an_unknown_source_and_redis_down_are_one_clear_line() {
+    let redis = crate::harness::redis_server::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tidemark.toml");
+    let config = |url: &str| {
+        format!(
+            "[redis]\nurl = \"{url}\"\n[sink]\nkind = \"directory\"\npath = \"/tmp/kb\"\n[[sources]]\nid = \"eng\"\nkind = \"confluence\"\n[sources.settings]\nbase_url = \"https://example.atlassian.net\"\nspace_key = \"ENG\"\n"
+        )
+    };
+    std::fs::write(&path, config(&redis.url())).unwrap();
+    let (code, _, err) = tidemark(&["status", "nope", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("unknown source \"nope\" (configured: eng"), "{err}");
+    let (code, out, err) = tidemark(&["status", "eng", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("eng"), "{out}");
+
+    let port = crate::harness::redis_server::free_port();
+    std::fs::write(&path, config(&format!("redis://127.0.0.1:{port}"))).unwrap();
+    let (code, _, err) = tidemark(&["status", "--config", path.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
+    assert_eq!(err.matches("Connection refused").count(), 1, "each cause once: {err}");
+}

@@ -274,3 +274,74 @@ async fn a_page_applied_twice_is_written_once() {
     assert_eq!((second.upserted, second.skipped), (0, 10));
     assert_eq!(mtimes(&env), before, "no file was rewritten");
 }
+
+/// A request dead-lettered before any run served it (here: the coordinator
+/// that took it does not know its source, as when configs differ between
+/// replicas) answers `failed` with the reason: in the API at once, and
+/// `enqueue --wait` exits 1 with it instead of waiting out its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_lettered_request_answers_failed_not_queued() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    let env = Env::start(Options::default()).await;
+    let mut config = env.app.config.clone();
+    config.sources.clear();
+    let stranger = tidemark::app::App::new(config).expect("app").coordinator("c-stranger");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn({
+        let stop = stop.clone();
+        async move { stranger.run(stop, Duration::from_secs(5)).await }
+    });
+
+    let request_id = env.enqueue(SyncMode::Incremental, "test").await;
+    let uri = format!("/v1/sources/eng/requests/{request_id}");
+    let answer = || async {
+        let response = tidemark::api::router(env.app.clone())
+            .oneshot(Request::get(uri.as_str()).body(Body::empty()).expect("request"))
+            .await
+            .expect("answer");
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
+        serde_json::from_slice::<serde_json::Value>(&body).expect("json")
+    };
+    wait_until(
+        "the API reports the request failed",
+        Duration::from_secs(20),
+        || async { answer().await["status"] == "failed" },
+    )
+    .await;
+    let failed = answer().await;
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unknown source \"eng\""),
+        "{failed}"
+    );
+
+    let config = env.config_path.clone();
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tidemark"))
+            .args(["enqueue", "eng", "--wait", "--timeout", "60", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run tidemark")
+    })
+    .await
+    .expect("cli");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("was dead-lettered") && stderr.contains("unknown source"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "answered at once, not at the timeout"
+    );
+    stop.cancel();
+    let _ = running.await;
+}

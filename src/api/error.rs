@@ -5,8 +5,9 @@
 //!   the code, never on message text: body not JSON (400), body of the wrong
 //!   shape or a bad field value (422, naming the field), a body that is not
 //!   declared as JSON (415), a body over the limit (413), unknown source or
-//!   request (404), run record expired (410), Redis unavailable (503), any
-//!   other server fault (500).
+//!   request (404), run record expired (410), no or unknown API token (401,
+//!   with `WWW-Authenticate: Bearer`), a token whose scope is too small (403),
+//!   Redis unavailable (503), any other server fault (500).
 //! - 4xx bodies are `{"error": {"code", "message"[, "field"]}}` and say what
 //!   was wrong with which input.
 //! - 5xx bodies are generic: Redis addresses, key names and internal messages
@@ -84,6 +85,24 @@ pub enum ApiError {
         /// What was wrong, without echoing secrets.
         message: String,
     },
+    /// No API token, or one tidemark does not know (401, `WWW-Authenticate: Bearer`).
+    #[error("{message}")]
+    NotAuthenticated {
+        /// `missing_token` or `bad_token`.
+        code: &'static str,
+        /// What was wrong, without echoing the token.
+        message: String,
+    },
+    /// A known token whose scope does not allow the request (403).
+    #[error("token {name:?} has scope {has}; this needs {needs}")]
+    Forbidden {
+        /// The token's name.
+        name: String,
+        /// Its scope.
+        has: &'static str,
+        /// The scope the request needs.
+        needs: &'static str,
+    },
     /// Redis did not answer (down, paused, unreachable, pool exhausted); retrying later may work.
     #[error("redis unavailable: {0}")]
     Unavailable(String),
@@ -108,7 +127,8 @@ impl ApiError {
             | ApiError::UnknownRequest(_)
             | ApiError::NoRoute(_)
             | ApiError::WebhooksNotConfigured(_) => StatusCode::NOT_FOUND,
-            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized { .. } | ApiError::NotAuthenticated { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::RunExpired { .. } => StatusCode::GONE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -127,7 +147,8 @@ impl ApiError {
             ApiError::RunExpired { .. } => "run_expired",
             ApiError::NoRoute(_) => "not_found",
             ApiError::WebhooksNotConfigured(_) => "webhooks_not_configured",
-            ApiError::Unauthorized { code, .. } => code,
+            ApiError::Unauthorized { code, .. } | ApiError::NotAuthenticated { code, .. } => code,
+            ApiError::Forbidden { .. } => "insufficient_scope",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -161,7 +182,14 @@ impl IntoResponse for ApiError {
         if let ApiError::InvalidField { field, .. } = &self {
             error["field"] = json!(field);
         }
-        (status, Json(json!({ "error": error }))).into_response()
+        let mut response = (status, Json(json!({ "error": error }))).into_response();
+        if let ApiError::NotAuthenticated { .. } = &self {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                "Bearer".parse().expect("a valid header value"),
+            );
+        }
+        response
     }
 }
 

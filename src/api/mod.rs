@@ -26,13 +26,13 @@
 //!
 //! Failures map to responses in [`error`]; 5xx details are logged there, once.
 
+pub mod auth;
 pub mod error;
 pub mod metrics;
 pub mod webhooks;
 
 use std::net::SocketAddr;
 
-use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
@@ -41,6 +41,7 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -62,15 +63,18 @@ pub const DEFAULT_RUNS: usize = 5;
 pub const MAX_RUNS: usize = 50;
 
 /// The API's routes over `app`. A plain function so tests can drive it without a socket.
+/// Each `/v1` route asks for its scope (`auth`); probes and webhooks need no token.
 pub fn router(app: App) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics::metrics))
-        .route("/v1/sources", get(list_sources))
-        .route("/v1/sources/{source}", get(get_source))
-        .route("/v1/sources/{source}/syncs", post(create_sync))
-        .route("/v1/sources/{source}/requests/{request_id}", get(get_request))
+    let read = || middleware::from_fn_with_state(app.clone(), auth::read);
+    let sync = middleware::from_fn_with_state(app.clone(), auth::sync);
+    probe_routes(&app)
+        .route("/v1/sources", get(list_sources).route_layer(read()))
+        .route("/v1/sources/{source}", get(get_source).route_layer(read()))
+        .route("/v1/sources/{source}/syncs", post(create_sync).route_layer(sync))
+        .route(
+            "/v1/sources/{source}/requests/{request_id}",
+            get(get_request).route_layer(read()),
+        )
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .route(
             "/webhooks/{source}",
@@ -81,16 +85,44 @@ pub fn router(app: App) -> Router {
         .with_state(app)
 }
 
+/// What a worker serves: probes and metrics only. Workers take no requests
+/// (only coordinators do), but Kubernetes must still see whether they are
+/// alive and ready, and Prometheus must scrape them.
+pub fn probes_router(app: App) -> Router {
+    probe_routes(&app).fallback(no_route).with_state(app)
+}
+
+/// Liveness, readiness and metrics: what every process serves.
+fn probe_routes(app: &App) -> Router<App> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(metrics::metrics).route_layer(middleware::from_fn_with_state(app.clone(), auth::metrics)),
+        )
+}
+
 /// Binds `addr` and serves the API until `shutdown`; requests in flight then finish.
 pub async fn serve(app: App, addr: SocketAddr, shutdown: CancellationToken) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     serve_on(listener, app, shutdown).await
 }
 
+/// Binds `addr` and serves [`probes_router`] until `shutdown` (workers).
+pub async fn serve_probes(app: App, addr: SocketAddr, shutdown: CancellationToken) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    serve_router(listener, probes_router(app), shutdown).await
+}
+
 /// Serves the API on an already bound listener (tests bind port 0 and read the port).
 pub async fn serve_on(listener: TcpListener, app: App, shutdown: CancellationToken) -> std::io::Result<()> {
+    serve_router(listener, router(app), shutdown).await
+}
+
+async fn serve_router(listener: TcpListener, routes: Router, shutdown: CancellationToken) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "HTTP API listening");
-    axum::serve(listener, router(app))
+    axum::serve(listener, routes)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
     tracing::info!("HTTP API stopped");
@@ -258,6 +290,7 @@ fn parse_sync_body(headers: &HeaderMap, body: &[u8]) -> Result<(SyncMode, bool),
 
 async fn create_sync(
     State(app): State<App>,
+    Extension(caller): Extension<auth::Caller>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -271,11 +304,15 @@ async fn create_sync(
         other => ApiError::NotJson(other.body_text()),
     })?;
     let (mode, allow_mass_delete) = parse_sync_body(&headers, &body)?;
+    // Confirming a mass deletion overrides the deletion guard: admins only.
+    if allow_mass_delete {
+        caller.require(crate::config::Scope::Admin)?;
+    }
     let mut request = SyncRequest::new(id.clone(), mode, "api");
     request.allow_mass_delete = allow_mass_delete;
     let request_id = queue::enqueue(&app.pool, &app.keys, &request).await?;
     let status_url = format!("/v1/sources/{id}/requests/{request_id}");
-    tracing::info!(source = %id, %mode, request = %request_id, "sync requested over the API");
+    tracing::info!(source = %id, %mode, request = %request_id, caller = %caller.name, "sync requested over the API");
     let body = json!({
         "request_id": request_id,
         "source": id,
@@ -298,6 +335,10 @@ async fn get_request(
         .to_string();
     let state = app.state();
     let Some(run) = state.run_for_request(&id, &request_id).await? else {
+        if let Some(reason) = state.request_refused(&id, &request_id).await? {
+            let body = json!({"request_id": request_id, "status": "failed", "error": reason});
+            return Ok(Json(body).into_response());
+        }
         let body = json!({"request_id": request_id, "status": "queued"});
         return Ok((StatusCode::ACCEPTED, [(header::RETRY_AFTER, "1")], Json(body)).into_response());
     };

@@ -17,8 +17,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod api;
 mod sink;
 
+pub use api::{ApiConfig, ApiToken, RawApi, Scope};
 pub use sink::{DEFAULT_SINK, RawChunks, RawSink, SinkConfig, SinkKind};
 
 use crate::queue::retention::Retention;
@@ -348,22 +350,6 @@ fn empty_table() -> toml::Value {
     toml::Value::Table(Default::default())
 }
 
-/// `[api]` as written.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawApi {
-    /// Where the coordinator serves its HTTP API. Default `0.0.0.0:8080`; `""` disables it.
-    pub listen: String,
-}
-
-impl Default for RawApi {
-    fn default() -> Self {
-        Self {
-            listen: "0.0.0.0:8080".into(),
-        }
-    }
-}
-
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -377,6 +363,8 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// HTTP API address, if enabled.
     pub api_listen: Option<std::net::SocketAddr>,
+    /// Who may use the API (`[api]` tokens), and whether `/metrics` needs one.
+    pub api: ApiConfig,
     /// What the streams keep (`[queue]`).
     pub queue: Retention,
 }
@@ -667,17 +655,8 @@ impl Config {
             }
         }
 
-        let api_listen = if raw.api.listen.is_empty() {
-            None
-        } else {
-            match raw.api.listen.parse() {
-                Ok(a) => Some(a),
-                Err(_) => {
-                    problems.push(format!("api.listen: {:?} is not a host:port address", raw.api.listen));
-                    None
-                }
-            }
-        };
+        let api = api::check(&raw.api, env, &mut problems);
+        let api_listen = api.listen;
 
         match (problems.is_empty(), sync) {
             (true, Some(sync)) => {
@@ -702,6 +681,7 @@ impl Config {
                     sinks,
                     sources,
                     api_listen,
+                    api,
                     queue,
                 })
             }
@@ -1070,6 +1050,53 @@ space_key = "ENG"
             ),
         ] {
             let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+        }
+    }
+
+    /// `[api]` tokens from a file or an environment variable; a missing
+    /// file, an unset variable, both at once, and protected metrics without
+    /// tokens are named.
+    #[test]
+    fn api_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tokens");
+        std::fs::write(
+            &file,
+            "ci sync 0123456789abcdef01
+ops admin 0123456789abcdef02
+",
+        )
+        .unwrap();
+        let api = |table: &str| GOOD.replace("[[sources]]", &format!("[api]\n{table}\n\n[[sources]]"));
+        let env = |k: &str| (k == "TOKENS").then(|| "reader read 0123456789abcdef03".to_owned());
+        let parse = |text: &str| Config::parse(text, Path::new("t.toml"), env);
+        let c = parse(&api(&format!("tokens_file = {file:?}"))).expect("valid");
+        let names: Vec<(&str, Scope)> = c.api.tokens.iter().map(|t| (t.name.as_str(), t.scope)).collect();
+        assert_eq!(names, [("ci", Scope::Sync), ("ops", Scope::Admin)]);
+        assert!(
+            !format!("{:?}", c.api).contains("0123456789abcdef"),
+            "tokens never reach Debug"
+        );
+        let c = parse(&api("tokens_env = \"TOKENS\"\nprotect_metrics = true")).expect("valid");
+        assert_eq!((c.api.tokens.len(), c.api.protect_metrics), (1, true));
+        assert!(parse(GOOD).expect("valid").api.tokens.is_empty(), "no tokens: open");
+        for (table, needle) in [
+            (
+                "tokens_file = \"/nonexistent/tokens\"".to_owned(),
+                "api.tokens_file: /nonexistent/tokens:",
+            ),
+            (
+                "tokens_env = \"UNSET\"".to_owned(),
+                "api.tokens_env: environment variable \"UNSET\" is not set",
+            ),
+            (
+                format!("tokens_file = {file:?}\ntokens_env = \"TOKENS\""),
+                "api: give tokens_file or tokens_env, not both",
+            ),
+            ("protect_metrics = true".to_owned(), "api.protect_metrics: needs tokens"),
+        ] {
+            let err = parse(&api(&table)).unwrap_err().to_string();
             assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
         }
     }

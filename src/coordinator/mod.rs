@@ -356,8 +356,16 @@ impl Coordinator {
         }
     }
 
-    /// Moves a request that cannot be served to the dead-letter stream, with `reason`.
+    /// Moves a request that cannot be served to the dead-letter stream, with
+    /// `reason`; a request that names its source is answered `failed` with the
+    /// reason (API, `enqueue --wait`) instead of staying `queued` forever.
     async fn dead_letter_request(&self, entry: &Entry, reason: &str, deliveries: u64) -> Result<(), queue::Error> {
+        if let Ok(request) = SyncRequest::from_entry(entry) {
+            let ids = request.all_request_ids();
+            if let Err(e) = self.state.record_request_refused(&request.source, &ids, reason).await {
+                tracing::warn!(request = %request.request_id, error = %e, "could not record why the request was dead-lettered");
+            }
+        }
         let (dead_letters, requests) = (self.keys.dead_letters(), self.keys.requests());
         dlq::dead_letter(&self.pool, &dead_letters, &requests, GROUP, entry, reason, deliveries).await
     }

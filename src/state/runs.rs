@@ -623,6 +623,30 @@ impl StateStore {
         Ok(latest)
     }
 
+    /// Records that the requests `request_ids` of `source` were dead-lettered
+    /// without a run serving them, and why (kept as long as run records).
+    pub async fn record_request_refused(
+        &self,
+        source: &SourceId,
+        request_ids: &[String],
+        reason: &str,
+    ) -> Result<(), Error> {
+        let mut conn = self.pool.get().await?;
+        let mut pipe = redis::pipe();
+        for id in request_ids {
+            pipe.set_ex(self.keys.request_refused(source, id), reason, RUN_RETENTION_SECS as u64)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Why `request_id` was dead-lettered unserved, if it was.
+    pub async fn request_refused(&self, source: &SourceId, request_id: &str) -> Result<Option<String>, Error> {
+        let mut conn = self.pool.get().await?;
+        Ok(conn.get(self.keys.request_refused(source, request_id)).await?)
+    }
+
     /// Waits until the run serving `request_id` has ended, polling every `poll`; `None` on timeout.
     pub async fn wait_for_request(
         &self,
