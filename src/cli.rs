@@ -101,6 +101,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read and act on the dead-letter stream (requests and page jobs that
+    /// could not be processed, documents that failed alone).
+    Dlq {
+        /// What to do.
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Validate the configuration file and exit.
     CheckConfig,
     /// Run a simulator of a third-party API.
@@ -155,5 +162,40 @@ pub enum Simulated {
         /// Requests per second before 403 userRateLimitExceeded.
         #[arg(long)]
         rate_limit: Option<u32>,
+    },
+}
+
+/// `tidemark dlq` actions.
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// The newest dead letters: id, origin, source, reason.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON (one array, bodies decoded).
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dead letter with its original message decoded.
+    Show {
+        /// The dead letter's id (from `list`).
+        id: String,
+    },
+    /// Redo dead letters and remove them: a request is enqueued again (under a
+    /// new id, without any mass-deletion confirmation), a page job or a failed
+    /// document becomes a targeted run of its documents.
+    Replay {
+        /// Dead-letter ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Remove dead letters.
+    Purge {
+        /// Dead-letter ids.
+        ids: Vec<String>,
+        /// Remove every dead letter.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
     },
 }

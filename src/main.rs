@@ -100,6 +100,89 @@ fn one_line(e: &anyhow::Error) -> String {
     out
 }
 
+/// `tidemark dlq ...`: list, show, replay, purge dead letters.
+async fn dlq_command(app: &App, action: &cli::DlqAction) -> anyhow::Result<ExitCode> {
+    use cli::DlqAction;
+    use tidemark::queue::{dlq, streams};
+    let (stream, requests, jobs) = (app.keys.dead_letters(), app.keys.requests(), app.keys.jobs());
+    let read = |id: &str| {
+        let (stream, id) = (stream.clone(), id.to_owned());
+        async move {
+            streams::entry(&app.pool, &stream, &id)
+                .await
+                .context("reading the dead-letter stream")?
+                .with_context(|| format!("no dead letter {id:?} (see `tidemark dlq list`)"))
+        }
+    };
+    match action {
+        DlqAction::List { limit, json } => {
+            let entries = streams::newest(&app.pool, &stream, *limit)
+                .await
+                .context("reading the dead-letter stream")?;
+            let letters: Vec<dlq::DeadLetter> = entries.iter().map(|e| dlq::describe(e, &requests, &jobs)).collect();
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+            } else if letters.is_empty() {
+                println!("no dead letters");
+            } else {
+                for l in &letters {
+                    let at = [l.source.as_deref(), l.run.as_deref(), l.document.as_deref()]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    let page = l.page.map(|p| format!(" page {p}")).unwrap_or_default();
+                    println!("{}  {}  {at}{page}: {}", l.id, l.origin, l.reason);
+                }
+            }
+        }
+        DlqAction::Show { id } => {
+            let letter = dlq::describe(&read(id).await?, &requests, &jobs);
+            println!("{}", serde_json::to_string_pretty(&letter)?);
+        }
+        DlqAction::Replay { ids } => {
+            for id in ids {
+                let entry = read(id).await?;
+                let redo = dlq::redo_of(&entry, &requests, &jobs)
+                    .map_err(|why| anyhow::anyhow!("dead letter {id} cannot be replayed: {why}"))?;
+                let request = dlq::replay_request(&redo);
+                tidemark::queue::enqueue(&app.pool, &app.keys, &request)
+                    .await
+                    .context("enqueueing the replay")?;
+                streams::delete(&app.pool, &stream, &[id.as_str()])
+                    .await
+                    .context("removing the replayed dead letter")?;
+                let what = if request.targets.is_empty() {
+                    format!("a {} sync", request.mode)
+                } else {
+                    format!("a run of {} document(s)", request.targets.len())
+                };
+                println!(
+                    "replayed {id} as {what} of {}: request {}",
+                    request.source, request.request_id
+                );
+            }
+        }
+        DlqAction::Purge { ids, all } => {
+            let removed = if *all {
+                let entries = streams::newest(&app.pool, &stream, usize::MAX >> 1)
+                    .await
+                    .context("reading the dead-letter stream")?;
+                let every: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+                streams::delete(&app.pool, &stream, &every).await
+            } else if ids.is_empty() {
+                anyhow::bail!("name the dead letters to purge, or --all");
+            } else {
+                let named: Vec<&str> = ids.iter().map(String::as_str).collect();
+                streams::delete(&app.pool, &stream, &named).await
+            }
+            .context("removing dead letters")?;
+            println!("removed {removed} dead letter(s)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// What a process serves on `[api] listen`, when set.
 #[derive(Clone, Copy)]
 enum Http {
@@ -387,6 +470,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", report::status_text(&sources, &queues));
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq { action } => {
+            let app = load(&cli)?;
+            dlq_command(&app, action).await
         }
         Command::Verify {
             source,

@@ -345,3 +345,156 @@ async fn dead_lettered_request_answers_failed_not_queued() {
     stop.cancel();
     let _ = running.await;
 }
+
+/// `tidemark dlq`: dead letters listed and shown with their original message
+/// decoded (not MessagePack bytes); a page job replayed becomes a targeted run
+/// that syncs its documents; an undecodable letter says why it cannot be
+/// replayed; purge empties the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_commands_list_show_replay_and_purge() {
+    use tidemark::queue::dlq;
+    use tidemark::queue::jobs::{Action, JobItem};
+    use tidemark::queue::streams::{self, Entry};
+    use tidemark::sources::DocMeta;
+    use tidemark::types::{DocumentId, FencingToken, RunId};
+
+    let env = Env::start(Options::default()).await;
+    env.coordinator("c1");
+    env.worker("w1");
+    let pages = env.sim.pages();
+    let job = PageJob {
+        run: RunId("gone-run".into()),
+        source: env.source.clone(),
+        token: FencingToken(1),
+        page: 3,
+        items: pages[..3]
+            .iter()
+            .map(|p| JobItem {
+                meta: DocMeta {
+                    id: DocumentId(p.id.clone()),
+                    version: p.version.to_string(),
+                    title: p.title.clone(),
+                    ..DocMeta::default()
+                },
+                action: Action::Upsert,
+                breadcrumb: Vec::new(),
+            })
+            .collect(),
+    };
+    let entry = |id: &str, fields: Vec<(&'static str, Vec<u8>)>| Entry {
+        id: id.to_owned(),
+        fields: fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    };
+    let (dead, jobs, requests) = (
+        env.app.keys.dead_letters(),
+        env.app.keys.jobs(),
+        env.app.keys.requests(),
+    );
+    let page_entry = entry("1-0", job.to_fields());
+    dlq::dead_letter(
+        &env.app.pool,
+        &dead,
+        &jobs,
+        "workers",
+        &page_entry,
+        "source answered 500 five times",
+        5,
+    )
+    .await
+    .expect("dead letter");
+    let garbage = entry(
+        "2-0",
+        vec![("v", b"1".to_vec()), ("body", b"\xff\xfe not msgpack".to_vec())],
+    );
+    dlq::dead_letter(
+        &env.app.pool,
+        &dead,
+        &requests,
+        "coordinators",
+        &garbage,
+        "malformed",
+        1,
+    )
+    .await
+    .expect("dead letter");
+    let letters = streams::newest(&env.app.pool, &dead, 10).await.expect("read");
+    let page_letter = letters
+        .iter()
+        .find(|e| e.text("reason") == Some("source answered 500 five times"))
+        .expect("page letter")
+        .id
+        .clone();
+    let garbage_letter = letters
+        .iter()
+        .find(|e| e.text("reason") == Some("malformed"))
+        .expect("garbage letter")
+        .id
+        .clone();
+
+    let config = env.config_path.clone();
+    let cli = move |args: Vec<String>| {
+        let config = config.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidemark"))
+                    .args(&args)
+                    .arg("--config")
+                    .arg(&config)
+                    .env("RUST_LOG", "warn")
+                    .output()
+                    .expect("run tidemark");
+                (
+                    out.status.code().unwrap_or(-1),
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                )
+            })
+            .await
+            .expect("cli")
+        }
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    let (code, out, err) = cli(args(&["dlq", "list"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!(
+            "{page_letter}  {jobs}  eng gone-run page 3: source answered 500 five times"
+        )),
+        "{out}"
+    );
+    let (code, out, _) = cli(args(&["dlq", "list", "--json"])).await;
+    assert_eq!(code, 0);
+    let listed: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(2));
+    let (code, out, err) = cli(args(&["dlq", "show", &page_letter])).await;
+    assert_eq!(code, 0, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(shown["body"]["items"][0]["meta"]["id"], pages[0].id.as_str(), "{shown}");
+    assert_eq!(shown["deliveries"], 5);
+
+    let (code, _, err) = cli(args(&["dlq", "replay", &garbage_letter])).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot be replayed"), "{err}");
+    let (code, out, err) = cli(args(&["dlq", "replay", &page_letter])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("as a run of 3 document(s) of eng"), "{out}");
+    wait_until(
+        "the replayed page's documents are synced",
+        Duration::from_secs(30),
+        || async {
+            let held: Vec<String> = env.sink_docs().into_iter().map(|d| d.id.0).collect();
+            pages[..3].iter().all(|p| held.contains(&p.id))
+        },
+    )
+    .await;
+
+    let (code, out, _) = cli(args(&["dlq", "purge", "--all"])).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("removed 1 dead letter(s)"), "{out}");
+    let (_, out, _) = cli(args(&["dlq", "list"])).await;
+    assert!(out.contains("no dead letters"), "{out}");
+    let (code, _, err) = cli(args(&["dlq", "show", &page_letter])).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("no dead letter"), "{err}");
+}

@@ -50,6 +50,10 @@ pub struct SourceFigures {
 }
 
 /// Handler: reads the figures and renders them.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    security((), ("bearer" = ["read"])),
+    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"),
+        (status = 401, description = "With protect_metrics: no or unknown token")))]
 pub async fn metrics(State(app): State<App>) -> Result<impl IntoResponse, ApiError> {
     let queues = report::queue_status(&app).await?;
     let state = app.state();

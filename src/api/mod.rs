@@ -29,6 +29,7 @@
 pub mod auth;
 pub mod error;
 pub mod metrics;
+pub mod openapi;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -40,7 +41,11 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use std::sync::Arc;
+use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
+use utoipa_axum::routes;
+
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -65,42 +70,70 @@ pub const MAX_RUNS: usize = 50;
 /// The API's routes over `app`. A plain function so tests can drive it without a socket.
 /// Each `/v1` route asks for its scope (`auth`); probes and webhooks need no token.
 pub fn router(app: App) -> Router {
-    let read = || middleware::from_fn_with_state(app.clone(), auth::read);
-    let sync = middleware::from_fn_with_state(app.clone(), auth::sync);
-    probe_routes(&app)
-        .route("/v1/sources", get(list_sources).route_layer(read()))
-        .route("/v1/sources/{source}", get(get_source).route_layer(read()))
-        .route("/v1/sources/{source}/syncs", post(create_sync).route_layer(sync))
-        .route(
-            "/v1/sources/{source}/requests/{request_id}",
-            get(get_request).route_layer(read()),
-        )
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .route(
-            "/webhooks/{source}",
-            post(webhooks::receive).layer(DefaultBodyLimit::max(webhooks::WEBHOOK_BODY_LIMIT)),
-        )
+    let (routes, doc) = documented(&app).split_for_parts();
+    routes
         .fallback(no_route)
+        .layer(Extension(Arc::new(doc)))
         .layer(middleware::from_fn(error::log_server_errors))
         .with_state(app)
+}
+
+/// The API and its OpenAPI document, from one list of annotated handlers.
+pub fn documented(app: &App) -> OpenApiRouter<App> {
+    // Each `/v1` route: its scope's gate, then the body limit.
+    let reading = |(schemas, paths, route): UtoipaMethodRouter<App>| {
+        let gate = middleware::from_fn_with_state(app.clone(), auth::read);
+        (
+            schemas,
+            paths,
+            route.route_layer(gate).layer(DefaultBodyLimit::max(BODY_LIMIT)),
+        )
+    };
+    let syncing = |(schemas, paths, route): UtoipaMethodRouter<App>| {
+        let gate = middleware::from_fn_with_state(app.clone(), auth::sync);
+        (
+            schemas,
+            paths,
+            route.route_layer(gate).layer(DefaultBodyLimit::max(BODY_LIMIT)),
+        )
+    };
+    let (schemas, paths, webhook) = routes!(webhooks::receive);
+    probe_routes(app)
+        .routes(routes!(openapi_json))
+        .routes(reading(routes!(list_sources)))
+        .routes(reading(routes!(get_source)))
+        .routes(syncing(routes!(create_sync)))
+        .routes(reading(routes!(get_request)))
+        .routes((
+            schemas,
+            paths,
+            webhook.layer(DefaultBodyLimit::max(webhooks::WEBHOOK_BODY_LIMIT)),
+        ))
 }
 
 /// What a worker serves: probes and metrics only. Workers take no requests
 /// (only coordinators do), but Kubernetes must still see whether they are
 /// alive and ready, and Prometheus must scrape them.
 pub fn probes_router(app: App) -> Router {
-    probe_routes(&app).fallback(no_route).with_state(app)
+    let (routes, _) = probe_routes(&app).split_for_parts();
+    routes.fallback(no_route).with_state(app)
 }
 
 /// Liveness, readiness and metrics: what every process serves.
-fn probe_routes(app: &App) -> Router<App> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route(
-            "/metrics",
-            get(metrics::metrics).route_layer(middleware::from_fn_with_state(app.clone(), auth::metrics)),
-        )
+fn probe_routes(app: &App) -> OpenApiRouter<App> {
+    let metrics_gate = middleware::from_fn_with_state(app.clone(), auth::metrics);
+    let (schemas, paths, metrics) = routes!(metrics::metrics);
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes((schemas, paths, metrics.route_layer(metrics_gate)))
+}
+
+/// The OpenAPI 3.1 document of this API.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
+async fn openapi_json(Extension(doc): Extension<Arc<utoipa::openapi::OpenApi>>) -> Json<utoipa::openapi::OpenApi> {
+    Json((*doc).clone())
 }
 
 /// Binds `addr` and serves the API until `shutdown`; requests in flight then finish.
@@ -129,6 +162,8 @@ async fn serve_router(listener: TcpListener, routes: Router, shutdown: Cancellat
     Ok(())
 }
 
+/// Liveness: 200 while the process runs.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive", body = String)))]
 async fn healthz() -> &'static str {
     "ok"
 }
@@ -141,6 +176,9 @@ async fn healthz() -> &'static str {
 /// retrying with backoff (`/healthz` stays 200, so Kubernetes does not restart
 /// it), it is only taken out of the Service. The 503 body says why, naming
 /// Redis by its redacted address (probes and operators read it; no credentials).
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Redis answers", body = String),
+    (status = 503, description = "Redis does not answer; the body says why", body = String)))]
 async fn readyz(State(app): State<App>) -> Response {
     let limit = app.config.redis.response_timeout;
     let problem = match tokio::time::timeout(limit, crate::db::ping(&app.pool)).await {
@@ -210,6 +248,12 @@ async fn readable_source(app: &App, raw: &str) -> Result<SourceId, ApiError> {
     }
 }
 
+/// Every source's status, as `tidemark status --json`.
+#[utoipa::path(get, path = "/v1/sources", tag = "status", security(("bearer" = ["read"])),
+    params(("runs" = Option<usize>, Query, description = "Recent runs per source (default 5, at most 50)")),
+    responses((status = 200, description = "Sources and queues", body = Object),
+        (status = 401, description = "No or unknown token"), (status = 403, description = "Scope too small"),
+        (status = 422, description = "A bad `runs`")))]
 async fn list_sources(
     State(app): State<App>,
     q: Result<Query<StatusParams>, QueryRejection>,
@@ -219,6 +263,13 @@ async fn list_sources(
     Ok(Json(json!({"sources": sources, "queues": queues})))
 }
 
+/// One source's status.
+#[utoipa::path(get, path = "/v1/sources/{source}", tag = "status", security(("bearer" = ["read"])),
+    params(("source" = String, Path, description = "Source id"),
+        ("runs" = Option<usize>, Query, description = "Recent runs (default 5, at most 50)")),
+    responses((status = 200, description = "The source and the queues", body = Object),
+        (status = 401, description = "No or unknown token"), (status = 403, description = "Scope too small"),
+        (status = 404, description = "Unknown source (the configured ones are listed)")))]
 async fn get_source(
     State(app): State<App>,
     path: Result<Path<String>, PathRejection>,
@@ -288,6 +339,15 @@ fn parse_sync_body(headers: &HeaderMap, body: &[u8]) -> Result<(SyncMode, bool),
     Ok((mode, allow_mass_delete))
 }
 
+/// Requests a sync; `allow_mass_delete` (confirming the deletion guard) needs the admin scope.
+#[utoipa::path(post, path = "/v1/sources/{source}/syncs", tag = "sync", security(("bearer" = ["sync"])),
+    params(("source" = String, Path, description = "Source id")),
+    request_body(content = Object, description = r#"{"mode": "incremental" | "full", "allow_mass_delete": false}; empty means incremental"#, content_type = "application/json"),
+    responses((status = 202, description = "Enqueued: request_id and status_url", body = Object),
+        (status = 400, description = "Not JSON"), (status = 401, description = "No or unknown token"),
+        (status = 403, description = "Scope too small"), (status = 404, description = "Unknown source"),
+        (status = 413, description = "Body too large"), (status = 415, description = "Not application/json"),
+        (status = 422, description = "A bad field, named"), (status = 503, description = "Redis unavailable")))]
 async fn create_sync(
     State(app): State<App>,
     Extension(caller): Extension<auth::Caller>,
@@ -322,6 +382,14 @@ async fn create_sync(
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, status_url)], Json(body)).into_response())
 }
 
+/// A request's outcome: queued, the run that served it, or failed (dead-lettered unserved).
+#[utoipa::path(get, path = "/v1/sources/{source}/requests/{request_id}", tag = "sync", security(("bearer" = ["read"])),
+    params(("source" = String, Path, description = "Source id"),
+        ("request_id" = String, Path, description = "The request_id a sync request returned")),
+    responses((status = 200, description = "The run record, or {status: failed, error}", body = Object),
+        (status = 202, description = "Queued: no run has served it yet"),
+        (status = 401, description = "No or unknown token"), (status = 403, description = "Scope too small"),
+        (status = 404, description = "Unknown source or request"), (status = 410, description = "The run's record expired")))]
 async fn get_request(
     State(app): State<App>,
     path: Result<Path<(String, String)>, PathRejection>,

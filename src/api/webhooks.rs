@@ -193,6 +193,14 @@ async fn verify(
 }
 
 /// `POST /webhooks/{source}`.
+#[utoipa::path(post, path = "/webhooks/{source}", tag = "webhooks",
+    params(("source" = String, Path, description = "Source id")),
+    request_body(content = Object, description = "A source's change notification, signed (X-Tidemark-Signature, X-Hub-Signature or a Drive channel token)", content_type = "application/json"),
+    responses((status = 202, description = "Accepted: a sync follows after the debounce window"),
+        (status = 200, description = "A Drive sync handshake"),
+        (status = 401, description = "Signature missing, bad, stale or replayed"),
+        (status = 404, description = "Unknown source, or no webhook configured"),
+        (status = 413, description = "Body too large")))]
 pub async fn receive(
     State(app): State<App>,
     path: Result<Path<String>, PathRejection>,

@@ -49,6 +49,48 @@ impl Entry {
     }
 }
 
+/// Up to `count` entries of `stream`, newest first (XREVRANGE).
+pub async fn newest(pool: &Pool, stream: &str, count: usize) -> Result<Vec<Entry>, Error> {
+    let mut conn = pool.get().await?;
+    let reply: StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(&mut conn)
+        .await
+        .context(|| format!("XREVRANGE {stream}"))?;
+    Ok(reply.ids.into_iter().map(Entry::from_stream_id).collect())
+}
+
+/// The entry `id` of `stream`, if it is there (XRANGE id id).
+pub async fn entry(pool: &Pool, stream: &str, id: &str) -> Result<Option<Entry>, Error> {
+    let mut conn = pool.get().await?;
+    let reply: StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg(id)
+        .arg(id)
+        .query_async(&mut conn)
+        .await
+        .context(|| format!("XRANGE {stream} {id}"))?;
+    Ok(reply.ids.into_iter().next().map(Entry::from_stream_id))
+}
+
+/// Deletes entries `ids` of `stream` (XDEL); returns how many there were.
+pub async fn delete(pool: &Pool, stream: &str, ids: &[&str]) -> Result<u64, Error> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut conn = pool.get().await?;
+    redis::cmd("XDEL")
+        .arg(stream)
+        .arg(ids)
+        .query_async(&mut conn)
+        .await
+        .context(|| format!("XDEL {stream}"))
+}
+
 /// An entry delivered but not yet acked, from XPENDING.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pending {
