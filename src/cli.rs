@@ -84,6 +84,10 @@ pub enum Command {
         /// Runs to show per source.
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Show it again every this many seconds until interrupted (a terminal
+        /// is cleared first; JSON prints one document per line).
+        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+        watch: Option<u64>,
     },
     /// Compare the sink with the state (and the source): report drift by kind.
     /// Exit 0: no drift; 5: drift found; 1: could not check.

@@ -1,6 +1,7 @@
 //! The `tidemark` binary: parse the command line, set up logging, run, exit with a status.
 
 mod cli;
+mod progress;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -241,7 +242,13 @@ enum Waited {
 /// passes. Redis faults on the way are waited out with the shared backoff; they
 /// never become an outcome. An `abandoned` run is not one either: the request
 /// stays pending and is served by the run that takes it over.
-async fn wait_for_outcome(app: &App, source: &SourceId, request_id: &str, deadline: Instant) -> anyhow::Result<Waited> {
+async fn wait_for_outcome(
+    app: &App,
+    source: &SourceId,
+    request_id: &str,
+    deadline: Instant,
+    progress: &mut progress::Progress,
+) -> anyhow::Result<Waited> {
     const POLL: Duration = Duration::from_millis(200);
     let state = app.state();
     let mut delays = app.config.redis.retry.delays();
@@ -259,6 +266,9 @@ async fn wait_for_outcome(app: &App, source: &SourceId, request_id: &str, deadli
                     tracing::info!(redis = %app.redis_addr(), "redis reachable again; still waiting for the run");
                 }
                 delays.reset();
+                if let Some(rec) = &outcome {
+                    progress.update(rec);
+                }
                 if let Some(rec) = outcome
                     && matches!(
                         rec.status,
@@ -397,7 +407,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let record = match wait_for_outcome(&app, &id, &request.request_id, deadline).await? {
+            let mut progress = progress::Progress::new(*json);
+            let waited = wait_for_outcome(&app, &id, &request.request_id, deadline, &mut progress).await;
+            progress.finish();
+            let record = match waited? {
                 Waited::Ended(record) => record,
                 Waited::TimedOut => {
                     eprintln!(
@@ -442,7 +455,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => ExitCode::FAILURE,
             })
         }
-        Command::Status { source, json, runs } => {
+        Command::Status {
+            source,
+            json,
+            runs,
+            watch,
+        } => {
             let app = load(&cli)?;
             let id = source.as_ref().map(|s| SourceId::new(s.clone())).transpose()?;
             // A source is one the config names, or one that ran before (removed since).
@@ -460,14 +478,36 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
-            let (sources, queues) = report::collect_status(&app, id.as_ref(), *runs)
-                .await
-                .context("reading status")?;
-            if *json {
-                let v = serde_json::json!({"sources": sources, "queues": queues});
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                print!("{}", report::status_text(&sources, &queues));
+            let shutdown = tidemark::shutdown::on_signals();
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            loop {
+                let (sources, queues) = report::collect_status(&app, id.as_ref(), *runs)
+                    .await
+                    .context("reading status")?;
+                match (*json, watch.is_some()) {
+                    (true, false) => {
+                        let v = serde_json::json!({"sources": sources, "queues": queues});
+                        println!("{}", serde_json::to_string_pretty(&v)?);
+                    }
+                    // Watching: one JSON document per line, for `jq` and log shippers.
+                    (true, true) => println!("{}", serde_json::json!({"sources": sources, "queues": queues})),
+                    (false, _) => {
+                        if watch.is_some() {
+                            if terminal {
+                                print!("\x1b[2J\x1b[H");
+                            }
+                            println!("{}", chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC"));
+                        }
+                        print!("{}", report::status_text(&sources, &queues));
+                    }
+                }
+                use std::io::Write;
+                std::io::stdout().flush()?;
+                let Some(every) = watch else { break };
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(*every)) => {}
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -233,3 +233,114 @@ fn status_of_an_unknown_source_and_redis_down_are_one_clear_line() {
     assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
     assert_eq!(err.matches("Connection refused").count(), 1, "each cause once: {err}");
 }
+
+/// `status --watch N` prints the status again every N seconds until
+/// interrupted (SIGTERM ends it cleanly); with `--json`, one document a line.
+#[test]
+fn status_watch_repeats_until_interrupted() {
+    use std::io::{BufRead, BufReader};
+    let redis = crate::harness::redis_server::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tidemark.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[redis]\nurl = \"{}\"\n[sink]\nkind = \"directory\"\npath = \"/tmp/kb\"\n[[sources]]\nid = \"eng\"\nkind = \"confluence\"\n[sources.settings]\nbase_url = \"https://example.atlassian.net\"\nspace_key = \"ENG\"\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(["status", "--watch", "1", "--json", "--config", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tidemark");
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut documents = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while documents.len() < 3 && std::time::Instant::now() < deadline {
+        if let Ok(line) = lines_rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            let doc: serde_json::Value = serde_json::from_str(&line).expect("one JSON document a line");
+            documents.push(doc);
+        }
+    }
+    assert_eq!(documents.len(), 3, "three refreshes within 20 s");
+    assert!(
+        documents.iter().all(|d| d["sources"][0]["source"] == "eng"),
+        "{documents:?}"
+    );
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let status = child.wait().expect("exits");
+    assert_eq!(status.code(), Some(0), "SIGTERM ends the watch cleanly");
+}
+
+/// `enqueue --wait` shows the run's progress as it goes (plain lines on a
+/// pipe, JSON lines with `--json`), on stderr, and keeps stdout for the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_wait_shows_progress_on_stderr() {
+    // 20 page jobs, one at a time per worker, 300 ms a call: a run of about
+    // three seconds, so several one-second progress lines.
+    let env = crate::harness::Env::fleet(crate::harness::Options {
+        pages: 80,
+        page_size: 4,
+        sync: "worker_concurrency = 1".into(),
+        ..crate::harness::Options::default()
+    })
+    .await;
+    env.sim.set_latency(std::time::Duration::from_millis(300));
+    let run = |json: bool| {
+        let config = env.config_path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut args = vec!["enqueue", "eng", "--full", "--wait"];
+            if json {
+                args.push("--json");
+            }
+            let out = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+                .args(&args)
+                .arg("--config")
+                .arg(&config)
+                .env("RUST_LOG", "error")
+                .output()
+                .expect("run tidemark");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+    };
+    let (code, out, err) = run(false).await.expect("cli");
+    assert_eq!(code, Some(0), "{err}");
+    let progress: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("run ") && l.contains(" pages"))
+        .collect();
+    assert!(progress.len() >= 2, "progress lines on stderr: {err}");
+    assert!(
+        out.starts_with("run ") && out.contains("[full] completed"),
+        "the result on stdout: {out}"
+    );
+    assert!(!out.contains("/20 pages"), "no progress on stdout: {out}");
+
+    let (code, out, err) = run(true).await.expect("cli");
+    assert_eq!(code, Some(0), "{err}");
+    let events: Vec<serde_json::Value> = err
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "progress")
+        .collect();
+    assert!(events.len() >= 2, "JSON progress lines: {err}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["pages_total"].is_u64() && e["docs_processed"].is_u64())
+    );
+    let result: serde_json::Value = serde_json::from_str(&out).expect("stdout is the run as JSON");
+    assert_eq!(result["status"], "completed");
+}
