@@ -67,7 +67,7 @@ impl App {
     /// Connects pools and builds connectors (Redis is contacted lazily).
     pub fn new(config: Config) -> Result<Self, Error> {
         let r = &config.redis;
-        let pool = db::pool(&r.url, r.pool_size, r.response_timeout)?;
+        let pool = db::pool_with(&r.url, &r.access, r.pool_size, r.response_timeout)?;
         let lock_pools = r
             .lock_urls
             .iter()
@@ -75,7 +75,7 @@ impl App {
                 if u == &r.url {
                     Ok(pool.clone())
                 } else {
-                    db::pool(u, 4, r.response_timeout)
+                    db::pool_with(u, &r.access, 4, r.response_timeout)
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -3,6 +3,10 @@
 //! Every pool sets a response timeout, so a paused or partitioned Redis turns
 //! into an error the caller can handle instead of a task hung forever; blocking
 //! reads (`XREADGROUP BLOCK`, `BLPOP`) must block for less than that timeout.
+//!
+//! Credentials and TLS material travel beside the URL in [`Access`], never
+//! inside it, so every URL that reaches a log or an error holds no secret
+//! (URLs that do carry a password are still accepted, and redacted).
 
 use std::time::Duration;
 
@@ -26,19 +30,88 @@ pub fn redacted(url: &str) -> String {
     crate::redact::url(url)
 }
 
-/// A pool of `size` connections to `url`, each command bounded by `response_timeout`.
+/// How to log in to Redis and what to trust over TLS, beside the URL: an ACL
+/// user and its password (`AUTH username password`), the CA that signed the
+/// server's certificate (default: the system's roots) and a client certificate
+/// for servers that ask for one (`tls-auth-clients yes`).
+#[derive(Clone, Default)]
+pub struct Access {
+    /// ACL user; `None` is Redis' `default` user.
+    pub username: Option<String>,
+    /// The user's password.
+    pub password: Option<String>,
+    /// PEM certificates to trust instead of the system's roots (`rediss://` only).
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM client certificate chain and private key (`rediss://` only).
+    pub client_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("ca_pem", &self.ca_pem.as_ref().map(|p| p.len()))
+            .field("client_pem", &self.client_pem.is_some())
+            .finish()
+    }
+}
+
+impl Access {
+    /// Whether TLS material is given (which only a `rediss://` URL can use).
+    pub fn has_tls_material(&self) -> bool {
+        self.ca_pem.is_some() || self.client_pem.is_some()
+    }
+
+    /// The connection to open for `url`: its address and database, with this
+    /// user, password and TLS material. The error is the client library's,
+    /// e.g. a PEM it cannot parse.
+    pub fn connection_info(&self, url: &str) -> Result<redis::ConnectionInfo, RedisError> {
+        use redis::IntoConnectionInfo;
+        let info = if self.has_tls_material() {
+            let certs = redis::TlsCertificates {
+                client_tls: self.client_pem.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+                root_cert: self.ca_pem.clone(),
+            };
+            redis::Client::build_with_tls(url, certs)?.get_connection_info().clone()
+        } else {
+            url.into_connection_info()?
+        };
+        let mut settings = info.redis_settings().clone();
+        if let Some(user) = &self.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &self.password {
+            settings = settings.set_password(password);
+        }
+        Ok(info.set_redis_settings(settings))
+    }
+}
+
+/// A pool of `size` connections to `url` as Redis' `default` user (or the one
+/// in the URL), each command bounded by `response_timeout`.
 pub fn pool(url: &str, size: usize, response_timeout: Duration) -> Result<Pool, PoolError> {
+    pool_with(url, &Access::default(), size, response_timeout)
+}
+
+/// [`pool`] logging in and trusting as `access` says.
+pub fn pool_with(url: &str, access: &Access, size: usize, response_timeout: Duration) -> Result<Pool, PoolError> {
     let err = |message: String| {
         let shown = redacted(url);
-        PoolError {
-            message: message.replace(url, &shown),
-            url: shown,
+        let mut message = message.replace(url, &shown);
+        if let Some(password) = access.password.as_deref().filter(|p| !p.is_empty()) {
+            message = message.replace(password, "***");
         }
+        PoolError { message, url: shown }
     };
     let conn_config = AsyncConnectionConfig::new()
         .set_response_timeout(Some(response_timeout))
         .set_connection_timeout(Some(Duration::from_secs(2)));
-    let manager = Manager::new_with_config(url, conn_config).map_err(|e| err(e.to_string()))?;
+    let info = access.connection_info(url).map_err(|e| err(e.to_string()))?;
+    let manager = Manager::new_with_config(info, conn_config).map_err(|e| err(e.to_string()))?;
     Pool::builder(manager)
         .max_size(size)
         .runtime(Runtime::Tokio1)

@@ -344,3 +344,52 @@ async fn enqueue_wait_shows_progress_on_stderr() {
     let result: serde_json::Value = serde_json::from_str(&out).expect("stdout is the run as JSON");
     assert_eq!(result["status"], "completed");
 }
+
+/// The configurations shipped for Kubernetes (the base ConfigMap and the
+/// managed-Redis-over-TLS overlay) pass `check-config` once the Secret's files
+/// exist: what an operator applies is valid as shipped.
+#[test]
+fn configs_shipped_for_kubernetes_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let configmap = std::fs::read_to_string(root.join("k8s/base/configmap.yaml")).unwrap();
+    let base: String = configmap
+        .split_once("tidemark.toml: |\n")
+        .expect("the ConfigMap holds tidemark.toml")
+        .1
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let tls = std::fs::read_to_string(root.join("k8s/overlays/managed-redis-tls/tidemark.toml")).unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let ca = std::fs::read_to_string(root.join("k8s/secret.example.yaml")).unwrap();
+    assert!(ca.contains("redis-ca.crt"), "the Secret template names the CA file");
+    for (name, value) in [
+        ("confluence-token", "token"),
+        ("webhook-secret", "secret"),
+        ("api-tokens", "ci sync 0123456789abcdef0123456789abcdef\n"),
+        ("redis-username", "tidemark\n"),
+        ("redis-password", "pw\n"),
+    ] {
+        std::fs::write(secrets.path().join(name), value).unwrap();
+    }
+    let generated = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .args(["-keyout", "/dev/null", "-days", "1", "-subj", "/CN=ca"])
+        .output()
+        .expect("openssl");
+    std::fs::write(secrets.path().join("redis-ca.crt"), &generated.stdout).unwrap();
+    for (label, text) in [("base", base), ("managed-redis-tls", tls)] {
+        let text = text.replace("/etc/tidemark/secrets", secrets.path().to_str().unwrap());
+        let (code, out, err) = check_config(&text);
+        assert_eq!(code, 0, "{label}: {out}{err}");
+    }
+}

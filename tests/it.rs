@@ -42,6 +42,8 @@ mod races;
 mod rate_gate;
 /// Redis faults: start-up without Redis, readiness, runs and `enqueue --wait` across outages.
 mod redis_faults;
+/// Redis over TLS as an ACL user limited to tidemark's keys.
+mod redis_tls;
 /// Every per-run key expires.
 mod run_keys;
 /// The sink contract: one conformance suite every sink passes.

@@ -2,7 +2,7 @@
 
 Usage: policy.py RENDERED.yaml SCALEDOBJECTS.json
 Checks every rule below, prints each violation with the object it is about,
-exits 1 if any; writes the ScaledObjects found as JSON for the KEDA schema
+exits 1 if any; writes the KEDA objects found (ScaledObjects, TriggerAuthentications) as JSON for the KEDA schema
 check (k8s/tests/keda.mjs).
 
 Rules (issue 11):
@@ -139,7 +139,7 @@ def main():
         objects = [o for o in yaml.safe_load_all(f) if o]
     problems = problems_of(objects)
     with open(scaled_out, "w") as f:
-        json.dump([o for o in objects if o["kind"] == "ScaledObject"], f)
+        json.dump([o for o in objects if o["kind"] in ("ScaledObject", "TriggerAuthentication")], f)
     for p in problems:
         print(f"{rendered}: {p}")
     if problems:

@@ -18,9 +18,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod api;
+mod redis;
 mod sink;
 
 pub use api::{ApiConfig, ApiToken, RawApi, Scope};
+pub use redis::{RawRedis, RedisConfig};
 pub use sink::{DEFAULT_SINK, RawChunks, RawSink, SinkConfig, SinkKind};
 
 use crate::queue::retention::Retention;
@@ -104,48 +106,6 @@ impl Default for RawQueue {
             trim_interval_secs: r.trim_interval.as_secs(),
         }
     }
-}
-
-/// `[redis]` as written.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRedis {
-    /// `redis://host:port/db`. Env override: `TIDEMARK_REDIS_URL`.
-    pub url: String,
-    /// Independent Redis nodes for the lock (Redlock). Default: just `url`.
-    #[serde(default)]
-    pub lock_urls: Vec<String>,
-    /// Key prefix. Default `tm`.
-    #[serde(default = "default_namespace")]
-    pub namespace: String,
-    /// Connections per pool. Default 16.
-    #[serde(default = "default_pool_size")]
-    pub pool_size: usize,
-    /// How long one Redis command may take before it fails. Default 5000 ms.
-    #[serde(default = "default_response_timeout_ms")]
-    pub response_timeout_ms: u64,
-    /// First retry delay after a Redis fault (jittered down to half). Default 200 ms.
-    #[serde(default = "default_retry_initial_ms")]
-    pub retry_initial_ms: u64,
-    /// Longest retry delay after repeated Redis faults. Default 10000 ms.
-    #[serde(default = "default_retry_max_ms")]
-    pub retry_max_ms: u64,
-}
-
-fn default_namespace() -> String {
-    "tm".into()
-}
-fn default_pool_size() -> usize {
-    16
-}
-fn default_response_timeout_ms() -> u64 {
-    5000
-}
-fn default_retry_initial_ms() -> u64 {
-    crate::retry::Backoff::default().initial.as_millis() as u64
-}
-fn default_retry_max_ms() -> u64 {
-    crate::retry::Backoff::default().max.as_millis() as u64
 }
 
 /// `[sync]` as written; every field has a default.
@@ -369,23 +329,6 @@ pub struct Config {
     pub queue: Retention,
 }
 
-/// Checked `[redis]`.
-#[derive(Debug, Clone)]
-pub struct RedisConfig {
-    /// Main node: streams and state.
-    pub url: String,
-    /// Lock nodes (Redlock); one entry means a single-node lock.
-    pub lock_urls: Vec<String>,
-    /// Key prefix.
-    pub namespace: String,
-    /// Connections per pool.
-    pub pool_size: usize,
-    /// Per-command timeout.
-    pub response_timeout: Duration,
-    /// How every component retries while Redis is unavailable.
-    pub retry: crate::retry::Backoff,
-}
-
 /// Checked `[sync]`.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
@@ -504,13 +447,6 @@ fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
-fn check_redis_url(key: &str, url: &str, problems: &mut Vec<String>) {
-    match url::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "redis" | "rediss" | "unix" | "redis+unix") => {}
-        _ => problems.push(format!("{key}: {:?} is not a redis:// URL", crate::db::redacted(url))),
-    }
-}
-
 fn check_sync(raw: &RawSync, problems: &mut Vec<String>) -> Option<SyncConfig> {
     let before = problems.len();
     let nonzero = |key: &str, v: usize, problems: &mut Vec<String>| {
@@ -561,43 +497,7 @@ impl Config {
     pub fn check(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
 
-        check_redis_url("redis.url", &raw.redis.url, &mut problems);
-        for (i, u) in raw.redis.lock_urls.iter().enumerate() {
-            check_redis_url(&format!("redis.lock_urls[{i}]"), u, &mut problems);
-        }
-        if raw.redis.lock_urls.len() > 1 && raw.redis.lock_urls.len().is_multiple_of(2) {
-            problems.push(format!(
-                "redis.lock_urls: {} nodes; use an odd number so a majority is well defined",
-                raw.redis.lock_urls.len()
-            ));
-        }
-        if raw.redis.namespace.is_empty() || raw.redis.namespace.contains(['{', '}', ' ']) {
-            problems.push(format!(
-                "redis.namespace: {:?} must be non-empty without braces or spaces",
-                raw.redis.namespace
-            ));
-        }
-        if raw.redis.pool_size == 0 {
-            problems.push("redis.pool_size: must be at least 1, got 0".into());
-        }
-        if raw.redis.response_timeout_ms == 0 {
-            problems.push("redis.response_timeout_ms: must be at least 1, got 0".into());
-        } else if raw.sync.block_ms >= raw.redis.response_timeout_ms {
-            // A blocking read (XREADGROUP BLOCK, BLPOP) must answer within the
-            // response timeout, or every idle read would end in a timeout error.
-            problems.push(format!(
-                "sync.block_ms: {} ms must be below redis.response_timeout_ms ({} ms)",
-                raw.sync.block_ms, raw.redis.response_timeout_ms
-            ));
-        }
-        if raw.redis.retry_initial_ms == 0 {
-            problems.push("redis.retry_initial_ms: must be at least 1, got 0".into());
-        } else if raw.redis.retry_max_ms < raw.redis.retry_initial_ms {
-            problems.push(format!(
-                "redis.retry_max_ms: {} ms must be at least redis.retry_initial_ms ({} ms)",
-                raw.redis.retry_max_ms, raw.redis.retry_initial_ms
-            ));
-        }
+        let redis = redis::check(raw.redis, raw.sync.block_ms, env, &mut problems);
         let sync = check_sync(&raw.sync, &mut problems);
         let queue = check_queue(&raw.queue, &mut problems);
 
@@ -658,33 +558,16 @@ impl Config {
         let api = api::check(&raw.api, env, &mut problems);
         let api_listen = api.listen;
 
-        match (problems.is_empty(), sync) {
-            (true, Some(sync)) => {
-                let lock_urls = if raw.redis.lock_urls.is_empty() {
-                    vec![raw.redis.url.clone()]
-                } else {
-                    raw.redis.lock_urls
-                };
-                Ok(Config {
-                    redis: RedisConfig {
-                        url: raw.redis.url,
-                        lock_urls,
-                        namespace: raw.redis.namespace,
-                        pool_size: raw.redis.pool_size,
-                        response_timeout: Duration::from_millis(raw.redis.response_timeout_ms),
-                        retry: crate::retry::Backoff {
-                            initial: Duration::from_millis(raw.redis.retry_initial_ms),
-                            max: Duration::from_millis(raw.redis.retry_max_ms),
-                        },
-                    },
-                    sync,
-                    sinks,
-                    sources,
-                    api_listen,
-                    api,
-                    queue,
-                })
-            }
+        match (problems.is_empty(), redis, sync) {
+            (true, Some(redis), Some(sync)) => Ok(Config {
+                redis,
+                sync,
+                sinks,
+                sources,
+                api_listen,
+                api,
+                queue,
+            }),
             _ => Err(problems),
         }
     }

@@ -7,6 +7,7 @@ pub mod points;
 pub mod postgres;
 pub mod receiver;
 pub mod redis_server;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -56,6 +57,8 @@ pub struct Options {
     pub sink_toml: Option<String>,
     /// More sinks after `[sink]`: whole `[[sinks]]` entries.
     pub more_sinks: String,
+    /// Redis over TLS as an ACL user ([`RedisServer::start_secure`]).
+    pub secure_redis: bool,
 }
 
 impl Default for Options {
@@ -74,6 +77,7 @@ impl Default for Options {
             source_toml: None,
             sink_toml: None,
             more_sinks: String::new(),
+            secure_redis: false,
         }
     }
 }
@@ -114,7 +118,11 @@ impl Env {
 
     /// Starts Redis and the simulator and writes a config pointing at them. No processes yet.
     pub async fn start(opts: Options) -> Env {
-        let redis = RedisServer::start_with_fsync(opts.appendfsync);
+        let redis = if opts.secure_redis {
+            RedisServer::start_secure()
+        } else {
+            RedisServer::start_with_fsync(opts.appendfsync)
+        };
         let sim = ConfluenceSim::new(SimConfig {
             pages: opts.pages,
             ..opts.sim.clone()
@@ -134,7 +142,7 @@ impl Env {
         let text = format!(
             r#"
 [redis]
-url = "{redis}"
+{redis}
 response_timeout_ms = 2000
 {lock_urls}
 
@@ -160,7 +168,7 @@ listen = ""
 
 {source}
 "#,
-            redis = redis.url(),
+            redis = redis.client_toml(),
             lock_urls = lock_urls,
             page_size = opts.page_size,
             lock_ttl_ms = opts.lock_ttl_ms,

@@ -4,11 +4,36 @@
 //! Tests can kill (SIGKILL), pause (SIGSTOP), resume (SIGCONT) and restart it
 //! on the same port and directory, so the AOF brings its data back, or
 //! restart it empty ([`RedisServer::restart_empty`]).
+//!
+//! [`RedisServer::start_secure`] also listens for TLS (certificates from a
+//! [`ThrowawayCa`], client certificates required) and has an ACL user limited
+//! to tidemark's key prefix: what a hardened production Redis looks like. Its
+//! plain port stays open to the test's own assertions, as the `default` user.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::tls::ThrowawayCa;
+
+/// The ACL user tidemark logs in as on a secure server: every command but the
+/// dangerous ones (plus `INFO`, which the lock reads for the node's run id and
+/// uptime), on keys under `tm:` only, and no Pub/Sub channel. The README's
+/// operations section recommends the same rule.
+pub const ACL_RULE: &[&str] = &["on", "~tm:*", "resetchannels", "+@all", "-@dangerous", "+info"];
+
+/// TLS and ACL settings of a secure server.
+#[derive(Clone, Debug)]
+pub struct Secure {
+    pub tls_port: u16,
+    pub ca: ThrowawayCa,
+    pub username: String,
+    pub password: String,
+    /// Files holding the user name and the password, as a mounted Secret would.
+    pub username_file: PathBuf,
+    pub password_file: PathBuf,
+}
 
 /// A redis-server child process.
 pub struct RedisServer {
@@ -17,6 +42,7 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    secure: Option<Secure>,
 }
 
 /// A TCP port nobody listens on right now.
@@ -48,9 +74,60 @@ impl RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
+            secure: None,
         };
         s.spawn();
         s
+    }
+
+    /// Starts a server (AOF fsynced always) that also listens for TLS and
+    /// requires client certificates there, with an ACL user ([`ACL_RULE`]).
+    #[allow(dead_code)]
+    pub fn start_secure() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let certs = dir.path().join("certs");
+        std::fs::create_dir(&certs).expect("certs dir");
+        let ca = ThrowawayCa::make(&certs);
+        let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+        let username_file = certs.join("username");
+        let password_file = certs.join("password");
+        std::fs::write(&username_file, "tidemark\n").expect("write username");
+        std::fs::write(&password_file, format!("{password}\n")).expect("write password");
+        let mut s = RedisServer {
+            appendfsync: Some("always"),
+            port: free_port(),
+            dir,
+            child: None,
+            secure: Some(Secure {
+                tls_port: free_port(),
+                ca,
+                username: "tidemark".into(),
+                password,
+                username_file,
+                password_file,
+            }),
+        };
+        s.spawn();
+        s
+    }
+
+    /// The TLS and ACL settings, for a server started with [`RedisServer::start_secure`].
+    #[allow(dead_code)]
+    pub fn secure(&self) -> Option<&Secure> {
+        self.secure.as_ref()
+    }
+
+    /// The `[redis]` lines a tidemark config uses to reach this server: its
+    /// plain URL, or for a secure one the `rediss://` URL with the ACL user
+    /// and the certificates given as files.
+    pub fn client_toml(&self) -> String {
+        match &self.secure {
+            None => format!("url = {:?}", self.url()),
+            Some(s) => format!(
+                "url = \"rediss://127.0.0.1:{}\"\nusername_file = {:?}\npassword_file = {:?}\ntls_ca_file = {:?}\ntls_cert_file = {:?}\ntls_key_file = {:?}",
+                s.tls_port, s.username_file, s.password_file, s.ca.ca, s.ca.client_cert, s.ca.client_key
+            ),
+        }
     }
 
     fn spawn(&mut self) {
@@ -67,6 +144,22 @@ impl RedisServer {
             Some(fsync) => cmd.arg("--appendonly").arg("yes").arg("--appendfsync").arg(fsync),
             None => cmd.arg("--appendonly").arg("no"),
         };
+        if let Some(s) = &self.secure {
+            cmd.arg("--tls-port")
+                .arg(s.tls_port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&s.ca.server_cert)
+                .arg("--tls-key-file")
+                .arg(&s.ca.server_key)
+                .arg("--tls-ca-cert-file")
+                .arg(&s.ca.ca)
+                .arg("--tls-auth-clients")
+                .arg("yes")
+                .arg("--user")
+                .arg(&s.username)
+                .args(ACL_RULE)
+                .arg(format!(">{}", s.password));
+        }
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
