@@ -1,11 +1,12 @@
 # tidemark: `make demo` runs the end-to-end demo, `make test` the whole test suite.
-# Both install what is missing first (redis-server, openssl, curl, jq, nginx, postgresql, and for the
-# deployment checks kubectl, npm and python3-venv, from Debian's packages).
+# Both install what is missing first (redis-server, openssl, curl, jq, nginx, postgresql,
+# prometheus for promtool, chromium for the dashboard test, and for the deployment checks
+# kubectl, npm and python3-venv, from Debian's packages).
 
 SHELL := /bin/bash
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
-APT_PACKAGES := redis-server openssl curl jq nginx postgresql kubernetes-client npm python3-venv
+APT_PACKAGES := redis-server openssl curl jq nginx postgresql prometheus chromium kubernetes-client npm python3-venv
 
 .PHONY: all deps build release test check-deploy unit soak chaos demo demo-postgres bench fmt lint clean
 
@@ -16,6 +17,8 @@ deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v jq >/dev/null || missing="$$missing jq"; \
 	[ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \

@@ -23,6 +23,7 @@ use crate::sinks::routes::Routes;
 use crate::sinks::webhook::{WebhookSettings, WebhookSink};
 use crate::sources::{self, Source};
 use crate::state::StateStore;
+use crate::telemetry::Telemetry;
 use crate::types::SourceId;
 use crate::worker::Worker;
 
@@ -61,6 +62,8 @@ pub struct App {
     /// Run points announced by the coordinators and workers built here; none
     /// unless a test installed some ([`App::with_hooks`]).
     pub hooks: Hooks,
+    /// This process's counters and histograms (`/metrics` adds the fleet's figures).
+    pub telemetry: Telemetry,
 }
 
 impl App {
@@ -110,6 +113,7 @@ impl App {
             sources,
             sinks,
             hooks: Hooks::default(),
+            telemetry: Telemetry::new(&crate::telemetry::process_name()),
         })
     }
 
@@ -145,7 +149,8 @@ impl App {
             )
             .with_redis_retry(self.config.redis.retry, self.redis_addr())
             .with_retention(self.config.queue.clone())
-            .with_hooks(self.hooks.clone()),
+            .with_hooks(self.hooks.clone())
+            .with_telemetry(self.telemetry.clone()),
         )
     }
 
@@ -161,7 +166,8 @@ impl App {
                 consumer.into(),
             )
             .with_redis_retry(self.config.redis.retry, self.redis_addr())
-            .with_hooks(self.hooks.clone()),
+            .with_hooks(self.hooks.clone())
+            .with_telemetry(self.telemetry.clone()),
         )
     }
 

@@ -60,6 +60,7 @@ pub mod simulators;
 pub mod sinks;
 pub mod sources;
 pub mod state;
+pub mod telemetry;
 pub mod types;
 pub mod verify;
 pub mod worker;

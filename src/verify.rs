@@ -209,7 +209,7 @@ pub async fn verify(app: &App, source: &SourceId, with_source: bool) -> Result<R
         .into_iter()
         .collect();
     let listed = if with_source {
-        let calls = sources::ApiCalls::default();
+        let calls = sources::ApiCalls::observed(app.telemetry.source_api(source));
         let versions: sources::Held = if connector.wants_held_versions() {
             Arc::new(held.iter().map(|(id, h)| (id.clone(), h.version.clone())).collect())
         } else {

@@ -267,6 +267,8 @@ async fn metrics_after_a_sync() {
     let env = Env::start(Options::default()).await;
     env.coordinator("c1");
     env.worker("w1");
+    env.sim.set_throttle_retry_after(Duration::from_millis(200));
+    env.sim.fail_next(1, 429);
     let run = env.sync(SyncMode::Full).await;
     assert_eq!(run.status, RunStatus::Completed, "{run:?}");
 
@@ -307,6 +309,96 @@ async fn metrics_after_a_sync() {
         );
     }
     assert!(run.api_calls > 0, "{run:?}");
+
+    // This process's own series: counters and histograms, labelled with the process.
+    let process = format!("process=\"{}\"", tidemark::telemetry::process_name());
+    let value = |name: &str, labels: &[&str]| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .filter(|l| labels.iter().all(|want| l.contains(want)))
+            .map(|l| {
+                assert!(l.contains(&process), "a process series without its process label: {l}");
+                l.rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .expect("a number")
+            })
+            .sum()
+    };
+    assert_eq!(
+        value("tidemark_runs_total", &["outcome=\"completed\"", "source=\"eng\""]),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(value("tidemark_runs_total", &["outcome=\"failed\""]), 0.0, "{text}");
+    assert_eq!(
+        value("tidemark_documents_total", &["action=\"upserted\""]),
+        60.0,
+        "{text}"
+    );
+    assert_eq!(
+        value("tidemark_api_calls_total", &["source=\"eng\""]),
+        run.api_calls as f64,
+        "every call is counted once, by the class of its answer:\n{text}"
+    );
+    assert_eq!(
+        value("tidemark_api_calls_total", &["status_class=\"4xx\""]),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value("tidemark_api_throttled_total", &["source=\"eng\""]),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value("tidemark_run_duration_seconds_count", &["source=\"eng\""]),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value("tidemark_page_duration_seconds_count", &["source=\"eng\""]),
+        run.pages_total as f64,
+        "{text}"
+    );
+    assert_eq!(
+        value("tidemark_job_latency_seconds_count", &["source=\"eng\""]),
+        run.pages_total as f64,
+        "{text}"
+    );
+    assert_eq!(value("tidemark_build_info", &[]), 1.0, "{text}");
+    let success = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tidemark_last_success_timestamp_seconds{source=\"eng\"} "))
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or_else(|| panic!("no last success in:\n{text}"));
+    assert!(
+        (chrono::Utc::now().timestamp() - success).abs() < 120,
+        "last success at {success}"
+    );
+
+    // What Prometheus's own linter says of the exposition.
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool must be installed (make test installs Debian's prometheus package)");
+    use std::io::Write as _;
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = promtool.wait_with_output().expect("promtool ran");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `/readyz` is 200 while Redis answers and 503 within the response timeout

@@ -32,6 +32,8 @@ mod isolation;
 mod layout;
 /// Lock exclusion, expiry, Redlock majorities, fencing of stale writes.
 mod lock;
+/// Shipped monitoring: alert rules (promtool check and unit tests) and the Grafana dashboard's queries.
+mod monitoring;
 /// API roots with a path: Drive and Confluence behind a real nginx proxy under a prefix.
 mod proxy;
 /// Dead letters, poison jobs, redelivery after a worker dies.

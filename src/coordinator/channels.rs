@@ -118,7 +118,7 @@ impl Coordinator {
         address: &url::Url,
         current: Option<OpenChannel>,
     ) -> Result<Checked, String> {
-        let calls = ApiCalls::default();
+        let calls = ApiCalls::observed(self.telemetry.source_api(source));
         let token = String::from_utf8_lossy(&hook.secret.0).into_owned();
         let opened_at = Utc::now();
         let expires = opened_at + chrono::Duration::from_std(hook.channel_ttl).unwrap_or(chrono::Duration::days(7));

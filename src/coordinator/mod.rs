@@ -55,6 +55,7 @@ use crate::retry::{self, Backoff, Transient};
 use crate::sinks::{self, routes::Routes};
 use crate::sources::{self, Source};
 use crate::state::{self, RunCounter, RunStatus, RunUpdate, StateStore};
+use crate::telemetry::{DeadLetterOrigin, RunOutcome, Telemetry};
 use crate::types::{RunId, SourceId, SyncMode};
 
 /// The coordinators' consumer group on the requests stream.
@@ -123,6 +124,8 @@ pub struct Coordinator {
     retention: queue::retention::Retention,
     /// Run points for tests ([`crate::hooks`]); none in production.
     hooks: Hooks,
+    /// This process's counters and histograms.
+    telemetry: Telemetry,
 }
 
 impl Coordinator {
@@ -177,6 +180,7 @@ impl Coordinator {
             redis_addr: "redis".into(),
             retention: queue::retention::Retention::default(),
             hooks: Hooks::default(),
+            telemetry: Telemetry::new("unnamed"),
         }
     }
 
@@ -196,6 +200,12 @@ impl Coordinator {
     /// Announces this coordinator's run points to `hooks` (tests; see [`crate::hooks`]).
     pub fn with_hooks(mut self, hooks: Hooks) -> Self {
         self.hooks = hooks;
+        self
+    }
+
+    /// Records into `telemetry` (the app's) instead of a registry of its own.
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = telemetry;
         self
     }
 
@@ -367,7 +377,9 @@ impl Coordinator {
             }
         }
         let (dead_letters, requests) = (self.keys.dead_letters(), self.keys.requests());
-        dlq::dead_letter(&self.pool, &dead_letters, &requests, GROUP, entry, reason, deliveries).await
+        dlq::dead_letter(&self.pool, &dead_letters, &requests, GROUP, entry, reason, deliveries).await?;
+        self.telemetry.dead_lettered(DeadLetterOrigin::Request, 1);
+        Ok(())
     }
 
     async fn ack_request(&self, entry: &Entry) {
@@ -439,6 +451,7 @@ impl Coordinator {
             entry.id.clone(),
         ));
         let run = RunId::generate();
+        let started = Instant::now();
         let outcome = self
             .sync_run(
                 source.as_ref(),
@@ -455,17 +468,47 @@ impl Coordinator {
             )
             .await;
         keeper.abort();
-        if let Err(e) = &outcome {
-            tracing::warn!(source = %request.source, run = %run, error = %e, "run failed");
-            let failed = RunUpdate::ended(RunStatus::Failed).with_error(e.to_string());
-            let _ = self.state.update_run(&request.source, &run, lease.token, &failed).await;
-            let _ = self
-                .state
-                .add_run_counter(&request.source, &run, RunCounter::Errors, 1)
-                .await;
+        if lost.is_cancelled() {
+            self.telemetry.lock_lost(&request.source);
+        }
+        let mut recorded = true;
+        match &outcome {
+            Ok(status) => {
+                let outcome = match status {
+                    RunStatus::Completed => RunOutcome::Completed,
+                    _ => RunOutcome::CompletedWithErrors,
+                };
+                self.telemetry.run_ended(&request.source, outcome, started.elapsed());
+            }
+            Err(e) => {
+                tracing::warn!(source = %request.source, run = %run, error = %e, "run failed");
+                self.telemetry
+                    .run_ended(&request.source, RunOutcome::Failed, started.elapsed());
+                // A run that failed before its record was started (its token
+                // not yet registered, Redis away) has nothing to answer the
+                // request with: no record is made up for it.
+                recorded = matches!(self.state.run(&request.source, &run).await, Ok(Some(_)));
+                if recorded {
+                    let failed = RunUpdate::ended(RunStatus::Failed).with_error(e.to_string());
+                    let _ = self.state.update_run(&request.source, &run, lease.token, &failed).await;
+                    let _ = self
+                        .state
+                        .add_run_counter(&request.source, &run, RunCounter::Errors, 1)
+                        .await;
+                }
+            }
         }
         let _ = self.state.finish_run_housekeeping(&request.source, &run).await;
         self.locks.release(&lease).await;
+        if !recorded {
+            // No run record answers this request: leave it pending, so it is
+            // served again (by us or another coordinator once it goes idle)
+            // rather than acked with nothing to show for it. A request that
+            // always fails this early is dead-lettered after max_deliveries.
+            tracing::warn!(source = %request.source, request = %request.request_id, "run failed before its record existed; request stays pending");
+            self.enqueue_follow_up(&request.source).await;
+            return;
+        }
         self.ack_request(&entry).await;
         self.enqueue_follow_up(&request.source).await;
         // The run's jobs are acked now: trim them (and anything else acked) away.

@@ -54,7 +54,7 @@ impl Coordinator {
         run: &RunId,
         request: RunRequest<'_>,
         lost: &CancellationToken,
-    ) -> Result<(), Error> {
+    ) -> Result<RunStatus, Error> {
         let id = source.id().clone();
         let token = lease.token;
         let policy = self.policies.get(&id).cloned().unwrap_or_default();
@@ -90,7 +90,7 @@ impl Coordinator {
             .redis(lost, "counting held documents", || self.state.doc_count(&id))
             .await? as usize;
         let (mut plan, mut end) = if request.targets.is_empty() {
-            let calls = sources::ApiCalls::default();
+            let calls = sources::ApiCalls::observed(self.telemetry.source_api(&id));
             let planned = self.plan(source, &checkpoint, mode, run, lost, &calls).await;
             // Counted whether or not the feed succeeded: failed calls spend the source's budget too.
             self.add_counter(lost, &id, run, RunCounter::ApiCalls, calls.get())
@@ -186,10 +186,12 @@ impl Coordinator {
         }
         self.hooks.at(&id, run, Point::BeforeCommit).await;
         let commit = record.pages_failed == 0 && guard.is_none();
-        if commit && let Some(end) = &end {
+        if commit && let Some(end) = &mut end {
+            end.checkpoint.committed_at = Some(Utc::now());
             // A targeted run read no feed: the checkpoint stays for the next full-feed run.
             // Documents that failed alone do not hold it back: they are recorded
             // as failed, and every later run retries them (`include_unsettled`).
+            let end = &*end;
             let commit = || self.state.commit_checkpoint(&id, token, &end.checkpoint);
             self.redis(lost, "committing the checkpoint", commit).await?;
         }
@@ -203,6 +205,7 @@ impl Coordinator {
         };
         let mut ended = RunUpdate::ended(status);
         if let Some(refusal) = guard {
+            self.telemetry.guard_tripped(&id);
             self.add_counter(lost, &id, run, RunCounter::Errors, 1).await?;
             ended = ended.with_error(refusal);
         }
@@ -211,7 +214,7 @@ impl Coordinator {
         })
         .await?;
         tracing::info!(source = %id, run = %run, %status, "run ended");
-        Ok(())
+        Ok(status)
     }
 
     /// Adds `items` as page jobs numbered from `*pages` on.

@@ -49,6 +49,17 @@ impl Entry {
     }
 }
 
+/// How long ago the entry `id` was added: its id's milliseconds are Redis's
+/// clock at XADD, compared with ours (a clock behind Redis's reads as 0).
+/// `None` for an id that is not `<ms>-<seq>`.
+pub fn age(id: &str) -> Option<Duration> {
+    let ms: u64 = id.split_once('-')?.0.parse().ok()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some(now.saturating_sub(Duration::from_millis(ms)))
+}
+
 /// Up to `count` entries of `stream`, newest first (XREVRANGE).
 pub async fn newest(pool: &Pool, stream: &str, count: usize) -> Result<Vec<Entry>, Error> {
     let mut conn = pool.get().await?;

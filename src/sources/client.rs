@@ -240,8 +240,10 @@ impl RetryingClient {
                 request = request.header(USER_AGENT, ua.clone());
             }
             calls.add(1);
+            let outcome = self.attempt(request, body).await;
+            calls.answered(outcome.as_ref().ok().map(|r| r.status.as_u16()));
             // (what happened, the source's Retry-After, whether the gate already waits for it).
-            let (failure, after, gated) = match self.attempt(request, body).await {
+            let (failure, after, gated) = match outcome {
                 Err(detail) => (format!("{ctx}: {detail}"), None, false),
                 Ok(reply) => match classify(&reply) {
                     Verdict::Accept => {
@@ -249,6 +251,7 @@ impl RetryingClient {
                         return Ok(reply);
                     }
                     Verdict::Throttle { detail, after } => {
+                        calls.throttled();
                         self.gate.throttled(&pass, after).await;
                         (format!("{ctx}: {detail}"), after, true)
                     }

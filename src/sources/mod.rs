@@ -42,6 +42,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::gate::Gates;
+use crate::telemetry::SourceApi;
 use crate::types::{DocumentId, SourceId, SyncMode};
 
 /// Errors a connector reports, by what the caller should do about them.
@@ -130,19 +131,45 @@ pub struct FeedPage {
 
 /// Counts requests made to a source on behalf of one run or page: every
 /// attempt, including retries and the ones that failed (a rate limit counts
-/// them all). Clones share the count.
+/// them all). Clones share the count. An observed count also reports each
+/// answer's status class and each throttle to the process's metrics.
 #[derive(Debug, Clone, Default)]
-pub struct ApiCalls(Arc<AtomicU64>);
+pub struct ApiCalls {
+    count: Arc<AtomicU64>,
+    observer: Option<SourceApi>,
+}
 
 impl ApiCalls {
+    /// A count that also reports answers to `observer`.
+    pub fn observed(observer: SourceApi) -> Self {
+        Self {
+            count: Arc::default(),
+            observer: Some(observer),
+        }
+    }
+
     /// Adds `n` requests.
     pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
+        self.count.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Requests counted so far.
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// A request got an answer with `status`, or none (`None`: network error, timeout).
+    pub fn answered(&self, status: Option<u16>) {
+        if let Some(o) = &self.observer {
+            o.answered(status);
+        }
+    }
+
+    /// The source throttled a request.
+    pub fn throttled(&self) {
+        if let Some(o) = &self.observer {
+            o.throttled();
+        }
     }
 }
 
@@ -174,6 +201,10 @@ pub struct Checkpoint {
     /// When the last full run completed (our clock: it only schedules reconciliation).
     #[serde(default)]
     pub last_full_at: Option<DateTime<Utc>>,
+    /// When this checkpoint was committed: the last successful sync (our
+    /// clock), exported as `tidemark_last_success_timestamp_seconds`.
+    #[serde(default)]
+    pub committed_at: Option<DateTime<Utc>>,
 }
 
 /// A document with its content, as fetched.

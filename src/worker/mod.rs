@@ -29,7 +29,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_redis::Pool;
 use tokio::sync::Semaphore;
@@ -47,6 +47,7 @@ use crate::retry::{self, Backoff};
 use crate::sinks::{self, routes::Routes};
 use crate::sources::{self, Source};
 use crate::state::{self, RunCounter, RunUpdate, StateStore};
+use crate::telemetry::{DeadLetterOrigin, Telemetry};
 use crate::types::SourceId;
 
 mod page;
@@ -130,6 +131,8 @@ pub struct Worker {
     redis_addr: String,
     /// Run points for tests ([`crate::hooks`]); none in production.
     hooks: Hooks,
+    /// This process's counters and histograms.
+    telemetry: Telemetry,
 }
 
 impl Worker {
@@ -154,6 +157,7 @@ impl Worker {
             retry: Backoff::default(),
             redis_addr: "redis".into(),
             hooks: Hooks::default(),
+            telemetry: Telemetry::new("unnamed"),
         }
     }
 
@@ -167,6 +171,12 @@ impl Worker {
     /// Announces this worker's page starts and ends to `hooks` (tests; see [`crate::hooks`]).
     pub fn with_hooks(mut self, hooks: Hooks) -> Self {
         self.hooks = hooks;
+        self
+    }
+
+    /// Records into `telemetry` (the app's) instead of a registry of its own.
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = telemetry;
         self
     }
 
@@ -325,7 +335,7 @@ impl Worker {
         {
             tracing::warn!(error = %e, "could not mark the dead-lettered page as failed");
         }
-        if let Err(e) = dlq::dead_letter(
+        match dlq::dead_letter(
             &self.pool,
             &self.keys.dead_letters(),
             &self.keys.jobs(),
@@ -336,15 +346,21 @@ impl Worker {
         )
         .await
         {
+            Ok(_) => self.telemetry.dead_lettered(DeadLetterOrigin::Job, 1),
             // Left pending: it will be claimed and dead-lettered again later.
-            tracing::warn!(error = %e, entry = %entry.id, "dead-lettering failed");
+            Err(e) => tracing::warn!(error = %e, entry = %entry.id, "dead-lettering failed"),
         }
     }
 
-    async fn ack(&self, entry: &Entry) {
-        if let Err(e) = streams::ack(&self.pool, &self.keys.jobs(), GROUP, &[entry.id.as_str()]).await {
+    async fn ack(&self, source: &SourceId, entry: &Entry) {
+        match streams::ack(&self.pool, &self.keys.jobs(), GROUP, &[entry.id.as_str()]).await {
+            Ok(()) => {
+                if let Some(waited) = streams::age(&entry.id) {
+                    self.telemetry.job_acked(source, waited);
+                }
+            }
             // Unacked means redelivered; the redo is a no-op because the page is marked done.
-            tracing::warn!(error = %e, entry = %entry.id, "ack failed; the job will be redelivered");
+            Err(e) => tracing::warn!(error = %e, entry = %entry.id, "ack failed; the job will be redelivered"),
         }
     }
 
@@ -366,7 +382,8 @@ impl Worker {
             self.dead_letter(&entry, &reason, deliveries).await;
             return;
         };
-        let calls = sources::ApiCalls::default();
+        let calls = sources::ApiCalls::observed(self.telemetry.source_api(&job.source));
+        let started = Instant::now();
         // A page may legitimately take longer than the idle timeout (a source
         // answering 429 with Retry-After): keep the entry fresh so no other
         // worker claims it while we are still on it.
@@ -396,6 +413,14 @@ impl Worker {
                 .await
             {
                 Ok(fresh) => {
+                    let actions = [
+                        ("upserted", stats.upserted),
+                        ("deleted", stats.deleted),
+                        ("unchanged", stats.skipped),
+                        ("refreshed", stats.refreshed),
+                        ("failed", stats.failed),
+                    ];
+                    self.telemetry.page_done(&job.source, &actions, started.elapsed());
                     if !fresh {
                         // Done before (a redelivery): its figures are counted, but these calls were made too.
                         let _ = self
@@ -403,7 +428,7 @@ impl Worker {
                             .add_run_counter(&job.source, &job.run, RunCounter::ApiCalls, calls.get())
                             .await;
                     }
-                    self.ack(&entry).await
+                    self.ack(&job.source, &entry).await
                 }
                 Err(state::Error::StaleFence(s)) => self.drop_superseded(&job, &entry, &s).await,
                 Err(e) => {
@@ -426,6 +451,6 @@ impl Worker {
     async fn drop_superseded(&self, job: &PageJob, entry: &Entry, s: &StaleFence) {
         tracing::info!(run = %job.run, page = job.page, %s, "page superseded by a newer run");
         let _ = self.state.page_superseded(&job.source, &job.run).await;
-        self.ack(entry).await;
+        self.ack(&job.source, entry).await;
     }
 }

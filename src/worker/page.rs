@@ -19,6 +19,7 @@ use crate::queue::jobs::{Action, PageJob};
 use crate::sinks::{self, About, Change, Link, SCHEMA_VERSION, SinkDocument, Written};
 use crate::sources::{self, Source};
 use crate::state::{DocFailure, DocState, DocWrite, PageStats, RunUpdate};
+use crate::telemetry::DeadLetterOrigin;
 use crate::types::DocumentId;
 
 /// A document of a page that failed on its own.
@@ -129,8 +130,9 @@ impl Worker {
                 reason: &f.reason,
                 retryable: f.retryable,
             };
-            if let Err(e) = dlq::document_failed(&self.pool, &self.keys.dead_letters(), &failed).await {
-                tracing::warn!(error = %e, document = %f.id, "could not dead-letter the failed document");
+            match dlq::document_failed(&self.pool, &self.keys.dead_letters(), &failed).await {
+                Ok(_) => self.telemetry.dead_lettered(DeadLetterOrigin::Document, 1),
+                Err(e) => tracing::warn!(error = %e, document = %f.id, "could not dead-letter the failed document"),
             }
         }
         let last = &failures[failures.len() - 1];

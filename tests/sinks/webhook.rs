@@ -260,3 +260,39 @@ async fn webhook_sync_end_to_end() {
         );
     }
 }
+
+/// A run that fails before its record exists (the receiver refuses the run's
+/// `fence` event, so the token never registers) leaves its request pending
+/// rather than acking it with nothing to answer it: once idle the request is
+/// served again, and whoever waits on it sees the run that served it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_failing_before_its_record_leaves_its_request_for_another_try() {
+    use tidemark::state::RunStatus;
+    use tidemark::types::SyncMode;
+
+    let receiver = Receiver::start(SECRET);
+    let secret_file = tempfile::NamedTempFile::new().expect("secret file");
+    std::fs::write(secret_file.path(), SECRET).expect("write secret");
+    let env = crate::harness::Env::fleet(crate::harness::Options {
+        pages: 10,
+        page_size: 5,
+        sink_toml: Some(format!(
+            "kind = \"webhook\"\nurl = \"{}\"\nsecret_file = {:?}\ntimeout_secs = 5\nmax_attempts = 1",
+            receiver.url(),
+            secret_file.path()
+        )),
+        ..crate::harness::Options::default()
+    })
+    .await;
+    receiver.script([crate::harness::receiver::Fault::Status(422, "not taking fences yet")]);
+    let run = env.sync(SyncMode::Full).await;
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    let refused_fences = receiver.with(|r| {
+        r.deliveries
+            .iter()
+            .filter(|d| d.event == "fence" && d.status == 422)
+            .count()
+    });
+    assert_eq!(refused_fences, 1, "the first attempt's fence was refused");
+    assert_eq!(receiver.versions(env.source.as_str()).len(), 10);
+}
