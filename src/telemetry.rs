@@ -9,7 +9,7 @@
 //!   across replicas are right. The fleet-wide figures read from Redis at
 //!   scrape time (queues, documents held, last success) live in
 //!   `api::metrics` and are the same from every replica.
-//! - One [`Telemetry`] per [`App`](crate::app::App): nothing global, so tests
+//! - One [`Telemetry`] per `App`: nothing global, so tests
 //!   running many apps in one process each see only their own counts.
 //! - Recording never fails and never blocks: a label set is created on first
 //!   use, and the families are fixed at start.
@@ -266,7 +266,7 @@ impl std::fmt::Debug for Telemetry {
 }
 
 /// One source's API call counters, handed to the HTTP client through
-/// [`ApiCalls`](crate::sources::ApiCalls).
+/// `sources::ApiCalls`.
 #[derive(Debug, Clone)]
 pub struct SourceApi {
     telemetry: Telemetry,

@@ -653,10 +653,14 @@ async fn openapi_document_lists_every_route() {
     assert_eq!(
         routes,
         [
+            "GET /dashboard",
+            "GET /dashboard/dashboard.css",
+            "GET /dashboard/dashboard.js",
             "GET /healthz",
             "GET /metrics",
             "GET /openapi.json",
             "GET /readyz",
+            "GET /v1/dead-letters",
             "GET /v1/sources",
             "GET /v1/sources/{source}",
             "GET /v1/sources/{source}/requests/{request_id}",
@@ -690,4 +694,35 @@ async fn openapi_document_lists_every_route() {
         !source.contains(".route("),
         "a route registered outside routes! would be missing from the document"
     );
+}
+
+/// `GET /v1/dead-letters` lists the newest dead letters decoded, and names a
+/// bad `limit`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_and_a_bad_limit_is_named() {
+    let env = Env::start(Options::default()).await;
+    env.coordinator("c1");
+    let _: String = redis::cmd("XADD")
+        .arg(env.app.keys.requests())
+        .arg("*")
+        .arg("bogus")
+        .arg("1")
+        .query(&mut env.redis.conn())
+        .expect("XADD");
+    wait_until("the request is dead-lettered", Duration::from_secs(20), || async {
+        let r = get(&env.app, "/v1/dead-letters?limit=5").await;
+        r.status == StatusCode::OK && r.json()["dead_letters"].as_array().is_some_and(|a| a.len() == 1)
+    })
+    .await;
+    let r = get(&env.app, "/v1/dead-letters").await;
+    let letter = &r.json()["dead_letters"][0];
+    assert_eq!(letter["origin"], "tm:requests", "{letter}");
+    assert!(
+        letter["reason"].as_str().is_some_and(|s| s.contains("schema version")),
+        "{letter}"
+    );
+    for bad in ["0", "101", "lots"] {
+        let r = get(&env.app, &format!("/v1/dead-letters?limit={bad}")).await;
+        assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", &["limit"]);
+    }
 }

@@ -14,6 +14,8 @@ mod chaos;
 mod cli;
 /// Randomized convergence: after any sequence of source changes, one quiet sync makes the sink equal every source.
 mod convergence;
+/// The live dashboard in headless Chromium: runs, queues, dead letters, behind a read token.
+mod dashboard;
 /// Deletion guard and periodic reconciliation.
 mod deletions;
 /// Dependency tracking: breadcrumbs and link titles follow renames, moves and deletions.

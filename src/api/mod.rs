@@ -6,6 +6,8 @@
 //! | `GET /v1/sources/{source}/requests/{request_id}` | 200 `RunRecord` once a run serves it; 202 `{request_id, status: "queued"}` before | 404 unknown source / non-UUID id, 410 run record expired, 503 |
 //! | `GET /v1/sources[?runs=N]` | 200 `{sources, queues}`, as `tidemark status --json` | 422 bad `runs`, 503 |
 //! | `GET /v1/sources/{source}[?runs=N]` | 200 `{sources: [one], queues}` | 404, 422, 503 |
+//! | `GET /v1/dead-letters[?limit=N]` | 200 `{dead_letters}`, newest first, decoded (see [`dashboard`]) | 422 bad `limit`, 503 |
+//! | `GET /dashboard` | 200 the live dashboard's page (static; its data comes from the `/v1` reads above) | |
 //! | `GET /healthz` | 200 `ok` (no Redis call) | |
 //! | `GET /readyz` | 200 `ready` if Redis answers PING within the response timeout | 503 `not ready: redis at <addr> unavailable: <reason>` |
 //! | `GET /metrics` | 200 Prometheus text (see [`metrics`]) | 503 |
@@ -27,6 +29,7 @@
 //! Failures map to responses in [`error`]; 5xx details are logged there, once.
 
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
@@ -104,6 +107,10 @@ pub fn documented(app: &App) -> OpenApiRouter<App> {
         .routes(reading(routes!(get_source)))
         .routes(syncing(routes!(create_sync)))
         .routes(reading(routes!(get_request)))
+        .routes(reading(routes!(dashboard::dead_letters)))
+        .routes(routes!(dashboard::page))
+        .routes(routes!(dashboard::script))
+        .routes(routes!(dashboard::style))
         .routes((
             schemas,
             paths,
