@@ -145,40 +145,37 @@ pub(super) fn check(raw: &RawApi, env: &dyn Fn(&str) -> Option<String>, problems
             }
         }
     };
-    let tokens = match (&raw.tokens_file, &raw.tokens_env) {
+    // The tokens' text and where it came from (for problems), if any was named.
+    let named = match (&raw.tokens_file, &raw.tokens_env) {
         (Some(_), Some(_)) => {
             problems.push("api: give tokens_file or tokens_env, not both".into());
-            Vec::new()
+            None
         }
         (Some(path), None) => match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let origin = format!("api.tokens_file {}", path.display());
-                let tokens = parse_tokens(&text, &origin, problems);
-                if tokens.is_empty() {
-                    problems.push(format!("{origin}: no token in it"));
-                }
-                tokens
-            }
+            Ok(text) => Some((text, format!("api.tokens_file {}", path.display()))),
             Err(e) => {
                 problems.push(format!("api.tokens_file: {}: {e}", path.display()));
-                Vec::new()
+                None
             }
         },
         (None, Some(var)) => match env(var) {
-            Some(text) => {
-                let origin = format!("api.tokens_env {var}");
-                let tokens = parse_tokens(&text, &origin, problems);
-                if tokens.is_empty() {
-                    problems.push(format!("{origin}: no token in it"));
-                }
-                tokens
-            }
+            Some(text) => Some((text, format!("api.tokens_env {var}"))),
             None => {
                 problems.push(format!("api.tokens_env: environment variable {var:?} is not set"));
-                Vec::new()
+                None
             }
         },
-        (None, None) => Vec::new(),
+        (None, None) => None,
+    };
+    let tokens = match named {
+        Some((text, origin)) => {
+            let tokens = parse_tokens(&text, &origin, problems);
+            if tokens.is_empty() {
+                problems.push(format!("{origin}: no token in it"));
+            }
+            tokens
+        }
+        None => Vec::new(),
     };
     if raw.protect_metrics && tokens.is_empty() {
         problems.push("api.protect_metrics: needs tokens (tokens_file or tokens_env)".into());
