@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::Pool;
+use crate::db::Pool;
 
 use crate::config::{Config, SinkConfig, SinkKind};
 use crate::coordinator::Coordinator;
@@ -70,7 +70,11 @@ impl App {
     /// Connects pools and builds connectors (Redis is contacted lazily).
     pub fn new(config: Config) -> Result<Self, Error> {
         let r = &config.redis;
-        let pool = db::pool_with(&r.url, &r.access, r.pool_size, r.response_timeout)?;
+        let pool = if r.cluster {
+            db::cluster_pool(std::slice::from_ref(&r.url), &r.access, r.pool_size, r.response_timeout)?
+        } else {
+            db::pool_with(&r.url, &r.access, r.pool_size, r.response_timeout)?
+        };
         let lock_pools = r
             .lock_urls
             .iter()

@@ -7,11 +7,121 @@
 //! Credentials and TLS material travel beside the URL in [`Access`], never
 //! inside it, so every URL that reaches a log or an error holds no secret
 //! (URLs that do carry a password are still accepted, and redacted).
+//!
+//! A [`Pool`] reaches one Redis server or a Redis Cluster; callers see the
+//! same connection type either way. On a cluster every command is routed by
+//! its key's slot, so a script or a transaction must touch keys of one slot
+//! only: every key of one source carries the `{source}` hash tag, and the
+//! global streams are touched one key per command. Each pooled cluster
+//! connection is its own set of node connections, so a blocking read
+//! (`XREADGROUP BLOCK`) holds up no other command.
 
 use std::time::Duration;
 
+use deadpool_redis::redis::aio::ConnectionLike;
+use deadpool_redis::redis::cluster::{ClusterClient, ClusterClientBuilder};
+use deadpool_redis::redis::cluster_async::ClusterConnection;
 use deadpool_redis::redis::{self, AsyncConnectionConfig, ErrorKind, RedisError, ServerErrorKind};
-use deadpool_redis::{Manager, Pool, Runtime};
+use deadpool_redis::{Manager, Runtime};
+
+/// Why a connection could not be had from a [`Pool`] (the same type for a
+/// single server and a cluster).
+pub type GetError = deadpool_redis::PoolError;
+
+/// Connections to one Redis server, or to a Redis Cluster. Clones share them.
+#[derive(Clone)]
+pub enum Pool {
+    /// One server (or a primary behind a proxy or a failover address).
+    Single(deadpool_redis::Pool),
+    /// A Redis Cluster, found from its seed nodes.
+    Cluster(deadpool::managed::Pool<ClusterManager>),
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Pool::Single(_) => "Pool::Single",
+            Pool::Cluster(_) => "Pool::Cluster",
+        })
+    }
+}
+
+impl Pool {
+    /// A connection, waiting up to the pool's wait timeout for a free one.
+    pub async fn get(&self) -> Result<Connection, GetError> {
+        match self {
+            Pool::Single(p) => Ok(Connection::Single(p.get().await?)),
+            Pool::Cluster(p) => p.get().await.map(Connection::Cluster).map_err(|e| match e {
+                deadpool::managed::PoolError::Timeout(t) => deadpool_redis::PoolError::Timeout(t),
+                deadpool::managed::PoolError::Backend(b) => deadpool_redis::PoolError::Backend(b),
+                deadpool::managed::PoolError::Closed => deadpool_redis::PoolError::Closed,
+                deadpool::managed::PoolError::NoRuntimeSpecified => deadpool_redis::PoolError::NoRuntimeSpecified,
+                deadpool::managed::PoolError::PostCreateHook(h) => deadpool_redis::PoolError::Backend(
+                    RedisError::from((ErrorKind::Io, "post-create hook", h.to_string())),
+                ),
+            }),
+        }
+    }
+}
+
+/// A connection from a [`Pool`]; returned to it when dropped.
+pub enum Connection {
+    /// To the one server.
+    Single(deadpool_redis::Connection),
+    /// To the cluster (routing each command to its key's node).
+    Cluster(deadpool::managed::Object<ClusterManager>),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Makes and checks cluster connections for the pool.
+pub struct ClusterManager {
+    client: ClusterClient,
+}
+
+impl deadpool::managed::Manager for ClusterManager {
+    type Type = ClusterConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<ClusterConnection, RedisError> {
+        self.client.get_async_connection().await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut ClusterConnection,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<RedisError> {
+        redis::cmd("PING").query_async::<String>(conn).await?;
+        Ok(())
+    }
+}
 
 /// Pool creation failed (bad URL); connecting itself happens lazily.
 #[derive(Debug, thiserror::Error)]
@@ -112,12 +222,70 @@ pub fn pool_with(url: &str, access: &Access, size: usize, response_timeout: Dura
         .set_connection_timeout(Some(Duration::from_secs(2)));
     let info = access.connection_info(url).map_err(|e| err(e.to_string()))?;
     let manager = Manager::new_with_config(info, conn_config).map_err(|e| err(e.to_string()))?;
-    Pool::builder(manager)
+    deadpool_redis::Pool::builder(manager)
         .max_size(size)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(response_timeout))
         .create_timeout(Some(Duration::from_secs(2)))
         .build()
+        .map(Pool::Single)
+        .map_err(|e| err(e.to_string()))
+}
+
+/// A pool of `size` connections to the Redis Cluster that `seeds` belong to
+/// (any reachable node will do; the rest are discovered), logging in and
+/// trusting as `access` says, each command bounded by `response_timeout`.
+pub fn cluster_pool(
+    seeds: &[String],
+    access: &Access,
+    size: usize,
+    response_timeout: Duration,
+) -> Result<Pool, PoolError> {
+    let shown = seeds.iter().map(|s| redacted(s)).collect::<Vec<_>>().join(",");
+    let err = |message: String| {
+        let mut message = message;
+        for s in seeds {
+            message = message.replace(s.as_str(), &redacted(s));
+        }
+        if let Some(password) = access.password.as_deref().filter(|p| !p.is_empty()) {
+            message = message.replace(password, "***");
+        }
+        PoolError {
+            message,
+            url: shown.clone(),
+        }
+    };
+    let nodes = seeds
+        .iter()
+        .map(|s| redis::IntoConnectionInfo::into_connection_info(s.as_str()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    let mut builder = ClusterClientBuilder::new(nodes)
+        .response_timeout(response_timeout)
+        .connection_timeout(Duration::from_secs(2));
+    if let Some(user) = &access.username {
+        builder = builder.username(user);
+    }
+    if let Some(password) = &access.password {
+        builder = builder.password(password);
+    }
+    if access.has_tls_material() {
+        builder = builder.certs(redis::TlsCertificates {
+            client_tls: access.client_pem.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+            root_cert: access.ca_pem.clone(),
+        });
+    }
+    let client = builder.build().map_err(|e| err(e.to_string()))?;
+    deadpool::managed::Pool::builder(ClusterManager { client })
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(response_timeout))
+        .create_timeout(Some(Duration::from_secs(2)))
+        .build()
+        .map(Pool::Cluster)
         .map_err(|e| err(e.to_string()))
 }
 

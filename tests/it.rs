@@ -12,6 +12,8 @@ mod attachments;
 mod chaos;
 /// The binary's edge: configuration and argument errors.
 mod cli;
+/// On a 3-primary Redis Cluster: the sync scenario, the lock, fencing.
+mod cluster;
 /// Randomized convergence: after any sequence of source changes, one quiet sync makes the sink equal every source.
 mod convergence;
 /// The live dashboard in headless Chromium: runs, queues, dead letters, behind a read token.

@@ -372,7 +372,11 @@ async fn paused_redis_fails_fast_and_recovers() {
 /// all refuse writes carrying the older one, and nothing changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_token_writes_are_refused_everywhere() {
-    let env = Env::start(Options::default()).await;
+    stale_token_writes_are_refused_in(Env::start(Options::default()).await).await;
+}
+
+/// [`stale_token_writes_are_refused_everywhere`] in `env` (also run on a Redis Cluster).
+pub(crate) async fn stale_token_writes_are_refused_in(env: Env) {
     let state = env.app.state();
     let s = env.source.clone();
     let old = env

@@ -16,7 +16,7 @@ use tidemark::types::{SourceId, SyncMode};
 use crate::harness::redis_server::free_port;
 use crate::harness::{Env, Options, RedisServer, wait_until};
 
-fn pool(url: &str) -> deadpool_redis::Pool {
+fn pool(url: &str) -> tidemark::db::Pool {
     db::pool(url, 4, Duration::from_secs(2)).expect("pool")
 }
 

@@ -14,8 +14,12 @@ use crate::harness::{Env, Options, wait_until};
 /// is gone from the sink.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn problem_statement_scenario() {
-    let env = Env::five_hundred_pages().await;
+    problem_statement_in(Env::five_hundred_pages().await).await;
+}
 
+/// [`problem_statement_scenario`] in `env`, which runs a fleet over a
+/// 500-page space in pages of 50 (also run on a Redis Cluster).
+pub(crate) async fn problem_statement_in(env: Env) {
     let full = env.sync(SyncMode::Full).await;
     assert_eq!(full.status, RunStatus::Completed, "{full:?}");
     assert_eq!(full.docs_processed, 500);

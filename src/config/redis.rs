@@ -46,6 +46,10 @@ pub struct RawRedis {
     /// Longest retry delay after repeated Redis faults. Default 10000 ms.
     #[serde(default = "default_retry_max_ms")]
     pub retry_max_ms: u64,
+    /// `url` is a seed node of a Redis Cluster (the other nodes are
+    /// discovered). Default false: one server.
+    #[serde(default)]
+    pub cluster: bool,
     /// ACL user name (not a secret). Default: Redis' `default` user.
     pub username: Option<String>,
     /// Environment variable holding the ACL user name.
@@ -97,6 +101,8 @@ pub struct RedisConfig {
     pub retry: crate::retry::Backoff,
     /// Login and TLS material, for every node.
     pub access: Access,
+    /// `url` is a seed node of a Redis Cluster.
+    pub cluster: bool,
 }
 
 fn check_url(key: &str, url: &str, access_needs_tls: bool, problems: &mut Vec<String>) {
@@ -148,6 +154,16 @@ pub fn check(
             }
         }
     }
+    if raw.cluster
+        && let Ok(u) = url::Url::parse(&raw.url)
+        && !matches!(u.path(), "" | "/" | "/0")
+    {
+        problems.push(format!(
+            "redis.url: {:?} names database {}, but a Redis Cluster has only database 0",
+            crate::db::redacted(&raw.url),
+            u.path().trim_start_matches('/')
+        ));
+    }
     if raw.lock_urls.len() > 1 && raw.lock_urls.len().is_multiple_of(2) {
         problems.push(format!(
             "redis.lock_urls: {} nodes; use an odd number so a majority is well defined",
@@ -198,6 +214,7 @@ pub fn check(
             max: Duration::from_millis(raw.retry_max_ms),
         },
         access: access?,
+        cluster: raw.cluster,
     })
 }
 
@@ -431,6 +448,11 @@ yggJXXfFRIgLEryhZoq7Z/K4DLeSJ2UchcWJ
                 format!("url = \"redis://r:6379\"\npassword_file = {empty:?}"),
                 vec![],
                 format!("redis.password_file: {} is empty", empty.display()),
+            ),
+            (
+                "url = \"redis://r:6379/2\"\ncluster = true".to_owned(),
+                vec![],
+                "redis.url: \"redis://r:6379/2\" names database 2, but a Redis Cluster has only database 0".to_owned(),
             ),
             (
                 "url = \"redis://r:6379\"\nusername = \"bot\"".to_owned(),

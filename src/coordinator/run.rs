@@ -22,8 +22,8 @@ use std::fmt::Display;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use crate::db::Pool;
 use chrono::Utc;
-use deadpool_redis::Pool;
 use tokio_util::sync::CancellationToken;
 
 use super::{Coordinator, Error, GROUP, plan};

@@ -34,7 +34,7 @@
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use deadpool_redis::Pool;
+use crate::db::Pool;
 use deadpool_redis::redis::{FromRedisValue, Script, ScriptInvocation};
 
 use crate::keys::Keys;

@@ -67,7 +67,7 @@ pub mod fencing;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use deadpool_redis::Pool;
+use crate::db::Pool;
 use deadpool_redis::redis::Script;
 
 use crate::keys::Keys;

@@ -10,7 +10,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use deadpool_redis::Pool;
+use crate::db::Pool;
 use deadpool_redis::redis::Script;
 
 use super::jobs::{PageJob, SyncRequest};

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use deadpool_redis::Pool;
+use crate::db::Pool;
 use deadpool_redis::redis;
 
 use super::jobs::{self, SyncRequest};

@@ -29,7 +29,7 @@
 
 use std::time::Duration;
 
-use deadpool_redis::Pool;
+use crate::db::Pool;
 use tokio_util::sync::CancellationToken;
 
 use super::{Error, dlq, streams};

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use deadpool_redis::Pool;
+use crate::db::Pool;
 use deadpool_redis::redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use deadpool_redis::redis::{self, Script, Value};
 

@@ -28,7 +28,7 @@
 use std::collections::HashSet;
 use std::sync::LazyLock;
 
-use deadpool_redis::Pool;
+use crate::db::Pool;
 use deadpool_redis::redis::{self, AsyncCommands, Script};
 
 use crate::keys::Keys;
@@ -208,7 +208,7 @@ pub(crate) const SCAN_BATCH: usize = 1000;
 
 /// One HSCAN step over a documents hash.
 pub(crate) async fn scan_batch(
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut crate::db::Connection,
     key: &str,
     cursor: u64,
 ) -> Result<(u64, Vec<(String, Vec<u8>)>), Error> {

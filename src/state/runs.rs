@@ -356,8 +356,6 @@ impl StateStore {
             .ignore()
             .ltrim(self.keys.runs(source), 0, RUN_HISTORY - 1)
             .ignore()
-            .sadd(self.keys.known_sources(), source.as_str())
-            .ignore()
             .expire(self.keys.run(source, run), RUN_RETENTION_SECS)
             .ignore();
         // A list: a request can be served by more than one run (a run taken
@@ -373,6 +371,10 @@ impl StateStore {
                 .ignore();
         }
         pipe.query_async::<()>(&mut conn).await?;
+        // Apart from the pipeline: the set of sources is one key for all of
+        // them, in another hash slot than this source's keys on a cluster.
+        conn.sadd::<_, _, ()>(self.keys.known_sources(), source.as_str())
+            .await?;
         drop(conn);
         // Only now, with the request mapped to this run, is the old run marked:
         // a waiter never sees the abandoned run as the answer to its request.

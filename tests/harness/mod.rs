@@ -25,7 +25,7 @@ use tidemark::state::RunRecord;
 use tidemark::types::{SourceId, SyncMode};
 use tokio_util::sync::CancellationToken;
 
-pub use self::redis_server::RedisServer;
+pub use self::redis_server::{RedisCluster, RedisServer};
 
 /// Knobs for one test environment.
 #[derive(Clone)]
@@ -59,6 +59,9 @@ pub struct Options {
     pub more_sinks: String,
     /// Redis over TLS as an ACL user ([`RedisServer::start_secure`]).
     pub secure_redis: bool,
+    /// A 3-primary Redis Cluster instead of one server ([`RedisCluster`]):
+    /// `Env::redis` is its first node, `Env::cluster` the whole.
+    pub cluster: bool,
 }
 
 impl Default for Options {
@@ -78,13 +81,18 @@ impl Default for Options {
             sink_toml: None,
             more_sinks: String::new(),
             secure_redis: false,
+            cluster: false,
         }
     }
 }
 
 /// One isolated environment: its own Redis, simulator, sink directory and config.
 pub struct Env {
+    /// The Redis server; with `Options::cluster`, the cluster's seed node.
     pub redis: RedisServer,
+    /// With `Options::cluster`: the cluster's other nodes, for assertions
+    /// through [`Env::cluster_conn`].
+    pub cluster_nodes: Vec<RedisServer>,
     pub lock_nodes: Vec<RedisServer>,
     pub sim: ConfluenceSim,
     pub sink_dir: tempfile::TempDir,
@@ -118,10 +126,14 @@ impl Env {
 
     /// Starts Redis and the simulator and writes a config pointing at them. No processes yet.
     pub async fn start(opts: Options) -> Env {
-        let redis = if opts.secure_redis {
-            RedisServer::start_secure()
+        let (redis, cluster_nodes) = if opts.cluster {
+            let mut nodes = RedisCluster::start(3).nodes;
+            let seed = nodes.remove(0);
+            (seed, nodes)
+        } else if opts.secure_redis {
+            (RedisServer::start_secure(), Vec::new())
         } else {
-            RedisServer::start_with_fsync(opts.appendfsync)
+            (RedisServer::start_with_fsync(opts.appendfsync), Vec::new())
         };
         let sim = ConfluenceSim::new(SimConfig {
             pages: opts.pages,
@@ -168,7 +180,11 @@ listen = ""
 
 {source}
 "#,
-            redis = redis.client_toml(),
+            redis = if opts.cluster {
+                format!("{}\ncluster = true", redis.client_toml())
+            } else {
+                redis.client_toml()
+            },
             lock_urls = lock_urls,
             page_size = opts.page_size,
             lock_ttl_ms = opts.lock_ttl_ms,
@@ -190,6 +206,7 @@ listen = ""
         let app = App::new(config).expect("app wires up");
         Env {
             redis,
+            cluster_nodes,
             lock_nodes,
             sim,
             sink_dir,
@@ -199,6 +216,18 @@ listen = ""
             stop: CancellationToken::new(),
             children: Vec::new(),
         }
+    }
+
+    /// A connection following the cluster's redirections (`Options::cluster`).
+    #[allow(dead_code)]
+    pub fn cluster_conn(&self) -> redis::cluster::ClusterConnection {
+        let urls: Vec<String> = std::iter::once(&self.redis)
+            .chain(&self.cluster_nodes)
+            .map(|n| n.url())
+            .collect();
+        redis::cluster::ClusterClient::new(urls)
+            .and_then(|c| c.get_connection())
+            .expect("connect to the test cluster")
     }
 
     /// Starts a coordinator task.

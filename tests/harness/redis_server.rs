@@ -43,6 +43,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     secure: Option<Secure>,
+    /// A node of a Redis Cluster ([`RedisCluster`]).
+    cluster_node: bool,
 }
 
 /// A TCP port nobody listens on right now.
@@ -75,6 +77,7 @@ impl RedisServer {
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
             secure: None,
+            cluster_node: false,
         };
         s.spawn();
         s
@@ -98,6 +101,7 @@ impl RedisServer {
             port: free_port(),
             dir,
             child: None,
+            cluster_node: false,
             secure: Some(Secure {
                 tls_port: free_port(),
                 ca,
@@ -144,6 +148,14 @@ impl RedisServer {
             Some(fsync) => cmd.arg("--appendonly").arg("yes").arg("--appendfsync").arg(fsync),
             None => cmd.arg("--appendonly").arg("no"),
         };
+        if self.cluster_node {
+            cmd.arg("--cluster-enabled")
+                .arg("yes")
+                .arg("--cluster-config-file")
+                .arg(self.dir.path().join("nodes.conf"))
+                .arg("--cluster-node-timeout")
+                .arg("2000");
+        }
         if let Some(s) = &self.secure {
             cmd.arg("--tls-port")
                 .arg(s.tls_port.to_string())
@@ -244,6 +256,80 @@ impl RedisServer {
         redis::Client::open(self.url())
             .and_then(|c| c.get_connection())
             .expect("connect to test redis")
+    }
+}
+
+/// A Redis Cluster of `n` primaries (no replicas) on free ports, each node a
+/// [`RedisServer`] with its own directory and AOF (fsynced always), the slots
+/// spread by `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, creates the cluster, and waits until every node
+    /// reports `cluster_state:ok`.
+    pub fn start(n: usize) -> Self {
+        let nodes: Vec<RedisServer> = (0..n)
+            .map(|_| {
+                let mut s = RedisServer {
+                    appendfsync: Some("always"),
+                    port: free_port(),
+                    dir: tempfile::tempdir().expect("temp dir"),
+                    child: None,
+                    secure: None,
+                    cluster_node: true,
+                };
+                s.spawn();
+                s
+            })
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed (it comes with redis-server)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            loop {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut node.conn())
+                    .unwrap_or_default();
+                if info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "cluster did not become ok: {info}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// A connection that follows the cluster's redirections, for assertions.
+    #[allow(dead_code)]
+    pub fn conn(&self) -> redis::cluster::ClusterConnection {
+        redis::cluster::ClusterClient::new(self.nodes.iter().map(|n| n.url()).collect::<Vec<_>>())
+            .and_then(|c| c.get_connection())
+            .expect("connect to the test cluster")
+    }
+
+    /// How many keys each node holds.
+    #[allow(dead_code)]
+    pub fn keys_per_node(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .map(|n| redis::cmd("DBSIZE").query(&mut n.conn()).expect("DBSIZE"))
+            .collect()
     }
 }
 
