@@ -1,6 +1,7 @@
 //! The engine on a 3-primary Redis Cluster the harness starts itself
 //! (`redis-server --cluster-enabled yes` ×3, `redis-cli --cluster create`),
-//! unchanged: the problem statement's sync, the lock's exclusion, and fencing.
+//! unchanged: the problem statement's sync, the lock's exclusion, fencing, and
+//! a worker's death mid-page (the convergence test has a cluster variant too).
 //! Every multi-key script and transaction touches one hash slot (a source's
 //! keys share its `{source}` tag), or the cluster would refuse it (CROSSSLOT).
 
@@ -81,4 +82,11 @@ async fn lock_excludes_on_a_cluster() {
     let overlap = r1.run_id != r2.run_id && r1.started_at < r2.ended_at && r2.started_at < r1.ended_at;
     assert!(!overlap, "two runs of one source overlapped: {r1:?} {r2:?}");
     env.assert_sink_matches_source();
+}
+
+/// A worker process SIGKILLed mid-page: its page stays pending on the
+/// cluster, another worker claims it once idle, and the run completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_mid_page_is_redelivered_on_a_cluster() {
+    crate::queue::worker_killed_mid_page_is_redelivered_in(Env::start(on_a_cluster(Options::default())).await).await;
 }

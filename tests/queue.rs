@@ -158,20 +158,20 @@ async fn failing_page_is_dead_lettered_and_retried_next_run() {
 /// sink equal to the source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_killed_mid_page_is_redelivered() {
-    let mut env = Env::start(Options::default()).await;
+    worker_killed_mid_page_is_redelivered_in(Env::start(Options::default()).await).await;
+}
+
+/// [`worker_killed_mid_page_is_redelivered`] in `env` (also run on a Redis Cluster).
+pub(crate) async fn worker_killed_mid_page_is_redelivered_in(mut env: Env) {
     env.coordinator("c1");
     env.sim.set_latency(Duration::from_millis(1500));
     let pid = env.spawn_process(&["worker"]);
     let request = env.enqueue(SyncMode::Full, "test").await;
     // Wait until the worker process holds a page (delivered, unacked) and is fetching it.
     wait_until("worker process holds a page", Duration::from_secs(20), || async {
-        let mut conn = env.redis.conn();
-        let summary: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
-            .arg(env.app.keys.jobs())
-            .arg("workers")
-            .query(&mut conn)
-            .unwrap_or((0, redis::Value::Nil, redis::Value::Nil, redis::Value::Nil));
-        summary.0 > 0
+        tidemark::report::queue_status(&env.app)
+            .await
+            .is_ok_and(|q| q.jobs.pending > 0)
     })
     .await;
     std::process::Command::new("kill")

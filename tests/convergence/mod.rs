@@ -147,9 +147,38 @@ async fn random_operations_converge() {
     let nginx = Nginx::start();
     let shared = Arc::new(Shared {
         redis_url: redis.url(),
+        redis_cluster: false,
         nginx_root: nginx.root(),
         nginx_base: nginx.url(""),
     });
+    run_seeds(seeds, jobs, shared).await;
+}
+
+/// The convergence property on a 3-primary Redis Cluster, over a few seeds
+/// (`TIDEMARK_CLUSTER_SEEDS`, default 12): four sources' keys in their own
+/// slots, the streams in theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_operations_converge_on_a_cluster() {
+    let _turn = crate::harness::heavy().await;
+    let n = env_u64("TIDEMARK_CLUSTER_SEEDS").unwrap_or(12);
+    let cluster = crate::harness::RedisCluster::start(3);
+    let nginx = Nginx::start();
+    let shared = Arc::new(Shared {
+        redis_url: cluster.nodes[0].url(),
+        redis_cluster: true,
+        nginx_root: nginx.root(),
+        nginx_base: nginx.url(""),
+    });
+    run_seeds((1..=n).collect(), 4, shared).await;
+    let keys = cluster.keys_per_node();
+    assert!(
+        keys.iter().filter(|k| **k > 0).count() >= 2,
+        "the sources' keys should spread over the shards: {keys:?}"
+    );
+}
+
+/// Runs `seeds`, `jobs` at once, in worlds sharing `shared`; panics naming every seed that failed.
+async fn run_seeds(seeds: Vec<u64>, jobs: usize, shared: Arc<Shared>) {
     let started = Instant::now();
     let total = seeds.len();
     let mut pending = seeds.into_iter();
@@ -218,6 +247,7 @@ async fn transcript_of(seed: u64) -> (bool, Vec<String>) {
     let nginx = Nginx::start();
     let shared = Shared {
         redis_url: redis.url(),
+        redis_cluster: false,
         nginx_root: nginx.root(),
         nginx_base: nginx.url(""),
     };

@@ -51,6 +51,8 @@ pub const SOURCES: [&str; 4] = [CONF, DRIVE, FILES, WEB];
 /// What every seed shares: Redis and nginx.
 pub struct Shared {
     pub redis_url: String,
+    /// `redis_url` is a seed node of a Redis Cluster.
+    pub redis_cluster: bool,
     pub nginx_root: PathBuf,
     pub nginx_base: String,
 }
@@ -144,6 +146,7 @@ impl World {
             r#"
 [redis]
 url = "{redis}"
+cluster = {cluster}
 namespace = "s{seed}"
 pool_size = 8
 response_timeout_ms = 5000
@@ -201,6 +204,7 @@ max_delete_share = 1.0
 sitemap = "{web_base}sitemap.xml"
 "#,
             redis = shared.redis_url,
+            cluster = shared.redis_cluster,
             sink = sink_dir.path().display(),
             tz = tz.name(),
             fs_root = files.root.path().display().to_string(),
