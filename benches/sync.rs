@@ -20,6 +20,12 @@
 //!    for one-paragraph edits of a 50-chunk document, how many chunk rows
 //!    PostgreSQL rewrote (what a downstream embedder re-embeds).
 //!
+//! 6. The queue as a fleet sees it: page jobs through two real worker loops
+//!    (`Worker::run`, 8 pages in flight each) against a bare pipeline of 16
+//!    consumers (XREADGROUP → XACK) on the same redis-server: throughput with
+//!    the jobs enqueued up front, then enqueue → ack latency at a paced rate.
+//!    `cargo bench --bench sync -- queue` runs it alone.
+//!
 //! Absolute times vary with the machine; the ratios are the figures to quote.
 
 #[allow(dead_code)]
@@ -141,6 +147,10 @@ fn main() {
         rt.block_on(chunks_rewritten_by_one_edit());
         return;
     }
+    if only.iter().any(|a| a == "queue") {
+        rt.block_on(queue_as_a_fleet_sees_it());
+        return;
+    }
     rt.block_on(async {
         let env = Env::fleet(Options {
             pages: 500,
@@ -217,7 +227,289 @@ fn main() {
         rate_gate_against_limit().await;
         sinks_side_by_side().await;
         chunks_rewritten_by_one_edit().await;
+        queue_as_a_fleet_sees_it().await;
     });
+}
+
+/// Jobs per throughput measurement, and per latency measurement.
+const FLEET_JOBS: usize = 20_000;
+const PACED_JOBS: usize = 3_000;
+/// Consumers of the bare pipeline: two workers' worth of pages in flight.
+const FLEET_CONSUMERS: usize = 16;
+
+/// Percentile `q` (0..1) of sorted `v`.
+fn percentile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Percentile `q` of a Prometheus histogram, interpolated within its bucket as
+/// `histogram_quantile` does.
+fn histogram_percentile(buckets: &[(f64, u64)], q: f64) -> f64 {
+    let total = buckets.last().map_or(0, |b| b.1) as f64;
+    let rank = q * total;
+    let mut lower = (0.0, 0u64);
+    for &(bound, count) in buckets {
+        if count as f64 >= rank {
+            let within = (rank - lower.1 as f64) / (count - lower.1).max(1) as f64;
+            return lower.0 + (bound - lower.0) * within;
+        }
+        lower = (bound, count);
+    }
+    f64::INFINITY
+}
+
+/// The buckets of `tidemark_job_latency_seconds` recorded by `app`.
+fn job_latency_buckets(app: &tidemark::app::App) -> Vec<(f64, u64)> {
+    app.telemetry
+        .registry()
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "tidemark_job_latency_seconds")
+        .flat_map(|f| f.get_metric().iter())
+        .flat_map(|m| {
+            m.get_histogram()
+                .get_bucket()
+                .iter()
+                .map(|b| (b.upper_bound(), b.cumulative_count()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The bare pipeline: `FLEET_CONSUMERS` consumers, each on its own connection,
+/// XREADGROUP COUNT 1 → XACK until `total` entries are acked; returns each
+/// entry's enqueue → ack latency in seconds.
+async fn bare_consumers(url: &str, stream: &str, total: usize) -> Vec<f64> {
+    let client = redis::Client::open(url).expect("client");
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..FLEET_CONSUMERS {
+        let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+        let (acked, stream) = (acked.clone(), stream.to_owned());
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            while acked.load(std::sync::atomic::Ordering::Relaxed) < total {
+                let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg("g")
+                    .arg(format!("c{c}"))
+                    .arg("COUNT")
+                    .arg(1)
+                    .arg("BLOCK")
+                    .arg(50)
+                    .arg("STREAMS")
+                    .arg(&stream)
+                    .arg(">")
+                    .query_async(&mut conn)
+                    .await
+                    .expect("xreadgroup");
+                for id in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                    let _: i64 = redis::cmd("XACK")
+                        .arg(&stream)
+                        .arg("g")
+                        .arg(&id.id)
+                        .query_async(&mut conn)
+                        .await
+                        .expect("xack");
+                    if let Some(age) = streams::age(&id.id) {
+                        latencies.push(age.as_secs_f64());
+                    }
+                    acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            latencies
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(l) = tasks.join_next().await {
+        all.extend(l.expect("consumer"));
+    }
+    all.sort_by(f64::total_cmp);
+    all
+}
+
+/// XADDs `n` copies of `body` to `stream`, `per_sec` a second (0: as fast as it goes).
+async fn produce(url: &str, stream: &str, n: usize, per_sec: f64, body: &[u8]) {
+    let client = redis::Client::open(url).expect("client");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+    let started = Instant::now();
+    for i in 0..n {
+        if per_sec > 0.0 {
+            let due = started + Duration::from_secs_f64(i as f64 / per_sec);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let _: String = redis::cmd("XADD")
+            .arg(stream)
+            .arg("*")
+            .arg("body")
+            .arg(body)
+            .query_async(&mut conn)
+            .await
+            .expect("xadd");
+    }
+}
+
+/// Page jobs with no documents for `env`'s source under a registered token,
+/// as pre-encoded stream fields, pages numbered from `first`.
+fn empty_pages(
+    env: &Env,
+    run: &RunId,
+    token: FencingToken,
+    first: usize,
+    n: usize,
+) -> Vec<Vec<(&'static str, Vec<u8>)>> {
+    (first..first + n)
+        .map(|page| {
+            PageJob {
+                run: run.clone(),
+                source: env.source.clone(),
+                token,
+                page: page as u32,
+                items: Vec::new(),
+            }
+            .to_fields()
+        })
+        .collect()
+}
+
+/// Enqueues `jobs` on the source's job stream, `per_sec` a second (0: at once).
+async fn enqueue_jobs(env: &Env, jobs: &[Vec<(&'static str, Vec<u8>)>], per_sec: f64) {
+    let stream = env.app.keys.jobs_for(&env.source);
+    let started = Instant::now();
+    for (i, fields) in jobs.iter().enumerate() {
+        if per_sec > 0.0 {
+            tokio::time::sleep_until((started + Duration::from_secs_f64(i as f64 / per_sec)).into()).await;
+        }
+        streams::add(&env.app.pool, &stream, &jobs::as_field_refs(fields))
+            .await
+            .expect("enqueue");
+    }
+}
+
+/// Waits until no job is waiting or in flight.
+async fn drained(env: &Env) {
+    loop {
+        let q = tidemark::report::queue_status(&env.app).await.expect("queue status");
+        if q.jobs.lag == Some(0) && q.jobs.pending == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// See the module doc, point 6.
+async fn queue_as_a_fleet_sees_it() {
+    let mut env = Env::start(Options {
+        appendfsync: "everysec",
+        ..Options::default()
+    })
+    .await;
+    env.app.config.sync.worker_concurrency = std::num::NonZeroUsize::new(8).expect("8");
+    let lease = env
+        .app
+        .locks
+        .acquire(&env.source, Duration::from_secs(600))
+        .await
+        .expect("redis")
+        .expect("lock");
+    env.app
+        .state()
+        .register_token(&env.source, lease.token)
+        .await
+        .expect("token");
+    let run = RunId("queue-bench".into());
+    let stream = env.app.keys.jobs_for(&env.source);
+    streams::ensure_group(&env.app.pool, &stream, tidemark::queue::JOBS_GROUP)
+        .await
+        .expect("group");
+    let body = empty_pages(&env, &run, lease.token, 0, 1)[0]
+        .iter()
+        .find(|(k, _)| *k == "body")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let url = env.redis.url();
+
+    // Throughput: everything enqueued first, then drained.
+    let jobs_up_front = empty_pages(&env, &run, lease.token, 0, FLEET_JOBS);
+    enqueue_jobs(&env, &jobs_up_front, 0.0).await;
+    let _: redis::Value = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("bare-fleet")
+        .arg("g")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut env.redis.conn())
+        .expect("group");
+    produce(&url, "bare-fleet", FLEET_JOBS, 0.0, &body).await;
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
+    for name in ["w1", "w2"] {
+        let worker = env.app.worker(name);
+        let s = stop.clone();
+        tokio::spawn(async move { worker.run(s, Duration::from_secs(5)).await });
+    }
+    drained(&env).await;
+    let ours = started.elapsed();
+    let started = Instant::now();
+    bare_consumers(&url, "bare-fleet", FLEET_JOBS).await;
+    let bare = started.elapsed();
+    let rate = |d: Duration| FLEET_JOBS as f64 / d.as_secs_f64();
+
+    // Latency at a paced rate: half of the bare pipeline's throughput, capped
+    // at what the workers sustained, so neither side builds a backlog.
+    let paced = (rate(bare) / 2.0).min(rate(ours) * 0.8);
+    let before = job_latency_buckets(&env.app);
+    let jobs_paced = empty_pages(&env, &run, lease.token, FLEET_JOBS, PACED_JOBS);
+    enqueue_jobs(&env, &jobs_paced, paced).await;
+    drained(&env).await;
+    let after = job_latency_buckets(&env.app);
+    let ours_paced: Vec<(f64, u64)> = after
+        .iter()
+        .zip(before.iter().chain(std::iter::repeat(&(0.0, 0))))
+        .map(|(a, b)| (a.0, a.1 - b.1))
+        .collect();
+    let _: redis::Value = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("bare-paced")
+        .arg("g")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query(&mut env.redis.conn())
+        .expect("group");
+    let consumers = {
+        let url = url.clone();
+        tokio::spawn(async move { bare_consumers(&url, "bare-paced", PACED_JOBS).await })
+    };
+    produce(&url, "bare-paced", PACED_JOBS, paced, &body).await;
+    let bare_paced = consumers.await.expect("consumers");
+    stop.cancel();
+
+    let ms = |s: f64| s * 1000.0;
+    println!();
+    println!(
+        "== queue as a fleet sees it: {FLEET_JOBS} page jobs, 2 workers x 8 in flight vs {FLEET_CONSUMERS} bare consumers, one redis-server"
+    );
+    println!("bare XREADGROUP -> XACK pipeline (ceiling): {:>9.0} jobs/s", rate(bare));
+    println!(
+        "tidemark worker loop (fence, page bookkeeping, metrics): {:>9.0} jobs/s",
+        rate(ours)
+    );
+    println!("tidemark / ceiling: {:.2}", rate(ours) / rate(bare));
+    println!("enqueue -> ack latency at {paced:.0} jobs/s ({PACED_JOBS} jobs):");
+    println!(
+        "  bare:     p50 {:>7.2} ms  p99 {:>7.2} ms",
+        ms(percentile(&bare_paced, 0.5)),
+        ms(percentile(&bare_paced, 0.99))
+    );
+    println!(
+        "  tidemark: p50 {:>7.2} ms  p99 {:>7.2} ms  (from its tidemark_job_latency_seconds histogram)",
+        ms(histogram_percentile(&ours_paced, 0.5)),
+        ms(histogram_percentile(&ours_paced, 0.99))
+    );
 }
 
 /// A 20,000-page space: an incremental run's calls do not grow with the space.

@@ -86,7 +86,7 @@ impl App {
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let keys = Keys::new(r.namespace.clone());
+        let keys = Keys::new(r.namespace.clone()).with_job_partitions(config.job_partitions);
         let http = reqwest::Client::builder()
             .user_agent(concat!("tidemark/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))

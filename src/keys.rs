@@ -3,7 +3,10 @@
 //! Invariant: every key that belongs to one source carries the source id as a
 //! Redis Cluster hash tag (`tm:{confluence-eng}:docs`), so all of a source's
 //! keys live in one slot and a Lua script may touch any of them atomically.
-//! Keys shared by all sources (the request and job streams) carry no tag.
+//! Keys shared by all sources (the request stream, the dead letters) carry no
+//! tag. The job streams are `[queue] job_partitions` streams, a source's jobs
+//! always on the same one (`jobs_for`): one `tm:jobs`, or `tm:jobs:{0}` …
+//! `tm:jobs:{N-1}`, each its own tag so a cluster spreads them over shards.
 
 use crate::types::{DocumentId, RunId, SourceId};
 
@@ -11,12 +14,30 @@ use crate::types::{DocumentId, RunId, SourceId};
 #[derive(Debug, Clone)]
 pub struct Keys {
     ns: String,
+    job_partitions: u16,
+}
+
+/// FNV-1a: a hash that is the same in every process and every build (which
+/// Rust's `DefaultHasher` does not promise), so every coordinator puts a
+/// source's jobs on the same stream.
+fn stable_hash(s: &str) -> u32 {
+    s.bytes()
+        .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
 
 impl Keys {
-    /// Keys under `namespace` (e.g. `tm`).
+    /// Keys under `namespace` (e.g. `tm`), with one job stream.
     pub fn new(namespace: impl Into<String>) -> Self {
-        Self { ns: namespace.into() }
+        Self {
+            ns: namespace.into(),
+            job_partitions: 1,
+        }
+    }
+
+    /// The same keys with `n` job streams (at least 1).
+    pub fn with_job_partitions(mut self, n: u16) -> Self {
+        self.job_partitions = n.max(1);
+        self
     }
 
     /// Stream of sync requests, read by the coordinators' consumer group.
@@ -24,9 +45,33 @@ impl Keys {
         format!("{}:requests", self.ns)
     }
 
-    /// Stream of page jobs, read by the workers' consumer group.
-    pub fn jobs(&self) -> String {
-        format!("{}:jobs", self.ns)
+    /// Every stream of page jobs, each read by the workers' consumer group.
+    pub fn job_streams(&self) -> Vec<String> {
+        if self.job_partitions == 1 {
+            return vec![format!("{}:jobs", self.ns)];
+        }
+        (0..self.job_partitions)
+            .map(|p| format!("{}:jobs:{{{p}}}", self.ns))
+            .collect()
+    }
+
+    /// The stream that carries `source`'s page jobs.
+    pub fn jobs_for(&self, source: &SourceId) -> String {
+        let streams = self.job_streams();
+        let i = stable_hash(source.as_str()) as usize % streams.len();
+        streams[i].clone()
+    }
+
+    /// Whether `name` is one of the job streams (of any partition count: a
+    /// dead letter may come from before a change of `job_partitions`).
+    pub fn is_job_stream(&self, name: &str) -> bool {
+        let jobs = format!("{}:jobs", self.ns);
+        name == jobs
+            || name
+                .strip_prefix(&jobs)
+                .and_then(|r| r.strip_prefix(":{"))
+                .and_then(|r| r.strip_suffix('}'))
+                .is_some_and(|p| p.parse::<u16>().is_ok())
     }
 
     /// Dead-letter stream: entries that could not be processed, with the reason.
@@ -238,6 +283,29 @@ mod tests {
         ] {
             assert!(k.contains("{eng}"), "{k} lacks the hash tag");
         }
-        assert!(!keys.jobs().contains('{'));
+        assert!(!keys.requests().contains('{'));
+    }
+
+    /// One partition keeps the one `tm:jobs`; several spread sources over
+    /// tagged streams, each source always on the same one.
+    #[test]
+    fn job_streams_partition_sources_stably() {
+        assert_eq!(stable_hash("a"), 0xe40c_292c, "FNV-1a, not a per-process hash");
+        let one = Keys::new("tm");
+        let eng = SourceId::new("eng").unwrap();
+        assert_eq!(one.job_streams(), vec!["tm:jobs".to_owned()]);
+        assert_eq!(one.jobs_for(&eng), "tm:jobs");
+        let four = Keys::new("tm").with_job_partitions(4);
+        assert_eq!(four.job_streams()[3], "tm:jobs:{3}");
+        let used: std::collections::HashSet<String> = (0..40)
+            .map(|i| four.jobs_for(&SourceId::new(format!("s{i}")).unwrap()))
+            .collect();
+        assert_eq!(used.len(), 4, "40 sources use every partition");
+        for name in ["tm:jobs", "tm:jobs:{0}", "tm:jobs:{12}"] {
+            assert!(four.is_job_stream(name), "{name}");
+        }
+        for name in ["tm:requests", "tm:jobs:x", "tm:jobsx", "tm:jobs:{a}"] {
+            assert!(!four.is_job_stream(name), "{name}");
+        }
     }
 }

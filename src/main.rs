@@ -105,7 +105,7 @@ fn one_line(e: &anyhow::Error) -> String {
 async fn dlq_command(app: &App, action: &cli::DlqAction) -> anyhow::Result<ExitCode> {
     use cli::DlqAction;
     use tidemark::queue::{dlq, streams};
-    let (stream, requests, jobs) = (app.keys.dead_letters(), app.keys.requests(), app.keys.jobs());
+    let stream = app.keys.dead_letters();
     let read = |id: &str| {
         let (stream, id) = (stream.clone(), id.to_owned());
         async move {
@@ -120,7 +120,7 @@ async fn dlq_command(app: &App, action: &cli::DlqAction) -> anyhow::Result<ExitC
             let entries = streams::newest(&app.pool, &stream, *limit)
                 .await
                 .context("reading the dead-letter stream")?;
-            let letters: Vec<dlq::DeadLetter> = entries.iter().map(|e| dlq::describe(e, &requests, &jobs)).collect();
+            let letters: Vec<dlq::DeadLetter> = entries.iter().map(|e| dlq::describe(e, &app.keys)).collect();
             if *json {
                 println!("{}", serde_json::to_string_pretty(&letters)?);
             } else if letters.is_empty() {
@@ -138,13 +138,13 @@ async fn dlq_command(app: &App, action: &cli::DlqAction) -> anyhow::Result<ExitC
             }
         }
         DlqAction::Show { id } => {
-            let letter = dlq::describe(&read(id).await?, &requests, &jobs);
+            let letter = dlq::describe(&read(id).await?, &app.keys);
             println!("{}", serde_json::to_string_pretty(&letter)?);
         }
         DlqAction::Replay { ids } => {
             for id in ids {
                 let entry = read(id).await?;
-                let redo = dlq::redo_of(&entry, &requests, &jobs)
+                let redo = dlq::redo_of(&entry, &app.keys)
                     .map_err(|why| anyhow::anyhow!("dead letter {id} cannot be replayed: {why}"))?;
                 let request = dlq::replay_request(&redo);
                 tidemark::queue::enqueue(&app.pool, &app.keys, &request)

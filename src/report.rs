@@ -85,11 +85,27 @@ pub async fn collect_status(
     Ok((sources, queue_status(app).await?))
 }
 
+/// The job streams' figures added up (one stream, or `[queue] job_partitions`);
+/// lag is known only if every stream can tell it.
+async fn jobs_info(app: &App) -> Result<streams::GroupInfo, state::Error> {
+    let mut total = streams::GroupInfo {
+        lag: Some(0),
+        ..streams::GroupInfo::default()
+    };
+    for stream in app.keys.job_streams() {
+        let g = streams::group_info(&app.pool, &stream, crate::queue::JOBS_GROUP).await?;
+        total.length += g.length;
+        total.pending += g.pending;
+        total.lag = total.lag.zip(g.lag).map(|(a, b)| a + b);
+    }
+    Ok(total)
+}
+
 /// The queue figures alone (the requests and jobs groups, and the dead-letter length).
 pub async fn queue_status(app: &App) -> Result<QueueStatus, state::Error> {
     Ok(QueueStatus {
         requests: streams::group_info(&app.pool, &app.keys.requests(), crate::queue::REQUESTS_GROUP).await?,
-        jobs: streams::group_info(&app.pool, &app.keys.jobs(), crate::queue::JOBS_GROUP).await?,
+        jobs: jobs_info(app).await?,
         // The dead-letter stream has no consumer group; only its length means anything.
         dead_letters: streams::group_info(&app.pool, &app.keys.dead_letters(), "-")
             .await?

@@ -27,9 +27,14 @@ use crate::types::SourceId;
 const RUN_BUCKETS: &[f64] = &[
     0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
 ];
-/// Histogram buckets for one page, and for a job's wait from enqueue to ack.
+/// Histogram buckets for one page.
 const PAGE_BUCKETS: &[f64] = &[
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+/// Histogram buckets for a job's wait from enqueue to ack: from an idle
+/// queue's milliseconds to a backlog's minutes.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
 /// The process's counters and histograms. Clones share them.
@@ -185,7 +190,7 @@ impl Telemetry {
                 &registry,
                 "tidemark_job_latency_seconds",
                 "Time from a page job's enqueue (its stream entry id) to its ack.",
-                PAGE_BUCKETS,
+                LATENCY_BUCKETS,
             ),
             registry,
         };

@@ -16,13 +16,14 @@ fn on_a_cluster(opts: Options) -> Options {
 }
 
 /// Full sync, then 3 created, 2 updated, 1 deleted: the incremental run
-/// processes exactly those, the sink equals the source, and the keys live on
-/// the cluster's nodes (a source's keys in its one slot).
+/// processes exactly those and the sink equals the source, with the page jobs
+/// on one of three job streams.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn problem_statement_on_a_cluster() {
     let env = Env::fleet(on_a_cluster(Options {
         pages: 500,
         page_size: 50,
+        queue: "job_partitions = 3".into(),
         ..Options::default()
     }))
     .await;

@@ -105,7 +105,7 @@ async fn stale_deletion_after_failover_never_reaches_the_sink() {
     // Now run 2's stale page job reaches a worker.
     let _w2 = env.worker("w2");
     let pool = env.app.pool.clone();
-    let jobs = env.app.keys.jobs();
+    let jobs = env.app.keys.jobs_for(&env.source);
     wait_until("the stale job was handled", Duration::from_secs(20), || {
         let (pool, jobs) = (pool.clone(), jobs.clone());
         async move {

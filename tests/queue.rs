@@ -47,7 +47,7 @@ async fn malformed_job_is_dead_lettered_and_worker_goes_on() {
     {
         let mut conn = env.redis.conn();
         let _: String = redis::cmd("XADD")
-            .arg(env.app.keys.jobs())
+            .arg(env.app.keys.jobs_for(&env.source))
             .arg("*")
             .arg("v")
             .arg("1")
@@ -66,7 +66,7 @@ async fn malformed_job_is_dead_lettered_and_worker_goes_on() {
     let dl = dead_letters(&env);
     assert_eq!(dl.len(), 1);
     assert!(dl[0]["reason"].contains("MessagePack"), "{:?}", dl[0]);
-    assert_eq!(dl[0]["origin"], env.app.keys.jobs());
+    assert_eq!(dl[0]["origin"], env.app.keys.jobs_for(&env.source));
 }
 
 /// A malformed sync request and one for an unknown source are dead-lettered
@@ -387,7 +387,7 @@ async fn dlq_commands_list_show_replay_and_purge() {
     };
     let (dead, jobs, requests) = (
         env.app.keys.dead_letters(),
-        env.app.keys.jobs(),
+        env.app.keys.jobs_for(&env.source),
         env.app.keys.requests(),
     );
     let page_entry = entry("1-0", job.to_fields());

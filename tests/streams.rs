@@ -65,7 +65,7 @@ async fn memory_stays_flat_over_many_runs() {
     .await;
     env.coordinator("c1");
     env.worker("w1");
-    let (jobs, requests) = (env.app.keys.jobs(), env.app.keys.requests());
+    let (jobs, requests) = (env.app.keys.jobs_for(&env.source), env.app.keys.requests());
     let first = env.sync(SyncMode::Full).await;
     assert_eq!(first.status, RunStatus::Completed);
     let pages = env.sim.pages();
@@ -122,7 +122,7 @@ async fn trimming_never_removes_pending_or_undelivered_entries() {
     .await;
     env.coordinator("c1");
     let w1 = env.worker("w1");
-    let jobs = env.app.keys.jobs();
+    let jobs = env.app.keys.jobs_for(&env.source);
     assert_eq!(env.sync(SyncMode::Full).await.status, RunStatus::Completed);
     w1.stop().await;
     let pages = env.sim.pages();

@@ -98,8 +98,8 @@ pub async fn dead_letters(
             ));
         }
     };
-    let (stream, requests, jobs) = (app.keys.dead_letters(), app.keys.requests(), app.keys.jobs());
+    let stream = app.keys.dead_letters();
     let entries = streams::newest(&app.pool, &stream, limit).await?;
-    let letters: Vec<dlq::DeadLetter> = entries.iter().map(|e| dlq::describe(e, &requests, &jobs)).collect();
+    let letters: Vec<dlq::DeadLetter> = entries.iter().map(|e| dlq::describe(e, &app.keys)).collect();
     Ok(Json(json!({ "dead_letters": letters })))
 }

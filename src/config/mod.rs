@@ -95,6 +95,9 @@ pub struct RawQueue {
     pub dlq_max_age_hours: u64,
     /// How often a coordinator trims the streams, besides after every run. Default 60 s.
     pub trim_interval_secs: u64,
+    /// Streams the page jobs are spread over, by source (on a Redis Cluster,
+    /// one or more per shard). Default 1.
+    pub job_partitions: u16,
 }
 
 impl Default for RawQueue {
@@ -104,6 +107,7 @@ impl Default for RawQueue {
             dlq_max_len: r.dlq_max_len,
             dlq_max_age_hours: r.dlq_max_age.as_secs() / 3600,
             trim_interval_secs: r.trim_interval.as_secs(),
+            job_partitions: 1,
         }
     }
 }
@@ -327,6 +331,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// What the streams keep (`[queue]`).
     pub queue: Retention,
+    /// Job streams (`[queue] job_partitions`).
+    pub job_partitions: u16,
 }
 
 /// Checked `[sync]`.
@@ -500,6 +506,12 @@ impl Config {
         let redis = redis::check(raw.redis, raw.sync.block_ms, env, &mut problems);
         let sync = check_sync(&raw.sync, &mut problems);
         let queue = check_queue(&raw.queue, &mut problems);
+        let job_partitions = raw.queue.job_partitions;
+        if job_partitions == 0 || job_partitions > 256 {
+            problems.push(format!(
+                "queue.job_partitions: {job_partitions} is not between 1 and 256"
+            ));
+        }
 
         let sinks = sink::check_all(raw.sink.as_ref(), &raw.sinks, env, &mut problems);
 
@@ -567,6 +579,7 @@ impl Config {
                 api_listen,
                 api,
                 queue,
+                job_partitions,
             }),
             _ => Err(problems),
         }

@@ -223,7 +223,10 @@ impl Coordinator {
         // Started before Redis (or during an outage): wait for it, never exit.
         let reached = retry::until_reachable(self.retry, &shutdown, "coordinator", &self.redis_addr, || async {
             streams::ensure_group(&self.pool, &requests, GROUP).await?;
-            streams::ensure_group(&self.pool, &self.keys.jobs(), queue::JOBS_GROUP).await
+            for jobs in self.keys.job_streams() {
+                streams::ensure_group(&self.pool, &jobs, queue::JOBS_GROUP).await?;
+            }
+            Ok::<(), queue::Error>(())
         })
         .await?;
         if !reached {

@@ -227,7 +227,7 @@ impl Coordinator {
         pages: &mut u32,
         lost: &CancellationToken,
     ) -> Result<(), Error> {
-        let stream = self.keys.jobs();
+        let stream = self.keys.jobs_for(source);
         for chunk in items.chunks(self.cfg.page_size.get()) {
             let job = PageJob {
                 run: run.clone(),

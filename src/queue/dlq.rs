@@ -16,6 +16,7 @@ use deadpool_redis::redis::Script;
 use super::jobs::{PageJob, SyncRequest};
 use super::streams::{self, Entry};
 use super::{Error, RedisContext};
+use crate::keys::Keys;
 use crate::types::{DocumentId, RunId, SourceId, SyncMode};
 
 /// A document that failed on its own while the rest of its page was applied.
@@ -143,9 +144,9 @@ fn original(entry: &Entry) -> Entry {
     }
 }
 
-/// What `entry` (of the dead-letter stream) asks to redo, given the names of
-/// the requests and jobs streams; `Err` says why it cannot be redone.
-pub fn redo_of(entry: &Entry, requests: &str, jobs: &str) -> Result<Redo, String> {
+/// What `entry` (of the dead-letter stream) asks to redo, the streams named
+/// by `keys`; `Err` says why it cannot be redone.
+pub fn redo_of(entry: &Entry, keys: &Keys) -> Result<Redo, String> {
     let origin = entry.text("origin").unwrap_or_default();
     if origin == "document" {
         let source = entry.text("source").and_then(|s| SourceId::new(s).ok());
@@ -156,11 +157,11 @@ pub fn redo_of(entry: &Entry, requests: &str, jobs: &str) -> Result<Redo, String
         };
     }
     let message = original(entry);
-    if origin == requests {
+    if origin == keys.requests() {
         SyncRequest::from_entry(&message)
             .map(Redo::Request)
             .map_err(|e| e.to_string())
-    } else if origin == jobs {
+    } else if keys.is_job_stream(origin) {
         PageJob::from_entry(&message).map(Redo::Page).map_err(|e| e.to_string())
     } else {
         Err(format!("unknown origin {origin:?}"))
@@ -168,10 +169,10 @@ pub fn redo_of(entry: &Entry, requests: &str, jobs: &str) -> Result<Redo, String
 }
 
 /// Reads a dead-letter entry for people and scripts.
-pub fn describe(entry: &Entry, requests: &str, jobs: &str) -> DeadLetter {
+pub fn describe(entry: &Entry, keys: &Keys) -> DeadLetter {
     let text = |k: &str| entry.text(k).map(str::to_owned);
     let routing = super::jobs::routing(&original(entry));
-    let body = match redo_of(entry, requests, jobs) {
+    let body = match redo_of(entry, keys) {
         Ok(Redo::Request(r)) => serde_json::to_value(r).unwrap_or_default(),
         Ok(Redo::Page(p)) => serde_json::to_value(p).unwrap_or_default(),
         Ok(Redo::Document(..)) => serde_json::json!({"retryable": text("retryable").as_deref() == Some("true")}),

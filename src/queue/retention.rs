@@ -61,7 +61,7 @@ impl Default for Retention {
 pub struct Trimmed {
     /// From the requests stream.
     pub requests: u64,
-    /// From the jobs stream.
+    /// From the job streams.
     pub jobs: u64,
     /// From the dead-letter stream.
     pub dead_letters: u64,
@@ -69,9 +69,13 @@ pub struct Trimmed {
 
 /// Trims all three streams once (see the module doc for what each keeps).
 pub async fn trim_all(pool: &Pool, keys: &Keys, retention: &Retention) -> Result<Trimmed, Error> {
+    let mut jobs = 0;
+    for stream in keys.job_streams() {
+        jobs += streams::trim_acked(pool, &stream).await?;
+    }
     let trimmed = Trimmed {
         requests: streams::trim_acked(pool, &keys.requests()).await?,
-        jobs: streams::trim_acked(pool, &keys.jobs()).await?,
+        jobs,
         dead_letters: dlq::trim(pool, &keys.dead_letters(), retention.dlq_max_len, retention.dlq_max_age).await?,
     };
     if trimmed != Trimmed::default() {

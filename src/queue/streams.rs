@@ -144,7 +144,9 @@ pub async fn add(pool: &Pool, stream: &str, fields: &[(&str, &[u8])]) -> Result<
     cmd.query_async(&mut conn).await.context(|| format!("XADD {stream}"))
 }
 
-/// Reads up to `count` never-delivered entries for `consumer`, blocking up to `block`.
+/// Reads up to `count` never-delivered entries for `consumer`, blocking up to
+/// `block`; a zero `block` does not block at all (Redis' `BLOCK 0` would wait
+/// forever, which nothing here wants).
 pub async fn read_new(
     pool: &Pool,
     stream: &str,
@@ -154,14 +156,12 @@ pub async fn read_new(
     block: Duration,
 ) -> Result<Vec<Entry>, Error> {
     let mut conn = pool.get().await?;
-    let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(group)
-        .arg(consumer)
-        .arg("COUNT")
-        .arg(count)
-        .arg("BLOCK")
-        .arg(block.as_millis() as u64)
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(count);
+    if !block.is_zero() {
+        cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+    }
+    let reply: Option<StreamReadReply> = cmd
         .arg("STREAMS")
         .arg(stream)
         .arg(">")

@@ -181,10 +181,10 @@ impl Worker {
     }
 
     /// [`Worker::handle`] between the `PageStart` and `PageEnd` run points.
-    async fn handle_at_points(&self, entry: Entry, deliveries: u64) {
+    async fn handle_at_points(&self, stream: &str, entry: Entry, deliveries: u64) {
         let r = jobs::routing(&entry);
         let (Some(source), Some(run), Some(page)) = (r.source, r.run, r.page) else {
-            return self.handle(entry, deliveries).await;
+            return self.handle(stream, entry, deliveries).await;
         };
         // Paused at the point (a test deciding when the page goes), the entry is
         // kept fresh as if in flight, so no other worker claims it meanwhile.
@@ -192,28 +192,38 @@ impl Worker {
         let keep_fresh = async {
             loop {
                 tokio::time::sleep(self.cfg.job_idle_timeout / 3).await;
-                let _ = streams::touch(&self.pool, &self.keys.jobs(), GROUP, &self.consumer, &entry.id).await;
+                let _ = streams::touch(&self.pool, stream, GROUP, &self.consumer, &entry.id).await;
             }
         };
         tokio::select! {
             () = start => {}
             _ = keep_fresh => unreachable!("the refresh loop never ends"),
         }
-        self.handle(entry, deliveries).await;
+        self.handle(stream, entry, deliveries).await;
         self.hooks.at(&source, &run, Point::PageEnd { page, deliveries }).await;
     }
 
     /// Consumes jobs until `shutdown` is cancelled, then lets in-flight pages finish
     /// (up to `drain_timeout`) before returning.
+    ///
+    /// With several job streams (`[queue] job_partitions`) one loop reads them
+    /// all, fairly: each read starts at the next stream in turn and takes what
+    /// the first stream with entries has; when none has any, it blocks on the
+    /// next stream in turn for a share of `block`, so a page on any stream
+    /// waits at most about `block` for a free worker. (A read never names two
+    /// streams: on a Redis Cluster they live in different slots.)
     pub async fn run(
         self: Arc<Self>,
         shutdown: CancellationToken,
         drain_timeout: Duration,
     ) -> Result<(), queue::Error> {
-        let stream = self.keys.jobs();
+        let job_streams = self.keys.job_streams();
         // Started before Redis (or during an outage): wait for it, never exit.
-        let reached = retry::until_reachable(self.retry, &shutdown, "worker", &self.redis_addr, || {
-            streams::ensure_group(&self.pool, &stream, GROUP)
+        let reached = retry::until_reachable(self.retry, &shutdown, "worker", &self.redis_addr, || async {
+            for stream in &job_streams {
+                streams::ensure_group(&self.pool, stream, GROUP).await?;
+            }
+            Ok::<(), queue::Error>(())
         })
         .await?;
         if !reached {
@@ -223,7 +233,9 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(self.cfg.worker_concurrency.get()));
         let tracker = TaskTracker::new();
         let mut last_reclaim = tokio::time::Instant::now();
-        tracing::info!(consumer = %self.consumer, "worker started");
+        let mut turn = 0usize;
+        let share = (self.cfg.block / job_streams.len() as u32).max(Duration::from_millis(10));
+        tracing::info!(consumer = %self.consumer, streams = job_streams.len(), "worker started");
 
         loop {
             // Wait for a free slot first, so we never read entries we cannot start.
@@ -234,23 +246,25 @@ impl Worker {
             if last_reclaim.elapsed() >= self.cfg.job_idle_timeout / 2 {
                 last_reclaim = tokio::time::Instant::now();
                 drop(permit);
-                if let Err(e) = self.reclaim_idle(&tracker, &permits).await {
-                    tracing::warn!(error = %e, "reclaiming idle jobs failed");
+                for stream in &job_streams {
+                    if let Err(e) = self.reclaim_idle(stream, &tracker, &permits).await {
+                        tracing::warn!(error = %e, %stream, "reclaiming idle jobs failed");
+                    }
                 }
                 continue;
             }
             let free = permits.available_permits() + 1;
+            turn = turn.wrapping_add(1);
             // Not raced against shutdown: a read cancelled mid-flight could leave
             // entries delivered to us that nobody processes until they go idle.
-            let entries = match streams::read_new(&self.pool, &stream, GROUP, &self.consumer, free, self.cfg.block)
-                .await
-            {
-                Ok(e) => {
+            let read = self.read_fairly(&job_streams, turn, free, share).await;
+            let (stream, entries) = match read {
+                Ok(r) => {
                     if delays.attempts() > 0 {
                         tracing::info!(redis = %self.redis_addr, "reading jobs again");
                     }
                     delays.reset();
-                    e
+                    r
                 }
                 Err(e) => {
                     drop(permit);
@@ -273,9 +287,9 @@ impl Worker {
                         .await
                         .expect("the semaphore is never closed"),
                 };
-                let me = self.clone();
+                let (me, stream) = (self.clone(), stream.clone());
                 tracker.spawn(async move {
-                    me.handle_at_points(entry, 1).await;
+                    me.handle_at_points(&stream, entry, 1).await;
                     drop(p);
                 });
             }
@@ -288,18 +302,52 @@ impl Worker {
         Ok(())
     }
 
+    /// Up to `count` new entries of one of `job_streams`, starting the look at
+    /// stream `turn` (mod their number); with one stream, a plain blocking read.
+    async fn read_fairly(
+        &self,
+        job_streams: &[String],
+        turn: usize,
+        count: usize,
+        share: Duration,
+    ) -> Result<(String, Vec<Entry>), queue::Error> {
+        let n = job_streams.len();
+        if n == 1 {
+            let entries = streams::read_new(
+                &self.pool,
+                &job_streams[0],
+                GROUP,
+                &self.consumer,
+                count,
+                self.cfg.block,
+            )
+            .await?;
+            return Ok((job_streams[0].clone(), entries));
+        }
+        for i in 0..n {
+            let stream = &job_streams[(turn + i) % n];
+            let entries = streams::read_new(&self.pool, stream, GROUP, &self.consumer, count, Duration::ZERO).await?;
+            if !entries.is_empty() {
+                return Ok((stream.clone(), entries));
+            }
+        }
+        let stream = &job_streams[turn % n];
+        let entries = streams::read_new(&self.pool, stream, GROUP, &self.consumer, count, share).await?;
+        Ok((stream.clone(), entries))
+    }
+
     /// Claims entries other consumers left idle too long; dead-letters the ones
     /// delivered too often.
     async fn reclaim_idle(
         self: &Arc<Self>,
+        stream: &str,
         tracker: &TaskTracker,
         permits: &Arc<Semaphore>,
     ) -> Result<(), queue::Error> {
-        let stream = self.keys.jobs();
         let idle = self.cfg.job_idle_timeout;
-        let pending = streams::pending_idle(&self.pool, &stream, GROUP, idle, 50).await?;
+        let pending = streams::pending_idle(&self.pool, stream, GROUP, idle, 50).await?;
         for p in pending {
-            let claimed = streams::claim(&self.pool, &stream, GROUP, &self.consumer, idle, &[p.id.as_str()]).await?;
+            let claimed = streams::claim(&self.pool, stream, GROUP, &self.consumer, idle, &[p.id.as_str()]).await?;
             let Some(entry) = claimed.into_iter().next() else {
                 continue;
             };
@@ -309,7 +357,7 @@ impl Worker {
                     "delivered {} times without being acked (max_deliveries = {})",
                     p.deliveries, self.cfg.max_deliveries
                 );
-                self.dead_letter(&entry, &reason, p.deliveries).await;
+                self.dead_letter(stream, &entry, &reason, p.deliveries).await;
                 continue;
             }
             tracing::info!(entry = %entry.id, from = %p.consumer, deliveries, "claimed an idle job");
@@ -318,16 +366,16 @@ impl Worker {
                 .acquire_owned()
                 .await
                 .expect("the semaphore is never closed");
-            let me = self.clone();
+            let (me, stream) = (self.clone(), stream.to_owned());
             tracker.spawn(async move {
-                me.handle_at_points(entry, deliveries).await;
+                me.handle_at_points(&stream, entry, deliveries).await;
                 drop(permit);
             });
         }
         Ok(())
     }
 
-    async fn dead_letter(&self, entry: &Entry, reason: &str, deliveries: u64) {
+    async fn dead_letter(&self, stream: &str, entry: &Entry, reason: &str, deliveries: u64) {
         tracing::warn!(entry = %entry.id, %reason, "dead-lettering job");
         let r = jobs::routing(entry);
         if let (Some(source), Some(run), Some(page)) = (r.source, r.run, r.page)
@@ -338,7 +386,7 @@ impl Worker {
         match dlq::dead_letter(
             &self.pool,
             &self.keys.dead_letters(),
-            &self.keys.jobs(),
+            stream,
             GROUP,
             entry,
             reason,
@@ -352,8 +400,8 @@ impl Worker {
         }
     }
 
-    async fn ack(&self, source: &SourceId, entry: &Entry) {
-        match streams::ack(&self.pool, &self.keys.jobs(), GROUP, &[entry.id.as_str()]).await {
+    async fn ack(&self, stream: &str, source: &SourceId, entry: &Entry) {
+        match streams::ack(&self.pool, stream, GROUP, &[entry.id.as_str()]).await {
             Ok(()) => {
                 if let Some(waited) = streams::age(&entry.id) {
                     self.telemetry.job_acked(source, waited);
@@ -365,12 +413,12 @@ impl Worker {
     }
 
     /// Processes one entry to its conclusion: acked, left for redelivery, or dead-lettered.
-    pub async fn handle(&self, entry: Entry, deliveries: u64) {
+    pub async fn handle(&self, stream: &str, entry: Entry, deliveries: u64) {
         let job = match PageJob::from_entry(&entry) {
             Ok(j) => j,
             Err(e) => {
                 // Decoding is deterministic: redelivering cannot help.
-                self.dead_letter(&entry, &e.to_string(), deliveries).await;
+                self.dead_letter(stream, &entry, &e.to_string(), deliveries).await;
                 return;
             }
         };
@@ -379,7 +427,7 @@ impl Worker {
                 "unknown source {:?}: not in this worker's configuration",
                 job.source.as_str()
             );
-            self.dead_letter(&entry, &reason, deliveries).await;
+            self.dead_letter(stream, &entry, &reason, deliveries).await;
             return;
         };
         let calls = sources::ApiCalls::observed(self.telemetry.source_api(&job.source));
@@ -390,7 +438,7 @@ impl Worker {
         let heartbeat = async {
             loop {
                 tokio::time::sleep(self.cfg.job_idle_timeout / 3).await;
-                if let Err(e) = streams::touch(&self.pool, &self.keys.jobs(), GROUP, &self.consumer, &entry.id).await {
+                if let Err(e) = streams::touch(&self.pool, stream, GROUP, &self.consumer, &entry.id).await {
                     tracing::warn!(entry = %entry.id, error = %e, "could not refresh the job's idle time");
                 }
             }
@@ -428,14 +476,14 @@ impl Worker {
                             .add_run_counter(&job.source, &job.run, RunCounter::ApiCalls, calls.get())
                             .await;
                     }
-                    self.ack(&job.source, &entry).await
+                    self.ack(stream, &job.source, &entry).await
                 }
-                Err(state::Error::StaleFence(s)) => self.drop_superseded(&job, &entry, &s).await,
+                Err(state::Error::StaleFence(s)) => self.drop_superseded(stream, &job, &entry, &s).await,
                 Err(e) => {
                     tracing::warn!(run = %job.run, page = job.page, error = %e, "marking page done failed; will be redelivered")
                 }
             },
-            Err(JobError::Stale(s)) => self.drop_superseded(&job, &entry, &s).await,
+            Err(JobError::Stale(s)) => self.drop_superseded(stream, &job, &entry, &s).await,
             Err(JobError::Retryable { reason, after }) => {
                 tracing::warn!(run = %job.run, page = job.page, %reason, ?after, deliveries, "page failed; will be redelivered");
                 let _ = self
@@ -443,14 +491,14 @@ impl Worker {
                     .update_run(&job.source, &job.run, job.token, &RunUpdate::error(reason))
                     .await;
             }
-            Err(JobError::Permanent(reason)) => self.dead_letter(&entry, &reason, deliveries).await,
+            Err(JobError::Permanent(reason)) => self.dead_letter(stream, &entry, &reason, deliveries).await,
         }
     }
 
     /// A newer run owns the source: ack and drop the page, counted in its run's `pages_superseded`.
-    async fn drop_superseded(&self, job: &PageJob, entry: &Entry, s: &StaleFence) {
+    async fn drop_superseded(&self, stream: &str, job: &PageJob, entry: &Entry, s: &StaleFence) {
         tracing::info!(run = %job.run, page = job.page, %s, "page superseded by a newer run");
         let _ = self.state.page_superseded(&job.source, &job.run).await;
-        self.ack(&job.source, entry).await;
+        self.ack(stream, &job.source, entry).await;
     }
 }

@@ -228,7 +228,7 @@ async fn quiet(app: &App) -> Result<bool, String> {
     let e = |e: &dyn std::fmt::Display| e.to_string();
     for (stream, group) in [
         (app.keys.requests(), queue::REQUESTS_GROUP),
-        (app.keys.jobs(), queue::JOBS_GROUP),
+        (app.keys.job_streams()[0].clone(), queue::JOBS_GROUP),
     ] {
         let g = streams::group_info(&app.pool, &stream, group)
             .await

@@ -156,7 +156,7 @@ async fn random_operations_converge() {
 
 /// The convergence property on a 3-primary Redis Cluster, over a few seeds
 /// (`TIDEMARK_CLUSTER_SEEDS`, default 12): four sources' keys in their own
-/// slots, the streams in theirs.
+/// slots, their page jobs on three job streams read by every worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_operations_converge_on_a_cluster() {
     let _turn = crate::harness::heavy().await;

@@ -151,6 +151,9 @@ namespace = "s{seed}"
 pool_size = 8
 response_timeout_ms = 5000
 
+[queue]
+job_partitions = {partitions}
+
 [sync]
 page_size = {page_size}
 lock_ttl_ms = 10000
@@ -205,6 +208,8 @@ sitemap = "{web_base}sitemap.xml"
 "#,
             redis = shared.redis_url,
             cluster = shared.redis_cluster,
+            // On the cluster, three job streams: the sources' jobs on several shards.
+            partitions = if shared.redis_cluster { 3 } else { 1 },
             sink = sink_dir.path().display(),
             tz = tz.name(),
             fs_root = files.root.path().display().to_string(),

@@ -43,8 +43,10 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     secure: Option<Secure>,
-    /// A node of a Redis Cluster ([`RedisCluster`]).
-    cluster_node: bool,
+    /// A node of a Redis Cluster ([`RedisCluster`]): its cluster bus port.
+    /// Chosen free like the client port (Redis 7's `cluster-port`), not the
+    /// default port + 10000, which may be taken or past 65535.
+    cluster_bus: Option<u16>,
 }
 
 /// A TCP port nobody listens on right now.
@@ -77,7 +79,7 @@ impl RedisServer {
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
             secure: None,
-            cluster_node: false,
+            cluster_bus: None,
         };
         s.spawn();
         s
@@ -101,7 +103,7 @@ impl RedisServer {
             port: free_port(),
             dir,
             child: None,
-            cluster_node: false,
+            cluster_bus: None,
             secure: Some(Secure {
                 tls_port: free_port(),
                 ca,
@@ -148,9 +150,11 @@ impl RedisServer {
             Some(fsync) => cmd.arg("--appendonly").arg("yes").arg("--appendfsync").arg(fsync),
             None => cmd.arg("--appendonly").arg("no"),
         };
-        if self.cluster_node {
+        if let Some(bus) = self.cluster_bus {
             cmd.arg("--cluster-enabled")
                 .arg("yes")
+                .arg("--cluster-port")
+                .arg(bus.to_string())
                 .arg("--cluster-config-file")
                 .arg(self.dir.path().join("nodes.conf"))
                 .arg("--cluster-node-timeout")
@@ -278,7 +282,7 @@ impl RedisCluster {
                     dir: tempfile::tempdir().expect("temp dir"),
                     child: None,
                     secure: None,
-                    cluster_node: true,
+                    cluster_bus: Some(free_port()),
                 };
                 s.spawn();
                 s
