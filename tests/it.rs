@@ -24,6 +24,8 @@ mod deletions;
 mod dependencies;
 /// Fencing across coordinator failover: stale jobs reach neither sink nor state.
 mod failover;
+/// Fairness: a large run of one source does not hold back a small run of another.
+mod fairness;
 /// The filesystem connector: size/mtime/hash versions, moves, breadcrumbs from directories.
 mod filesystem;
 /// Google Drive: change tokens, moves, folder subtrees, expired tokens, rate limits, shared drives.

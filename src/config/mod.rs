@@ -132,6 +132,9 @@ pub struct RawSync {
     pub max_concurrent_runs: usize,
     /// How long XREADGROUP blocks waiting for entries. Default 2000 ms.
     pub block_ms: u64,
+    /// Pages of one run enqueued and not yet finished, at most: a large run
+    /// never holds back another source's small one by more. Default 64.
+    pub max_pages_in_flight: usize,
 }
 
 impl Default for RawSync {
@@ -145,6 +148,7 @@ impl Default for RawSync {
             worker_concurrency: 4,
             max_concurrent_runs: 4,
             block_ms: 2000,
+            max_pages_in_flight: 64,
         }
     }
 }
@@ -352,6 +356,8 @@ pub struct SyncConfig {
     pub worker_concurrency: NonZeroUsize,
     /// Runs in flight per coordinator process.
     pub max_concurrent_runs: NonZeroUsize,
+    /// Pages of one run enqueued and not yet finished, at most.
+    pub max_pages_in_flight: NonZeroUsize,
     /// XREADGROUP BLOCK.
     pub block: Duration,
 }
@@ -465,6 +471,7 @@ fn check_sync(raw: &RawSync, problems: &mut Vec<String>) -> Option<SyncConfig> {
     let page_size = nonzero("page_size", raw.page_size, problems);
     let worker_concurrency = nonzero("worker_concurrency", raw.worker_concurrency, problems);
     let max_concurrent_runs = nonzero("max_concurrent_runs", raw.max_concurrent_runs, problems);
+    let max_pages_in_flight = nonzero("max_pages_in_flight", raw.max_pages_in_flight, problems);
     if raw.lock_ttl_ms < 100 {
         problems.push(format!(
             "sync.lock_ttl_ms: {} is too short (at least 100)",
@@ -494,6 +501,7 @@ fn check_sync(raw: &RawSync, problems: &mut Vec<String>) -> Option<SyncConfig> {
         stall_timeout: Duration::from_secs(raw.stall_timeout_secs),
         worker_concurrency: worker_concurrency?,
         max_concurrent_runs: max_concurrent_runs?,
+        max_pages_in_flight: max_pages_in_flight?,
         block: Duration::from_millis(raw.block_ms),
     })
 }

@@ -138,10 +138,9 @@ impl Coordinator {
         })
         .await?;
         let mut pages = 0u32;
-        self.enqueue_pages(&id, run, token, &plan.items, &mut pages, lost)
-            .await?;
+        // Recorded before the pages go out: they go out a few at a time.
         let feed_read = RunUpdate {
-            pages_total: Some(u64::from(pages)),
+            pages_total: Some(self.pages_for(plan.items.len())),
             docs_processed: Some(plan.items.len() as u64),
             unchanged: Some(plan.unchanged),
             feed_done: Some(true),
@@ -152,6 +151,8 @@ impl Coordinator {
             self.state.update_run(&id, run, token, &feed_read)
         })
         .await?;
+        self.enqueue_pages(&id, run, token, &plan.items, &mut pages, lost)
+            .await?;
         tracing::info!(source = %id, run = %run, pages, docs = plan.items.len(), unchanged = plan.unchanged, "feed read, jobs enqueued");
         self.wait_for_pages(&id, run, u64::from(pages), lost).await?;
         self.hooks.at(&id, run, Point::PagesDone).await;
@@ -163,9 +164,8 @@ impl Coordinator {
             .redis(lost, "finding dependents", || self.dependents(&id, &plan))
             .await?;
         if !refresh.is_empty() {
-            self.enqueue_pages(&id, run, token, &refresh, &mut pages, lost).await?;
             let found = RunUpdate {
-                pages_total: Some(u64::from(pages)),
+                pages_total: Some(u64::from(pages) + self.pages_for(refresh.len())),
                 dependents: Some(refresh.len() as u64),
                 ..RunUpdate::default()
             };
@@ -173,6 +173,7 @@ impl Coordinator {
                 self.state.update_run(&id, run, token, &found)
             })
             .await?;
+            self.enqueue_pages(&id, run, token, &refresh, &mut pages, lost).await?;
             tracing::info!(source = %id, run = %run, dependents = refresh.len(), "dependents enqueued");
         }
         let record = self.wait_for_pages(&id, run, u64::from(pages), lost).await?;
@@ -217,7 +218,15 @@ impl Coordinator {
         Ok(status)
     }
 
-    /// Adds `items` as page jobs numbered from `*pages` on.
+    /// Page jobs `n` items make.
+    fn pages_for(&self, n: usize) -> u64 {
+        n.div_ceil(self.cfg.page_size.get()) as u64
+    }
+
+    /// Adds `items` as page jobs numbered from `*pages` on, keeping at most
+    /// `max_pages_in_flight` of the run's pages enqueued and unfinished: a
+    /// large run never fills the job stream, so another source's small run
+    /// waits behind a few of its pages, not all of them.
     async fn enqueue_pages(
         &self,
         source: &SourceId,
@@ -228,7 +237,13 @@ impl Coordinator {
         lost: &CancellationToken,
     ) -> Result<(), Error> {
         let stream = self.keys.jobs_for(source);
+        let in_flight = self.cfg.max_pages_in_flight.get() as u64;
         for chunk in items.chunks(self.cfg.page_size.get()) {
+            if u64::from(*pages) >= in_flight {
+                // Room for one more: page `pages - in_flight` (at the latest) has finished.
+                self.wait_for_finished(source, run, u64::from(*pages) - in_flight + 1, lost)
+                    .await?;
+            }
             let job = PageJob {
                 run: run.clone(),
                 source: source.clone(),
@@ -252,6 +267,18 @@ impl Coordinator {
 
     /// Waits until every page of the run is done or failed.
     async fn wait_for_pages(
+        &self,
+        source: &SourceId,
+        run: &RunId,
+        pages: u64,
+        lost: &CancellationToken,
+    ) -> Result<state::RunRecord, Error> {
+        self.wait_for_finished(source, run, pages, lost).await
+    }
+
+    /// Waits until at least `pages` pages of the run are done or failed; fails
+    /// the run when none finishes for `stall_timeout`, or when its lease is lost.
+    async fn wait_for_finished(
         &self,
         source: &SourceId,
         run: &RunId,

@@ -57,6 +57,8 @@ pub struct Options {
     pub sink_toml: Option<String>,
     /// More sinks after `[sink]`: whole `[[sinks]]` entries.
     pub more_sinks: String,
+    /// More sources after the Confluence one: whole `[[sources]]` entries.
+    pub more_sources: String,
     /// Redis over TLS as an ACL user ([`RedisServer::start_secure`]).
     pub secure_redis: bool,
     /// A 3-primary Redis Cluster instead of one server ([`RedisCluster`]):
@@ -80,6 +82,7 @@ impl Default for Options {
             source_toml: None,
             sink_toml: None,
             more_sinks: String::new(),
+            more_sources: String::new(),
             secure_redis: false,
             cluster: false,
         }
@@ -179,6 +182,7 @@ stall_timeout_secs = 60
 listen = ""
 
 {source}
+{more_sources}
 "#,
             redis = if opts.cluster {
                 format!("{}\ncluster = true", redis.client_toml())
@@ -195,6 +199,7 @@ listen = ""
                 .clone()
                 .unwrap_or_else(|| format!("kind = \"directory\"\npath = \"{}\"", sink_dir.path().display())),
             more_sinks = opts.more_sinks,
+            more_sources = opts.more_sources,
             source = opts.source_toml.clone().unwrap_or_else(|| format!(
                 "[[sources]]\nid = \"eng\"\nkind = \"confluence\"\n{}\n[sources.settings]\nbase_url = \"http://{addr}\"\nspace_key = \"{}\"\n{}\n",
                 opts.source_fields, opts.sim.space_key, opts.source_settings
