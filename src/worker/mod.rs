@@ -234,6 +234,7 @@ impl Worker {
         let tracker = TaskTracker::new();
         let mut last_reclaim = tokio::time::Instant::now();
         let mut turn = 0usize;
+        let mut idle = false;
         let share = (self.cfg.block / job_streams.len() as u32).max(Duration::from_millis(10));
         tracing::info!(consumer = %self.consumer, streams = job_streams.len(), "worker started");
 
@@ -257,9 +258,10 @@ impl Worker {
             turn = turn.wrapping_add(1);
             // Not raced against shutdown: a read cancelled mid-flight could leave
             // entries delivered to us that nobody processes until they go idle.
-            let read = self.read_fairly(&job_streams, turn, free, share).await;
+            let read = self.read_fairly(&job_streams, turn, free, share, idle).await;
             let (stream, entries) = match read {
                 Ok(r) => {
+                    idle = r.1.is_empty();
                     if delays.attempts() > 0 {
                         tracing::info!(redis = %self.redis_addr, "reading jobs again");
                     }
@@ -304,12 +306,15 @@ impl Worker {
 
     /// Up to `count` new entries of one of `job_streams`, starting the look at
     /// stream `turn` (mod their number); with one stream, a plain blocking read.
+    /// After a read that found nothing (`idle`), the look is the blocking read
+    /// alone: an idle worker sends one command per `share`, not one per stream.
     async fn read_fairly(
         &self,
         job_streams: &[String],
         turn: usize,
         count: usize,
         share: Duration,
+        idle: bool,
     ) -> Result<(String, Vec<Entry>), queue::Error> {
         let n = job_streams.len();
         if n == 1 {
@@ -324,7 +329,7 @@ impl Worker {
             .await?;
             return Ok((job_streams[0].clone(), entries));
         }
-        for i in 0..n {
+        for i in (0..n).filter(|_| !idle) {
             let stream = &job_streams[(turn + i) % n];
             let entries = streams::read_new(&self.pool, stream, GROUP, &self.consumer, count, Duration::ZERO).await?;
             if !entries.is_empty() {
