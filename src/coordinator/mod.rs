@@ -128,6 +128,9 @@ pub struct Coordinator {
     telemetry: Telemetry,
 }
 
+/// How long a coordinator keeps trying to hand coalesced requests on.
+const FOLLOW_UP_PATIENCE: Duration = Duration::from_secs(300);
+
 impl Coordinator {
     /// A coordinator over `sources`, named `consumer` in the requests group.
     // The parts `app.rs` wires, each used as is; a builder would add nothing.
@@ -545,11 +548,28 @@ impl Coordinator {
     }
 
     /// After a run: turns every coalesced request into one follow-up request.
+    ///
+    /// Both steps ride out a Redis fault with the shared backoff (for up to
+    /// [`FOLLOW_UP_PATIENCE`]): the coalesced requests were acked when they
+    /// were coalesced, so a follow-up that is not enqueued loses them. An XADD
+    /// sent twice after an unknown outcome is harmless: both carry the same
+    /// request ids, and the second is served or coalesced like any request.
     async fn enqueue_follow_up(&self, source: &SourceId) {
-        let pending = match requests::drain_follow_ups(&self.pool, &self.keys, source).await {
+        let patience = CancellationToken::new();
+        let deadline = tokio::time::Instant::now() + FOLLOW_UP_PATIENCE;
+        let drained = async {
+            let mut retrier = retry::Retrier::new(self.retry, &patience, "reading follow-ups").until(deadline);
+            loop {
+                match requests::drain_follow_ups(&self.pool, &self.keys, source).await {
+                    Ok(p) => return Ok::<_, queue::Error>(p),
+                    Err(e) => retrier.failed(e).await?,
+                }
+            }
+        };
+        let pending: Vec<SyncRequest> = match drained.await {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!(%source, error = %e, "reading follow-ups failed");
+                tracing::error!(%source, error = %e, "reading follow-ups failed; they wait for the next run's end");
                 return;
             }
         };
@@ -566,8 +586,17 @@ impl Coordinator {
         follow_up.allow_mass_delete = pending.iter().any(|r| r.allow_mass_delete);
         follow_up.targets = plan::merged_targets(&pending);
         tracing::info!(%source, coalesced = follow_up.coalesced.len(), "enqueueing one follow-up run");
-        if let Err(e) = queue::enqueue(&self.pool, &self.keys, &follow_up).await {
-            tracing::error!(%source, error = %e, "could not enqueue the follow-up run");
+        let mut retrier = retry::Retrier::new(self.retry, &patience, "enqueueing the follow-up run").until(deadline);
+        loop {
+            match queue::enqueue(&self.pool, &self.keys, &follow_up).await {
+                Ok(_) => return,
+                Err(e) => {
+                    if let Err(e) = retrier.failed(e).await {
+                        tracing::error!(%source, error = %e, requests = ?follow_up.coalesced, "could not enqueue the follow-up run; its requests are lost");
+                        return;
+                    }
+                }
+            }
         }
     }
 }
