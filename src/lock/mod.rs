@@ -107,6 +107,18 @@ pub enum Error {
         /// Majority needed.
         quorum: usize,
     },
+    /// A majority granted, but so slowly that the lease would already be over:
+    /// the lock is free, not held, and the caller should try again (never
+    /// treat this as "someone else holds it": nobody would serve what waits).
+    #[error("lock {source_id}: granted after {elapsed:?}, past its TTL of {ttl:?}; retry")]
+    TooSlow {
+        /// The source.
+        source_id: SourceId,
+        /// How long the nodes took.
+        elapsed: Duration,
+        /// The TTL asked for.
+        ttl: Duration,
+    },
 }
 
 /// A held lock.
@@ -262,6 +274,13 @@ impl LockManager {
                     nodes: self.nodes.len(),
                     quorum: self.quorum(),
                     last_error: last_error.unwrap_or_default(),
+                });
+            }
+            if granted >= self.quorum() && validity.is_none() {
+                return Err(Error::TooSlow {
+                    source_id: source.clone(),
+                    elapsed,
+                    ttl,
                 });
             }
             if granted >= self.quorum() && validity.is_some() {
