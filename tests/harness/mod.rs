@@ -337,25 +337,55 @@ listen = ""
     /// Waits until the run serving `request_id` has read its feed and enqueued its pages.
     pub async fn wait_feed_read(&self, request_id: &str) {
         let state = self.app.state();
+        // The feed is recorded read before the pages go out (a few at a time,
+        // up to `max_pages_in_flight`), so both are waited for.
+        let window = self.app.config.sync.max_pages_in_flight.get() as u64;
         wait_until(
             "the run read its feed and enqueued its pages",
             Duration::from_secs(20),
             || async {
-                match state
+                let Some(run) = state
                     .run_for_request(&self.source, request_id)
                     .await
                     .expect("state readable")
-                {
-                    Some(run) => state
-                        .run(&self.source, &run)
-                        .await
-                        .expect("state readable")
-                        .is_some_and(|r| r.feed_done),
-                    None => false,
+                else {
+                    return false;
+                };
+                match state.run(&self.source, &run).await.expect("state readable") {
+                    // Pages already finished may have been trimmed off the stream.
+                    Some(r) if r.feed_done => {
+                        let out = self.pages_enqueued(&run).max(r.pages_done + r.pages_failed);
+                        out >= r.pages_total.min(window)
+                    }
+                    _ => false,
                 }
             },
         )
         .await;
+    }
+
+    /// How many distinct pages of `run` are on the job streams.
+    fn pages_enqueued(&self, run: &tidemark::types::RunId) -> u64 {
+        let mut pages = std::collections::BTreeSet::new();
+        for stream in self.app.keys.job_streams() {
+            let range = redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").clone();
+            let reply: redis::streams::StreamRangeReply = if self.cluster_nodes.is_empty() {
+                range.query(&mut self.redis.conn())
+            } else {
+                range.query(&mut self.cluster_conn())
+            }
+            .expect("job stream readable");
+            for entry in reply.ids {
+                let field = |name: &str| match entry.map.get(name) {
+                    Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                    _ => String::new(),
+                };
+                if field("run") == run.0 {
+                    pages.insert(field("page"));
+                }
+            }
+        }
+        pages.len() as u64
     }
 
     /// Enqueues a sync and waits for its run.
