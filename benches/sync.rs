@@ -14,9 +14,10 @@
 //!    against a configured budget; the request rate the simulator saw, as a
 //!    ratio to the limit (near 1: the budget is used, not exceeded).
 //!
-//! 5. Sinks: a 20,000-page full sync into the directory sink and into
-//!    PostgreSQL (fsync on, as in production), documents per second side by
-//!    side, and PostgreSQL round trips per page counted on the wire; then,
+//! 5. Sinks: a 20,000-page full sync into the directory sink (durable per
+//!    page, and as it was before: durable per document, with CPU per
+//!    document) and into PostgreSQL (fsync on, as in production), documents
+//!    per second side by side, and PostgreSQL round trips per page counted on the wire; then,
 //!    for one-paragraph edits of a 50-chunk document, how many chunk rows
 //!    PostgreSQL rewrote (what a downstream embedder re-embeds).
 //!
@@ -32,10 +33,14 @@
 #[path = "../tests/harness/mod.rs"]
 mod harness;
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tidemark::queue::jobs::{self, Action, JobItem, PageJob};
 use tidemark::queue::streams;
+use tidemark::sinks::directory::DirectorySink;
+use tidemark::sinks::{Error as SinkError, Sink, SinkDocument, Written};
 use tidemark::sources::DocMeta;
 use tidemark::types::{DocumentId, FencingToken, RunId, SourceId, SyncMode};
 
@@ -717,6 +722,8 @@ async fn held_state_at_scale(env: &Env) {
 
 /// The same 20,000-page full sync into the directory sink and into PostgreSQL,
 /// in one run on one machine; PostgreSQL's round trips counted by a proxy.
+/// The directory sink runs twice: as it is (durable per page) and as it was
+/// before issue 12.5 ([`PerDocumentDirectory`]: durable per document).
 async fn sinks_side_by_side() {
     const PAGES: usize = 20_000;
     const PAGE_SIZE: usize = 50;
@@ -729,9 +736,21 @@ async fn sinks_side_by_side() {
     };
     let per_sec =
         |r: &tidemark::state::RunRecord| r.docs_processed as f64 * 1000.0 / r.wall_ms.unwrap_or(1).max(1) as f64;
+    let busy = CpuClock::start();
 
     let env = Env::fleet(options(None)).await;
     let directory = env.sync(SyncMode::Full).await;
+    let directory_cpu = busy.lap();
+    drop(env);
+
+    let mut env = Env::start(options(None)).await;
+    let old = Arc::new(PerDocumentDirectory(DirectorySink::new(env.sink_dir.path())));
+    env.app.sinks = tidemark::sinks::routes::Routes::everywhere(old, [env.source.clone()]);
+    env.coordinator("c1");
+    env.worker("w1");
+    env.worker("w2");
+    let per_document = env.sync(SyncMode::Full).await;
+    let per_document_cpu = busy.lap();
     drop(env);
 
     let pg = tokio::task::block_in_place(harness::postgres::PgServer::start_durable);
@@ -747,13 +766,25 @@ async fn sinks_side_by_side() {
 
     println!();
     println!("== sinks: {PAGES}-page full sync, pages of {PAGE_SIZE} documents, 2 workers");
+    let cpu_per_doc =
+        |cpu: Duration, r: &tidemark::state::RunRecord| cpu.as_secs_f64() * 1000.0 / r.docs_processed.max(1) as f64;
     println!(
-        "directory (a JSON file per document, fsync each): {:>7.0} documents/s ({} documents)",
+        "directory, durable per page (one syncfs + one directory sync a page): {:>7.0} documents/s, {:.3} ms CPU/document ({} documents)",
         per_sec(&directory),
+        cpu_per_doc(directory_cpu, &directory),
         directory.docs_processed
     );
     println!(
-        "postgresql (fsync on):                            {:>7.0} documents/s ({} documents)",
+        "directory, durable per document (before: fsync each file):           {:>7.0} documents/s, {:.3} ms CPU/document",
+        per_sec(&per_document),
+        cpu_per_doc(per_document_cpu, &per_document)
+    );
+    println!(
+        "per page / per document: {:.2}x documents/s",
+        per_sec(&directory) / per_sec(&per_document)
+    );
+    println!(
+        "postgresql (fsync on):                                                 {:>7.0} documents/s ({} documents)",
         per_sec(&postgres),
         postgres.docs_processed
     );
@@ -767,6 +798,117 @@ async fn sinks_side_by_side() {
         postgres.pages_total,
         round_trips as f64 / postgres.pages_total.max(1) as f64
     );
+}
+
+/// CPU time of this process (simulator, coordinator, workers, harness: all
+/// in-process), between laps.
+struct CpuClock(std::sync::Mutex<Duration>);
+
+impl CpuClock {
+    fn start() -> Self {
+        CpuClock(std::sync::Mutex::new(Self::now()))
+    }
+
+    fn now() -> Duration {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+        Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    }
+
+    /// CPU time since the last lap.
+    fn lap(&self) -> Duration {
+        let mut last = self.0.lock().expect("cpu clock");
+        let now = Self::now();
+        let spent = now.saturating_sub(*last);
+        *last = now;
+        spent
+    }
+}
+
+/// The directory sink as it was before issue 12.5, kept here to measure
+/// against: each document on its own — lock the fence, read the held file,
+/// write a temporary file, `fdatasync` it, rename it over, unlock.
+struct PerDocumentDirectory(DirectorySink);
+
+impl PerDocumentDirectory {
+    fn write_one(&self, doc: &SinkDocument) -> Result<Written, SinkError> {
+        use std::io::{Read, Seek, Write};
+        let io = |path: &std::path::Path| {
+            let path = path.to_owned();
+            move |source| SinkError::Io { path, source }
+        };
+        let path = self.0.doc_path(&doc.source, &doc.id);
+        let fence_dir = self.0.source_dir(&doc.source).parent().expect("source dir").to_owned();
+        std::fs::create_dir_all(&fence_dir).map_err(io(&fence_dir))?;
+        let fence_path = fence_dir.join(".fence");
+        let mut fence = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&fence_path)
+            .map_err(io(&fence_path))?;
+        fence.lock().map_err(io(&fence_path))?;
+        let mut text = String::new();
+        fence.read_to_string(&mut text).map_err(io(&fence_path))?;
+        let current = text.trim().parse::<u64>().unwrap_or(0);
+        if doc.fencing_token.0 < current {
+            return Err(tidemark::lock::fencing::StaleFence {
+                ours: doc.fencing_token,
+                current: FencingToken(current),
+            }
+            .into());
+        }
+        if doc.fencing_token.0 > current {
+            fence.set_len(0).map_err(io(&fence_path))?;
+            fence.seek(std::io::SeekFrom::Start(0)).map_err(io(&fence_path))?;
+            fence
+                .write_all(doc.fencing_token.0.to_string().as_bytes())
+                .map_err(io(&fence_path))?;
+            fence.sync_data().map_err(io(&fence_path))?;
+        }
+        if let Ok(bytes) = std::fs::read(&path)
+            && let Ok(held) = serde_json::from_slice::<SinkDocument>(&bytes)
+            && held.version == doc.version
+            && held.content_hash == doc.content_hash
+        {
+            return Ok(Written::Unchanged);
+        }
+        let bytes = serde_json::to_vec_pretty(doc).expect("JSON");
+        let dir = path.parent().expect("docs dir");
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(&bytes).map_err(io(&tmp))?;
+        f.sync_data().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        Ok(Written::Changed)
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for PerDocumentDirectory {
+    async fn register_token(&self, source: &SourceId, token: FencingToken) -> Result<(), SinkError> {
+        self.0.register_token(source, token).await
+    }
+
+    async fn upsert(&self, doc: &SinkDocument) -> Result<Written, SinkError> {
+        let (sink, doc) = (PerDocumentDirectory(self.0.clone()), doc.clone());
+        tokio::task::spawn_blocking(move || sink.write_one(&doc))
+            .await
+            .expect("blocking write")
+    }
+
+    async fn delete(&self, source: &SourceId, id: &DocumentId, token: FencingToken) -> Result<Written, SinkError> {
+        self.0.delete(source, id, token).await
+    }
+
+    async fn get(&self, source: &SourceId, id: &DocumentId) -> Result<Option<SinkDocument>, SinkError> {
+        self.0.get(source, id).await
+    }
+
+    async fn versions(&self, source: &SourceId) -> Result<HashMap<DocumentId, String>, SinkError> {
+        self.0.versions(source).await
+    }
 }
 
 /// A 50-chunk document in PostgreSQL with chunking on (default size and

@@ -3,13 +3,17 @@
 //! readable prefix plus its SHA-256, and the full id is inside the file).
 //!
 //! Invariants:
-//! - A write is atomic: the file is written to a temporary name, synced, and
-//!   renamed over the old one, so a reader never sees half a document.
+//! - A write is atomic: the file is written to a temporary name, made durable,
+//!   and renamed over the old one, so a reader never sees half a document.
+//!   Durability is per page, not per document: a page's files are written,
+//!   synced once, published, and the directory synced once; the page is
+//!   acknowledged only after that.
 //! - Fencing: `<root>/<source>/.fence` holds the highest token seen, raised
-//!   when a run starts (`register_token`) and by every write. Every write
-//!   takes an exclusive `flock` on it, checks and raises the token, writes, and
-//!   unlocks; workers in several processes on one host (or one shared volume
-//!   with working locks) are serialised per source.
+//!   when a run starts (`register_token`) and by every write. Publishing a
+//!   page takes an exclusive `flock` on it, checks and raises the token,
+//!   renames and removes, and unlocks; a stale page publishes nothing.
+//!   Workers in several processes on one host (or one shared volume with
+//!   working locks) are serialised per source.
 //! - A document whose file already holds the same version and content hash is
 //!   not rewritten.
 //! - With chunking configured, a document's file also holds its `chunks`
@@ -23,10 +27,10 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::chunks::{Chunk, ChunkConfig, split};
-use super::{Error, Sink, SinkDocument, Written};
+use super::{Applied, Change, Error, Sink, SinkDocument, Written};
 use crate::lock::fencing::StaleFence;
 use crate::types::{DocumentId, FencingToken, SourceId};
 
@@ -86,7 +90,7 @@ impl DirectorySink {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(source) => return Err(Error::Io { path: dir, source }),
         };
-        let mut docs = Vec::new();
+        let mut docs: Vec<SinkDocument> = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|source| Error::Io {
                 path: dir.clone(),
@@ -147,7 +151,9 @@ fn escape_id(id: &str) -> String {
     out
 }
 
-fn read_doc(path: &Path) -> Result<Option<SinkDocument>, Error> {
+/// Reads a JSON file (a document, or part of one); `None` when it is missing
+/// or not what was expected.
+fn read_doc<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, Error> {
     match fs::read(path) {
         Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -194,17 +200,141 @@ fn fence(dir: &Path, token: FencingToken) -> Result<FenceGuard, Error> {
     Ok(FenceGuard { _file: file })
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io(dir))?;
+/// One change of a page, owned, for the blocking pool.
+enum Planned {
+    Put { path: PathBuf, doc: Box<SinkDocument> },
+    Delete { path: PathBuf },
+}
+
+/// A document file written under a temporary name, not yet published.
+struct Staged {
+    /// The change's place in the page.
+    index: usize,
+    id: DocumentId,
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+/// Temporary files not published (an error, a stale token) are removed.
+struct Unpublished(Vec<Staged>);
+
+impl Drop for Unpublished {
+    fn drop(&mut self) {
+        for staged in &self.0 {
+            let _ = fs::remove_file(&staged.tmp);
+        }
+    }
+}
+
+/// Applies a page: stages every changed document under a temporary name,
+/// makes their bytes durable with one sync, then, holding the fence, checks the
+/// token and publishes (renames over the old files, removes deleted ones), and
+/// makes the directory durable with one more. Two syncs a page, not one or
+/// more a document (issue 12.5); nothing is published before its bytes are on
+/// disk, and nothing is acknowledged before its name is.
+fn write_page(
+    fence_dir: &Path,
+    docs_dir: &Path,
+    token: FencingToken,
+    changes: Vec<Planned>,
+    chunking: Option<ChunkConfig>,
+) -> Result<Applied, Error> {
+    fs::create_dir_all(docs_dir).map_err(io(docs_dir))?;
+    let mut results: Vec<Option<Result<Written, Error>>> = Vec::with_capacity(changes.len());
+    let mut staged = Unpublished(Vec::new());
+    let mut deletions = Vec::new();
+    for (index, change) in changes.into_iter().enumerate() {
+        match change {
+            Planned::Put { path, doc } => match stage(docs_dir, &path, &doc, chunking) {
+                Ok(Some(tmp)) => {
+                    let id = doc.id;
+                    staged.0.push(Staged { index, id, tmp, path });
+                    results.push(None);
+                }
+                Ok(None) => results.push(Some(Ok(Written::Unchanged))),
+                Err(e) => results.push(Some(Err(rejected_if_permanent(e, doc.id)))),
+            },
+            Planned::Delete { path } => {
+                deletions.push((index, path));
+                results.push(None);
+            }
+        }
+    }
+    if !staged.0.is_empty() {
+        sync_file_system(docs_dir)?;
+    }
+    {
+        let _guard = fence(fence_dir, token)?;
+        for Staged { index, id, tmp, path } in std::mem::take(&mut staged.0) {
+            results[index] = Some(match fs::rename(&tmp, &path) {
+                Ok(()) => Ok(Written::Changed),
+                Err(source) => {
+                    let _ = fs::remove_file(&tmp);
+                    Err(rejected_if_permanent(Error::Io { path, source }, id))
+                }
+            });
+        }
+        for (index, path) in deletions {
+            results[index] = Some(match fs::remove_file(&path) {
+                Ok(()) => Ok(Written::Changed),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Written::Unchanged),
+                Err(source) => Err(Error::Io { path, source }),
+            });
+        }
+    }
+    if results.iter().any(|r| matches!(r, Some(Ok(Written::Changed)))) {
+        File::open(docs_dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io(docs_dir))?;
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or(Ok(Written::Unchanged)))
+        .collect())
+}
+
+/// Writes `doc`'s file under a temporary name in `dir` (not synced), or
+/// `None` when the file at `path` already holds this version and content.
+fn stage(dir: &Path, path: &Path, doc: &SinkDocument, chunking: Option<ChunkConfig>) -> Result<Option<PathBuf>, Error> {
+    if let Some(held) = read_doc::<Identity>(path)?
+        && held.version == doc.version
+        && held.content_hash == doc.content_hash
+    {
+        return Ok(None);
+    }
+    let file = DocumentFile {
+        chunks: chunking.map(|c| split(&doc.content, &c)).unwrap_or_default(),
+        doc,
+    };
+    // Serializing a struct of strings to JSON cannot fail.
+    let bytes = serde_json::to_vec_pretty(&file).expect("JSON encoding of an in-memory struct");
     // A name of its own, not derived from the document's: that one may already
     // be as long as file names can be. No `.json` ending, so readers skip it.
     let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
-    let mut f = File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_data().map_err(io(&tmp))?;
-    fs::rename(&tmp, path).map_err(io(path))?;
-    Ok(())
+    let written = File::create(&tmp).and_then(|mut f| f.write_all(&bytes));
+    if let Err(source) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::Io { path: tmp, source });
+    }
+    Ok(Some(tmp))
+}
+
+/// What decides whether a held file is rewritten: its version and content hash.
+#[derive(Deserialize)]
+struct Identity {
+    version: String,
+    content_hash: String,
+}
+
+/// Makes every file written so far durable with one call: `syncfs` on Linux
+/// (one journal commit for the whole page), each file's own sync elsewhere
+/// would need their handles, so other systems sync the whole file system.
+fn sync_file_system(dir: &Path) -> Result<(), Error> {
+    let handle = File::open(dir).map_err(io(dir))?;
+    rustix::fs::syncfs(&handle).map_err(|e| Error::Io {
+        path: dir.to_owned(),
+        source: e.into(),
+    })
 }
 
 #[async_trait]
@@ -215,30 +345,27 @@ impl Sink for DirectorySink {
     }
 
     async fn upsert(&self, doc: &SinkDocument) -> Result<Written, Error> {
-        let root = self.fence_dir(&doc.source);
-        let path = self.doc_path(&doc.source, &doc.id);
-        let id = doc.id.clone();
-        let doc = doc.clone();
+        let mut applied = self.apply(&doc.source, doc.fencing_token, &[Change::Put(doc)]).await?;
+        applied.pop().unwrap_or(Ok(Written::Unchanged))
+    }
+
+    async fn apply(&self, source: &SourceId, token: FencingToken, changes: &[Change<'_>]) -> Result<Applied, Error> {
+        let fence_dir = self.fence_dir(source);
+        let docs_dir = self.source_dir(source);
+        let planned = changes
+            .iter()
+            .map(|change| match change {
+                Change::Put(doc) => Planned::Put {
+                    path: self.doc_path(source, &doc.id),
+                    doc: Box::new((*doc).clone()),
+                },
+                Change::Delete(id) => Planned::Delete {
+                    path: self.doc_path(source, id),
+                },
+            })
+            .collect();
         let chunking = self.chunking;
-        let written = run_blocking(move || {
-            let _guard = fence(&root, doc.fencing_token)?;
-            if let Some(existing) = read_doc(&path)?
-                && existing.version == doc.version
-                && existing.content_hash == doc.content_hash
-            {
-                return Ok(Written::Unchanged);
-            }
-            let file = DocumentFile {
-                chunks: chunking.map(|c| split(&doc.content, &c)).unwrap_or_default(),
-                doc: &doc,
-            };
-            // Serializing a struct of strings to JSON cannot fail.
-            let bytes = serde_json::to_vec_pretty(&file).expect("JSON encoding of an in-memory struct");
-            write_atomically(&path, &bytes)?;
-            Ok(Written::Changed)
-        })
-        .await;
-        written.map_err(|e| rejected_if_permanent(e, id))
+        run_blocking(move || write_page(&fence_dir, &docs_dir, token, planned, chunking)).await
     }
 
     async fn get(&self, source: &SourceId, id: &DocumentId) -> Result<Option<SinkDocument>, Error> {
@@ -253,17 +380,8 @@ impl Sink for DirectorySink {
     }
 
     async fn delete(&self, source: &SourceId, id: &DocumentId, token: FencingToken) -> Result<Written, Error> {
-        let root = self.fence_dir(source);
-        let path = self.doc_path(source, id);
-        run_blocking(move || {
-            let _guard = fence(&root, token)?;
-            match fs::remove_file(&path) {
-                Ok(()) => Ok(Written::Changed),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Written::Unchanged),
-                Err(source) => Err(Error::Io { path, source }),
-            }
-        })
-        .await
+        let mut applied = self.apply(source, token, &[Change::Delete(id)]).await?;
+        applied.pop().unwrap_or(Ok(Written::Unchanged))
     }
 }
 
@@ -368,6 +486,66 @@ mod tests {
             Err(Error::StaleFence(_))
         ));
         assert_eq!(sink.read_all(&src).unwrap()[0].content, "x");
+    }
+
+    /// A page is applied as a whole: each change gets its own result in order
+    /// (a document whose path is a directory fails alone), and a page under a
+    /// stale token publishes nothing and leaves no temporary file behind.
+    #[tokio::test]
+    async fn a_page_applies_in_order_and_a_stale_page_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = DirectorySink::new(dir.path());
+        let src = SourceId::new("eng").unwrap();
+        let named = |id: &str, token: u64, content: &str| {
+            let mut d = doc(token, "1", content);
+            d.id = DocumentId(id.into());
+            d
+        };
+        let (kept, gone, blocked) = (named("kept", 2, "k"), named("gone", 2, "g"), named("blocked", 2, "b"));
+        sink.upsert(&kept).await.unwrap();
+        sink.upsert(&gone).await.unwrap();
+        std::fs::create_dir_all(sink.doc_path(&src, &blocked.id)).unwrap();
+        let fresh = named("fresh", 2, "f");
+        let applied = sink
+            .apply(
+                &src,
+                FencingToken(2),
+                &[
+                    Change::Put(&kept),
+                    Change::Put(&fresh),
+                    Change::Delete(&gone.id),
+                    Change::Put(&blocked),
+                    Change::Delete(&DocumentId("never".into())),
+                ],
+            )
+            .await
+            .unwrap();
+        assert!(matches!(applied[0], Ok(Written::Unchanged)), "{applied:?}");
+        assert!(matches!(applied[1], Ok(Written::Changed)), "{applied:?}");
+        assert!(matches!(applied[2], Ok(Written::Changed)), "{applied:?}");
+        assert!(
+            matches!(&applied[3], Err(Error::Rejected { id, .. }) if id.0 == "blocked"),
+            "{applied:?}"
+        );
+        assert!(matches!(applied[4], Ok(Written::Unchanged)), "{applied:?}");
+        let ids = |sink: &DirectorySink| -> Vec<String> {
+            sink.read_all(&src).unwrap().into_iter().map(|d| d.id.0).collect()
+        };
+        assert_eq!(ids(&sink), ["fresh", "kept"]);
+
+        sink.register_token(&src, FencingToken(3)).await.unwrap();
+        let late = named("late", 2, "l");
+        let refused = sink
+            .apply(&src, FencingToken(2), &[Change::Put(&late), Change::Delete(&kept.id)])
+            .await;
+        assert!(matches!(refused, Err(Error::StaleFence(_))), "{refused:?}");
+        assert_eq!(ids(&sink), ["fresh", "kept"]);
+        let leftovers: Vec<_> = std::fs::read_dir(sink.source_dir(&src))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     /// Any id, however long or exotic, gets one file name of at most 255 bytes,

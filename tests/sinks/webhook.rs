@@ -22,7 +22,11 @@ fn settings(url: &str, timeout: Duration) -> WebhookSettings {
         url: url.parse().expect("receiver URL"),
         secret: SECRET.to_vec(),
         timeout,
-        max_attempts: 6,
+        // Enough to outlast the outage below: the waits between 10 tries are
+        // at least 25+50+100+200+5*200 ms (each in [c/2, c]); with 6 tries
+        // they could add up to 575 ms, and a delivery gave up while the test
+        // still expected it to be waiting.
+        max_attempts: 10,
         backoff: tidemark::retry::Backoff {
             initial: Duration::from_millis(50),
             max: Duration::from_millis(400),
@@ -147,7 +151,9 @@ async fn webhook_retries_failures_timeouts_and_replays() {
         tokio::spawn(async move { sink.upsert(&v2).await })
     };
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(!sending.is_finished(), "nothing to deliver to yet");
+    if sending.is_finished() {
+        panic!("nothing to deliver to yet, but: {:?}", sending.await);
+    }
     tokio::task::block_in_place(|| receiver.resume());
     assert_eq!(sending.await.expect("task").expect("delivered"), Written::Changed);
     assert_eq!(receiver.document("hooked", "a"), Some(v2.clone()));
