@@ -8,6 +8,11 @@
 //! inside it, so every URL that reaches a log or an error holds no secret
 //! (URLs that do carry a password are still accepted, and redacted).
 //!
+//! A connection to one server is handed out without a round trip when it was
+//! checked out within the last second (a PING first otherwise), and replaced
+//! once a command on it has failed with a connection error: a PING per
+//! checkout was most of what a page job cost the queue (issue 12.4).
+//!
 //! A [`Pool`] reaches one Redis server or a Redis Cluster; callers see the
 //! same connection type either way. On a cluster every command is routed by
 //! its key's slot, so a script or a transaction must touch keys of one slot
@@ -18,21 +23,22 @@
 
 use std::time::Duration;
 
+use deadpool_redis::Runtime;
 use deadpool_redis::redis::aio::ConnectionLike;
+use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::cluster::{ClusterClient, ClusterClientBuilder};
 use deadpool_redis::redis::cluster_async::ClusterConnection;
 use deadpool_redis::redis::{self, AsyncConnectionConfig, ErrorKind, RedisError, ServerErrorKind};
-use deadpool_redis::{Manager, Runtime};
 
 /// Why a connection could not be had from a [`Pool`] (the same type for a
 /// single server and a cluster).
-pub type GetError = deadpool_redis::PoolError;
+pub type GetError = deadpool::managed::PoolError<RedisError>;
 
 /// Connections to one Redis server, or to a Redis Cluster. Clones share them.
 #[derive(Clone)]
 pub enum Pool {
     /// One server (or a primary behind a proxy or a failover address).
-    Single(deadpool_redis::Pool),
+    Single(deadpool::managed::Pool<SingleManager>),
     /// A Redis Cluster, found from its seed nodes.
     Cluster(deadpool::managed::Pool<ClusterManager>),
 }
@@ -50,16 +56,8 @@ impl Pool {
     /// A connection, waiting up to the pool's wait timeout for a free one.
     pub async fn get(&self) -> Result<Connection, GetError> {
         match self {
-            Pool::Single(p) => Ok(Connection::Single(p.get().await?)),
-            Pool::Cluster(p) => p.get().await.map(Connection::Cluster).map_err(|e| match e {
-                deadpool::managed::PoolError::Timeout(t) => deadpool_redis::PoolError::Timeout(t),
-                deadpool::managed::PoolError::Backend(b) => deadpool_redis::PoolError::Backend(b),
-                deadpool::managed::PoolError::Closed => deadpool_redis::PoolError::Closed,
-                deadpool::managed::PoolError::NoRuntimeSpecified => deadpool_redis::PoolError::NoRuntimeSpecified,
-                deadpool::managed::PoolError::PostCreateHook(h) => deadpool_redis::PoolError::Backend(
-                    RedisError::from((ErrorKind::Io, "post-create hook", h.to_string())),
-                ),
-            }),
+            Pool::Single(p) => p.get().await.map(Connection::Single),
+            Pool::Cluster(p) => p.get().await.map(Connection::Cluster),
         }
     }
 }
@@ -67,7 +65,7 @@ impl Pool {
 /// A connection from a [`Pool`]; returned to it when dropped.
 pub enum Connection {
     /// To the one server.
-    Single(deadpool_redis::Connection),
+    Single(deadpool::managed::Object<SingleManager>),
     /// To the cluster (routing each command to its key's node).
     Cluster(deadpool::managed::Object<ClusterManager>),
 }
@@ -75,7 +73,11 @@ pub enum Connection {
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
         match self {
-            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Single(c) => Box::pin(async move {
+                let reply = c.conn.req_packed_command(cmd).await;
+                c.broken |= reply.as_ref().is_err_and(breaks_connection);
+                reply
+            }),
             Connection::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -87,17 +89,73 @@ impl ConnectionLike for Connection {
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         match self {
-            Connection::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Connection::Single(c) => Box::pin(async move {
+                let replies = c.conn.req_packed_commands(cmd, offset, count).await;
+                c.broken |= replies.as_ref().is_err_and(breaks_connection);
+                replies
+            }),
             Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Connection::Single(c) => c.get_db(),
+            Connection::Single(c) => c.conn.get_db(),
             Connection::Cluster(c) => c.get_db(),
         }
     }
+}
+
+/// Makes and checks connections to one server for the pool.
+pub struct SingleManager {
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+}
+
+/// A pooled connection to one server, and whether a command has shown it broken.
+pub struct SingleConnection {
+    conn: MultiplexedConnection,
+    /// A command failed in a way that may leave the connection unusable
+    /// (dropped, reset, timed out): the pool replaces it rather than hand it out again.
+    broken: bool,
+}
+
+/// A connection checked out again within this long of its last checkout is
+/// handed out as it is; one idle for longer is PINGed first (a restarted
+/// server or a proxy's idle timeout may have closed it without a word).
+/// Sparing a PING per checkout is most of the queue's cost (issue 12.4).
+const TRUSTED_FOR: Duration = Duration::from_secs(1);
+
+impl deadpool::managed::Manager for SingleManager {
+    type Type = SingleConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<SingleConnection, RedisError> {
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        Ok(SingleConnection { conn, broken: false })
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut SingleConnection,
+        metrics: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<RedisError> {
+        if conn.broken {
+            return Err(deadpool::managed::RecycleError::message("its last command failed"));
+        }
+        if metrics.last_used() >= TRUSTED_FOR {
+            redis::cmd("PING").query_async::<String>(&mut conn.conn).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `e` may have left the connection it came from unusable.
+fn breaks_connection(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::Io || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
 }
 
 /// Makes and checks cluster connections for the pool.
@@ -221,13 +279,12 @@ pub fn pool_with(url: &str, access: &Access, size: usize, response_timeout: Dura
         .set_response_timeout(Some(response_timeout))
         .set_connection_timeout(Some(Duration::from_secs(2)));
     let info = access.connection_info(url).map_err(|e| err(e.to_string()))?;
-    let manager = Manager::new_with_config(info, conn_config).map_err(|e| err(e.to_string()))?;
-    deadpool_redis::Pool::builder(manager)
-        .max_size(size)
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(response_timeout))
-        .create_timeout(Some(Duration::from_secs(2)))
-        .build()
+    let client = redis::Client::open(info).map_err(|e| err(e.to_string()))?;
+    let manager = SingleManager {
+        client,
+        config: conn_config,
+    };
+    pooled(manager, size, response_timeout)
         .map(Pool::Single)
         .map_err(|e| err(e.to_string()))
 }
@@ -279,14 +336,24 @@ pub fn cluster_pool(
         });
     }
     let client = builder.build().map_err(|e| err(e.to_string()))?;
-    deadpool::managed::Pool::builder(ClusterManager { client })
+    pooled(ClusterManager { client }, size, response_timeout)
+        .map(Pool::Cluster)
+        .map_err(|e| err(e.to_string()))
+}
+
+/// The pool every [`Pool`] is: `size` connections made by `manager`, a caller
+/// waiting at most `response_timeout` for one.
+fn pooled<M: deadpool::managed::Manager>(
+    manager: M,
+    size: usize,
+    response_timeout: Duration,
+) -> Result<deadpool::managed::Pool<M>, deadpool::managed::BuildError> {
+    deadpool::managed::Pool::builder(manager)
         .max_size(size)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(response_timeout))
         .create_timeout(Some(Duration::from_secs(2)))
         .build()
-        .map(Pool::Cluster)
-        .map_err(|e| err(e.to_string()))
 }
 
 /// Whether a Redis error means "Redis is not answering" (unreachable, timing

@@ -277,3 +277,41 @@ async fn enqueue_wait_without_redis_exits_unreachable() {
     assert_eq!(out.status.code(), Some(4), "{err}");
     assert!(err.contains("outcome of request"), "{err}");
 }
+
+/// The pool hands out a connection in steady use without a PING (issue 12.4),
+/// so a restart costs a busy connection at most one failed command, reported
+/// as Redis being unavailable (which every caller retries); the pool then
+/// replaces it. A connection idle for over a second is checked before it is
+/// handed out, so after a quiet restart the first command already succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_recover_from_a_restart() {
+    let mut redis = crate::harness::RedisServer::start();
+    let pool = tidemark::db::pool(&redis.url(), 1, Duration::from_secs(2)).expect("pool");
+    let incr = || async {
+        let mut conn = pool.get().await?;
+        redis::cmd("INCR")
+            .arg("tm:n")
+            .query_async::<i64>(&mut conn)
+            .await
+            .map_err(tidemark::db::GetError::Backend)
+    };
+    assert_eq!(incr().await.expect("first"), 1);
+
+    // Busy: restarted right after a command.
+    redis.restart();
+    let mut failures = 0;
+    let n = loop {
+        match incr().await {
+            Ok(n) => break n,
+            Err(tidemark::db::GetError::Backend(e)) if tidemark::db::is_unavailable(&e) => failures += 1,
+            Err(e) => panic!("not reported as unavailable: {e}"),
+        }
+        assert!(failures <= 1, "the broken connection was handed out again");
+    };
+    assert_eq!(n, 2, "the AOF kept the count");
+
+    // Quiet: idle past a second before the restart is noticed.
+    redis.restart();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(incr().await.expect("checked before use"), 3);
+}
