@@ -8,10 +8,12 @@
 //! inside it, so every URL that reaches a log or an error holds no secret
 //! (URLs that do carry a password are still accepted, and redacted).
 //!
-//! A connection to one server is handed out without a round trip when it was
-//! checked out within the last second (a PING first otherwise), and replaced
-//! once a command on it has failed with a connection error: a PING per
-//! checkout was most of what a page job cost the queue (issue 12.4).
+//! A connection to one server speaks RESP3, so its driver reports the server
+//! closing it (a restart) as it happens; it is handed out without a round
+//! trip when it was checked out within the last second and is not known
+//! closed (a PING first otherwise), and replaced once closed or once a
+//! command on it has failed with a connection error: a PING per checkout was
+//! most of what a page job cost the queue (issue 12.4).
 //!
 //! A [`Pool`] reaches one Redis server or a Redis Cluster; callers see the
 //! same connection type either way. On a cluster every command is routed by
@@ -21,6 +23,8 @@
 //! connection is its own set of node connections, so a blocking read
 //! (`XREADGROUP BLOCK`) holds up no other command.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use deadpool_redis::Runtime;
@@ -28,7 +32,9 @@ use deadpool_redis::redis::aio::ConnectionLike;
 use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::cluster::{ClusterClient, ClusterClientBuilder};
 use deadpool_redis::redis::cluster_async::ClusterConnection;
-use deadpool_redis::redis::{self, AsyncConnectionConfig, ErrorKind, RedisError, ServerErrorKind};
+use deadpool_redis::redis::{
+    self, AsyncConnectionConfig, ErrorKind, ProtocolVersion, PushInfo, PushKind, RedisError, ServerErrorKind,
+};
 
 /// Why a connection could not be had from a [`Pool`] (the same type for a
 /// single server and a cluster).
@@ -112,12 +118,15 @@ pub struct SingleManager {
     config: AsyncConnectionConfig,
 }
 
-/// A pooled connection to one server, and whether a command has shown it broken.
+/// A pooled connection to one server, and whether it is known broken.
 pub struct SingleConnection {
     conn: MultiplexedConnection,
     /// A command failed in a way that may leave the connection unusable
     /// (dropped, reset, timed out): the pool replaces it rather than hand it out again.
     broken: bool,
+    /// The server closed the connection (a restart): set by the connection's
+    /// driver as it reads the end of the stream, before anyone sends on it.
+    closed: Arc<AtomicBool>,
 }
 
 /// A connection checked out again within this long of its last checkout is
@@ -131,11 +140,24 @@ impl deadpool::managed::Manager for SingleManager {
     type Error = RedisError;
 
     async fn create(&self) -> Result<SingleConnection, RedisError> {
+        let closed = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&closed);
+        // RESP3 (see `pool_with`) is what lets the driver tell of a disconnection.
+        let config = self.config.clone().set_push_sender(move |info: PushInfo| {
+            if info.kind == PushKind::Disconnection {
+                flag.store(true, Ordering::Relaxed);
+            }
+            Ok::<(), std::convert::Infallible>(())
+        });
         let conn = self
             .client
-            .get_multiplexed_async_connection_with_config(&self.config)
+            .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        Ok(SingleConnection { conn, broken: false })
+        Ok(SingleConnection {
+            conn,
+            broken: false,
+            closed,
+        })
     }
 
     async fn recycle(
@@ -145,6 +167,9 @@ impl deadpool::managed::Manager for SingleManager {
     ) -> deadpool::managed::RecycleResult<RedisError> {
         if conn.broken {
             return Err(deadpool::managed::RecycleError::message("its last command failed"));
+        }
+        if conn.closed.load(Ordering::Relaxed) {
+            return Err(deadpool::managed::RecycleError::message("the server closed it"));
         }
         if metrics.last_used() >= TRUSTED_FOR {
             redis::cmd("PING").query_async::<String>(&mut conn.conn).await?;
@@ -279,7 +304,8 @@ pub fn pool_with(url: &str, access: &Access, size: usize, response_timeout: Dura
         .set_response_timeout(Some(response_timeout))
         .set_connection_timeout(Some(Duration::from_secs(2)));
     let info = access.connection_info(url).map_err(|e| err(e.to_string()))?;
-    let client = redis::Client::open(info).map_err(|e| err(e.to_string()))?;
+    let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+    let client = redis::Client::open(info.set_redis_settings(resp3)).map_err(|e| err(e.to_string()))?;
     let manager = SingleManager {
         client,
         config: conn_config,

@@ -20,7 +20,7 @@ pub struct Keys {
 /// FNV-1a: a hash that is the same in every process and every build (which
 /// Rust's `DefaultHasher` does not promise), so every coordinator puts a
 /// source's jobs on the same stream.
-fn stable_hash(s: &str) -> u32 {
+pub(crate) fn stable_hash(s: &str) -> u32 {
     s.bytes()
         .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
@@ -236,9 +236,10 @@ impl Keys {
         self.source(source, "followup")
     }
 
-    /// String with a TTL of one schedule period: the replica that set it enqueues this period's run.
-    pub fn schedule_slot(&self, source: &SourceId) -> String {
-        self.source(source, "followup:schedule")
+    /// The schedule (`queue::schedule`): due times, periods and
+    /// phases, under one hash tag so its scripts run on a cluster.
+    pub fn schedule(&self) -> [String; 3] {
+        ["due", "every", "phase"].map(|part| format!("{}:{{schedule}}:{part}", self.ns))
     }
 
     /// Hash with a TTL: the source's fleet-wide rate gate (not-before, throttle

@@ -4,12 +4,13 @@
 //! - [`types`]: domain newtypes (`SourceId`, `DocumentId`, `FencingToken`, `RunId`, `SyncMode`).
 //! - [`config`]: the config file as written, and the validated `Config`.
 //! - [`keys`]: every Redis key name, with the `{source}` hash tag.
-//! - [`db`]: Redis connection pools with timeouts; which Redis errors mean "unavailable".
+//! - [`db`]: Redis connection pools with timeouts (no PING per checkout: RESP3
+//!   connections report their own closing); which Redis errors mean "unavailable".
 //! - [`retry`]: the one policy for Redis faults (capped exponential backoff with
 //!   jitter, [`retry::Transient`] errors), used by every component.
 //! - [`queue`]: Redis Streams (requests, page jobs, dead letters), the message
-//!   envelope, enqueueing, the follow-up list and schedule slot, webhook
-//!   debounce, stream retention (trimming).
+//!   envelope, enqueueing, the follow-up list, schedules (due sources claimed
+//!   by one replica), batched acks, webhook debounce, stream retention (trimming).
 //! - [`lock`]: the per-source Redlock lease, fencing tokens, the fenced-script composer.
 //! - [`state`]: fence, checkpoints, held documents (`docs`), mark and sweep
 //!   (`sweep`), run records (`runs`); every write fenced.

@@ -361,6 +361,7 @@ fn configs_shipped_for_kubernetes_are_valid() {
         .collect::<Vec<_>>()
         .join("\n");
     let tls = std::fs::read_to_string(root.join("k8s/overlays/managed-redis-tls/tidemark.toml")).unwrap();
+    let cluster = std::fs::read_to_string(root.join("k8s/overlays/redis-cluster/tidemark.toml")).unwrap();
     let secrets = tempfile::tempdir().unwrap();
     let ca = std::fs::read_to_string(root.join("k8s/secret.example.yaml")).unwrap();
     assert!(ca.contains("redis-ca.crt"), "the Secret template names the CA file");
@@ -387,7 +388,7 @@ fn configs_shipped_for_kubernetes_are_valid() {
         .output()
         .expect("openssl");
     std::fs::write(secrets.path().join("redis-ca.crt"), &generated.stdout).unwrap();
-    for (label, text) in [("base", base), ("managed-redis-tls", tls)] {
+    for (label, text) in [("base", base), ("managed-redis-tls", tls), ("redis-cluster", cluster)] {
         let text = text.replace("/etc/tidemark/secrets", secrets.path().to_str().unwrap());
         let (code, out, err) = check_config(&text);
         assert_eq!(code, 0, "{label}: {out}{err}");

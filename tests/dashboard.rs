@@ -57,7 +57,14 @@ fn artifacts() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_shows_live_runs_queues_and_dead_letters_in_chromium() {
-    let mut env = Env::start(Options::default()).await;
+    // The paused page is kept fresh every third of the idle timeout; with
+    // Chromium starting on a loaded 2-core machine, 1 s was too little, the
+    // page was claimed again, and the run finished before the dump.
+    let mut env = Env::start(Options {
+        job_idle_timeout_ms: 10_000,
+        ..Options::default()
+    })
+    .await;
     let (director, mut paused) = Director::new(true);
     let director = Arc::new(director);
     env.app = env.app.clone().with_hooks(director.clone());

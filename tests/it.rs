@@ -54,6 +54,8 @@ mod redis_faults;
 mod redis_tls;
 /// Every per-run key expires.
 mod run_keys;
+/// Schedules over coordinator replicas: each due time once, spread over the period and the replicas.
+mod schedules;
 /// The sink contract: one conformance suite every sink passes.
 mod sinks;
 /// Bounded streams: acked entries trimmed, pending ones never, dead letters by count and age.

@@ -13,19 +13,35 @@ Rules (issue 11):
   readiness and liveness probes, an image with a registry and a pinned tag;
 - tidemark's Deployments: a grace period above the 25 s drain, port `http`,
   a PodDisruptionBudget selecting their pods;
-- workers are scaled by a KEDA ScaledObject on the jobs stream's `workers`
-  group lag, with at least one replica kept;
+- workers are scaled by a KEDA ScaledObject on the `workers` group lag of
+  every job stream the rendered config has (`tm:jobs`, or `tm:jobs:{0}` ..
+  with `[queue] job_partitions`), one trigger each and none on anything else,
+  with at least one replica kept;
 - a default-deny NetworkPolicy; only coordinators take ingress from anywhere.
 """
 
 import json
 import sys
+import tomllib
 
 import yaml
 
 DRAIN_SECS = 25
-JOBS_STREAM = "tm:jobs"
 WORKER_GROUP = "workers"
+
+
+def job_streams(objects):
+    """The job streams of the config in the rendered `tidemark` ConfigMap
+    (as src/keys.rs names them), or the defaults' when there is none."""
+    config = {}
+    for obj in objects:
+        if obj["kind"] == "ConfigMap" and "tidemark.toml" in obj.get("data", {}):
+            config = tomllib.loads(obj["data"]["tidemark.toml"])
+    namespace = config.get("redis", {}).get("namespace", "tm")
+    partitions = config.get("queue", {}).get("job_partitions", 1)
+    if partitions == 1:
+        return {f"{namespace}:jobs"}
+    return {f"{namespace}:jobs:{{{i}}}" for i in range(partitions)}
 
 
 def problems_of(objects):
@@ -105,13 +121,21 @@ def problems_of(objects):
                 say(s, "minReplicaCount below 1 strands pending pages (see the note in scaledobject.yaml)")
             if s["spec"].get("maxReplicaCount", 100) < s["spec"].get("minReplicaCount", 0):
                 say(s, "maxReplicaCount below minReplicaCount")
-            streams = [t for t in s["spec"].get("triggers", []) if t.get("type") == "redis-streams"]
+            streams = [
+                t for t in s["spec"].get("triggers", [])
+                if t.get("type") in ("redis-streams", "redis-cluster-streams")
+            ]
+            expected = job_streams(objects)
             if not streams:
                 say(s, "no redis-streams trigger")
+            else:
+                triggered = {t.get("metadata", {}).get("stream") for t in streams}
+                for missing in sorted(expected - triggered):
+                    say(s, f"job stream {missing!r} has no trigger: its backlog would not scale the workers")
             for t in streams:
                 m = t.get("metadata", {})
-                if m.get("stream") != JOBS_STREAM:
-                    say(s, f"trigger stream {m.get('stream')!r} is not the jobs stream {JOBS_STREAM!r}")
+                if m.get("stream") not in expected:
+                    say(s, f"trigger stream {m.get('stream')!r} is not a job stream ({', '.join(sorted(expected))})")
                 if m.get("consumerGroup") != WORKER_GROUP:
                     say(s, f"trigger consumerGroup {m.get('consumerGroup')!r} is not {WORKER_GROUP!r}")
                 if "lagCount" not in m:

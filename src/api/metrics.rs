@@ -243,6 +243,7 @@ mod tests {
             status,
             mode: SyncMode::Full,
             requested_by: "api".into(),
+            coordinator: "c1".into(),
             request_ids: vec![],
             token: FencingToken(3),
             started_at: None,

@@ -35,7 +35,7 @@ mod dependents;
 mod plan;
 mod run;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,13 +50,16 @@ use crate::keys::Keys;
 use crate::lock::{self, Lease, LockManager};
 use crate::queue::jobs::SyncRequest;
 use crate::queue::streams::{self, Entry};
-use crate::queue::{self, dlq, requests};
+use crate::queue::{self, dlq, requests, schedule};
 use crate::retry::{self, Backoff, Transient};
 use crate::sinks::{self, routes::Routes};
 use crate::sources::{self, Source};
 use crate::state::{self, RunCounter, RunStatus, RunUpdate, StateStore};
 use crate::telemetry::{DeadLetterOrigin, RunOutcome, Telemetry};
 use crate::types::{RunId, SourceId, SyncMode};
+
+/// Due sources one replica claims per schedule tick (4 ticks a second).
+const CLAIM_PER_TICK: usize = 100;
 
 /// The coordinators' consumer group on the requests stream.
 const GROUP: &str = queue::REQUESTS_GROUP;
@@ -324,12 +327,15 @@ impl Coordinator {
         Ok(Vec::new())
     }
 
-    /// Enqueues scheduled incremental syncs (one replica wins each slot, SET NX PX)
-    /// and turns debounced webhook events into requests when their window closes.
+    /// Enqueues scheduled incremental syncs (each due time claimed by one
+    /// replica, see [`queue::schedule`]) and turns debounced webhook events
+    /// into requests when their window closes.
     async fn schedule_loop(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut delays = self.retry.delays();
+        let scheduled: HashSet<&SourceId> = self.schedules.iter().map(|(s, _)| s).collect();
+        let mut registered: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -342,20 +348,40 @@ impl Coordinator {
                     tracing::warn!(%source, error = %e, "flushing webhook events failed");
                 }
             }
-            for (source, every) in &self.schedules {
-                match requests::claim_schedule_slot(&self.pool, &self.keys, source, &self.consumer, *every).await {
-                    Ok(true) => {
-                        let req = SyncRequest::new(source.clone(), SyncMode::Incremental, "schedule");
-                        if let Err(e) = queue::enqueue(&self.pool, &self.keys, &req).await {
-                            unavailable |= e.is_transient();
-                            tracing::warn!(%source, error = %e, "scheduled request failed");
-                        }
+            let mut due = Vec::new();
+            if registered.is_none_or(|at| at.elapsed() >= schedule::REGISTER_EVERY) {
+                match schedule::register(&self.pool, &self.keys, &self.schedules).await {
+                    Ok(new) => {
+                        registered = Some(Instant::now());
+                        due.extend(new);
                     }
-                    Ok(false) => {}
                     Err(e) => {
                         unavailable |= e.is_transient();
-                        tracing::warn!(%source, error = %e, "schedule check failed");
+                        tracing::warn!(error = %e, "registering the schedules failed");
                     }
+                }
+            }
+            if !self.schedules.is_empty() {
+                match schedule::claim_due(&self.pool, &self.keys, CLAIM_PER_TICK).await {
+                    Ok(claimed) => due.extend(claimed),
+                    Err(e) => {
+                        unavailable |= e.is_transient();
+                        tracing::warn!(error = %e, "claiming due schedules failed");
+                    }
+                }
+            }
+            due.sort();
+            due.dedup();
+            for source in due {
+                if !scheduled.contains(&source) {
+                    // Scheduled by a replica with another config (a rollout in progress).
+                    tracing::debug!(%source, "due source not scheduled in this config; skipped");
+                    continue;
+                }
+                let req = SyncRequest::new(source.clone(), SyncMode::Incremental, "schedule");
+                if let Err(e) = queue::enqueue(&self.pool, &self.keys, &req).await {
+                    unavailable |= e.is_transient();
+                    tracing::warn!(%source, error = %e, "scheduled request failed");
                 }
             }
             // While Redis is unavailable, back off like every other loop

@@ -77,10 +77,13 @@ impl Coordinator {
             .redis(lost, "reading the checkpoint", || self.state.checkpoint(&id))
             .await?;
         let (mode, reconcile_note) = plan::effective_mode(request.mode, &checkpoint, &policy, Utc::now());
-        let start = || {
-            self.state
-                .start_run(&id, run, token, mode, request.requested_by, request.request_ids)
+        let started = state::RunStart {
+            mode,
+            requested_by: request.requested_by,
+            request_ids: request.request_ids,
+            coordinator: &self.consumer,
         };
+        let start = || self.state.start_run(&id, run, token, &started);
         if let Some(prev) = self.redis(lost, "starting the run record", start).await? {
             tracing::warn!(source = %id, previous = %prev, "previous run was abandoned by its coordinator");
         }

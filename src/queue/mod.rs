@@ -1,10 +1,12 @@
 //! The queue: sync requests and page jobs on Redis Streams, with a dead-letter stream.
 //!
 //! - `streams`: the stream primitives (consumer groups, reads, acks, claiming idle entries).
+//! - `acks`: acks of entries finished together sent as one XACK per stream.
 //! - `jobs`: what travels on the streams (`SyncRequest`, `PageJob`) and its MessagePack envelope.
 //! - `dlq`: moving an entry that cannot be processed aside, with its reason.
-//! - `requests`: enqueueing sync requests; the follow-up list and schedule slot
-//!   that hold requests for a busy source.
+//! - `requests`: enqueueing sync requests; the follow-up list that holds
+//!   requests for a busy source.
+//! - `schedule`: which scheduled source is due, claimed by one coordinator replica.
 //! - `retention`: bounded streams: trimming acked requests and jobs, and dead
 //!   letters by count and age.
 //! - `webhooks`: replay marks, the debounce window and pending targets of webhook deliveries.
@@ -15,10 +17,12 @@
 //! durable, and an entry left unacked by a dead consumer is claimed by another
 //! after `job_idle_timeout`. Consumers must therefore be idempotent.
 
+pub mod acks;
 pub mod dlq;
 pub mod jobs;
 pub mod requests;
 pub mod retention;
+pub mod schedule;
 pub mod streams;
 pub mod webhooks;
 

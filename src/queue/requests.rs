@@ -8,10 +8,6 @@
 //!   ends and enqueues one follow-up request for all of them. Removing an entry
 //!   ([`withdraw_follow_up`]) succeeds for exactly one caller, which is how a
 //!   request is never served by two overlapping runs.
-//! - The **schedule slot** (`tm:{S}:followup:schedule`): `SET NX PX period`, so
-//!   of many coordinator replicas exactly one enqueues each scheduled run.
-
-use std::time::Duration;
 
 use crate::db::Pool;
 use deadpool_redis::redis;
@@ -82,27 +78,4 @@ pub async fn drain_follow_ups(pool: &Pool, keys: &Keys, source: &SourceId) -> Re
             }
         })
         .collect())
-}
-
-/// Claims this period's schedule slot of `source` for `consumer`; true for
-/// exactly one caller per `period`.
-pub async fn claim_schedule_slot(
-    pool: &Pool,
-    keys: &Keys,
-    source: &SourceId,
-    consumer: &str,
-    period: Duration,
-) -> Result<bool, Error> {
-    let key = keys.schedule_slot(source);
-    let mut conn = pool.get().await?;
-    let won: Option<String> = redis::cmd("SET")
-        .arg(&key)
-        .arg(consumer)
-        .arg("NX")
-        .arg("PX")
-        .arg(period.as_millis() as u64)
-        .query_async(&mut conn)
-        .await
-        .context(|| format!("SET NX {key}"))?;
-    Ok(won.is_some())
 }

@@ -49,7 +49,7 @@ pub mod titles;
 pub use docs::{DocState, DocWrite, HeldMeta};
 pub use failures::DocFailure;
 pub use owed::Owed;
-pub use runs::{PageStats, RunCounter, RunRecord, RunStatus, RunUpdate};
+pub use runs::{PageStats, RunCounter, RunRecord, RunStart, RunStatus, RunUpdate};
 
 /// State-store failures.
 #[derive(Debug, thiserror::Error)]

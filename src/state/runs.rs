@@ -84,6 +84,8 @@ pub struct RunRecord {
     pub mode: SyncMode,
     /// Who asked (of the first request served).
     pub requested_by: String,
+    /// The coordinator replica that ran it (its consumer name).
+    pub coordinator: String,
     /// Ids of every request this run serves (coalesced requests included).
     pub request_ids: Vec<String>,
     /// The run's fencing token.
@@ -151,6 +153,7 @@ impl RunRecord {
             status: s("status").parse()?,
             mode: s("mode").parse()?,
             requested_by: s("requested_by"),
+            coordinator: s("coordinator"),
             request_ids: s("request_ids")
                 .split(',')
                 .filter(|x| !x.is_empty())
@@ -304,6 +307,19 @@ static FENCED_RUN_UPDATE: LazyLock<Script> =
 static FENCED_PAGE_DONE: LazyLock<Script> = LazyLock::new(|| fencing::fenced_script(include_str!("lua/page_done.lua")));
 static PAGE_FAILED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/page_failed.lua")));
 
+/// What a run is, as it starts ([`StateStore::start_run`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RunStart<'a> {
+    /// Incremental or full.
+    pub mode: SyncMode,
+    /// Who asked (of the first request served).
+    pub requested_by: &'a str,
+    /// Every request the run serves.
+    pub request_ids: &'a [String],
+    /// The coordinator replica running it.
+    pub coordinator: &'a str,
+}
+
 /// How long finished runs' records and request mappings are kept.
 const RUN_RETENTION_SECS: i64 = 7 * 24 * 3600;
 /// How many runs per source `runs` lists.
@@ -317,10 +333,14 @@ impl StateStore {
         source: &SourceId,
         run: &RunId,
         token: FencingToken,
-        mode: SyncMode,
-        requested_by: &str,
-        request_ids: &[String],
+        started: &RunStart<'_>,
     ) -> Result<Option<RunId>, Error> {
+        let RunStart {
+            mode,
+            requested_by,
+            request_ids,
+            coordinator,
+        } = *started;
         let previous = {
             let mut conn = self.pool.get().await?;
             let prev: Option<String> = conn.get(self.keys.current_run(source)).await?;
@@ -332,6 +352,7 @@ impl StateStore {
             ("mode", mode.to_string()),
             ("requested_by", requested_by.to_owned()),
             ("request_ids", request_ids.join(",")),
+            ("coordinator", coordinator.to_owned()),
             ("token", token.0.to_string()),
             ("started_at", Utc::now().to_rfc3339()),
         ];
@@ -468,25 +489,25 @@ impl StateStore {
         page: u32,
         stats: PageStats,
     ) -> Result<bool, Error> {
-        let args: Vec<Vec<u8>> = [
-            page.to_string(),
-            RUN_RETENTION_SECS.to_string(),
-            "upserted".into(),
-            stats.upserted.to_string(),
-            "deleted".into(),
-            stats.deleted.to_string(),
-            "skipped".into(),
-            stats.skipped.to_string(),
-            "api_calls".into(),
-            stats.api_calls.to_string(),
-            "dependents_updated".into(),
-            stats.refreshed.to_string(),
-            "docs_failed".into(),
-            stats.failed.to_string(),
-        ]
-        .into_iter()
-        .map(String::into_bytes)
-        .collect();
+        let counters = [
+            ("upserted", stats.upserted),
+            ("deleted", stats.deleted),
+            ("skipped", stats.skipped),
+            ("api_calls", stats.api_calls),
+            ("dependents_updated", stats.refreshed),
+            ("docs_failed", stats.failed),
+        ];
+        // A zero adds nothing: not sending it spares the script a command.
+        let args: Vec<Vec<u8>> = [page.to_string(), RUN_RETENTION_SECS.to_string()]
+            .into_iter()
+            .chain(
+                counters
+                    .into_iter()
+                    .filter(|(_, n)| *n != 0)
+                    .flat_map(|(name, n)| [name.to_owned(), n.to_string()]),
+            )
+            .map(String::into_bytes)
+            .collect();
         let fresh = self
             .fenced(
                 &FENCED_PAGE_DONE,

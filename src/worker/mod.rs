@@ -40,6 +40,7 @@ use crate::config::SyncConfig;
 use crate::hooks::{Hooks, Point};
 use crate::keys::Keys;
 use crate::lock::fencing::StaleFence;
+use crate::queue::acks::Acker;
 use crate::queue::jobs::{self, PageJob};
 use crate::queue::streams::{self, Entry};
 use crate::queue::{self, dlq};
@@ -133,6 +134,8 @@ pub struct Worker {
     hooks: Hooks,
     /// This process's counters and histograms.
     telemetry: Telemetry,
+    /// Acks finished pages, several to an XACK when they finish together.
+    acker: Acker,
 }
 
 impl Worker {
@@ -147,6 +150,7 @@ impl Worker {
     ) -> Self {
         let state = StateStore::new(pool.clone(), keys.clone());
         Self {
+            acker: Acker::new(pool.clone(), GROUP),
             pool,
             keys,
             state,
@@ -406,7 +410,7 @@ impl Worker {
     }
 
     async fn ack(&self, stream: &str, source: &SourceId, entry: &Entry) {
-        match streams::ack(&self.pool, stream, GROUP, &[entry.id.as_str()]).await {
+        match self.acker.ack(stream, &entry.id).await {
             Ok(()) => {
                 if let Some(waited) = streams::age(&entry.id) {
                     self.telemetry.job_acked(source, waited);

@@ -155,15 +155,6 @@ impl Worker {
         source: &dyn Source,
         calls: &sources::ApiCalls,
     ) -> Result<PageStats, JobError> {
-        // A job of a superseded run would be refused at its first write anyway;
-        // checking first spares the source the fetches (its quota is shared).
-        let current = self.state.current_fence(&job.source).await?;
-        if current > job.token {
-            return Err(JobError::Stale(StaleFence {
-                ours: job.token,
-                current,
-            }));
-        }
         let sink = self
             .sinks
             .sink(&job.source)
@@ -187,6 +178,16 @@ impl Worker {
         let fetched = if metas.is_empty() {
             Vec::new()
         } else {
+            // A job of a superseded run would be refused at its first write
+            // anyway; checking first spares the source the fetches (its quota
+            // is shared). A page with nothing to fetch skips the round trip.
+            let current = self.state.current_fence(&job.source).await?;
+            if current > job.token {
+                return Err(JobError::Stale(StaleFence {
+                    ours: job.token,
+                    current,
+                }));
+            }
             let fetched = source.fetch(&metas, calls).await;
             stats.api_calls = calls.get();
             let fetched = fetched?;

@@ -50,6 +50,10 @@ pub struct Options {
     pub lock_nodes: usize,
     /// `[sync] lock_ttl_ms` (a run survives a Redis outage shorter than its lease).
     pub lock_ttl_ms: u64,
+    /// `[sync] job_idle_timeout_ms`: how long a delivered page may go
+    /// untouched before another worker claims it (short, so tests of a
+    /// killed worker are quick).
+    pub job_idle_timeout_ms: u64,
     /// Replaces the Confluence `[[sources]]` block: a whole `[[sources]]` entry
     /// (id must be `eng`) for another connector. The Confluence simulator still runs.
     pub source_toml: Option<String>,
@@ -79,6 +83,7 @@ impl Default for Options {
             appendfsync: "always",
             lock_nodes: 0,
             lock_ttl_ms: 3000,
+            job_idle_timeout_ms: 1000,
             source_toml: None,
             sink_toml: None,
             more_sinks: String::new(),
@@ -164,7 +169,7 @@ response_timeout_ms = 2000
 [sync]
 page_size = {page_size}
 lock_ttl_ms = {lock_ttl_ms}
-job_idle_timeout_ms = 1000
+job_idle_timeout_ms = {job_idle_timeout_ms}
 block_ms = 200
 max_deliveries = 3
 stall_timeout_secs = 60
@@ -192,6 +197,7 @@ listen = ""
             lock_urls = lock_urls,
             page_size = opts.page_size,
             lock_ttl_ms = opts.lock_ttl_ms,
+            job_idle_timeout_ms = opts.job_idle_timeout_ms,
             sync = opts.sync,
             queue = opts.queue,
             sink = opts
