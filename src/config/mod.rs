@@ -352,7 +352,8 @@ pub struct SyncConfig {
     pub max_deliveries: u32,
     /// No progress for this long fails a run.
     pub stall_timeout: Duration,
-    /// Pages in flight per worker process.
+    /// Pages fetching from their sources at once per worker process (as many
+    /// again may be writing meanwhile).
     pub worker_concurrency: NonZeroUsize,
     /// Runs in flight per coordinator process.
     pub max_concurrent_runs: NonZeroUsize,

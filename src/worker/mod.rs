@@ -136,6 +136,10 @@ pub struct Worker {
     telemetry: Telemetry,
     /// Acks finished pages, several to an XACK when they finish together.
     acker: Acker,
+    /// Pages fetching from their source at once: `worker_concurrency`. As many
+    /// again may be writing (sink, state) meanwhile, so a source's latency is
+    /// not paid again for each page's writes.
+    fetching: Arc<Semaphore>,
 }
 
 impl Worker {
@@ -151,6 +155,7 @@ impl Worker {
         let state = StateStore::new(pool.clone(), keys.clone());
         Self {
             acker: Acker::new(pool.clone(), GROUP),
+            fetching: Arc::new(Semaphore::new(cfg.worker_concurrency.get())),
             pool,
             keys,
             state,
@@ -234,7 +239,9 @@ impl Worker {
             return Ok(());
         }
         let mut delays = self.retry.delays();
-        let permits = Arc::new(Semaphore::new(self.cfg.worker_concurrency.get()));
+        // Pages in flight: up to `worker_concurrency` fetching (`self.fetching`)
+        // and as many writing.
+        let permits = Arc::new(Semaphore::new(2 * self.cfg.worker_concurrency.get()));
         let tracker = TaskTracker::new();
         let mut last_reclaim = tokio::time::Instant::now();
         let mut turn = 0usize;

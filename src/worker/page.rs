@@ -188,7 +188,10 @@ impl Worker {
                     current,
                 }));
             }
-            let fetched = source.fetch(&metas, calls).await;
+            let fetched = {
+                let _fetching = self.fetching.acquire().await.expect("the semaphore is never closed");
+                source.fetch(&metas, calls).await
+            };
             stats.api_calls = calls.get();
             let fetched = fetched?;
             // Deleted between the feed and the fetch: a deletion, not an error.
