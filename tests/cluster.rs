@@ -1,7 +1,8 @@
 //! The engine on a 3-primary Redis Cluster the harness starts itself
 //! (`redis-server --cluster-enabled yes` ×3, `redis-cli --cluster create`),
 //! unchanged: the problem statement's sync, the lock's exclusion, fencing, and
-//! a worker's death mid-page (the convergence test has a cluster variant too).
+//! a worker's death mid-page, a coordinator's death and takeover with a stale
+//! deletion in flight (the convergence test has a cluster variant too).
 //! Every multi-key script and transaction touches one hash slot (a source's
 //! keys share its `{source}` tag), or the cluster would refuse it (CROSSSLOT).
 
@@ -90,4 +91,12 @@ async fn lock_excludes_on_a_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_killed_mid_page_is_redelivered_on_a_cluster() {
     crate::queue::worker_killed_mid_page_is_redelivered_in(Env::start(on_a_cluster(Options::default())).await).await;
+}
+
+/// A coordinator SIGKILLed after planning a deletion, and a takeover with a
+/// higher token: the stale deletion reaches neither the sink nor the state
+/// (`failover::stale_deletion_after_failover_never_reaches_the_sink`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_deletion_after_failover_on_a_cluster() {
+    crate::failover::stale_deletion_after_failover_never_reaches_the_sink_in(on_a_cluster(Options::default())).await;
 }

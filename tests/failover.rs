@@ -30,7 +30,7 @@ fn seed(root: &Path) {
 
 /// A filesystem source seeded with [`FILES`], synced once in full (run 1) by a
 /// coordinator and a worker that are stopped again: no process runs afterwards.
-async fn synced_filesystem() -> (tempfile::TempDir, Env) {
+async fn synced_filesystem(base: Options) -> (tempfile::TempDir, Env) {
     let dir = tempfile::tempdir().expect("tmp");
     seed(dir.path());
     let toml = format!(
@@ -39,7 +39,7 @@ async fn synced_filesystem() -> (tempfile::TempDir, Env) {
     );
     let env = Env::start(Options {
         source_toml: Some(toml),
-        ..Options::default()
+        ..base
     })
     .await;
     let c1 = env.coordinator("c1");
@@ -63,7 +63,13 @@ fn sink_ids(env: &Env) -> Vec<String> {
 /// sink still holds the document, equal to the source, and a later run agrees.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_deletion_after_failover_never_reaches_the_sink() {
-    let (dir, mut env) = synced_filesystem().await;
+    stale_deletion_after_failover_never_reaches_the_sink_in(Options::default()).await;
+}
+
+/// [`stale_deletion_after_failover_never_reaches_the_sink`] with `base`
+/// options (also run on a Redis Cluster).
+pub(crate) async fn stale_deletion_after_failover_never_reaches_the_sink_in(base: Options) {
+    let (dir, mut env) = synced_filesystem(base).await;
     let state = env.app.state();
 
     // Run 2 plans the deletion of a.md (no worker runs), then its coordinator dies.
@@ -173,7 +179,7 @@ impl Sink for DiesAfterSinkDelete {
 /// dead page makes run 3 write it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_write_without_state_write_is_redone_after_takeover() {
-    let (dir, mut env) = synced_filesystem().await;
+    let (dir, mut env) = synced_filesystem(Options::default()).await;
     let state = env.app.state();
     let mut expected: Vec<String> = FILES.iter().map(|f| f.to_string()).collect();
     expected.sort();
