@@ -176,6 +176,12 @@ impl Keys {
         self.source(source, "webhook:window")
     }
 
+    /// Sorted set source -> when its webhook debounce window closes (ms): the
+    /// sources a coordinator flushes next, without looking at every one.
+    pub fn webhooks_closing(&self) -> String {
+        format!("{}:{{webhooks}}:closing", self.ns)
+    }
+
     /// String with a TTL: a delivery signature already accepted (replay protection).
     pub fn webhook_seen(&self, source: &SourceId, signature: &str) -> String {
         self.source(source, &format!("webhook:seen:{signature}"))

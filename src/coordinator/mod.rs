@@ -336,17 +336,15 @@ impl Coordinator {
         let mut delays = self.retry.delays();
         let scheduled: HashSet<&SourceId> = self.schedules.iter().map(|(s, _)| s).collect();
         let mut registered: Option<Instant> = None;
+        let mut swept: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
             let mut unavailable = false;
-            for source in &self.webhook_sources {
-                if let Err(e) = queue::webhooks::flush_due(&self.pool, &self.keys, source).await {
-                    unavailable |= e.is_transient();
-                    tracing::warn!(%source, error = %e, "flushing webhook events failed");
-                }
+            if !self.webhook_sources.is_empty() {
+                unavailable |= self.flush_webhooks(&mut swept).await;
             }
             let mut due = Vec::new();
             if registered.is_none_or(|at| at.elapsed() >= schedule::REGISTER_EVERY) {
@@ -396,6 +394,48 @@ impl Coordinator {
                 delays.reset();
             }
         }
+    }
+
+    /// Flushes the webhook events of the sources whose debounce window has
+    /// closed, and of every webhook source once per `webhooks::SWEEP_EVERY`
+    /// (last done at `swept`). True when Redis was unavailable.
+    async fn flush_webhooks(&self, swept: &mut Option<Instant>) -> bool {
+        use queue::webhooks::{self, Flushed};
+        let mut unavailable = false;
+        let mut due: Vec<(SourceId, Option<u64>)> = Vec::new();
+        if swept.is_none_or(|at| at.elapsed() >= webhooks::SWEEP_EVERY) {
+            *swept = Some(Instant::now());
+            due.extend(self.webhook_sources.iter().map(|s| (s.clone(), None)));
+        }
+        match webhooks::closing(&self.pool, &self.keys, CLAIM_PER_TICK).await {
+            Ok(closing) => due.extend(closing.into_iter().map(|(s, at)| (s, Some(at)))),
+            Err(e) => {
+                unavailable |= e.is_transient();
+                tracing::warn!(error = %e, "reading closing webhook windows failed");
+            }
+        }
+        for (source, at) in due {
+            if !self.webhook_sources.contains(&source) {
+                continue;
+            }
+            match webhooks::flush_due(&self.pool, &self.keys, &source).await {
+                // Noted early (a clock ahead of ours): looked at again next tick.
+                Ok(Flushed::StillOpen) => {}
+                Ok(Flushed::Nothing | Flushed::Enqueued) => {
+                    if let Some(at) = at
+                        && let Err(e) = webhooks::forget_closing(&self.pool, &self.keys, &source, at).await
+                    {
+                        unavailable |= e.is_transient();
+                        tracing::warn!(%source, error = %e, "forgetting a flushed webhook window failed");
+                    }
+                }
+                Err(e) => {
+                    unavailable |= e.is_transient();
+                    tracing::warn!(%source, error = %e, "flushing webhook events failed");
+                }
+            }
+        }
+        unavailable
     }
 
     /// Moves a request that cannot be served to the dead-letter stream, with

@@ -2,7 +2,11 @@
 //! and the pending targets, and how those become one sync request.
 //!
 //! The HTTP side (`api::webhooks`) verifies a delivery and calls in here; the
-//! coordinator's schedule loop calls [`flush_due`]. Invariants:
+//! coordinator's schedule loop calls [`flush_due`] for the sources whose
+//! window has closed ([`closing`], a sorted set of close times, so a tick
+//! costs one query however many sources take webhooks), and for every
+//! webhook source once per [`SWEEP_EVERY`] (a safety net: a close time lost
+//! to a Redis fault, or set by a clock ahead of the coordinator's). Invariants:
 //! - a delivery is accepted once: [`first_delivery`] and [`accept_channel_message`]
 //!   are atomic check-and-set operations, true for exactly one caller;
 //! - accepted targets are not lost: they sit in the pending set until a
@@ -27,6 +31,28 @@ const WHOLE_SOURCE: &str = "*";
 static ACCEPT_CHANNEL_MESSAGE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/accept_channel_message.lua")));
 static FLUSH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/flush_webhooks.lua")));
+static WINDOW_CLOSED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/webhook_window_closed.lua")));
+
+/// How often every webhook source is flushed, whether or not its close time is known.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// What [`flush_due`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// The debounce window is still open: its events wait.
+    StillOpen,
+    /// Nothing was pending.
+    Nothing,
+    /// The pending events became one sync request.
+    Enqueued,
+}
+
+/// Milliseconds since the epoch, by this process's clock.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// Remembers a delivery's signature for `ttl`; false if it was already seen (a replay).
 pub async fn first_delivery(
@@ -90,7 +116,7 @@ pub async fn accept(
         return enqueue_targets(pool, keys, source, members(targets)).await;
     }
     let mut conn = pool.get().await?;
-    redis::pipe()
+    let (opened,): (Option<String>,) = redis::pipe()
         .sadd(keys.webhook_pending(source), members(targets))
         .ignore()
         .cmd("SET")
@@ -99,10 +125,58 @@ pub async fn accept(
         .arg("NX")
         .arg("PX")
         .arg(debounce.as_millis() as u64)
-        .ignore()
-        .query_async::<()>(&mut conn)
+        .query_async(&mut conn)
         .await
-        .context(|| format!("holding webhook events of {source} for debounce"))
+        .context(|| format!("holding webhook events of {source} for debounce"))?;
+    if opened.is_some() {
+        // Another slot than the source's keys (a cluster): a command of its own.
+        let closes = now_ms() + debounce.as_millis() as u64;
+        let _: i64 = redis::cmd("ZADD")
+            .arg(keys.webhooks_closing())
+            .arg(closes)
+            .arg(source.as_str())
+            .query_async(&mut conn)
+            .await
+            .context(|| format!("noting when the webhook window of {source} closes"))?;
+    }
+    Ok(())
+}
+
+/// Sources whose debounce window closed by now (this process's clock), with
+/// the close time noted, up to `limit`, soonest first.
+pub async fn closing(pool: &Pool, keys: &Keys, limit: usize) -> Result<Vec<(SourceId, u64)>, Error> {
+    let key = keys.webhooks_closing();
+    let mut conn = pool.get().await?;
+    let due: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(&key)
+        .arg("-inf")
+        .arg(now_ms())
+        .arg("BYSCORE")
+        .arg("LIMIT")
+        .arg(0)
+        .arg(limit)
+        .arg("WITHSCORES")
+        .query_async(&mut conn)
+        .await
+        .context(|| format!("ZRANGE {key} BYSCORE"))?;
+    Ok(due
+        .into_iter()
+        .filter_map(|(id, at)| Some((SourceId::new(id).ok()?, at as u64)))
+        .collect())
+}
+
+/// Forgets `source`'s close time `at` once its window was flushed, unless a
+/// new window noted another meanwhile.
+pub async fn forget_closing(pool: &Pool, keys: &Keys, source: &SourceId, at: u64) -> Result<(), Error> {
+    let mut conn = pool.get().await?;
+    let _: i64 = WINDOW_CLOSED
+        .key(keys.webhooks_closing())
+        .arg(source.as_str())
+        .arg(at)
+        .invoke_async(&mut conn)
+        .await
+        .context(|| format!("forgetting the webhook window of {source}"))?;
+    Ok(())
 }
 
 async fn enqueue_targets(pool: &Pool, keys: &Keys, source: &SourceId, members: Vec<String>) -> Result<(), Error> {
@@ -115,18 +189,21 @@ async fn enqueue_targets(pool: &Pool, keys: &Keys, source: &SourceId, members: V
 
 /// Turns a source's pending webhook events into one sync request once its
 /// debounce window has closed. Atomic: with several coordinators, one takes them.
-pub async fn flush_due(pool: &Pool, keys: &Keys, source: &SourceId) -> Result<bool, Error> {
+pub async fn flush_due(pool: &Pool, keys: &Keys, source: &SourceId) -> Result<Flushed, Error> {
     let mut conn = pool.get().await?;
-    let members: Vec<String> = FLUSH
+    let (closed, members): (i64, Vec<String>) = FLUSH
         .key(keys.webhook_pending(source))
         .key(keys.webhook_window(source))
         .invoke_async(&mut conn)
         .await
         .context(|| format!("flushing webhook events of {source}"))?;
     drop(conn);
+    if closed == 0 {
+        return Ok(Flushed::StillOpen);
+    }
     if members.is_empty() {
-        return Ok(false);
+        return Ok(Flushed::Nothing);
     }
     enqueue_targets(pool, keys, source, members).await?;
-    Ok(true)
+    Ok(Flushed::Enqueued)
 }

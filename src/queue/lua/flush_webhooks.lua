@@ -2,8 +2,8 @@
 -- Atomic, so with several coordinators exactly one takes them.
 -- KEYS[1]: tm:{S}:webhook:pending, the set of named document ids ('*' = whole source)
 -- KEYS[2]: tm:{S}:webhook:window, exists while the debounce window is open
--- Returns the members taken (and deleted), or {} while the window is open.
-if redis.call('EXISTS', KEYS[2]) == 1 then return {} end
+-- Returns {0, {}} while the window is open, else {1, members taken (and deleted)}.
+if redis.call('EXISTS', KEYS[2]) == 1 then return {0, {}} end
 local m = redis.call('SMEMBERS', KEYS[1])
 redis.call('DEL', KEYS[1])
-return m
+return {1, m}
