@@ -176,6 +176,17 @@ impl Keys {
         self.source(source, "webhook:window")
     }
 
+    /// Set: webhook targets taken by a flush and not yet enqueued as a
+    /// request (a flush that failed or died leaves them for the next).
+    pub fn webhook_flushing(&self, source: &SourceId) -> String {
+        self.source(source, "webhook:flushing")
+    }
+
+    /// String with a TTL: a flush of the source's webhook targets is under way.
+    pub fn webhook_flush_lease(&self, source: &SourceId) -> String {
+        self.source(source, "webhook:flushing:lease")
+    }
+
     /// Sorted set source -> when its webhook debounce window closes (ms): the
     /// sources a coordinator flushes next, without looking at every one.
     pub fn webhooks_closing(&self) -> String {

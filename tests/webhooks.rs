@@ -376,3 +376,34 @@ async fn idle_webhook_sources_cost_no_script_per_tick() {
         "{scripts} scripts in 3 s of 200 idle webhook sources:\n{stats}"
     );
 }
+
+/// A flush that died between taking a source's pending targets and
+/// enqueueing their request (a coordinator killed, the XADD failing) leaves
+/// them in the flushing set; the next flush enqueues them, and a run syncs
+/// the page: nothing a webhook announced is lost, even for a source with no
+/// schedule to catch it later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_of_a_flush_that_died_are_enqueued_by_the_next() {
+    let env = env_with_webhook(1).await;
+    let c1 = env.coordinator("c1");
+    env.worker("w1");
+    env.sync(SyncMode::Full).await;
+    c1.stop().await;
+    let page = env.sim.pages()[3].id.clone();
+    env.sim.update_page(&page, None, Some("<p>announced</p>"));
+    // What the flush that died left: the target taken, its lease expired.
+    let _: i64 = redis::cmd("SADD")
+        .arg(env.app.keys.webhook_flushing(&env.source))
+        .arg(&page)
+        .query(&mut env.redis.conn())
+        .unwrap();
+    env.coordinator("c2");
+    let run = webhook_run(&env).await;
+    assert_eq!((run.docs_processed, run.upserted), (1, 1), "{run:?}");
+    env.assert_sink_matches_source();
+    let left: i64 = redis::cmd("SCARD")
+        .arg(env.app.keys.webhook_flushing(&env.source))
+        .query(&mut env.redis.conn())
+        .unwrap();
+    assert_eq!(left, 0, "the flushing set is cleared once the request is enqueued");
+}

@@ -10,8 +10,9 @@
 //! - a delivery is accepted once: [`first_delivery`] and [`accept_channel_message`]
 //!   are atomic check-and-set operations, true for exactly one caller;
 //! - accepted targets are not lost: they sit in the pending set until a
-//!   flush takes them (atomically, so one coordinator takes them) and enqueues
-//!   one request for all of them.
+//!   flush takes them (atomically, so one coordinator takes them) into the
+//!   flushing set, where they stay until the one request naming them all is
+//!   enqueued; a flush that failed or died in between leaves them to the next.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -31,7 +32,12 @@ const WHOLE_SOURCE: &str = "*";
 static ACCEPT_CHANNEL_MESSAGE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/accept_channel_message.lua")));
 static FLUSH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/flush_webhooks.lua")));
+static FLUSHED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/flushed_webhooks.lua")));
 static WINDOW_CLOSED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/webhook_window_closed.lua")));
+
+/// How long a flush may take between taking the targets and enqueueing their
+/// request; one that died is retried by the next flush after this.
+const FLUSH_LEASE: Duration = Duration::from_secs(10);
 
 /// How often every webhook source is flushed, whether or not its close time is known.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -188,22 +194,37 @@ async fn enqueue_targets(pool: &Pool, keys: &Keys, source: &SourceId, members: V
 }
 
 /// Turns a source's pending webhook events into one sync request once its
-/// debounce window has closed. Atomic: with several coordinators, one takes them.
+/// debounce window has closed, one flusher at a time (with several
+/// coordinators, one takes them). The targets stay in the flushing set until
+/// their request is enqueued, so a flush that fails or dies in between loses
+/// none: the next one (after [`FLUSH_LEASE`]) enqueues them.
 pub async fn flush_due(pool: &Pool, keys: &Keys, source: &SourceId) -> Result<Flushed, Error> {
+    let (flushing, lease) = (keys.webhook_flushing(source), keys.webhook_flush_lease(source));
     let mut conn = pool.get().await?;
-    let (closed, members): (i64, Vec<String>) = FLUSH
+    let (taken, members): (i64, Vec<String>) = FLUSH
         .key(keys.webhook_pending(source))
         .key(keys.webhook_window(source))
+        .key(&flushing)
+        .key(&lease)
+        .arg(FLUSH_LEASE.as_millis() as u64)
         .invoke_async(&mut conn)
         .await
         .context(|| format!("flushing webhook events of {source}"))?;
     drop(conn);
-    if closed == 0 {
+    if taken == 0 {
         return Ok(Flushed::StillOpen);
     }
     if members.is_empty() {
         return Ok(Flushed::Nothing);
     }
-    enqueue_targets(pool, keys, source, members).await?;
+    enqueue_targets(pool, keys, source, members.clone()).await?;
+    let mut conn = pool.get().await?;
+    let _: i64 = FLUSHED
+        .key(&flushing)
+        .key(&lease)
+        .arg(&members)
+        .invoke_async(&mut conn)
+        .await
+        .context(|| format!("clearing the flushed webhook events of {source}"))?;
     Ok(Flushed::Enqueued)
 }
