@@ -358,18 +358,28 @@ async fn idle_webhook_sources_cost_no_script_per_tick() {
         ..Options::default()
     })
     .await;
+    let scripts_run = |conn: &mut redis::Connection| -> (u64, String) {
+        let stats: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
+        let calls = stats
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+            .sum();
+        (calls, stats)
+    };
     env.coordinator("c1");
-    // The first tick sweeps every webhook source once.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The first tick sweeps every webhook source once: wait until it has.
+    wait_until(
+        "the first sweep flushed all 200 sources",
+        Duration::from_secs(20),
+        || async { scripts_run(&mut env.redis.conn()).0 >= 200 },
+    )
+    .await;
     let mut conn = env.redis.conn();
     let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut conn).unwrap();
+    // The window measured: twelve ticks.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let stats: String = redis::cmd("INFO").arg("commandstats").query(&mut conn).unwrap();
-    let scripts: u64 = stats
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
-        .sum();
+    let (scripts, stats) = scripts_run(&mut conn);
     // Before: 200 sources x 12 ticks = 2,400 flush scripts in these 3 s.
     assert!(
         scripts < 50,

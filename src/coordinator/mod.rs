@@ -115,7 +115,8 @@ pub struct Coordinator {
     sources: HashMap<SourceId, Arc<dyn Source>>,
     sinks: Routes,
     schedules: Vec<(SourceId, Duration)>,
-    webhook_sources: Vec<SourceId>,
+    /// Sources that take webhooks (a set: each due window is looked up in it).
+    webhook_sources: HashSet<SourceId>,
     /// Sources whose webhook has an `address`: their push channels are kept open.
     channels: Vec<(SourceId, WebhookConfig)>,
     policies: HashMap<SourceId, SourcePolicy>,

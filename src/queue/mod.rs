@@ -78,6 +78,22 @@ impl crate::retry::Transient for Error {
     }
 }
 
+/// Runs `range`, a ZRANGE … WITHSCORES over a sorted set of source ids
+/// (schedules, webhook windows), and reads its members as sources with their
+/// scores; a member that is no valid source id (written by hand) is skipped.
+pub(crate) async fn scored_sources(
+    pool: &crate::db::Pool,
+    range: &deadpool_redis::redis::Cmd,
+    what: impl FnOnce() -> String,
+) -> Result<Vec<(crate::types::SourceId, f64)>, Error> {
+    let mut conn = pool.get().await?;
+    let entries: Vec<(String, f64)> = range.query_async(&mut conn).await.context(what)?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|(id, score)| Some((crate::types::SourceId::new(id).ok()?, score)))
+        .collect())
+}
+
 /// Adds context to a Redis error.
 pub(crate) trait RedisContext<T> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T, Error>;

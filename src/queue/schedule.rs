@@ -13,9 +13,10 @@
 //! Invariants:
 //! - Every due time is claimed by one caller (a script moves it forward as
 //!   it returns it); time is Redis' (`TIME`), so replicas with skewed clocks agree.
-//! - A source new to the schedule is due at once (its first sync does not
-//!   wait a period), then on its grid; a schedule that fell behind skips the
-//!   runs it missed rather than catching up in a burst.
+//! - A source new to the schedule is returned by [`register`] (to exactly one
+//!   caller), whose caller enqueues its first sync at once; after that it is
+//!   due on its grid. A schedule that fell behind skips the runs it missed
+//!   rather than catching up in a burst.
 //! - Registration is idempotent and repeated (every coordinator, every
 //!   [`REGISTER_EVERY`]), so a Redis that lost its data gets the schedule back.
 
@@ -41,10 +42,7 @@ pub async fn register(pool: &Pool, keys: &Keys, schedules: &[(SourceId, Duration
     if schedules.is_empty() {
         return Ok(Vec::new());
     }
-    let mut invocation = REGISTER.prepare_invoke();
-    for key in keys.schedule() {
-        invocation.key(key);
-    }
+    let mut invocation = on_schedule(&REGISTER, keys);
     for (source, every) in schedules {
         let every_ms = every.as_millis().max(1) as u64;
         invocation
@@ -63,10 +61,7 @@ pub async fn register(pool: &Pool, keys: &Keys, schedules: &[(SourceId, Duration
 /// Claims up to `limit` due sources (each due time for one caller only) and
 /// moves them to their next due time.
 pub async fn claim_due(pool: &Pool, keys: &Keys, limit: usize) -> Result<Vec<SourceId>, Error> {
-    let mut invocation = CLAIM.prepare_invoke();
-    for key in keys.schedule() {
-        invocation.key(key);
-    }
+    let mut invocation = on_schedule(&CLAIM, keys);
     invocation.arg(limit);
     let mut conn = pool.get().await?;
     let due: Vec<String> = invocation
@@ -74,6 +69,15 @@ pub async fn claim_due(pool: &Pool, keys: &Keys, limit: usize) -> Result<Vec<Sou
         .await
         .context(|| "claiming due schedules".to_owned())?;
     Ok(parse(due))
+}
+
+/// `script` invoked on the schedule's three keys.
+fn on_schedule<'a>(script: &'a Script, keys: &Keys) -> redis::ScriptInvocation<'a> {
+    let mut invocation = script.prepare_invoke();
+    for key in keys.schedule() {
+        invocation.key(key);
+    }
+    invocation
 }
 
 /// Source ids as the scripts return them; one that is not valid (written by
@@ -85,22 +89,11 @@ fn parse(ids: Vec<String>) -> Vec<SourceId> {
 /// When each scheduled source is next due, by Redis' clock (for `status` and tests).
 pub async fn next_due(pool: &Pool, keys: &Keys) -> Result<Vec<(SourceId, chrono::DateTime<chrono::Utc>)>, Error> {
     let [due, ..] = keys.schedule();
-    let mut conn = pool.get().await?;
-    let entries: Vec<(String, f64)> = redis::cmd("ZRANGE")
-        .arg(&due)
-        .arg(0)
-        .arg(-1)
-        .arg("WITHSCORES")
-        .query_async(&mut conn)
-        .await
-        .context(|| format!("ZRANGE {due}"))?;
+    let mut range = redis::cmd("ZRANGE");
+    range.arg(&due).arg(0).arg(-1).arg("WITHSCORES");
+    let entries = super::scored_sources(pool, &range, || format!("ZRANGE {due}")).await?;
     Ok(entries
         .into_iter()
-        .filter_map(|(id, ms)| {
-            Some((
-                SourceId::new(id).ok()?,
-                chrono::DateTime::from_timestamp_millis(ms as i64)?,
-            ))
-        })
+        .filter_map(|(source, ms)| Some((source, chrono::DateTime::from_timestamp_millis(ms as i64)?)))
         .collect())
 }

@@ -152,8 +152,8 @@ pub async fn accept(
 /// the close time noted, up to `limit`, soonest first.
 pub async fn closing(pool: &Pool, keys: &Keys, limit: usize) -> Result<Vec<(SourceId, u64)>, Error> {
     let key = keys.webhooks_closing();
-    let mut conn = pool.get().await?;
-    let due: Vec<(String, f64)> = redis::cmd("ZRANGE")
+    let mut range = redis::cmd("ZRANGE");
+    range
         .arg(&key)
         .arg("-inf")
         .arg(now_ms())
@@ -161,14 +161,9 @@ pub async fn closing(pool: &Pool, keys: &Keys, limit: usize) -> Result<Vec<(Sour
         .arg("LIMIT")
         .arg(0)
         .arg(limit)
-        .arg("WITHSCORES")
-        .query_async(&mut conn)
-        .await
-        .context(|| format!("ZRANGE {key} BYSCORE"))?;
-    Ok(due
-        .into_iter()
-        .filter_map(|(id, at)| Some((SourceId::new(id).ok()?, at as u64)))
-        .collect())
+        .arg("WITHSCORES");
+    let due = super::scored_sources(pool, &range, || format!("ZRANGE {key} BYSCORE")).await?;
+    Ok(due.into_iter().map(|(source, at)| (source, at as u64)).collect())
 }
 
 /// Forgets `source`'s close time `at` once its window was flushed, unless a
