@@ -838,12 +838,6 @@ async fn held_state_at_scale(env: &Env) {
     drop(ids);
     let after_sweep = peak_rss_mib();
 
-    let started = Instant::now();
-    let versions = state.held_versions(&source).await.expect("held versions");
-    let load = started.elapsed();
-    let after_versions = peak_rss_mib();
-    drop(versions);
-
     println!();
     println!("== held state: {HELD_DOCS} documents of one source, a complete listing with 10 missing");
     println!(
@@ -859,10 +853,7 @@ async fn held_state_at_scale(env: &Env) {
     println!(
         "peak RSS: {before:.0} MiB before, {after_sweep:.0} MiB after mark and sweep (the listing's own ids included)"
     );
-    println!(
-        "held versions, for connectors that read them (HTTP, filesystem, Drive): {} ms, peak RSS {after_versions:.0} MiB",
-        load.as_millis()
-    );
+    println!("(connectors look up what they compare a page at a time: `cargo bench --bench connectors`)");
 }
 
 /// The same 20,000-page full sync into the directory sink and into PostgreSQL,

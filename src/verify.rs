@@ -210,11 +210,12 @@ pub async fn verify(app: &App, source: &SourceId, with_source: bool) -> Result<R
         .collect();
     let listed = if with_source {
         let calls = sources::ApiCalls::observed(app.telemetry.source_api(source));
-        let versions: sources::Held = if connector.wants_held_versions() {
-            Arc::new(held.iter().map(|(id, h)| (id.clone(), h.version.clone())).collect())
-        } else {
-            Arc::default()
-        };
+        // Verification compares whole sets, so it holds the map anyway: it answers the feed too.
+        let mut versions = sources::HeldMap::default();
+        for (id, h) in &held {
+            versions.insert(id.clone(), h.version.clone(), h.parent.clone());
+        }
+        let versions: sources::Held = Arc::new(versions);
         let listed = list(connector.as_ref(), versions, &calls).await?;
         report.api_calls = calls.get();
         report.source_documents = Some(listed.docs.len());

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use tidemark::queue::{self, jobs::SyncRequest};
 use tidemark::simulators::files;
 use tidemark::simulators::gdrive::{DOC_MIME, GdriveSim, SHEET_MIME, SLIDES_MIME, SimConfig, SimFile};
 use tidemark::sources::gdrive::{Kind, version_string};
@@ -538,4 +539,48 @@ async fn shortcuts_are_documents_without_text() {
     assert!(doc.about.url.is_some(), "{doc:?}");
     assert!(!full.note.contains("skipped"), "{full:?}");
     assert_sink_matches(&env, &sim);
+}
+
+/// The synced folder itself trashed: the feed is a complete listing of
+/// nothing, so every document we hold is swept, not named one by one (Drive
+/// keeps no map of documents). The deletion guard holds the wipe back until a
+/// request confirms it; then the sink is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trashed_synced_folder_is_swept_under_the_guard() {
+    let (env, sim) = start(
+        SimConfig {
+            files: 12,
+            ..SimConfig::default()
+        },
+        "",
+    )
+    .await;
+    env.sync(SyncMode::Full).await;
+    let held = env.sink_docs().len();
+    assert!(held >= 12, "{held}");
+    assert!(sim.trash_file("root-folder"));
+
+    let refused = env.sync(SyncMode::Incremental).await;
+    assert_eq!(refused.deleted, 0, "{refused:?}");
+    assert!(
+        refused
+            .last_error
+            .contains(&format!("deletion guard: {held} of {held}")),
+        "{refused:?}"
+    );
+    assert_eq!(env.sink_docs().len(), held, "nothing deleted unconfirmed");
+
+    let mut confirmed = SyncRequest::new(env.source.clone(), SyncMode::Incremental, "test");
+    confirmed.allow_mass_delete = true;
+    queue::enqueue(&env.app.pool, &env.app.keys, &confirmed)
+        .await
+        .expect("enqueue");
+    let run = env.wait(&confirmed.request_id).await;
+    assert_eq!(
+        (run.status, run.deleted),
+        (RunStatus::Completed, held as u64),
+        "{run:?}"
+    );
+    assert!(run.note.contains("trashed or deleted"), "{}", run.note);
+    assert!(env.sink_docs().is_empty());
 }

@@ -257,17 +257,16 @@ async fn fetch_reports_same_site_links() {
     assert_eq!(got.docs[2].meta.title, "/c.html", "no <title>: the URL path");
 
     // The feed's conditional HEAD with the fetched version is a 304: the held version comes back.
-    let held = std::sync::Arc::new(
-        got.docs
-            .iter()
-            .map(|d| (d.meta.id.clone(), d.meta.version.clone()))
-            .collect::<std::collections::HashMap<_, _>>(),
-    );
+    let held: std::collections::HashMap<_, _> = got
+        .docs
+        .iter()
+        .map(|d| (d.meta.id.clone(), d.meta.version.clone()))
+        .collect();
     let mut feed = src
         .open_feed(
             &Checkpoint::default(),
             SyncMode::Incremental,
-            held.clone(),
+            std::sync::Arc::new(tidemark::sources::HeldMap::from(held.clone())),
             calls.clone(),
         )
         .await

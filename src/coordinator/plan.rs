@@ -298,8 +298,8 @@ impl Coordinator {
     /// Mark and sweep in bounded memory: each feed page's ids are compared with
     /// what we hold by one HMGET and marked in the run's seen set in Redis; after
     /// a complete listing, held documents not marked are deletions, found by
-    /// scanning in batches. Memory is proportional to a page plus the changes,
-    /// except for connectors that read the held versions themselves.
+    /// scanning in batches. Connectors consult what we hold the same way
+    /// ([`sources::HeldVersions`]), so memory is proportional to a page plus the changes.
     pub(super) async fn plan(
         &self,
         source: &dyn Source,
@@ -316,14 +316,7 @@ impl Coordinator {
         };
         let seen = self.keys.run_seen(&id, run);
         let mut plan = Plan::default();
-        let versions: sources::Held = if source.wants_held_versions() {
-            Arc::new(
-                self.redis(lost, "reading held versions", || self.state.held_versions(&id))
-                    .await?,
-            )
-        } else {
-            Arc::default()
-        };
+        let versions: sources::Held = Arc::new(self.state.held_lookup(&id, &seen, self.retry, lost.clone()));
         let mut moves = 0u64;
         let mut feed = match source
             .open_feed(checkpoint, mode, versions.clone(), calls.clone())

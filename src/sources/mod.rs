@@ -28,9 +28,12 @@ pub mod clock;
 pub mod confluence;
 pub mod filesystem;
 pub mod gdrive;
+mod held;
 pub mod http;
 pub mod secret;
 pub mod settings;
+
+pub use held::{Held, HeldMap, HeldVersions, nothing_held};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -117,10 +120,6 @@ pub enum Observation {
         to: DocMeta,
     },
 }
-
-/// The version of every document we hold, by id: what a connector compares
-/// against for conditional requests (ETags) or to recognise moves.
-pub type Held = Arc<std::collections::HashMap<DocumentId, String>>;
 
 /// One page of a change feed.
 #[derive(Debug, Clone, Default)]
@@ -309,8 +308,8 @@ pub struct Folder {
 pub trait Source: Send + Sync {
     /// The configured id.
     fn id(&self) -> &SourceId;
-    /// Opens the change feed for a run starting at `checkpoint`. `held` is what
-    /// we hold now (id -> version); every request the feed makes is counted in `calls`.
+    /// Opens the change feed for a run starting at `checkpoint`. `held` looks up
+    /// what we hold now, a batch at a time; every request the feed makes is counted in `calls`.
     async fn open_feed(
         &self,
         checkpoint: &Checkpoint,
@@ -338,12 +337,6 @@ pub trait Source: Send + Sync {
     async fn stop_channel(&self, channel: &Channel, calls: &ApiCalls) -> Result<(), Error> {
         let _ = (channel, calls);
         Ok(())
-    }
-    /// Whether `open_feed` reads `held` (conditional probes, move detection).
-    /// Building it costs memory in proportion to the source, so a connector
-    /// that does not read it says so, and gets an empty map.
-    fn wants_held_versions(&self) -> bool {
-        true
     }
     /// Whether document `id` is a part of its parent that goes when the parent
     /// goes (a Confluence page's attachment), rather than a document the

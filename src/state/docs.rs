@@ -87,9 +87,10 @@ static FENCED_MARK_UNSETTLED: LazyLock<Script> =
     LazyLock::new(|| fencing::fenced_script(include_str!("lua/mark_unsettled.lua")));
 
 impl StateStore {
-    /// What a run compares against for every document we hold: version, title
-    /// and parent only (not breadcrumbs, links or hashes), decoded batch by batch
-    /// while scanning, so memory stays near the size of the result.
+    /// Version, title and parent of every document we hold (not breadcrumbs,
+    /// links or hashes), decoded batch by batch while scanning, so memory stays
+    /// near the size of the result. For `verify`, which compares whole sets;
+    /// a run never loads this (it looks up a page at a time).
     pub async fn held_meta(&self, source: &SourceId) -> Result<HashMap<DocumentId, HeldMeta>, Error> {
         let key = self.keys.docs(source);
         let mut conn = self.pool.get().await?;
@@ -133,17 +134,6 @@ impl StateStore {
             .zip(ids)
             .map(|(b, id)| b.map(|b| decode(&key, &id.0, &b)).transpose())
             .collect()
-    }
-
-    /// The version of every document we hold, for connectors that probe
-    /// conditionally or recognise moves ([`crate::sources::Source::wants_held_versions`]).
-    pub async fn held_versions(&self, source: &SourceId) -> Result<HashMap<DocumentId, String>, Error> {
-        Ok(self
-            .held_meta(source)
-            .await?
-            .into_iter()
-            .map(|(id, m)| (id, m.version))
-            .collect())
     }
 
     /// The held state of `ids` (None where we hold nothing).

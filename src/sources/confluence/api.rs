@@ -502,7 +502,7 @@ mod tests {
             .open_feed(
                 &Checkpoint::default(),
                 SyncMode::Full,
-                Default::default(),
+                crate::sources::nothing_held(),
                 meter.clone(),
             )
             .await
@@ -517,7 +517,7 @@ mod tests {
             .open_feed(
                 &Checkpoint::default(),
                 SyncMode::Full,
-                Default::default(),
+                crate::sources::nothing_held(),
                 meter.clone(),
             )
             .await
@@ -546,7 +546,7 @@ mod tests {
             .open_feed(
                 &Checkpoint::default(),
                 SyncMode::Full,
-                Default::default(),
+                crate::sources::nothing_held(),
                 meter.clone(),
             )
             .await
@@ -562,7 +562,7 @@ mod tests {
         stale.scope.insert(SCOPE_SPACE_ID.to_owned(), "999".to_owned());
         stale.scope.insert(SCOPE_SPACE_KEY.to_owned(), "ENG".to_owned());
         let mut feed = src
-            .open_feed(&stale, SyncMode::Full, Default::default(), meter.clone())
+            .open_feed(&stale, SyncMode::Full, crate::sources::nothing_held(), meter.clone())
             .await
             .expect("open");
         let ctx = permanent_context(feed.next_page().await.expect_err("404"));
@@ -574,7 +574,7 @@ mod tests {
                 .open_feed(
                     &Checkpoint::default(),
                     SyncMode::Full,
-                    Default::default(),
+                    crate::sources::nothing_held(),
                     meter.clone(),
                 )
                 .await

@@ -258,7 +258,7 @@ mod tests {
             .open_feed(
                 &Checkpoint::default(),
                 SyncMode::Full,
-                Default::default(),
+                crate::sources::nothing_held(),
                 meter.clone(),
             )
             .await

@@ -218,11 +218,6 @@ impl Source for Confluence {
         Ok(Box::new(feed))
     }
 
-    fn wants_held_versions(&self) -> bool {
-        // Versions come from the listing or CQL; the coordinator compares them.
-        false
-    }
-
     fn dies_with_parent(&self, id: &DocumentId) -> bool {
         is_attachment_id(&id.0)
     }
@@ -396,7 +391,7 @@ mod tests {
     ) -> (Vec<FeedPage>, FeedEnd, u64) {
         let meter = ApiCalls::default();
         let mut feed = src
-            .open_feed(checkpoint, mode, Default::default(), meter.clone())
+            .open_feed(checkpoint, mode, crate::sources::nothing_held(), meter.clone())
             .await
             .expect("open");
         let (pages, end) = drain(&mut feed).await.expect("feed");

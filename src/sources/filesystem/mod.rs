@@ -22,6 +22,9 @@
 //!   The price: until its content changes, that file is re-hashed on each run
 //!   (its held version keeps the old mtime).
 //! - All file I/O runs on `spawn_blocking`; nothing here blocks the runtime.
+//! - Memory is bounded by a page of files, the directories and the new files
+//!   kept for move pairing (at most `walk::MAX_MOVE_CANDIDATES`), never by the
+//!   source: what we hold is looked up a page at a time.
 //! - No API: `api_calls` stays 0 for this source.
 //!
 //! | capability        | how                                                                  |
@@ -43,8 +46,8 @@
 //! - `settings.rs`: [`FilesystemSettings`], its defaults and validation;
 //! - `walk.rs`: the blocking walk of the tree, the version format, move
 //!   detection and reading files;
-//! - `mod.rs` (this file): [`Filesystem`], the [`Source`] that runs the walk off
-//!   the async runtime and pages out its result.
+//! - `mod.rs` (this file): [`Filesystem`], the [`Source`] whose feed runs the
+//!   walk off the async runtime a page at a time.
 
 mod settings;
 mod walk;
@@ -54,13 +57,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use self::walk::{ReadFailure, Walker};
+use self::walk::{Counts, ReadFailure, Walk, Walker};
 use super::{ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, FeedEnd, FeedPage, Fetched, Folder, Held, Source};
 use crate::types::{DocumentId, SourceId, SyncMode};
 
 pub use self::settings::FilesystemSettings;
 
-/// Observations per feed page (the whole tree is walked up front; pages only bound job planning).
+/// Files per feed page: walked, looked up (one batch) and versioned together.
 const FEED_PAGE: usize = 500;
 
 /// A local directory as a [`Source`].
@@ -94,7 +97,7 @@ impl Source for Filesystem {
     ) -> Result<Box<dyn ChangeFeed>, Error> {
         let cfg = Arc::clone(&self.cfg);
         let id = self.id.clone();
-        let listing = tokio::task::spawn_blocking(move || cfg.list(&held))
+        let walk = tokio::task::spawn_blocking(move || cfg.start())
             .await
             .map_err(|e| Error::Permanent {
                 context: format!("source {id}: directory walk panicked: {e}"),
@@ -110,22 +113,16 @@ impl Source for Filesystem {
         next_checkpoint.cursor = None;
         next_checkpoint.watermark = None;
         next_checkpoint.runs_since_sweep = 0;
-        let mut pages: Vec<FeedPage> = Vec::new();
-        let mut observations = listing.observations.into_iter().peekable();
-        while observations.peek().is_some() {
-            pages.push(FeedPage {
-                observations: observations.by_ref().take(FEED_PAGE).collect(),
-            });
-        }
-        pages.reverse();
         Ok(Box::new(FsFeed {
-            pages,
-            folders: listing.folders,
-            end: FeedEnd {
-                checkpoint: next_checkpoint,
-                complete_listing: true,
-                note: Some(listing.note),
-            },
+            walker: Arc::clone(&self.cfg),
+            source: self.id.clone(),
+            listing: Some(Listing {
+                walk,
+                counts: Counts::default(),
+            }),
+            held,
+            phase: Phase::Files,
+            checkpoint: next_checkpoint,
         }))
     }
 
@@ -165,26 +162,103 @@ impl Source for Filesystem {
     }
 }
 
-/// One run's feed: the walk is done; pages are handed out in order.
+/// A walk in progress and what it counted, moved into each blocking step and back.
+struct Listing {
+    walk: Walk,
+    counts: Counts,
+}
+
+/// Where a feed is: walking files, then going through the held documents it did not list.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Files,
+    /// The `unlisted` cursor to continue from.
+    Unlisted(u64),
+    Done,
+}
+
+/// One run's feed: [`FEED_PAGE`] files per page, walked, looked up and
+/// versioned page by page; then the held documents not listed, a batch per page.
 struct FsFeed {
-    /// Remaining pages, last first (popped from the end).
-    pages: Vec<FeedPage>,
-    folders: Vec<Folder>,
-    end: FeedEnd,
+    walker: Arc<Walker>,
+    source: SourceId,
+    /// `None` only while a blocking step has it.
+    listing: Option<Listing>,
+    held: Held,
+    phase: Phase,
+    checkpoint: Checkpoint,
+}
+
+impl FsFeed {
+    /// Runs `step` on the listing off the async runtime.
+    async fn blocking<T: Send + 'static>(
+        &mut self,
+        step: impl FnOnce(&Walker, &mut Listing) -> T + Send + 'static,
+    ) -> Result<T, Error> {
+        let mut listing = self.listing.take().ok_or_else(|| Error::Permanent {
+            context: format!(
+                "source {}: a feed page failed earlier; the feed cannot go on",
+                self.source
+            ),
+        })?;
+        let walker = Arc::clone(&self.walker);
+        let (listing, out) = tokio::task::spawn_blocking(move || {
+            let out = step(&walker, &mut listing);
+            (listing, out)
+        })
+        .await
+        .map_err(|e| Error::Permanent {
+            context: format!("source {}: directory walk panicked: {e}", self.source),
+        })?;
+        self.listing = Some(listing);
+        Ok(out)
+    }
 }
 
 #[async_trait]
 impl ChangeFeed for FsFeed {
     async fn next_page(&mut self) -> Result<Option<FeedPage>, Error> {
-        Ok(self.pages.pop())
+        loop {
+            match self.phase {
+                Phase::Files => {
+                    let files = self.blocking(|w, l| w.next_files(&mut l.walk, FEED_PAGE)).await?;
+                    if files.is_empty() {
+                        self.phase = Phase::Unlisted(0);
+                        continue;
+                    }
+                    let ids: Vec<DocumentId> = files.iter().map(|f| f.id()).collect();
+                    let versions = self.held.versions_of(&ids).await?;
+                    let observations = self
+                        .blocking(move |w, l| w.version_files(files, versions, &mut l.counts))
+                        .await?;
+                    return Ok(Some(FeedPage { observations }));
+                }
+                Phase::Unlisted(cursor) => {
+                    let (next, batch) = self.held.unlisted(cursor).await?;
+                    self.phase = if next == 0 { Phase::Done } else { Phase::Unlisted(next) };
+                    let observations = self
+                        .blocking(move |w, l| w.unlisted_page(&l.walk, batch, &mut l.counts))
+                        .await?;
+                    return Ok(Some(FeedPage { observations }));
+                }
+                Phase::Done => return Ok(None),
+            }
+        }
     }
 
     fn end(&self) -> FeedEnd {
-        self.end.clone()
+        FeedEnd {
+            checkpoint: self.checkpoint.clone(),
+            complete_listing: true,
+            note: self.listing.as_ref().map(|l| self.walker.note(&l.walk, &l.counts)),
+        }
     }
 
     fn folders(&self) -> Vec<Folder> {
-        self.folders.clone()
+        self.listing
+            .as_ref()
+            .map(|l| Walker::folders(&l.walk))
+            .unwrap_or_default()
     }
 }
 
@@ -208,7 +282,7 @@ mod tests {
             .open_feed(
                 &Checkpoint::default(),
                 SyncMode::Incremental,
-                Arc::new(held.clone()),
+                Arc::new(crate::sources::HeldMap::from(held.clone())),
                 ApiCalls::default(),
             )
             .await
@@ -310,22 +384,34 @@ mod tests {
         );
     }
 
-    /// A renamed file is reported as a move from its old id; a vanished file with no
-    /// new twin is simply not listed.
+    /// A renamed file is reported as a move from its old id (after its new id
+    /// was listed as present); a vanished file with no new twin is simply not
+    /// listed; a copy of a file that is still there is not a move.
     #[tokio::test]
     async fn rename_is_a_move() {
         let dir = tempfile::tempdir().expect("tmp");
         write(dir.path(), "old/name.md", "same bytes");
         write(dir.path(), "gone.md", "bye");
+        write(dir.path(), "kept.md", "twin bytes");
         let src = source(dir.path(), |_| {});
         let (first, _, _) = observe(&src, &HashMap::new()).await;
         let held = held_of(&first);
         std::fs::create_dir_all(dir.path().join("new")).expect("mkdir");
         std::fs::rename(dir.path().join("old/name.md"), dir.path().join("new/renamed.md")).expect("rename");
         std::fs::remove_file(dir.path().join("gone.md")).expect("rm");
+        write(dir.path(), "copy-of-kept.md", "twin bytes");
         let (obs, end, _) = observe(&src, &held).await;
-        assert_eq!(obs.len(), 1, "{obs:?}");
-        match &obs[0] {
+        let present: Vec<&str> = obs
+            .iter()
+            .filter_map(|o| match o {
+                Observation::Present(m) => Some(m.id.0.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(present, vec!["copy-of-kept.md", "kept.md", "new/renamed.md"], "{obs:?}");
+        let moves: Vec<&Observation> = obs.iter().filter(|o| matches!(o, Observation::Moved { .. })).collect();
+        assert_eq!(moves.len(), 1, "{obs:?}");
+        match moves[0] {
             Observation::Moved { from, to } => {
                 assert_eq!(from.0, "old/name.md");
                 assert_eq!(to.id.0, "new/renamed.md");
@@ -425,7 +511,7 @@ mod tests {
             .open_feed(
                 &Checkpoint::default(),
                 SyncMode::Full,
-                Default::default(),
+                crate::sources::nothing_held(),
                 ApiCalls::default(),
             )
             .await

@@ -661,7 +661,7 @@ impl DriveFile {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{HashMap, HashSet};
+    use std::collections::HashSet;
 
     use super::super::tests::{connector, present_ids, run, start};
     use super::*;
@@ -682,9 +682,15 @@ mod tests {
         let src = connector(base.clone(), |_| {});
         let meter = ApiCalls::default();
         sim.fail_next(2, 403);
-        let (obs, end) = run(&src, &Checkpoint::default(), SyncMode::Full, &HashMap::new(), &meter)
-            .await
-            .expect("full");
+        let (obs, end) = run(
+            &src,
+            &Checkpoint::default(),
+            SyncMode::Full,
+            &crate::sources::HeldMap::default(),
+            &meter,
+        )
+        .await
+        .expect("full");
         assert_eq!(obs.len(), 3);
         assert_eq!(
             meter.get(),
@@ -693,20 +699,40 @@ mod tests {
         );
         let meter = ApiCalls::default();
         sim.fail_next(1, 429);
-        run(&src, &end.checkpoint, SyncMode::Incremental, &HashMap::new(), &meter)
-            .await
-            .expect("inc");
+        run(
+            &src,
+            &end.checkpoint,
+            SyncMode::Incremental,
+            &crate::sources::HeldMap::default(),
+            &meter,
+        )
+        .await
+        .expect("inc");
         assert_eq!(meter.get(), 2, "429 then changes.list");
 
         let src = connector(base, |s| s.max_retries = 1);
         sim.fail_next(5, 500);
-        let err = run(&src, &end.checkpoint, SyncMode::Incremental, &HashMap::new(), &meter)
-            .await
-            .expect_err("retries run out");
+        let err = run(
+            &src,
+            &end.checkpoint,
+            SyncMode::Incremental,
+            &crate::sources::HeldMap::default(),
+            &meter,
+        )
+        .await
+        .expect_err("retries run out");
         assert!(err.is_retryable(), "{err}");
         sim.fail_next(0, 500);
         sim.fail_next(1, 401);
-        match run(&src, &end.checkpoint, SyncMode::Incremental, &HashMap::new(), &meter).await {
+        match run(
+            &src,
+            &end.checkpoint,
+            SyncMode::Incremental,
+            &crate::sources::HeldMap::default(),
+            &meter,
+        )
+        .await
+        {
             Err(Error::Permanent { context }) => {
                 assert!(
                     context.starts_with("source gdrive-eng: GET /drive/v3/changes: HTTP 401: authError"),
@@ -729,15 +755,27 @@ mod tests {
         .await;
         let src = connector(base, |s| s.drive_id = Some("0AShared".into()));
         let meter = ApiCalls::default();
-        let (obs, end) = run(&src, &Checkpoint::default(), SyncMode::Full, &HashMap::new(), &meter)
-            .await
-            .expect("full");
+        let (obs, end) = run(
+            &src,
+            &Checkpoint::default(),
+            SyncMode::Full,
+            &crate::sources::HeldMap::default(),
+            &meter,
+        )
+        .await
+        .expect("full");
         assert_eq!(obs.len(), 6);
         let id = sim.files_in_tree()[0].id.clone();
         sim.update_file(&id, None, Some("x"));
-        let (obs, _) = run(&src, &end.checkpoint, SyncMode::Incremental, &HashMap::new(), &meter)
-            .await
-            .expect("inc");
+        let (obs, _) = run(
+            &src,
+            &end.checkpoint,
+            SyncMode::Incremental,
+            &crate::sources::HeldMap::default(),
+            &meter,
+        )
+        .await
+        .expect("inc");
         assert_eq!(present_ids(&obs), HashSet::from([id]));
         for r in sim.requests() {
             let p = &r.params;

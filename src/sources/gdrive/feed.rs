@@ -101,7 +101,6 @@ impl ChangeFeed for GdriveFeed {
             // Every file but a folder is a document (`Kind::of_mime`).
             if let Some(meta) = f.meta() {
                 self.stats.documents += 1;
-                self.tree.docs.insert(f.id.clone(), folder.clone());
                 observations.push(Observation::Present(meta));
             }
         }
@@ -324,13 +323,12 @@ impl GdriveFeed {
         let mut observations = Vec::new();
         let mut deleted: HashSet<String> = HashSet::new();
         if root_gone {
-            // The synced folder itself was trashed or deleted: nothing is in scope, and
-            // the next run lists from scratch (a restored folder is picked up then).
-            for doc in std::mem::take(&mut self.tree.docs).into_keys() {
-                deleted.insert(doc.clone());
-                observations.push(Observation::Deleted(DocumentId(doc)));
-            }
-            self.stats.deleted = deleted.len();
+            // The synced folder itself was trashed or deleted: nothing is in scope,
+            // and this empty listing is complete, so the coordinator's sweep
+            // deletes everything we hold (under the deletion guard) without the
+            // feed naming each. The next run lists from scratch (a restored
+            // folder is picked up then).
+            self.complete = true;
             self.tree.folders.clear();
             self.cursor = None;
             self.reason.push_str(" (the synced folder was trashed or deleted)");
@@ -338,6 +336,8 @@ impl GdriveFeed {
         }
 
         // Pass 2: each changed file against the final tree.
+        let mut present: HashSet<String> = HashSet::new();
+        let mut gone: Vec<DocumentId> = Vec::new();
         let in_tree = |parent: Option<&str>| parent.is_some_and(|p| p == root || folders.contains_key(p));
         for ch in &changes {
             let Some(id) = ch.file_id.clone().or(ch.file.as_ref().map(|f| f.id.clone())) else {
@@ -346,40 +346,36 @@ impl GdriveFeed {
             if id == root || old.contains_key(&id) || folders.contains_key(&id) {
                 continue;
             }
-            let present = match &ch.file {
+            let meta = match &ch.file {
                 Some(f) if !ch.removed && !f.trashed && !f.is_folder() && in_tree(f.parent()) => f.meta(),
                 _ => None,
             };
-            match present {
+            match meta {
                 Some(meta) => {
-                    self.tree.docs.insert(
-                        id.clone(),
-                        meta.parent.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
-                    );
+                    present.insert(id);
                     observations.push(Observation::Present(meta));
                 }
-                None => {
-                    let known = self.tree.docs.remove(&id).is_some() || self.held.contains_key(&DocumentId(id.clone()));
-                    if known && deleted.insert(id.clone()) {
-                        observations.push(Observation::Deleted(DocumentId(id)));
-                    }
-                }
+                None => gone.push(DocumentId(id)),
             }
         }
-
-        // Pass 3: documents under folders that left the tree.
-        let departed: HashSet<&String> = old.keys().filter(|id| !folders.contains_key(*id)).collect();
-        let orphans: Vec<String> = self
-            .tree
-            .docs
-            .iter()
-            .filter(|(_, parent)| departed.contains(parent))
-            .map(|(doc, _)| doc.clone())
+        // Pass 3: documents under folders that left the tree, as the state's
+        // children index has them (a document moved out of them by a change
+        // above is reported where it is now).
+        let departed: Vec<DocumentId> = old
+            .keys()
+            .filter(|id| !folders.contains_key(*id))
+            .map(|id| DocumentId(id.clone()))
             .collect();
-        for doc in orphans {
-            self.tree.docs.remove(&doc);
-            if deleted.insert(doc.clone()) {
-                observations.push(Observation::Deleted(DocumentId(doc)));
+        if !departed.is_empty() {
+            let orphans = self.held.children_of(&departed).await?;
+            gone.extend(orphans.into_iter().filter(|d| !present.contains(&d.0)));
+        }
+        // Removed, out of scope or orphaned: deleted if we hold them (one lookup
+        // for the page, not a map of the whole source).
+        let versions = self.held.versions_of(&gone).await?;
+        for (id, version) in gone.into_iter().zip(versions) {
+            if version.is_some() && deleted.insert(id.0.clone()) {
+                observations.push(Observation::Deleted(id));
             }
         }
         self.stats.deleted = deleted.len();
@@ -398,14 +394,14 @@ impl GdriveFeed {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{HashMap, HashSet};
+    use std::collections::HashSet;
 
     use chrono::Utc;
 
     use super::super::tests::{apply, connector, deleted_ids, present_ids, run, start};
-    use super::super::{SCOPE_DOCS, SCOPE_FOLDER_ID, SCOPE_SWEPT_AT, scope_document_count, scope_folders};
+    use super::super::{SCOPE_DOCS, SCOPE_FOLDER_ID, SCOPE_FOLDERS, SCOPE_SWEPT_AT, scope_folders};
     use crate::simulators::gdrive::{FORM_MIME, SimConfig};
-    use crate::sources::{ApiCalls, Checkpoint, Error, Observation};
+    use crate::sources::{ApiCalls, Checkpoint, Error, HeldMap, Observation};
     use crate::types::SyncMode;
 
     /// A full listing asks for the start token first, walks every folder, reports
@@ -421,9 +417,15 @@ mod tests {
         sim.create_file("Survey", "root-folder", FORM_MIME, "");
         let src = connector(base, |s| s.page_size = 7);
         let meter = ApiCalls::default();
-        let (obs, end) = run(&src, &Checkpoint::default(), SyncMode::Full, &HashMap::new(), &meter)
-            .await
-            .expect("feed");
+        let (obs, end) = run(
+            &src,
+            &Checkpoint::default(),
+            SyncMode::Full,
+            &HeldMap::default(),
+            &meter,
+        )
+        .await
+        .expect("feed");
         let reqs = sim.requests();
         assert_eq!(reqs[0].label, "GET /drive/v3/changes/startPageToken");
         assert!(end.complete_listing);
@@ -434,7 +436,7 @@ mod tests {
         assert_eq!(meter.get(), sim.total_calls());
         assert_eq!(end.checkpoint.cursor, Some((sim.next_change_id()).to_string()));
         assert_eq!(scope_folders(&end.checkpoint.scope).map(|f| f.len()), Some(3));
-        assert_eq!(scope_document_count(&end.checkpoint.scope), Some(41));
+        assert!(!end.checkpoint.scope.contains_key(SCOPE_DOCS), "no map of documents");
         assert!(
             end.note.as_deref().is_some_and(|n| !n.contains("skipped")),
             "{:?}",
@@ -462,7 +464,7 @@ mod tests {
         .await;
         let src = connector(base, |_| {});
         let meter = ApiCalls::default();
-        let mut held = HashMap::new();
+        let mut held = HeldMap::default();
         let (obs, end) = run(&src, &Checkpoint::default(), SyncMode::Full, &held, &meter)
             .await
             .expect("full");
@@ -501,7 +503,7 @@ mod tests {
         .await;
         let src = connector(base, |s| s.page_size = 3);
         let meter = ApiCalls::default();
-        let mut held = HashMap::new();
+        let mut held = HeldMap::default();
         let (obs, end) = run(&src, &Checkpoint::default(), SyncMode::Full, &held, &meter)
             .await
             .expect("full");
@@ -554,7 +556,7 @@ mod tests {
         assert_eq!(meter.get(), sim.total_calls());
         apply(&mut held, &obs);
         let expected: HashSet<String> = sim.files_in_tree().into_iter().map(|f| f.id).collect();
-        assert_eq!(held.keys().map(|k| k.0.clone()).collect::<HashSet<_>>(), expected);
+        assert_eq!(held.ids().map(|k| k.0.clone()).collect::<HashSet<_>>(), expected);
         assert!(
             end.note.as_deref().is_some_and(|n| n.contains("entering the tree")),
             "{:?}",
@@ -574,12 +576,24 @@ mod tests {
         .await;
         let src = connector(base, |s| s.sweep_every_hours = Some(1));
         let meter = ApiCalls::default();
-        let (_, end) = run(&src, &Checkpoint::default(), SyncMode::Full, &HashMap::new(), &meter)
-            .await
-            .expect("full");
-        let (_, recent) = run(&src, &end.checkpoint, SyncMode::Incremental, &HashMap::new(), &meter)
-            .await
-            .expect("inc");
+        let (_, end) = run(
+            &src,
+            &Checkpoint::default(),
+            SyncMode::Full,
+            &HeldMap::default(),
+            &meter,
+        )
+        .await
+        .expect("full");
+        let (_, recent) = run(
+            &src,
+            &end.checkpoint,
+            SyncMode::Incremental,
+            &HeldMap::default(),
+            &meter,
+        )
+        .await
+        .expect("inc");
         assert!(!recent.complete_listing, "swept just now");
 
         let mut old = recent.checkpoint.clone();
@@ -590,13 +604,13 @@ mod tests {
             .scope
             .insert(SCOPE_FOLDER_ID.to_owned(), "another".to_owned());
         let mut no_map = recent.checkpoint.clone();
-        no_map.scope.remove(SCOPE_DOCS);
+        no_map.scope.remove(SCOPE_FOLDERS);
         for (cp, why) in [
             (old, "periodic reconciliation due"),
             (other_folder, "synced folder or drive changed"),
             (no_map, "saved folder map missing"),
         ] {
-            let (obs, end) = run(&src, &cp, SyncMode::Incremental, &HashMap::new(), &meter)
+            let (obs, end) = run(&src, &cp, SyncMode::Incremental, &HeldMap::default(), &meter)
                 .await
                 .expect("sweep");
             assert!(end.complete_listing, "{why}");
@@ -606,8 +620,8 @@ mod tests {
         }
     }
 
-    /// Trashing the synced folder itself deletes every document and drops the
-    /// token, so the next run lists from scratch.
+    /// Trashing the synced folder itself is a complete listing of nothing (so
+    /// every held document is swept) and drops the token, so the next run lists from scratch.
     #[tokio::test]
     async fn trashed_root_deletes_everything() {
         let (sim, base) = start(SimConfig {
@@ -617,7 +631,7 @@ mod tests {
         .await;
         let src = connector(base, |_| {});
         let meter = ApiCalls::default();
-        let mut held = HashMap::new();
+        let mut held = HeldMap::default();
         let (obs, end) = run(&src, &Checkpoint::default(), SyncMode::Full, &held, &meter)
             .await
             .expect("full");
@@ -626,7 +640,9 @@ mod tests {
         let (obs, end) = run(&src, &end.checkpoint, SyncMode::Incremental, &held, &meter)
             .await
             .expect("inc");
-        assert_eq!(deleted_ids(&obs).len(), 6);
+        // An empty, complete listing: the coordinator's sweep deletes all six.
+        assert!(end.complete_listing);
+        assert!(present_ids(&obs).is_empty() && deleted_ids(&obs).is_empty(), "{obs:?}");
         assert_eq!(end.checkpoint.cursor, None);
         assert!(sim.files_in_tree().is_empty());
     }
@@ -642,11 +658,25 @@ mod tests {
         .await;
         let src = connector(base, |_| {});
         let meter = ApiCalls::default();
-        let (_, end) = run(&src, &Checkpoint::default(), SyncMode::Full, &HashMap::new(), &meter)
-            .await
-            .expect("full");
+        let (_, end) = run(
+            &src,
+            &Checkpoint::default(),
+            SyncMode::Full,
+            &HeldMap::default(),
+            &meter,
+        )
+        .await
+        .expect("full");
         sim.expire_all_tokens();
-        match run(&src, &end.checkpoint, SyncMode::Incremental, &HashMap::new(), &meter).await {
+        match run(
+            &src,
+            &end.checkpoint,
+            SyncMode::Incremental,
+            &HeldMap::default(),
+            &meter,
+        )
+        .await
+        {
             Err(Error::CursorExpired { context }) => {
                 assert!(
                     context.starts_with("source gdrive-eng: GET /drive/v3/changes: page token \""),

@@ -26,12 +26,13 @@
 //! Invariants:
 //! - A full listing asks for `changes.getStartPageToken` *before* listing, so
 //!   anything changed during the listing is in the next incremental run.
-//! - The folder tree in scope (folder id -> parent id, name) and the parent
-//!   folder of every document in scope are connector state, saved in
-//!   `Checkpoint.scope` (`folders`, `docs`; compact JSON). An incremental run
-//!   therefore decides scope with no extra call, and knows which held documents
-//!   sit under a folder that left the tree. Held versions alone (id -> version)
-//!   could not tell that.
+//! - The folder tree in scope (folder id -> parent id, name) is connector
+//!   state, saved in `Checkpoint.scope` (`folders`; compact JSON): an
+//!   incremental run decides scope with no extra call. The documents under a
+//!   folder that left the tree come from the state's children index
+//!   ([`crate::sources::HeldVersions::children_of`]), and whether a removed
+//!   file was ours from one lookup per change page: nothing here grows with
+//!   the number of documents.
 //! - Changes are applied against the tree as it is at the *end* of the change
 //!   list (each change carries the file's *current* resource), so the order in
 //!   which a folder move and a change inside that folder are reported does not
@@ -85,8 +86,7 @@ pub use self::api::{GoogleError, Kind, MAX_PAGE_SIZE, is_token_refusal, version_
 pub use self::channels::MAX_CHANNEL_SECS;
 pub use self::settings::GdriveSettings;
 pub use self::tree::{
-    SCOPE_DOCS, SCOPE_DRIVE_ID, SCOPE_FOLDER_ID, SCOPE_FOLDER_NAME, SCOPE_FOLDERS, SCOPE_SWEPT_AT,
-    scope_document_count, scope_folders,
+    SCOPE_DOCS, SCOPE_DRIVE_ID, SCOPE_FOLDER_ID, SCOPE_FOLDER_NAME, SCOPE_FOLDERS, SCOPE_SWEPT_AT, scope_folders,
 };
 
 /// Downloads in flight per `fetch` (Drive has no batch download: one call per file).
@@ -233,7 +233,7 @@ mod tests {
 
     use super::*;
     use crate::simulators::gdrive::{DOC_MIME, GdriveSim, SHEET_MIME, SimConfig};
-    use crate::sources::{FeedEnd, Observation};
+    use crate::sources::{FeedEnd, HeldMap, Observation};
 
     pub(super) async fn start(cfg: SimConfig) -> (GdriveSim, Url) {
         let sim = GdriveSim::new(cfg);
@@ -265,7 +265,7 @@ mod tests {
         src: &Gdrive,
         cp: &Checkpoint,
         mode: SyncMode,
-        held: &HashMap<DocumentId, String>,
+        held: &HeldMap,
         meter: &ApiCalls,
     ) -> Result<(Vec<Observation>, FeedEnd), Error> {
         let mut feed = src.open_feed(cp, mode, Arc::new(held.clone()), meter.clone()).await?;
@@ -273,18 +273,18 @@ mod tests {
     }
 
     /// What a sync that applied `obs` would hold.
-    pub(super) fn apply(held: &mut HashMap<DocumentId, String>, obs: &[Observation]) {
+    pub(super) fn apply(held: &mut HeldMap, obs: &[Observation]) {
         for o in obs {
             match o {
                 Observation::Present(m) => {
-                    held.insert(m.id.clone(), m.version.clone());
+                    held.insert(m.id.clone(), m.version.clone(), m.parent.clone());
                 }
                 Observation::Deleted(id) => {
                     held.remove(id);
                 }
                 Observation::Moved { from, to } => {
                     held.remove(from);
-                    held.insert(to.id.clone(), to.version.clone());
+                    held.insert(to.id.clone(), to.version.clone(), to.parent.clone());
                 }
             }
         }
@@ -324,9 +324,15 @@ mod tests {
             .create_file("g.txt", "root-folder", "text/plain", "g")
             .expect("gone");
         let meter = ApiCalls::default();
-        let (obs, _) = run(&src, &Checkpoint::default(), SyncMode::Full, &HashMap::new(), &meter)
-            .await
-            .expect("full");
+        let (obs, _) = run(
+            &src,
+            &Checkpoint::default(),
+            SyncMode::Full,
+            &HeldMap::default(),
+            &meter,
+        )
+        .await
+        .expect("full");
         let metas: Vec<DocMeta> = obs
             .into_iter()
             .filter_map(|o| match o {

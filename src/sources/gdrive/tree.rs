@@ -1,11 +1,12 @@
 //! The folder tree in scope and how it is saved in `Checkpoint.scope`.
 //!
 //! Invariants:
-//! - The folder tree in scope (folder id -> parent id, name) and the parent
-//!   folder of every document in scope are connector state, saved in
-//!   `Checkpoint.scope` ([`SCOPE_FOLDERS`], [`SCOPE_DOCS`]; compact JSON). An
-//!   incremental run therefore decides scope with no extra call, and knows which
-//!   held documents sit under a folder that left the tree.
+//! - The folder tree in scope (folder id -> parent id, name) is connector
+//!   state, saved in `Checkpoint.scope` ([`SCOPE_FOLDERS`]; compact JSON). An
+//!   incremental run therefore decides scope with no extra call. Which held
+//!   documents sit under a folder that left the tree is the state's to say
+//!   (its children index, through [`crate::sources::HeldVersions::children_of`]):
+//!   the checkpoint grows with folders, not documents.
 //! - The scope belongs to one folder of one drive ([`SCOPE_FOLDER_ID`],
 //!   [`SCOPE_DRIVE_ID`]); a scope saved for another is not used.
 //! - [`reachable`] terminates on cycles: a folder is in scope only if its parent
@@ -19,7 +20,8 @@ pub const SCOPE_FOLDER_ID: &str = "folder_id";
 pub const SCOPE_DRIVE_ID: &str = "drive_id";
 /// `Checkpoint.scope` key: JSON `{folder id: [parent id, name]}` of the folders under the synced folder.
 pub const SCOPE_FOLDERS: &str = "folders";
-/// `Checkpoint.scope` key: JSON `{document id: parent folder id}` of the documents in scope.
+/// `Checkpoint.scope` key of the document map earlier versions saved (document
+/// id -> folder; it grew with the source). Dropped when a scope is saved.
 pub const SCOPE_DOCS: &str = "docs";
 /// `Checkpoint.scope` key: the synced folder's own name (the first breadcrumb of every document).
 pub const SCOPE_FOLDER_NAME: &str = "folder_name";
@@ -29,13 +31,11 @@ pub const SCOPE_SWEPT_AT: &str = "swept_at";
 /// Folder id -> (parent id, name): the folders under the synced folder.
 pub(super) type Folders = BTreeMap<String, (String, String)>;
 
-/// The saved tree: folders under the synced folder, and each document's folder.
+/// The saved tree: the folders under the synced folder.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct Tree {
     /// Folder id -> (parent id, name); the synced folder itself is implicit.
     pub(super) folders: Folders,
-    /// Document id -> parent folder id.
-    pub(super) docs: BTreeMap<String, String>,
 }
 
 impl Tree {
@@ -43,7 +43,6 @@ impl Tree {
     pub(super) fn load(scope: &BTreeMap<String, String>) -> Option<Tree> {
         Some(Tree {
             folders: serde_json::from_str(scope.get(SCOPE_FOLDERS)?).ok()?,
-            docs: serde_json::from_str(scope.get(SCOPE_DOCS)?).ok()?,
         })
     }
 
@@ -53,10 +52,7 @@ impl Tree {
             SCOPE_FOLDERS.to_owned(),
             serde_json::to_string(&self.folders).unwrap_or_else(|_| "{}".to_owned()),
         );
-        scope.insert(
-            SCOPE_DOCS.to_owned(),
-            serde_json::to_string(&self.docs).unwrap_or_else(|_| "{}".to_owned()),
-        );
+        scope.remove(SCOPE_DOCS);
     }
 }
 
@@ -119,11 +115,6 @@ pub(super) fn changed_under(before: &Folders, now: &Folders, root_renamed: bool)
         })
         .cloned()
         .collect()
-}
-
-/// How many documents a saved scope holds, for status output and tests.
-pub fn scope_document_count(scope: &BTreeMap<String, String>) -> Option<usize> {
-    Tree::load(scope).map(|t| t.docs.len())
 }
 
 /// The saved folder map (folder id -> parent id), for tests and diagnostics.

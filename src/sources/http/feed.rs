@@ -10,7 +10,11 @@
 //!   the rest syncs; when every probe of a page fails the server is down and the
 //!   run fails, so an unreachable server deletes nothing.
 //! - At most `concurrency` probes of one page are in flight.
+//! - What we hold is looked up a page at a time (one batch per [`FEED_PAGE`]
+//!   URLs), never loaded whole; the sitemap is read a child sitemap at a time
+//!   ([`Listing`]), so memory is bounded by one child's URLs, not the set.
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -36,38 +40,123 @@ struct Counts {
     refused_status: Vec<u16>,
 }
 
+/// The configured set as a run reads it: the `urls`, then the sitemap's, one
+/// child sitemap at a time, so at most one child's URLs (the protocol allows
+/// 50,000) wait in memory, never the whole set. De-duplicated against the
+/// `urls` and within each sitemap; a URL listed by two child sitemaps is
+/// probed twice (harmless: the coordinator merges what a listing repeats).
+pub(super) struct Listing {
+    /// URLs read and not yet probed, in order.
+    pending: VecDeque<Url>,
+    /// Child sitemaps of an index not yet read.
+    children: VecDeque<Url>,
+    /// The configured `urls`, so a sitemap naming one again does not repeat it.
+    configured: HashSet<String>,
+    sitemap: Option<Url>,
+    /// URLs the sitemap named, child sitemaps it had, `<loc>`s that were not http(s) URLs.
+    found: usize,
+    child_sitemaps: usize,
+    skipped: usize,
+    /// URLs handed out for probing.
+    listed: usize,
+}
+
+impl Listing {
+    /// Starts the listing: the configured `urls`, and the sitemap itself read
+    /// (its URLs, or the child sitemaps of an index, read as probing reaches them).
+    pub(super) async fn open(client: &Client, calls: &ApiCalls) -> Result<Self, Error> {
+        let mut listing = Self {
+            pending: client.configured.iter().cloned().collect(),
+            children: VecDeque::new(),
+            configured: client.configured.iter().map(|u| u.as_str().to_owned()).collect(),
+            sitemap: client.settings.sitemap.clone(),
+            found: 0,
+            child_sitemaps: 0,
+            skipped: 0,
+            listed: 0,
+        };
+        if let Some(sitemap) = listing.sitemap.clone() {
+            let (is_index, locs, skipped) = client.read_sitemap(&sitemap, calls).await?;
+            listing.skipped += skipped;
+            if is_index {
+                listing.child_sitemaps = locs.len();
+                listing.children = locs.into();
+            } else {
+                listing.add(locs);
+            }
+        }
+        Ok(listing)
+    }
+
+    fn add(&mut self, urls: Vec<Url>) {
+        self.found += urls.len();
+        let mut this_sitemap: HashSet<String> = HashSet::new();
+        for url in urls {
+            if !self.configured.contains(url.as_str()) && this_sitemap.insert(url.as_str().to_owned()) {
+                self.pending.push_back(url);
+            }
+        }
+    }
+
+    /// The next `n` URLs to probe (fewer only at the end), reading child sitemaps as needed.
+    async fn next_batch(&mut self, client: &Client, calls: &ApiCalls, n: usize) -> Result<Vec<Url>, Error> {
+        while self.pending.len() < n
+            && let Some(child) = self.children.pop_front()
+        {
+            let (nested, locs, skipped) = client.read_sitemap(&child, calls).await?;
+            self.skipped += skipped;
+            if nested {
+                tracing::warn!(source = %client.http.source(), sitemap = %child, "nested sitemap index not followed");
+                continue;
+            }
+            self.add(locs);
+        }
+        let take = n.min(self.pending.len());
+        self.listed += take;
+        Ok(self.pending.drain(..take).collect())
+    }
+
+    /// What the sitemap contributed, for the run note.
+    fn note(&self) -> Option<String> {
+        let sitemap = self.sitemap.as_ref()?;
+        let mut n = format!("sitemap {sitemap}: {} URL(s)", self.found);
+        if self.child_sitemaps > 0 {
+            n.push_str(&format!(" from {} child sitemap(s)", self.child_sitemaps));
+        }
+        if self.skipped > 0 {
+            n.push_str(&format!(", {} <loc> entries skipped (not http(s) URLs)", self.skipped));
+        }
+        Some(n)
+    }
+}
+
 /// One run's feed: probes the next [`FEED_PAGE`] URLs per page.
 pub(super) struct HttpFeed {
     client: Arc<Client>,
-    urls: Vec<Url>,
-    next: usize,
+    listing: Listing,
     held: Held,
     calls: ApiCalls,
     counts: Counts,
-    sitemap_note: Option<String>,
     /// The checkpoint the run started from.
     checkpoint: Checkpoint,
 }
 
 impl HttpFeed {
-    /// A feed over `urls` (the configured set as listed for this run), starting
-    /// from `checkpoint`; `held` gives each probe its condition.
+    /// A feed over the configured set as `listing` reads it, starting from
+    /// `checkpoint`; `held` gives each probe its condition.
     pub(super) fn new(
         client: Arc<Client>,
-        urls: Vec<Url>,
+        listing: Listing,
         held: Held,
         calls: ApiCalls,
-        sitemap_note: Option<String>,
         checkpoint: &Checkpoint,
     ) -> Self {
         Self {
             client,
-            urls,
-            next: 0,
+            listing,
             held,
             calls,
             counts: Counts::default(),
-            sitemap_note,
             checkpoint: checkpoint.clone(),
         }
     }
@@ -76,21 +165,22 @@ impl HttpFeed {
 #[async_trait]
 impl ChangeFeed for HttpFeed {
     async fn next_page(&mut self) -> Result<Option<FeedPage>, Error> {
-        if self.next >= self.urls.len() {
+        let batch = self.listing.next_batch(&self.client, &self.calls, FEED_PAGE).await?;
+        if batch.is_empty() {
             return Ok(None);
         }
-        let end = (self.next + FEED_PAGE).min(self.urls.len());
-        // Owned per-probe data: the boxed future of this method must not hold
-        // borrows with higher-ranked lifetimes across the stream.
-        let probes = self.urls[self.next..end].iter().cloned().map(|url| {
-            let c = Arc::clone(&self.client);
-            let held = Arc::clone(&self.held);
-            let calls = self.calls.clone();
-            async move {
-                let version = held.get(&DocumentId(url.as_str().to_owned())).cloned();
-                c.probe(&url, version.as_deref(), &calls).await
-            }
-        });
+        // What we hold for this page's URLs, looked up at once: each probe's condition.
+        let ids: Vec<DocumentId> = batch.iter().map(|url| DocumentId(url.as_str().to_owned())).collect();
+        let versions = self.held.versions_of(&ids).await?;
+        let probes = batch
+            .iter()
+            .cloned()
+            .zip(versions.iter().cloned())
+            .map(|(url, version)| {
+                let c = Arc::clone(&self.client);
+                let calls = self.calls.clone();
+                async move { c.probe(&url, version.as_deref(), &calls).await }
+            });
         let probes: Vec<Result<Probe, Error>> = futures::stream::iter(probes)
             .buffered(self.client.settings.concurrency.clamp(1, MAX_CONCURRENCY))
             .collect()
@@ -105,17 +195,15 @@ impl ChangeFeed for HttpFeed {
         {
             return Err(first.clone());
         }
-        let batch: Vec<Url> = self.urls[self.next..end].to_vec();
-        for (url, probe) in batch.into_iter().zip(probes) {
+        for ((url, probe), version) in batch.into_iter().zip(probes).zip(versions) {
             let probe = match probe {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(source = %self.client.http.source(), %url, error = %e, "probe failed; the page is fetched to record its error");
                     self.counts.failed += 1;
                     let id = DocumentId(url.as_str().to_owned());
-                    let title = self
-                        .held
-                        .get(&id)
+                    let title = version
+                        .as_deref()
                         .and_then(|v| super::split_version(v).1.map(str::to_owned))
                         .unwrap_or_else(|| super::path_title(&url));
                     observations.push(Observation::Present(DocMeta {
@@ -147,7 +235,6 @@ impl ChangeFeed for HttpFeed {
                 }
             }
         }
-        self.next = end;
         Ok(Some(FeedPage { observations }))
     }
 
@@ -155,10 +242,7 @@ impl ChangeFeed for HttpFeed {
         let k = &self.counts;
         let mut note = format!(
             "complete listing of {} URL(s): {} not modified, {} changed or new, {} gone (404/410)",
-            self.urls.len(),
-            k.not_modified,
-            k.changed,
-            k.gone
+            self.listing.listed, k.not_modified, k.changed, k.gone
         );
         if k.refused > 0 {
             let statuses: Vec<String> = k.refused_status.iter().map(u16::to_string).collect();
@@ -174,7 +258,7 @@ impl ChangeFeed for HttpFeed {
                 k.failed
             ));
         }
-        if let Some(s) = &self.sitemap_note {
+        if let Some(s) = self.listing.note() {
             note = format!("{s}; {note}");
         }
         FeedEnd {

@@ -231,62 +231,23 @@ impl Client {
         })
     }
 
-    /// The configured set: `urls` plus the sitemap's, in order, de-duplicated.
-    /// Also remembered for link resolution. Returns the set and a note on the sitemap.
-    async fn listing(&self, calls: &ApiCalls) -> Result<(Vec<Url>, Option<String>), Error> {
-        let mut urls = self.configured.clone();
-        let mut seen: HashSet<String> = urls.iter().map(|u| u.as_str().to_owned()).collect();
-        let mut note = None;
-        if let Some(sitemap) = &self.settings.sitemap {
-            let (locs, index, skipped) = self.read_sitemap(sitemap, calls).await?;
-            let found = locs.len();
-            for url in locs {
-                if seen.insert(url.as_str().to_owned()) {
-                    urls.push(url);
-                }
-            }
-            let mut n = format!("sitemap {sitemap}: {found} URL(s)");
-            if index > 0 {
-                n.push_str(&format!(" from {index} child sitemap(s)"));
-            }
-            if skipped > 0 {
-                n.push_str(&format!(", {skipped} <loc> entries skipped (not http(s) URLs)"));
-            }
-            note = Some(n);
-        }
-        Ok((urls, note))
-    }
-
-    /// GETs a sitemap; a `<sitemapindex>` is followed one level (nested indexes are
-    /// not followed further). Returns the URLs, the child sitemaps read, and the
-    /// `<loc>` values that were not http(s) URLs.
-    async fn read_sitemap(&self, sitemap: &Url, calls: &ApiCalls) -> Result<(Vec<Url>, usize, usize), Error> {
+    /// GETs one sitemap: whether it is a `<sitemapindex>`, its `<loc>`s that
+    /// are http(s) URLs (normalised), and how many were not.
+    async fn read_sitemap(&self, sitemap: &Url, calls: &ApiCalls) -> Result<(bool, Vec<Url>, usize), Error> {
         let body = self.get_sitemap(sitemap, calls).await?;
-        let mut skipped = 0;
         let (is_index, locs) = sitemap_locs(&body);
-        let parse = |loc: &str, skipped: &mut usize| match Url::parse(loc) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => Some(normalize(&u)),
-            _ => {
-                *skipped += 1;
-                None
-            }
-        };
-        if !is_index {
-            let urls = locs.iter().filter_map(|l| parse(l, &mut skipped)).collect();
-            return Ok((urls, 0, skipped));
-        }
-        let mut urls = Vec::new();
-        let children: Vec<Url> = locs.iter().filter_map(|l| parse(l, &mut skipped)).collect();
-        for child in &children {
-            let body = self.get_sitemap(child, calls).await?;
-            let (nested, locs) = sitemap_locs(&body);
-            if nested {
-                tracing::warn!(source = %self.http.source(), sitemap = %child, "nested sitemap index not followed");
-                continue;
-            }
-            urls.extend(locs.iter().filter_map(|l| parse(l, &mut skipped)));
-        }
-        Ok((urls, children.len(), skipped))
+        let mut skipped = 0;
+        let urls = locs
+            .iter()
+            .filter_map(|loc| match Url::parse(loc) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => Some(normalize(&u)),
+                _ => {
+                    skipped += 1;
+                    None
+                }
+            })
+            .collect();
+        Ok((is_index, urls, skipped))
     }
 
     async fn get_sitemap(&self, url: &Url, calls: &ApiCalls) -> Result<String, Error> {
@@ -459,13 +420,12 @@ impl Source for HttpSource {
         held: Held,
         calls: ApiCalls,
     ) -> Result<Box<dyn ChangeFeed>, Error> {
-        let (urls, sitemap_note) = self.client.listing(&calls).await?;
+        let listing = feed::Listing::open(&self.client, &calls).await?;
         Ok(Box::new(HttpFeed::new(
             Arc::clone(&self.client),
-            urls,
+            listing,
             held,
             calls,
-            sitemap_note,
             checkpoint,
         )))
     }
@@ -610,7 +570,7 @@ mod tests {
             .open_feed(
                 &Checkpoint::default(),
                 SyncMode::Full,
-                Default::default(),
+                crate::sources::nothing_held(),
                 calls.clone(),
             )
             .await
@@ -655,7 +615,7 @@ mod tests {
             .open_feed(
                 &Checkpoint::default(),
                 SyncMode::Full,
-                Default::default(),
+                crate::sources::nothing_held(),
                 calls.clone(),
             )
             .await

@@ -1,0 +1,271 @@
+//! `make bench`, second part: what one very large source costs, per connector.
+//!
+//! For each connector a source of `TIDEMARK_BENCH_DOCS` documents (default
+//! 1,000,000; the same files on disk serve the filesystem and, through nginx,
+//! the HTTP connector (a sitemap index over child sitemaps of 50,000); the
+//! Confluence simulator holds a space of as many pages, the Drive simulator as
+//! many files in folders of 1,000):
+//! the state is filled as a full sync would leave it (the connector's own
+//! complete listing, every document recorded through the same fenced script
+//! workers use), then a coordinator *process* runs a no-op incremental sync
+//! and we read, from the same run:
+//! - Redis bytes per held document (`used_memory` before and after the fill);
+//! - the coordinator's resident memory idle and its peak (`VmHWM`) after the run;
+//! - the no-op run's wall time and API calls.
+//!
+//! Target (issue 12.2): coordinator peak RSS at most 100 MB, at most 200 Redis
+//! bytes per held document. `cargo bench --bench connectors -- fs|http|confluence|gdrive`
+//! runs one connector; `TIDEMARK_BENCH_DOCS=20000` makes a quick run.
+
+#[allow(dead_code)]
+#[path = "../tests/harness/mod.rs"]
+mod harness;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use tidemark::simulators::gdrive::{GdriveSim, SimConfig as DriveConfig};
+use tidemark::sources::{self, ApiCalls, Checkpoint, Observation};
+use tidemark::state::{DocState, DocWrite};
+use tidemark::types::{FencingToken, SyncMode};
+
+use harness::nginx::{Nginx, write_with_mtime};
+use harness::{Env, Options};
+
+/// Files per directory (and per Drive folder), as a tidy source would keep them.
+const PER_FOLDER: usize = 1000;
+/// URLs per child sitemap (the sitemap protocol's limit is 50,000).
+const PER_SITEMAP: usize = 50_000;
+
+fn documents() -> usize {
+    std::env::var("TIDEMARK_BENCH_DOCS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|a| a == name);
+    let n = documents();
+    println!("== one source of {n} documents, per connector: a no-op incremental run in a coordinator process");
+    println!(
+        "{:<11} {:>10} {:>12} {:>13} {:>13} {:>11} {:>9}",
+        "connector", "documents", "Redis B/doc", "coord idle MB", "coord peak MB", "no-op ms", "API calls"
+    );
+    rt.block_on(async {
+        if wanted("fs") || wanted("http") {
+            let nginx = Nginx::start();
+            let started = Instant::now();
+            write_files(&nginx, n);
+            eprintln!("({n} files written in {:.0} s)", started.elapsed().as_secs_f64());
+            if wanted("fs") {
+                let toml = format!(
+                    "[[sources]]\nid = \"eng\"\nkind = \"filesystem\"\n[sources.settings]\nroot = {:?}\nextensions = [\"html\"]\n",
+                    nginx.root().display().to_string()
+                );
+                measure("filesystem", &toml).await;
+            }
+            if wanted("http") {
+                let toml = format!(
+                    "[[sources]]\nid = \"eng\"\nkind = \"http\"\n[sources.settings]\nsitemap = {:?}\nconcurrency = 64\n",
+                    nginx.url("sitemap.xml")
+                );
+                measure("http", &toml).await;
+            }
+        }
+        if wanted("confluence") {
+            measure_env("confluence", None, n).await;
+        }
+        if wanted("gdrive") {
+            let sim = GdriveSim::new(DriveConfig::default());
+            let root = sim.root_folder_id();
+            let mut folder = String::new();
+            for i in 0..n {
+                if i % PER_FOLDER == 0 {
+                    folder = sim
+                        .create_folder(&format!("Folder {}", i / PER_FOLDER), &root)
+                        .expect("folder");
+                }
+                sim.create_file(&format!("Document {i}.txt"), &folder, "text/plain", "x")
+                    .expect("file");
+            }
+            let (addr, _task) = sim.serve("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
+            let toml = format!(
+                "[[sources]]\nid = \"eng\"\nkind = \"gdrive\"\n[sources.settings]\nbase_url = \"http://{addr}\"\nfolder_id = \"{root}\"\n"
+            );
+            measure("gdrive", &toml).await;
+        }
+    });
+}
+
+/// `n` small HTML pages in folders of [`PER_FOLDER`], and a sitemap index
+/// over child sitemaps of [`PER_SITEMAP`] URLs.
+fn write_files(nginx: &Nginx, n: usize) {
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let root = nginx.root();
+    let mut children = Vec::new();
+    let mut sitemap = String::new();
+    for i in 0..n {
+        let rel = format!("d{:04}/p{i:07}.html", i / PER_FOLDER);
+        let body = format!("<html><head><title>Page {i}</title></head><body><p>Page {i}</p></body></html>");
+        write_with_mtime(&root.join(&rel), &body, t0);
+        sitemap.push_str(&format!("<url><loc>{}</loc></url>", nginx.url(&rel)));
+        if (i + 1) % PER_SITEMAP == 0 || i + 1 == n {
+            let name = format!("sitemap-{}.xml", children.len());
+            let xml = format!(
+                "<?xml version=\"1.0\"?><urlset xmlns=\"http://www.sitemaps.org/schemas/sitemap/0.9\">{sitemap}</urlset>"
+            );
+            std::fs::write(root.join(&name), xml).expect("write sitemap");
+            children.push(format!("<sitemap><loc>{}</loc></sitemap>", nginx.url(&name)));
+            sitemap.clear();
+        }
+    }
+    let index = format!(
+        "<?xml version=\"1.0\"?><sitemapindex xmlns=\"http://www.sitemaps.org/schemas/sitemap/0.9\">{}</sitemapindex>",
+        children.concat()
+    );
+    std::fs::write(root.join("sitemap.xml"), index).expect("write sitemap index");
+}
+
+/// Fills the state as a full sync of the connector would leave it, then runs
+/// a no-op incremental sync in a coordinator process, and prints the figures.
+async fn measure(name: &str, source_toml: &str) {
+    measure_env(name, Some(source_toml.to_owned()), 0).await;
+}
+
+/// As [`measure`]; `None` is the harness's Confluence space of `pages` pages.
+async fn measure_env(name: &str, source_toml: Option<String>, pages: usize) {
+    let mut env = Env::start(Options {
+        pages,
+        page_size: 50,
+        source_toml,
+        appendfsync: "everysec",
+        ..Options::default()
+    })
+    .await;
+    let before = used_memory(&env);
+    let started = Instant::now();
+    let held = fill(&env).await;
+    eprintln!(
+        "({name}: {held} documents recorded in {:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+    let per_doc = (used_memory(&env).saturating_sub(before)) as f64 / held.max(1) as f64;
+
+    let pid = env.spawn_process(&["coordinator"]);
+    env.worker("w1");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = status_mib(pid, "VmRSS:");
+    let request = env.enqueue(SyncMode::Incremental, "bench").await;
+    let run = env.wait(&request).await;
+    let peak = status_mib(pid, "VmHWM:");
+    println!(
+        "{:<11} {:>10} {:>12.0} {:>13.1} {:>13.1} {:>11} {:>9}",
+        name,
+        held,
+        per_doc,
+        idle,
+        peak,
+        run.wall_ms.unwrap_or(0),
+        run.api_calls
+    );
+    if run.docs_processed > 0 || run.deleted > 0 || !matches!(run.status, tidemark::state::RunStatus::Completed) {
+        println!(
+            "  (not a no-op: {:?}, {} processed, {} deleted: {:?})",
+            run.status, run.docs_processed, run.deleted, run.note
+        );
+    }
+}
+
+/// What a full sync would leave: the connector's complete listing, each page's
+/// documents recorded under a registered token, and the feed's checkpoint.
+async fn fill(env: &Env) -> usize {
+    let source = env
+        .app
+        .sources
+        .get(&env.source)
+        .cloned()
+        .expect("the source is configured");
+    let state = env.app.state();
+    let token = FencingToken(1);
+    state.register_token(&env.source, token).await.expect("register");
+    let mut feed = source
+        .open_feed(
+            &Checkpoint::default(),
+            SyncMode::Full,
+            sources::nothing_held(),
+            ApiCalls::default(),
+        )
+        .await
+        .expect("feed opens");
+    let now = chrono::Utc::now();
+    let mut held = 0;
+    while let Some(page) = feed.next_page().await.expect("feed page") {
+        let writes: Vec<DocWrite> = page
+            .observations
+            .into_iter()
+            .filter_map(|o| match o {
+                Observation::Present(m) => Some(m),
+                _ => None,
+            })
+            .map(|m| DocWrite::Put {
+                new: DocState {
+                    version: m.version,
+                    content_hash: sources::sha256_hex(m.id.0.as_bytes()),
+                    breadcrumb: vec![
+                        "Knowledge base".into(),
+                        m.parent.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
+                    ],
+                    title: m.title,
+                    parent: m.parent,
+                    links: Vec::new(),
+                    token,
+                    synced_at: now,
+                },
+                id: m.id,
+                old: None,
+            })
+            .collect();
+        held += writes.len();
+        state.apply_docs(&env.source, token, &writes).await.expect("record");
+    }
+    let mut checkpoint = feed.end().checkpoint;
+    // As a full run commits it: no reconciliation due.
+    checkpoint.last_full_at = Some(now);
+    checkpoint.committed_at = Some(now);
+    state
+        .commit_checkpoint(&env.source, token, &checkpoint)
+        .await
+        .expect("checkpoint");
+    held
+}
+
+fn used_memory(env: &Env) -> u64 {
+    let mut c = redis::Client::open(env.redis.url().as_str())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    let info: String = redis::cmd("INFO").arg("memory").query(&mut c).expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A `/proc/PID/status` field (`VmRSS:`, `VmHWM:`) in MiB.
+fn status_mib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
