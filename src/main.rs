@@ -166,11 +166,7 @@ async fn dlq_command(app: &App, action: &cli::DlqAction) -> anyhow::Result<ExitC
         }
         DlqAction::Purge { ids, all } => {
             let removed = if *all {
-                let entries = streams::newest(&app.pool, &stream, usize::MAX >> 1)
-                    .await
-                    .context("reading the dead-letter stream")?;
-                let every: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-                streams::delete(&app.pool, &stream, &every).await
+                streams::clear(&app.pool, &stream).await
             } else if ids.is_empty() {
                 anyhow::bail!("name the dead letters to purge, or --all");
             } else {

@@ -702,13 +702,7 @@ async fn openapi_document_lists_every_route() {
 async fn dead_letters_are_listed_and_a_bad_limit_is_named() {
     let env = Env::start(Options::default()).await;
     env.coordinator("c1");
-    let _: String = redis::cmd("XADD")
-        .arg(env.app.keys.requests())
-        .arg("*")
-        .arg("bogus")
-        .arg("1")
-        .query(&mut env.redis.conn())
-        .expect("XADD");
+    env.xadd_raw(&env.app.keys.requests(), &[("bogus", b"1")]);
     wait_until("the request is dead-lettered", Duration::from_secs(20), || async {
         let r = get(&env.app, "/v1/dead-letters?limit=5").await;
         r.status == StatusCode::OK && r.json()["dead_letters"].as_array().is_some_and(|a| a.len() == 1)

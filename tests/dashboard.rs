@@ -79,28 +79,18 @@ async fn dashboard_shows_live_runs_queues_and_dead_letters_in_chromium() {
     assert_eq!(full.status, RunStatus::Completed, "{full:?}");
 
     // A malformed request: dead-lettered with its reason.
-    let _: String = redis::cmd("XADD")
-        .arg("tm:requests")
-        .arg("*")
-        .arg("bogus")
-        .arg("1")
-        .query(&mut env.redis.conn())
-        .expect("XADD");
+    env.xadd_raw(&env.app.keys.requests(), &[("bogus", b"1")]);
     // A document dead-lettered with a receiver's HTML answer as its reason:
     // the page must show it as text.
-    let _: String = redis::cmd("XADD")
-        .arg(env.app.keys.dead_letters())
-        .arg("*")
-        .arg("origin")
-        .arg("document")
-        .arg("source")
-        .arg("eng")
-        .arg("document")
-        .arg("p-7")
-        .arg("reason")
-        .arg("HTTP 422: <img src=x onerror=alert(1)><b>refused</b>")
-        .query(&mut env.redis.conn())
-        .expect("XADD");
+    env.xadd_raw(
+        &env.app.keys.dead_letters(),
+        &[
+            ("origin", b"document"),
+            ("source", b"eng"),
+            ("document", b"p-7"),
+            ("reason", b"HTTP 422: <img src=x onerror=alert(1)><b>refused</b>"),
+        ],
+    );
     crate::harness::wait_until("the bad request is dead-lettered", Duration::from_secs(20), || async {
         crate::queue::dead_letters(&env).len() >= 2
     })

@@ -44,18 +44,10 @@ async fn malformed_job_is_dead_lettered_and_worker_goes_on() {
     let env = Env::start(Options::default()).await;
     env.coordinator("c1");
     env.worker("w1");
-    {
-        let mut conn = env.redis.conn();
-        let _: String = redis::cmd("XADD")
-            .arg(env.app.keys.jobs_for(&env.source))
-            .arg("*")
-            .arg("v")
-            .arg("1")
-            .arg("body")
-            .arg(&b"\xc1 definitely not msgpack"[..])
-            .query(&mut conn)
-            .unwrap();
-    }
+    env.xadd_raw(
+        &env.app.keys.jobs_for(&env.source),
+        &[("v", b"1"), ("body", b"\xc1 definitely not msgpack")],
+    );
     let run = env.sync(SyncMode::Full).await;
     assert_eq!(run.status, RunStatus::Completed);
     env.assert_sink_matches_source();
@@ -76,27 +68,12 @@ async fn bad_requests_are_dead_lettered() {
     let env = Env::start(Options::default()).await;
     env.coordinator("c1");
     env.worker("w1");
-    {
-        let mut conn = env.redis.conn();
-        let _: String = redis::cmd("XADD")
-            .arg(env.app.keys.requests())
-            .arg("*")
-            .arg("v")
-            .arg("1")
-            .arg("body")
-            .arg("{not msgpack}")
-            .query(&mut conn)
-            .unwrap();
-        let mut req = SyncRequest::new(env.source.clone(), SyncMode::Full, "test");
-        req.source = tidemark::types::SourceId::new("nope").unwrap();
-        let fields = req.to_fields();
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(env.app.keys.requests()).arg("*");
-        for (k, v) in &fields {
-            cmd.arg(*k).arg(v.as_slice());
-        }
-        let _: String = cmd.query(&mut conn).unwrap();
-    }
+    env.xadd_raw(&env.app.keys.requests(), &[("v", b"1"), ("body", b"{not msgpack}")]);
+    let mut req = SyncRequest::new(env.source.clone(), SyncMode::Full, "test");
+    req.source = tidemark::types::SourceId::new("nope").unwrap();
+    let fields = req.to_fields();
+    let fields: Vec<(&str, &[u8])> = fields.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+    env.xadd_raw(&env.app.keys.requests(), &fields);
     let run = env.sync(SyncMode::Full).await;
     assert_eq!(run.status, RunStatus::Completed);
     wait_until("both bad requests dead-lettered", Duration::from_secs(10), || async {

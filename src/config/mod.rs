@@ -240,7 +240,46 @@ pub struct WebhookConfig {
     pub channel_ttl: Duration,
 }
 
-/// A shared secret given as `secret_env` or `secret_file` (exactly one, not empty).
+/// Reads the secret a `{name}_env` / `{name}_file` pair of `key` names (one
+/// reader for every such pair: webhook and sink secrets, Redis credentials).
+/// `None` when neither is given (no problem: the caller decides whether it is
+/// required) or when it cannot be read, with the problem pushed, naming the
+/// key: both given, a variable unset or empty, a file unreadable or empty.
+fn read_secret_pair(
+    key: &str,
+    name: &str,
+    var: Option<&String>,
+    file: Option<&PathBuf>,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) -> Option<String> {
+    if var.is_some() && file.is_some() {
+        problems.push(format!("{key}: give {name}_env or {name}_file, not both"));
+        return None;
+    }
+    let secret = SecretRef::from_keys(var, file)?;
+    let not_set = |var: &str| format!("{key}.{name}_env: environment variable {var:?} is not set");
+    match secret.read_with(name, &|v| env(v).ok_or(VarError::NotPresent)) {
+        Ok(value) if !value.is_empty() => Some(value),
+        Ok(_) => {
+            problems.push(match &secret {
+                SecretRef::Env(var) => not_set(var),
+                SecretRef::File(path) => format!("{key}.{name}_file: {} is empty", path.display()),
+            });
+            None
+        }
+        Err(SecretError::Env { var, .. }) => {
+            problems.push(not_set(&var));
+            None
+        }
+        Err(SecretError::File { path, source, .. }) => {
+            problems.push(format!("{key}.{name}_file: {}: {source}", path.display()));
+            None
+        }
+    }
+}
+
+/// A required `secret_env` / `secret_file` pair of `key` (webhook and sink secrets).
 fn check_secret(
     key: &str,
     secret_env: Option<&String>,
@@ -248,37 +287,11 @@ fn check_secret(
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Vec<String>,
 ) -> Option<Vec<u8>> {
-    match SecretRef::from_keys(secret_env, secret_file) {
-        Some(_) if secret_env.is_some() && secret_file.is_some() => {
-            problems.push(format!("{key}: give secret_env or secret_file, not both"));
-            None
-        }
-        None => {
-            problems.push(format!("{key}: a secret is required (secret_env or secret_file)"));
-            None
-        }
-        Some(secret) => {
-            let not_set = |var: &str| format!("{key}.secret_env: environment variable {var:?} is not set");
-            match secret.read_with("secret", &|var| env(var).ok_or(VarError::NotPresent)) {
-                Ok(value) if !value.is_empty() => Some(value.into_bytes()),
-                Ok(_) => {
-                    problems.push(match &secret {
-                        SecretRef::Env(var) => not_set(var),
-                        SecretRef::File(path) => format!("{key}.secret_file: {} is empty", path.display()),
-                    });
-                    None
-                }
-                Err(SecretError::Env { var, .. }) => {
-                    problems.push(not_set(&var));
-                    None
-                }
-                Err(SecretError::File { path, source, .. }) => {
-                    problems.push(format!("{key}.secret_file: {}: {source}", path.display()));
-                    None
-                }
-            }
-        }
+    if secret_env.is_none() && secret_file.is_none() {
+        problems.push(format!("{key}: a secret is required (secret_env or secret_file)"));
+        return None;
     }
+    read_secret_pair(key, "secret", secret_env, secret_file, env, problems).map(String::into_bytes)
 }
 
 fn check_webhook(

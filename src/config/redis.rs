@@ -11,7 +11,6 @@
 //! Everything is read and parsed here, so `tidemark check-config` names an
 //! unreadable file or a PEM without a certificate before anything connects.
 
-use std::env::VarError;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -20,7 +19,6 @@ use rustls_pki_types::pem::PemObject;
 use serde::Deserialize;
 
 use crate::db::Access;
-use crate::sources::secret::{SecretError, SecretRef};
 
 /// `[redis]` as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -223,7 +221,14 @@ fn check_access(raw: &RawRedis, env: &dyn Fn(&str) -> Option<String>, problems: 
     let before = problems.len();
     let username = match (
         &raw.username,
-        read_named("username", &raw.username_env, &raw.username_file, env, problems),
+        super::read_secret_pair(
+            "redis",
+            "username",
+            raw.username_env.as_ref(),
+            raw.username_file.as_ref(),
+            env,
+            problems,
+        ),
     ) {
         (Some(_), Some(_)) => {
             problems.push("redis.username: give username, username_env or username_file, only one".into());
@@ -232,7 +237,14 @@ fn check_access(raw: &RawRedis, env: &dyn Fn(&str) -> Option<String>, problems: 
         (Some(literal), None) => Some(literal.clone()),
         (None, read) => read,
     };
-    let password = read_named("password", &raw.password_env, &raw.password_file, env, problems);
+    let password = super::read_secret_pair(
+        "redis",
+        "password",
+        raw.password_env.as_ref(),
+        raw.password_file.as_ref(),
+        env,
+        problems,
+    );
     let ca_pem = raw.tls_ca_file.as_ref().and_then(|path| {
         let pem = read_file("redis.tls_ca_file", path, problems)?;
         match CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>() {
@@ -283,39 +295,6 @@ fn check_access(raw: &RawRedis, env: &dyn Fn(&str) -> Option<String>, problems: 
         return None;
     }
     Some(access)
-}
-
-/// A value named by `<name>_env` / `<name>_file`, trimmed; at most one of the two.
-fn read_named(
-    name: &str,
-    var: &Option<String>,
-    file: &Option<PathBuf>,
-    env: &dyn Fn(&str) -> Option<String>,
-    problems: &mut Vec<String>,
-) -> Option<String> {
-    if var.is_some() && file.is_some() {
-        problems.push(format!("redis: give {name}_env or {name}_file, not both"));
-        return None;
-    }
-    let secret = SecretRef::from_keys(var.as_ref(), file.as_ref())?;
-    match secret.read_with(name, &|v| env(v).ok_or(VarError::NotPresent)) {
-        Ok(value) if !value.is_empty() => Some(value),
-        Ok(_) => {
-            problems.push(match &secret {
-                SecretRef::Env(v) => format!("redis.{name}_env: environment variable {v:?} is empty"),
-                SecretRef::File(path) => format!("redis.{name}_file: {} is empty", path.display()),
-            });
-            None
-        }
-        Err(SecretError::Env { var, .. }) => {
-            problems.push(format!("redis.{name}_env: environment variable {var:?} is not set"));
-            None
-        }
-        Err(SecretError::File { path, source, .. }) => {
-            problems.push(format!("redis.{name}_file: {}: {source}", path.display()));
-            None
-        }
-    }
 }
 
 fn read_file(key: &str, path: &PathBuf, problems: &mut Vec<String>) -> Option<Vec<u8>> {

@@ -102,6 +102,19 @@ pub async fn delete(pool: &Pool, stream: &str, ids: &[&str]) -> Result<u64, Erro
         .context(|| format!("XDEL {stream}"))
 }
 
+/// Removes every entry of `stream` in one command (XTRIM MAXLEN 0), however
+/// many there are, without reading them; returns how many went.
+pub async fn clear(pool: &Pool, stream: &str) -> Result<u64, Error> {
+    let mut conn = pool.get().await?;
+    redis::cmd("XTRIM")
+        .arg(stream)
+        .arg("MAXLEN")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .context(|| format!("XTRIM {stream} MAXLEN 0"))
+}
+
 /// An entry delivered but not yet acked, from XPENDING.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pending {
