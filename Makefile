@@ -72,6 +72,7 @@ demo-postgres: release
 ## bench: full vs incremental sync and the queue against a bare Redis ceiling
 bench: release
 	$(CARGO) bench --bench sync
+	$(CARGO) bench --bench scale
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,4 +1,7 @@
-//! `make bench`, second part: what one very large source costs, per connector.
+//! `make bench`, second part: scale. What one very large source costs per
+//! connector, a small sync beside a large one, and a thousand scheduled sources.
+//!
+//! 1. Connectors at scale.
 //!
 //! For each connector a source of `TIDEMARK_BENCH_DOCS` documents (default
 //! 1,000,000; the same files on disk serve the filesystem and, through nginx,
@@ -14,19 +17,27 @@
 //! - the no-op run's wall time and API calls.
 //!
 //! Target (issue 12.2): coordinator peak RSS at most 100 MB, at most 200 Redis
-//! bytes per held document. `cargo bench --bench connectors -- fs|http|confluence|gdrive`
+//! bytes per held document. `cargo bench --bench scale -- fs|http|confluence|gdrive`
 //! runs one connector; `TIDEMARK_BENCH_DOCS=20000` makes a quick run.
+//!
+//! 2. Fairness (`-- fairness`): a 5-document incremental sync alone and while
+//!    a 100,000-page full sync runs, wall times side by side.
+//! 3. Many sources (`-- sources`): 1,000 sources scheduled on two coordinator
+//!    replicas; runs per replica and per source, lateness after due times.
 
 #[allow(dead_code)]
 #[path = "../tests/harness/mod.rs"]
 mod harness;
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
+
+use tidemark::queue::{self, jobs::SyncRequest};
 
 use tidemark::simulators::gdrive::{GdriveSim, SimConfig as DriveConfig};
 use tidemark::sources::{self, ApiCalls, Checkpoint, Observation};
 use tidemark::state::{DocState, DocWrite};
-use tidemark::types::{FencingToken, SyncMode};
+use tidemark::types::{FencingToken, SourceId, SyncMode};
 
 use harness::nginx::{Nginx, write_with_mtime};
 use harness::{Env, Options};
@@ -52,12 +63,26 @@ fn main() {
     let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let wanted = |name: &str| only.is_empty() || only.iter().any(|a| a == name);
     let n = documents();
+    let connectors = ["fs", "http", "confluence", "gdrive"];
+    if only.is_empty() || only.iter().any(|a| connectors.contains(&a.as_str())) {
+        rt.block_on(connectors_at_scale(n, &wanted));
+    }
+    if wanted("fairness") {
+        rt.block_on(small_sync_beside_a_large_one());
+    }
+    if wanted("sources") {
+        rt.block_on(thousand_scheduled_sources());
+    }
+}
+
+/// Section 1: one source of `n` documents per connector `wanted`.
+async fn connectors_at_scale(n: usize, wanted: &dyn Fn(&str) -> bool) {
     println!("== one source of {n} documents, per connector: a no-op incremental run in a coordinator process");
     println!(
         "{:<11} {:>10} {:>12} {:>13} {:>13} {:>11} {:>9}",
         "connector", "documents", "Redis B/doc", "coord idle MB", "coord peak MB", "no-op ms", "API calls"
     );
-    rt.block_on(async {
+    {
         if wanted("fs") || wanted("http") {
             let nginx = Nginx::start();
             let started = Instant::now();
@@ -100,7 +125,7 @@ fn main() {
             );
             measure("gdrive", &toml).await;
         }
-    });
+    }
 }
 
 /// `n` small HTML pages in folders of [`PER_FOLDER`], and a sitemap index
@@ -268,4 +293,153 @@ fn status_mib(pid: u32, field: &str) -> f64 {
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// Fairness (issue 12.6), the small sync: a 5-document filesystem source's
+/// incremental run alone, then while a 100,000-page Confluence full sync runs
+/// on the same coordinator and worker (every Confluence call answered after
+/// 20 ms, `max_pages_in_flight = 4`), wall times side by side.
+async fn small_sync_beside_a_large_one() {
+    const LARGE: usize = 100_000;
+    let files = tempfile::tempdir().expect("tmp");
+    for i in 0..5 {
+        std::fs::write(files.path().join(format!("note-{i}.md")), format!("# Note {i}\n")).expect("write");
+    }
+    let env = Env::start(Options {
+        pages: LARGE,
+        page_size: 50,
+        sync: "worker_concurrency = 2\nmax_pages_in_flight = 4".into(),
+        appendfsync: "everysec",
+        more_sources: format!(
+            "[[sources]]\nid = \"files\"\nkind = \"filesystem\"\n[sources.settings]\nroot = {:?}\n",
+            files.path().display().to_string()
+        ),
+        ..Options::default()
+    })
+    .await;
+    env.sim.set_latency(Duration::from_millis(20));
+    env.coordinator("c1");
+    env.worker("w1");
+    let small = SourceId::new("files").expect("id");
+    let state = env.app.state();
+    let note = files.path().join("note-0.md");
+    let small_run = |label: &'static str| {
+        let (env, small, state, note) = (&env, small.clone(), state.clone(), note.clone());
+        async move {
+            std::fs::write(&note, format!("# Note 0, {label}\n")).expect("edit");
+            let request = SyncRequest::new(small.clone(), SyncMode::Incremental, label);
+            let started = Instant::now();
+            let id = queue::enqueue(&env.app.pool, &env.app.keys, &request)
+                .await
+                .expect("enqueue");
+            state
+                .wait_for_request(&small, &id, Duration::from_millis(10), Duration::from_secs(300))
+                .await
+                .expect("state readable")
+                .expect("the small run finishes");
+            started.elapsed()
+        }
+    };
+    let alone = small_run("alone").await;
+    let big = env.enqueue(SyncMode::Full, "large").await;
+    harness::wait_for_pages_done(&env, &env.source, 2, Duration::from_secs(300)).await;
+    let beside = small_run("beside").await;
+    let large = state.recent_runs(&env.source, 1).await.expect("runs");
+    let large = large.first().expect("the large run");
+    println!();
+    println!(
+        "== fairness: a 5-document incremental sync, alone and while a {LARGE}-page full sync runs (20 ms per call)"
+    );
+    println!("alone:                {:>7} ms", alone.as_millis());
+    println!(
+        "beside the large run: {:>7} ms (the large run at {} of {} pages, {:?})",
+        beside.as_millis(),
+        large.pages_done,
+        large.pages_total,
+        large.status
+    );
+    drop(big);
+}
+
+/// Many sources (issue 12.6): 1,000 filesystem sources scheduled every 20 s
+/// on two coordinator replicas and two workers, for three periods. Printed:
+/// runs per replica, runs per source (fewest, most), and how late each
+/// scheduled run started after its due time (its phase in the period).
+async fn thousand_scheduled_sources() {
+    const SOURCES: usize = 1000;
+    const PERIOD_SECS: i64 = 20;
+    let files = tempfile::tempdir().expect("tmp");
+    std::fs::write(files.path().join("note.md"), "# Note\n").expect("write");
+    let ids: Vec<String> = (0..SOURCES).map(|i| format!("team-{i:04}")).collect();
+    let more_sources = harness::scheduled_filesystem_sources(&ids, files.path(), PERIOD_SECS as u64);
+    let env = Env::start(Options {
+        pages: 1,
+        more_sources,
+        sync: "max_concurrent_runs = 16".into(),
+        appendfsync: "everysec",
+        ..Options::default()
+    })
+    .await;
+    env.coordinator("c1");
+    env.coordinator("c2");
+    env.worker("w1");
+    env.worker("w2");
+    tokio::time::sleep(Duration::from_secs(3 * PERIOD_SECS as u64)).await;
+    let state = env.app.state();
+    let period_ms = PERIOD_SECS * 1000;
+    let mut by_replica: HashMap<String, usize> = HashMap::new();
+    let mut per_source = Vec::new();
+    let mut late_ms = Vec::new();
+    for id in &ids {
+        let source = SourceId::new(id).expect("id");
+        let runs = state.recent_runs(&source, 50).await.expect("runs");
+        per_source.push(runs.len());
+        let phase = i64::from(fnv1a(id)) % period_ms;
+        let mut started: Vec<i64> = runs
+            .iter()
+            .filter(|r| r.requested_by == "schedule")
+            .filter_map(|r| r.started_at.map(|t| t.timestamp_millis()))
+            .collect();
+        started.sort();
+        // The first run is the registration's, at once; the others are due on the grid.
+        for t in started.iter().skip(1) {
+            late_ms.push((t - phase).rem_euclid(period_ms) as f64);
+        }
+        for r in &runs {
+            *by_replica.entry(r.coordinator.clone()).or_default() += 1;
+        }
+    }
+    late_ms.sort_by(f64::total_cmp);
+    let pct = |q: f64| {
+        late_ms
+            .get(((late_ms.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    println!();
+    println!(
+        "== many sources: {SOURCES} filesystem sources every {PERIOD_SECS} s, 2 coordinators, 2 workers, 3 periods"
+    );
+    let mut replicas: Vec<_> = by_replica.into_iter().collect();
+    replicas.sort();
+    println!("runs by coordinator: {replicas:?}");
+    println!(
+        "runs per source: fewest {}, most {} (sources with no run: {})",
+        per_source.iter().min().unwrap_or(&0),
+        per_source.iter().max().unwrap_or(&0),
+        per_source.iter().filter(|n| **n == 0).count()
+    );
+    println!(
+        "start after due time: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} scheduled runs)",
+        pct(0.5),
+        pct(0.99),
+        late_ms.last().copied().unwrap_or(0.0),
+        late_ms.len()
+    );
+}
+
+/// The schedule's phase hash (32-bit FNV-1a of the source id), from its definition.
+fn fnv1a(s: &str) -> u32 {
+    s.bytes()
+        .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }

@@ -853,7 +853,7 @@ async fn held_state_at_scale(env: &Env) {
     println!(
         "peak RSS: {before:.0} MiB before, {after_sweep:.0} MiB after mark and sweep (the listing's own ids included)"
     );
-    println!("(connectors look up what they compare a page at a time: `cargo bench --bench connectors`)");
+    println!("(connectors look up what they compare a page at a time: `cargo bench --bench scale`)");
 }
 
 /// The same 20,000-page full sync into the directory sink and into PostgreSQL,

@@ -9,7 +9,7 @@ use tidemark::queue::{self, jobs::SyncRequest};
 use tidemark::state::RunStatus;
 use tidemark::types::{SourceId, SyncMode};
 
-use crate::harness::{Env, Options, wait_until};
+use crate::harness::{Env, Options, wait_for_pages_done};
 
 /// A 10,000-page Confluence space answering every call after 60 ms is synced
 /// in full by one worker (2 pages at a time) in about 200 pages; once that run
@@ -41,18 +41,7 @@ async fn a_small_sync_is_not_held_back_by_a_large_one() {
     env.worker("w1");
     let big = env.enqueue(SyncMode::Full, "big").await;
     let state = env.app.state();
-    wait_until(
-        "the large run is working through its pages",
-        Duration::from_secs(120),
-        || {
-            let (state, source) = (state.clone(), env.source.clone());
-            async move {
-                let runs = state.recent_runs(&source, 1).await.unwrap_or_default();
-                runs.first().is_some_and(|r| r.feed_done && r.pages_done >= 2)
-            }
-        },
-    )
-    .await;
+    wait_for_pages_done(&env, &env.source, 2, Duration::from_secs(120)).await;
 
     let small_source = SourceId::new("files").expect("id");
     let small = SyncRequest::new(small_source.clone(), SyncMode::Incremental, "small");

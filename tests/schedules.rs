@@ -9,7 +9,7 @@ use tidemark::queue::schedule;
 use tidemark::state::RunStatus;
 use tidemark::types::SourceId;
 
-use crate::harness::{Env, Options, wait_until};
+use crate::harness::{Env, Options, scheduled_filesystem_sources, wait_until};
 
 const SOURCES: usize = 40;
 const PERIOD_SECS: u64 = 4;
@@ -25,16 +25,7 @@ async fn many_scheduled_sources_spread_over_two_coordinators() {
     let files = tempfile::tempdir().expect("tmp");
     std::fs::write(files.path().join("note.md"), "# Note\n\nbody\n").expect("write");
     let ids: Vec<String> = (0..SOURCES).map(|i| format!("team-{i:02}")).collect();
-    let more_sources: String = ids
-        .iter()
-        .map(|id| {
-            format!(
-                "[[sources]]\nid = \"{id}\"\nkind = \"filesystem\"\nschedule_every_secs = {PERIOD_SECS}\n\
-                 [sources.settings]\nroot = {:?}\n\n",
-                files.path().display().to_string()
-            )
-        })
-        .collect();
+    let more_sources = scheduled_filesystem_sources(&ids, files.path(), PERIOD_SECS);
     let env = Env::start(Options {
         pages: 1,
         more_sources,
@@ -134,4 +125,63 @@ fn epoch_ms() -> i64 {
 fn fnv1a(s: &str) -> u32 {
     s.bytes()
         .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+/// A coordinator that registered a new scheduled source (or claimed a due
+/// time) and died before enqueueing its request does not lose that run: the
+/// claim's lease runs out and the next coordinator claims and enqueues it,
+/// though the source's next due time is an hour away. Here the dead
+/// coordinator is played by calling `register` directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_coordinator_died_is_enqueued_by_the_next() {
+    let files = tempfile::tempdir().expect("tmp");
+    std::fs::write(files.path().join("note.md"), "# Note\n").expect("write");
+    let env = Env::start(Options {
+        pages: 1,
+        more_sources: format!(
+            "[[sources]]\nid = \"hourly\"\nkind = \"filesystem\"\nschedule_every_secs = 3600\n\
+             [sources.settings]\nroot = {:?}\n",
+            files.path().display().to_string()
+        ),
+        ..Options::default()
+    })
+    .await;
+    let hourly = SourceId::new("hourly").expect("id");
+    let registered = schedule::register(
+        &env.app.pool,
+        &env.app.keys,
+        &[(hourly.clone(), Duration::from_secs(3600))],
+    )
+    .await
+    .expect("register");
+    assert_eq!(
+        registered,
+        vec![hourly.clone()],
+        "its first run is ours to enqueue, and we die"
+    );
+    let died = Instant::now();
+
+    env.coordinator("c1");
+    env.worker("w1");
+    let state = env.app.state();
+    wait_until(
+        "the first run of the source enqueued by another coordinator",
+        schedule::CLAIM_LEASE + Duration::from_secs(30),
+        || {
+            let (state, hourly) = (state.clone(), hourly.clone());
+            async move {
+                let runs = state.recent_runs(&hourly, 5).await.unwrap_or_default();
+                runs.iter()
+                    .any(|r| r.status == RunStatus::Completed && r.requested_by == "schedule")
+            }
+        },
+    )
+    .await;
+    assert!(
+        died.elapsed() >= schedule::CLAIM_LEASE,
+        "enqueued only once the dead claim's lease ran out ({:?})",
+        died.elapsed()
+    );
+    let runs = state.recent_runs(&hourly, 5).await.expect("runs");
+    assert_eq!(runs.len(), 1, "one run for that first due time: {runs:?}");
 }

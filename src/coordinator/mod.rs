@@ -371,17 +371,28 @@ impl Coordinator {
             }
             due.sort();
             due.dedup();
+            // Claims end once their requests are enqueued; one that fails stays
+            // claimed, and is claimed again when its lease runs out.
+            let mut done = Vec::new();
             for source in due {
                 if !scheduled.contains(&source) {
                     // Scheduled by a replica with another config (a rollout in progress).
                     tracing::debug!(%source, "due source not scheduled in this config; skipped");
+                    done.push(source);
                     continue;
                 }
                 let req = SyncRequest::new(source.clone(), SyncMode::Incremental, "schedule");
-                if let Err(e) = queue::enqueue(&self.pool, &self.keys, &req).await {
-                    unavailable |= e.is_transient();
-                    tracing::warn!(%source, error = %e, "scheduled request failed");
+                match queue::enqueue(&self.pool, &self.keys, &req).await {
+                    Ok(_) => done.push(source),
+                    Err(e) => {
+                        unavailable |= e.is_transient();
+                        tracing::warn!(%source, error = %e, "scheduled request failed");
+                    }
                 }
+            }
+            if let Err(e) = schedule::enqueued(&self.pool, &self.keys, &done).await {
+                unavailable |= e.is_transient();
+                tracing::warn!(error = %e, "ending schedule claims failed (they are claimed again later)");
             }
             // While Redis is unavailable, back off like every other loop
             // instead of trying (and logging) four times a second.

@@ -2,17 +2,24 @@
 //! coordinator replica however many run, in one round trip per tick however
 //! many sources there are (issue 12.6: a thousand sources on two replicas).
 //!
-//! Three keys under one hash tag (`tm:{schedule}:due`, `:every`, `:phase`),
-//! so the scripts run on a Redis Cluster too:
+//! Four keys under one hash tag (`tm:{schedule}:due`, `:every`, `:phase`,
+//! `:claimed`), so the scripts run on a Redis Cluster too:
 //! - `due`, a sorted set of source -> next due time (ms, Redis' clock);
 //! - `every` and `phase`: each source's period and its phase in it, the
 //!   phase a stable hash of the source id, so runs fall on phase + k x period
 //!   and a thousand sources with one period spread over it instead of
-//!   starting together.
+//!   starting together;
+//! - `claimed`, a sorted set of source -> lease end: due times claimed (or
+//!   first runs registered) whose request is not enqueued yet.
 //!
 //! Invariants:
 //! - Every due time is claimed by one caller (a script moves it forward as
 //!   it returns it); time is Redis' (`TIME`), so replicas with skewed clocks agree.
+//! - No due time is lost to a caller that dies (or loses Redis) between its
+//!   claim and its enqueue: the claim holds a [`CLAIM_LEASE`] the caller ends
+//!   with [`enqueued`]; a lease that runs out is claimed again by the next
+//!   caller. (A caller paused past its lease and then enqueueing anyway adds
+//!   a second request for that due time: coalesced, never lost.)
 //! - A source new to the schedule is returned by [`register`] (to exactly one
 //!   caller), whose caller enqueues its first sync at once; after that it is
 //!   due on its grid. A schedule that fell behind skips the runs it missed
@@ -36,6 +43,10 @@ static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/
 /// How often each coordinator registers its scheduled sources again.
 pub const REGISTER_EVERY: Duration = Duration::from_secs(30);
 
+/// How long a claimed due time waits for its caller's [`enqueued`] before the
+/// next claim takes it over.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(10);
+
 /// Registers `schedules` (source, period); returns the sources the schedule
 /// did not hold yet, whose first run the caller enqueues now.
 pub async fn register(pool: &Pool, keys: &Keys, schedules: &[(SourceId, Duration)]) -> Result<Vec<SourceId>, Error> {
@@ -43,6 +54,7 @@ pub async fn register(pool: &Pool, keys: &Keys, schedules: &[(SourceId, Duration
         return Ok(Vec::new());
     }
     let mut invocation = on_schedule(&REGISTER, keys);
+    invocation.arg(CLAIM_LEASE.as_millis() as u64);
     for (source, every) in schedules {
         let every_ms = every.as_millis().max(1) as u64;
         invocation
@@ -59,10 +71,11 @@ pub async fn register(pool: &Pool, keys: &Keys, schedules: &[(SourceId, Duration
 }
 
 /// Claims up to `limit` due sources (each due time for one caller only) and
-/// moves them to their next due time.
+/// moves them to their next due time; claims whose lease ran out come first.
+/// The caller enqueues each one's request, then calls [`enqueued`].
 pub async fn claim_due(pool: &Pool, keys: &Keys, limit: usize) -> Result<Vec<SourceId>, Error> {
     let mut invocation = on_schedule(&CLAIM, keys);
-    invocation.arg(limit);
+    invocation.arg(limit).arg(CLAIM_LEASE.as_millis() as u64);
     let mut conn = pool.get().await?;
     let due: Vec<String> = invocation
         .invoke_async(&mut conn)
@@ -71,7 +84,24 @@ pub async fn claim_due(pool: &Pool, keys: &Keys, limit: usize) -> Result<Vec<Sou
     Ok(parse(due))
 }
 
-/// `script` invoked on the schedule's three keys.
+/// Ends the claims of `sources`: their requests are enqueued (or, for a
+/// source this config does not schedule, dropped on purpose).
+pub async fn enqueued(pool: &Pool, keys: &Keys, sources: &[SourceId]) -> Result<(), Error> {
+    if sources.is_empty() {
+        return Ok(());
+    }
+    let [.., claimed] = keys.schedule();
+    let mut conn = pool.get().await?;
+    let _: i64 = redis::cmd("ZREM")
+        .arg(&claimed)
+        .arg(sources.iter().map(SourceId::as_str).collect::<Vec<_>>())
+        .query_async(&mut conn)
+        .await
+        .context(|| format!("ZREM {claimed}"))?;
+    Ok(())
+}
+
+/// `script` invoked on the schedule's keys.
 fn on_schedule<'a>(script: &'a Script, keys: &Keys) -> redis::ScriptInvocation<'a> {
     let mut invocation = script.prepare_invoke();
     for key in keys.schedule() {

@@ -25,25 +25,34 @@ use super::{Error, StateStore, decode, encode, scan_batch};
 use crate::lock::fencing;
 use crate::types::{DocumentId, FencingToken, SourceId};
 
-/// What we hold for one document.
+/// What we hold for one document. Stored compactly (one-letter field names,
+/// the hash as bytes, the time as milliseconds: [`super::compact`]); the long
+/// names are read too, as earlier versions wrote them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DocState {
     /// Source version last written to the sink.
+    #[serde(rename = "v", alias = "version")]
     pub version: String,
     /// SHA-256 of what was written (title, breadcrumb, content).
+    #[serde(rename = "h", alias = "content_hash", with = "super::compact::hex_bytes")]
     pub content_hash: String,
     /// Title.
+    #[serde(rename = "t", alias = "title")]
     pub title: String,
     /// Parent document.
+    #[serde(rename = "p", alias = "parent", default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<DocumentId>,
     /// Ancestor titles, root first.
+    #[serde(rename = "b", alias = "breadcrumb", default, skip_serializing_if = "Vec::is_empty")]
     pub breadcrumb: Vec<String>,
     /// Documents of the same source this one links to.
-    #[serde(default)]
+    #[serde(rename = "l", alias = "links", default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<DocumentId>,
     /// Token of the run that wrote it.
+    #[serde(rename = "k", alias = "token")]
     pub token: FencingToken,
     /// When it was written.
+    #[serde(rename = "s", alias = "synced_at", with = "super::compact::millis")]
     pub synced_at: DateTime<Utc>,
 }
 
@@ -52,10 +61,13 @@ pub struct DocState {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct HeldMeta {
     /// Source version last written.
+    #[serde(rename = "v", alias = "version")]
     pub version: String,
     /// Title.
+    #[serde(rename = "t", alias = "title")]
     pub title: String,
     /// Parent document.
+    #[serde(rename = "p", alias = "parent", default)]
     pub parent: Option<DocumentId>,
 }
 
@@ -205,11 +217,18 @@ impl StateStore {
             let renamed = matches!((old, new), (Some(o), Some(n)) if o.title != n.title);
             let moved = matches!((old, new), (Some(o), Some(n)) if o.parent != n.parent);
             let deleted = old.is_some() && new.is_none();
+            // Owed only where there is someone to owe: a document with no
+            // children owes no breadcrumbs, one nobody links to no link titles
+            // (a child or linker written later reads the new state or the
+            // run's plan). So a first sync of a million documents owes
+            // nothing, instead of a million link refreshes.
             if renamed || moved || deleted {
-                ops.push(["SADD".into(), crumbs.clone(), id.0.clone()]);
+                let kids = key_of(self.keys.children(source, id), &mut keys);
+                ops.push([format!("OWEIF{kids}"), crumbs.clone(), id.0.clone()]);
             }
             if renamed || deleted || (old.is_none() && new.is_some()) {
-                ops.push(["SADD".into(), links.clone(), id.0.clone()]);
+                let linkers = key_of(self.keys.linked_from(source, id), &mut keys);
+                ops.push([format!("OWEIF{linkers}"), links.clone(), id.0.clone()]);
             }
             let old_parent = old.and_then(|o| o.parent.as_ref());
             let new_parent = new.and_then(|n| n.parent.as_ref());
@@ -306,5 +325,90 @@ impl StateStore {
     pub async fn doc_count(&self, source: &SourceId) -> Result<u64, Error> {
         let mut conn = self.pool.get().await?;
         Ok(conn.hlen(self.keys.docs(source)).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The form earlier versions stored: long names, the hash in hex, the time as text.
+    #[derive(Serialize)]
+    struct EarlierDocState {
+        version: String,
+        content_hash: String,
+        title: String,
+        parent: Option<DocumentId>,
+        breadcrumb: Vec<String>,
+        links: Vec<DocumentId>,
+        token: FencingToken,
+        synced_at: DateTime<Utc>,
+    }
+
+    fn sample() -> DocState {
+        DocState {
+            version: "17".into(),
+            content_hash: crate::sources::sha256_hex(b"body"),
+            title: "Installation guide".into(),
+            parent: Some(DocumentId("100012".into())),
+            breadcrumb: vec!["Product Documentation".into(), "Guides".into()],
+            links: vec![DocumentId("100020".into())],
+            token: FencingToken(7),
+            synced_at: DateTime::from_timestamp_millis(1_764_500_000_123).expect("time"),
+        }
+    }
+
+    /// A document stored by an earlier version decodes as it was, whole and as
+    /// [`HeldMeta`]; the compact form round-trips and is much smaller.
+    #[test]
+    fn earlier_and_compact_forms_decode_alike() {
+        let doc = sample();
+        let earlier = rmp_serde::to_vec_named(&EarlierDocState {
+            version: doc.version.clone(),
+            content_hash: doc.content_hash.clone(),
+            title: doc.title.clone(),
+            parent: doc.parent.clone(),
+            breadcrumb: doc.breadcrumb.clone(),
+            links: doc.links.clone(),
+            token: doc.token,
+            synced_at: doc.synced_at,
+        })
+        .expect("encode");
+        let compact = encode(&doc);
+        for bytes in [&earlier, &compact] {
+            let back: DocState = rmp_serde::from_slice(bytes).expect("decode");
+            assert_eq!(back, doc);
+            let meta: HeldMeta = rmp_serde::from_slice(bytes).expect("decode meta");
+            assert_eq!(
+                (meta.version, meta.title, meta.parent),
+                (doc.version.clone(), doc.title.clone(), doc.parent.clone())
+            );
+        }
+        assert!(
+            compact.len() * 10 < earlier.len() * 7,
+            "compact {} bytes vs earlier {}",
+            compact.len(),
+            earlier.len()
+        );
+    }
+
+    /// A hash that is not lowercase hex, no parent, no breadcrumb and no links round-trip too.
+    #[test]
+    fn unusual_values_round_trip() {
+        let doc = DocState {
+            content_hash: "not-hex".into(),
+            parent: None,
+            breadcrumb: Vec::new(),
+            links: Vec::new(),
+            ..sample()
+        };
+        let back: DocState = rmp_serde::from_slice(&encode(&doc)).expect("decode");
+        assert_eq!(back, doc);
+        let upper = DocState {
+            content_hash: "ABCDEF".into(),
+            ..sample()
+        };
+        let back: DocState = rmp_serde::from_slice(&encode(&upper)).expect("decode");
+        assert_eq!(back.content_hash, "ABCDEF");
     }
 }

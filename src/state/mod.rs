@@ -38,6 +38,7 @@ use crate::sources::Checkpoint;
 use crate::types::{DocumentId, FencingToken, SourceId};
 
 pub mod channels;
+mod compact;
 pub mod deliveries;
 pub mod docs;
 pub mod failures;

@@ -4,7 +4,11 @@
 //!
 //! A renamed, moved or deleted document owes its descendants a breadcrumb
 //! refresh (`tm:{S}:owed:crumbs`); a created, renamed or deleted one owes the
-//! documents linking to it a link-title refresh (`tm:{S}:owed:links`). A run
+//! documents linking to it a link-title refresh (`tm:{S}:owed:links`). Only
+//! when it has any: the script records the debt only if the document's
+//! children or linked-from set exists at that moment (a child or linker
+//! written later reads the new state, or its run's plan), so a first sync of a
+//! million documents owes nothing. A run
 //! computes its dependents from its plan *and* from these sets (see
 //! `coordinator::dependents`), so a run that died between its pages and its
 //! dependents (a killed coordinator, a lost lease) leaves them to the next run
@@ -14,7 +18,7 @@
 //! Invariants: an id enters a set atomically with the state write that makes
 //! it owed; it leaves only by [`StateStore::forget_owed`], fenced, after the
 //! run that read it has applied every refresh page. The sets hold a run's
-//! changes at most (created documents included) and are empty between runs.
+//! changes that have dependents at most, and are empty between runs.
 
 use std::sync::LazyLock;
 

@@ -564,7 +564,8 @@ impl StateStore {
             .ignore()
             .del(self.keys.run_wakeup(source, run))
             .ignore()
-            .del(self.keys.run_titles(source, run))
+            // A full sync's titles can be a million fields: freed off Redis' main thread.
+            .unlink(self.keys.run_titles(source, run))
             .ignore();
         if current.as_deref() == Some(run.0.as_str()) {
             pipe.del(self.keys.current_run(source)).ignore();

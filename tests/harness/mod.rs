@@ -401,6 +401,18 @@ listen = ""
     }
 
     /// Everything in the sink for the test source.
+    /// Adds an entry of raw `fields` to `stream` by hand (a malformed request
+    /// or job, a dead letter): what no tidemark code would write.
+    #[allow(dead_code)]
+    pub fn xadd_raw(&self, stream: &str, fields: &[(&str, &[u8])]) {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(stream).arg("*");
+        for (k, v) in fields {
+            cmd.arg(*k).arg(*v);
+        }
+        let _: String = cmd.query(&mut self.redis.conn()).expect("XADD");
+    }
+
     pub fn sink_docs(&self) -> Vec<SinkDocument> {
         DirectorySink::new(self.sink_dir.path())
             .read_all(&self.source)
@@ -577,4 +589,32 @@ where
             serve(listener).await;
         });
     })
+}
+
+/// `[[sources]]` entries for filesystem sources `ids`, all over `root`, each
+/// scheduled every `period_secs` (the many-sources schedule test and bench).
+pub fn scheduled_filesystem_sources(ids: &[String], root: &std::path::Path, period_secs: u64) -> String {
+    ids.iter()
+        .map(|id| {
+            format!(
+                "[[sources]]\nid = \"{id}\"\nkind = \"filesystem\"\nschedule_every_secs = {period_secs}\n\
+                 [sources.settings]\nroot = {:?}\n\n",
+                root.display().to_string()
+            )
+        })
+        .collect()
+}
+
+/// Waits until the latest run of `source` has read its feed and finished
+/// `pages` pages (a large run under way, for the fairness test and bench).
+pub async fn wait_for_pages_done(env: &Env, source: &SourceId, pages: u64, timeout: Duration) {
+    let state = env.app.state();
+    wait_until("the large run is working through its pages", timeout, || {
+        let (state, source) = (state.clone(), source.clone());
+        async move {
+            let runs = state.recent_runs(&source, 1).await.unwrap_or_default();
+            runs.first().is_some_and(|r| r.feed_done && r.pages_done >= pages)
+        }
+    })
+    .await;
 }

@@ -4,20 +4,34 @@
 -- so runs stay spread over the period and a schedule that fell behind (every
 -- coordinator down) skips what it missed instead of catching up in a burst.
 -- A claimed source's run is the caller's to enqueue: each due time is
--- claimed by exactly one caller.
+-- claimed by exactly one caller, under a lease (KEYS[4]) the caller ends once
+-- the request is enqueued. A lease that ran out (its caller died or lost Redis
+-- between claim and enqueue) is claimed again first, so no due time is lost.
 -- KEYS[1]: tm:{schedule}:due; KEYS[2]: tm:{schedule}:every; KEYS[3]: tm:{schedule}:phase
--- ARGV[1]: most sources to claim
+-- KEYS[4]: tm:{schedule}:claimed (sorted set: source -> lease end, ms)
+-- ARGV[1]: most sources to claim; ARGV[2]: lease, ms
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-for _, source in ipairs(due) do
-  local every = tonumber(redis.call('HGET', KEYS[2], source))
-  if every and every > 0 then
-    local phase = tonumber(redis.call('HGET', KEYS[3], source)) or 0
-    local next = now - ((now - phase) % every) + every
-    redis.call('ZADD', KEYS[1], next, source)
-  else
-    redis.call('ZREM', KEYS[1], source)
+local limit = tonumber(ARGV[1])
+local lease_end = now + tonumber(ARGV[2])
+local out = {}
+for _, source in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, limit)) do
+  redis.call('ZADD', KEYS[4], lease_end, source)
+  out[#out + 1] = source
+end
+if #out < limit then
+  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit - #out)
+  for _, source in ipairs(due) do
+    local every = tonumber(redis.call('HGET', KEYS[2], source))
+    if every and every > 0 then
+      local phase = tonumber(redis.call('HGET', KEYS[3], source)) or 0
+      local next = now - ((now - phase) % every) + every
+      redis.call('ZADD', KEYS[1], next, source)
+    else
+      redis.call('ZREM', KEYS[1], source)
+    end
+    redis.call('ZADD', KEYS[4], lease_end, source)
+    out[#out + 1] = source
   end
 end
-return due
+return out

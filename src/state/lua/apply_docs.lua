@@ -8,7 +8,9 @@
 -- KEYS[7..]: the index sets (kids:, linkedfrom:) the ops name
 -- ARGV[2]: n puts, then n (id, MessagePack DocState) pairs;
 -- then m deletes, then m ids;
--- then (op, key index, member) triples: op is SADD or SREM on KEYS[key index] (5.. only)
+-- then (op, key index, member) triples: op is SADD or SREM on KEYS[key index] (5.. only),
+-- or OWEIF<j>: SADD to KEYS[key index] (an owed set) only if the index set KEYS[j]
+-- exists (a document owes its children or linkers only if it has some)
 local n = tonumber(ARGV[2])
 local i = 3
 for _ = 1, n do
@@ -25,6 +27,14 @@ for _ = 1, m do
   i = i + 1
 end
 while i <= #ARGV do
-  redis.call(ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2]); i = i + 3
+  local op = ARGV[i]
+  if string.sub(op, 1, 5) == 'OWEIF' then
+    if redis.call('EXISTS', KEYS[tonumber(string.sub(op, 6))]) == 1 then
+      redis.call('SADD', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
+    end
+  else
+    redis.call(op, KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
+  end
+  i = i + 3
 end
 return {1, 0}
