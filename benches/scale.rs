@@ -20,9 +20,12 @@
 //! bytes per held document. `cargo bench --bench scale -- fs|http|confluence|gdrive`
 //! runs one connector; `TIDEMARK_BENCH_DOCS=20000` makes a quick run.
 //!
-//! 2. Fairness (`-- fairness`): a 5-document incremental sync alone and while
+//! 2. A first full sync (`-- first`): what the coordinator process holds while
+//!    it plans and pages out a 200,000-page space it has never synced (the one
+//!    case whose memory still grows with the source: the plan).
+//! 3. Fairness (`-- fairness`): a 5-document incremental sync alone and while
 //!    a 100,000-page full sync runs, wall times side by side.
-//! 3. Many sources (`-- sources`): 1,000 sources scheduled on two coordinator
+//! 4. Many sources (`-- sources`): 1,000 sources scheduled on two coordinator
 //!    replicas; runs per replica and per source, lateness after due times.
 
 #[allow(dead_code)]
@@ -66,6 +69,9 @@ fn main() {
     let connectors = ["fs", "http", "confluence", "gdrive"];
     if only.is_empty() || only.iter().any(|a| connectors.contains(&a.as_str())) {
         rt.block_on(connectors_at_scale(n, &wanted));
+    }
+    if wanted("first") {
+        rt.block_on(first_full_sync());
     }
     if wanted("fairness") {
         rt.block_on(small_sync_beside_a_large_one());
@@ -293,6 +299,38 @@ fn status_mib(pid: u32, field: &str) -> f64 {
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// A first full sync of a 200,000-page Confluence space (simulated, no
+/// latency) by a coordinator process and two in-process workers into the
+/// directory sink: the coordinator's resident memory idle and at its peak,
+/// per planned document.
+async fn first_full_sync() {
+    const PAGES: usize = 200_000;
+    let mut env = Env::start(Options {
+        pages: PAGES,
+        page_size: 50,
+        appendfsync: "everysec",
+        ..Options::default()
+    })
+    .await;
+    let pid = env.spawn_process(&["coordinator"]);
+    env.worker("w1");
+    env.worker("w2");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = status_mib(pid, "VmRSS:");
+    let request = env.enqueue(SyncMode::Full, "bench").await;
+    let run = env.wait(&request).await;
+    let peak = status_mib(pid, "VmHWM:");
+    println!();
+    println!("== a first full sync of a {PAGES}-page space: the coordinator process");
+    println!(
+        "{} documents in {} ms ({:?}); coordinator idle {idle:.1} MB, peak {peak:.1} MB: {:.0} bytes per planned document",
+        run.upserted,
+        run.wall_ms.unwrap_or(0),
+        run.status,
+        (peak - idle) * 1024.0 * 1024.0 / run.upserted.max(1) as f64
+    );
 }
 
 /// Fairness (issue 12.6), the small sync: a 5-document filesystem source's
