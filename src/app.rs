@@ -71,7 +71,7 @@ impl App {
     pub fn new(config: Config) -> Result<Self, Error> {
         let r = &config.redis;
         let pool = if r.cluster {
-            db::cluster_pool(std::slice::from_ref(&r.url), &r.access, r.pool_size, r.response_timeout)?
+            db::cluster_pool(&r.cluster_seeds, &r.access, r.pool_size, r.response_timeout)?
         } else {
             db::pool_with(&r.url, &r.access, r.pool_size, r.response_timeout)?
         };

@@ -2,15 +2,18 @@
 //! (`redis-server --cluster-enabled yes` ×3, `redis-cli --cluster create`),
 //! unchanged: the problem statement's sync, the lock's exclusion, fencing, and
 //! a worker's death mid-page, a coordinator's death and takeover with a stale
-//! deletion in flight (the convergence test has a cluster variant too).
+//! deletion in flight, a primary killed and replaced by its replica (the
+//! convergence test has a cluster variant too).
 //! Every multi-key script and transaction touches one hash slot (a source's
 //! keys share its `{source}` tag), or the cluster would refuse it (CROSSSLOT).
 
 use std::time::Duration;
 
+use tidemark::state::RunStatus;
 use tidemark::types::SyncMode;
 
-use crate::harness::{Env, Options};
+use crate::harness::redis_server::RedisCluster;
+use crate::harness::{Env, Options, wait_until};
 
 fn on_a_cluster(opts: Options) -> Options {
     Options { cluster: true, ..opts }
@@ -99,4 +102,77 @@ async fn worker_killed_mid_page_is_redelivered_on_a_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_deletion_after_failover_on_a_cluster() {
     crate::failover::stale_deletion_after_failover_never_reaches_the_sink_in(on_a_cluster(Options::default())).await;
+}
+
+/// A primary killed between runs (SIGKILL) on a cluster with a replica per
+/// primary: the cluster promotes its replica, and the next run's lock, state
+/// reads and writes and checkpoint go to it. The primary killed holds the
+/// source's keys (its `{eng}` slot) and is the node `url` names (the config's
+/// `cluster_seeds` name the others). An incremental run after the failover
+/// syncs creations, an edit and a deletion, and the sink equals the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_between_runs_is_replaced_and_nothing_is_lost() {
+    let mut env = Env::fleet(on_a_cluster(Options {
+        cluster_replicas: true,
+        ..Options::default()
+    }))
+    .await;
+    let full = env.sync(SyncMode::Full).await;
+    assert_eq!(full.status, RunStatus::Completed, "{full:?}");
+
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(env.app.keys.docs(&env.source))
+        .query(&mut env.redis.conn())
+        .expect("CLUSTER KEYSLOT");
+    let primary = RedisCluster::primary_of(&env.redis, slot).expect("the slot is served");
+    // Let the replica catch up with the last run's writes (replication is
+    // asynchronous; this test is about the failover, not about that window).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let observer = {
+        let victim = std::iter::once(&mut env.redis)
+            .chain(env.cluster_nodes.iter_mut())
+            .find(|n| n.url().ends_with(&primary))
+            .expect("the primary is one of the nodes");
+        victim.kill();
+        env.cluster_nodes
+            .iter()
+            .find(|n| !n.url().ends_with(&primary))
+            .expect("another node")
+            .url()
+    };
+    wait_until(
+        "a replica promoted in the killed primary's place",
+        Duration::from_secs(60),
+        || {
+            let (observer, primary) = (observer.clone(), primary.clone());
+            async move {
+                let Ok(mut c) = redis::Client::open(observer.as_str()).and_then(|c| c.get_connection()) else {
+                    return false;
+                };
+                let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut c).unwrap_or_default();
+                let slots: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query(&mut c).unwrap_or_default();
+                info.contains("cluster_state:ok")
+                    && RedisCluster::primary_in(&slots, slot).is_some_and(|p| p != primary)
+            }
+        },
+    )
+    .await;
+
+    let pages = env.sim.pages();
+    env.sim
+        .create_page("After failover A", Some(&pages[1].id), "<p>new</p>");
+    env.sim.create_page("After failover B", None, "<p>new</p>");
+    env.sim
+        .update_page(&pages[5].id, None, Some("<p>edited after the failover</p>"));
+    let leaf = pages
+        .iter()
+        .rev()
+        .find(|p| !pages.iter().any(|c| c.parent_id.as_deref() == Some(p.id.as_str())))
+        .expect("a leaf page");
+    env.sim.delete_page(&leaf.id);
+    let inc = env.sync(SyncMode::Incremental).await;
+    assert_eq!(inc.status, RunStatus::Completed, "{inc:?}");
+    assert_eq!((inc.upserted, inc.deleted), (3, 1), "{inc:?}");
+    env.assert_sink_matches_source();
 }

@@ -29,6 +29,10 @@ pub struct RawRedis {
     /// Independent Redis nodes for the lock (Redlock). Default: just `url`.
     #[serde(default)]
     pub lock_urls: Vec<String>,
+    /// With `cluster`: more nodes of the same cluster, tried when `url` is
+    /// down (a new connection needs one reachable node to learn the rest).
+    #[serde(default)]
+    pub cluster_seeds: Vec<String>,
     /// Key prefix. Default `tm`.
     #[serde(default = "default_namespace")]
     pub namespace: String,
@@ -89,6 +93,8 @@ pub struct RedisConfig {
     pub url: String,
     /// Lock nodes (Redlock); one entry means a single-node lock.
     pub lock_urls: Vec<String>,
+    /// With `cluster`: `url` and the other seed nodes, in order.
+    pub cluster_seeds: Vec<String>,
     /// Key prefix.
     pub namespace: String,
     /// Connections per pool.
@@ -132,13 +138,27 @@ pub fn check(
     for (i, u) in raw.lock_urls.iter().enumerate() {
         check_url(&format!("redis.lock_urls[{i}]"), u, tls, problems);
     }
+    for (i, u) in raw.cluster_seeds.iter().enumerate() {
+        check_url(&format!("redis.cluster_seeds[{i}]"), u, tls, problems);
+    }
+    if !raw.cluster_seeds.is_empty() && !raw.cluster {
+        problems.push("redis.cluster_seeds: only for a Redis Cluster (set cluster = true)".to_owned());
+    }
     if let Some(access) = &access {
-        for (key, url) in std::iter::once(("redis.url".to_owned(), &raw.url)).chain(
-            raw.lock_urls
-                .iter()
-                .enumerate()
-                .map(|(i, u)| (format!("redis.lock_urls[{i}]"), u)),
-        ) {
+        for (key, url) in std::iter::once(("redis.url".to_owned(), &raw.url))
+            .chain(
+                raw.lock_urls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| (format!("redis.lock_urls[{i}]"), u)),
+            )
+            .chain(
+                raw.cluster_seeds
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| (format!("redis.cluster_seeds[{i}]"), u)),
+            )
+        {
             let Ok(parsed) = url::Url::parse(url) else { continue };
             if parsed.password().is_some() && access.password.is_some() {
                 problems.push(format!(
@@ -201,9 +221,11 @@ pub fn check(
     } else {
         raw.lock_urls
     };
+    let cluster_seeds = std::iter::once(raw.url.clone()).chain(raw.cluster_seeds).collect();
     Some(RedisConfig {
         url: raw.url,
         lock_urls,
+        cluster_seeds,
         namespace: raw.namespace,
         pool_size: raw.pool_size,
         response_timeout: Duration::from_millis(raw.response_timeout_ms),
@@ -432,6 +454,16 @@ yggJXXfFRIgLEryhZoq7Z/K4DLeSJ2UchcWJ
                 "url = \"redis://r:6379/2\"\ncluster = true".to_owned(),
                 vec![],
                 "redis.url: \"redis://r:6379/2\" names database 2, but a Redis Cluster has only database 0".to_owned(),
+            ),
+            (
+                "url = \"redis://r:6379\"\ncluster_seeds = [\"redis://r2:6379\"]".to_owned(),
+                vec![],
+                "redis.cluster_seeds: only for a Redis Cluster (set cluster = true)".to_owned(),
+            ),
+            (
+                "url = \"redis://r:6379\"\ncluster = true\ncluster_seeds = [\"http://r2\"]".to_owned(),
+                vec![],
+                "redis.cluster_seeds[0]".to_owned(),
             ),
             (
                 "url = \"redis://r:6379\"\nusername = \"bot\"".to_owned(),

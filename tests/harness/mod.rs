@@ -68,6 +68,8 @@ pub struct Options {
     /// A 3-primary Redis Cluster instead of one server ([`RedisCluster`]):
     /// `Env::redis` is its first node, `Env::cluster` the whole.
     pub cluster: bool,
+    /// With `cluster`: a replica per primary, for failover.
+    pub cluster_replicas: bool,
 }
 
 impl Default for Options {
@@ -90,6 +92,7 @@ impl Default for Options {
             more_sources: String::new(),
             secure_redis: false,
             cluster: false,
+            cluster_replicas: false,
         }
     }
 }
@@ -135,7 +138,7 @@ impl Env {
     /// Starts Redis and the simulator and writes a config pointing at them. No processes yet.
     pub async fn start(opts: Options) -> Env {
         let (redis, cluster_nodes) = if opts.cluster {
-            let mut nodes = RedisCluster::start(3).nodes;
+            let mut nodes = RedisCluster::start_with_replicas(3, usize::from(opts.cluster_replicas)).nodes;
             let seed = nodes.remove(0);
             (seed, nodes)
         } else if opts.secure_redis {
@@ -190,7 +193,12 @@ listen = ""
 {more_sources}
 "#,
             redis = if opts.cluster {
-                format!("{}\ncluster = true", redis.client_toml())
+                let seeds: Vec<String> = cluster_nodes.iter().map(|n| format!("{:?}", n.url())).collect();
+                format!(
+                    "{}\ncluster = true\ncluster_seeds = [{}]",
+                    redis.client_toml(),
+                    seeds.join(", ")
+                )
             } else {
                 redis.client_toml()
             },

@@ -263,7 +263,7 @@ impl RedisServer {
     }
 }
 
-/// A Redis Cluster of `n` primaries (no replicas) on free ports, each node a
+/// A Redis Cluster of `n` primaries (and replicas, if asked) on free ports, each node a
 /// [`RedisServer`] with its own directory and AOF (fsynced always), the slots
 /// spread by `redis-cli --cluster create`.
 pub struct RedisCluster {
@@ -274,7 +274,14 @@ impl RedisCluster {
     /// Starts the nodes, creates the cluster, and waits until every node
     /// reports `cluster_state:ok`.
     pub fn start(n: usize) -> Self {
-        let nodes: Vec<RedisServer> = (0..n)
+        Self::start_with_replicas(n, 0)
+    }
+
+    /// As [`RedisCluster::start`], with `replicas` replicas per primary
+    /// (`redis-cli --cluster create --cluster-replicas`): the first `n` nodes
+    /// are the primaries, and every replica's link to its primary is up.
+    pub fn start_with_replicas(n: usize, replicas: usize) -> Self {
+        let nodes: Vec<RedisServer> = (0..n * (1 + replicas))
             .map(|_| {
                 let mut s = RedisServer {
                     appendfsync: Some("always"),
@@ -293,7 +300,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli must be installed (it comes with redis-server)");
         assert!(
@@ -309,14 +316,56 @@ impl RedisCluster {
                     .arg("INFO")
                     .query(&mut node.conn())
                     .unwrap_or_default();
-                if info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384") {
+                let replication: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut node.conn())
+                    .unwrap_or_default();
+                let linked = !replication.contains("role:slave") || replication.contains("master_link_status:up");
+                if info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384") && linked {
                     break;
                 }
-                assert!(Instant::now() < deadline, "cluster did not become ok: {info}");
+                assert!(
+                    Instant::now() < deadline,
+                    "cluster did not become ok: {info}{replication}"
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
         RedisCluster { nodes }
+    }
+
+    /// The `host:port` of the primary serving `slot`, as `node` sees the cluster now.
+    #[allow(dead_code)]
+    pub fn primary_of(node: &RedisServer, slot: u16) -> Option<String> {
+        let slots: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query(&mut node.conn()).ok()?;
+        Self::primary_in(&slots, slot)
+    }
+
+    /// The `host:port` of the primary serving `slot` in a `CLUSTER SLOTS` reply.
+    #[allow(dead_code)]
+    pub fn primary_in(slots: &[redis::Value], slot: u16) -> Option<String> {
+        slots.iter().find_map(|range| {
+            let redis::Value::Array(parts) = range else {
+                return None;
+            };
+            let bound = |v: &redis::Value| match v {
+                redis::Value::Int(i) => Some(*i),
+                _ => None,
+            };
+            let (lo, hi) = (bound(parts.first()?)?, bound(parts.get(1)?)?);
+            if !(lo..=hi).contains(&i64::from(slot)) {
+                return None;
+            }
+            let redis::Value::Array(primary) = parts.get(2)? else {
+                return None;
+            };
+            let host = match primary.first()? {
+                redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                redis::Value::SimpleString(s) => s.clone(),
+                _ => return None,
+            };
+            Some(format!("{host}:{}", bound(primary.get(1)?)?))
+        })
     }
 
     /// A connection that follows the cluster's redirections, for assertions.
