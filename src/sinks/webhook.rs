@@ -223,17 +223,13 @@ impl Sink for WebhookSink {
 
     async fn upsert(&self, doc: &SinkDocument) -> Result<Written, Error> {
         let (source, token) = (&doc.source, doc.fencing_token);
-        self.ledger
-            .check_sink_token(source, &self.name, token)
-            .await
-            .map_err(ledger_error)?;
         let now = Delivered {
             version: doc.version.clone(),
             content_hash: doc.content_hash.clone(),
         };
         let before = self
             .ledger
-            .delivered(source, &self.name, &doc.id)
+            .delivered_under(source, &self.name, token, &doc.id)
             .await
             .map_err(ledger_error)?;
         if before.as_ref() == Some(&now) {
@@ -263,13 +259,9 @@ impl Sink for WebhookSink {
     }
 
     async fn delete(&self, source: &SourceId, id: &DocumentId, token: FencingToken) -> Result<Written, Error> {
-        self.ledger
-            .check_sink_token(source, &self.name, token)
-            .await
-            .map_err(ledger_error)?;
         let held = self
             .ledger
-            .delivered(source, &self.name, id)
+            .delivered_under(source, &self.name, token, id)
             .await
             .map_err(ledger_error)?;
         let event = json!({"event": "delete", "source": source.as_str(), "token": token.0, "id": id.0});

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use deadpool_redis::redis::{self, AsyncCommands, Script};
+use deadpool_redis::redis::{self, Script};
 
 use super::{Error, StateStore};
 use crate::lock::fencing::{self, StaleFence};
@@ -50,21 +50,26 @@ impl StateStore {
         Ok(())
     }
 
-    /// Refuses `token` if `sink` has seen a higher one for `source` (does not raise the fence).
-    pub async fn check_sink_token(&self, source: &SourceId, sink: &str, token: FencingToken) -> Result<(), Error> {
+    /// What `sink` delivered of `id`, if anything, refusing `token` if `sink`
+    /// has seen a higher one for `source`: the check before a delivery and
+    /// the read it needs, in one round trip (both keys share the source's slot).
+    pub async fn delivered_under(
+        &self,
+        source: &SourceId,
+        sink: &str,
+        token: FencingToken,
+        id: &DocumentId,
+    ) -> Result<Option<Delivered>, Error> {
         let mut conn = self.pool.get().await?;
-        let current: Option<u64> = conn.get(self.keys.sink_fence(source, sink)).await?;
+        let (current, raw): (Option<u64>, Option<String>) = redis::pipe()
+            .get(self.keys.sink_fence(source, sink))
+            .hget(self.keys.sink_delivered(source, sink), &id.0)
+            .query_async(&mut conn)
+            .await?;
         let current = FencingToken(current.unwrap_or(0));
         if current > token {
             return Err(StaleFence { ours: token, current }.into());
         }
-        Ok(())
-    }
-
-    /// What `sink` delivered of `id`, if anything.
-    pub async fn delivered(&self, source: &SourceId, sink: &str, id: &DocumentId) -> Result<Option<Delivered>, Error> {
-        let mut conn = self.pool.get().await?;
-        let raw: Option<String> = conn.hget(self.keys.sink_delivered(source, sink), &id.0).await?;
         Ok(raw.as_deref().and_then(decode))
     }
 
