@@ -188,13 +188,7 @@ async fn measure_env(name: &str, source_toml: Option<String>, pages: usize) {
     );
     let per_doc = (used_memory(&env).saturating_sub(before)) as f64 / held.max(1) as f64;
 
-    let pid = env.spawn_process(&["coordinator"]);
-    env.worker("w1");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle = status_mib(pid, "VmRSS:");
-    let request = env.enqueue(SyncMode::Incremental, "bench").await;
-    let run = env.wait(&request).await;
-    let peak = status_mib(pid, "VmHWM:");
+    let (run, idle, peak) = sync_in_a_coordinator_process(&mut env, SyncMode::Incremental, 1).await;
     println!(
         "{:<11} {:>10} {:>12.0} {:>13.1} {:>13.1} {:>11} {:>9}",
         name,
@@ -287,6 +281,27 @@ fn used_memory(env: &Env) -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs one `mode` sync of `env`'s source with the coordinator as a process of
+/// its own (beside `workers` in-process workers): the run, and the
+/// coordinator's resident memory idle before it and at its peak, in MiB.
+async fn sync_in_a_coordinator_process(
+    env: &mut Env,
+    mode: SyncMode,
+    workers: usize,
+) -> (tidemark::state::RunRecord, f64, f64) {
+    let pid = env.spawn_process(&["coordinator"]);
+    for i in 1..=workers {
+        env.worker(&format!("w{i}"));
+    }
+    // Idle means started and settled, not a synchronisation: the figure is
+    // the process's resident memory before it has any run to do.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = status_mib(pid, "VmRSS:");
+    let request = env.enqueue(mode, "bench").await;
+    let run = env.wait(&request).await;
+    (run, idle, status_mib(pid, "VmHWM:"))
+}
+
 /// A `/proc/PID/status` field (`VmRSS:`, `VmHWM:`) in MiB.
 fn status_mib(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -314,14 +329,7 @@ async fn first_full_sync() {
         ..Options::default()
     })
     .await;
-    let pid = env.spawn_process(&["coordinator"]);
-    env.worker("w1");
-    env.worker("w2");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle = status_mib(pid, "VmRSS:");
-    let request = env.enqueue(SyncMode::Full, "bench").await;
-    let run = env.wait(&request).await;
-    let peak = status_mib(pid, "VmHWM:");
+    let (run, idle, peak) = sync_in_a_coordinator_process(&mut env, SyncMode::Full, 2).await;
     println!();
     println!("== a first full sync of a {PAGES}-page space: the coordinator process");
     println!(

@@ -663,10 +663,10 @@ impl DriveFile {
 mod tests {
     use std::collections::HashSet;
 
-    use super::super::tests::{connector, present_ids, run, start};
+    use super::super::tests::{connector, first_listing, present_ids, run, start};
     use super::*;
     use crate::simulators::gdrive::{DOC_MIME, FORM_MIME, SimConfig};
-    use crate::sources::{Checkpoint, Error};
+    use crate::sources::Error;
     use crate::types::SyncMode;
 
     /// 403 userRateLimitExceeded and 429 are retried with backoff, every attempt
@@ -682,15 +682,7 @@ mod tests {
         let src = connector(base.clone(), |_| {});
         let meter = ApiCalls::default();
         sim.fail_next(2, 403);
-        let (obs, end) = run(
-            &src,
-            &Checkpoint::default(),
-            SyncMode::Full,
-            &crate::sources::HeldMap::default(),
-            &meter,
-        )
-        .await
-        .expect("full");
+        let (obs, end) = first_listing(&src, &meter).await.expect("full");
         assert_eq!(obs.len(), 3);
         assert_eq!(
             meter.get(),
@@ -755,15 +747,7 @@ mod tests {
         .await;
         let src = connector(base, |s| s.drive_id = Some("0AShared".into()));
         let meter = ApiCalls::default();
-        let (obs, end) = run(
-            &src,
-            &Checkpoint::default(),
-            SyncMode::Full,
-            &crate::sources::HeldMap::default(),
-            &meter,
-        )
-        .await
-        .expect("full");
+        let (obs, end) = first_listing(&src, &meter).await.expect("full");
         assert_eq!(obs.len(), 6);
         let id = sim.files_in_tree()[0].id.clone();
         sim.update_file(&id, None, Some("x"));

@@ -398,7 +398,7 @@ mod tests {
 
     use chrono::Utc;
 
-    use super::super::tests::{apply, connector, deleted_ids, present_ids, run, start};
+    use super::super::tests::{apply, connector, deleted_ids, first_listing, present_ids, run, start};
     use super::super::{SCOPE_DOCS, SCOPE_FOLDER_ID, SCOPE_FOLDERS, SCOPE_SWEPT_AT, scope_folders};
     use crate::simulators::gdrive::{FORM_MIME, SimConfig};
     use crate::sources::{ApiCalls, Checkpoint, Error, HeldMap, Observation};
@@ -417,15 +417,7 @@ mod tests {
         sim.create_file("Survey", "root-folder", FORM_MIME, "");
         let src = connector(base, |s| s.page_size = 7);
         let meter = ApiCalls::default();
-        let (obs, end) = run(
-            &src,
-            &Checkpoint::default(),
-            SyncMode::Full,
-            &HeldMap::default(),
-            &meter,
-        )
-        .await
-        .expect("feed");
+        let (obs, end) = first_listing(&src, &meter).await.expect("feed");
         let reqs = sim.requests();
         assert_eq!(reqs[0].label, "GET /drive/v3/changes/startPageToken");
         assert!(end.complete_listing);
@@ -576,15 +568,7 @@ mod tests {
         .await;
         let src = connector(base, |s| s.sweep_every_hours = Some(1));
         let meter = ApiCalls::default();
-        let (_, end) = run(
-            &src,
-            &Checkpoint::default(),
-            SyncMode::Full,
-            &HeldMap::default(),
-            &meter,
-        )
-        .await
-        .expect("full");
+        let (_, end) = first_listing(&src, &meter).await.expect("full");
         let (_, recent) = run(
             &src,
             &end.checkpoint,
@@ -658,15 +642,7 @@ mod tests {
         .await;
         let src = connector(base, |_| {});
         let meter = ApiCalls::default();
-        let (_, end) = run(
-            &src,
-            &Checkpoint::default(),
-            SyncMode::Full,
-            &HeldMap::default(),
-            &meter,
-        )
-        .await
-        .expect("full");
+        let (_, end) = first_listing(&src, &meter).await.expect("full");
         sim.expire_all_tokens();
         match run(
             &src,

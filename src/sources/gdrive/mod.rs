@@ -272,6 +272,11 @@ mod tests {
         drain(&mut feed).await
     }
 
+    /// A first full listing: from no checkpoint, holding nothing.
+    pub(super) async fn first_listing(src: &Gdrive, meter: &ApiCalls) -> Result<(Vec<Observation>, FeedEnd), Error> {
+        run(src, &Checkpoint::default(), SyncMode::Full, &HeldMap::default(), meter).await
+    }
+
     /// What a sync that applied `obs` would hold.
     pub(super) fn apply(held: &mut HeldMap, obs: &[Observation]) {
         for o in obs {
@@ -324,15 +329,7 @@ mod tests {
             .create_file("g.txt", "root-folder", "text/plain", "g")
             .expect("gone");
         let meter = ApiCalls::default();
-        let (obs, _) = run(
-            &src,
-            &Checkpoint::default(),
-            SyncMode::Full,
-            &HeldMap::default(),
-            &meter,
-        )
-        .await
-        .expect("full");
+        let (obs, _) = first_listing(&src, &meter).await.expect("full");
         let metas: Vec<DocMeta> = obs
             .into_iter()
             .filter_map(|o| match o {
