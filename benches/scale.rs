@@ -21,8 +21,8 @@
 //! runs one connector; `TIDEMARK_BENCH_DOCS=20000` makes a quick run.
 //!
 //! 2. A first full sync (`-- first`): what the coordinator process holds while
-//!    it plans and pages out a 200,000-page space it has never synced (the one
-//!    case whose memory still grows with the source: the plan).
+//!    it plans and pages out a 1,000,000-page space it has never synced (the
+//!    plan is kept in Redis, read back a stretch at a time), and Redis' peak.
 //! 3. Fairness (`-- fairness`): a 5-document incremental sync alone and while
 //!    a 100,000-page full sync runs, wall times side by side.
 //! 4. Many sources (`-- sources`): 1,000 sources scheduled on two coordinator
@@ -271,12 +271,17 @@ async fn fill(env: &Env) -> usize {
 }
 
 fn used_memory(env: &Env) -> u64 {
+    memory_info(env, "used_memory:")
+}
+
+/// A field of the Redis server's `INFO memory`, in bytes.
+fn memory_info(env: &Env, field: &str) -> u64 {
     let mut c = redis::Client::open(env.redis.url().as_str())
         .and_then(|c| c.get_connection())
         .expect("connect");
     let info: String = redis::cmd("INFO").arg("memory").query(&mut c).expect("INFO");
     info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }
@@ -316,28 +321,40 @@ fn status_mib(pid: u32, field: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A first full sync of a 200,000-page Confluence space (simulated, no
-/// latency) by a coordinator process and two in-process workers into the
-/// directory sink: the coordinator's resident memory idle and at its peak,
-/// per planned document.
+/// A first full sync of a 1,000,000-page Confluence space (simulated, no
+/// latency; `TIDEMARK_BENCH_FIRST_PAGES` for another size) by a coordinator
+/// process and two in-process workers into the directory sink: the
+/// coordinator's resident memory idle and at its peak, per planned document,
+/// and Redis' memory at its peak (the plan is kept there while the run lasts)
+/// and after the run.
 async fn first_full_sync() {
-    const PAGES: usize = 200_000;
+    let pages: usize = std::env::var("TIDEMARK_BENCH_FIRST_PAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let mut env = Env::start(Options {
-        pages: PAGES,
+        pages,
         page_size: 50,
         appendfsync: "everysec",
         ..Options::default()
     })
     .await;
+    let redis_before = used_memory(&env);
     let (run, idle, peak) = sync_in_a_coordinator_process(&mut env, SyncMode::Full, 2).await;
+    let mib = |b: u64| b.saturating_sub(redis_before) as f64 / (1024.0 * 1024.0);
     println!();
-    println!("== a first full sync of a {PAGES}-page space: the coordinator process");
+    println!("== a first full sync of a {pages}-page space: the coordinator process");
     println!(
         "{} documents in {} ms ({:?}); coordinator idle {idle:.1} MB, peak {peak:.1} MB: {:.0} bytes per planned document",
         run.upserted,
         run.wall_ms.unwrap_or(0),
         run.status,
         (peak - idle) * 1024.0 * 1024.0 / run.upserted.max(1) as f64
+    );
+    println!(
+        "Redis above its start: peak {:.0} MB during the run (state, plan, jobs), {:.0} MB after it (state)",
+        mib(memory_info(&env, "used_memory_peak:")),
+        mib(used_memory(&env))
     );
 }
 

@@ -42,20 +42,35 @@ pub fn breadcrumb(id: &DocumentId, tree: &Tree) -> Vec<String> {
     out
 }
 
+/// What a lookup found for one id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Its title and parent.
+    At(String, Option<DocumentId>),
+    /// Gone (deleted by the run): a breadcrumb ends there.
+    Gone,
+    /// Not known.
+    Unknown,
+}
+
 /// Adds to `tree` the title and parent of every id in `start` and of all
-/// their ancestors that it lacks, from the state, one HMGET per level;
-/// stops at `gone` documents, cycles and [`MAX_DEPTH`] levels.
-pub async fn fill(
-    state: &StateStore,
-    source: &SourceId,
+/// their ancestors that it lacks, asking `lookup` for the missing ones of a
+/// level at once (one answer per id, in order); stops at `gone` documents,
+/// at ones the lookup finds gone, at cycles and at [`MAX_DEPTH`] levels.
+pub async fn walk<E, F, Fut>(
     start: Vec<DocumentId>,
     tree: &mut Tree,
     gone: &HashSet<DocumentId>,
-) -> Result<(), state::Error> {
+    mut lookup: F,
+) -> Result<(), E>
+where
+    F: FnMut(Vec<DocumentId>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Found>, E>>,
+{
     let mut pending = start;
     let mut visited = HashSet::new();
     for _ in 0..MAX_DEPTH {
-        let mut lookup = Vec::new();
+        let mut missing = Vec::new();
         let mut next = Vec::new();
         for id in pending {
             if gone.contains(&id) || !visited.insert(id.clone()) {
@@ -63,14 +78,16 @@ pub async fn fill(
             }
             match tree.get(&id) {
                 Some((_, parent)) => next.extend(parent.clone()),
-                None => lookup.push(id),
+                None => missing.push(id),
             }
         }
-        let refs: Vec<&DocumentId> = lookup.iter().collect();
-        for (id, meta) in lookup.iter().zip(state.held_meta_of(source, &refs).await?) {
-            if let Some(m) = meta {
-                next.extend(m.parent.clone());
-                tree.insert(id.clone(), (m.title, m.parent));
+        if !missing.is_empty() {
+            let found = lookup(missing.clone()).await?;
+            for (id, found) in missing.into_iter().zip(found) {
+                if let Found::At(title, parent) = found {
+                    next.extend(parent.clone());
+                    tree.insert(id, (title, parent));
+                }
             }
         }
         if next.is_empty() {
@@ -79,6 +96,27 @@ pub async fn fill(
         pending = next;
     }
     Ok(())
+}
+
+/// [`walk`] over the state: adds to `tree` the ancestors of `start` it lacks,
+/// from what we hold, one HMGET per level.
+pub async fn fill(
+    state: &StateStore,
+    source: &SourceId,
+    start: Vec<DocumentId>,
+    tree: &mut Tree,
+    gone: &HashSet<DocumentId>,
+) -> Result<(), state::Error> {
+    walk(start, tree, gone, |ids| async move {
+        let refs: Vec<&DocumentId> = ids.iter().collect();
+        Ok(state
+            .held_meta_of(source, &refs)
+            .await?
+            .into_iter()
+            .map(|m| m.map_or(Found::Unknown, |m| Found::At(m.title, m.parent)))
+            .collect())
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -233,6 +233,21 @@ impl Keys {
         self.source(source, &format!("run:{run}:titles"))
     }
 
+    /// Hash: document id → what the run plans for it (see `state::plan`).
+    pub fn run_plan(&self, source: &SourceId, run: &RunId) -> String {
+        self.source(source, &format!("run:{run}:plan"))
+    }
+
+    /// List: the ids of the run's plan, each once, in the order first planned.
+    pub fn run_plan_order(&self, source: &SourceId, run: &RunId) -> String {
+        self.source(source, &format!("run:{run}:plan:order"))
+    }
+
+    /// String `N:added`: how many batches of writes the run's plan has applied (see `state::plan`).
+    pub fn run_plan_batches(&self, source: &SourceId, run: &RunId) -> String {
+        self.source(source, &format!("run:{run}:plan:batches"))
+    }
+
     /// List a worker pushes to when it finishes a page, so the coordinator wakes at once.
     pub fn run_wakeup(&self, source: &SourceId, run: &RunId) -> String {
         self.source(source, &format!("run:{run}:wake"))

@@ -12,7 +12,7 @@
 //! wrote is not refreshed for a link to a target whose title came out as the
 //! run planned: its page resolved that title before writing (`state::titles`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use super::plan::Plan;
 use super::{Coordinator, Error};
@@ -20,71 +20,87 @@ use crate::ancestry;
 use crate::queue::jobs::{Action, JobItem};
 use crate::sources::DocMeta;
 use crate::state::Owed;
-use crate::types::{DocumentId, SourceId};
+use crate::state::plan as plan_store;
+use crate::types::{DocumentId, RunId, SourceId};
 
 impl Coordinator {
     /// The documents to refresh because of this run's changes: the descendants
     /// of renamed, moved or deleted documents (their breadcrumbs), and the
     /// documents linking to created, renamed or deleted ones (their link titles).
-    /// Found through the reverse indexes; cycles are cut by the visited set.
+    /// Found through the reverse indexes, reading the plan a stretch at a
+    /// time; cycles are cut by the visited set.
     /// Also returns what was owed when they were computed: the run forgets it
     /// once every refresh is applied.
-    pub(super) async fn dependents(&self, source: &SourceId, plan: &Plan) -> Result<(Vec<JobItem>, Owed), Error> {
+    pub(super) async fn dependents(
+        &self,
+        source: &SourceId,
+        run: &RunId,
+        plan: &Plan,
+    ) -> Result<(Vec<JobItem>, Owed), Error> {
         let keys = &self.keys;
         let owed = self.state.owed(source).await?;
         let mut roots = Vec::new();
         let mut link_targets = Vec::new();
         let mut deleted = HashSet::new();
-        let mut tree = plan.tree.clone();
-        for item in plan.items.iter().filter(|i| i.action == Action::Delete) {
-            deleted.insert(item.meta.id.clone());
-        }
-        // What the pages actually wrote, not what the feed announced: a fetch may
-        // have found a newer title, a new parent, or the document gone.
-        let upserted: Vec<&DocumentId> = plan
-            .items
-            .iter()
-            .filter(|i| i.action == Action::Upsert)
-            .map(|i| &i.meta.id)
-            .collect();
-        let planned_title: HashMap<&DocumentId, &str> = plan.planned_titles().into_iter().collect();
-        // Created or renamed here, and written with the title this run planned:
-        // every page of the run already linked to them under that title.
-        let mut as_planned: HashSet<DocumentId> = HashSet::new();
-        let mut written: Vec<&DocumentId> = Vec::new();
-        for (id, now) in upserted.iter().zip(self.state.docs(source, &upserted).await?) {
-            if now.is_some() {
-                written.push(id);
+        let mut found: HashSet<DocumentId> = HashSet::new();
+        let mut at = 0u64;
+        loop {
+            let stretch = self.state.plan_range(source, run, at, plan_store::READ_BATCH).await?;
+            if stretch.is_empty() {
+                break;
             }
-            if let Some(now) = &now
-                && planned_title.get(*id).is_some_and(|t| *t == now.title)
-            {
-                as_planned.insert((*id).clone());
-            }
-            match (now, plan.before.get(*id)) {
-                (Some(now), before) => {
-                    let renamed = before.is_some_and(|h| h.title != now.title);
-                    let moved = before.is_some_and(|h| h.parent != now.parent);
-                    // Breadcrumbs planned in this run used the feed's title and
-                    // parent; a change between the feed and the fetch (even one
-                    // back to what we held) makes them stale too.
-                    let not_as_planned = plan
-                        .tree
-                        .get(*id)
-                        .is_some_and(|(title, parent)| *title != now.title || *parent != now.parent);
-                    if renamed || moved || not_as_planned {
-                        roots.push((*id).clone());
+            at += stretch.len() as u64;
+            let mut upserted = Vec::new();
+            for (id, entry) in stretch {
+                match entry {
+                    Some(e) if e.action == Action::Delete && !plan.deletions_held_back => {
+                        deleted.insert(id);
                     }
-                    if renamed || before.is_none() {
-                        link_targets.push((*id).clone());
-                    }
-                    tree.insert((*id).clone(), (now.title, now.parent));
+                    Some(e) if e.action == Action::Upsert => upserted.push(e),
+                    _ => {}
                 }
-                (None, Some(_)) => {
-                    deleted.insert((*id).clone());
-                }
-                (None, None) => {}
             }
+            // What the pages actually wrote, not what the feed announced: a fetch may
+            // have found a newer title, a new parent, or the document gone.
+            let ids: Vec<&DocumentId> = upserted.iter().map(|e| &e.meta.id).collect();
+            // Created or renamed here, and written with the title this run planned:
+            // every page of the run already linked to them under that title.
+            let mut as_planned = Vec::new();
+            for (entry, now) in upserted.iter().zip(self.state.docs(source, &ids).await?) {
+                let id = &entry.meta.id;
+                match (now, &entry.before) {
+                    (Some(now), before) => {
+                        let renamed = before.as_ref().is_some_and(|h| h.title != now.title);
+                        let moved = before.as_ref().is_some_and(|h| h.parent != now.parent);
+                        // Breadcrumbs planned in this run used the feed's title and
+                        // parent; a change between the feed and the fetch (even one
+                        // back to what we held) makes them stale too.
+                        let not_as_planned =
+                            entry.placed && (entry.meta.title != now.title || entry.meta.parent != now.parent);
+                        if renamed || moved || not_as_planned {
+                            roots.push(id.clone());
+                        }
+                        if renamed || before.is_none() {
+                            if entry.planned_title() == Some(now.title.as_str()) {
+                                as_planned.push(id.clone());
+                            } else {
+                                link_targets.push(id.clone());
+                            }
+                        }
+                    }
+                    (None, Some(_)) => {
+                        deleted.insert(id.clone());
+                    }
+                    (None, None) => {}
+                }
+            }
+            // Linkers of a target written as planned need no refresh if this run wrote
+            // them too (they resolved its planned title, see `state::titles`): a full
+            // sync of pages linking to one another writes each once. Linkers written
+            // before this run, or whose write failed or is unsettled, still do.
+            let sets: Vec<String> = as_planned.iter().map(|d| keys.linked_from(source, d)).collect();
+            let linkers = self.state.union_of(&sets).await?;
+            found.extend(self.not_written_by(source, run, linkers).await?);
         }
         // Owed by earlier writes (this run's pages record theirs too): refreshed
         // whether or not this plan names them.
@@ -103,7 +119,6 @@ impl Coordinator {
             if is_target.insert(id.clone()) {
                 link_targets.push(id.clone());
             }
-            tree.remove(id);
         }
         roots.extend(owed.crumbs.iter().filter(|d| is_root.insert((*d).clone())).cloned());
         // Renamed or moved folders (not documents): what sits in them needs new breadcrumbs.
@@ -113,8 +128,22 @@ impl Coordinator {
                 .filter(|d| is_root.insert((*d).clone()))
                 .cloned(),
         );
-        link_targets.extend(owed.links.iter().filter(|d| is_target.insert((*d).clone())).cloned());
-        let mut found: HashSet<DocumentId> = HashSet::new();
+        // Owed link targets this run upserted as planned are fresh too: only
+        // linkers it did not write need their titles.
+        let owed_links: Vec<&DocumentId> = owed.links.iter().filter(|d| is_target.insert((*d).clone())).collect();
+        let planned = self.state.planned_of(source, run, &owed_links).await?;
+        let now = self.state.docs(source, &owed_links).await?;
+        let mut fresh = Vec::new();
+        for ((id, planned), now) in owed_links.into_iter().zip(planned).zip(now) {
+            let planned_title = planned.as_ref().and_then(|p| p.planned_title());
+            if now.is_some_and(|now| planned_title == Some(now.title.as_str())) {
+                fresh.push(keys.linked_from(source, id));
+            } else {
+                link_targets.push(id.clone());
+            }
+        }
+        let linkers = self.state.union_of(&fresh).await?;
+        found.extend(self.not_written_by(source, run, linkers).await?);
         let mut visited: HashSet<DocumentId> = roots.iter().cloned().collect();
         let mut level = roots;
         while !level.is_empty() {
@@ -127,37 +156,14 @@ impl Coordinator {
             found.extend(kids.iter().cloned());
             level = kids.into_iter().filter(|d| visited.insert(d.clone())).collect();
         }
-        // Linkers of a target written as planned need no refresh if this run wrote
-        // them too (they resolved its planned title, see `state::titles`): a full
-        // sync of pages linking to one another writes each once. Linkers written
-        // before this run, or whose write failed or is unsettled, still do.
-        let mut written_here: HashSet<DocumentId> = written.iter().map(|d| (*d).clone()).collect();
-        for doc in self.state.failed_of(source, &written).await? {
-            written_here.remove(&doc);
-        }
-        for doc in self.state.unsettled_of(source, &written).await? {
-            written_here.remove(&doc);
-        }
-        let (fresh, other): (Vec<&DocumentId>, Vec<&DocumentId>) =
-            link_targets.iter().partition(|d| as_planned.contains(*d));
-        let sets: Vec<String> = other.iter().map(|d| keys.linked_from(source, d)).collect();
+        let sets: Vec<String> = link_targets.iter().map(|d| keys.linked_from(source, d)).collect();
         found.extend(self.state.union_of(&sets).await?);
-        let sets: Vec<String> = fresh.iter().map(|d| keys.linked_from(source, d)).collect();
-        found.extend(
-            self.state
-                .union_of(&sets)
-                .await?
-                .into_iter()
-                .filter(|linker| !written_here.contains(linker)),
-        );
 
         let mut ids: Vec<DocumentId> = found.into_iter().filter(|d| !deleted.contains(d)).collect();
         ids.sort();
-        // Their own entries may be stale in the plan's tree (a descendant of a
-        // renamed page was not in the feed): read them, and their ancestors, now.
-        for id in &ids {
-            tree.remove(id);
-        }
+        // Their breadcrumbs from what the pages wrote (the state), through the
+        // folders the feed reported.
+        let mut tree = plan.folders.clone();
         ancestry::fill(&self.state, source, ids.clone(), &mut tree, &deleted).await?;
         let items = ids
             .into_iter()
@@ -178,5 +184,35 @@ impl Coordinator {
             })
             .collect();
         Ok((items, owed))
+    }
+
+    /// Of `linkers`, those this run did not write: not upserted by its plan,
+    /// not held after its pages, or failed or unsettled.
+    async fn not_written_by(
+        &self,
+        source: &SourceId,
+        run: &RunId,
+        linkers: Vec<DocumentId>,
+    ) -> Result<Vec<DocumentId>, Error> {
+        if linkers.is_empty() {
+            return Ok(linkers);
+        }
+        let refs: Vec<&DocumentId> = linkers.iter().collect();
+        let planned = self.state.planned_of(source, run, &refs).await?;
+        let held = self.state.held_meta_of(source, &refs).await?;
+        let mut written: HashSet<DocumentId> = refs
+            .iter()
+            .zip(planned.iter().zip(&held))
+            .filter(|(_, (p, h))| p.as_ref().is_some_and(|p| p.action == Action::Upsert) && h.is_some())
+            .map(|(d, _)| (*d).clone())
+            .collect();
+        let maybe: Vec<&DocumentId> = refs.iter().copied().filter(|d| written.contains(*d)).collect();
+        for doc in self.state.failed_of(source, &maybe).await? {
+            written.remove(&doc);
+        }
+        for doc in self.state.unsettled_of(source, &maybe).await? {
+            written.remove(&doc);
+        }
+        Ok(linkers.into_iter().filter(|d| !written.contains(d)).collect())
     }
 }

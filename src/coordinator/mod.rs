@@ -26,12 +26,14 @@
 //! Files: `mod.rs` (here) the request loop, takeover of orphaned requests, the
 //! schedule loop and coalescing; `run.rs` one run from lock to checkpoint;
 //! `plan.rs` what a run does (feed reading, mark and sweep, targeted plans,
-//! reconciliation, the deletion guard); `dependents.rs` documents made stale by
+//! reconciliation, the deletion guard), written to Redis as it is decided;
+//! `pages.rs` the plan read back as page jobs with breadcrumbs; `dependents.rs` documents made stale by
 //! a run's changes; `channels.rs` the push channels kept open for sources that
 //! deliver notifications (Drive `changes.watch`). Breadcrumbs come from [`crate::ancestry`].
 
 mod channels;
 mod dependents;
+mod pages;
 mod plan;
 mod run;
 
@@ -618,6 +620,10 @@ impl Coordinator {
                 return Ok(Some(lease));
             }
             self.locks.release(&lease).await;
+            // While we held the lock, the follow-up request itself (or another)
+            // may have been coalesced behind us: whoever releases the lock turns
+            // what waits into a follow-up request, or it waits for the next run's end.
+            self.enqueue_follow_up(&request.source).await;
             tracing::info!(source = %request.source, request = %request.request_id, "already taken into a follow-up run");
             return Ok(None);
         }

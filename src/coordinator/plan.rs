@@ -18,41 +18,57 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Coordinator, Error};
-use crate::ancestry::{self, Tree};
+use crate::ancestry::Tree;
 use crate::config::SourcePolicy;
 use crate::hooks::Point;
-use crate::queue::jobs::{Action, JobItem, SyncRequest};
+use crate::keys::Keys;
+use crate::queue::jobs::{Action, SyncRequest};
 use crate::sources::{self, DocMeta, Observation, Source};
-use crate::state::HeldMeta;
+use crate::state::{self, plan as plan_store};
+use crate::state::{HeldMeta, PlanEntry, PlanWrite};
 use crate::types::{DocumentId, RunId, SourceId, SyncMode};
 
-/// What a run decided to do, before jobs are enqueued.
+/// What a run decided to do, in brief: the changes themselves are in the
+/// run's plan in Redis ([`crate::state::plan`]), read back a stretch at a
+/// time when the pages go out and when dependents are found.
 #[derive(Debug, Default)]
 pub(super) struct Plan {
-    pub(super) items: Vec<JobItem>,
+    /// Documents to fetch and write.
+    pub(super) upserts: u64,
+    /// Documents to delete.
+    pub(super) deletions: u64,
+    /// The deletion guard held the deletions back: they are left out of the pages.
+    pub(super) deletions_held_back: bool,
     pub(super) unchanged: u64,
     pub(super) note: Vec<String>,
-    /// Title and parent of the documents this plan touches and of their
-    /// ancestors, as known after the feed (what it reported over what we hold),
-    /// for breadcrumbs. Proportional to the changes, not to the source.
-    pub(super) tree: Tree,
-    /// What we held before the run for every document the plan changes or deletes.
-    pub(super) before: HashMap<DocumentId, HeldMeta>,
+    /// Folders (not documents) breadcrumbs pass through, as the feed reported
+    /// them: as many as the source has folders, not documents.
+    pub(super) folders: Tree,
     /// Folders renamed or moved in this run (`ChangeFeed::changed_folders`):
     /// the documents under them are dependents.
     pub(super) changed_folders: Vec<DocumentId>,
+    /// Batches of writes applied to the plan in Redis (see `state::plan`).
+    pub(super) batches: u64,
+    /// Ids the plan lists, counted once the plan is complete.
+    pub(super) listed: u64,
 }
 
 impl Plan {
-    /// The title this plan expects each document it upserts to have: what the
-    /// feed reported, else what we hold. A document known by id only (a
-    /// targeted run's new document) has none.
-    pub(super) fn planned_titles(&self) -> Vec<(&DocumentId, &str)> {
-        self.items
-            .iter()
-            .filter(|i| i.action == Action::Upsert)
-            .filter_map(|i| self.tree.get(&i.meta.id).map(|(title, _)| (&i.meta.id, title.as_str())))
-            .collect()
+    /// The run fails rather than page out part of its plan: found `len` ids of the `listed`.
+    pub(super) fn lost_entries(&self, keys: &Keys, source: &SourceId, run: &RunId, len: u64) -> Error {
+        state::Error::Corrupt {
+            key: keys.run_plan_order(source, run),
+            reason: format!(
+                "the plan lists {len} of its {} documents: Redis lost writes (restarted without its latest data?)",
+                self.listed
+            ),
+        }
+        .into()
+    }
+
+    /// Documents the run's pages carry.
+    pub(super) fn items(&self) -> u64 {
+        self.upserts + if self.deletions_held_back { 0 } else { self.deletions }
     }
 }
 
@@ -98,33 +114,44 @@ pub fn effective_mode(
 /// An upsert of a document named without a feed observation (by a webhook, or
 /// unsettled): fetched again, with what we hold as the hint; a document the
 /// source no longer has becomes a deletion in the worker.
-fn named_item(id: &DocumentId, held: Option<&HeldMeta>) -> JobItem {
-    JobItem {
+fn named_entry(id: &DocumentId, held: Option<HeldMeta>) -> PlanEntry {
+    PlanEntry {
         meta: DocMeta {
             id: id.clone(),
-            version: held.map(|h| h.version.clone()).unwrap_or_default(),
-            title: held.map(|h| h.title.clone()).unwrap_or_default(),
-            parent: held.and_then(|h| h.parent.clone()),
-            modified_at: None,
+            version: held.as_ref().map(|h| h.version.clone()).unwrap_or_default(),
+            title: held.as_ref().map(|h| h.title.clone()).unwrap_or_default(),
+            parent: held.as_ref().and_then(|h| h.parent.clone()),
             ..DocMeta::default()
         },
         action: Action::Upsert,
-        breadcrumb: Vec::new(),
+        placed: held.is_some(),
+        before: held,
     }
 }
 
-/// A plan for named documents only.
-pub(super) fn targeted_plan(targets: &[DocumentId], before: HashMap<DocumentId, HeldMeta>) -> Plan {
-    let items = targets.iter().map(|id| named_item(id, before.get(id))).collect();
-    Plan {
-        items,
-        note: vec![format!("targeted: {} document(s) named by a webhook", targets.len())],
-        tree: before
-            .iter()
-            .map(|(k, v)| (k.clone(), (v.title.clone(), v.parent.clone())))
-            .collect(),
-        before,
-        ..Plan::default()
+/// A deletion of a document we hold.
+fn deletion(id: &DocumentId, held: HeldMeta) -> PlanEntry {
+    PlanEntry {
+        meta: DocMeta {
+            id: id.clone(),
+            version: held.version.clone(),
+            title: held.title.clone(),
+            parent: held.parent.clone(),
+            ..DocMeta::default()
+        },
+        action: Action::Delete,
+        placed: false,
+        before: Some(held),
+    }
+}
+
+/// An upsert of what the feed reported.
+fn reported(meta: &DocMeta, held: Option<&HeldMeta>) -> PlanEntry {
+    PlanEntry {
+        meta: meta.clone(),
+        action: Action::Upsert,
+        before: held.cloned(),
+        placed: true,
     }
 }
 
@@ -134,11 +161,11 @@ pub(super) fn targeted_plan(targets: &[DocumentId], before: HashMap<DocumentId, 
 /// the deletions are taken out of the plan (the rest still runs) and the refusal
 /// is returned, to be recorded and to keep the checkpoint where it is.
 pub(super) fn deletion_guard(plan: &mut Plan, held: usize, policy: &SourcePolicy, confirmed: bool) -> Option<String> {
-    let deletions = plan.items.iter().filter(|i| i.action == Action::Delete).count();
+    let deletions = plan.deletions;
     if deletions == 0 || confirmed || held == 0 || (deletions as f64) <= policy.max_delete_share * held as f64 {
         return None;
     }
-    plan.items.retain(|i| i.action != Action::Delete);
+    plan.deletions_held_back = true;
     let refusal = format!(
         "deletion guard: {deletions} of {held} documents ({:.0}%) would be deleted, above max_delete_share {:.0}%; \
          nothing was deleted. If this is right, re-run with --allow-mass-delete (API: \"allow_mass_delete\": true)",
@@ -150,15 +177,153 @@ pub(super) fn deletion_guard(plan: &mut Plan, held: usize, policy: &SourcePolicy
 }
 
 impl Coordinator {
+    /// Plans the named documents only (a targeted run: webhook targets), then
+    /// what `include_unsettled` adds.
+    pub(super) async fn targeted_plan(
+        &self,
+        source: &SourceId,
+        run: &RunId,
+        targets: &[DocumentId],
+        lost: &CancellationToken,
+    ) -> Result<Plan, Error> {
+        let mut plan = Plan {
+            note: vec![format!("targeted: {} document(s) named by a webhook", targets.len())],
+            ..Plan::default()
+        };
+        for chunk in targets.chunks(plan_store::READ_BATCH) {
+            let refs: Vec<&DocumentId> = chunk.iter().collect();
+            let held = self.held(source, &refs, lost).await?;
+            let writes: Vec<PlanWrite> = chunk
+                .iter()
+                .zip(held)
+                .map(|(id, h)| PlanWrite::Put(named_entry(id, h)))
+                .collect();
+            self.write_plan(source, run, &mut plan, &writes, lost).await?;
+        }
+        self.include_unsettled(source, run, &mut plan, lost).await?;
+        self.tally(source, run, &mut plan, lost).await?;
+        Ok(plan)
+    }
+
+    /// Applies `writes` to the run's plan; returns how many conditional puts took effect.
+    async fn write_plan(
+        &self,
+        source: &SourceId,
+        run: &RunId,
+        plan: &mut Plan,
+        writes: &[PlanWrite],
+        lost: &CancellationToken,
+    ) -> Result<u64, Error> {
+        if writes.is_empty() {
+            return Ok(0);
+        }
+        // Numbered batches: a retry after an unknown outcome applies none twice.
+        let after = plan.batches;
+        let written = self
+            .redis(lost, "writing the plan", || {
+                self.state.write_plan(source, run, after, writes)
+            })
+            .await?;
+        plan.batches = written.batches;
+        Ok(written.added)
+    }
+
+    /// What we hold of `ids` (version, title, parent).
+    async fn held(
+        &self,
+        source: &SourceId,
+        ids: &[&DocumentId],
+        lost: &CancellationToken,
+    ) -> Result<Vec<Option<HeldMeta>>, Error> {
+        self.redis(lost, "reading held documents", || self.state.held_meta_of(source, ids))
+            .await
+    }
+
+    /// A stretch of the run's plan, from position `start`.
+    pub(super) async fn plan_stretch(
+        &self,
+        source: &SourceId,
+        run: &RunId,
+        start: u64,
+        lost: &CancellationToken,
+    ) -> Result<Vec<(DocumentId, Option<PlanEntry>)>, Error> {
+        self.redis(lost, "reading the plan", || {
+            self.state.plan_range(source, run, start, plan_store::READ_BATCH)
+        })
+        .await
+    }
+
+    /// Counts what the plan upserts and deletes, reading it a stretch at a time.
+    async fn tally(
+        &self,
+        source: &SourceId,
+        run: &RunId,
+        plan: &mut Plan,
+        lost: &CancellationToken,
+    ) -> Result<(), Error> {
+        let batches = self
+            .redis(lost, "reading the plan", || self.state.plan_batches(source, run))
+            .await?;
+        if batches != plan.batches {
+            return Err(self.state.plan_lost(source, run, plan.batches, batches).into());
+        }
+        let len = self
+            .redis(lost, "reading the plan", || self.state.plan_len(source, run))
+            .await?;
+        plan.listed = len;
+        (plan.upserts, plan.deletions) = (0, 0);
+        let mut at = 0;
+        while at < len {
+            let stretch = self.plan_stretch(source, run, at, lost).await?;
+            if stretch.is_empty() {
+                return Err(plan.lost_entries(&self.keys, source, run, at));
+            }
+            at += stretch.len() as u64;
+            for (_, entry) in stretch {
+                match entry.map(|e| e.action) {
+                    Some(Action::Upsert) => plan.upserts += 1,
+                    Some(Action::Delete) => plan.deletions += 1,
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The ids the plan deletes (a feed of changes: as many as it reported gone).
+    async fn planned_deletions(
+        &self,
+        source: &SourceId,
+        run: &RunId,
+        lost: &CancellationToken,
+    ) -> Result<HashSet<DocumentId>, Error> {
+        let mut deleted = HashSet::new();
+        let mut at = 0;
+        loop {
+            let stretch = self.plan_stretch(source, run, at, lost).await?;
+            if stretch.is_empty() {
+                return Ok(deleted);
+            }
+            at += stretch.len() as u64;
+            deleted.extend(
+                stretch
+                    .into_iter()
+                    .filter(|(_, e)| e.as_ref().is_some_and(|e| e.action == Action::Delete))
+                    .map(|(id, _)| id),
+            );
+        }
+    }
+
     /// Adds the source's unsettled documents (written to the sink, or about to
     /// be, without the state recording it: see [`crate::state::docs`]) and its
     /// failed ones ([`crate::state::failures`]) that the plan does not already
     /// touch, as named upserts. This is what makes a sink
     /// write lost between sink and state (a dead worker, a superseded run)
     /// repaired by the next run rather than trusted away by the skip check.
-    pub(super) async fn include_unsettled(
+    async fn include_unsettled(
         &self,
         source: &SourceId,
+        run: &RunId,
         plan: &mut Plan,
         lost: &CancellationToken,
     ) -> Result<(), Error> {
@@ -168,33 +333,24 @@ impl Coordinator {
         let failed = self
             .redis(lost, "reading failed documents", || self.state.failures(source))
             .await?;
-        let planned: HashSet<&DocumentId> = plan.items.iter().map(|i| &i.meta.id).collect();
-        let mut extra: Vec<&DocumentId> = unsettled
-            .keys()
-            .chain(failed.keys())
-            .filter(|id| !planned.contains(id))
-            .collect();
+        let mut extra: Vec<&DocumentId> = unsettled.keys().chain(failed.keys()).collect();
         extra.sort();
         extra.dedup();
-        if extra.is_empty() {
-            return Ok(());
+        let mut added = 0;
+        for chunk in extra.chunks(plan_store::READ_BATCH) {
+            let held = self.held(source, chunk, lost).await?;
+            let writes: Vec<PlanWrite> = chunk
+                .iter()
+                .zip(held)
+                .map(|(id, h)| PlanWrite::PutIfAbsent(named_entry(id, h)))
+                .collect();
+            added += self.write_plan(source, run, plan, &writes, lost).await?;
         }
-        let held = self
-            .redis(lost, "reading held documents", || {
-                self.state.held_meta_of(source, &extra)
-            })
-            .await?;
-        for (id, h) in extra.iter().zip(held) {
-            plan.items.push(named_item(id, h.as_ref()));
-            if let Some(h) = h {
-                plan.tree.insert((*id).clone(), (h.title.clone(), h.parent.clone()));
-                plan.before.insert((*id).clone(), h);
-            }
+        if added > 0 {
+            plan.note.push(format!(
+                "{added} document(s) redone: failed before, or left unsettled by an interrupted page"
+            ));
         }
-        plan.note.push(format!(
-            "{} document(s) redone: failed before, or left unsettled by an interrupted page",
-            extra.len()
-        ));
         Ok(())
     }
 
@@ -208,41 +364,40 @@ impl Coordinator {
     async fn adopt_orphans(
         &self,
         id: &SourceId,
+        run: &RunId,
         source: &dyn Source,
-        deleted: &mut HashSet<DocumentId>,
-        changed: &mut HashMap<DocumentId, DocMeta>,
         plan: &mut Plan,
         lost: &CancellationToken,
     ) -> Result<(), Error> {
+        let deleted = self.planned_deletions(id, run, lost).await?;
         let sets: Vec<String> = deleted.iter().map(|d| self.keys.children(id, d)).collect();
         let mut kids = self
             .redis(lost, "reading children of deleted documents", || {
                 self.state.union_of(&sets)
             })
             .await?;
-        kids.retain(|k| !deleted.contains(k) && !changed.contains_key(k));
+        kids.retain(|k| !deleted.contains(k));
         kids.sort();
-        if kids.is_empty() {
-            return Ok(());
-        }
-        let refs: Vec<&DocumentId> = kids.iter().collect();
-        let held = self
-            .redis(lost, "reading children of deleted documents", || {
-                self.state.held_meta_of(id, &refs)
-            })
-            .await?;
-        let (mut parts, mut moved) = (0usize, 0usize);
-        for (kid, h) in kids.iter().zip(held) {
-            let Some(h) = h else { continue };
-            if source.dies_with_parent(kid) {
-                parts += 1;
-                deleted.insert(kid.clone());
-            } else {
-                moved += 1;
-                plan.tree.insert(kid.clone(), (h.title.clone(), h.parent.clone()));
-                changed.insert(kid.clone(), named_item(kid, Some(&h)).meta);
+        let (mut parts, mut moved) = (0u64, 0u64);
+        for chunk in kids.chunks(plan_store::READ_BATCH) {
+            let refs: Vec<&DocumentId> = chunk.iter().collect();
+            let held = self.held(id, &refs, lost).await?;
+            let planned = self
+                .redis(lost, "reading the plan", || self.state.planned_of(id, run, &refs))
+                .await?;
+            let mut writes = Vec::new();
+            for ((kid, h), planned) in chunk.iter().zip(held).zip(planned) {
+                // Already planned (the feed changed it too): that stands.
+                let (Some(h), None) = (h, planned) else { continue };
+                if source.dies_with_parent(kid) {
+                    parts += 1;
+                    writes.push(PlanWrite::PutIfAbsent(deletion(kid, h)));
+                } else {
+                    moved += 1;
+                    writes.push(PlanWrite::PutIfAbsent(named_entry(kid, Some(h))));
+                }
             }
-            plan.before.insert(kid.clone(), h);
+            self.write_plan(id, run, plan, &writes, lost).await?;
         }
         if parts > 0 {
             plan.note.push(format!(
@@ -257,49 +412,14 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Gives every upsert of the plan its breadcrumb, reading missing ancestors from the state.
-    pub(super) async fn complete_breadcrumbs(
-        &self,
-        source: &SourceId,
-        plan: &mut Plan,
-        lost: &CancellationToken,
-    ) -> Result<(), Error> {
-        let gone: HashSet<DocumentId> = plan
-            .items
-            .iter()
-            .filter(|i| i.action == Action::Delete)
-            .map(|i| i.meta.id.clone())
-            .collect();
-        for id in &gone {
-            plan.tree.remove(id);
-        }
-        let upserts: Vec<DocumentId> = plan
-            .items
-            .iter()
-            .filter(|i| i.action == Action::Upsert)
-            .map(|i| i.meta.id.clone())
-            .collect();
-        let mut retrier = self.retrier(lost, "reading ancestors");
-        loop {
-            // Repeating a partial fill is harmless: it only adds what the state holds.
-            match ancestry::fill(&self.state, source, upserts.clone(), &mut plan.tree, &gone).await {
-                Ok(()) => break,
-                Err(e) => retrier.failed(e).await?,
-            }
-        }
-        for item in plan.items.iter_mut().filter(|i| i.action == Action::Upsert) {
-            item.breadcrumb = ancestry::breadcrumb(&item.meta.id, &plan.tree);
-        }
-        Ok(())
-    }
-
-    /// Reads the whole feed and decides what to do: the changed documents and the deletions.
+    /// Reads the whole feed and plans what to do: the changed documents and the
+    /// deletions, written to the run's plan in Redis a feed page at a time.
     ///
     /// Mark and sweep in bounded memory: each feed page's ids are compared with
     /// what we hold by one HMGET and marked in the run's seen set in Redis; after
     /// a complete listing, held documents not marked are deletions, found by
     /// scanning in batches. Connectors consult what we hold the same way
-    /// ([`sources::HeldVersions`]), so memory is proportional to a page plus the changes.
+    /// ([`sources::HeldVersions`]), so memory is proportional to a page, not to the source.
     pub(super) async fn plan(
         &self,
         source: &dyn Source,
@@ -332,8 +452,6 @@ impl Coordinator {
             other => other.map_err(src_err)?,
         };
 
-        let mut changed: HashMap<DocumentId, DocMeta> = HashMap::new();
-        let mut deleted: HashSet<DocumentId> = HashSet::new();
         let mut feed_pages = 0u32;
         loop {
             if lost.is_cancelled() {
@@ -347,11 +465,10 @@ impl Coordinator {
                     plan.note.push(format!("{context}: fell back to a full listing"));
                     self.redis(lost, "clearing the seen set", || self.state.clear_seen(&seen))
                         .await?;
-                    changed.clear();
-                    deleted.clear();
-                    plan.before.clear();
-                    plan.tree.clear();
+                    self.redis(lost, "clearing the plan", || self.state.clear_plan(&id, run))
+                        .await?;
                     plan.unchanged = 0;
+                    plan.batches = 0;
                     feed = source
                         .open_feed(checkpoint, SyncMode::Full, versions.clone(), calls.clone())
                         .await
@@ -370,9 +487,7 @@ impl Coordinator {
                     Observation::Moved { from, to } => vec![from, &to.id],
                 })
                 .collect();
-            let held_meta = self
-                .redis(lost, "reading held documents", || self.state.held_meta_of(&id, &named))
-                .await?;
+            let held_meta = self.held(&id, &named, lost).await?;
             let held: HashMap<DocumentId, HeldMeta> = named
                 .iter()
                 .zip(held_meta)
@@ -380,53 +495,41 @@ impl Coordinator {
                 .collect();
             let mut mark = Vec::new();
             let mut unmark = Vec::new();
+            // In feed order: a later observation of a document replaces an earlier one.
+            let mut writes = Vec::new();
+            let gone = |doc: &DocumentId| match held.get(doc) {
+                Some(h) => PlanWrite::Put(deletion(doc, h.clone())),
+                None => PlanWrite::Drop(doc.clone()),
+            };
             for obs in &page.observations {
                 match obs {
                     Observation::Present(meta) => {
                         mark.push(&meta.id);
-                        deleted.remove(&meta.id);
                         let h = held.get(&meta.id);
                         let same_as_held = h.is_some_and(|h| {
                             h.version == meta.version && h.title == meta.title && h.parent == meta.parent
                         });
                         if mode == SyncMode::Incremental && same_as_held {
                             plan.unchanged += 1;
-                            changed.remove(&meta.id);
+                            writes.push(PlanWrite::Drop(meta.id.clone()));
                         } else {
-                            if let Some(h) = h {
-                                plan.before.insert(meta.id.clone(), h.clone());
-                            }
-                            plan.tree
-                                .insert(meta.id.clone(), (meta.title.clone(), meta.parent.clone()));
-                            changed.insert(meta.id.clone(), meta.clone());
+                            writes.push(PlanWrite::Put(reported(meta, h)));
                         }
                     }
                     Observation::Moved { from, to } => {
                         moves += 1;
-                        changed.remove(from);
                         unmark.push(from);
-                        if let Some(h) = held.get(from) {
-                            plan.before.insert(from.clone(), h.clone());
-                            deleted.insert(from.clone());
-                        }
+                        writes.push(gone(from));
                         mark.push(&to.id);
-                        deleted.remove(&to.id);
-                        if let Some(h) = held.get(&to.id) {
-                            plan.before.insert(to.id.clone(), h.clone());
-                        }
-                        plan.tree.insert(to.id.clone(), (to.title.clone(), to.parent.clone()));
-                        changed.insert(to.id.clone(), to.clone());
+                        writes.push(PlanWrite::Put(reported(to, held.get(&to.id))));
                     }
                     Observation::Deleted(doc) => {
-                        changed.remove(doc);
                         unmark.push(doc);
-                        if let Some(h) = held.get(doc) {
-                            plan.before.insert(doc.clone(), h.clone());
-                            deleted.insert(doc.clone());
-                        }
+                        writes.push(gone(doc));
                     }
                 }
             }
+            self.write_plan(&id, run, &mut plan, &writes, lost).await?;
             // SADD and SREM: repeating them changes nothing.
             self.redis(lost, "marking seen documents", || {
                 self.state.mark_seen(&seen, &mark, &unmark)
@@ -438,7 +541,7 @@ impl Coordinator {
         let end = feed.end();
         // Directories and the like: not documents, but breadcrumbs pass through them.
         for folder in feed.folders() {
-            plan.tree.insert(folder.id, (folder.title, folder.parent));
+            plan.folders.insert(folder.id, (folder.title, folder.parent));
         }
         plan.changed_folders = feed.changed_folders();
         if !plan.changed_folders.is_empty() {
@@ -454,55 +557,36 @@ impl Coordinator {
             plan.note.push(note.clone());
         }
         if end.complete_listing {
-            let mut missing = 0usize;
-            let unseen = self
-                .redis(lost, "sweeping for unlisted documents", || {
-                    self.state.unseen(&id, &seen)
-                })
-                .await?;
-            for (doc, meta) in unseen {
-                if !changed.contains_key(&doc) && deleted.insert(doc.clone()) {
-                    missing += 1;
-                    plan.before.insert(doc, meta);
+            let mut missing = 0u64;
+            let mut cursor = 0u64;
+            loop {
+                let (next, unseen) = self
+                    .redis(lost, "sweeping for unlisted documents", || {
+                        self.state.unseen_batch(&id, &seen, cursor)
+                    })
+                    .await?;
+                // Planned already (reported deleted, or moved away): that stands.
+                let writes: Vec<PlanWrite> = unseen
+                    .into_iter()
+                    .map(|(doc, meta)| PlanWrite::PutIfAbsent(deletion(&doc, meta)))
+                    .collect();
+                missing += self.write_plan(&id, run, &mut plan, &writes, lost).await?;
+                cursor = next;
+                if cursor == 0 {
+                    break;
                 }
             }
             if missing > 0 {
                 plan.note
                     .push(format!("complete listing: {missing} held document(s) no longer listed"));
             }
-        } else if !deleted.is_empty() {
-            self.adopt_orphans(&id, source, &mut deleted, &mut changed, &mut plan, lost)
-                .await?;
+        } else {
+            self.adopt_orphans(&id, run, source, &mut plan, lost).await?;
         }
         self.redis(lost, "clearing the seen set", || self.state.clear_seen(&seen))
             .await?;
-
-        let mut changed: Vec<DocMeta> = changed.into_values().collect();
-        changed.sort_by(|a, b| a.id.cmp(&b.id));
-        plan.items.extend(changed.into_iter().map(|meta| JobItem {
-            meta,
-            action: Action::Upsert,
-            breadcrumb: Vec::new(),
-        }));
-        let mut deleted: Vec<DocumentId> = deleted.into_iter().collect();
-        deleted.sort();
-        for doc in deleted {
-            let h = plan.before.get(&doc).cloned();
-            plan.items.push(JobItem {
-                meta: DocMeta {
-                    id: doc,
-                    version: h.as_ref().map(|h| h.version.clone()).unwrap_or_default(),
-                    title: h.as_ref().map(|h| h.title.clone()).unwrap_or_default(),
-                    parent: h.and_then(|h| h.parent),
-                    modified_at: None,
-                    ..DocMeta::default()
-                },
-                action: Action::Delete,
-                breadcrumb: Vec::new(),
-            });
-        }
-        self.include_unsettled(&id, &mut plan, lost).await?;
-        self.complete_breadcrumbs(&id, &mut plan, lost).await?;
+        self.include_unsettled(&id, run, &mut plan, lost).await?;
+        self.tally(&id, run, &mut plan, lost).await?;
         Ok((plan, end))
     }
 }
@@ -546,27 +630,12 @@ mod tests {
         );
     }
 
-    /// The guard strips deletions above the share unless confirmed, and keeps the rest of the plan.
+    /// The guard holds deletions above the share back unless confirmed, and keeps the rest of the plan.
     #[test]
     fn deletion_guard_thresholds() {
-        let item = |id: &str, action| JobItem {
-            meta: DocMeta {
-                id: id.into(),
-                version: "1".into(),
-                title: id.into(),
-                parent: None,
-                modified_at: None,
-                ..DocMeta::default()
-            },
-            action,
-            breadcrumb: vec![],
-        };
         let plan = || Plan {
-            items: vec![
-                item("a", Action::Delete),
-                item("b", Action::Delete),
-                item("c", Action::Upsert),
-            ],
+            upserts: 1,
+            deletions: 2,
             ..Plan::default()
         };
         let policy = SourcePolicy::default();
@@ -578,9 +647,9 @@ mod tests {
         let mut p = plan();
         let refusal = deletion_guard(&mut p, 3, &policy, false).expect("2 of 3 is above 50%");
         assert!(refusal.contains("2 of 3"));
-        assert_eq!(p.items.len(), 1, "only the upsert remains");
+        assert_eq!(p.items(), 1, "only the upsert remains");
         let mut p = plan();
         assert!(deletion_guard(&mut p, 3, &policy, true).is_none(), "confirmed");
-        assert_eq!(p.items.len(), 3);
+        assert_eq!(p.items(), 3);
     }
 }

@@ -26,6 +26,7 @@ use crate::db::Pool;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
+use super::pages::PlanPages;
 use super::{Coordinator, Error, GROUP, plan};
 use crate::hooks::Point;
 use crate::lock::{Lease, LockManager};
@@ -101,19 +102,7 @@ impl Coordinator {
             let (plan, end) = planned?;
             (plan, Some(end))
         } else {
-            let refs: Vec<&DocumentId> = request.targets.iter().collect();
-            let held = self
-                .redis(lost, "reading held documents", || self.state.held_meta_of(&id, &refs))
-                .await?;
-            let before = refs
-                .iter()
-                .zip(held)
-                .filter_map(|(id, m)| m.map(|m| ((*id).clone(), m)))
-                .collect();
-            let mut plan = plan::targeted_plan(request.targets, before);
-            self.include_unsettled(&id, &mut plan, lost).await?;
-            self.complete_breadcrumbs(&id, &mut plan, lost).await?;
-            (plan, None)
+            (self.targeted_plan(&id, run, request.targets, lost).await?, None)
         };
         if let Some(note) = reconcile_note {
             plan.note.insert(0, note);
@@ -133,18 +122,11 @@ impl Coordinator {
         }
 
         self.hooks.at(&id, run, Point::Planned).await;
-        // Before any job exists: every page resolves its links to documents
-        // this run writes from these, not from what the state held before.
-        let titles = plan.planned_titles();
-        self.redis(lost, "recording the planned titles", || {
-            self.state.record_planned_titles(&id, run, &titles)
-        })
-        .await?;
         let mut pages = 0u32;
         // Recorded before the pages go out: they go out a few at a time.
         let feed_read = RunUpdate {
-            pages_total: Some(self.pages_for(plan.items.len())),
-            docs_processed: Some(plan.items.len() as u64),
+            pages_total: Some(self.pages_for(plan.items())),
+            docs_processed: Some(plan.items()),
             unchanged: Some(plan.unchanged),
             feed_done: Some(true),
             note: Some(plan.note.join("; ")),
@@ -154,9 +136,11 @@ impl Coordinator {
             self.state.update_run(&id, run, token, &feed_read)
         })
         .await?;
-        self.enqueue_pages(&id, run, token, &plan.items, &mut pages, lost)
-            .await?;
-        tracing::info!(source = %id, run = %run, pages, docs = plan.items.len(), unchanged = plan.unchanged, "feed read, jobs enqueued");
+        let mut planned = PlanPages::new(&id, run, &plan);
+        while let Some(items) = planned.next(self, lost).await? {
+            self.enqueue_page(&id, run, token, items, &mut pages, lost).await?;
+        }
+        tracing::info!(source = %id, run = %run, pages, docs = plan.items(), unchanged = plan.unchanged, "feed read, jobs enqueued");
         self.wait_for_pages(&id, run, u64::from(pages), lost).await?;
         self.hooks.at(&id, run, Point::PagesDone).await;
 
@@ -164,11 +148,11 @@ impl Coordinator {
         // changing them at the source. Their rewrite needs the state the pages
         // above just wrote (titles, parents, links), hence a second phase.
         let (refresh, owed) = self
-            .redis(lost, "finding dependents", || self.dependents(&id, &plan))
+            .redis(lost, "finding dependents", || self.dependents(&id, run, &plan))
             .await?;
         if !refresh.is_empty() {
             let found = RunUpdate {
-                pages_total: Some(u64::from(pages) + self.pages_for(refresh.len())),
+                pages_total: Some(u64::from(pages) + self.pages_for(refresh.len() as u64)),
                 dependents: Some(refresh.len() as u64),
                 ..RunUpdate::default()
             };
@@ -222,14 +206,11 @@ impl Coordinator {
     }
 
     /// Page jobs `n` items make.
-    fn pages_for(&self, n: usize) -> u64 {
-        n.div_ceil(self.cfg.page_size.get()) as u64
+    fn pages_for(&self, n: u64) -> u64 {
+        n.div_ceil(self.cfg.page_size.get() as u64)
     }
 
-    /// Adds `items` as page jobs numbered from `*pages` on, keeping at most
-    /// `max_pages_in_flight` of the run's pages enqueued and unfinished: a
-    /// large run never fills the job stream, so another source's small run
-    /// waits behind a few of its pages, not all of them.
+    /// Adds `items` as page jobs numbered from `*pages` on.
     async fn enqueue_pages(
         &self,
         source: &SourceId,
@@ -239,32 +220,50 @@ impl Coordinator {
         pages: &mut u32,
         lost: &CancellationToken,
     ) -> Result<(), Error> {
+        for chunk in items.chunks(self.cfg.page_size.get()) {
+            self.enqueue_page(source, run, token, chunk.to_vec(), pages, lost)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Adds `items` as the page job numbered `*pages`, keeping at most
+    /// `max_pages_in_flight` of the run's pages enqueued and unfinished: a
+    /// large run never fills the job stream, so another source's small run
+    /// waits behind a few of its pages, not all of them.
+    async fn enqueue_page(
+        &self,
+        source: &SourceId,
+        run: &RunId,
+        token: FencingToken,
+        items: Vec<JobItem>,
+        pages: &mut u32,
+        lost: &CancellationToken,
+    ) -> Result<(), Error> {
         let stream = self.keys.jobs_for(source);
         let in_flight = self.cfg.max_pages_in_flight.get() as u64;
-        for chunk in items.chunks(self.cfg.page_size.get()) {
-            if u64::from(*pages) >= in_flight {
-                // Room for one more: page `pages - in_flight` (at the latest) has finished.
-                self.wait_for_finished(source, run, u64::from(*pages) - in_flight + 1, lost)
-                    .await?;
-            }
-            let job = PageJob {
-                run: run.clone(),
-                source: source.clone(),
-                token,
-                page: *pages,
-                items: chunk.to_vec(),
-            };
-            let fields = job.to_fields();
-            let refs = jobs::as_field_refs(&fields);
-            // Retried after an unknown outcome, the page may be on the stream
-            // twice: both copies carry this page number, which the run's done
-            // set counts once, and `pages_total` comes from `pages`, not the stream.
-            self.redis(lost, "enqueueing a page job", || {
-                streams::add(&self.pool, &stream, &refs)
-            })
-            .await?;
-            *pages += 1;
+        if u64::from(*pages) >= in_flight {
+            // Room for one more: page `pages - in_flight` (at the latest) has finished.
+            self.wait_for_finished(source, run, u64::from(*pages) - in_flight + 1, lost)
+                .await?;
         }
+        let job = PageJob {
+            run: run.clone(),
+            source: source.clone(),
+            token,
+            page: *pages,
+            items,
+        };
+        let fields = job.to_fields();
+        let refs = jobs::as_field_refs(&fields);
+        // Retried after an unknown outcome, the page may be on the stream
+        // twice: both copies carry this page number, which the run's done
+        // set counts once, and `pages_total` comes from `pages`, not the stream.
+        self.redis(lost, "enqueueing a page job", || {
+            streams::add(&self.pool, &stream, &refs)
+        })
+        .await?;
+        *pages += 1;
         Ok(())
     }
 

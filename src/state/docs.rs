@@ -58,7 +58,7 @@ pub struct DocState {
 
 /// The part of a [`DocState`] a run compares a change feed against. Decoding
 /// it from a stored `DocState` skips the other fields without allocating them.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeldMeta {
     /// Source version last written.
     #[serde(rename = "v", alias = "version")]
@@ -132,20 +132,7 @@ impl StateStore {
         source: &SourceId,
         ids: &[&DocumentId],
     ) -> Result<Vec<Option<T>>, Error> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let key = self.keys.docs(source);
-        let mut conn = self.pool.get().await?;
-        let raw: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
-            .arg(&key)
-            .arg(ids.iter().map(|d| d.0.as_str()).collect::<Vec<_>>())
-            .query_async(&mut conn)
-            .await?;
-        raw.into_iter()
-            .zip(ids)
-            .map(|(b, id)| b.map(|b| decode(&key, &id.0, &b)).transpose())
-            .collect()
+        self.hmget_decoded(&self.keys.docs(source), ids).await
     }
 
     /// The held state of `ids` (None where we hold nothing).

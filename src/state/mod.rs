@@ -7,6 +7,7 @@
 //! - [`failures`]: documents that failed on their own ([`DocFailure`]), retried by every run;
 //! - [`owed`]: dependents a page's writes made stale ([`Owed`]), kept until a run refreshes them;
 //! - [`sweep`]: the mark and sweep that finds held documents a complete listing left out;
+//! - [`plan`]: a run's plan (what to do with each document its feed changed), kept in Redis while it runs;
 //! - [`titles`]: the titles a run's feed announced, so pages resolve link titles before their first write;
 //! - [`runs`]: run records ([`RunRecord`], typed updates [`RunUpdate`]), page
 //!   completion, and which run served a request;
@@ -43,6 +44,7 @@ pub mod deliveries;
 pub mod docs;
 pub mod failures;
 pub mod owed;
+pub mod plan;
 pub mod runs;
 pub mod sweep;
 pub mod titles;
@@ -50,6 +52,7 @@ pub mod titles;
 pub use docs::{DocState, DocWrite, HeldMeta};
 pub use failures::DocFailure;
 pub use owed::Owed;
+pub use plan::{PlanEntry, PlanWrite, PlanWritten};
 pub use runs::{PageStats, RunCounter, RunRecord, RunStart, RunStatus, RunUpdate};
 
 /// State-store failures.
@@ -137,6 +140,31 @@ impl StateStore {
         }
         let reply: (i64, i64) = inv.invoke_async(&mut conn).await?;
         Ok(check_reply(token, reply)?)
+    }
+
+    /// `ids` of the hash `key` (one HMGET), decoded as `T`; `None` for a
+    /// missing or empty value.
+    async fn hmget_decoded<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        ids: &[&DocumentId],
+    ) -> Result<Vec<Option<T>>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.pool.get().await?;
+        let raw: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+            .arg(key)
+            .arg(ids.iter().map(|d| d.0.as_str()).collect::<Vec<_>>())
+            .query_async(&mut conn)
+            .await?;
+        raw.into_iter()
+            .zip(ids)
+            .map(|(b, id)| match b {
+                Some(b) if !b.is_empty() => decode(key, &id.0, &b).map(Some),
+                _ => Ok(None),
+            })
+            .collect()
     }
 
     /// Which of `ids` are fields of the hash `key` (one HMGET; values are not decoded).

@@ -564,8 +564,14 @@ impl StateStore {
             .ignore()
             .del(self.keys.run_wakeup(source, run))
             .ignore()
-            // A full sync's titles can be a million fields: freed off Redis' main thread.
+            // A full sync's titles and plan can be a million fields: freed off Redis' main thread.
             .unlink(self.keys.run_titles(source, run))
+            .ignore()
+            .unlink(self.keys.run_plan(source, run))
+            .ignore()
+            .unlink(self.keys.run_plan_order(source, run))
+            .ignore()
+            .del(self.keys.run_plan_batches(source, run))
             .ignore();
         if current.as_deref() == Some(run.0.as_str()) {
             pipe.del(self.keys.current_run(source)).ignore();

@@ -8,7 +8,8 @@
 //! twice (issue 9). With the plan's titles at hand, each page resolves its link
 //! titles before its first write.
 //!
-//! Invariants: recorded before the run's first page job exists, so every job
+//! Invariants: written with the plan ([`super::plan`]), before the run's
+//! first page job exists, so every job
 //! of the run can read them; a page corrects them with what it fetched (a new
 //! title, a document gone) before it writes, so they are never older than the
 //! state's view of a document this run wrote; keyed by run id, so no other run (stale or new)
@@ -20,34 +21,10 @@ use deadpool_redis::redis;
 use super::{Error, StateStore};
 use crate::types::{DocumentId, RunId, SourceId};
 
-/// Fields per HSET: bounds one command's size on a very large plan.
-const BATCH: usize = 1000;
 /// Kept at most this long (a run's coordinator may die before deleting them).
 const TTL_SECS: i64 = 24 * 3600;
 
 impl StateStore {
-    /// Records `titles` (document → title the feed announced) for `run`.
-    pub async fn record_planned_titles(
-        &self,
-        source: &SourceId,
-        run: &RunId,
-        titles: &[(&DocumentId, &str)],
-    ) -> Result<(), Error> {
-        if titles.is_empty() {
-            return Ok(());
-        }
-        let key = self.keys.run_titles(source, run);
-        let mut conn = self.pool.get().await?;
-        let mut pipe = redis::pipe();
-        for chunk in titles.chunks(BATCH) {
-            let pairs: Vec<(&str, &str)> = chunk.iter().map(|(id, t)| (id.0.as_str(), *t)).collect();
-            pipe.hset_multiple(&key, &pairs).ignore();
-        }
-        pipe.expire(&key, TTL_SECS).ignore();
-        pipe.query_async::<()>(&mut conn).await?;
-        Ok(())
-    }
-
     /// The planned title of each of `ids` in `run` (one HMGET), `None` where the run upserts no such document.
     pub async fn planned_titles(
         &self,
