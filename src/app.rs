@@ -102,7 +102,7 @@ impl App {
         }
         let mut built: HashMap<String, Arc<dyn Sink>> = HashMap::new();
         for sink in &config.sinks {
-            let ledger = StateStore::new(pool.clone(), keys.clone());
+            let ledger = StateStore::new(pool.clone(), keys.clone()).with_replica_wait(config.redis.wait_replicas);
             built.insert(sink.name.clone(), build_sink(sink, ledger)?);
         }
         let sinks = Routes::new(
@@ -135,7 +135,7 @@ impl App {
 
     /// The state store.
     pub fn state(&self) -> StateStore {
-        StateStore::new(self.pool.clone(), self.keys.clone())
+        StateStore::new(self.pool.clone(), self.keys.clone()).with_replica_wait(self.config.redis.wait_replicas)
     }
 
     /// A coordinator named `consumer`.
@@ -152,6 +152,7 @@ impl App {
                 consumer.into(),
             )
             .with_redis_retry(self.config.redis.retry, self.redis_addr())
+            .with_state(self.state())
             .with_retention(self.config.queue.clone())
             .with_hooks(self.hooks.clone())
             .with_telemetry(self.telemetry.clone()),

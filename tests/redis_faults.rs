@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use tidemark::state::RunStatus;
-use tidemark::types::SyncMode;
+use tidemark::keys::Keys;
+use tidemark::state::{RunStatus, StateStore};
+use tidemark::types::{FencingToken, SourceId, SyncMode};
 use tower::ServiceExt;
 
+use crate::harness::redis_server::RedisServer;
 use crate::harness::{Env, Options, wait_until};
 
 /// A run long enough to be caught in flight: 400 pages in jobs of 5 (tests add 60 ms per request).
@@ -313,4 +315,98 @@ async fn pooled_connections_recover_from_a_restart() {
     // outcome, which is why only idempotent writes are retried blindly).
     let n = incr().await.expect("a fresh connection");
     assert!(n == 3 || n == 4, "{n}");
+}
+
+/// Makes `replica` replicate `primary` and waits until the link is up.
+async fn replicate(replica: &RedisServer, primary: &RedisServer) {
+    let mut conn = replica.conn();
+    let port = primary
+        .url()
+        .rsplit(':')
+        .next()
+        .map(|p| p.trim_end_matches('/').to_owned())
+        .expect("port");
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(&port)
+        .query(&mut conn)
+        .expect("REPLICAOF");
+    wait_until("the replica's link is up", Duration::from_secs(10), || {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut replica.conn())
+            .expect("INFO");
+        async move { info.contains("master_link_status:up") }
+    })
+    .await;
+}
+
+/// The fence the server behind `conn` holds for `source`.
+fn fence_on(server: &RedisServer, keys: &Keys, source: &SourceId) -> u64 {
+    let v: Option<u64> = redis::cmd("GET")
+        .arg(keys.fence(source))
+        .query(&mut server.conn())
+        .expect("GET");
+    v.unwrap_or(0)
+}
+
+/// With `[redis] wait_replicas = 1`, a raised fence is on a replica before
+/// `register_token` returns (WAIT), so a primary that dies right after and
+/// is replaced by its replica still refuses the older token; a replica that
+/// does not acknowledge in time fails the registration, naming why, and the
+/// run does not start. Without it, `register_token` returns while the
+/// replica has not seen the raise (asynchronous replication: what a failover
+/// at that moment would lose).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_fence_reaches_a_replica_before_the_run_goes_on() {
+    let mut primary = RedisServer::start();
+    let replica = RedisServer::start();
+    replicate(&replica, &primary).await;
+    let keys = Keys::new("tm");
+    let source = SourceId::new("eng").expect("id");
+    let pool = || tidemark::db::pool(&primary.url(), 4, Duration::from_secs(5)).expect("pool");
+    let waiting = StateStore::new(pool(), keys.clone()).with_replica_wait(Some((1, Duration::from_secs(2))));
+    let not_waiting = StateStore::new(pool(), keys.clone());
+
+    waiting.register_token(&source, FencingToken(1)).await.expect("raised");
+    assert_eq!(
+        fence_on(&replica, &keys, &source),
+        1,
+        "acknowledged by the replica before returning"
+    );
+
+    // Without waiting: returns while the replica is stopped, not having the raise.
+    replica.pause();
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        not_waiting.register_token(&source, FencingToken(2)),
+    )
+    .await
+    .expect("returns at once")
+    .expect("raised on the primary");
+    // Waiting, with the replica stopped past the wait: refused, naming why.
+    let err = waiting
+        .register_token(&source, FencingToken(3))
+        .await
+        .expect_err("no replica acknowledged within 2 s");
+    assert!(err.to_string().contains("replica"), "{err}");
+
+    // Waiting while the replica is stopped for less: returns once it has caught up.
+    let raise = {
+        let (state, source) = (waiting.clone(), source.clone());
+        tokio::spawn(async move { state.register_token(&source, FencingToken(4)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!raise.is_finished(), "waits for the replica");
+    replica.resume();
+    raise.await.expect("join").expect("raised once the replica has it");
+
+    // The primary dies at once; its replica is promoted and still refuses token 3.
+    primary.kill();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut replica.conn())
+        .expect("promote");
+    assert_eq!(fence_on(&replica, &keys, &source), 4);
 }

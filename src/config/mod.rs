@@ -783,7 +783,14 @@ space_key = "ENG"
         let c = parse(&set("retry_initial_ms = 50\nretry_max_ms = 2000")).expect("valid");
         assert_eq!(c.redis.retry.initial, Duration::from_millis(50));
         assert_eq!(c.redis.retry.max, Duration::from_secs(2));
+        assert_eq!(c.redis.wait_replicas, None, "not waiting for replicas unless asked");
+        let c = parse(&set("wait_replicas = 1\nwait_replicas_ms = 500")).expect("valid");
+        assert_eq!(c.redis.wait_replicas, Some((1, Duration::from_millis(500))));
         for (extra, needle) in [
+            (
+                "wait_replicas = 1\nwait_replicas_ms = 5000",
+                "redis.wait_replicas_ms: 5000 ms must be at least 1 and below redis.response_timeout_ms (5000 ms)",
+            ),
             ("retry_initial_ms = 0", "redis.retry_initial_ms: must be at least 1"),
             (
                 "retry_initial_ms = 500\nretry_max_ms = 100",

@@ -52,6 +52,13 @@ pub struct RawRedis {
     /// discovered). Default false: one server.
     #[serde(default)]
     pub cluster: bool,
+    /// Replicas that must acknowledge a raised fence before a run goes on
+    /// (`WAIT`), so a failover cannot lose it. Default 0: do not wait.
+    #[serde(default)]
+    pub wait_replicas: u32,
+    /// How long to wait for them. Default 1000 ms; below `response_timeout_ms`.
+    #[serde(default = "default_wait_replicas_ms")]
+    pub wait_replicas_ms: u64,
     /// ACL user name (not a secret). Default: Redis' `default` user.
     pub username: Option<String>,
     /// Environment variable holding the ACL user name.
@@ -82,6 +89,10 @@ fn default_response_timeout_ms() -> u64 {
 fn default_retry_initial_ms() -> u64 {
     crate::retry::Backoff::default().initial.as_millis() as u64
 }
+fn default_wait_replicas_ms() -> u64 {
+    1000
+}
+
 fn default_retry_max_ms() -> u64 {
     crate::retry::Backoff::default().max.as_millis() as u64
 }
@@ -107,6 +118,9 @@ pub struct RedisConfig {
     pub access: Access,
     /// `url` is a seed node of a Redis Cluster.
     pub cluster: bool,
+    /// Replicas that must acknowledge a raised fence, and for how long to
+    /// wait for them; `None`: do not wait.
+    pub wait_replicas: Option<(u32, Duration)>,
 }
 
 fn check_url(key: &str, url: &str, access_needs_tls: bool, problems: &mut Vec<String>) {
@@ -205,6 +219,12 @@ pub fn check(
             raw.response_timeout_ms
         ));
     }
+    if raw.wait_replicas > 0 && (raw.wait_replicas_ms == 0 || raw.wait_replicas_ms >= raw.response_timeout_ms) {
+        problems.push(format!(
+            "redis.wait_replicas_ms: {} ms must be at least 1 and below redis.response_timeout_ms ({} ms)",
+            raw.wait_replicas_ms, raw.response_timeout_ms
+        ));
+    }
     if raw.retry_initial_ms == 0 {
         problems.push("redis.retry_initial_ms: must be at least 1, got 0".into());
     } else if raw.retry_max_ms < raw.retry_initial_ms {
@@ -235,6 +255,8 @@ pub fn check(
         },
         access: access?,
         cluster: raw.cluster,
+        wait_replicas: (raw.wait_replicas > 0)
+            .then(|| (raw.wait_replicas, Duration::from_millis(raw.wait_replicas_ms))),
     })
 }
 

@@ -104,10 +104,14 @@ impl Coordinator {
         }
         // Owed by earlier writes (this run's pages record theirs too): refreshed
         // whether or not this plan names them.
+        // A batch at a time: a first sync of pages linking to one another
+        // leaves about half of them owing link titles.
         let owed_ids: Vec<&DocumentId> = owed.crumbs.iter().chain(&owed.links).collect();
-        for (id, held) in owed_ids.iter().zip(self.state.held_meta_of(source, &owed_ids).await?) {
-            if held.is_none() {
-                deleted.insert((*id).clone());
+        for chunk in owed_ids.chunks(plan_store::READ_BATCH) {
+            for (id, held) in chunk.iter().zip(self.state.held_meta_of(source, chunk).await?) {
+                if held.is_none() {
+                    deleted.insert((*id).clone());
+                }
             }
         }
         let mut is_root: HashSet<DocumentId> = roots.iter().cloned().collect();
@@ -131,24 +135,29 @@ impl Coordinator {
         // Owed link targets this run upserted as planned are fresh too: only
         // linkers it did not write need their titles.
         let owed_links: Vec<&DocumentId> = owed.links.iter().filter(|d| is_target.insert((*d).clone())).collect();
-        let planned = self.state.planned_of(source, run, &owed_links).await?;
-        let now = self.state.docs(source, &owed_links).await?;
-        let mut fresh = Vec::new();
-        for ((id, planned), now) in owed_links.into_iter().zip(planned).zip(now) {
-            let planned_title = planned.as_ref().and_then(|p| p.planned_title());
-            if now.is_some_and(|now| planned_title == Some(now.title.as_str())) {
-                fresh.push(keys.linked_from(source, id));
-            } else {
-                link_targets.push(id.clone());
+        for chunk in owed_links.chunks(plan_store::READ_BATCH) {
+            let planned = self.state.planned_of(source, run, chunk).await?;
+            let now = self.state.docs(source, chunk).await?;
+            let mut fresh = Vec::new();
+            for ((id, planned), now) in chunk.iter().zip(planned).zip(now) {
+                let planned_title = planned.as_ref().and_then(|p| p.planned_title());
+                if now.is_some_and(|now| planned_title == Some(now.title.as_str())) {
+                    fresh.push(keys.linked_from(source, id));
+                } else {
+                    link_targets.push((*id).clone());
+                }
             }
+            let linkers = self.state.union_of(&fresh).await?;
+            found.extend(self.not_written_by(source, run, linkers).await?);
         }
-        let linkers = self.state.union_of(&fresh).await?;
-        found.extend(self.not_written_by(source, run, linkers).await?);
         let mut visited: HashSet<DocumentId> = roots.iter().cloned().collect();
         let mut level = roots;
         while !level.is_empty() {
-            let sets: Vec<String> = level.iter().map(|d| keys.children(source, d)).collect();
-            let kids = self.state.union_of(&sets).await?;
+            let mut kids = Vec::new();
+            for chunk in level.chunks(plan_store::READ_BATCH) {
+                let sets: Vec<String> = chunk.iter().map(|d| keys.children(source, d)).collect();
+                kids.extend(self.state.union_of(&sets).await?);
+            }
             // Every descendant is refreshed, even one this run wrote itself: its
             // breadcrumb was planned from the feed, before an ancestor's fetch
             // found a new title (issue 8, convergence seed 45). The visited set
@@ -156,8 +165,10 @@ impl Coordinator {
             found.extend(kids.iter().cloned());
             level = kids.into_iter().filter(|d| visited.insert(d.clone())).collect();
         }
-        let sets: Vec<String> = link_targets.iter().map(|d| keys.linked_from(source, d)).collect();
-        found.extend(self.state.union_of(&sets).await?);
+        for chunk in link_targets.chunks(plan_store::READ_BATCH) {
+            let sets: Vec<String> = chunk.iter().map(|d| keys.linked_from(source, d)).collect();
+            found.extend(self.state.union_of(&sets).await?);
+        }
 
         let mut ids: Vec<DocumentId> = found.into_iter().filter(|d| !deleted.contains(d)).collect();
         ids.sort();

@@ -200,6 +200,12 @@ impl Coordinator {
         self
     }
 
+    /// The state store to use (one that waits for replicas, `[redis] wait_replicas`).
+    pub fn with_state(mut self, state: StateStore) -> Self {
+        self.state = state;
+        self
+    }
+
     /// What the streams keep (`[queue]`); the default unless set.
     pub fn with_retention(mut self, retention: queue::retention::Retention) -> Self {
         self.retention = retention;

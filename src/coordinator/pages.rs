@@ -8,7 +8,8 @@
 //! - a breadcrumb is what the run expects: an ancestor the run upserts is
 //!   named as the feed reported it, one it deletes ends the breadcrumb, and
 //!   the others are read from the state, as [`crate::ancestry::fill`] does;
-//! - memory is a stretch of the plan plus a bounded cache of ancestors, not the plan.
+//! - memory is a stretch of the plan plus a bounded cache of ancestors
+//!   (at most [`MAX_CACHED`]), not the plan.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -21,7 +22,7 @@ use crate::queue::jobs::{Action, JobItem};
 use crate::types::{DocumentId, RunId, SourceId};
 
 /// Ancestors kept between stretches at most; then the cache starts over (from the folders).
-const MAX_CACHED: usize = 100_000;
+const MAX_CACHED: usize = 10_000;
 
 /// A cursor over a run's plan that yields its pages.
 pub(super) struct PlanPages<'a> {
@@ -32,7 +33,8 @@ pub(super) struct PlanPages<'a> {
     at: u64,
     exhausted: bool,
     ready: VecDeque<JobItem>,
-    /// Titles and parents known so far: the folders, then ancestors read.
+    /// Titles and parents known so far: the folders, then ancestors read
+    /// (a stretch's own documents only while their breadcrumbs are made).
     tree: Tree,
     /// Ids the plan deletes, met so far: breadcrumbs end at them.
     gone: HashSet<DocumentId>,
@@ -85,6 +87,7 @@ impl<'a> PlanPages<'a> {
             self.tree = self.plan.folders.clone();
         }
         let mut items = Vec::with_capacity(stretch.len());
+        let mut own = Vec::new();
         for (id, entry) in stretch {
             let Some(entry) = entry else { continue };
             match entry.action {
@@ -98,9 +101,13 @@ impl<'a> PlanPages<'a> {
                     });
                 }
                 _ => {
-                    if entry.placed {
-                        self.tree
-                            .insert(id, (entry.meta.title.clone(), entry.meta.parent.clone()));
+                    if entry.placed
+                        && self
+                            .tree
+                            .insert(id.clone(), (entry.meta.title.clone(), entry.meta.parent.clone()))
+                            .is_none()
+                    {
+                        own.push(id);
                     }
                     items.push(JobItem {
                         meta: entry.meta,
@@ -120,6 +127,11 @@ impl<'a> PlanPages<'a> {
             .await?;
         for item in items.iter_mut().filter(|i| i.action == Action::Upsert) {
             item.breadcrumb = ancestry::breadcrumb(&item.meta.id, &self.tree);
+        }
+        // The cache keeps ancestors, not every document planned: a later
+        // stretch that needs one of these as an ancestor reads it from the plan again.
+        for id in own {
+            self.tree.remove(&id);
         }
         self.ready.extend(items);
         Ok(())

@@ -45,9 +45,8 @@ fn decode(raw: &str) -> Option<Delivered> {
 impl StateStore {
     /// Raises `sink`'s fence for `source` to `token`; refused if a higher one was seen.
     pub async fn register_sink_token(&self, source: &SourceId, sink: &str, token: FencingToken) -> Result<(), Error> {
-        self.fenced(&REGISTER, &[self.keys.sink_fence(source, sink)], token, &[])
-            .await?;
-        Ok(())
+        self.raise_fence(source, &REGISTER, &[self.keys.sink_fence(source, sink)], token)
+            .await
     }
 
     /// What `sink` delivered of `id`, if anything, refusing `token` if `sink`

@@ -64,6 +64,21 @@ pub enum Error {
     /// A newer run holds the source; this write was refused.
     #[error(transparent)]
     StaleFence(#[from] StaleFence),
+    /// Fewer replicas acknowledged a raised fence than `[redis] wait_replicas` asks for.
+    #[error(
+        "the raised fence of {source_id} reached {acked} of the {wanted} replica(s) redis.wait_replicas asks for \
+         within {within:?}: a failover now could lose it, so the run does not start (it is retried)"
+    )]
+    NotReplicated {
+        /// The source.
+        source_id: SourceId,
+        /// Replicas asked for.
+        wanted: u32,
+        /// Replicas that acknowledged.
+        acked: i64,
+        /// How long it waited.
+        within: std::time::Duration,
+    },
     /// Stored data could not be decoded.
     #[error("state {key}: {reason}")]
     Corrupt {
@@ -107,12 +122,26 @@ static FENCED_SET: LazyLock<Script> = LazyLock::new(|| fencing::fenced_script(in
 pub struct StateStore {
     pool: Pool,
     keys: Keys,
+    /// Replicas a raised fence must reach before registration returns, and how long to wait.
+    wait_replicas: Option<(u32, std::time::Duration)>,
 }
 
 impl StateStore {
     /// A store on `pool` under `keys`.
     pub fn new(pool: Pool, keys: Keys) -> Self {
-        Self { pool, keys }
+        Self {
+            pool,
+            keys,
+            wait_replicas: None,
+        }
+    }
+
+    /// The same store, waiting for `(replicas, within)` to acknowledge every
+    /// raised fence (`WAIT`) before a registration returns, as `[redis]
+    /// wait_replicas` says; `None`: not waiting.
+    pub fn with_replica_wait(mut self, wait: Option<(u32, std::time::Duration)>) -> Self {
+        self.wait_replicas = wait;
+        self
     }
 
     /// The key names in use.
@@ -130,16 +159,39 @@ impl StateStore {
         args: &[Vec<u8>],
     ) -> Result<i64, Error> {
         let mut conn = self.pool.get().await?;
-        let mut inv = script.prepare_invoke();
-        for k in keys {
-            inv.key(k);
+        fenced_on(&mut conn, script, keys, token, args).await
+    }
+
+    /// Raises `source`'s fence to `token` with `script`, then (with
+    /// `wait_replicas`) waits on the same connection until enough replicas
+    /// have it: WAIT covers the writes made on its connection. On a cluster
+    /// WAIT goes to every primary and answers the fewest acknowledgements.
+    async fn raise_fence(
+        &self,
+        source: &SourceId,
+        script: &Script,
+        keys: &[String],
+        token: FencingToken,
+    ) -> Result<(), Error> {
+        let mut conn = self.pool.get().await?;
+        fenced_on(&mut conn, script, keys, token, &[]).await?;
+        let Some((wanted, within)) = self.wait_replicas else {
+            return Ok(());
+        };
+        let acked: i64 = redis::cmd("WAIT")
+            .arg(wanted)
+            .arg(within.as_millis() as u64)
+            .query_async(&mut conn)
+            .await?;
+        if acked < i64::from(wanted) {
+            return Err(Error::NotReplicated {
+                source_id: source.clone(),
+                wanted,
+                acked,
+                within,
+            });
         }
-        inv.arg(token.0);
-        for a in args {
-            inv.arg(a.as_slice());
-        }
-        let reply: (i64, i64) = inv.invoke_async(&mut conn).await?;
-        Ok(check_reply(token, reply)?)
+        Ok(())
     }
 
     /// `ids` of the hash `key` (one HMGET), decoded as `T`; `None` for a
@@ -187,8 +239,8 @@ impl StateStore {
 
     /// Registers a newly acquired token, so every older token is refused from now on.
     pub async fn register_token(&self, source: &SourceId, token: FencingToken) -> Result<(), Error> {
-        self.fenced(&REGISTER, &[self.keys.fence(source)], token, &[]).await?;
-        Ok(())
+        self.raise_fence(source, &REGISTER, &[self.keys.fence(source)], token)
+            .await
     }
 
     /// The highest token seen for `source` (0 if none).
@@ -229,6 +281,26 @@ impl StateStore {
         .await?;
         Ok(())
     }
+}
+
+/// Runs a fenced `script` on `conn`: the token first, then `args`.
+async fn fenced_on(
+    conn: &mut crate::db::Connection,
+    script: &Script,
+    keys: &[String],
+    token: FencingToken,
+    args: &[Vec<u8>],
+) -> Result<i64, Error> {
+    let mut inv = script.prepare_invoke();
+    for k in keys {
+        inv.key(k);
+    }
+    inv.arg(token.0);
+    for a in args {
+        inv.arg(a.as_slice());
+    }
+    let reply: (i64, i64) = inv.invoke_async(conn).await?;
+    Ok(check_reply(token, reply)?)
 }
 
 /// Documents per HSCAN batch: large enough to amortise round trips, small enough
