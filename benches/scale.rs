@@ -303,7 +303,19 @@ async fn sync_in_a_coordinator_process(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = status_mib(pid, "VmRSS:");
     let request = env.enqueue(mode, "bench").await;
-    let run = env.wait(&request).await;
+    // Longer than `Env::wait`'s 180 s: a first sync of a million pages takes minutes.
+    let run = env
+        .app
+        .state()
+        .wait_for_request(
+            &env.source,
+            &request,
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+        )
+        .await
+        .expect("state readable")
+        .expect("the run ends within an hour");
     (run, idle, status_mib(pid, "VmHWM:"))
 }
 

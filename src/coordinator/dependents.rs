@@ -106,11 +106,15 @@ impl Coordinator {
         // whether or not this plan names them.
         // A batch at a time: a first sync of pages linking to one another
         // leaves about half of them owing link titles.
-        let owed_ids: Vec<&DocumentId> = owed.crumbs.iter().chain(&owed.links).collect();
-        for chunk in owed_ids.chunks(plan_store::READ_BATCH) {
-            for (id, held) in chunk.iter().zip(self.state.held_meta_of(source, chunk).await?) {
+        for chunk in owed
+            .crumbs
+            .chunks(plan_store::READ_BATCH)
+            .chain(owed.links.chunks(plan_store::READ_BATCH))
+        {
+            let refs: Vec<&DocumentId> = chunk.iter().collect();
+            for (id, held) in chunk.iter().zip(self.state.held_meta_of(source, &refs).await?) {
                 if held.is_none() {
-                    deleted.insert((*id).clone());
+                    deleted.insert(id.clone());
                 }
             }
         }
@@ -134,7 +138,8 @@ impl Coordinator {
         );
         // Owed link targets this run upserted as planned are fresh too: only
         // linkers it did not write need their titles.
-        let owed_links: Vec<&DocumentId> = owed.links.iter().filter(|d| is_target.insert((*d).clone())).collect();
+        // (A set's members: no duplicates among them, so no copy of each in `is_target`.)
+        let owed_links: Vec<&DocumentId> = owed.links.iter().filter(|d| !is_target.contains(*d)).collect();
         for chunk in owed_links.chunks(plan_store::READ_BATCH) {
             let planned = self.state.planned_of(source, run, chunk).await?;
             let now = self.state.docs(source, chunk).await?;

@@ -28,6 +28,9 @@ use super::{Error, StateStore};
 use crate::lock::fencing;
 use crate::types::{DocumentId, FencingToken, SourceId};
 
+/// Ids forgotten per script.
+const FORGET_BATCH: usize = 1000;
+
 static FENCED_FORGET_OWED: LazyLock<Script> =
     LazyLock::new(|| fencing::fenced_script(include_str!("lua/forget_owed.lua")));
 
@@ -66,14 +69,25 @@ impl StateStore {
         if owed.is_empty() {
             return Ok(());
         }
-        let mut args: Vec<Vec<u8>> = vec![owed.crumbs.len().to_string().into_bytes()];
-        args.extend(owed.crumbs.iter().chain(&owed.links).map(|d| d.0.as_bytes().to_vec()));
         let keys = [
             self.keys.fence(source),
             self.keys.owed_crumbs(source),
             self.keys.owed_links(source),
         ];
-        self.fenced(&FENCED_FORGET_OWED, &keys, token, &args).await?;
+        // A batch per script: a first sync can leave half a million ids owed,
+        // and one script removing them all would hold Redis for a second.
+        // SREM is idempotent, so a batch retried or a run cut off midway
+        // leaves only ids still owed.
+        let batches = owed
+            .crumbs
+            .chunks(FORGET_BATCH)
+            .map(|c| (c, &[][..]))
+            .chain(owed.links.chunks(FORGET_BATCH).map(|l| (&[][..], l)));
+        for (crumbs, links) in batches {
+            let mut args: Vec<Vec<u8>> = vec![crumbs.len().to_string().into_bytes()];
+            args.extend(crumbs.iter().chain(links).map(|d| d.0.as_bytes().to_vec()));
+            self.fenced(&FENCED_FORGET_OWED, &keys, token, &args).await?;
+        }
         Ok(())
     }
 }
