@@ -65,11 +65,13 @@ async fn many_scheduled_sources_spread_over_two_coordinators() {
     // enqueued twice). A request that found its source busy is served by a
     // follow-up run.
     let period_ms = (PERIOD_SECS * 1000) as i64;
-    let now_ms = epoch_ms();
     let mut by_coordinator: HashMap<String, usize> = HashMap::new();
     let mut total = 0;
     for s in &sources {
         let runs = state.recent_runs(s, 50).await.expect("runs");
+        // Read after the runs: the schedules go on while the sources are
+        // read, and the bound must cover every due time a counted run served.
+        let now_ms = epoch_ms();
         // A follow-up run's first request id is its own, not a schedule's.
         let requests: std::collections::HashSet<&String> = runs
             .iter()
