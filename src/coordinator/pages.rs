@@ -36,8 +36,6 @@ pub(super) struct PlanPages<'a> {
     /// Titles and parents known so far: the folders, then ancestors read
     /// (a stretch's own documents only while their breadcrumbs are made).
     tree: Tree,
-    /// Ids the plan deletes, met so far: breadcrumbs end at them.
-    gone: HashSet<DocumentId>,
 }
 
 impl<'a> PlanPages<'a> {
@@ -50,7 +48,6 @@ impl<'a> PlanPages<'a> {
             exhausted: false,
             ready: VecDeque::new(),
             tree: plan.folders.clone(),
-            gone: HashSet::new(),
         }
     }
 
@@ -93,7 +90,6 @@ impl<'a> PlanPages<'a> {
             match entry.action {
                 Action::Delete if self.plan.deletions_held_back => {}
                 Action::Delete => {
-                    self.gone.insert(id);
                     items.push(JobItem {
                         meta: entry.meta,
                         action: Action::Delete,
@@ -123,7 +119,7 @@ impl<'a> PlanPages<'a> {
             .map(|i| i.meta.id.clone())
             .collect();
         coordinator
-            .place(self.source, self.run, upserts, &mut self.tree, &self.gone, lost)
+            .place(self.source, self.run, upserts, &mut self.tree, lost)
             .await?;
         for item in items.iter_mut().filter(|i| i.action == Action::Upsert) {
             item.breadcrumb = ancestry::breadcrumb(&item.meta.id, &self.tree);
@@ -148,10 +144,11 @@ impl Coordinator {
         run: &RunId,
         start: Vec<DocumentId>,
         tree: &mut Tree,
-        gone: &HashSet<DocumentId>,
         lost: &CancellationToken,
     ) -> Result<(), Error> {
-        ancestry::walk(start, tree, gone, |ids| async move {
+        // No set of deletions is kept: the plan says which ancestors it
+        // deletes, and those never enter the tree.
+        ancestry::walk(start, tree, &HashSet::new(), |ids| async move {
             let refs: Vec<&DocumentId> = ids.iter().collect();
             let planned = self
                 .redis(lost, "reading the plan", || self.state.planned_of(source, run, &refs))
