@@ -187,20 +187,6 @@ async fn reached(paused: &mut tokio::sync::mpsc::UnboundedReceiver<Paused>) -> P
         .expect("director alive")
 }
 
-/// Copies a directory tree (a Redis data directory: its AOF files).
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let path = entry.expect("entry").path();
-        let target = to.join(path.file_name().expect("name"));
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).expect("copy");
-        }
-    }
-}
-
 /// Redis comes back mid-plan with older data (its latest writes lost, as a
 /// restore or a lagging replica's promotion would): the run fails, naming
 /// why, instead of paging out the part of its plan Redis kept and committing
@@ -222,22 +208,12 @@ async fn a_plan_that_lost_writes_fails_its_run_and_the_next_run_syncs_everything
     let request = env.enqueue(SyncMode::Full, "lossy").await;
     let at_first_page = reached(&mut paused).await;
     let snapshot = tempfile::tempdir().expect("tmp");
-    copy_dir(&env.redis.dir(), snapshot.path());
+    crate::harness::redis_server::copy_dir(&env.redis.dir(), snapshot.path());
     director.arm(&env.source, When::FeedPage(2));
     at_first_page.resume();
     let at_third_page = reached(&mut paused).await;
     // Back to the data as it was after the first feed page.
-    env.redis.kill();
-    for entry in std::fs::read_dir(env.redis.dir()).expect("data dir") {
-        let path = entry.expect("entry").path();
-        if path.is_dir() {
-            std::fs::remove_dir_all(&path).expect("rm");
-        } else {
-            std::fs::remove_file(&path).expect("rm");
-        }
-    }
-    copy_dir(snapshot.path(), &env.redis.dir());
-    env.redis.restart();
+    env.redis.restart_from(snapshot.path());
     at_third_page.resume();
 
     let run = env.wait(&request).await;

@@ -244,6 +244,22 @@ impl RedisServer {
     #[allow(dead_code)]
     pub fn restart_empty(&mut self) {
         self.kill();
+        self.clear_data();
+        self.spawn();
+    }
+
+    /// Kills it, replaces its data directory's contents with a copy of
+    /// `saved` (an earlier copy of [`RedisServer::dir`]), and starts it again:
+    /// a node back with older data, its latest writes lost.
+    #[allow(dead_code)]
+    pub fn restart_from(&mut self, saved: &std::path::Path) {
+        self.kill();
+        self.clear_data();
+        copy_dir(saved, self.dir.path());
+        self.spawn();
+    }
+
+    fn clear_data(&self) {
         for entry in std::fs::read_dir(self.dir.path()).expect("data dir readable") {
             let path = entry.expect("dir entry").path();
             if path.is_dir() {
@@ -252,7 +268,6 @@ impl RedisServer {
                 std::fs::remove_file(&path).expect("remove data");
             }
         }
-        self.spawn();
     }
 
     /// A synchronous connection, for assertions.
@@ -390,5 +405,20 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.resume();
         self.kill();
+    }
+}
+
+/// Copies a directory tree (a Redis data directory: its AOF files).
+#[allow(dead_code)]
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let path = entry.expect("entry").path();
+        let target = to.join(path.file_name().expect("name"));
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).expect("copy");
+        }
     }
 }
