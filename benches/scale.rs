@@ -187,6 +187,10 @@ async fn measure_env(name: &str, source_toml: Option<String>, pages: usize) {
         started.elapsed().as_secs_f64()
     );
     let per_doc = (used_memory(&env).saturating_sub(before)) as f64 / held.max(1) as f64;
+    eprintln!(
+        "({name}: Redis bytes per document by key class: {})",
+        key_classes(&env, held)
+    );
 
     let (run, idle, peak) = sync_in_a_coordinator_process(&mut env, SyncMode::Incremental, 1).await;
     println!(
@@ -272,6 +276,32 @@ async fn fill(env: &Env) -> usize {
 
 fn used_memory(env: &Env) -> u64 {
     memory_info(env, "used_memory:")
+}
+
+/// `MEMORY USAGE` of every key, summed by the key's class (the last part of
+/// its name with document ids dropped: `docs`, `kids`, ...) and divided by
+/// `held`: where a document's bytes go.
+fn key_classes(env: &Env, held: usize) -> String {
+    let mut c = env.redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).expect("KEYS");
+    let mut by_class: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for key in keys {
+        let bytes: Option<u64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(&key)
+            .arg("SAMPLES")
+            .arg(0)
+            .query(&mut c)
+            .expect("MEMORY USAGE");
+        let class = key.split_once("}:").map_or(key.as_str(), |(_, rest)| rest);
+        let class = class.split(':').next().unwrap_or(class).to_owned();
+        *by_class.entry(class).or_default() += bytes.unwrap_or(0);
+    }
+    by_class
+        .iter()
+        .map(|(class, bytes)| format!("{class} {:.0}", *bytes as f64 / held.max(1) as f64))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A field of the Redis server's `INFO memory`, in bytes.

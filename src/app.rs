@@ -151,6 +151,7 @@ impl App {
                 self.config.sync.clone(),
                 consumer.into(),
             )
+            .with_state(self.state())
             .with_redis_retry(self.config.redis.retry, self.redis_addr())
             .with_state(self.state())
             .with_retention(self.config.queue.clone())
@@ -170,6 +171,7 @@ impl App {
                 self.config.sync.clone(),
                 consumer.into(),
             )
+            .with_state(self.state())
             .with_redis_retry(self.config.redis.retry, self.redis_addr())
             .with_hooks(self.hooks.clone())
             .with_telemetry(self.telemetry.clone()),

@@ -268,10 +268,11 @@ impl Keys {
         self.source(source, "followup")
     }
 
-    /// The schedule (`queue::schedule`): due times, periods, phases and the
-    /// claims not yet enqueued, under one hash tag so its scripts run on a cluster.
-    pub fn schedule(&self) -> [String; 4] {
-        ["due", "every", "phase", "claimed"].map(|part| format!("{}:{{schedule}}:{part}", self.ns))
+    /// The schedule (`queue::schedule`): due times, periods, phases, the
+    /// claims not yet enqueued and when each source was last registered,
+    /// under one hash tag so its scripts run on a cluster.
+    pub fn schedule(&self) -> [String; 5] {
+        ["due", "every", "phase", "claimed", "registered"].map(|part| format!("{}:{{schedule}}:{part}", self.ns))
     }
 
     /// Hash with a TTL: the source's fleet-wide rate gate (not-before, throttle

@@ -187,3 +187,70 @@ async fn a_claim_whose_coordinator_died_is_enqueued_by_the_next() {
     let runs = state.recent_runs(&hourly, 5).await.expect("runs");
     assert_eq!(runs.len(), 1, "one run for that first due time: {runs:?}");
 }
+
+/// A source that left every coordinator's config leaves the schedule: once
+/// no coordinator has registered it for `FORGET_AFTER`, its next due time
+/// forgets it instead of being claimed (and dropped by its claimer) every
+/// period forever. A source still registered is claimed as before, and a
+/// forgotten one registered again is new to the schedule (its first run at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_no_coordinator_registers_leaves_the_schedule() {
+    let env = Env::start(Options {
+        pages: 1,
+        ..Options::default()
+    })
+    .await;
+    let (kept, gone) = (SourceId::new("kept").expect("id"), SourceId::new("gone").expect("id"));
+    let every = Duration::from_secs(1);
+    let (pool, keys) = (&env.app.pool, &env.app.keys);
+    let first = schedule::register(pool, keys, &[(kept.clone(), every), (gone.clone(), every)])
+        .await
+        .expect("register");
+    assert_eq!(first.len(), 2, "both new: {first:?}");
+    schedule::enqueued(pool, keys, &first)
+        .await
+        .expect("first runs enqueued");
+
+    // `gone` was last registered long ago: as though every replica's config dropped it.
+    let [.., registered] = keys.schedule();
+    let past = (epoch_ms() - schedule::FORGET_AFTER.as_millis() as i64 - 1_000).to_string();
+    let _: i64 = redis::cmd("HSET")
+        .arg(&registered)
+        .arg("gone")
+        .arg(past)
+        .query(&mut env.redis.conn())
+        .expect("HSET");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut claimed = Vec::new();
+    while claimed.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        claimed = schedule::claim_due(pool, keys, 100).await.expect("claim");
+    }
+    assert_eq!(claimed, vec![kept.clone()], "only the registered source is claimed");
+    let due: Vec<SourceId> = schedule::next_due(pool, keys)
+        .await
+        .expect("next due")
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(due, vec![kept.clone()], "gone left the due times");
+    let [_, every_key, phase, claimed_key, registered] = keys.schedule();
+    let mut conn = env.redis.conn();
+    for key in [every_key, phase, registered] {
+        let fields: Vec<String> = redis::cmd("HKEYS").arg(&key).query(&mut conn).expect("HKEYS");
+        assert_eq!(fields, vec!["kept".to_owned()], "{key}");
+    }
+    let claims: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&claimed_key)
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .expect("ZRANGE");
+    assert_eq!(claims, vec!["kept".to_owned()], "{claimed_key}: gone is not claimed");
+
+    let again = schedule::register(pool, keys, &[(gone.clone(), every)])
+        .await
+        .expect("register");
+    assert_eq!(again, vec![gone], "registered again, it is new: its first run at once");
+}

@@ -2,15 +2,16 @@
 //! coordinator replica however many run, in one round trip per tick however
 //! many sources there are (issue 12.6: a thousand sources on two replicas).
 //!
-//! Four keys under one hash tag (`tm:{schedule}:due`, `:every`, `:phase`,
-//! `:claimed`), so the scripts run on a Redis Cluster too:
+//! Five keys under one hash tag (`tm:{schedule}:due`, `:every`, `:phase`,
+//! `:claimed`, `:registered`), so the scripts run on a Redis Cluster too:
 //! - `due`, a sorted set of source -> next due time (ms, Redis' clock);
 //! - `every` and `phase`: each source's period and its phase in it, the
 //!   phase a stable hash of the source id, so runs fall on phase + k x period
 //!   and a thousand sources with one period spread over it instead of
 //!   starting together;
 //! - `claimed`, a sorted set of source -> lease end: due times claimed (or
-//!   first runs registered) whose request is not enqueued yet.
+//!   first runs registered) whose request is not enqueued yet;
+//! - `registered`, source -> when a coordinator last registered it (ms).
 //!
 //! Invariants:
 //! - Every due time is claimed by one caller (a script moves it forward as
@@ -26,6 +27,11 @@
 //!   rather than catching up in a burst.
 //! - Registration is idempotent and repeated (every coordinator, every
 //!   [`REGISTER_EVERY`]), so a Redis that lost its data gets the schedule back.
+//! - A source that no coordinator has registered for [`FORGET_AFTER`] (it
+//!   left every replica's config) leaves the schedule when it is next due,
+//!   instead of being claimed and dropped every period forever. The bound is
+//!   many registration periods, so a rolling deploy, during which only some
+//!   replicas schedule a source, never drops one a replica still schedules.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -42,6 +48,9 @@ static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/
 
 /// How often each coordinator registers its scheduled sources again.
 pub const REGISTER_EVERY: Duration = Duration::from_secs(30);
+
+/// How long a source may go unregistered before the schedule forgets it.
+pub const FORGET_AFTER: Duration = Duration::from_secs(10 * REGISTER_EVERY.as_secs());
 
 /// How long a claimed due time waits for its caller's [`enqueued`] before the
 /// next claim takes it over.
@@ -75,7 +84,10 @@ pub async fn register(pool: &Pool, keys: &Keys, schedules: &[(SourceId, Duration
 /// The caller enqueues each one's request, then calls [`enqueued`].
 pub async fn claim_due(pool: &Pool, keys: &Keys, limit: usize) -> Result<Vec<SourceId>, Error> {
     let mut invocation = on_schedule(&CLAIM, keys);
-    invocation.arg(limit).arg(CLAIM_LEASE.as_millis() as u64);
+    invocation
+        .arg(limit)
+        .arg(CLAIM_LEASE.as_millis() as u64)
+        .arg(FORGET_AFTER.as_millis() as u64);
     let mut conn = pool.get().await?;
     let due: Vec<String> = invocation
         .invoke_async(&mut conn)
@@ -90,7 +102,7 @@ pub async fn enqueued(pool: &Pool, keys: &Keys, sources: &[SourceId]) -> Result<
     if sources.is_empty() {
         return Ok(());
     }
-    let [.., claimed] = keys.schedule();
+    let [_, _, _, claimed, _] = keys.schedule();
     let mut conn = pool.get().await?;
     let _: i64 = redis::cmd("ZREM")
         .arg(&claimed)

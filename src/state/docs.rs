@@ -281,8 +281,12 @@ impl StateStore {
         let keys = [self.keys.fence(source), self.keys.unsettled(source)];
         let mut args = vec![owner.as_bytes().to_vec()];
         args.extend(ids.iter().map(|d| d.0.as_bytes().to_vec()));
-        self.fenced(&FENCED_MARK_UNSETTLED, &keys, token, &args).await?;
-        Ok(())
+        let mut conn = self.pool.get().await?;
+        super::fenced_on(&mut conn, &FENCED_MARK_UNSETTLED, &keys, token, &args).await?;
+        // A mark lost in a failover would leave a sink write the state never
+        // heard of: a document deleted at the source later would stay in the
+        // sink for good (a deletion of a document not held deletes nothing).
+        self.wait_for_replicas(&mut conn, source).await
     }
 
     /// Which of `ids` are unsettled (one HMGET).

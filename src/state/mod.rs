@@ -64,10 +64,11 @@ pub enum Error {
     /// A newer run holds the source; this write was refused.
     #[error(transparent)]
     StaleFence(#[from] StaleFence),
-    /// Fewer replicas acknowledged a raised fence than `[redis] wait_replicas` asks for.
+    /// Fewer replicas acknowledged a raised fence, or a page's unsettled
+    /// marks, than `[redis] wait_replicas` asks for.
     #[error(
-        "the raised fence of {source_id} reached {acked} of the {wanted} replica(s) redis.wait_replicas asks for \
-         within {within:?}: a failover now could lose it, so the run does not start (it is retried)"
+        "writes for {source_id} reached {acked} of the {wanted} replica(s) redis.wait_replicas asks for \
+         within {within:?}: a failover now could lose them, so nothing that depends on them goes on (the run or page is retried)"
     )]
     NotReplicated {
         /// The source.
@@ -137,7 +138,8 @@ impl StateStore {
     }
 
     /// The same store, waiting for `(replicas, within)` to acknowledge every
-    /// raised fence (`WAIT`) before a registration returns, as `[redis]
+    /// raised fence (`WAIT`) before a registration returns, and every
+    /// unsettled mark before a worker touches the sink, as `[redis]
     /// wait_replicas` says; `None`: not waiting.
     pub fn with_replica_wait(mut self, wait: Option<(u32, std::time::Duration)>) -> Self {
         self.wait_replicas = wait;
@@ -175,13 +177,19 @@ impl StateStore {
     ) -> Result<(), Error> {
         let mut conn = self.pool.get().await?;
         fenced_on(&mut conn, script, keys, token, &[]).await?;
+        self.wait_for_replicas(&mut conn, source).await
+    }
+
+    /// With `wait_replicas`, waits until enough replicas have every write made
+    /// so far on `conn` (`WAIT` covers its connection's writes); without, returns at once.
+    async fn wait_for_replicas(&self, conn: &mut crate::db::Connection, source: &SourceId) -> Result<(), Error> {
         let Some((wanted, within)) = self.wait_replicas else {
             return Ok(());
         };
         let acked: i64 = redis::cmd("WAIT")
             .arg(wanted)
             .arg(within.as_millis() as u64)
-            .query_async(&mut conn)
+            .query_async(conn)
             .await?;
         if acked < i64::from(wanted) {
             return Err(Error::NotReplicated {

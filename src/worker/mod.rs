@@ -170,6 +170,12 @@ impl Worker {
         }
     }
 
+    /// The state store to use (one that waits for replicas, `[redis] wait_replicas`).
+    pub fn with_state(mut self, state: StateStore) -> Self {
+        self.state = state;
+        self
+    }
+
     /// Retries Redis faults with `retry`; logs name Redis as `addr` (pass it through [`crate::db::redacted`]).
     pub fn with_redis_retry(mut self, retry: Backoff, addr: impl Into<String>) -> Self {
         self.retry = retry;

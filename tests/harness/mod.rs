@@ -70,6 +70,8 @@ pub struct Options {
     pub cluster: bool,
     /// With `cluster`: a replica per primary, for failover.
     pub cluster_replicas: bool,
+    /// Extra lines for `[redis]` (e.g. `wait_replicas = 1`).
+    pub more_redis: String,
 }
 
 impl Default for Options {
@@ -93,6 +95,7 @@ impl Default for Options {
             secure_redis: false,
             cluster: false,
             cluster_replicas: false,
+            more_redis: String::new(),
         }
     }
 }
@@ -168,6 +171,7 @@ impl Env {
 {redis}
 response_timeout_ms = 2000
 {lock_urls}
+{more_redis}
 
 [sync]
 page_size = {page_size}
@@ -203,6 +207,7 @@ listen = ""
                 redis.client_toml()
             },
             lock_urls = lock_urls,
+            more_redis = opts.more_redis,
             page_size = opts.page_size,
             lock_ttl_ms = opts.lock_ttl_ms,
             job_idle_timeout_ms = opts.job_idle_timeout_ms,

@@ -9,6 +9,7 @@
 -- KEYS[3]: tm:{schedule}:phase (hash: source -> phase, ms: its runs fall on
 --          phase + k * period, so the sources spread over the period)
 -- KEYS[4]: tm:{schedule}:claimed (sorted set: source -> lease end, ms)
+-- KEYS[5]: tm:{schedule}:registered (hash: source -> last registration, ms)
 -- ARGV[1]: lease, ms; then source, period ms, phase ms (in [0, period)), repeated
 -- Returns the sources added (their first run is the caller's to enqueue).
 local t = redis.call('TIME')
@@ -19,6 +20,7 @@ for i = 2, #ARGV, 3 do
   local source, every = ARGV[i], tonumber(ARGV[i + 1])
   redis.call('HSET', KEYS[2], source, every)
   redis.call('HSET', KEYS[3], source, ARGV[i + 2])
+  redis.call('HSET', KEYS[5], source, now)
   local phase = tonumber(ARGV[i + 2])
   local next = now - ((now - phase) % every) + every
   local due = redis.call('ZSCORE', KEYS[1], source)
