@@ -246,15 +246,9 @@ async fn fill(env: &Env) -> usize {
                 new: DocState {
                     version: m.version,
                     content_hash: sources::sha256_hex(m.id.0.as_bytes()),
-                    breadcrumb: vec![
-                        "Knowledge base".into(),
-                        m.parent.as_ref().map(|p| p.0.clone()).unwrap_or_default(),
-                    ],
                     title: m.title,
                     parent: m.parent,
                     links: Vec::new(),
-                    token,
-                    synced_at: now,
                 },
                 id: m.id,
                 old: None,
@@ -297,11 +291,24 @@ fn key_classes(env: &Env, held: usize) -> String {
         let class = class.split(':').next().unwrap_or(class).to_owned();
         *by_class.entry(class).or_default() += bytes.unwrap_or(0);
     }
-    by_class
+    let docs = env.app.keys.docs(&env.source);
+    // Fields and values, alternating.
+    let (_, flat): (u64, Vec<Vec<u8>>) = redis::cmd("HSCAN")
+        .arg(&docs)
+        .arg(0)
+        .arg("COUNT")
+        .arg(1000)
+        .query(&mut c)
+        .expect("HSCAN");
+    let n = (flat.len() / 2).max(1) as f64;
+    let id_len = flat.iter().step_by(2).map(Vec::len).sum::<usize>() as f64 / n;
+    let value_len = flat.iter().skip(1).step_by(2).map(Vec::len).sum::<usize>() as f64 / n;
+    let classes = by_class
         .iter()
         .map(|(class, bytes)| format!("{class} {:.0}", *bytes as f64 / held.max(1) as f64))
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    format!("{classes}; a held document's id {id_len:.0} B and state {value_len:.0} B on average")
 }
 
 /// A field of the Redis server's `INFO memory`, in bytes.

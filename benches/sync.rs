@@ -781,10 +781,7 @@ async fn held_state_at_scale(env: &Env) {
             content_hash: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
             title: "Installation guide for the product".into(),
             parent: Some(DocumentId("100012".into())),
-            breadcrumb: vec!["Product Documentation".into(), "Guides".into()],
             links: vec![DocumentId("100020".into())],
-            token: FencingToken(1),
-            synced_at: chrono::Utc::now(),
         };
         let body = rmp_serde::to_vec_named(&state).expect("encode");
         for chunk in (0..HELD_DOCS).collect::<Vec<_>>().chunks(10_000) {

@@ -402,10 +402,7 @@ pub(crate) async fn stale_token_writes_are_refused_in(env: Env) {
         content_hash: "h".into(),
         title: "T".into(),
         parent: None,
-        breadcrumb: vec![],
         links: vec![],
-        token: old.token,
-        synced_at: chrono::Utc::now(),
     };
     let id = DocumentId("1".into());
     let err = state.put_doc(&s, old.token, &id, &doc).await.unwrap_err();

@@ -17,7 +17,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
-use chrono::{DateTime, Utc};
 use deadpool_redis::redis::{self, AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
@@ -25,16 +24,20 @@ use super::{Error, StateStore, decode, encode, scan_batch};
 use crate::lock::fencing;
 use crate::types::{DocumentId, FencingToken, SourceId};
 
-/// What we hold for one document. Stored compactly (one-letter field names,
-/// the hash as bytes, the time as milliseconds: [`super::compact`]); the long
-/// names are read too, as earlier versions wrote them.
+/// What we hold for one document: what a run compares a feed and a fetch
+/// against, and what the reverse indexes are kept from; nothing else, as it
+/// is paid for once per document in Redis. Stored compactly (one-letter
+/// field names, the hash's first bytes: [`super::compact`]); the long names
+/// are read too, as earlier versions wrote them, and so are the fields they
+/// kept and no run read (breadcrumb, token, time written), then ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DocState {
     /// Source version last written to the sink.
     #[serde(rename = "v", alias = "version")]
     pub version: String,
-    /// SHA-256 of what was written (title, breadcrumb, content).
-    #[serde(rename = "h", alias = "content_hash", with = "super::compact::hex_bytes")]
+    /// SHA-256 of what was written (title, breadcrumb, content, links, ...),
+    /// in hex; stored, its first 16 bytes: compare with [`DocState::wrote`].
+    #[serde(rename = "h", alias = "content_hash", with = "super::compact::hash_prefix")]
     pub content_hash: String,
     /// Title.
     #[serde(rename = "t", alias = "title")]
@@ -42,18 +45,17 @@ pub struct DocState {
     /// Parent document.
     #[serde(rename = "p", alias = "parent", default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<DocumentId>,
-    /// Ancestor titles, root first.
-    #[serde(rename = "b", alias = "breadcrumb", default, skip_serializing_if = "Vec::is_empty")]
-    pub breadcrumb: Vec<String>,
     /// Documents of the same source this one links to.
     #[serde(rename = "l", alias = "links", default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<DocumentId>,
-    /// Token of the run that wrote it.
-    #[serde(rename = "k", alias = "token")]
-    pub token: FencingToken,
-    /// When it was written.
-    #[serde(rename = "s", alias = "synced_at", with = "super::compact::millis")]
-    pub synced_at: DateTime<Utc>,
+}
+
+impl DocState {
+    /// Whether `hash` (a whole content hash, in hex) is what was last
+    /// written: the stored hash is it, or its first bytes.
+    pub fn wrote(&self, hash: &str) -> bool {
+        !self.content_hash.is_empty() && hash.starts_with(self.content_hash.as_str())
+    }
 }
 
 /// The part of a [`DocState`] a run compares a change feed against. Decoding
@@ -321,6 +323,8 @@ impl StateStore {
 
 #[cfg(test)]
 mod tests {
+    use chrono::{DateTime, Utc};
+
     use super::*;
 
     /// The form earlier versions stored: long names, the hash in hex, the time as text.
@@ -342,15 +346,15 @@ mod tests {
             content_hash: crate::sources::sha256_hex(b"body"),
             title: "Installation guide".into(),
             parent: Some(DocumentId("100012".into())),
-            breadcrumb: vec!["Product Documentation".into(), "Guides".into()],
             links: vec![DocumentId("100020".into())],
-            token: FencingToken(7),
-            synced_at: DateTime::from_timestamp_millis(1_764_500_000_123).expect("time"),
         }
     }
 
-    /// A document stored by an earlier version decodes as it was, whole and as
-    /// [`HeldMeta`]; the compact form round-trips and is much smaller.
+    /// A document stored by an earlier version (long names, a whole hex
+    /// hash, a breadcrumb, token and time) decodes as it was, whole and as
+    /// [`HeldMeta`], the fields no longer kept ignored; the compact form
+    /// keeps the hash's first 16 bytes, which still tell the written hash
+    /// from any other, and is less than half the size.
     #[test]
     fn earlier_and_compact_forms_decode_alike() {
         let doc = sample();
@@ -359,37 +363,44 @@ mod tests {
             content_hash: doc.content_hash.clone(),
             title: doc.title.clone(),
             parent: doc.parent.clone(),
-            breadcrumb: doc.breadcrumb.clone(),
+            breadcrumb: vec!["Product Documentation".into(), "Guides".into()],
             links: doc.links.clone(),
-            token: doc.token,
-            synced_at: doc.synced_at,
+            token: FencingToken(7),
+            synced_at: DateTime::from_timestamp_millis(1_764_500_000_123).expect("time"),
         })
         .expect("encode");
         let compact = encode(&doc);
+        let other = crate::sources::sha256_hex(b"another body");
         for bytes in [&earlier, &compact] {
             let back: DocState = rmp_serde::from_slice(bytes).expect("decode");
-            assert_eq!(back, doc);
+            assert_eq!(
+                (&back.version, &back.title, &back.parent, &back.links),
+                (&doc.version, &doc.title, &doc.parent, &doc.links)
+            );
+            assert!(back.wrote(&doc.content_hash), "{back:?}");
+            assert!(!back.wrote(&other), "{back:?}");
             let meta: HeldMeta = rmp_serde::from_slice(bytes).expect("decode meta");
             assert_eq!(
                 (meta.version, meta.title, meta.parent),
                 (doc.version.clone(), doc.title.clone(), doc.parent.clone())
             );
         }
+        let stored: DocState = rmp_serde::from_slice(&compact).expect("decode");
+        assert_eq!(stored.content_hash.len(), 32, "16 bytes of hash kept");
         assert!(
-            compact.len() * 10 < earlier.len() * 7,
+            compact.len() * 2 < earlier.len(),
             "compact {} bytes vs earlier {}",
             compact.len(),
             earlier.len()
         );
     }
 
-    /// A hash that is not lowercase hex, no parent, no breadcrumb and no links round-trip too.
+    /// A hash that is not lowercase hex, no parent and no links round-trip too.
     #[test]
     fn unusual_values_round_trip() {
         let doc = DocState {
             content_hash: "not-hex".into(),
             parent: None,
-            breadcrumb: Vec::new(),
             links: Vec::new(),
             ..sample()
         };
@@ -401,5 +412,11 @@ mod tests {
         };
         let back: DocState = rmp_serde::from_slice(&encode(&upper)).expect("decode");
         assert_eq!(back.content_hash, "ABCDEF");
+        assert!(back.wrote("ABCDEF") && !back.wrote("ABCDE0"));
+        let empty = DocState {
+            content_hash: String::new(),
+            ..sample()
+        };
+        assert!(!empty.wrote(""), "no hash held: nothing is known to be written");
     }
 }

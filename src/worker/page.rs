@@ -325,8 +325,7 @@ impl Worker {
                 &about,
             );
             let old = held.get(&doc.meta.id);
-            if !unsettled.contains(&doc.meta.id)
-                && old.is_some_and(|h| h.version == doc.meta.version && h.content_hash == hash)
+            if !unsettled.contains(&doc.meta.id) && old.is_some_and(|h| h.version == doc.meta.version && h.wrote(&hash))
             {
                 stats.skipped += 1;
                 continue;
@@ -352,10 +351,7 @@ impl Worker {
                     content_hash: hash,
                     title: doc.meta.title.clone(),
                     parent: doc.meta.parent.clone(),
-                    breadcrumb,
                     links: doc.links.clone(),
-                    token: job.token,
-                    synced_at: Utc::now(),
                 },
                 old: old.cloned(),
             });
@@ -377,8 +373,7 @@ impl Worker {
                 &links,
                 &doc.about,
             );
-            if !unsettled.contains(id) && doc.breadcrumb == breadcrumb && doc.links == links && old.content_hash == hash
-            {
+            if !unsettled.contains(id) && doc.breadcrumb == breadcrumb && doc.links == links && old.wrote(&hash) {
                 stats.skipped += 1;
                 continue;
             }
@@ -391,9 +386,6 @@ impl Worker {
                 id: id.clone(),
                 new: DocState {
                     content_hash: hash,
-                    breadcrumb,
-                    token: job.token,
-                    synced_at: Utc::now(),
                     ..old.clone()
                 },
                 old: Some(old.clone()),
