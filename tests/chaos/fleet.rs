@@ -18,7 +18,7 @@ use tidemark::simulators::confluence::ConfluenceSim;
 use tidemark::simulators::gdrive::GdriveSim;
 
 use crate::convergence::rng::Rng;
-use crate::harness::Env;
+use crate::harness::{Env, RedisServer};
 
 /// What a slot runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -267,29 +267,35 @@ impl Fleet {
                 }
             }
             Fault::RestartRedis => {
-                self.note("redis-server: SIGKILL and restart".into());
-                tokio::task::block_in_place(|| env.redis.restart());
+                let (node, name) = self.redis_victim(env);
+                self.note(format!("{name}: SIGKILL and restart"));
+                tokio::task::block_in_place(|| node.restart());
             }
             Fault::RedisDown => {
                 let down = millis(&mut self.rng, 500, 4000);
-                self.note(format!("redis-server: SIGKILL, down for {down:?}"));
-                env.redis.kill();
+                let (node, name) = self.redis_victim(env);
+                self.note(format!("{name}: SIGKILL, down for {down:?}"));
+                node.kill();
                 tokio::time::sleep(down).await;
-                tokio::task::block_in_place(|| env.redis.restart());
-                self.note("redis-server: back".into());
+                tokio::task::block_in_place(|| node.restart());
+                self.note(format!("{name}: back"));
             }
             Fault::PauseRedis => {
                 let paused = millis(&mut self.rng, 300, 3000);
-                self.note(format!("redis-server: SIGSTOP for {paused:?}"));
-                env.redis.pause();
+                let (node, name) = self.redis_victim(env);
+                self.note(format!("{name}: SIGSTOP for {paused:?}"));
+                node.pause();
                 tokio::time::sleep(paused).await;
-                env.redis.resume();
+                node.resume();
             }
             Fault::RestartLockNode => {
                 let n = self.rng.below(env.lock_nodes.len().max(1));
-                self.note(format!("lock node {n}: SIGKILL and restart"));
-                if let Some(node) = env.lock_nodes.get_mut(n) {
-                    tokio::task::block_in_place(|| node.restart());
+                match env.lock_nodes.get_mut(n) {
+                    Some(node) => {
+                        self.note(format!("lock node {n}: SIGKILL and restart"));
+                        tokio::task::block_in_place(|| node.restart());
+                    }
+                    None => self.note("no lock nodes (the lock is on the main Redis): nothing to restart".into()),
                 }
             }
             Fault::SourceErrors => {
@@ -300,6 +306,21 @@ impl Fleet {
             }
         }
         *self.injected.entry(fault).or_default() += 1;
+    }
+
+    /// The Redis node a fault of Redis hits, and its name: the one
+    /// redis-server, or on a cluster any of its nodes, primary or replica,
+    /// drawn from the seed (only then: a single server's seeds replay as before).
+    fn redis_victim<'a>(&mut self, env: &'a mut Env) -> (&'a mut RedisServer, String) {
+        if env.cluster_nodes.is_empty() {
+            return (&mut env.redis, "redis-server".into());
+        }
+        let n = self.rng.below(env.cluster_nodes.len() + 1);
+        let name = format!("cluster node {n}");
+        match n.checked_sub(1) {
+            None => (&mut env.redis, name),
+            Some(i) => (&mut env.cluster_nodes[i], name),
+        }
     }
 
     /// Undoes every fault still pending: all processes run afterwards.

@@ -11,6 +11,10 @@
 //! - one more sync finds nothing to do;
 //! - no process exited by itself (only our SIGKILLs end them).
 //!
+//! A second variant runs the same on a 3-primary Redis Cluster with a replica
+//! per primary (`sources_converge_through_faults_on_a_cluster`): the faults of
+//! Redis hit any node, and a primary gone past the node timeout fails over.
+//!
 //! A report always prints (`--nocapture` shows it on success): seed, duration,
 //! faults by kind, runs by status, documents re-processed, stale pages
 //! refused, documents lost (must be 0), drift (must be 0).
@@ -262,7 +266,7 @@ async fn tidemark(env: &Env, args: &[&str]) -> (i32, String, String) {
 }
 
 /// The whole scenario; findings go into `report`, a failure is returned.
-async fn scenario(seed: u64, secs: u64, report: &mut Report) -> Result<(), String> {
+async fn scenario(seed: u64, secs: u64, cluster: bool, report: &mut Report) -> Result<(), String> {
     let nginx = Nginx::start();
     let (sources, toml) = Sources::start(seed, &nginx).await;
     let mut env = Env::start(Options {
@@ -271,7 +275,15 @@ async fn scenario(seed: u64, secs: u64, report: &mut Report) -> Result<(), Strin
         page_size: 3,
         // Pages queue up behind busy workers: a takeover finds some still to do.
         sync: "worker_concurrency = 2".into(),
-        lock_nodes: 3,
+        // On a cluster the lock lives in the source's slot, failed over with it.
+        lock_nodes: if cluster { 0 } else { 3 },
+        cluster,
+        cluster_replicas: cluster,
+        more_redis: if cluster {
+            "wait_replicas = 1\nwait_replicas_ms = 1000".into()
+        } else {
+            String::new()
+        },
         source_toml: Some(toml),
         ..Options::default()
     })
@@ -449,15 +461,34 @@ async fn run(
 /// drift, and nothing was lost (see the module docs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sources_converge_through_process_and_redis_faults() {
+    chaos(false, "sources_converge_through_process").await;
+}
+
+/// The same on a 3-primary Redis Cluster with a replica per primary and
+/// `[redis] wait_replicas = 1` (the redis-cluster overlay's setting): the
+/// faults of Redis hit any node, primary or replica, and a primary down or
+/// stopped past the cluster's node timeout (2 s) is replaced by its replica
+/// and comes back as a replica. (Faults last `TIDEMARK_CHAOS_SECS`, default
+/// 30 s, as for one server.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sources_converge_through_faults_on_a_cluster() {
+    chaos(true, "sources_converge_through_faults_on_a_cluster").await;
+}
+
+/// One chaos run, on one server or a cluster; `name` filters the test to replay it.
+async fn chaos(cluster: bool, name: &str) {
     let _turn = crate::harness::heavy().await;
     let seed = env_u64("TIDEMARK_CHAOS_SEED").unwrap_or(DEFAULT_SEED);
     let secs = env_u64("TIDEMARK_CHAOS_SECS").unwrap_or(DEFAULT_SECS);
     let mut report = Report::new(seed, secs);
-    let outcome = scenario(seed, secs, &mut report).await;
+    if cluster {
+        report.redis = "Redis Cluster of 3 primaries with a replica each (AOF always, wait_replicas = 1)";
+    }
+    let outcome = scenario(seed, secs, cluster, &mut report).await;
     eprintln!("{report}");
     if let Err(e) = outcome {
         panic!(
-            "chaos seed {seed} FAILED: {e}\n  replay: TIDEMARK_CHAOS_SEED={seed} TIDEMARK_CHAOS_SECS={secs} cargo test --test it chaos -- --nocapture"
+            "chaos seed {seed} FAILED: {e}\n  replay: TIDEMARK_CHAOS_SEED={seed} TIDEMARK_CHAOS_SECS={secs} cargo test --test it {name} -- --nocapture"
         );
     }
     assert_eq!(report.lost(), 0, "documents lost");

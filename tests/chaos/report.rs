@@ -26,6 +26,8 @@ use super::fleet::Fault;
 /// Everything the report prints.
 pub struct Report {
     pub seed: u64,
+    /// Where Redis runs, as the header says it.
+    pub redis: &'static str,
     pub secs: u64,
     pub chaos_secs: f64,
     pub settle_secs: f64,
@@ -61,6 +63,7 @@ impl Report {
     pub fn new(seed: u64, secs: u64) -> Self {
         Report {
             seed,
+            redis: "redis AOF always, 3 lock nodes",
             secs,
             chaos_secs: 0.0,
             settle_secs: 0.0,
@@ -93,8 +96,8 @@ impl fmt::Display for Report {
         writeln!(f, "==== chaos report ====")?;
         writeln!(
             f,
-            "seed {} | faults for {:.1}s (asked {}s) | queues drained {:.1}s after | 2 coordinators, 3 workers, redis AOF always, 3 lock nodes",
-            self.seed, self.chaos_secs, self.secs, self.settle_secs
+            "seed {} | faults for {:.1}s (asked {}s) | queues drained {:.1}s after | 2 coordinators, 3 workers, {}",
+            self.seed, self.chaos_secs, self.secs, self.settle_secs, self.redis
         )?;
         writeln!(
             f,

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use super::ConfluenceSim;
 use super::attachments;
 use super::cql::{matches, matches_attachment, parse_cql};
-use super::model::{Page, SimState};
+use super::model::{Page, PageStatus, SimState};
 use crate::simulators::http::{self, query_pairs, rfc3339_millis as ts};
 use crate::simulators::traffic::Admission;
 
@@ -49,6 +49,7 @@ pub(super) fn routes(sim: &ConfluenceSim) -> Router<ConfluenceSim> {
         .route("/wiki/api/v2/spaces/{id}/pages", get(api_space_pages))
         .route("/wiki/api/v2/pages", get(api_pages))
         .route("/wiki/rest/api/content/search", get(api_search))
+        .route("/wiki/rest/api/content/{id}", get(api_content))
         .route(
             "/wiki/rest/api/content/{id}/child/attachment/{attachment_id}/download",
             get(attachments::api_download),
@@ -482,6 +483,47 @@ async fn api_search(State(sim): State<ConfluenceSim>, headers: HeaderMap, RawQue
         "_links": links,
     }))
     .into_response()
+}
+
+/// `GET /wiki/rest/api/content/{id}` (v1 "Get content by ID"): a page or an
+/// attachment, with `expand` as in search (`version`, `ancestors`,
+/// `container`). Without `status`, only current content is found: trashed
+/// content (and the attachments of a trashed page) is a 404, as is an
+/// unknown id. The `_links` carry `base` and `context`, as a single
+/// content's reply does.
+async fn api_content(
+    State(sim): State<ConfluenceSim>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let st = sim.lock();
+    let pairs = query_pairs(q.as_deref());
+    let expand: Vec<&str> = param(&pairs, "expand")
+        .map(|e| e.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    let not_found = || error_response(404, true, &format!("No content found with id: ContentId{{id={id}}}"));
+    let mut v = if let Some(n) = attachments::parse_id(&id) {
+        match st.attachments.get(&n).filter(|_| st.attachment_visible(n)) {
+            Some(a) => attachments::v1_attachment(&st, n, a, &expand),
+            None => return not_found(),
+        }
+    } else {
+        let page = id.parse::<u64>().ok().and_then(|n| {
+            st.pages
+                .get(&n)
+                .filter(|p| p.status == PageStatus::Current)
+                .map(|p| (n, p))
+        });
+        match page {
+            Some((n, p)) => v1_content(&st, n, p, &expand),
+            None => return not_found(),
+        }
+    };
+    let base = base_link(&headers);
+    v["_links"]["base"] = json!(base);
+    v["_links"]["context"] = json!("/wiki");
+    Json(v).into_response()
 }
 
 fn v1_content(st: &SimState, id: u64, p: &Page, expand: &[&str]) -> Value {

@@ -112,6 +112,31 @@ impl Client {
     /// GETs `url` with auth, retrying 429/5xx/network failures, and decodes the JSON body.
     /// `calls` is incremented for every attempt.
     pub(super) async fn get_json<T: DeserializeOwned>(&self, url: &Url, calls: &ApiCalls) -> Result<Reply<T>, Error> {
+        self.get_json_as(url, calls, classify)
+            .await?
+            .ok_or_else(|| self.http.permanent(format_args!("GET {}: HTTP 404", url.path())))
+    }
+
+    /// [`Client::get_json`] where a 404 is an answer (the content is gone): `None`.
+    pub(super) async fn get_json_unless_gone<T: DeserializeOwned>(
+        &self,
+        url: &Url,
+        calls: &ApiCalls,
+    ) -> Result<Option<Reply<T>>, Error> {
+        let accept_gone = |reply: &client::Reply| match reply.status.as_u16() {
+            404 => Verdict::Accept,
+            _ => classify(reply),
+        };
+        self.get_json_as(url, calls, accept_gone).await
+    }
+
+    /// A GET of JSON whose replies `verdict` judges; `None` for an accepted 404.
+    async fn get_json_as<T: DeserializeOwned>(
+        &self,
+        url: &Url,
+        calls: &ApiCalls,
+        verdict: impl Fn(&client::Reply) -> Verdict,
+    ) -> Result<Option<Reply<T>>, Error> {
         let label = format!("GET {}", url.path());
         let build = move || async move {
             let req = self.http.http().get(url.clone()).header(ACCEPT, "application/json");
@@ -120,12 +145,15 @@ impl Client {
                 None => req,
             })
         };
-        let reply = self.http.send(&label, build, Body::Always, classify, calls).await?;
-        Ok(Reply {
+        let reply = self.http.send(&label, build, Body::Always, verdict, calls).await?;
+        if reply.status.as_u16() == 404 {
+            return Ok(None);
+        }
+        Ok(Some(Reply {
             body: self.http.decode_json(&label, &reply.body)?,
             date: reply.date,
             link_next: link_next(&reply.headers),
-        })
+        }))
     }
 
     /// Downloads attachment `attachment` of page `page` through the v1 download
@@ -427,6 +455,62 @@ pub(super) struct V1Extensions {
 pub(super) struct V1ContentLinks {
     /// The page (or, for an attachment, its preview) under the site's `/wiki`.
     pub(super) webui: Option<String>,
+    /// The site's web root, in a reply of one content (`GET content/{id}`).
+    pub(super) base: Option<String>,
+}
+
+impl V1Content {
+    /// Id, version, title, parent (the last ancestor) and time, as reported;
+    /// no version is a malformed response (`expand=version` asks for it).
+    pub(super) fn meta(&self, c: &Client, url: &Url) -> Result<DocMeta, Error> {
+        let version = self.version.as_ref().ok_or_else(|| {
+            c.http.permanent(format_args!(
+                "GET {}: result {} lacks version (expand=version)",
+                url.path(),
+                self.id
+            ))
+        })?;
+        Ok(DocMeta {
+            id: DocumentId(self.id.clone()),
+            version: version.number.to_string(),
+            title: self.title.clone(),
+            // Ancestors run from the space root down to the direct parent.
+            parent: self.ancestors.last().map(|a| DocumentId(a.id.clone())),
+            modified_at: c.timestamp(version.when.as_deref(), url)?,
+            ..DocMeta::default()
+        })
+    }
+
+    /// `meta` of this attachment completed: under its page (its breadcrumb
+    /// runs through it; no page, `expand=container` missing, is malformed),
+    /// with its web link, media type and size.
+    pub(super) fn attachment_meta(
+        &self,
+        meta: DocMeta,
+        c: &Client,
+        url: &Url,
+        web_root: &str,
+    ) -> Result<DocMeta, Error> {
+        let page = self.container.as_ref().ok_or_else(|| {
+            c.http.permanent(format_args!(
+                "GET {}: attachment {} lacks its page (expand=container)",
+                url.path(),
+                self.id
+            ))
+        })?;
+        let extensions = self.extensions.as_ref();
+        Ok(DocMeta {
+            parent: Some(DocumentId(page.id.clone())),
+            url: self
+                .links
+                .as_ref()
+                .and_then(|l| l.webui.as_deref())
+                .map(|w| format!("{}{w}", web_root.trim_end_matches('/'))),
+            mime_type: extensions.and_then(|e| e.media_type.clone()),
+            size: extensions.and_then(|e| e.file_size),
+            ..meta
+        })
+    }
 }
 
 #[derive(Deserialize)]

@@ -21,7 +21,7 @@ use url::Url;
 
 use super::api::{Client, Reply, V1Search, V2List, V2Page, is_numeric_id};
 use crate::sources::clock::Watermark;
-use crate::sources::{ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, FeedEnd, FeedPage, Observation};
+use crate::sources::{ApiCalls, ChangeFeed, Checkpoint, Error, FeedEnd, FeedPage, Observation};
 use crate::types::DocumentId;
 
 /// Which endpoint a feed walks.
@@ -110,47 +110,12 @@ impl ChangeFeed for ConfluenceFeed {
                         Some("attachment") => true,
                         Some(_) => continue,
                     };
-                    let version = item.version.as_ref().ok_or_else(|| {
-                        c.http.permanent(format_args!(
-                            "GET {}: result {} lacks version (expand=version)",
-                            url.path(),
-                            item.id
-                        ))
-                    })?;
-                    let when = c.timestamp(version.when.as_deref(), &url)?;
-                    self.clock.observe_modified(when);
-                    let meta = DocMeta {
-                        id: DocumentId(item.id.clone()),
-                        version: version.number.to_string(),
-                        title: item.title.clone(),
-                        // Ancestors run from the space root down to the direct parent.
-                        parent: item.ancestors.last().map(|a| DocumentId(a.id.clone())),
-                        modified_at: when,
-                        ..DocMeta::default()
-                    };
-                    if !attachment {
-                        observations.push(Observation::Present(meta));
-                        continue;
-                    }
-                    // An attachment hangs under its page (its breadcrumb runs through it).
-                    let page = item.container.as_ref().ok_or_else(|| {
-                        c.http.permanent(format_args!(
-                            "GET {}: attachment {} lacks its page (expand=container)",
-                            url.path(),
-                            item.id
-                        ))
-                    })?;
-                    let extensions = item.extensions.as_ref();
-                    observations.push(Observation::Present(DocMeta {
-                        parent: Some(DocumentId(page.id.clone())),
-                        url: item
-                            .links
-                            .as_ref()
-                            .and_then(|l| l.webui.as_deref())
-                            .map(|w| format!("{}{w}", web_root.trim_end_matches('/'))),
-                        mime_type: extensions.and_then(|e| e.media_type.clone()),
-                        size: extensions.and_then(|e| e.file_size),
-                        ..meta
+                    let meta = item.meta(&c, &url)?;
+                    self.clock.observe_modified(meta.modified_at);
+                    observations.push(Observation::Present(if attachment {
+                        item.attachment_meta(meta, &c, &url, &web_root)?
+                    } else {
+                        meta
                     }));
                 }
                 if let Some(links) = reply.body.links

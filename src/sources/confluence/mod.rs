@@ -434,6 +434,57 @@ mod tests {
         assert!(page_links("<p>no links</p>").is_empty());
     }
 
+    /// An attachment named by its id alone, with no page (a failed document
+    /// retried, or an unsettled one redone, while the state did not hold it),
+    /// is looked up first (`GET content/{id}`): fetched under its page, with
+    /// its title, version, type and text; one deleted since is missing. (It
+    /// failed as "no page to download it from", every run, in a chaos run.)
+    #[tokio::test]
+    async fn an_attachment_named_without_its_page_is_looked_up() {
+        let (sim, base) = start(SimConfig {
+            pages: 30,
+            attachments: true,
+            ..SimConfig::default()
+        })
+        .await;
+        let src = connector(base, |_| {});
+        let seeded = sim.attachments();
+        let (kept, gone) = (&seeded[0], &seeded[1]);
+        assert!(sim.delete_attachment(&gone.id));
+        let named = |id: &str| DocMeta {
+            id: DocumentId(id.to_owned()),
+            ..DocMeta::default()
+        };
+        sim.reset_calls();
+        let meter = ApiCalls::default();
+        let got = src
+            .fetch(&[named(&kept.id), named(&gone.id)], &meter)
+            .await
+            .expect("fetch");
+        assert_eq!(got.missing, vec![DocumentId(gone.id.clone())]);
+        assert!(got.failed.is_empty(), "{:?}", got.failed);
+        let [doc] = got.docs.as_slice() else {
+            panic!("one attachment fetched: {:?}", got.docs);
+        };
+        assert_eq!(doc.meta.parent, Some(DocumentId(kept.page_id.clone())));
+        assert_eq!(
+            (doc.meta.title.as_str(), doc.meta.version.as_str()),
+            (kept.title.as_str(), kept.version.to_string().as_str())
+        );
+        assert_eq!(doc.meta.mime_type.as_deref(), Some(kept.media_type.as_str()));
+        assert_eq!(doc.source_sha256.as_deref(), Some(kept.sha256.as_str()));
+        assert!(
+            doc.meta.url.as_deref().is_some_and(|u| u.contains("preview=")),
+            "{doc:?}"
+        );
+        assert_eq!(
+            sim.calls().get("GET /wiki/rest/api/content/{id}"),
+            Some(&2),
+            "each named attachment looked up once"
+        );
+        assert_eq!(meter.get(), 3, "two lookups, one download");
+    }
+
     /// Fetch asks for all ids in one batched call, reports deleted ids as
     /// missing, and hands over each page's text, web UI link and fingerprint.
     #[tokio::test]
