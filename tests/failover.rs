@@ -11,12 +11,14 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use tidemark::app::App;
 use tidemark::queue::{self, streams};
+use tidemark::simulators::files::{self, Stored};
 use tidemark::sinks::{self, Sink, SinkDocument, Written};
-use tidemark::state::RunStatus;
+use tidemark::state::{RunRecord, RunStatus};
 use tidemark::types::{DocumentId, FencingToken, SourceId, SyncMode};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::nginx::write_with_mtime;
+use crate::harness::points::{Director, When};
 use crate::harness::{Env, Options, wait_until};
 
 const FILES: &[&str] = &["a.md", "b.md", "c.md", "keep/d.md"];
@@ -49,6 +51,16 @@ async fn synced_filesystem(base: Options) -> (tempfile::TempDir, Env) {
     c1.stop().await;
     w1.stop().await;
     (dir, env)
+}
+
+/// A full sync by a coordinator and a worker that stop after it; the sink equals the source.
+async fn full_sync_then_stop(env: &Env) {
+    let c1 = env.coordinator("c1");
+    let w1 = env.worker("w1");
+    assert_eq!(env.sync(SyncMode::Full).await.status, RunStatus::Completed);
+    env.assert_sink_matches_source();
+    c1.stop().await;
+    w1.stop().await;
 }
 
 /// The sink's ids, sorted.
@@ -284,12 +296,7 @@ async fn dependents_owed_by_a_run_that_died_are_refreshed_by_the_next() {
     let gone = env.sim.create_page("Gone", None, "<p>soon gone</p>");
     env.sim.create_page("Under gone", Some(&gone), "<p>u</p>");
     let state = env.app.state();
-    let c1 = env.coordinator("c1");
-    let w1 = env.worker("w1");
-    assert_eq!(env.sync(SyncMode::Full).await.status, RunStatus::Completed);
-    env.assert_sink_matches_source();
-    c1.stop().await;
-    w1.stop().await;
+    full_sync_then_stop(&env).await;
 
     // Run 2 renames the parent and deletes "Gone" (its child moves up); its
     // coordinator stops once the pages are planned.
@@ -338,4 +345,124 @@ async fn dependents_owed_by_a_run_that_died_are_refreshed_by_the_next() {
     );
     let fourth = env.sync(SyncMode::Incremental).await;
     assert_eq!((fourth.docs_processed, fourth.dependents), (0, 0), "{fourth:?}");
+}
+
+/// Grand > Parent > Child, a file attached to Parent, synced in full; then
+/// Parent is trashed (Child moves up under Grand without a new version, the
+/// attachment goes with Parent), and run 2 (its coordinator a process)
+/// applies only its first page, Parent's deletion: its next page, Child's or
+/// the attachment's, waits at the director while the coordinator is SIGKILLed. `meanwhile` changes the source; then run 3 takes the request
+/// over (its page of run 2, resumed, is refused as stale). Returns the env,
+/// run 3, the attachment's id and Child's id.
+async fn deletion_half_applied(meanwhile: impl FnOnce(&Env, &str)) -> (Env, RunRecord, String, String) {
+    let mut env = Env::start(Options {
+        pages: 0,
+        page_size: 1,
+        // A complete listing every second incremental run: run 3 has none.
+        source_settings: "sweep_every = 2".into(),
+        ..Options::default()
+    })
+    .await;
+    let grand = env.sim.create_page("Grand", None, "<p>g</p>");
+    let parent = env.sim.create_page("Parent", Some(&grand), "<p>p</p>");
+    let child = env.sim.create_page("Child", Some(&parent), "<p>c</p>");
+    let attachment = env
+        .sim
+        .attach(&parent, files::stored(Stored::Docx, 7, "Minutes"))
+        .expect("attached");
+    // An hour on: the search's overlap (minutes) no longer reports these
+    // pages, as it would not in a space edited an hour ago.
+    env.sim.set_clock_skew(chrono::Duration::hours(1));
+    let (director, mut paused) = Director::new(true);
+    let director = Arc::new(director);
+    env.app = env.app.clone().with_hooks(director.clone());
+    full_sync_then_stop(&env).await;
+
+    assert!(env.sim.delete_page(&parent));
+    let pid = env.spawn_process(&["coordinator"]);
+    // Its plan, a page per document: Parent (the trash), then its held
+    // children (Child to fetch again, the attachment to delete with it):
+    // paused before the second page.
+    director.arm(&env.source, When::PageStart(1));
+    let r2 = env.enqueue(SyncMode::Incremental, "test").await;
+    let _w2 = env.worker("w2");
+    let second_page = tokio::time::timeout(Duration::from_secs(30), paused.recv())
+        .await
+        .expect("run 2 reaches its second page")
+        .expect("director alive");
+    let ids = sink_ids(&env);
+    assert!(
+        !ids.contains(&parent) && ids.contains(&attachment),
+        "run 2 deleted Parent, not yet its attachment: {ids:?}"
+    );
+    let held_child = env.sink_docs().into_iter().find(|d| d.id.0 == child).expect("Child");
+    assert_eq!(
+        held_child.breadcrumb,
+        vec!["Grand".to_owned(), "Parent".to_owned()],
+        "not fetched again yet"
+    );
+    std::process::Command::new("kill")
+        .arg("-KILL")
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    let _ = env.process_exited(pid);
+    meanwhile(&env, &parent);
+
+    let _c2 = env.coordinator("c2");
+    let third = env.wait(&r2).await;
+    assert_eq!(third.status, RunStatus::Completed, "{third:?}");
+    second_page.resume();
+    (env, third, attachment, child)
+}
+
+/// Found by the cluster chaos test (seed 3): a run that died after deleting
+/// a page, before deleting its attachments and fetching its child pages,
+/// left them held under a parent that was gone, and the next run refreshed
+/// their breadcrumbs through the gap: the attachment of the trashed page
+/// stayed in the sink, and the child page kept its old parent with an empty
+/// breadcrumb. The next run now fetches such children again: the attachment
+/// is found gone and deleted, the child is found under Grand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_of_a_deletion_a_dead_run_half_applied_are_fetched_again() {
+    let (env, third, attachment, child) = deletion_half_applied(|_, _| {}).await;
+    env.assert_sink_matches_source();
+    let ids = sink_ids(&env);
+    assert!(
+        !ids.contains(&attachment),
+        "the trashed page's attachment is gone: {third:?}"
+    );
+    let moved = env
+        .sink_docs()
+        .into_iter()
+        .find(|d| d.id.0 == child)
+        .expect("Child kept");
+    assert_eq!(moved.breadcrumb, vec!["Grand".to_owned()]);
+    let fourth = env.sync(SyncMode::Incremental).await;
+    assert_eq!((fourth.docs_processed, fourth.dependents), (0, 0), "{fourth:?}");
+}
+
+/// The same, with Parent restored before run 3: run 3 finds the attachment
+/// again (under a Parent it does not hold yet: its breadcrumb stops short),
+/// and the next complete listing brings Parent back. A document created
+/// while children of it are already held owes them their breadcrumbs: that
+/// run refreshes the attachment, which it did not write (its version is
+/// unchanged), and the sink equals the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_that_comes_back_gives_its_held_children_their_breadcrumbs() {
+    let (env, _third, attachment, _child) = deletion_half_applied(|env, parent| {
+        assert!(env.sim.restore_page(parent));
+    })
+    .await;
+    let listed = env.sync(SyncMode::Incremental).await;
+    assert_eq!(listed.status, RunStatus::Completed, "{listed:?}");
+    env.assert_sink_matches_source();
+    let doc = env
+        .sink_docs()
+        .into_iter()
+        .find(|d| d.id.0 == attachment)
+        .expect("the attachment is back");
+    assert_eq!(doc.breadcrumb, vec!["Grand".to_owned(), "Parent".to_owned()]);
+    let next = env.sync(SyncMode::Incremental).await;
+    assert_eq!((next.docs_processed, next.dependents), (0, 0), "{next:?}");
 }

@@ -3,7 +3,11 @@
 //! renamed or moved folder (Drive), have stale breadcrumbs; documents linking to a created, renamed or deleted one have
 //! stale link titles. They are found through the reverse indexes
 //! (`kids:`, `linkedfrom:`) and rewritten as `Refresh` jobs from the sink's own
-//! copy, with no content fetched.
+//! copy, with no content fetched. Two exceptions: the held children of a
+//! deleted document that the run did not plan (a dead run left them) are
+//! fetched again (`Upsert`), as the source may have moved or deleted them with
+//! it; and of the children a document created by this run already had, only
+//! those the run did not write are refreshed.
 //!
 //! Invariant: computed from what the pages actually wrote (read back from the
 //! state), not from what the feed announced, and from everything still owed
@@ -12,15 +16,15 @@
 //! wrote is not refreshed for a link to a target whose title came out as the
 //! run planned: its page resolved that title before writing (`state::titles`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::plan::Plan;
 use super::{Coordinator, Error};
 use crate::ancestry;
 use crate::queue::jobs::{Action, JobItem};
 use crate::sources::DocMeta;
-use crate::state::Owed;
 use crate::state::plan as plan_store;
+use crate::state::{HeldMeta, Owed};
 use crate::types::{DocumentId, RunId, SourceId};
 
 impl Coordinator {
@@ -39,6 +43,9 @@ impl Coordinator {
     ) -> Result<(Vec<JobItem>, Owed), Error> {
         let keys = &self.keys;
         let owed = self.state.owed(source).await?;
+        let owes_crumbs: HashSet<&DocumentId> = owed.crumbs.iter().collect();
+        // Created by this run while children of theirs were already held.
+        let mut created_with_kids: HashSet<DocumentId> = HashSet::new();
         let mut roots = Vec::new();
         let mut link_targets = Vec::new();
         let mut deleted = HashSet::new();
@@ -79,6 +86,9 @@ impl Coordinator {
                             entry.placed && (entry.meta.title != now.title || entry.meta.parent != now.parent);
                         if renamed || moved || not_as_planned {
                             roots.push(id.clone());
+                        }
+                        if before.is_none() && owes_crumbs.contains(id) {
+                            created_with_kids.insert(id.clone());
                         }
                         if renamed || before.is_none() {
                             if entry.planned_title() == Some(now.title.as_str()) {
@@ -128,7 +138,27 @@ impl Coordinator {
                 link_targets.push(id.clone());
             }
         }
-        roots.extend(owed.crumbs.iter().filter(|d| is_root.insert((*d).clone())).cloned());
+        roots.extend(
+            owed.crumbs
+                .iter()
+                .filter(|d| !created_with_kids.contains(*d) && is_root.insert((*d).clone()))
+                .cloned(),
+        );
+        // A document this run created owes breadcrumbs only to the children it
+        // found already held: the ones this run wrote planned theirs through it
+        // (a first sync whose children came before their parent refreshes nothing).
+        let created: Vec<&DocumentId> = created_with_kids.iter().collect();
+        for chunk in created.chunks(plan_store::READ_BATCH) {
+            let sets: Vec<String> = chunk.iter().map(|d| keys.children(source, d)).collect();
+            let kids = self.state.union_of(&sets).await?;
+            for kid in self.not_written_by(source, run, kids).await? {
+                found.insert(kid.clone());
+                if is_root.insert(kid.clone()) {
+                    roots.push(kid);
+                }
+            }
+        }
+        let refetch = self.children_to_fetch_again(source, run, &deleted).await?;
         // Renamed or moved folders (not documents): what sits in them needs new breadcrumbs.
         roots.extend(
             plan.changed_folders
@@ -184,9 +214,23 @@ impl Coordinator {
         let items = ids
             .into_iter()
             .map(|id| {
+                let breadcrumb = ancestry::breadcrumb(&id, &tree);
+                if let Some(held) = refetch.get(&id) {
+                    return JobItem {
+                        breadcrumb,
+                        meta: DocMeta {
+                            id,
+                            version: held.version.clone(),
+                            title: held.title.clone(),
+                            parent: held.parent.clone(),
+                            ..DocMeta::default()
+                        },
+                        action: Action::Upsert,
+                    };
+                }
                 let (title, parent) = tree.get(&id).cloned().unwrap_or_default();
                 JobItem {
-                    breadcrumb: ancestry::breadcrumb(&id, &tree),
+                    breadcrumb,
                     meta: DocMeta {
                         id,
                         version: String::new(),
@@ -200,6 +244,43 @@ impl Coordinator {
             })
             .collect();
         Ok((items, owed))
+    }
+
+    /// The held children of `deleted` documents that this run did not plan,
+    /// with what we hold of them: a run that died after a deletion left them
+    /// (the coordinator's `adopt_orphans` plans them with the deletion). They
+    /// are fetched again rather than refreshed, so the source says where they
+    /// are now (a page moved up, an attachment gone with its page) instead of
+    /// a breadcrumb that stops at the gap (cluster chaos, seed 3).
+    async fn children_to_fetch_again(
+        &self,
+        source: &SourceId,
+        run: &RunId,
+        deleted: &HashSet<DocumentId>,
+    ) -> Result<HashMap<DocumentId, HeldMeta>, Error> {
+        let mut out = HashMap::new();
+        let gone: Vec<&DocumentId> = deleted.iter().collect();
+        for chunk in gone.chunks(plan_store::READ_BATCH) {
+            let sets: Vec<String> = chunk.iter().map(|d| self.keys.children(source, d)).collect();
+            let kids: Vec<DocumentId> = self
+                .state
+                .union_of(&sets)
+                .await?
+                .into_iter()
+                .filter(|k| !deleted.contains(k))
+                .collect();
+            for batch in kids.chunks(plan_store::READ_BATCH) {
+                let refs: Vec<&DocumentId> = batch.iter().collect();
+                let planned = self.state.planned_of(source, run, &refs).await?;
+                let held = self.state.held_meta_of(source, &refs).await?;
+                for ((kid, planned), held) in batch.iter().zip(planned).zip(held) {
+                    if let (None, Some(held)) = (planned, held) {
+                        out.insert(kid.clone(), held);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Of `linkers`, those this run did not write: not upserted by its plan,

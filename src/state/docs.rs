@@ -206,16 +206,20 @@ impl StateStore {
             let renamed = matches!((old, new), (Some(o), Some(n)) if o.title != n.title);
             let moved = matches!((old, new), (Some(o), Some(n)) if o.parent != n.parent);
             let deleted = old.is_some() && new.is_none();
+            let created = old.is_none() && new.is_some();
             // Owed only where there is someone to owe: a document with no
             // children owes no breadcrumbs, one nobody links to no link titles
             // (a child or linker written later reads the new state or the
             // run's plan). So a first sync of a million documents owes
-            // nothing, instead of a million link refreshes.
-            if renamed || moved || deleted {
+            // nothing, instead of a million link refreshes. A document
+            // created with children already held (a parent restored, or
+            // re-created after a deletion) owes them breadcrumbs through it:
+            // they were written without it.
+            if renamed || moved || deleted || created {
                 let kids = key_of(self.keys.children(source, id), &mut keys);
                 ops.push([format!("OWEIF{kids}"), crumbs.clone(), id.0.clone()]);
             }
-            if renamed || deleted || (old.is_none() && new.is_some()) {
+            if renamed || deleted || created {
                 let linkers = key_of(self.keys.linked_from(source, id), &mut keys);
                 ops.push([format!("OWEIF{linkers}"), links.clone(), id.0.clone()]);
             }

@@ -2,13 +2,17 @@
 //! same fenced script that writes them ([`super::StateStore::apply_docs`]), and
 //! forgotten only once a run has refreshed it.
 //!
-//! A renamed, moved or deleted document owes its descendants a breadcrumb
-//! refresh (`tm:{S}:owed:crumbs`); a created, renamed or deleted one owes the
-//! documents linking to it a link-title refresh (`tm:{S}:owed:links`). Only
-//! when it has any: the script records the debt only if the document's
-//! children or linked-from set exists at that moment (a child or linker
-//! written later reads the new state, or its run's plan), so a first sync of a
-//! million documents owes nothing. A run
+//! A renamed, moved, deleted or created document owes its descendants a
+//! breadcrumb refresh (`tm:{S}:owed:crumbs`: created, for children already
+//! held, written without it: a parent restored, or re-created after a
+//! deletion a dead run left half done); a created, renamed or deleted one
+//! owes the documents linking to it a link-title refresh
+//! (`tm:{S}:owed:links`). Only when it has any: the script records the debt
+//! only if the document's children or linked-from set exists at that moment
+//! (a child or linker written later reads the new state, or its run's plan),
+//! so a first sync of a million documents owes little; and the run that
+//! created a document refreshes only the children it did not write itself
+//! (see `coordinator::dependents`). A run
 //! computes its dependents from its plan *and* from these sets (see
 //! `coordinator::dependents`), so a run that died between its pages and its
 //! dependents (a killed coordinator, a lost lease) leaves them to the next run
