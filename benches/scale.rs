@@ -39,7 +39,7 @@ use tidemark::queue::{self, jobs::SyncRequest};
 
 use tidemark::simulators::gdrive::{GdriveSim, SimConfig as DriveConfig};
 use tidemark::sources::{self, ApiCalls, Checkpoint, Observation};
-use tidemark::state::{DocState, DocWrite};
+use tidemark::state::{ChildrenIndex, DocState, DocWrite};
 use tidemark::types::{FencingToken, SourceId, SyncMode};
 
 use harness::nginx::{Nginx, write_with_mtime};
@@ -255,7 +255,15 @@ async fn fill(env: &Env) -> usize {
             })
             .collect();
         held += writes.len();
-        state.apply_docs(&env.source, token, &writes).await.expect("record");
+        let children = if source.needs_children_index() {
+            ChildrenIndex::Kept
+        } else {
+            ChildrenIndex::NotKept
+        };
+        state
+            .apply_docs(&env.source, token, &writes, children)
+            .await
+            .expect("record");
     }
     let mut checkpoint = feed.end().checkpoint;
     // As a full run commits it: no reconciliation due.

@@ -183,6 +183,40 @@ async fn rename_is_reported_as_a_move() {
     assert_eq!(crumbs, &vec!["archive".to_owned()]);
 }
 
+/// The filesystem source keeps no children index (`kids:`): a file's parent
+/// is its directory, whose path is part of the file's id, so a directory
+/// renamed moves each file under it to a new id, with its new breadcrumbs,
+/// and nothing is ever looked up by parent (issue 12.2: the index was about
+/// 63 of 304 bytes per held document at a million files).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_renamed_moves_its_files_without_a_children_index() {
+    let dir = tempfile::tempdir().expect("tmp");
+    seed(dir.path());
+    let env = env_for(dir.path()).await;
+    assert_eq!(env.sync(SyncMode::Full).await.status, RunStatus::Completed);
+    let kids = || -> Vec<String> {
+        redis::cmd("KEYS")
+            .arg(format!("{}:{{eng}}:kids:*", env.app.config.redis.namespace))
+            .query(&mut env.redis.conn())
+            .expect("KEYS")
+    };
+    assert_eq!(kids(), Vec::<String>::new(), "no children index");
+
+    std::fs::rename(dir.path().join("guides/install"), dir.path().join("guides/setup")).expect("rename");
+    let mv = env.sync(SyncMode::Incremental).await;
+    assert_eq!(mv.status, RunStatus::Completed, "{mv:?}");
+    assert_eq!((mv.upserted, mv.deleted), (2, 2), "{mv:?}");
+    let docs = sink(&env);
+    assert!(
+        !docs.contains_key("guides/install/linux.md"),
+        "old id still in the sink"
+    );
+    let (_, crumbs, content) = &docs["guides/setup/linux.md"];
+    assert_eq!(crumbs, &vec!["guides".to_owned(), "setup".to_owned()]);
+    assert_eq!(content, "apt-get install");
+    assert_eq!(kids(), Vec::<String>::new(), "still none");
+}
+
 /// A document whose id escapes to a file name far over 255 bytes (a deep path
 /// of long directory names) is written like any other, with its id inside the
 /// file; its page completes and the next run has nothing to redo (issue 8,

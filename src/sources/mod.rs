@@ -345,6 +345,15 @@ pub trait Source: Send + Sync {
         let _ = id;
         false
     }
+    /// Whether a run ever looks its documents up by parent, so the state
+    /// keeps the children index (`kids:`) for them: for the descendants of a
+    /// renamed page or of a folder renamed in place, the orphans of a deleted
+    /// page. A source whose parents are part of every id below them (a
+    /// directory: renamed, each file under it has a new id) never does, and
+    /// saves the index (about 63 bytes of Redis per document).
+    fn needs_children_index(&self) -> bool {
+        true
+    }
 }
 
 /// Connector settings by kind, parsed from a `[[sources]]` entry's `kind` and `settings` table.

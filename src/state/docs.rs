@@ -95,6 +95,19 @@ pub enum DocWrite {
     },
 }
 
+/// Whether [`StateStore::apply_docs`] keeps the children index (`kids:{D}`)
+/// for the documents it writes: as the source says
+/// (`Source::needs_children_index`). Not kept, a document written still
+/// leaves the set of its old parent (one a version before this wrote), and
+/// enters none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildrenIndex {
+    /// Every document is in its parent's children set.
+    Kept,
+    /// No document enters one.
+    NotKept,
+}
+
 static FENCED_APPLY_DOCS: LazyLock<Script> =
     LazyLock::new(|| fencing::fenced_script(include_str!("lua/apply_docs.lua")));
 static FENCED_MARK_UNSETTLED: LazyLock<Script> =
@@ -155,13 +168,20 @@ impl StateStore {
             new: state.clone(),
             old: None,
         };
-        self.apply_docs(source, token, &[put]).await
+        self.apply_docs(source, token, &[put], ChildrenIndex::Kept).await
     }
 
     /// Records written documents and forgets deleted ones, and keeps the reverse
-    /// indexes (children, linked-from) in step, in one fenced script: one round
-    /// trip per page, and the indexes never disagree with the documents.
-    pub async fn apply_docs(&self, source: &SourceId, token: FencingToken, writes: &[DocWrite]) -> Result<(), Error> {
+    /// indexes (children, as `children` says, and linked-from) in step, in one
+    /// fenced script: one round trip per page, and the indexes never disagree
+    /// with the documents.
+    pub async fn apply_docs(
+        &self,
+        source: &SourceId,
+        token: FencingToken,
+        writes: &[DocWrite],
+        children: ChildrenIndex,
+    ) -> Result<(), Error> {
         if writes.is_empty() {
             return Ok(());
         }
@@ -233,7 +253,7 @@ impl StateStore {
                         id.0.clone(),
                     ]);
                 }
-                if let Some(p) = new_parent {
+                if let Some(p) = new_parent.filter(|_| children == ChildrenIndex::Kept) {
                     ops.push([
                         "SADD".into(),
                         key_of(self.keys.children(source, p), &mut keys),

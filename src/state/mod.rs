@@ -49,7 +49,7 @@ pub mod runs;
 pub mod sweep;
 pub mod titles;
 
-pub use docs::{DocState, DocWrite, HeldMeta};
+pub use docs::{ChildrenIndex, DocState, DocWrite, HeldMeta};
 pub use failures::DocFailure;
 pub use owed::Owed;
 pub use plan::{PlanEntry, PlanWrite, PlanWritten};

@@ -18,7 +18,7 @@ use crate::queue::dlq;
 use crate::queue::jobs::{Action, PageJob};
 use crate::sinks::{self, About, Change, Link, SCHEMA_VERSION, SinkDocument, Written};
 use crate::sources::{self, Source};
-use crate::state::{DocFailure, DocState, DocWrite, PageStats, RunUpdate};
+use crate::state::{ChildrenIndex, DocFailure, DocState, DocWrite, PageStats, RunUpdate};
 use crate::telemetry::DeadLetterOrigin;
 use crate::types::DocumentId;
 
@@ -453,7 +453,14 @@ impl Worker {
                 failures[0].id, failures[0].reason
             )));
         }
-        self.state.apply_docs(&job.source, job.token, &applied).await?;
+        let children = if source.needs_children_index() {
+            ChildrenIndex::Kept
+        } else {
+            ChildrenIndex::NotKept
+        };
+        self.state
+            .apply_docs(&job.source, job.token, &applied, children)
+            .await?;
         if !failures.is_empty() {
             stats.failed = failures.len() as u64;
             self.record_failures(job, &failures).await?;

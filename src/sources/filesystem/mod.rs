@@ -160,6 +160,13 @@ impl Source for Filesystem {
             context: format!("source {}: file read panicked: {e}", self.id),
         })?
     }
+
+    /// A file's parent is its directory, and the directory's path is part of
+    /// the file's id: a directory renamed or moved moves each file under it to
+    /// a new id, so nothing is ever looked up by parent.
+    fn needs_children_index(&self) -> bool {
+        false
+    }
 }
 
 /// A walk in progress and what it counted, moved into each blocking step and back.
