@@ -255,11 +255,7 @@ async fn fill(env: &Env) -> usize {
             })
             .collect();
         held += writes.len();
-        let children = if source.needs_children_index() {
-            ChildrenIndex::Kept
-        } else {
-            ChildrenIndex::NotKept
-        };
+        let children = ChildrenIndex::if_needed(source.needs_children_index());
         state
             .apply_docs(&env.source, token, &writes, children)
             .await

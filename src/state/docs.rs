@@ -108,6 +108,13 @@ pub enum ChildrenIndex {
     NotKept,
 }
 
+impl ChildrenIndex {
+    /// Kept if `needed` (what the source's `needs_children_index` says).
+    pub fn if_needed(needed: bool) -> Self {
+        if needed { Self::Kept } else { Self::NotKept }
+    }
+}
+
 static FENCED_APPLY_DOCS: LazyLock<Script> =
     LazyLock::new(|| fencing::fenced_script(include_str!("lua/apply_docs.lua")));
 static FENCED_MARK_UNSETTLED: LazyLock<Script> =

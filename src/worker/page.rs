@@ -453,11 +453,7 @@ impl Worker {
                 failures[0].id, failures[0].reason
             )));
         }
-        let children = if source.needs_children_index() {
-            ChildrenIndex::Kept
-        } else {
-            ChildrenIndex::NotKept
-        };
+        let children = ChildrenIndex::if_needed(source.needs_children_index());
         self.state
             .apply_docs(&job.source, job.token, &applied, children)
             .await?;
