@@ -36,6 +36,12 @@ use deadpool_redis::redis::{
     self, AsyncConnectionConfig, ErrorKind, ProtocolVersion, PushInfo, PushKind, RedisError, ServerErrorKind,
 };
 
+/// How long one server (one node of a cluster) may take to accept a
+/// connection. A new pooled connection may take longer than this: a cluster
+/// connection connects to each node, and one that hangs (a stopped replica)
+/// is given up on after this long while the others serve.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Why a connection could not be had from a [`Pool`] (the same type for a
 /// single server and a cluster).
 pub type GetError = deadpool::managed::PoolError<RedisError>;
@@ -74,6 +80,39 @@ pub enum Connection {
     Single(deadpool::managed::Object<SingleManager>),
     /// To the cluster (routing each command to its key's node).
     Cluster(deadpool::managed::Object<ClusterManager>),
+}
+
+impl Connection {
+    /// `WAIT replicas timeout` where `key` lives: on one server, that
+    /// server; on a cluster, the primary of `key`'s slot only. (A plain WAIT
+    /// goes to every primary and answers the fewest acknowledgements, so one
+    /// shard short of a replica would hold back every source.) WAIT counts
+    /// the writes sent on this connection to that node, which is where every
+    /// write to `key`'s slot went.
+    pub async fn wait_for_replicas_of(
+        &mut self,
+        key: &str,
+        replicas: u32,
+        timeout: Duration,
+    ) -> redis::RedisResult<i64> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas)
+            .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        match self {
+            Connection::Single(_) => wait.query_async(self).await,
+            Connection::Cluster(c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let primary = Route::with_key(key, SlotAddr::Master);
+                let reply = c
+                    .route_command(
+                        wait,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(primary)),
+                    )
+                    .await?;
+                Ok(redis::from_redis_value(reply)?)
+            }
+        }
+    }
 }
 
 impl ConnectionLike for Connection {
@@ -302,7 +341,7 @@ pub fn pool_with(url: &str, access: &Access, size: usize, response_timeout: Dura
     };
     let conn_config = AsyncConnectionConfig::new()
         .set_response_timeout(Some(response_timeout))
-        .set_connection_timeout(Some(Duration::from_secs(2)));
+        .set_connection_timeout(Some(CONNECT_TIMEOUT));
     let info = access.connection_info(url).map_err(|e| err(e.to_string()))?;
     let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
     let client = redis::Client::open(info.set_redis_settings(resp3)).map_err(|e| err(e.to_string()))?;
@@ -345,7 +384,7 @@ pub fn cluster_pool(
         .map_err(|e| err(e.to_string()))?;
     let mut builder = ClusterClientBuilder::new(nodes)
         .response_timeout(response_timeout)
-        .connection_timeout(Duration::from_secs(2));
+        .connection_timeout(CONNECT_TIMEOUT);
     if let Some(user) = &access.username {
         builder = builder.username(user);
     }
@@ -378,7 +417,7 @@ fn pooled<M: deadpool::managed::Manager>(
         .max_size(size)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(response_timeout))
-        .create_timeout(Some(Duration::from_secs(2)))
+        .create_timeout(Some(CONNECT_TIMEOUT + Duration::from_secs(2)))
         .build()
 }
 

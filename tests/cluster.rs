@@ -310,3 +310,49 @@ async fn a_failover_during_a_run_leaves_no_sink_write_the_state_lost() {
     assert_eq!(last.status, RunStatus::Completed, "{last:?}");
     env.assert_sink_matches_source();
 }
+
+/// With `wait_replicas = 1`, a shard whose replica is down holds back only
+/// the sources whose keys it holds: the WAIT goes to the primary of the
+/// source's slot. (Sent to the whole cluster, WAIT answers the fewest
+/// acknowledgements of all primaries, and one stopped replica anywhere kept
+/// every run from starting; that a stopped replica of the source's own shard
+/// holds its runs and pages back is the test above and
+/// `redis_faults::a_raised_fence_reaches_a_replica_before_the_run_goes_on`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_down_on_another_shard_holds_no_source_back() {
+    let mut env = Env::fleet(on_a_cluster(Options {
+        cluster_replicas: true,
+        more_redis: "wait_replicas = 1\nwait_replicas_ms = 500".into(),
+        ..Options::default()
+    }))
+    .await;
+    let (_, primary) = source_primary(&env);
+    let own_replica = replica_of(&env, &primary);
+    let elsewhere = std::iter::once(&env.redis)
+        .chain(&env.cluster_nodes)
+        .map(|n| n.url().rsplit('/').next().unwrap_or_default().to_owned())
+        .find(|addr| {
+            *addr != primary && *addr != own_replica && {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut node_conn(&env, addr))
+                    .unwrap_or_default();
+                info.contains("role:slave")
+            }
+        })
+        .expect("a replica of another shard");
+    node(&mut env, &elsewhere).pause();
+    let full = env.sync(SyncMode::Full).await;
+    assert_eq!(full.status, RunStatus::Completed, "{full:?}");
+    env.assert_sink_matches_source();
+    node(&mut env, &elsewhere).resume();
+}
+
+/// A plain connection to the cluster node at `addr` (`host:port`).
+fn node_conn(env: &Env, addr: &str) -> redis::Connection {
+    std::iter::once(&env.redis)
+        .chain(&env.cluster_nodes)
+        .find(|n| n.url().ends_with(addr))
+        .unwrap_or_else(|| panic!("no node at {addr}"))
+        .conn()
+}

@@ -34,7 +34,7 @@ use deadpool_redis::redis::{self, AsyncCommands, Script};
 
 use crate::keys::Keys;
 use crate::lock::fencing::{self, StaleFence, check_reply};
-use crate::queue;
+use crate::queue::{self, RedisContext};
 use crate::sources::Checkpoint;
 use crate::types::{DocumentId, FencingToken, SourceId};
 
@@ -167,7 +167,8 @@ impl StateStore {
     /// Raises `source`'s fence to `token` with `script`, then (with
     /// `wait_replicas`) waits on the same connection until enough replicas
     /// have it: WAIT covers the writes made on its connection. On a cluster
-    /// WAIT goes to every primary and answers the fewest acknowledgements.
+    /// WAIT goes to the primary of the source's slot only
+    /// ([`crate::db::Connection::wait_for_replicas_of`]).
     async fn raise_fence(
         &self,
         source: &SourceId,
@@ -186,11 +187,10 @@ impl StateStore {
         let Some((wanted, within)) = self.wait_replicas else {
             return Ok(());
         };
-        let acked: i64 = redis::cmd("WAIT")
-            .arg(wanted)
-            .arg(within.as_millis() as u64)
-            .query_async(conn)
-            .await?;
+        let acked = conn
+            .wait_for_replicas_of(&self.keys.fence(source), wanted, within)
+            .await
+            .context(|| format!("WAIT {wanted} where {source}'s keys live"))?;
         if acked < i64::from(wanted) {
             return Err(Error::NotReplicated {
                 source_id: source.clone(),
