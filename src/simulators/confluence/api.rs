@@ -485,12 +485,14 @@ async fn api_search(State(sim): State<ConfluenceSim>, headers: HeaderMap, RawQue
     .into_response()
 }
 
-/// `GET /wiki/rest/api/content/{id}` (v1 "Get content by ID"): a page or an
-/// attachment, with `expand` as in search (`version`, `ancestors`,
-/// `container`). Without `status`, only current content is found: trashed
-/// content (and the attachments of a trashed page) is a 404, as is an
-/// unknown id. The `_links` carry `base` and `context`, as a single
-/// content's reply does.
+/// `GET /wiki/rest/api/content/{id}`, as Confluence Cloud's REST v1
+/// reference describes "Get content by ID": a page or an attachment, with
+/// `expand` as in search (`version`, `ancestors`, `container`); `status`
+/// "filter[s] the results to a set of content based on their status. If set
+/// to any, content with any status is returned", and without it only
+/// current content is found. Anything else, an unknown id too, is a 404 in
+/// the v1 error form. (An attachment counts as trashed when it or its page
+/// is.) The `_links` carry `base` and `context`, as a single content's reply does.
 async fn api_content(
     State(sim): State<ConfluenceSim>,
     Path(id): Path<String>,
@@ -502,24 +504,40 @@ async fn api_content(
     let expand: Vec<&str> = param(&pairs, "expand")
         .map(|e| e.split(',').map(str::trim).collect())
         .unwrap_or_default();
-    let not_found = || error_response(404, true, &format!("No content found with id: ContentId{{id={id}}}"));
-    let mut v = if let Some(n) = attachments::parse_id(&id) {
-        match st.attachments.get(&n).filter(|_| st.attachment_visible(n)) {
-            Some(a) => attachments::v1_attachment(&st, n, a, &expand),
-            None => return not_found(),
-        }
-    } else {
-        let page = id.parse::<u64>().ok().and_then(|n| {
-            st.pages
-                .get(&n)
-                .filter(|p| p.status == PageStatus::Current)
-                .map(|p| (n, p))
-        });
-        match page {
-            Some((n, p)) => v1_content(&st, n, p, &expand),
-            None => return not_found(),
+    let statuses: Vec<&str> = pairs
+        .iter()
+        .filter(|(k, _)| k == "status")
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .collect();
+    let wanted = |status: PageStatus| {
+        let name = status.name();
+        if statuses.is_empty() {
+            status == PageStatus::Current
+        } else {
+            statuses.iter().any(|s| *s == "any" || *s == name)
         }
     };
+    let found = if let Some(n) = attachments::parse_id(&id) {
+        st.attachments.get(&n).and_then(|a| {
+            let status = if st.attachment_visible(n) {
+                PageStatus::Current
+            } else {
+                PageStatus::Trashed
+            };
+            wanted(status).then(|| (status, attachments::v1_attachment(&st, n, a, &expand)))
+        })
+    } else {
+        id.parse::<u64>()
+            .ok()
+            .and_then(|n| st.pages.get(&n).map(|p| (n, p)))
+            .filter(|(_, p)| wanted(p.status))
+            .map(|(n, p)| (p.status, v1_content(&st, n, p, &expand)))
+    };
+    let Some((status, mut v)) = found else {
+        return error_response(404, true, &format!("No content found with id: ContentId{{id={id}}}"));
+    };
+    v["status"] = json!(status.name());
     let base = base_link(&headers);
     v["_links"]["base"] = json!(base);
     v["_links"]["context"] = json!("/wiki");
@@ -596,6 +614,61 @@ mod tests {
             "{body}"
         );
         assert_eq!(sim.total_calls(), 1, "an answered 400 is still an API call");
+    }
+
+    /// A GET's status and JSON body.
+    async fn get_json(url: String) -> (u16, Value) {
+        let resp = reqwest::get(url).await.expect("GET");
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().await.expect("json"))
+    }
+
+    /// Content by id (v1 "Get content by ID"): current content by default,
+    /// trashed content only when `status` asks for it (`trashed` or `any`),
+    /// an unknown id a 404 in the v1 error form; attachments too.
+    #[tokio::test]
+    async fn content_by_id_follows_the_status_filter() {
+        let (sim, base) = start(SimConfig {
+            pages: 30,
+            attachments: true,
+            ..SimConfig::default()
+        })
+        .await;
+        let attachment = sim.attachments().into_iter().next().expect("an attachment");
+        let page = attachment.page_id.clone();
+        let get = |path: String| get_json(format!("{base}/{path}"));
+        let (code, body) = get(format!(
+            "wiki/rest/api/content/{}?expand=version,container",
+            attachment.id
+        ))
+        .await;
+        assert_eq!(
+            (code, body["type"].as_str(), body["status"].as_str()),
+            (200, Some("attachment"), Some("current"))
+        );
+        assert_eq!(body["container"]["id"].as_str(), Some(page.as_str()), "{body}");
+        assert!(body["_links"]["base"].is_string(), "{body}");
+
+        assert!(sim.delete_page(&page));
+        for path in [
+            format!("wiki/rest/api/content/{page}"),
+            format!("wiki/rest/api/content/{}", attachment.id),
+        ] {
+            let (code, body) = get(path.clone()).await;
+            assert_eq!((code, body["statusCode"].as_u64()), (404, Some(404)), "{path}: {body}");
+            let (code, body) = get(format!("{path}?status=any")).await;
+            assert_eq!(
+                (code, body["status"].as_str()),
+                (200, Some("trashed")),
+                "{path}: {body}"
+            );
+            let (code, _) = get(format!("{path}?status=current")).await;
+            assert_eq!(code, 404, "{path}");
+        }
+        let (code, body) = get(format!("wiki/rest/api/content/{page}?status=trashed")).await;
+        assert_eq!((code, body["id"].as_str()), (200, Some(page.as_str())));
+        let (code, _) = get("wiki/rest/api/content/999999".to_owned()).await;
+        assert_eq!(code, 404);
     }
 
     /// Literals are read in the user's zone and compared at minute precision: a page
