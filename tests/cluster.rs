@@ -183,17 +183,29 @@ fn node<'a>(env: &'a mut Env, addr: &str) -> &'a mut RedisServer {
 /// The `host:port` of the replica of the primary at `primary` (`host:port`).
 fn replica_of(env: &Env, primary: &str) -> String {
     let port = primary.rsplit(':').next().expect("host:port");
+    replicas(env)
+        .into_iter()
+        .find(|(_, primary_port)| primary_port == port)
+        .map(|(replica, _)| replica)
+        .expect("the primary has a replica")
+}
+
+/// Every replica's `host:port`, with its primary's port, as `INFO replication` says.
+fn replicas(env: &Env) -> Vec<(String, String)> {
     std::iter::once(&env.redis)
         .chain(&env.cluster_nodes)
-        .find(|n| {
+        .filter_map(|n| {
             let info: String = redis::cmd("INFO")
                 .arg("replication")
                 .query(&mut n.conn())
                 .unwrap_or_default();
-            info.contains("role:slave") && info.lines().any(|l| l.trim() == format!("master_port:{port}"))
+            let primary_port = info.lines().find_map(|l| l.trim().strip_prefix("master_port:"))?;
+            info.contains("role:slave").then(|| {
+                let addr = n.url().rsplit('/').next().unwrap_or_default().to_owned();
+                (addr, primary_port.to_owned())
+            })
         })
-        .map(|n| n.url().rsplit('/').next().unwrap_or_default().to_owned())
-        .expect("the primary has a replica")
+        .collect()
 }
 
 /// Waits until `observer` (a node's URL) sees the cluster whole again with
@@ -327,32 +339,13 @@ async fn a_replica_down_on_another_shard_holds_no_source_back() {
     }))
     .await;
     let (_, primary) = source_primary(&env);
-    let own_replica = replica_of(&env, &primary);
-    let elsewhere = std::iter::once(&env.redis)
-        .chain(&env.cluster_nodes)
-        .map(|n| n.url().rsplit('/').next().unwrap_or_default().to_owned())
-        .find(|addr| {
-            *addr != primary && *addr != own_replica && {
-                let info: String = redis::cmd("INFO")
-                    .arg("replication")
-                    .query(&mut node_conn(&env, addr))
-                    .unwrap_or_default();
-                info.contains("role:slave")
-            }
-        })
+    let (elsewhere, _) = replicas(&env)
+        .into_iter()
+        .find(|(_, primary_port)| !primary.ends_with(&format!(":{primary_port}")))
         .expect("a replica of another shard");
     node(&mut env, &elsewhere).pause();
     let full = env.sync(SyncMode::Full).await;
     assert_eq!(full.status, RunStatus::Completed, "{full:?}");
     env.assert_sink_matches_source();
     node(&mut env, &elsewhere).resume();
-}
-
-/// A plain connection to the cluster node at `addr` (`host:port`).
-fn node_conn(env: &Env, addr: &str) -> redis::Connection {
-    std::iter::once(&env.redis)
-        .chain(&env.cluster_nodes)
-        .find(|n| n.url().ends_with(addr))
-        .unwrap_or_else(|| panic!("no node at {addr}"))
-        .conn()
 }
