@@ -249,6 +249,8 @@ async fn fill(env: &Env) -> usize {
                     title: m.title,
                     parent: m.parent,
                     links: Vec::new(),
+                    // What a worker keeps: who may read, as a fingerprint.
+                    access: Some(m.permissions.unwrap_or_default().fingerprint()),
                 },
                 id: m.id,
                 old: None,

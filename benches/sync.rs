@@ -782,6 +782,7 @@ async fn held_state_at_scale(env: &Env) {
             title: "Installation guide for the product".into(),
             parent: Some(DocumentId("100012".into())),
             links: vec![DocumentId("100020".into())],
+            access: Some("0123456789abcdef".into()),
         };
         let body = rmp_serde::to_vec_named(&state).expect("encode");
         for chunk in (0..HELD_DOCS).collect::<Vec<_>>().chunks(10_000) {
@@ -1112,6 +1113,7 @@ async fn chunks_rewritten_by_one_edit() {
         content_hash: format!("{version}"),
         content: text,
         about: tidemark::sinks::About::default(),
+        permissions: Default::default(),
         fencing_token: FencingToken(1),
         links: vec![],
     };

@@ -105,6 +105,30 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Search what a source's sink holds, as a given reader: only documents
+    /// that reader may read come back (the retrieval side of permissions).
+    /// Exit 0 with hits, 6 with none, 1 if the sink cannot be searched.
+    Query {
+        /// Source id.
+        source: String,
+        /// Words every document found contains (empty: every document the reader may read).
+        #[arg(default_value = "")]
+        words: String,
+        /// A principal the reader holds (`user:alice@example.com`, `group:eng`);
+        /// repeat for each. `anyone` and the domain of each user's email are added.
+        #[arg(long = "as", value_name = "PRINCIPAL")]
+        principals: Vec<String>,
+        /// The reader holds the documents' links: `anyone_with_link` and
+        /// `domain_with_link:` documents are theirs too.
+        #[arg(long)]
+        with_link: bool,
+        /// At most this many documents.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Read and act on the dead-letter stream (requests and page jobs that
     /// could not be processed, documents that failed alone).
     Dlq {

@@ -30,6 +30,7 @@
 //! - [`extract`]: bytes to readable text (PDF, Office, HTML, text in any
 //!   charset), shared by every connector.
 //! - [`sinks`]: the `Sink` trait and the document contract, one sink per file.
+//! - [`permissions`]: who may read a document, normalized across sources, and the check a retriever makes.
 //! - [`simulators`]: faithful imitations of third-party APIs, one folder each, for tests and the demo.
 //! - [`api`]: the HTTP API (trigger syncs, request and source status, probes, Prometheus metrics).
 //! - [`app`]: wiring a `Config` into running parts; [`shutdown`]: signals.
@@ -51,6 +52,7 @@ pub mod gate;
 pub mod hooks;
 pub mod keys;
 pub mod lock;
+pub mod permissions;
 pub mod queue;
 pub mod redact;
 pub mod report;

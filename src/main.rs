@@ -40,6 +40,8 @@ mod exit {
     pub const REDIS_UNREACHABLE: u8 = 4;
     /// `verify` found drift between the sink, the state and the source.
     pub const DRIFT: u8 = 5;
+    /// `query` found no document the reader may read.
+    pub const NO_HITS: u8 = 6;
     /// Bad arguments (sysexits' EX_USAGE; clap's default 2 would read as "completed with errors").
     pub const USAGE: u8 = 64;
 }
@@ -510,6 +512,48 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dlq { action } => {
             let app = load(&cli)?;
             dlq_command(&app, action).await
+        }
+        Command::Query {
+            source,
+            words,
+            principals,
+            with_link,
+            limit,
+            json,
+        } => {
+            for p in principals {
+                tidemark::permissions::check(p).map_err(|e| anyhow::anyhow!("--as: {e}"))?;
+            }
+            let app = load(&cli)?;
+            let id = SourceId::new(source.clone())?;
+            let query = tidemark::sinks::search::Query {
+                source: id.clone(),
+                words: words.clone(),
+                principals: tidemark::permissions::reader_principals(principals, *with_link),
+                limit: *limit,
+            };
+            let sink = app
+                .sinks
+                .sink(&id)
+                .with_context(|| format!("source {source} feeds no configured sink"))?;
+            let hits = sink
+                .search(&query)
+                .await
+                .with_context(|| format!("searching {source}"))?
+                .with_context(|| format!("no sink of source {source} can be searched (a webhook keeps no copy)"))?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&hits)?);
+            } else {
+                for hit in &hits {
+                    let place = hit.breadcrumb.join(" / ");
+                    println!("{}\t{}\t{}", hit.title, hit.url.as_deref().unwrap_or(&hit.id.0), place);
+                }
+            }
+            Ok(if hits.is_empty() {
+                ExitCode::from(exit::NO_HITS)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Verify {
             source,

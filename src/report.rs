@@ -116,7 +116,7 @@ pub async fn queue_status(app: &App) -> Result<QueueStatus, state::Error> {
 /// One line of figures for a run.
 pub fn run_line(r: &RunRecord) -> String {
     format!(
-        "run {} [{}] {} by {}: {} processed ({} upserted, {} deleted, {} skipped, {} failed), {} unchanged by version, {} dependents updated, {} API calls, {} pages ({} failed, {} superseded), {}",
+        "run {} [{}] {} by {}: {} processed ({} upserted, {} deleted, {} skipped, {} failed), {} unchanged by version, {} dependents updated, {} permissions updated, {} API calls, {} pages ({} failed, {} superseded), {}",
         &r.run_id.0[..r.run_id.0.len().min(8)],
         r.mode,
         r.status,
@@ -128,6 +128,7 @@ pub fn run_line(r: &RunRecord) -> String {
         r.docs_failed,
         r.unchanged,
         r.dependents_updated,
+        r.permissions_updated,
         r.api_calls,
         r.pages_total,
         r.pages_failed,

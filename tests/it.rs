@@ -40,6 +40,8 @@ mod layout;
 mod lock;
 /// Shipped monitoring: alert rules (promtool check and unit tests) and the Grafana dashboard's queries.
 mod monitoring;
+/// Permission-aware documents: readers in the sink, permission changes synced without fetching, searches filtered by reader.
+mod permissions;
 /// A run's plan kept in Redis: later observations replace earlier, each id in one page.
 mod plan;
 /// API roots with a path: Drive and Confluence behind a real nginx proxy under a prefix.

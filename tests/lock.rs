@@ -403,6 +403,7 @@ pub(crate) async fn stale_token_writes_are_refused_in(env: Env) {
         title: "T".into(),
         parent: None,
         links: vec![],
+        access: None,
     };
     let id = DocumentId("1".into());
     let err = state.put_doc(&s, old.token, &id, &doc).await.unwrap_err();
@@ -430,6 +431,7 @@ pub(crate) async fn stale_token_writes_are_refused_in(env: Env) {
         version: "1".into(),
         content: "new".into(),
         about: tidemark::sinks::About::default(),
+        permissions: Default::default(),
         content_hash: "h1".into(),
         fencing_token: new.token,
         links: vec![],

@@ -33,6 +33,7 @@ fn deletion(id: &str) -> PlanEntry {
             version: "1".into(),
             title: id.into(),
             parent: None,
+            access: None,
         }),
         placed: false,
         ..upsert(id, id)

@@ -174,7 +174,7 @@ pub fn fleet(queues: &QueueStatus, sources: &[SourceFigures]) -> Registry {
         "source",
         per_source(&|s| s.last_success),
     );
-    let last: [(&str, &str, RunFigure); 7] = [
+    let last: [(&str, &str, RunFigure); 8] = [
         (
             "tidemark_last_run_docs_processed",
             "Documents put into jobs by the source's latest finished run.",
@@ -199,6 +199,11 @@ pub fn fleet(queues: &QueueStatus, sources: &[SourceFigures]) -> Registry {
             "tidemark_last_run_dependents_updated",
             "Dependents (breadcrumbs, link titles) rewritten by the source's latest finished run.",
             |r| r.dependents_updated as i64,
+        ),
+        (
+            "tidemark_last_run_permissions_updated",
+            "Documents whose permissions alone changed, rewritten by the source's latest finished run.",
+            |r| r.permissions_updated as i64,
         ),
         (
             "tidemark_last_run_success",
@@ -262,6 +267,7 @@ mod tests {
             api_calls: 7,
             dependents: 0,
             dependents_updated: 0,
+            permissions_updated: 0,
             errors: 0,
             last_error: String::new(),
             note: String::new(),

@@ -105,9 +105,10 @@ impl<'a> PlanPages<'a> {
                     {
                         own.push(id);
                     }
+                    // An upsert, or a refresh of a document whose permissions changed.
                     items.push(JobItem {
                         meta: entry.meta,
-                        action: Action::Upsert,
+                        action: entry.action,
                         breadcrumb: Vec::new(),
                     });
                 }
@@ -115,13 +116,13 @@ impl<'a> PlanPages<'a> {
         }
         let upserts: Vec<DocumentId> = items
             .iter()
-            .filter(|i| i.action == Action::Upsert)
+            .filter(|i| i.action != Action::Delete)
             .map(|i| i.meta.id.clone())
             .collect();
         coordinator
             .place(self.source, self.run, upserts, &mut self.tree, lost)
             .await?;
-        for item in items.iter_mut().filter(|i| i.action == Action::Upsert) {
+        for item in items.iter_mut().filter(|i| i.action != Action::Delete) {
             item.breadcrumb = ancestry::breadcrumb(&item.meta.id, &self.tree);
         }
         // The cache keeps ancestors, not every document planned: a later

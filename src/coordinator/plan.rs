@@ -33,8 +33,11 @@ use crate::types::{DocumentId, RunId, SourceId, SyncMode};
 /// time when the pages go out and when dependents are found.
 #[derive(Debug, Default)]
 pub(super) struct Plan {
-    /// Documents to fetch and write.
+    /// Documents to fetch and write, or to rewrite from the sink's copy
+    /// (their permissions changed, nothing else).
     pub(super) upserts: u64,
+    /// Of the upserts, documents whose permissions alone changed.
+    pub(super) permissions_changed: u64,
     /// Documents to delete.
     pub(super) deletions: u64,
     /// The deletion guard held the deletions back: they are left out of the pages.
@@ -281,7 +284,7 @@ impl Coordinator {
             at += stretch.len() as u64;
             for (_, entry) in stretch {
                 match entry.map(|e| e.action) {
-                    Some(Action::Upsert) => plan.upserts += 1,
+                    Some(Action::Upsert | Action::Refresh) => plan.upserts += 1,
                     Some(Action::Delete) => plan.deletions += 1,
                     _ => {}
                 }
@@ -468,6 +471,7 @@ impl Coordinator {
                     self.redis(lost, "clearing the plan", || self.state.clear_plan(&id, run))
                         .await?;
                     plan.unchanged = 0;
+                    plan.permissions_changed = 0;
                     plan.batches = 0;
                     feed = source
                         .open_feed(checkpoint, SyncMode::Full, versions.clone(), calls.clone())
@@ -509,9 +513,21 @@ impl Coordinator {
                         let same_as_held = h.is_some_and(|h| {
                             h.version == meta.version && h.title == meta.title && h.parent == meta.parent
                         });
-                        if mode == SyncMode::Incremental && same_as_held {
+                        // Who may read changed, nothing else: rewritten from the sink's copy.
+                        let access_changed = h.is_some_and(|h| {
+                            meta.permissions
+                                .as_ref()
+                                .is_some_and(|p| h.access.as_deref() != Some(p.fingerprint().as_str()))
+                        });
+                        if mode == SyncMode::Incremental && same_as_held && !access_changed {
                             plan.unchanged += 1;
                             writes.push(PlanWrite::Drop(meta.id.clone()));
+                        } else if mode == SyncMode::Incremental && same_as_held {
+                            plan.permissions_changed += 1;
+                            writes.push(PlanWrite::Put(PlanEntry {
+                                action: Action::Refresh,
+                                ..reported(meta, h)
+                            }));
                         } else {
                             writes.push(PlanWrite::Put(reported(meta, h)));
                         }
@@ -552,6 +568,12 @@ impl Coordinator {
         }
         if moves > 0 {
             plan.note.push(format!("{moves} document(s) moved or renamed"));
+        }
+        if plan.permissions_changed > 0 {
+            plan.note.push(format!(
+                "{} document(s) with new permissions only: rewritten without fetching",
+                plan.permissions_changed
+            ));
         }
         if let Some(note) = &end.note {
             plan.note.push(note.clone());

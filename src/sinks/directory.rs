@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::chunks::{Chunk, ChunkConfig, split};
-use super::{Applied, Change, Error, Sink, SinkDocument, Written};
+use super::{Applied, Change, Error, Sink, SinkDocument, Written, search};
 use crate::lock::fencing::StaleFence;
 use crate::types::{DocumentId, FencingToken, SourceId};
 
@@ -383,6 +383,13 @@ impl Sink for DirectorySink {
         let mut applied = self.apply(source, token, &[Change::Delete(id)]).await?;
         applied.pop().unwrap_or(Ok(Written::Unchanged))
     }
+
+    /// Reads every document of the source: a directory has no index.
+    async fn search(&self, query: &search::Query) -> Result<Option<Vec<search::Hit>>, Error> {
+        let sink = self.clone();
+        let query = query.clone();
+        run_blocking(move || Ok(Some(search::search_plainly(sink.read_all(&query.source)?, &query)))).await
+    }
 }
 
 /// A document whose file path is taken by a directory can never be written
@@ -423,6 +430,7 @@ mod tests {
             version: version.into(),
             content: content.into(),
             about: crate::sinks::About::default(),
+            permissions: crate::permissions::Permissions::public(serde_json::Value::Null),
             content_hash: format!("h-{content}"),
             fencing_token: FencingToken(token),
             links: vec![],

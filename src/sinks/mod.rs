@@ -12,6 +12,7 @@ pub mod chunks;
 pub mod directory;
 pub mod postgres;
 pub mod routes;
+pub mod search;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::lock::fencing::StaleFence;
+use crate::permissions::Permissions;
 use crate::types::{DocumentId, FencingToken, SourceId};
 
 /// Sink failures.
@@ -72,8 +74,9 @@ impl crate::retry::Transient for Error {
 }
 
 /// The version of the document contract a [`SinkDocument`] follows
-/// (1: before `url`, `mime_type`, `modified_at`, `size_bytes`, `source_sha256` and `content_note`).
-pub const SCHEMA_VERSION: u32 = 2;
+/// (1: before `url`, `mime_type`, `modified_at`, `size_bytes`, `source_sha256`
+/// and `content_note`; 2: before `permissions`).
+pub const SCHEMA_VERSION: u32 = 3;
 
 fn schema_v1() -> u32 {
     1
@@ -103,7 +106,11 @@ pub struct SinkDocument {
     /// Where it lives at the source and what it is.
     #[serde(flatten)]
     pub about: About,
-    /// SHA-256 over everything a reader sees: title, parent, breadcrumb, content, links and [`About`].
+    /// Who may read it (README, "Permissions"); none for a document written
+    /// before schema 3, until it is written again.
+    #[serde(default)]
+    pub permissions: Permissions,
+    /// SHA-256 over everything a reader sees: title, parent, breadcrumb, content, links, [`About`] and permissions.
     pub content_hash: String,
     /// Token of the run that wrote it.
     pub fencing_token: FencingToken,
@@ -239,4 +246,11 @@ pub trait Sink: Send + Sync {
     /// Every document the sink holds for `source`, as id -> version (what
     /// `tidemark verify` compares with the state and the source).
     async fn versions(&self, source: &SourceId) -> Result<HashMap<DocumentId, String>, Error>;
+    /// The documents a reader may read that match the query's words, best
+    /// first (`tidemark query`). `None`: this sink cannot be searched (it
+    /// keeps no copy, or no index).
+    async fn search(&self, query: &search::Query) -> Result<Option<Vec<search::Hit>>, Error> {
+        let _ = query;
+        Ok(None)
+    }
 }

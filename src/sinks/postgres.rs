@@ -30,8 +30,10 @@ use tokio_postgres::NoTls;
 use tokio_postgres::types::Json;
 
 use super::chunks::{ChunkConfig, split};
+use super::search::{Hit, Query};
 use super::{About, Applied, Change, Error, Link, Sink, SinkDocument, Written, apply_each};
 use crate::lock::fencing::StaleFence;
+use crate::permissions::Permissions;
 use crate::types::{DocumentId, FencingToken, SourceId};
 
 mod embedded {
@@ -66,13 +68,14 @@ const APPLY_PAGE: &str = "WITH fence AS (
      SELECT * FROM jsonb_to_recordset($3::jsonb) AS d(id TEXT, schema_version INTEGER, title TEXT,
          breadcrumb TEXT[], parent TEXT, version TEXT, content TEXT, url TEXT, mime_type TEXT,
          modified_at TIMESTAMPTZ, size_bytes BIGINT, source_sha256 TEXT, content_note TEXT, raw_html TEXT,
-         content_hash TEXT, links JSONB)),
+         content_hash TEXT, links JSONB, permissions JSONB, readers TEXT[])),
  put AS (
      INSERT INTO documents (source, id, schema_version, title, breadcrumb, parent, version, content, url,
          mime_type, modified_at, size_bytes, source_sha256, content_note, raw_html, content_hash,
-         fencing_token, links)
+         fencing_token, links, permissions, readers)
      SELECT $1, id, schema_version, title, breadcrumb, parent, version, content, url, mime_type,
-         modified_at, size_bytes, source_sha256, content_note, raw_html, content_hash, $2, links
+         modified_at, size_bytes, source_sha256, content_note, raw_html, content_hash, $2, links,
+         permissions, readers
      FROM incoming WHERE (SELECT token FROM fence) <= $2
      ON CONFLICT (source, id) DO UPDATE SET schema_version = EXCLUDED.schema_version, title = EXCLUDED.title,
          breadcrumb = EXCLUDED.breadcrumb, parent = EXCLUDED.parent, version = EXCLUDED.version,
@@ -80,7 +83,8 @@ const APPLY_PAGE: &str = "WITH fence AS (
          modified_at = EXCLUDED.modified_at, size_bytes = EXCLUDED.size_bytes,
          source_sha256 = EXCLUDED.source_sha256, content_note = EXCLUDED.content_note,
          raw_html = EXCLUDED.raw_html, content_hash = EXCLUDED.content_hash,
-         fencing_token = EXCLUDED.fencing_token, links = EXCLUDED.links, written_at = now()
+         fencing_token = EXCLUDED.fencing_token, links = EXCLUDED.links, permissions = EXCLUDED.permissions,
+         readers = EXCLUDED.readers, written_at = now()
      WHERE (documents.version, documents.content_hash) IS DISTINCT FROM (EXCLUDED.version, EXCLUDED.content_hash)
      RETURNING id),
  gone AS (
@@ -135,6 +139,8 @@ struct PageRow<'a> {
     raw_html: Option<&'a str>,
     content_hash: &'a str,
     links: &'a [Link],
+    permissions: &'a Permissions,
+    readers: &'a [String],
 }
 
 impl<'a> From<&'a SinkDocument> for PageRow<'a> {
@@ -156,13 +162,26 @@ impl<'a> From<&'a SinkDocument> for PageRow<'a> {
             raw_html: doc.about.raw_html.as_deref(),
             content_hash: &doc.content_hash,
             links: &doc.links,
+            permissions: &doc.permissions,
+            readers: &doc.permissions.readers,
         }
     }
 }
 
 const SELECT: &str = "SELECT schema_version, title, breadcrumb, parent, version, content, url, mime_type, modified_at, \
-     size_bytes, source_sha256, content_note, raw_html, content_hash, fencing_token, links \
+     size_bytes, source_sha256, content_note, raw_html, content_hash, fencing_token, links, permissions \
      FROM documents WHERE source = $1 AND id = $2";
+
+/// What `tidemark query` runs, and the README's example of a permission-aware
+/// search: the reader's principals (`$3`) narrow the rows through the GIN
+/// index on `readers`, `tidemark_may_read` checks the nested lists, and only
+/// then are the words (`$2`, web-search syntax; empty: every readable row) ranked.
+const SEARCH: &str = "SELECT id, title, breadcrumb, url, \
+         CASE WHEN $2 = '' THEN 0 ELSE ts_rank(search, websearch_to_tsquery('english', $2)) END AS rank \
+     FROM documents \
+     WHERE source = $1 AND readers && array_append($3::text[], 'anyone') AND tidemark_may_read(permissions, $3::text[]) \
+         AND ($2 = '' OR search @@ websearch_to_tsquery('english', $2)) \
+     ORDER BY rank DESC, id LIMIT $4";
 
 /// Documents and fences in a PostgreSQL database.
 #[derive(Clone)]
@@ -418,6 +437,15 @@ impl Sink for PostgresSink {
             id: id.clone(),
             reason: format!("postgres: links of the stored row: {e}"),
         })?;
+        let permissions: Option<serde_json::Value> = row.get(16);
+        let permissions: Permissions = match permissions {
+            Some(p) => serde_json::from_value(p).map_err(|e| Error::Rejected {
+                id: id.clone(),
+                reason: format!("postgres: permissions of the stored row: {e}"),
+            })?,
+            // Written before schema 3: nobody, until written again.
+            None => Permissions::default(),
+        };
         let schema: i32 = row.get(0);
         let size: Option<i64> = row.get(9);
         let token: i64 = row.get(14);
@@ -439,6 +467,7 @@ impl Sink for PostgresSink {
                 content_note: row.get(11),
                 raw_html: row.get(12),
             },
+            permissions,
             content_hash: row.get(13),
             fencing_token: FencingToken(u64::try_from(token).unwrap_or(0)),
             links,
@@ -455,5 +484,28 @@ impl Sink for PostgresSink {
             .await
             .map_err(|e| unavailable("listing versions", e))?;
         Ok(rows.into_iter().map(|r| (DocumentId(r.get(0)), r.get(1))).collect())
+    }
+
+    async fn search(&self, query: &Query) -> Result<Option<Vec<Hit>>, Error> {
+        let client = self.client().await?;
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(
+                SEARCH,
+                &[&query.source.as_str(), &query.words, &query.principals, &limit],
+            )
+            .await
+            .map_err(|e| unavailable("searching", e))?;
+        Ok(Some(
+            rows.into_iter()
+                .map(|r| Hit {
+                    id: DocumentId(r.get(0)),
+                    title: r.get(1),
+                    breadcrumb: r.get(2),
+                    url: r.get(3),
+                    rank: r.get(4),
+                })
+                .collect(),
+        ))
     }
 }

@@ -101,6 +101,15 @@ impl Sink for Fanout {
             None => Ok(HashMap::new()),
         }
     }
+
+    async fn search(&self, query: &super::search::Query) -> Result<Option<Vec<super::search::Hit>>, Error> {
+        for (_, sink) in &self.sinks {
+            if let Some(hits) = sink.search(query).await? {
+                return Ok(Some(hits));
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// The sink (or fan-out) of every configured source.

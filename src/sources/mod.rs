@@ -45,6 +45,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::gate::Gates;
+use crate::permissions::Permissions;
 use crate::telemetry::SourceApi;
 use crate::types::{DocumentId, SourceId, SyncMode};
 
@@ -102,6 +103,10 @@ pub struct DocMeta {
     /// Its size in bytes, when the source reports one (or once fetched, the bytes read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
+    /// Who may read it, when the feed or the fetch reports it (`None`: this
+    /// observation does not say; what the sink holds stands).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<Permissions>,
 }
 
 /// One fact from a change feed.
@@ -126,6 +131,21 @@ pub enum Observation {
 pub struct FeedPage {
     /// What this page of the feed reported.
     pub observations: Vec<Observation>,
+}
+
+impl FeedPage {
+    /// Says `permissions` for every document present that does not say its own
+    /// (a source whose readers are configured, not reported: the web).
+    pub fn grant(&mut self, permissions: &Permissions) {
+        for o in &mut self.observations {
+            match o {
+                Observation::Present(meta) | Observation::Moved { to: meta, .. } => {
+                    meta.permissions.get_or_insert_with(|| permissions.clone());
+                }
+                Observation::Deleted(_) => {}
+            }
+        }
+    }
 }
 
 /// Counts requests made to a source on behalf of one run or page: every

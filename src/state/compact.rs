@@ -46,3 +46,19 @@ pub(super) mod hash_prefix {
         d.deserialize_any(HexOrText)
     }
 }
+
+/// [`hash_prefix`] for a field that may be absent (a permissions fingerprint).
+pub(super) mod opt_hash_prefix {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(text) => super::hash_prefix::serialize(text, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        super::hash_prefix::deserialize(d).map(Some)
+    }
+}

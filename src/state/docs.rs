@@ -48,6 +48,16 @@ pub struct DocState {
     /// Documents of the same source this one links to.
     #[serde(rename = "l", alias = "links", default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<DocumentId>,
+    /// [`crate::permissions::Permissions::fingerprint`] of who may read it as
+    /// written: a feed reporting other permissions makes it a refresh. `None`
+    /// for a state written before permissions were kept.
+    #[serde(
+        rename = "a",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "super::compact::opt_hash_prefix"
+    )]
+    pub access: Option<String>,
 }
 
 impl DocState {
@@ -71,6 +81,9 @@ pub struct HeldMeta {
     /// Parent document.
     #[serde(rename = "p", alias = "parent", default)]
     pub parent: Option<DocumentId>,
+    /// Fingerprint of who may read it as written ([`DocState::access`]).
+    #[serde(rename = "a", default, with = "super::compact::opt_hash_prefix")]
+    pub access: Option<String>,
 }
 
 /// One document change for [`StateStore::apply_docs`], with what we held before
@@ -378,6 +391,7 @@ mod tests {
             title: "Installation guide".into(),
             parent: Some(DocumentId("100012".into())),
             links: vec![DocumentId("100020".into())],
+            access: Some("0123456789abcdef".into()),
         }
     }
 

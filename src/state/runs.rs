@@ -124,6 +124,9 @@ pub struct RunRecord {
     pub dependents: u64,
     /// Dependents whose breadcrumbs or link titles were rewritten (no content fetched).
     pub dependents_updated: u64,
+    /// Documents whose permissions alone changed, rewritten with them (no content fetched).
+    #[serde(default)]
+    pub permissions_updated: u64,
     /// Errors recorded.
     pub errors: u64,
     /// The last error, for people.
@@ -176,6 +179,7 @@ impl RunRecord {
             api_calls: n("api_calls"),
             dependents: n("dependents"),
             dependents_updated: n("dependents_updated"),
+            permissions_updated: n("permissions_updated"),
             errors: n("errors"),
             last_error: s("last_error"),
             note: s("note"),
@@ -298,6 +302,8 @@ pub struct PageStats {
     pub api_calls: u64,
     /// Dependents (descendants, linking documents) rewritten without fetching.
     pub refreshed: u64,
+    /// Documents whose permissions alone changed, rewritten without fetching.
+    pub permissions_updated: u64,
     /// Documents that failed on their own (the rest of the page was applied).
     pub failed: u64,
 }
@@ -495,6 +501,7 @@ impl StateStore {
             ("skipped", stats.skipped),
             ("api_calls", stats.api_calls),
             ("dependents_updated", stats.refreshed),
+            ("permissions_updated", stats.permissions_updated),
             ("docs_failed", stats.failed),
         ];
         // A zero adds nothing: not sending it spares the script a command.

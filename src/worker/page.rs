@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use super::{JobError, Worker};
 use crate::ancestry::{self, Tree};
 use crate::lock::fencing::StaleFence;
+use crate::permissions::Permissions;
 use crate::queue::dlq;
 use crate::queue::jobs::{Action, PageJob};
 use crate::sinks::{self, About, Change, Link, SCHEMA_VERSION, SinkDocument, Written};
@@ -41,6 +42,8 @@ enum SinkOp {
     Upsert(SinkDocument),
     /// A held document whose breadcrumb or link titles changed.
     Refresh(SinkDocument),
+    /// A held document whose permissions changed, nothing else (the feed said).
+    Permissions(SinkDocument),
     /// A document the source no longer has.
     Delete(DocumentId),
 }
@@ -48,7 +51,7 @@ enum SinkOp {
 impl SinkOp {
     fn id(&self) -> &DocumentId {
         match self {
-            SinkOp::Upsert(d) | SinkOp::Refresh(d) => &d.id,
+            SinkOp::Upsert(d) | SinkOp::Refresh(d) | SinkOp::Permissions(d) => &d.id,
             SinkOp::Delete(id) => id,
         }
     }
@@ -65,7 +68,7 @@ impl SinkOp {
 /// the worker and the sink: the dead parent stayed in the sink for good
 /// (issue 8, convergence seed 334; `races::children_moved_up_by_a_deletion_racing_a_sync`).
 /// [`About`] is in it so a new URL, media type or note is written even when
-/// the text is the same.
+/// the text is the same, and the permissions so a change of who may read is.
 pub fn content_hash(
     title: &str,
     parent: Option<&DocumentId>,
@@ -73,6 +76,7 @@ pub fn content_hash(
     content: &str,
     links: &[Link],
     about: &About,
+    permissions: &Permissions,
 ) -> String {
     let mut h = Sha256::new();
     h.update(title.as_bytes());
@@ -98,6 +102,8 @@ pub fn content_hash(
     }
     h.update([4u8]);
     h.update(serde_json::to_vec(about).unwrap_or_default());
+    h.update([5u8]);
+    h.update(serde_json::to_vec(permissions).unwrap_or_default());
     hex::encode(h.finalize())
 }
 
@@ -165,14 +171,32 @@ impl Worker {
         let mut deletes: Vec<DocumentId> = of(Action::Delete).map(|i| i.meta.id.clone()).collect();
         let breadcrumbs: HashMap<&DocumentId, &Vec<String>> =
             job.items.iter().map(|i| (&i.meta.id, &i.breadcrumb)).collect();
+        // Who may read, as the feed reported it (a fetch that says so wins).
+        let announced_permissions: HashMap<&DocumentId, &Permissions> = job
+            .items
+            .iter()
+            .filter_map(|i| i.meta.permissions.as_ref().map(|p| (&i.meta.id, p)))
+            .collect();
 
+        // Unsettled and failed documents may differ in the sink from what the
+        // state says: the skip check must not trust the state for them, and
+        // one to refresh is fetched instead (the sink's copy may be a dead
+        // run's, or missing).
+        let checked: Vec<&DocumentId> = job
+            .items
+            .iter()
+            .filter(|i| i.action != Action::Delete)
+            .map(|i| &i.meta.id)
+            .collect();
+        let mut unsettled = self.state.unsettled_of(&job.source, &checked).await?;
+        unsettled.extend(self.state.failed_of(&job.source, &checked).await?);
         // A sink that keeps no copy (a webhook) cannot rewrite a document from
         // what it holds: a document to refresh is fetched again instead.
-        let refetch = !sink.reads_back();
+        let refetch = |id: &DocumentId| !sink.reads_back() || unsettled.contains(id);
         let metas: Vec<_> = job
             .items
             .iter()
-            .filter(|i| i.action == Action::Upsert || (refetch && i.action == Action::Refresh))
+            .filter(|i| i.action == Action::Upsert || (i.action == Action::Refresh && refetch(&i.meta.id)))
             .map(|i| i.meta.clone())
             .collect();
         let fetched = if metas.is_empty() {
@@ -213,7 +237,10 @@ impl Worker {
         // What we hold for everything this page touches, and the titles of
         // everything it links to: this page's own fetches first, then the
         // run's planned titles, then what the state holds.
-        let refreshes: Vec<&DocumentId> = of(Action::Refresh).filter(|_| !refetch).map(|i| &i.meta.id).collect();
+        let refreshes: Vec<&DocumentId> = of(Action::Refresh)
+            .filter(|i| !refetch(&i.meta.id))
+            .map(|i| &i.meta.id)
+            .collect();
         let touched: Vec<&DocumentId> = fetched
             .iter()
             .map(|d| &d.meta.id)
@@ -268,15 +295,6 @@ impl Worker {
 
         let announced_parents: HashMap<&DocumentId, &Option<DocumentId>> =
             job.items.iter().map(|i| (&i.meta.id, &i.meta.parent)).collect();
-        // Unsettled documents may differ in the sink from what the state says:
-        // the skip check must not trust the state for them.
-        let checked: Vec<&DocumentId> = fetched
-            .iter()
-            .map(|d| &d.meta.id)
-            .chain(refreshes.iter().copied())
-            .collect();
-        let mut unsettled = self.state.unsettled_of(&job.source, &checked).await?;
-        unsettled.extend(self.state.failed_of(&job.source, &checked).await?);
         let mut ops: Vec<SinkOp> = Vec::new();
         let mut writes: Vec<DocWrite> = Vec::new();
         // Titles and parents for breadcrumbs rebuilt below: this page's fetches
@@ -316,6 +334,13 @@ impl Worker {
                 content_note: doc.content_note.clone(),
                 raw_html: doc.raw_html.clone(),
             };
+            // Neither the fetch nor the feed said: nobody, never everybody.
+            let permissions = doc
+                .meta
+                .permissions
+                .clone()
+                .or_else(|| announced_permissions.get(&doc.meta.id).map(|p| (*p).clone()))
+                .unwrap_or_default();
             let hash = content_hash(
                 &doc.meta.title,
                 doc.meta.parent.as_ref(),
@@ -323,6 +348,7 @@ impl Worker {
                 &doc.content,
                 &links,
                 &about,
+                &permissions,
             );
             let old = held.get(&doc.meta.id);
             if !unsettled.contains(&doc.meta.id) && old.is_some_and(|h| h.version == doc.meta.version && h.wrote(&hash))
@@ -330,6 +356,7 @@ impl Worker {
                 stats.skipped += 1;
                 continue;
             }
+            let access = permissions.fingerprint();
             ops.push(SinkOp::Upsert(SinkDocument {
                 schema_version: SCHEMA_VERSION,
                 source: job.source.clone(),
@@ -340,6 +367,7 @@ impl Worker {
                 version: doc.meta.version.clone(),
                 content: doc.content.clone(),
                 about,
+                permissions,
                 content_hash: hash.clone(),
                 fencing_token: job.token,
                 links,
@@ -352,6 +380,7 @@ impl Worker {
                     title: doc.meta.title.clone(),
                     parent: doc.meta.parent.clone(),
                     links: doc.links.clone(),
+                    access: Some(access),
                 },
                 old: old.cloned(),
             });
@@ -365,6 +394,12 @@ impl Worker {
             };
             let breadcrumb = breadcrumbs.get(id).map(|b| (*b).clone()).unwrap_or_default();
             let links = resolve(&old.links);
+            // A change of permissions alone is a refresh too: the feed said who may read.
+            let new_permissions = announced_permissions.get(id).map(|p| (*p).clone());
+            let reauthorized = new_permissions.as_ref().is_some_and(|p| *p != doc.permissions);
+            if let Some(permissions) = new_permissions {
+                doc.permissions = permissions;
+            }
             let hash = content_hash(
                 &old.title,
                 doc.parent.as_ref(),
@@ -372,20 +407,28 @@ impl Worker {
                 &doc.content,
                 &links,
                 &doc.about,
+                &doc.permissions,
             );
             if !unsettled.contains(id) && doc.breadcrumb == breadcrumb && doc.links == links && old.wrote(&hash) {
                 stats.skipped += 1;
                 continue;
             }
+            doc.schema_version = SCHEMA_VERSION;
             doc.breadcrumb = breadcrumb.clone();
             doc.links = links;
             doc.content_hash = hash.clone();
             doc.fencing_token = job.token;
-            ops.push(SinkOp::Refresh(doc));
+            let access = Some(doc.permissions.fingerprint());
+            ops.push(if reauthorized {
+                SinkOp::Permissions(doc)
+            } else {
+                SinkOp::Refresh(doc)
+            });
             writes.push(DocWrite::Put {
                 id: id.clone(),
                 new: DocState {
                     content_hash: hash,
+                    access,
                     ..old.clone()
                 },
                 old: Some(old.clone()),
@@ -412,7 +455,7 @@ impl Worker {
         let changes: Vec<Change<'_>> = ops
             .iter()
             .map(|op| match op {
-                SinkOp::Upsert(doc) | SinkOp::Refresh(doc) => Change::Put(doc),
+                SinkOp::Upsert(doc) | SinkOp::Refresh(doc) | SinkOp::Permissions(doc) => Change::Put(doc),
                 SinkOp::Delete(id) => Change::Delete(id),
             })
             .collect();
@@ -440,6 +483,7 @@ impl Worker {
                 (SinkOp::Upsert(_), Written::Changed) => stats.upserted += 1,
                 (SinkOp::Upsert(_), Written::Unchanged) => stats.skipped += 1,
                 (SinkOp::Refresh(_), _) => stats.refreshed += 1,
+                (SinkOp::Permissions(_), _) => stats.permissions_updated += 1,
                 (SinkOp::Delete(_), Written::Changed) => stats.deleted += 1,
                 (SinkOp::Delete(_), Written::Unchanged) => {}
             }

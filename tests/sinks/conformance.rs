@@ -21,6 +21,7 @@
 
 use std::sync::Arc;
 
+use tidemark::permissions::Permissions;
 use tidemark::sinks::{About, Change, Error, Link, SCHEMA_VERSION, Sink, SinkDocument, Written};
 use tidemark::types::{DocumentId, FencingToken, SourceId};
 
@@ -45,6 +46,13 @@ pub fn doc(source: &SourceId, id: &str, version: &str, content: &str, token: u64
             size_bytes: Some(content.len() as u64),
             ..About::default()
         },
+        // Who may read, with a nested list and the source's form: stored and read back whole.
+        permissions: Permissions::new(
+            ["group:eng", "user:alice@example.com"],
+            serde_json::json!({"mode": "0640"}),
+        )
+        .also_require(["group:eng", "group:staff", "user:alice@example.com"])
+        .also_require(["group:staff", "group:contractors"]),
         content_hash: format!("hash-{version}-{}", content.len()),
         fencing_token: FencingToken(token),
         links: vec![Link {

@@ -49,6 +49,7 @@
 //! - `mod.rs` (this file): [`Filesystem`], the [`Source`] whose feed runs the
 //!   walk off the async runtime a page at a time.
 
+mod access;
 mod settings;
 mod walk;
 

@@ -9,6 +9,8 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
+use super::access::FileAccess;
+
 /// Settings of one directory source.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +28,9 @@ pub struct FilesystemSettings {
     /// skipped). Directory cycles are detected and walked once.
     #[serde(default)]
     pub follow_symlinks: bool,
+    /// How owners, groups and "others" become principals (who may read each file).
+    #[serde(default)]
+    pub permissions: FileAccess,
 }
 
 impl FilesystemSettings {
@@ -36,6 +41,7 @@ impl FilesystemSettings {
             include_hidden: false,
             extensions: Vec::new(),
             follow_symlinks: false,
+            permissions: FileAccess::default(),
         }
     }
 
@@ -46,6 +52,7 @@ impl FilesystemSettings {
             Ok(_) => problems.push(format!("{key}.root: {} is not a directory", self.root.display())),
             Err(e) => problems.push(format!("{key}.root: cannot read {}: {e}", self.root.display())),
         }
+        self.permissions.validate(&format!("{key}.permissions"), problems);
         for (i, ext) in self.extensions.iter().enumerate() {
             let bare = ext.trim_start_matches('.');
             if bare.is_empty() || bare.contains(['/', '\\']) || bare.trim() != bare {

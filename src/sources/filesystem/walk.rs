@@ -22,8 +22,10 @@ use std::time::UNIX_EPOCH;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
+use super::access::{DirectoryAccess, FileAccess};
 use super::settings::FilesystemSettings;
 use crate::extract::Format;
+use crate::permissions::Permissions;
 use crate::sources::{DocMeta, FetchedDoc, Folder, Observation};
 use crate::types::DocumentId;
 
@@ -36,6 +38,7 @@ pub(super) struct Walker {
     include_hidden: bool,
     extensions: HashSet<String>,
     follow_symlinks: bool,
+    access: FileAccess,
 }
 
 impl Walker {
@@ -46,6 +49,7 @@ impl Walker {
             root: settings.root,
             include_hidden: settings.include_hidden,
             follow_symlinks: settings.follow_symlinks,
+            access: settings.permissions,
         }
     }
 }
@@ -126,12 +130,21 @@ pub(super) struct Found {
     abs: PathBuf,
     size: u64,
     mtime_ns: i128,
+    permissions: Permissions,
 }
 
 impl Found {
     /// Its document id.
     pub(super) fn id(&self) -> DocumentId {
         DocumentId(self.rel.clone())
+    }
+
+    /// Its metadata with `version`, and who may read it.
+    fn meta(&self, version: String, mtime: Option<i128>) -> DocMeta {
+        DocMeta {
+            permissions: Some(self.permissions.clone()),
+            ..meta_for(&self.rel, version, mtime)
+        }
     }
 }
 
@@ -155,6 +168,8 @@ pub(super) struct Walk {
     unreadable_files: HashSet<String>,
     /// Entries skipped because their names are not UTF-8.
     non_utf8: u64,
+    /// Who may enter each directory, read once per walk.
+    access: DirectoryAccess,
 }
 
 /// What the listing has counted, for the run note.
@@ -203,6 +218,7 @@ impl Walker {
             unreadable_dirs: Vec::new(),
             unreadable_files: HashSet::new(),
             non_utf8: 0,
+            access: DirectoryAccess::default(),
         })
     }
 
@@ -298,11 +314,13 @@ impl Walker {
                     walk.unreadable_files.insert(rel);
                     continue;
                 };
+                let permissions = walk.access.of_file(&self.access, &self.root, &rel, &meta);
                 files.push(Found {
                     rel,
                     abs,
                     size: meta.len(),
                     mtime_ns,
+                    permissions,
                 });
             }
             // Sockets, FIFOs, devices: not documents.
@@ -326,7 +344,7 @@ impl Walker {
                 && v.size == f.size
                 && v.mtime_ns == f.mtime_ns
             {
-                out.push(Observation::Present(meta_for(&f.rel, text.clone(), Some(f.mtime_ns))));
+                out.push(Observation::Present(f.meta(text.clone(), Some(f.mtime_ns))));
                 continue;
             }
             let bytes = match std::fs::read(&f.abs) {
@@ -336,7 +354,7 @@ impl Walker {
                     if let Some(text) = held_version {
                         // Cannot read it now: keep what we hold rather than delete it.
                         counts.kept += 1;
-                        out.push(Observation::Present(meta_for(&f.rel, text, None)));
+                        out.push(Observation::Present(f.meta(text, None)));
                     } else {
                         counts.unreadable += 1;
                     }
@@ -352,7 +370,7 @@ impl Walker {
             match (&held_version, &parsed) {
                 (Some(text), Some(v)) if v.hash == version.hash && v.size == version.size => {
                     counts.touched += 1;
-                    out.push(Observation::Present(meta_for(&f.rel, text.clone(), Some(f.mtime_ns))));
+                    out.push(Observation::Present(f.meta(text.clone(), Some(f.mtime_ns))));
                 }
                 _ => {
                     let rendered = version.render();
@@ -364,7 +382,7 @@ impl Walker {
                             f.mtime_ns,
                         ));
                     }
-                    out.push(Observation::Present(meta_for(&f.rel, rendered, Some(f.mtime_ns))));
+                    out.push(Observation::Present(f.meta(rendered, Some(f.mtime_ns))));
                 }
             }
         }
@@ -539,7 +557,12 @@ impl Walker {
             mtime_ns: mtime,
             hash: hash_prefix(&bytes),
         };
-        Ok(Some((meta_for(id, version.render(), Some(mtime)), bytes)))
+        let permissions = DirectoryAccess::default().of_file(&self.access, &self.root, id, &meta);
+        let meta = DocMeta {
+            permissions: Some(permissions),
+            ..meta_for(id, version.render(), Some(mtime))
+        };
+        Ok(Some((meta, bytes)))
     }
 }
 

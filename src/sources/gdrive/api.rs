@@ -655,6 +655,7 @@ impl DriveFile {
             url: self.web_view_link.clone(),
             mime_type: Some(self.mime_type.clone()),
             size: self.size.as_deref().and_then(|s| s.parse().ok()),
+            permissions: None,
         })
     }
 }

@@ -235,7 +235,9 @@ impl ChangeFeed for HttpFeed {
                 }
             }
         }
-        Ok(Some(FeedPage { observations }))
+        let mut page = FeedPage { observations };
+        page.grant(&self.client.settings.permissions());
+        Ok(Some(page))
     }
 
     fn end(&self) -> FeedEnd {

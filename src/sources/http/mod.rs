@@ -458,10 +458,14 @@ impl Source for HttpSource {
             .collect()
             .await;
         let fetched_any = results.iter().any(|(_, r)| r.is_ok());
+        let permissions = c.settings.permissions();
         for (url, result) in results {
             let id = DocumentId(url.as_str().to_owned());
             match result {
-                Ok(Some(doc)) => out.docs.push(doc),
+                Ok(Some(mut doc)) => {
+                    doc.meta.permissions = Some(permissions.clone());
+                    out.docs.push(doc);
+                }
                 Ok(None) => out.missing.push(id),
                 // Throttled or down for every page: the job as a whole waits and retries.
                 Err(e) if e.is_retryable() && !fetched_any => return Err(e),

@@ -52,6 +52,14 @@ pub struct HttpSettings {
     /// `content` is the page's readable text).
     #[serde(default)]
     pub keep_raw_html: bool,
+    /// Who may read these pages, as principals (default `["anyone"]`: public
+    /// pages; an intranet behind a login names its readers, e.g. `["domain:example.com"]`).
+    #[serde(default = "default_readers")]
+    pub readers: Vec<String>,
+}
+
+fn default_readers() -> Vec<String> {
+    vec![crate::permissions::ANYONE.to_owned()]
 }
 
 fn default_max_page_bytes() -> u64 {
@@ -59,6 +67,11 @@ fn default_max_page_bytes() -> u64 {
 }
 
 impl HttpSettings {
+    /// Who may read every page of the source.
+    pub fn permissions(&self) -> crate::permissions::Permissions {
+        crate::permissions::Permissions::new(&self.readers, serde_json::Value::Null)
+    }
+
     /// Settings for `urls` with every optional field at its default.
     pub fn new(urls: Vec<Url>) -> Self {
         Self {
@@ -71,11 +84,22 @@ impl HttpSettings {
             concurrency: default_concurrency(),
             max_page_bytes: default_max_page_bytes(),
             keep_raw_html: false,
+            readers: default_readers(),
         }
     }
 
     /// Pushes every problem found as `"{key}.<field>: <problem>"`.
     pub fn validate(&self, key: &str, problems: &mut Vec<String>) {
+        if self.readers.is_empty() {
+            problems.push(format!(
+                "{key}.readers: empty, so nobody could read these pages (public pages: [\"anyone\"])"
+            ));
+        }
+        for (i, reader) in self.readers.iter().enumerate() {
+            if let Err(e) = crate::permissions::check(reader) {
+                problems.push(format!("{key}.readers[{i}]: {e}"));
+            }
+        }
         if self.urls.is_empty() && self.sitemap.is_none() {
             problems.push(format!("{key}.urls: set urls, sitemap, or both"));
         }

@@ -1,0 +1,214 @@
+//! Permission-aware documents (issue 13): every document carries who may read
+//! it, a change of permissions alone is synced without fetching content, and
+//! the retrieval side returns a reader only what that reader may read.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use tidemark::sinks::SinkDocument;
+use tidemark::state::RunStatus;
+use tidemark::types::SyncMode;
+
+use crate::harness::postgres::PgServer;
+use crate::harness::{Env, Options};
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A share with an open handbook and a payroll file in a directory only its
+/// owner may enter; the owner is Alice, the group `staff`.
+fn seed(root: &Path) {
+    std::fs::create_dir_all(root.join("hr")).expect("mkdir");
+    std::fs::write(root.join("handbook.md"), "The handbook: holidays and expenses.").expect("write");
+    std::fs::write(root.join("hr/payroll.md"), "Payroll handbook: every salary.").expect("write");
+    chmod(&root.join("handbook.md"), 0o644);
+    chmod(&root.join("hr/payroll.md"), 0o644);
+    chmod(&root.join("hr"), 0o700);
+}
+
+fn source_toml(root: &Path) -> String {
+    let meta = std::fs::metadata(root).expect("stat root");
+    format!(
+        "[[sources]]\nid = \"eng\"\nkind = \"filesystem\"\n[sources.settings]\nroot = {:?}\n\
+         [sources.settings.permissions]\nusers = {{ \"{}\" = \"user:Alice@Example.com\" }}\n\
+         groups = {{ \"{}\" = \"group:staff\" }}\n",
+        root.display().to_string(),
+        meta.uid(),
+        meta.gid()
+    )
+}
+
+/// `tidemark query eng WORDS --as ...`: the titles it prints, sorted.
+fn query(env: &Env, words: &str, principals: &[&str]) -> Vec<String> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemark"));
+    cmd.args(["query", "eng", words, "--json"]);
+    for p in principals {
+        cmd.args(["--as", p]);
+    }
+    let out = cmd
+        .arg("--config")
+        .arg(&env.config_path)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run tidemark query");
+    let code = out.status.code();
+    assert!(
+        code == Some(0) || code == Some(6),
+        "query failed: {code:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hits: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON hits");
+    let mut titles: Vec<String> = hits
+        .iter()
+        .map(|h| h["title"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    titles.sort();
+    titles
+}
+
+fn doc<'a>(docs: &'a [SinkDocument], id: &str) -> &'a SinkDocument {
+    docs.iter()
+        .find(|d| d.id.0 == id)
+        .unwrap_or_else(|| panic!("{id} not in the sink"))
+}
+
+async fn start(root: &Path, sink_toml: Option<String>) -> Env {
+    let env = Env::start(Options {
+        source_toml: Some(source_toml(root)),
+        sink_toml,
+        ..Options::default()
+    })
+    .await;
+    env.coordinator("c1");
+    env.worker("w1");
+    env
+}
+
+/// Files carry their readers (owner, group and others mapped, the
+/// directories above them narrowing them); a directory opened or closed is a
+/// change of permissions alone: the next incremental run rewrites its files
+/// with their new readers without reading them, and the directory sink's
+/// search follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_permissions_follow_the_share_and_filter_searches() {
+    let dir = tempfile::tempdir().expect("tmp");
+    seed(dir.path());
+    let env = start(dir.path(), None).await;
+    let run = env.sync(SyncMode::Full).await;
+    assert_eq!((run.status, run.upserted), (RunStatus::Completed, 2), "{run:?}");
+    let docs = env.sink_docs();
+    let handbook = doc(&docs, "handbook.md");
+    assert!(
+        handbook.permissions.readers.contains(&"anyone".to_owned()),
+        "{handbook:?}"
+    );
+    assert_eq!(handbook.permissions.source["mode"], "0644");
+    let payroll = doc(&docs, "hr/payroll.md");
+    assert_eq!(
+        payroll.permissions.readers,
+        vec!["user:alice@example.com"],
+        "{payroll:?}"
+    );
+    assert_eq!(payroll.schema_version, tidemark::sinks::SCHEMA_VERSION);
+
+    assert_eq!(query(&env, "handbook", &["user:bob@example.com"]), vec!["handbook.md"]);
+    assert_eq!(query(&env, "handbook", &[]), vec!["handbook.md"], "an anonymous reader");
+    assert_eq!(
+        query(&env, "handbook", &["user:alice@example.com"]),
+        vec!["handbook.md", "payroll.md"]
+    );
+    assert!(query(&env, "salary", &["user:bob@example.com"]).is_empty());
+
+    // Opened to everyone: the payroll's readers change, its content does not.
+    chmod(&dir.path().join("hr"), 0o755);
+    let run = env.sync(SyncMode::Incremental).await;
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    assert_eq!((run.permissions_updated, run.upserted), (1, 0), "{run:?}");
+    assert!(run.note.contains("new permissions only"), "{}", run.note);
+    let docs = env.sink_docs();
+    assert!(doc(&docs, "hr/payroll.md").permissions.may_read(&["anyone"]));
+    assert_eq!(query(&env, "salary", &["user:bob@example.com"]), vec!["payroll.md"]);
+
+    // Closed again to the group: Bob loses it, Alice and the staff keep it.
+    chmod(&dir.path().join("hr"), 0o750);
+    let run = env.sync(SyncMode::Incremental).await;
+    assert_eq!((run.permissions_updated, run.upserted), (1, 0), "{run:?}");
+    assert!(query(&env, "salary", &["user:bob@example.com"]).is_empty());
+    assert_eq!(
+        query(&env, "salary", &["user:bob@example.com", "group:staff"]),
+        vec!["payroll.md"]
+    );
+
+    // Nothing changed: nothing planned.
+    let run = env.sync(SyncMode::Incremental).await;
+    assert_eq!((run.docs_processed, run.permissions_updated), (0, 0), "{run:?}");
+}
+
+/// The PostgreSQL sink stores the readers (an indexed array beside the whole
+/// permissions), and `tidemark query` over it, like the README's SQL, never
+/// returns a restricted document to a reader outside its principals, also
+/// when a restriction is nested (a reader must be in every list).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_returns_restricted_documents_only_to_their_readers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    seed(dir.path());
+    // Nested: a group-only file in a directory only Alice and the group may enter.
+    std::fs::create_dir_all(dir.path().join("board")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("board/minutes.md"),
+        "Board minutes: the handbook budget.",
+    )
+    .expect("write");
+    chmod(&dir.path().join("board/minutes.md"), 0o640);
+    chmod(&dir.path().join("board"), 0o710);
+    let pg = PgServer::start();
+    let env = start(
+        dir.path(),
+        Some(format!("kind = \"postgres\"\nurl = \"{}\"\npool_size = 2", pg.url())),
+    )
+    .await;
+    let run = env.sync(SyncMode::Full).await;
+    assert_eq!((run.status, run.upserted), (RunStatus::Completed, 3), "{run:?}");
+
+    assert_eq!(query(&env, "handbook", &["user:bob@example.com"]), vec!["handbook.md"]);
+    assert_eq!(
+        query(&env, "handbook", &["user:alice@example.com"]),
+        vec!["handbook.md", "minutes.md", "payroll.md"]
+    );
+    assert_eq!(
+        query(&env, "handbook", &["user:bob@example.com", "group:staff"]),
+        vec!["handbook.md", "minutes.md"],
+        "the group may enter board/ and read the minutes, not hr/"
+    );
+    assert_eq!(
+        query(&env, "", &["group:other"]),
+        vec!["handbook.md"],
+        "every readable document"
+    );
+
+    // The column a retriever's own SQL filters on, and the function it calls.
+    let (client, conn) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let rows = client
+        .query(
+            "SELECT id FROM documents WHERE source = 'eng' AND readers && $1 \
+             AND tidemark_may_read(permissions, $1) ORDER BY id",
+            &[&vec!["anyone".to_owned(), "user:alice@example.com".to_owned()]],
+        )
+        .await
+        .expect("query");
+    let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, vec!["board/minutes.md", "handbook.md", "hr/payroll.md"]);
+    let rows = client
+        .query(
+            "SELECT id FROM documents WHERE readers && $1 AND tidemark_may_read(permissions, $1)",
+            &[&vec!["anyone".to_owned(), "user:bob@example.com".to_owned()]],
+        )
+        .await
+        .expect("query");
+    assert_eq!(rows.len(), 1, "Bob reads the handbook only");
+}
