@@ -47,8 +47,10 @@ pub(super) mod hash_prefix {
     }
 }
 
-/// [`hash_prefix`] for a field that may be absent (a permissions fingerprint).
+/// [`hash_prefix`] for a field that may be absent (a permissions
+/// fingerprint): absent, or written as nil, is `None`.
 pub(super) mod opt_hash_prefix {
+    use serde::de::{self, Visitor};
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -59,6 +61,22 @@ pub(super) mod opt_hash_prefix {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-        super::hash_prefix::deserialize(d).map(Some)
+        struct Maybe;
+        impl<'de> Visitor<'de> for Maybe {
+            type Value = Option<String>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("nothing, hash bytes or a hex string")
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+                super::hash_prefix::deserialize(d).map(Some)
+            }
+        }
+        d.deserialize_option(Maybe)
     }
 }

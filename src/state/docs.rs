@@ -82,7 +82,12 @@ pub struct HeldMeta {
     #[serde(rename = "p", alias = "parent", default)]
     pub parent: Option<DocumentId>,
     /// Fingerprint of who may read it as written ([`DocState::access`]).
-    #[serde(rename = "a", default, with = "super::compact::opt_hash_prefix")]
+    #[serde(
+        rename = "a",
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "super::compact::opt_hash_prefix"
+    )]
     pub access: Option<String>,
 }
 
@@ -393,6 +398,26 @@ mod tests {
             links: vec![DocumentId("100020".into())],
             access: Some("0123456789abcdef".into()),
         }
+    }
+
+    /// The permissions fingerprint is kept as 8 bytes and read back whole,
+    /// in the state and in a plan entry's `before`.
+    #[test]
+    fn the_permissions_fingerprint_round_trips() {
+        let doc = sample();
+        let back: DocState = rmp_serde::from_slice(&encode(&doc)).expect("decode");
+        assert_eq!(back.access, doc.access);
+        let meta: HeldMeta = rmp_serde::from_slice(&encode(&doc)).expect("decode meta");
+        assert_eq!(meta.access, doc.access);
+        // Absent (a state from before permissions), or nil (a plan entry's
+        // `before` written by the first build that kept it): none.
+        let none = DocState { access: None, ..doc };
+        let meta: HeldMeta = rmp_serde::from_slice(&encode(&none)).expect("decode meta");
+        assert_eq!(meta.access, None);
+        let nil =
+            rmp_serde::to_vec_named(&serde_json::json!({"v": "1", "t": "T", "p": null, "a": null})).expect("encode");
+        let meta: HeldMeta = rmp_serde::from_slice(&nil).expect("decode nil");
+        assert_eq!(meta.access, None);
     }
 
     /// A document stored by an earlier version (long names, a whole hex

@@ -20,6 +20,20 @@ pub struct Doc {
     /// Compared by its words (`harness::words`).
     pub content: String,
     pub links: Vec<(String, Option<String>)>,
+    /// Who may read it: readers, then each further list (`permissions`).
+    pub readers: Vec<Vec<String>>,
+}
+
+/// Readers as compared: `readers`, then `also_required`.
+pub fn readers_of(p: &tidemark::permissions::Permissions) -> Vec<Vec<String>> {
+    std::iter::once(p.readers.clone())
+        .chain(p.also_required.iter().cloned())
+        .collect()
+}
+
+/// What a source that does not read permissions yet writes: nobody.
+pub fn nobody() -> Vec<Vec<String>> {
+    vec![Vec::new()]
 }
 
 pub type Docs = BTreeMap<String, Doc>;
@@ -69,6 +83,7 @@ pub fn diff(source: &str, expected: &Docs, got: &Docs) -> String {
                 );
                 field("content", short(&e.content), short(&g.content));
                 field("links", format!("{:?}", e.links), format!("{:?}", g.links));
+                field("readers", format!("{:?}", e.readers), format!("{:?}", g.readers));
             }
             Some(_) => {}
         }
@@ -101,6 +116,7 @@ pub fn sink_docs(sink_dir: &Path, source: &SourceId) -> Docs {
                     breadcrumb: d.breadcrumb,
                     content: crate::harness::words(&d.content),
                     links: d.links.into_iter().map(|l| (l.target.0, l.title)).collect(),
+                    readers: readers_of(&d.permissions),
                 },
             )
         })

@@ -196,6 +196,7 @@ impl SimulatedSource for Confluence {
                         breadcrumb: crumbs,
                         content: crate::harness::words(&tidemark::extract::storage_text(&p.body)),
                         links,
+                        readers: super::compare::nobody(),
                     },
                 )
             })
@@ -215,6 +216,7 @@ impl SimulatedSource for Confluence {
                         breadcrumb: crumbs,
                         content: crate::harness::words(&a.text),
                         links: Vec::new(),
+                        readers: super::compare::nobody(),
                     },
                 ))
             }))

@@ -2,8 +2,14 @@
 //! creates, edits, deletes and moves its files and renames its directories,
 //! and what the sink must hold for it: every non-hidden file, id = relative
 //! path, title = file name, parent = directory, breadcrumb = directory names,
-//! version = `size:mtime_ns:sha256/16`.
+//! version = `size:mtime_ns:sha256/16`, readers = the owner, group and
+//! others its read bits grant (`user:unix:UID`, `group:unix:GID`, `anyone`:
+//! no mapping is configured), narrowed by the search bits of each directory
+//! above it. Modes change too (issue 13): files and directories opened and
+//! closed, drawn from a stream of their own so the other operations of a
+//! seed stay what they were.
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -25,12 +31,15 @@ const FS_DIRS: &[&str] = &[
 /// The directory tree the source reads.
 pub struct Filesystem {
     pub root: tempfile::TempDir,
+    /// Mode changes so far (what seeds their draws).
+    chmods: u64,
 }
 
 impl Filesystem {
     pub fn new() -> Self {
         Filesystem {
             root: tempfile::tempdir().expect("tmp"),
+            chmods: 0,
         }
     }
 
@@ -134,8 +143,62 @@ impl Filesystem {
     }
 }
 
+/// Who a mode's bits `(owner, group, others)` grant, with no mapping configured.
+fn granted(meta: &std::fs::Metadata, bits: (u32, u32, u32)) -> Vec<String> {
+    let mode = meta.mode();
+    let mut out = Vec::new();
+    if mode & bits.0 != 0 {
+        out.push(format!("user:unix:{}", meta.uid()));
+    }
+    if mode & bits.1 != 0 {
+        out.push(format!("group:unix:{}", meta.gid()));
+    }
+    if mode & bits.2 != 0 {
+        out.push("anyone".to_owned());
+    }
+    out
+}
+
+impl Filesystem {
+    /// Opens or closes a drawn file or directory (its mode), from a stream
+    /// of draws of its own.
+    fn chmod(&mut self, ops: &mut Ops) {
+        self.chmods += 1;
+        let mut rng = super::rng::Rng::new(ops.seed ^ 0x6368_6d6f_6400_0000 ^ self.chmods);
+        let (path, mode) = if rng.below(3) == 0 {
+            let Some(dir) = rng.pick(&self.dirs()).cloned() else {
+                return;
+            };
+            (dir, *rng.pick(&[0o755, 0o750, 0o711, 0o700]).expect("modes"))
+        } else {
+            let Some(file) = rng.pick(&self.files()).cloned() else {
+                return;
+            };
+            (file, *rng.pick(&[0o644, 0o640, 0o604, 0o600]).expect("modes"))
+        };
+        std::fs::set_permissions(self.root.path().join(&path), std::fs::Permissions::from_mode(mode)).expect("chmod");
+        ops.log.push(format!("fs chmod {mode:o} {path}"));
+    }
+
+    /// Who may read file `rel`.
+    fn readers(&self, rel: &str) -> Vec<Vec<String>> {
+        let root = self.root.path();
+        let meta = std::fs::metadata(root.join(rel)).expect("stat");
+        let mut p =
+            tidemark::permissions::Permissions::new(granted(&meta, (0o400, 0o040, 0o004)), serde_json::Value::Null);
+        let mut at = 0;
+        while let Some(slash) = rel[at..].find('/') {
+            let dir = std::fs::metadata(root.join(&rel[..at + slash])).expect("stat dir");
+            p = p.also_require(granted(&dir, (0o100, 0o010, 0o001)));
+            at += slash + 1;
+        }
+        super::compare::readers_of(&p)
+    }
+}
+
 impl SimulatedSource for Filesystem {
     fn mutate(&mut self, ops: &mut Ops, n: usize) {
+        self.chmod(ops);
         for _ in 0..n {
             let files = self.files();
             let roll = ops.rng.below(100);
@@ -212,6 +275,7 @@ impl SimulatedSource for Filesystem {
                         breadcrumb,
                         content: crate::harness::words(&String::from_utf8_lossy(&bytes)),
                         links: Vec::new(),
+                        readers: self.readers(&rel),
                     },
                 )
             })

@@ -204,6 +204,7 @@ impl SimulatedSource for Drive {
                         breadcrumb,
                         content: crate::harness::words(&f.text),
                         links: Vec::new(),
+                        readers: super::compare::nobody(),
                     },
                 ))
             })

@@ -219,6 +219,8 @@ impl SimulatedSource for Web {
                     breadcrumb: Vec::new(),
                     content: crate::harness::words(&body_text(&content)),
                     links,
+                    // Public unless configured.
+                    readers: vec![vec!["anyone".to_owned()]],
                 },
             );
         }
