@@ -1,7 +1,8 @@
 //! The Drive API v3 endpoints themselves: the gate every API request passes
 //! (logging, counting, injected failures, rate limit), the handlers of
 //! `changes.getStartPageToken`, `changes.list`, `files.list`, `files.get`
-//! (metadata and `alt=media`) and `files.export`, the file/change JSON, the
+//! (metadata and `alt=media`), `files.export` and `permissions.list`, the
+//! file/change/permission JSON, the
 //! shared-drive scoping rules, parameter checks and Google's error bodies.
 //!
 //! Invariants:

@@ -11,6 +11,10 @@
 //! - Trashing marks only the item itself (Drive trashes a folder's subtree
 //!   implicitly; a client sees the folder's change and must infer the rest).
 //! - Times are UTC at millisecond precision, as Drive serves them.
+//! - Each item holds only its direct permissions, at most one per grantee (the
+//!   permission id is the grantee's); effective permissions are computed from
+//!   the ancestor chain on demand, so a folder's share reaches its subtree with
+//!   one change (the folder's) and no descendant's version moves.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
