@@ -1,7 +1,8 @@
 //! The Drive API v3 endpoints themselves: the gate every API request passes
 //! (logging, counting, injected failures, rate limit), the handlers of
 //! `changes.getStartPageToken`, `changes.list`, `files.list`, `files.get`
-//! (metadata and `alt=media`) and `files.export`, the file/change JSON, the
+//! (metadata and `alt=media`), `files.export` and `permissions.list`, the
+//! file/change/permission JSON, the
 //! shared-drive scoping rules, parameter checks and Google's error bodies.
 //!
 //! Invariants:
@@ -32,7 +33,10 @@ use serde_json::{Value, json};
 
 use super::GdriveSim;
 use super::fields::Selection;
-use super::model::{DOC_MIME, EXPORT_LIMIT_BYTES, Entry, FIRST_CHANGE, FOLDER_MIME, SHEET_MIME, SLIDES_MIME, SimState};
+use super::model::{
+    DOC_MIME, EXPORT_LIMIT_BYTES, EffectivePermission, Entry, FIRST_CHANGE, FOLDER_MIME, SHEET_MIME, SLIDES_MIME,
+    SimPermission, SimState,
+};
 use super::query::parse_q;
 use crate::simulators::http::{self, query_map, rfc3339_millis as ts};
 use crate::simulators::traffic::Admission;
@@ -50,6 +54,7 @@ pub(super) fn routes(sim: &GdriveSim) -> Router<GdriveSim> {
         .route("/drive/v3/files", get(api_files_list))
         .route("/drive/v3/files/{id}", get(api_files_get))
         .route("/drive/v3/files/{id}/export", get(api_files_export))
+        .route("/drive/v3/files/{id}/permissions", get(api_permissions_list))
         .route("/drive/v3/changes/watch", post(super::push::api_watch))
         .route("/drive/v3/channels/stop", post(super::push::api_stop))
         .route_layer(middleware::from_fn_with_state(sim.clone(), gate))
@@ -83,8 +88,39 @@ impl SimState {
             let target_mime = self.files.get(target).map(|t| t.mime.clone()).unwrap_or_default();
             v["shortcutDetails"] = json!({"targetId": target, "targetMimeType": target_mime});
         }
+        // `permissionIds`: "List of permission IDs for users with access to this
+        // file." (the effective grantees: the reference does not say whether
+        // inherited grants count; access comes from them too). `permissions`:
+        // "Not populated for items in shared drives."
+        let effective = self.effective_perms(id).unwrap_or_default();
+        v["permissionIds"] = json!(effective.iter().map(|ep| &ep.permission.id).collect::<Vec<_>>());
+        if !self.in_shared_drive() {
+            v["permissions"] = Value::Array(effective.iter().map(permission_json).collect());
+        }
         v
     }
+}
+
+/// A permission as Drive serves it (`drive#permission`), without `permissionDetails`.
+pub(super) fn permission_base_json(p: &SimPermission) -> Value {
+    let mut v = json!({"kind": "drive#permission", "id": p.id, "type": p.r#type, "role": p.role});
+    if let Some(email) = &p.email_address {
+        v["emailAddress"] = json!(email);
+    }
+    if let Some(domain) = &p.domain {
+        v["domain"] = json!(domain);
+    }
+    if let Some(discovery) = p.allow_file_discovery {
+        v["allowFileDiscovery"] = json!(discovery);
+    }
+    v
+}
+
+/// An effective permission as Drive serves it, `permissionDetails` included.
+fn permission_json(ep: &EffectivePermission) -> Value {
+    let mut v = permission_base_json(&ep.permission);
+    v["permissionDetails"] = json!(ep.details);
+    v
 }
 
 /// A Google API error body: `{"error":{"code","message","errors":[{domain,reason,message,location?,locationType?}],"status"}}`.
@@ -262,6 +298,11 @@ pub(super) async fn not_found() -> Response {
 const DEFAULT_LIST_FIELDS: &str = "kind,nextPageToken,incompleteSearch,files(kind,id,name,mimeType)";
 const DEFAULT_CHANGE_FIELDS: &str = "kind,nextPageToken,newStartPageToken,changes(kind,changeType,removed,fileId,time,driveId,file(kind,id,name,mimeType))";
 const DEFAULT_FILE_FIELDS: &str = "kind,id,name,mimeType";
+/// permissions.list: "By default, permissions requests only return a subset of
+/// fields. Permission kind, ID, type, and role are always returned."
+const DEFAULT_PERMISSION_LIST_FIELDS: &str = "kind,nextPageToken,permissions(kind,id,type,role)";
+/// Largest `pageSize` of `permissions.list` ("Maximum: 100").
+const MAX_PERMISSION_PAGE: usize = 100;
 
 /// `body` cut down to the request's `fields` (or `default`); 400 for a malformed selection.
 fn selected(p: &BTreeMap<String, String>, default: &str, body: &Value) -> Response {
@@ -502,6 +543,57 @@ async fn api_files_export(State(sim): State<GdriveSim>, Path(id): Path<String>, 
     (StatusCode::OK, [(header::CONTENT_TYPE, ct)], e.content.clone()).into_response()
 }
 
+/// `permissions.list`: the item's effective permissions, paged. `fileId` may
+/// be the shared drive's id ("The ID of the file or shared drive."): its
+/// membership, the drive root's permissions. A shared-drive item without
+/// `supportsAllDrives=true` is a 404, as files.get answers it.
+async fn api_permissions_list(State(sim): State<GdriveSim>, Path(id): Path<String>, RawQuery(q): RawQuery) -> Response {
+    let p = query_map(q.as_deref());
+    let st = sim.lock();
+    let supports = match flag(&p, "supportsAllDrives") {
+        Ok(s) => s,
+        Err(resp) => return *resp,
+    };
+    let item = if st.drive_id.as_deref() == Some(id.as_str()) {
+        st.drive_root_id.clone()
+    } else {
+        id.clone()
+    };
+    let Some(effective) = st.effective_perms(&item).filter(|_| supports || !st.in_shared_drive()) else {
+        return file_not_found(&id);
+    };
+    // "When not set for files in a shared drive, at most 100 results will be
+    // returned. When not set for files that are not in a shared drive, the
+    // entire list will be returned."
+    let size = match p.get("pageSize") {
+        None if st.in_shared_drive() => MAX_PERMISSION_PAGE,
+        None => usize::MAX,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=MAX_PERMISSION_PAGE).contains(&n) => n,
+            _ => {
+                return invalid_param(
+                    "pageSize",
+                    &format!("Invalid value '{s}'. Values must be within the range: [1, 100]"),
+                );
+            }
+        },
+    };
+    let start = match p.get("pageToken") {
+        None => 0,
+        Some(t) => match t.strip_prefix("p").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) if n > 0 && n < effective.len() => n,
+            _ => return invalid_param("pageToken", "Invalid Value"),
+        },
+    };
+    let end = start.saturating_add(size).min(effective.len());
+    let page: Vec<Value> = effective[start..end].iter().map(permission_json).collect();
+    let mut body = json!({"kind": "drive#permissionList", "permissions": page});
+    if end < effective.len() {
+        body["nextPageToken"] = json!(format!("p{end}"));
+    }
+    selected(&p, DEFAULT_PERMISSION_LIST_FIELDS, &body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -659,5 +751,349 @@ mod tests {
 
     fn urlencode(s: &str) -> String {
         url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+    }
+}
+
+#[cfg(test)]
+mod permission_tests {
+    use super::*;
+    use crate::simulators::gdrive::{
+        GdriveSim, PermissionError, SEED_DOMAIN, SEED_GROUP, SIM_OWNER_EMAIL, SimConfig, SimPermission, get_json, start,
+    };
+
+    fn folder(sim: &GdriveSim, name: &str) -> String {
+        sim.files().into_iter().find(|f| f.name == name).expect("folder").id
+    }
+
+    fn urlencode(s: &str) -> String {
+        url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+    }
+
+    /// A file in Folder 2 (in Folder 1) holds its owner's grant and inherits the
+    /// domain's (Folder 2) and the group's (Folder 1); a direct grant raising an
+    /// inherited one is one permission at the higher role with both details. In
+    /// My Drive `inheritedFrom` is absent.
+    #[tokio::test]
+    async fn inheritance_and_permission_details() {
+        let (sim, base) = start(SimConfig::default()).await;
+        let http = reqwest::Client::new();
+        let f2 = folder(&sim, "Folder 2");
+        let id = sim.create_file("a.txt", &f2, "text/plain", "a").expect("file");
+        let group = SimPermission::group(SEED_GROUP, "reader");
+        let domain = SimPermission::domain(SEED_DOMAIN, "reader", true);
+        let owner = SimPermission::user(SIM_OWNER_EMAIL, "owner");
+        assert_eq!(sim.permissions(&id), vec![owner.clone(), domain.clone(), group.clone()]);
+        sim.share(&id, SimPermission::group(SEED_GROUP, "writer"))
+            .expect("share");
+
+        let (status, f) = get_json(
+            &http,
+            &format!("{base}/drive/v3/files/{id}?fields=permissions,permissionIds"),
+        )
+        .await;
+        assert_eq!(status, 200, "{f}");
+        let perms = f["permissions"].as_array().expect("permissions");
+        assert_eq!(perms.len(), 3);
+        assert_eq!(f["permissionIds"], json!([owner.id, group.id, domain.id]));
+        let g = perms.iter().find(|p| p["id"] == json!(group.id)).expect("group");
+        assert_eq!(g["kind"], "drive#permission");
+        assert_eq!(g["type"], "group");
+        assert_eq!(g["role"], "writer");
+        assert_eq!(g["emailAddress"], SEED_GROUP);
+        assert_eq!(
+            g["permissionDetails"],
+            json!([
+                {"permissionType": "file", "role": "writer", "inherited": false},
+                {"permissionType": "file", "role": "reader", "inherited": true}
+            ])
+        );
+        let d = perms.iter().find(|p| p["id"] == json!(domain.id)).expect("domain");
+        assert_eq!(d["domain"], SEED_DOMAIN);
+        assert_eq!(d["allowFileDiscovery"], true);
+        assert_eq!(
+            d["permissionDetails"],
+            json!([{"permissionType": "file", "role": "reader", "inherited": true}])
+        );
+        let o = perms.iter().find(|p| p["id"] == json!(owner.id)).expect("owner");
+        assert_eq!(o["role"], "owner");
+        assert_eq!(
+            o["permissionDetails"],
+            json!([
+                {"permissionType": "file", "role": "owner", "inherited": false},
+                {"permissionType": "file", "role": "owner", "inherited": true}
+            ])
+        );
+        // Anyone with the link: Drive's id for it.
+        let link = sim.share(&id, SimPermission::anyone("reader", false)).expect("share");
+        assert_eq!(link.id, "anyoneWithLink");
+        assert_eq!(link.allow_file_discovery, Some(false));
+    }
+
+    /// `fields` selects sub-fields of `permissions` in files.get, files.list and
+    /// changes.list; an unrequested `permissions` is absent.
+    #[tokio::test]
+    async fn fields_select_permissions() {
+        let (sim, base) = start(SimConfig::default()).await;
+        let http = reqwest::Client::new();
+        let root = sim.root_folder_id();
+        let (_, tok) = get_json(&http, &format!("{base}/drive/v3/changes/startPageToken")).await;
+        let token = tok["startPageToken"].as_str().expect("token").to_owned();
+        let id = sim.create_file("a.txt", &root, "text/plain", "a").expect("file");
+
+        let (_, f) = get_json(&http, &format!("{base}/drive/v3/files/{id}")).await;
+        assert!(
+            f.get("permissions").is_none() && f.get("permissionIds").is_none(),
+            "{f}"
+        );
+        let (_, f) = get_json(
+            &http,
+            &format!(
+                "{base}/drive/v3/files/{id}?fields={}",
+                urlencode("id,permissions(id,type)")
+            ),
+        )
+        .await;
+        assert_eq!(
+            f,
+            json!({"id": id, "permissions": [{"id": SimPermission::user(SIM_OWNER_EMAIL, "owner").id, "type": "user"}]})
+        );
+        let q = urlencode("'root-folder' in parents");
+        let (_, list) = get_json(
+            &http,
+            &format!(
+                "{base}/drive/v3/files?q={q}&fields={}",
+                urlencode("files(id,permissions(id,type))")
+            ),
+        )
+        .await;
+        let files = list["files"].as_array().expect("files");
+        assert!(!files.is_empty());
+        for f in files {
+            for p in f["permissions"].as_array().expect("permissions") {
+                let keys: Vec<&String> = p.as_object().expect("object").keys().collect();
+                assert_eq!(keys, vec!["id", "type"], "{p}");
+            }
+        }
+        let (_, changes) = get_json(
+            &http,
+            &format!(
+                "{base}/drive/v3/changes?pageToken={token}&fields={}",
+                urlencode("changes(file(permissions(role)))")
+            ),
+        )
+        .await;
+        assert_eq!(
+            changes,
+            json!({"changes": [{"file": {"permissions": [{"role": "owner"}]}}]})
+        );
+    }
+
+    /// In a shared drive files carry `permissionIds` but no `permissions`;
+    /// permissions.list serves them (with `inheritedFrom` and the drive's
+    /// membership as `member`) only with supportsAllDrives=true, 100 at most by default.
+    #[tokio::test]
+    async fn shared_drive_permissions() {
+        let (sim, base) = start(SimConfig {
+            drive_id: Some("0AbcSharedDrive".into()),
+            ..SimConfig::default()
+        })
+        .await;
+        let http = reqwest::Client::new();
+        let f1 = folder(&sim, "Folder 1");
+        let id = sim.create_file("a.txt", &f1, "text/plain", "a").expect("file");
+        let (status, f) = get_json(
+            &http,
+            &format!("{base}/drive/v3/files/{id}?supportsAllDrives=true&fields=*"),
+        )
+        .await;
+        assert_eq!(status, 200, "{f}");
+        assert!(f.get("permissions").is_none(), "{f}");
+        let ids: Vec<String> = sim.permissions(&id).into_iter().map(|p| p.id).collect();
+        assert_eq!(ids.len(), 2);
+        assert_eq!(f["permissionIds"], json!(ids));
+
+        let url = format!("{base}/drive/v3/files/{id}/permissions");
+        let (status, _) = get_json(&http, &url).await;
+        assert_eq!(status, 404);
+        let (status, list) = get_json(&http, &format!("{url}?supportsAllDrives=true&fields=*")).await;
+        assert_eq!(status, 200, "{list}");
+        assert_eq!(list["kind"], "drive#permissionList");
+        let perms = list["permissions"].as_array().expect("permissions");
+        let organizer = perms.iter().find(|p| p["role"] == "organizer").expect("member");
+        assert_eq!(
+            organizer["permissionDetails"],
+            json!([{"permissionType": "member", "role": "organizer", "inherited": true, "inheritedFrom": sim.drive_root_id()}])
+        );
+        let group = perms.iter().find(|p| p["type"] == "group").expect("group");
+        assert_eq!(
+            group["permissionDetails"],
+            json!([{"permissionType": "file", "role": "reader", "inherited": true, "inheritedFrom": f1}])
+        );
+        // The shared drive's own id lists its membership.
+        let (status, members) = get_json(
+            &http,
+            &format!("{base}/drive/v3/files/0AbcSharedDrive/permissions?supportsAllDrives=true"),
+        )
+        .await;
+        assert_eq!(status, 200, "{members}");
+        assert_eq!(members["permissions"].as_array().map(Vec::len), Some(1));
+    }
+
+    /// permissions.list pages with pageSize (1..=100), returns only kind, id,
+    /// type and role by default, is counted as an API call, and answers 404 for
+    /// an unknown file.
+    #[tokio::test]
+    async fn permissions_list_pages_and_defaults() {
+        let (sim, base) = start(SimConfig::default()).await;
+        let http = reqwest::Client::new();
+        let f2 = folder(&sim, "Folder 2");
+        let id = sim.create_file("a.txt", &f2, "text/plain", "a").expect("file");
+        let url = format!("{base}/drive/v3/files/{id}/permissions");
+        let mut seen = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page_url = match &token {
+                Some(t) => format!("{url}?pageSize=1&pageToken={t}"),
+                None => format!("{url}?pageSize=1"),
+            };
+            let (status, page) = get_json(&http, &page_url).await;
+            assert_eq!(status, 200, "{page}");
+            assert_eq!(page["kind"], "drive#permissionList");
+            let perms = page["permissions"].as_array().expect("permissions");
+            assert_eq!(perms.len(), 1);
+            let keys: Vec<&String> = perms[0].as_object().expect("object").keys().collect();
+            assert_eq!(keys, vec!["id", "kind", "role", "type"]);
+            seen.push(perms[0]["id"].as_str().expect("id").to_owned());
+            token = page["nextPageToken"].as_str().map(str::to_owned);
+            if token.is_none() {
+                break;
+            }
+        }
+        let expected: Vec<String> = sim.permissions(&id).into_iter().map(|p| p.id).collect();
+        assert_eq!(seen, expected);
+        assert_eq!(seen.len(), 3);
+        let (_, all) = get_json(&http, &url).await;
+        assert_eq!(all["permissions"].as_array().map(Vec::len), Some(3));
+        assert!(all.get("nextPageToken").is_none());
+        for bad in ["0", "101", "x"] {
+            let (status, err) = get_json(&http, &format!("{url}?pageSize={bad}")).await;
+            assert_eq!(status, 400, "{err}");
+            assert_eq!(err["error"]["errors"][0]["location"], "pageSize");
+        }
+        let (status, err) = get_json(&http, &format!("{base}/drive/v3/files/nope/permissions")).await;
+        assert_eq!(status, 404);
+        assert_eq!(err["error"]["errors"][0]["reason"], "notFound");
+        assert!(sim.delete_file(&id));
+        let (status, _) = get_json(&http, &url).await;
+        assert_eq!(status, 404);
+        assert_eq!(sim.calls().get("GET /drive/v3/files/{id}/permissions"), Some(&9));
+        sim.fail_next(1, 429);
+        let (status, _) = get_json(&http, &format!("{base}/drive/v3/files/nope/permissions")).await;
+        assert_eq!(status, 429);
+    }
+
+    /// Sharing and unsharing bump the item's version, keep its modifiedTime and
+    /// record exactly one change, for the item only (not its descendants); an
+    /// inherited permission cannot be removed.
+    #[tokio::test]
+    async fn share_and_unshare_record_one_change() {
+        let (sim, base) = start(SimConfig::default()).await;
+        let http = reqwest::Client::new();
+        let f3 = folder(&sim, "Folder 3");
+        let child = sim.create_file("c.txt", &f3, "text/plain", "c").expect("file");
+        let before = sim.files();
+        let folder_before = before.iter().find(|f| f.id == f3).expect("folder").clone();
+        let child_before = before.iter().find(|f| f.id == child).expect("child").clone();
+        let first = sim.next_change_id();
+
+        let resp = http
+            .post(format!("{base}/_sim/files/{f3}/permissions"))
+            .json(&json!({"type": "user", "role": "commenter", "emailAddress": "carol@example.com"}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), 200);
+        let created: Value = resp.json().await.expect("json");
+        let carol = SimPermission::user("carol@example.com", "commenter");
+        assert_eq!(
+            created,
+            json!({"kind": "drive#permission", "id": carol.id, "type": "user", "role": "commenter", "emailAddress": "carol@example.com"})
+        );
+        assert_eq!(sim.next_change_id(), first + 1);
+        let after = sim.files();
+        let folder_after = after.iter().find(|f| f.id == f3).expect("folder");
+        assert_eq!(folder_after.version, folder_before.version + 1);
+        assert_eq!(folder_after.modified_time, folder_before.modified_time);
+        assert_eq!(after.iter().find(|f| f.id == child), Some(&child_before));
+        assert!(sim.permissions(&child).contains(&carol));
+        let (_, changes) = get_json(
+            &http,
+            &format!("{base}/drive/v3/changes?pageToken={first}&fields=changes(fileId)"),
+        )
+        .await;
+        assert_eq!(changes, json!({"changes": [{"fileId": f3}]}));
+
+        // Inherited on the child: refused, nothing recorded.
+        assert_eq!(sim.unshare(&child, &carol.id), Err(PermissionError::Inherited));
+        let resp = http
+            .delete(format!("{base}/_sim/files/{child}/permissions/{}", carol.id))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), 403);
+        let err: Value = resp.json().await.expect("json");
+        assert_eq!(err["error"]["errors"][0]["reason"], "insufficientFilePermissions");
+        assert_eq!(sim.next_change_id(), first + 1);
+
+        let resp = http
+            .delete(format!("{base}/_sim/files/{f3}/permissions/{}", carol.id))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), 204);
+        assert_eq!(sim.next_change_id(), first + 2);
+        let folder_now = sim.files().into_iter().find(|f| f.id == f3).expect("folder");
+        assert_eq!(folder_now.version, folder_before.version + 2);
+        assert_eq!(folder_now.modified_time, folder_before.modified_time);
+        assert!(!sim.permissions(&child).contains(&carol));
+        assert_eq!(sim.unshare(&f3, &carol.id), Err(PermissionError::PermissionNotFound));
+        assert_eq!(sim.unshare("nope", &carol.id), Err(PermissionError::FileNotFound));
+        let owner = SimPermission::user(SIM_OWNER_EMAIL, "owner");
+        assert_eq!(sim.unshare(&f3, &owner.id), Err(PermissionError::Owner));
+        assert!(matches!(
+            sim.share(&f3, SimPermission::user("", "reader")),
+            Err(PermissionError::Invalid(_))
+        ));
+        assert_eq!(sim.total_calls(), 1);
+    }
+
+    /// The seeded tree is shared in a deterministic variety: groups and a domain
+    /// on folders, anyone-with-link and users on files.
+    #[test]
+    fn seeded_sharing_is_varied_and_deterministic() {
+        let cfg = SimConfig {
+            files: 24,
+            ..SimConfig::default()
+        };
+        let a = GdriveSim::new(cfg.clone());
+        let b = GdriveSim::new(cfg);
+        let direct = |sim: &GdriveSim| -> Vec<Vec<SimPermission>> {
+            sim.files().iter().map(|f| sim.direct_permissions(&f.id)).collect()
+        };
+        assert_eq!(direct(&a), direct(&b));
+        let all: Vec<SimPermission> = direct(&a).into_iter().flatten().collect();
+        for (kind, role) in [
+            ("group", "reader"),
+            ("domain", "reader"),
+            ("anyone", "reader"),
+            ("user", "writer"),
+            ("user", "commenter"),
+        ] {
+            assert!(
+                all.iter().any(|p| p.r#type == kind && p.role == role),
+                "no {kind} {role}"
+            );
+        }
+        assert!(all.iter().any(|p| p.id == "anyoneWithLink"));
     }
 }

@@ -1,6 +1,6 @@
 //! The `/_sim/` control endpoints that change the simulated drive over HTTP
 //! (tests and the demo drive it with them): create, list, edit, trash, move and
-//! delete files, and expire change tokens.
+//! delete files, share and unshare them, and expire change tokens.
 //!
 //! Invariants: these are not Drive endpoints; they sit outside the API gate, so
 //! they are never counted, logged, failed, delayed or rate limited. Each one
@@ -11,13 +11,13 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, put};
+use axum::routing::{delete, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::api::{file_not_found, google_error};
-use super::{GdriveSim, SimFile};
+use super::api::{file_not_found, google_error, permission_base_json};
+use super::{GdriveSim, PermissionError, SimFile, SimPermission};
 
 /// The file and token control routes.
 pub(super) fn routes() -> Router<GdriveSim> {
@@ -26,6 +26,8 @@ pub(super) fn routes() -> Router<GdriveSim> {
         .route("/_sim/files/{id}", put(ctl_update).delete(ctl_delete))
         .route("/_sim/files/{id}/trash", post(ctl_trash))
         .route("/_sim/files/{id}/move", post(ctl_move))
+        .route("/_sim/files/{id}/permissions", post(ctl_share))
+        .route("/_sim/files/{id}/permissions/{permission_id}", delete(ctl_unshare))
         .route("/_sim/tokens/expire", post(ctl_expire))
 }
 
@@ -51,6 +53,20 @@ struct UpdateBody {
 #[derive(Deserialize)]
 struct MoveBody {
     parent: String,
+}
+
+/// A permissions.create request body: `{type, role, emailAddress?, domain?, allowFileDiscovery?}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ShareBody {
+    r#type: String,
+    role: String,
+    #[serde(default)]
+    email_address: Option<String>,
+    #[serde(default)]
+    domain: Option<String>,
+    #[serde(default)]
+    allow_file_discovery: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -107,6 +123,56 @@ async fn ctl_move(State(sim): State<GdriveSim>, Path(id): Path<String>, Json(b):
             &format!("Cannot move {id} to {}", b.parent),
             None,
         )
+    }
+}
+
+/// Google's error for a refused share or unshare.
+fn permission_error(id: &str, permission_id: &str, e: PermissionError) -> Response {
+    match e {
+        PermissionError::FileNotFound => file_not_found(id),
+        PermissionError::PermissionNotFound => google_error(
+            404,
+            "global",
+            "notFound",
+            &format!("Permission not found: {permission_id}."),
+            Some(("parameter", "permissionId")),
+        ),
+        // The reference documents no reason for removing an inherited grant (or
+        // the owner's); the closest documented one is 403
+        // `insufficientFilePermissions` ("Resolve errors": the user "doesn't have
+        // write access to a file, and your app is attempting to modify the
+        // file"). Tools report `cannotDeletePermission` for some refused
+        // deletes, undocumented, so not used here.
+        PermissionError::Inherited | PermissionError::Owner => google_error(
+            403,
+            "global",
+            "insufficientFilePermissions",
+            &format!("The user does not have sufficient permissions for file {id}."),
+            None,
+        ),
+        PermissionError::Invalid(message) => google_error(400, "global", "invalid", &message, None),
+    }
+}
+
+async fn ctl_share(State(sim): State<GdriveSim>, Path(id): Path<String>, Json(b): Json<ShareBody>) -> Response {
+    let perm = SimPermission {
+        id: String::new(),
+        r#type: b.r#type,
+        role: b.role,
+        email_address: b.email_address,
+        domain: b.domain,
+        allow_file_discovery: b.allow_file_discovery,
+    };
+    match sim.share(&id, perm) {
+        Ok(p) => Json(permission_base_json(&p)).into_response(),
+        Err(e) => permission_error(&id, "", e),
+    }
+}
+
+async fn ctl_unshare(State(sim): State<GdriveSim>, Path((id, permission_id)): Path<(String, String)>) -> Response {
+    match sim.unshare(&id, &permission_id) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => permission_error(&id, &permission_id, e),
     }
 }
 

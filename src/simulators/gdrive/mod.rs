@@ -8,6 +8,7 @@
 //! - `GET /drive/v3/files?q=&pageSize=&pageToken=&corpora=&driveId=&supportsAllDrives=&includeItemsFromAllDrives=&fields=`
 //! - `GET /drive/v3/files/{id}` (metadata) and `GET /drive/v3/files/{id}?alt=media` (content)
 //! - `GET /drive/v3/files/{id}/export?mimeType=`
+//! - `GET /drive/v3/files/{id}/permissions?pageSize=&pageToken=&supportsAllDrives=&fields=`
 //! - `POST /drive/v3/changes/watch?pageToken=` and `POST /drive/v3/channels/stop`
 //!   (push channels; every change is then POSTed to each open channel's address)
 //!
@@ -33,8 +34,13 @@
 //!   `supportsAllDrives=true` (files.get and files.list) and, for lists,
 //!   `includeItemsFromAllDrives=true`; a `driveId` other than the configured one
 //!   is a 404 `notFound`. `corpora=drive` and `driveId` must come together.
-//! - Bearer tokens: any token, or none, is accepted; the simulator models data
-//!   and traffic, not permissions (use `fail_next(n, 401)` for auth failures).
+//! - Bearer tokens: any token, or none, is accepted; the caller can read and
+//!   share everything (use `fail_next(n, 401)` for auth failures).
+//! - Sharing: each item holds its direct permissions; its effective ones add
+//!   those of every ancestor folder (Drive: "Permission lists for a folder
+//!   propagate downward"). Files carry `permissions` (not in a shared drive)
+//!   and `permissionIds`; a share or unshare bumps `version`, keeps
+//!   `modifiedTime` and records one change, for the item only.
 //! - Rate limit: a token bucket of `per_sec` tokens refilled per second; an empty
 //!   bucket answers 403 `userRateLimitExceeded` without `Retry-After`, as Drive does.
 //! - Trashing a folder trashes only that folder's own record (Drive implicitly
@@ -57,7 +63,9 @@ use super::http::{self, CallCounts};
 use super::traffic::{Admission, TrafficStats};
 use model::SimState;
 pub use model::{
-    DOC_MIME, EXPORT_LIMIT_BYTES, FOLDER_MIME, FORM_MIME, SHEET_MIME, SHORTCUT_MIME, SLIDES_MIME, SimFile,
+    DOC_MIME, EXPORT_LIMIT_BYTES, EffectivePermission, FOLDER_MIME, FORM_MIME, PERMISSION_ROLES, PERMISSION_TYPES,
+    PermissionDetail, PermissionError, SEED_DOMAIN, SEED_GROUP, SHEET_MIME, SHORTCUT_MIME, SIM_OWNER_EMAIL,
+    SLIDES_MIME, SimFile, SimPermission,
 };
 pub use push::MAX_CHANNEL_SECS;
 
@@ -230,6 +238,39 @@ impl GdriveSim {
     /// the new parent is not a folder, or the move would create a cycle.
     pub fn move_file(&self, id: &str, new_parent: &str) -> bool {
         self.lock().move_file(id, new_parent)
+    }
+
+    /// Adds `perm` directly on item `id`, or replaces the same grantee's (its id
+    /// is set from the grantee); returns it as stored. Bumps `version`, keeps
+    /// `modifiedTime`, records one change for the item only (not its descendants).
+    pub fn share(&self, id: &str, perm: SimPermission) -> Result<SimPermission, PermissionError> {
+        self.lock().share(id, perm)
+    }
+
+    /// Removes the direct permission `permission_id` from item `id`, as
+    /// [`Self::share`] records it. Inherited permissions and the owner's are refused.
+    pub fn unshare(&self, id: &str, permission_id: &str) -> Result<(), PermissionError> {
+        self.lock().unshare(id, permission_id)
+    }
+
+    /// The item's effective permissions (its own and every ancestor's, one per
+    /// grantee at its highest role), in the order the API serves them; empty for
+    /// an unknown item.
+    pub fn permissions(&self, id: &str) -> Vec<SimPermission> {
+        self.effective_permissions(id)
+            .into_iter()
+            .map(|ep| ep.permission)
+            .collect()
+    }
+
+    /// [`Self::permissions`] with each one's grants (`permissionDetails`).
+    pub fn effective_permissions(&self, id: &str) -> Vec<EffectivePermission> {
+        self.lock().effective_perms(id).unwrap_or_default()
+    }
+
+    /// The permissions set directly on the item (none inherited).
+    pub fn direct_permissions(&self, id: &str) -> Vec<SimPermission> {
+        self.lock().files.get(id).map(|e| e.perms.clone()).unwrap_or_default()
     }
 
     /// Every file and folder (the drive root included), sorted by id.

@@ -11,6 +11,10 @@
 //! - Trashing marks only the item itself (Drive trashes a folder's subtree
 //!   implicitly; a client sees the folder's change and must infer the rest).
 //! - Times are UTC at millisecond precision, as Drive serves them.
+//! - Each item holds only its direct permissions, at most one per grantee (the
+//!   permission id is the grantee's); effective permissions are computed from
+//!   the ancestor chain on demand, so a folder's share reaches its subtree with
+//!   one change (the folder's) and no descendant's version moves.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -84,6 +88,8 @@ pub(super) struct Entry {
     pub(super) modified: DateTime<Utc>,
     /// A shortcut's target file (`shortcutDetails.targetId`).
     pub(super) target: Option<String>,
+    /// The item's direct permissions (inherited ones live on its ancestors).
+    pub(super) perms: Vec<SimPermission>,
 }
 
 pub(super) struct ChangeRec {
@@ -159,6 +165,7 @@ impl SimState {
                 trashed: false,
                 modified: t,
                 target: None,
+                perms: drive_root_perms(cfg.drive_id.is_some()),
             },
         );
         st.files.insert(
@@ -173,6 +180,7 @@ impl SimState {
                 trashed: false,
                 modified: t,
                 target: None,
+                perms: owner_perms(cfg.drive_id.is_some()),
             },
         );
         st.record(&cfg.root_folder_id);
@@ -209,7 +217,161 @@ impl SimState {
         for (k, target) in seeded_ids.iter().take(cfg.shortcuts).enumerate() {
             st.insert_shortcut(&format!("Shortcut {}", k + 1), &last_folder, target);
         }
+        st.seed_sharing(&folders[1..], &seeded_ids, cfg.seed);
         st
+    }
+
+    /// Seeds sharing on the seeded tree, without versions or changes (it is the
+    /// drive's starting state): folder `k` (0-based) shared with the group
+    /// `eng@example.com` as reader when `k % 3 == 0`, folder 2 (nested in folder 1)
+    /// with the domain `example.com` (reader, discoverable), and some files
+    /// anyone-with-link (reader, two in six) or with one user (writer or
+    /// commenter, one in six each), from a seeded offset. The draw comes from its
+    /// own splitmix stream, so the content and version draws of the seeded files
+    /// are those they always were.
+    fn seed_sharing(&mut self, folders: &[String], files: &[String], seed: u64) {
+        for (k, id) in folders.iter().enumerate() {
+            let perm = match k {
+                1 => Some(SimPermission::domain(SEED_DOMAIN, "reader", true)),
+                k if k % 3 == 0 => Some(SimPermission::group(SEED_GROUP, "reader")),
+                _ => None,
+            };
+            if let (Some(perm), Some(e)) = (perm, self.files.get_mut(id)) {
+                e.perms.push(perm);
+            }
+        }
+        // A seeded offset into a cycle of six, so any six files hold every kind.
+        let mut rng = seed ^ SHARING_STREAM;
+        let offset = splitmix(&mut rng);
+        for (i, id) in files.iter().enumerate() {
+            let perm = match (offset.wrapping_add(i as u64)) % 6 {
+                0 | 1 => Some(SimPermission::anyone("reader", false)),
+                2 => Some(SimPermission::user("alice@example.com", "writer")),
+                3 => Some(SimPermission::user("bob@example.com", "commenter")),
+                _ => None,
+            };
+            if let (Some(perm), Some(e)) = (perm, self.files.get_mut(id)) {
+                e.perms.push(perm);
+            }
+        }
+    }
+
+    /// The item's effective permissions: its own, then those of each ancestor
+    /// folder, nearest first ("Permission lists for a folder propagate downward.
+    /// All child files and folders inherit permissions from the parent.", Drive
+    /// guide "Share files, folders, and drives"). A grantee met more than once is
+    /// one permission with the highest role, whose `permissionDetails` list each
+    /// grant (`inherited` true for an ancestor's; `inheritedFrom` only in a shared
+    /// drive: "This is only populated for items in shared drives."). Identical
+    /// details (My Drive: the owner's grant on every ancestor) are listed once.
+    /// `None` for an unknown item.
+    pub(super) fn effective_perms(&self, id: &str) -> Option<Vec<EffectivePermission>> {
+        let mut chain = vec![(id.to_owned(), self.files.get(id)?)];
+        while let Some(parent) = chain.last().and_then(|(_, e)| e.parent.clone()) {
+            let Some(e) = self.files.get(&parent) else { break };
+            if chain.len() > self.files.len() {
+                break;
+            }
+            chain.push((parent, e));
+        }
+        let shared = self.in_shared_drive();
+        let mut out: Vec<EffectivePermission> = Vec::new();
+        for (depth, (from, e)) in chain.iter().enumerate() {
+            let inherited = depth > 0;
+            for p in &e.perms {
+                let detail = PermissionDetail {
+                    // Shared-drive membership (a grant on the drive itself) is
+                    // `member`; a grant on a file or folder is `file`.
+                    permission_type: if shared && *from == self.drive_root_id {
+                        "member"
+                    } else {
+                        "file"
+                    }
+                    .to_owned(),
+                    role: p.role.clone(),
+                    inherited,
+                    inherited_from: (inherited && shared).then(|| from.clone()),
+                };
+                match out.iter_mut().find(|ep| ep.permission.id == p.id) {
+                    Some(ep) => {
+                        if role_rank(&p.role) > role_rank(&ep.permission.role) {
+                            ep.permission.role = p.role.clone();
+                        }
+                        if !ep.details.contains(&detail) {
+                            ep.details.push(detail);
+                        }
+                    }
+                    None => out.push(EffectivePermission {
+                        permission: p.clone(),
+                        details: vec![detail],
+                    }),
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// Adds the grantee's direct permission on `id`, or replaces it (one
+    /// permission per grantee: its id is the grantee's). Bumps `version` and
+    /// records one change for the item only; `modified` is kept.
+    ///
+    /// `version`: "A monotonically increasing version number for the file. This
+    /// reflects every change made to the file on the server, even those not
+    /// visible to the user." `modifiedTime`: the reference is silent on whether
+    /// sharing moves it; sharing is not a modification of the file, as Drive's UI
+    /// "Last modified" shows, so it stays. One change, for the item and not its
+    /// descendants: documented for shared drives ("Permission changes to shared
+    /// drive or items inside a shared drive are only reflected on the item itself.
+    /// While all direct or indirect children of that item will inherit this change
+    /// there will not be a separate entry in the change log for each of those
+    /// items."); assumed the same for My Drive, where the reference says nothing.
+    pub(super) fn share(&mut self, id: &str, perm: SimPermission) -> Result<SimPermission, PermissionError> {
+        let perm = perm.normalized()?;
+        let Some(e) = self.files.get_mut(id) else {
+            return Err(PermissionError::FileNotFound);
+        };
+        if e.perms
+            .iter()
+            .any(|p| p.id == perm.id && p.role == "owner" && perm.role != "owner")
+        {
+            return Err(PermissionError::Owner);
+        }
+        match e.perms.iter_mut().find(|p| p.id == perm.id) {
+            Some(existing) => *existing = perm.clone(),
+            None => e.perms.push(perm.clone()),
+        }
+        e.version += 1;
+        self.record(id);
+        Ok(perm)
+    }
+
+    /// Removes the direct permission `perm_id` from `id`, as [`Self::share`]
+    /// does (version bumped, `modified` kept, one change for the item only). An
+    /// inherited permission is refused ("Inherited permissions cannot be
+    /// revoked.", "Share files, folders, and drives"), and so is the owner's.
+    pub(super) fn unshare(&mut self, id: &str, perm_id: &str) -> Result<(), PermissionError> {
+        let inherited = self
+            .effective_perms(id)
+            .ok_or(PermissionError::FileNotFound)?
+            .iter()
+            .any(|ep| ep.permission.id == perm_id);
+        let Some(e) = self.files.get_mut(id) else {
+            return Err(PermissionError::FileNotFound);
+        };
+        let Some(at) = e.perms.iter().position(|p| p.id == perm_id) else {
+            return Err(if inherited {
+                PermissionError::Inherited
+            } else {
+                PermissionError::PermissionNotFound
+            });
+        };
+        if e.perms[at].role == "owner" {
+            return Err(PermissionError::Owner);
+        }
+        e.perms.remove(at);
+        e.version += 1;
+        self.record(id);
+        Ok(())
     }
 
     /// Creates a shortcut to `target` under `parent`; its id.
@@ -267,6 +429,7 @@ impl SimState {
                 trashed: false,
                 modified: now(),
                 target: None,
+                perms: owner_perms(self.drive_id.is_some()),
             },
         );
         self.record(&id);
@@ -395,6 +558,204 @@ impl SimState {
     pub(super) fn expire_all_tokens(&mut self) {
         self.next_change += 1;
         self.expired_before = self.next_change;
+    }
+}
+
+/// The simulated account: the owner of every My Drive item, and the organizer
+/// (member) of the shared drive when there is one.
+pub const SIM_OWNER_EMAIL: &str = "sim-owner@example.com";
+/// The group seeded folders are shared with.
+pub const SEED_GROUP: &str = "eng@example.com";
+/// The domain a seeded folder is shared with.
+pub const SEED_DOMAIN: &str = "example.com";
+/// Mixed into the seed for the sharing draws, a stream of its own.
+const SHARING_STREAM: u64 = 0x7065_726D_5F73_6565;
+
+/// `type` values of a permission (Permission resource: "The type of the grantee.").
+pub const PERMISSION_TYPES: [&str; 4] = ["user", "group", "domain", "anyone"];
+/// `role` values, lowest first (Permission resource: "the following are currently
+/// allowed: owner, organizer, fileOrganizer, writer, commenter, reader").
+pub const PERMISSION_ROLES: [&str; 6] = ["reader", "commenter", "writer", "fileOrganizer", "organizer", "owner"];
+
+fn role_rank(role: &str) -> usize {
+    PERMISSION_ROLES.iter().position(|r| *r == role).unwrap_or(0)
+}
+
+/// One permission directly on an item (Drive v3 Permission resource), or an
+/// effective one (then `role` is the highest the grantee holds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SimPermission {
+    /// `id`: "a unique identifier for the grantee"; opaque, derived from the
+    /// grantee (and `allowFileDiscovery`), so the same grantee has the same id
+    /// on every item. `anyone` without discovery is `anyoneWithLink`, as Drive's.
+    pub id: String,
+    /// `type`: `user`, `group`, `domain` or `anyone`.
+    pub r#type: String,
+    /// `role`: `owner`, `organizer`, `fileOrganizer`, `writer`, `commenter` or `reader`.
+    pub role: String,
+    /// `emailAddress` (user and group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_address: Option<String>,
+    /// `domain` (domain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// `allowFileDiscovery`: "only applicable for permissions of type domain or anyone".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_file_discovery: Option<bool>,
+}
+
+impl SimPermission {
+    /// A permission for a user.
+    pub fn user(email: &str, role: &str) -> Self {
+        Self::grant("user", role, Some(email), None, None)
+    }
+
+    /// A permission for a group.
+    pub fn group(email: &str, role: &str) -> Self {
+        Self::grant("group", role, Some(email), None, None)
+    }
+
+    /// A permission for everyone in `domain`.
+    pub fn domain(domain: &str, role: &str, allow_file_discovery: bool) -> Self {
+        Self::grant("domain", role, None, Some(domain), Some(allow_file_discovery))
+    }
+
+    /// A permission for anyone (`allow_file_discovery` false: anyone with the link).
+    pub fn anyone(role: &str, allow_file_discovery: bool) -> Self {
+        Self::grant("anyone", role, None, None, Some(allow_file_discovery))
+    }
+
+    fn grant(kind: &str, role: &str, email: Option<&str>, domain: Option<&str>, discovery: Option<bool>) -> Self {
+        let mut p = SimPermission {
+            id: String::new(),
+            r#type: kind.to_owned(),
+            role: role.to_owned(),
+            email_address: email.map(str::to_owned),
+            domain: domain.map(str::to_owned),
+            allow_file_discovery: discovery,
+        };
+        p.id = p.grantee_id();
+        p
+    }
+
+    /// The grantee's permission id: `anyoneWithLink` / `anyone`, else 20 digits
+    /// from a hash of the grantee (a `k` appended for a domain without discovery).
+    pub fn grantee_id(&self) -> String {
+        let discoverable = self.allow_file_discovery.unwrap_or(false);
+        if self.r#type == "anyone" {
+            return if discoverable { "anyone" } else { "anyoneWithLink" }.to_owned();
+        }
+        let who = self.email_address.as_deref().or(self.domain.as_deref()).unwrap_or("");
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in format!("{}:{}", self.r#type, who.to_ascii_lowercase()).bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let suffix = if self.r#type == "domain" && !discoverable {
+            "k"
+        } else {
+            ""
+        };
+        format!("{h:020}{suffix}")
+    }
+
+    /// Checked as permissions.create checks a request body, with its id set
+    /// from the grantee: `user`/`group` need `emailAddress`, `domain` needs
+    /// `domain`, `allowFileDiscovery` only for `domain`/`anyone`.
+    pub(super) fn normalized(mut self) -> Result<Self, PermissionError> {
+        let bad = |m: &str| Err(PermissionError::Invalid(m.to_owned()));
+        if !PERMISSION_TYPES.contains(&self.r#type.as_str()) {
+            return bad(&format!("Invalid permission type: {}", self.r#type));
+        }
+        if !PERMISSION_ROLES.contains(&self.role.as_str()) {
+            return bad(&format!("Invalid permission role: {}", self.role));
+        }
+        match self.r#type.as_str() {
+            "user" | "group" => {
+                if self.email_address.as_deref().is_none_or(str::is_empty) {
+                    return bad("An emailAddress must be supplied for user and group permissions.");
+                }
+                if self.allow_file_discovery.is_some() {
+                    return bad("allowFileDiscovery only applies to domain and anyone permissions.");
+                }
+                self.domain = None;
+            }
+            "domain" => {
+                if self.domain.as_deref().is_none_or(str::is_empty) {
+                    return bad("A domain must be supplied for domain permissions.");
+                }
+                self.email_address = None;
+                self.allow_file_discovery = Some(self.allow_file_discovery.unwrap_or(false));
+            }
+            _ => {
+                self.email_address = None;
+                self.domain = None;
+                self.allow_file_discovery = Some(self.allow_file_discovery.unwrap_or(false));
+            }
+        }
+        self.id = self.grantee_id();
+        Ok(self)
+    }
+}
+
+/// One grant behind an effective permission (`permissionDetails[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PermissionDetail {
+    /// `permissionType`: `file` (a grant on an item) or `member` (shared-drive membership).
+    pub permission_type: String,
+    /// `role` of this grant.
+    pub role: String,
+    /// `inherited`: the grant is on an ancestor.
+    pub inherited: bool,
+    /// `inheritedFrom`: the ancestor's id; only in a shared drive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inherited_from: Option<String>,
+}
+
+/// A grantee's effective permission on an item and the grants it comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectivePermission {
+    /// The permission, with the highest role of its grants.
+    pub permission: SimPermission,
+    /// `permissionDetails`: every grant, direct first, then nearest ancestor first.
+    pub details: Vec<PermissionDetail>,
+}
+
+/// Why a share or unshare is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PermissionError {
+    /// No such item (404 `notFound`).
+    FileNotFound,
+    /// No such permission on the item (404 `notFound`).
+    PermissionNotFound,
+    /// The permission is inherited from an ancestor: "Inherited permissions
+    /// cannot be revoked." (403).
+    Inherited,
+    /// The owner's permission cannot be removed or lowered (403).
+    Owner,
+    /// The permission is malformed (400 `invalid`), with the reason.
+    Invalid(String),
+}
+
+/// The direct permissions of a new item: the owner's in My Drive; none in a
+/// shared drive, whose items belong to the drive ("owners ... isn't populated
+/// for items in shared drives") and are reached through its membership.
+fn owner_perms(shared_drive: bool) -> Vec<SimPermission> {
+    if shared_drive {
+        Vec::new()
+    } else {
+        vec![SimPermission::user(SIM_OWNER_EMAIL, "owner")]
+    }
+}
+
+/// The drive root's direct permissions: the owner's in My Drive; in a shared
+/// drive its membership, the simulated account as `organizer`.
+fn drive_root_perms(shared_drive: bool) -> Vec<SimPermission> {
+    if shared_drive {
+        vec![SimPermission::user(SIM_OWNER_EMAIL, "organizer")]
+    } else {
+        owner_perms(false)
     }
 }
 
