@@ -33,11 +33,9 @@ use serde_json::{Value, json};
 
 use super::GdriveSim;
 use super::fields::Selection;
-use super::model::{
-    DOC_MIME, EXPORT_LIMIT_BYTES, EffectivePermission, Entry, FIRST_CHANGE, FOLDER_MIME, SHEET_MIME, SLIDES_MIME,
-    SimPermission, SimState,
-};
+use super::model::{DOC_MIME, EXPORT_LIMIT_BYTES, Entry, FIRST_CHANGE, FOLDER_MIME, SHEET_MIME, SLIDES_MIME, SimState};
 use super::query::parse_q;
+use super::sharing::{EffectivePermission, SimPermission};
 use crate::simulators::http::{self, query_map, rfc3339_millis as ts};
 use crate::simulators::traffic::Admission;
 

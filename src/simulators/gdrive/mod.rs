@@ -63,11 +63,13 @@ use super::http::{self, CallCounts};
 use super::traffic::{Admission, TrafficStats};
 use model::SimState;
 pub use model::{
-    DOC_MIME, EXPORT_LIMIT_BYTES, EffectivePermission, FOLDER_MIME, FORM_MIME, PERMISSION_ROLES, PERMISSION_TYPES,
-    PermissionDetail, PermissionError, SEED_DOMAIN, SEED_GROUP, SHEET_MIME, SHORTCUT_MIME, SIM_OWNER_EMAIL,
-    SLIDES_MIME, SimFile, SimPermission,
+    DOC_MIME, EXPORT_LIMIT_BYTES, FOLDER_MIME, FORM_MIME, SHEET_MIME, SHORTCUT_MIME, SLIDES_MIME, SimFile,
 };
 pub use push::MAX_CHANNEL_SECS;
+pub use sharing::{
+    EffectivePermission, PERMISSION_ROLES, PERMISSION_TYPES, PermissionDetail, PermissionError, SEED_DOMAIN,
+    SEED_GROUP, SIM_OWNER_EMAIL, SimPermission,
+};
 
 mod api;
 mod control;
@@ -75,6 +77,7 @@ mod fields;
 mod model;
 mod push;
 mod query;
+mod sharing;
 
 /// Requests remembered by [`GdriveSim::requests`].
 const REQUEST_LOG: usize = 10_000;
