@@ -42,6 +42,46 @@ pub(crate) async fn drive_env(base_url: &str, extra: &str) -> Env {
     env
 }
 
+/// The version the sink must carry for `file`: the version of its content,
+/// which sharing does not move (Drive's own `version` does: "every change
+/// made to the file on the server"): the SHA-256 of the bytes where Drive
+/// stores them (`sha256Checksum`, first 16 hex), else `modifiedTime` in
+/// milliseconds, tagged with how the file is read.
+pub(crate) fn expected_version(file: &SimFile) -> Option<String> {
+    let kind = Kind::of_mime(&file.mime_type)?;
+    let stored = !file.mime_type.starts_with("application/vnd.google-apps.");
+    Some(if stored {
+        let sum = tidemark::sources::sha256_hex(&file.content);
+        version_string(kind, &format!("s{}", &sum[..16]))
+    } else {
+        version_string(kind, &format!("m{}", file.modified_time.timestamp_millis()))
+    })
+}
+
+/// Who may read `file`, from the simulated drive's effective permissions as
+/// the Drive reference defines them: users and groups by email, a domain or
+/// anyone discoverable or only with the link; every role reads.
+pub(crate) fn expected_readers(sim: &GdriveSim, file: &SimFile) -> Vec<String> {
+    let mut readers: Vec<String> = sim
+        .permissions(&file.id)
+        .into_iter()
+        .map(|p| {
+            let discoverable = p.allow_file_discovery.unwrap_or(false);
+            match p.r#type.as_str() {
+                "user" => format!("user:{}", p.email_address.unwrap_or_default().to_lowercase()),
+                "group" => format!("group:{}", p.email_address.unwrap_or_default().to_lowercase()),
+                "domain" if discoverable => format!("domain:{}", p.domain.unwrap_or_default()),
+                "domain" => format!("domain_with_link:{}", p.domain.unwrap_or_default()),
+                _ if discoverable => "anyone".to_owned(),
+                _ => "anyone_with_link".to_owned(),
+            }
+        })
+        .collect();
+    readers.sort();
+    readers.dedup();
+    readers
+}
+
 /// The folder names from the synced folder down to `file`'s folder, read off
 /// the simulated drive's parents.
 pub(crate) fn folder_path(sim: &GdriveSim, file: &SimFile) -> Vec<String> {
@@ -61,32 +101,34 @@ pub(crate) fn folder_path(sim: &GdriveSim, file: &SimFile) -> Vec<String> {
     path
 }
 
-type Row = (String, String, Vec<String>, String);
+type Row = (String, String, Vec<String>, String, Vec<String>);
 
 /// Asserts the sink holds exactly the files of the simulated tree: ids,
-/// versions (with their kind tag), titles, folder breadcrumbs and text.
+/// versions (with their kind tag), titles, folder breadcrumbs, text and readers.
 fn assert_sink_matches(env: &Env, sim: &GdriveSim) {
     let expected: BTreeMap<String, Row> = sim
         .files_in_tree()
         .into_iter()
         .filter_map(|f| {
-            let kind = Kind::of_mime(&f.mime_type)?;
+            let version = expected_version(&f)?;
             let crumbs = folder_path(sim, &f);
-            Some((
-                f.id,
-                (
-                    version_string(kind, &f.version.to_string()),
-                    f.name,
-                    crumbs,
-                    words(&f.text),
-                ),
-            ))
+            let readers = expected_readers(sim, &f);
+            Some((f.id, (version, f.name, crumbs, words(&f.text), readers)))
         })
         .collect();
     let got: BTreeMap<String, Row> = env
         .sink_docs()
         .into_iter()
-        .map(|d| (d.id.0, (d.version, d.title, d.breadcrumb, words(&d.content))))
+        .map(|d| {
+            let row = (
+                d.version,
+                d.title,
+                d.breadcrumb,
+                words(&d.content),
+                d.permissions.readers,
+            );
+            (d.id.0, row)
+        })
         .collect();
     crate::harness::assert_same_docs("the drive", &expected, &got);
 }
@@ -111,6 +153,7 @@ fn assert_contract(env: &Env, sim: &GdriveSim) {
             SLIDES_MIME => format!("https://docs.google.com/presentation/d/{}/edit?usp=drivesdk", f.id),
             _ => format!("https://drive.google.com/file/d/{}/view?usp=drivesdk", f.id),
         };
+        assert_eq!(d.permissions.readers, expected_readers(sim, f), "{}", f.name);
         let a = &d.about;
         assert_eq!(a.url.as_deref(), Some(url.as_str()), "{}", f.name);
         assert_eq!(a.mime_type.as_deref(), Some(f.mime_type.as_str()), "{}", f.name);
@@ -217,7 +260,10 @@ async fn five_hundred_files_six_changes() {
 /// Folder paths follow renames and moves of any folder on the path: renaming
 /// a folder rewrites the breadcrumbs of everything under it (nested folders
 /// included) with no content fetched, and so do moving a folder and renaming
-/// the synced folder itself. Each run is one `changes.list` call.
+/// the synced folder itself. Each run is one `changes.list` call, and one
+/// `files.list` of the moved folder: moved under a folder shared with a group,
+/// its files inherit that sharing (Drive reports the folder's change only), so
+/// they are listed again and their permissions rewritten, still not fetched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn folder_renames_and_moves_rewrite_breadcrumbs_without_fetching() {
     let (env, sim) = start(
@@ -256,14 +302,29 @@ async fn folder_renames_and_moves_rewrite_breadcrumbs_without_fetching() {
     assert_eq!(renamed.dependents_updated as usize, under, "{renamed:?}");
     assert_sink_matches(&env, &sim);
 
-    // Move "Folder 3" under "Folder 4".
+    // Move "Folder 3" under "Folder 4" (shared with a group: seeded so).
     let (folder3, folder4) = (ids_named(&sim, "Folder 3"), ids_named(&sim, "Folder 4"));
+    let under3 = sim
+        .files_in_tree()
+        .iter()
+        .filter(|f| folder_path(&sim, f).contains(&"Folder 3".to_owned()))
+        .count() as u64;
+    assert!(under3 > 0);
     assert!(sim.move_file(&folder3, &folder4));
     sim.reset_calls();
     let moved = env.sync(SyncMode::Incremental).await;
-    assert_eq!((moved.docs_processed, moved.api_calls), (0, 1), "{moved:?}");
-    assert!(moved.dependents_updated > 0, "{moved:?}");
+    assert_eq!(
+        (
+            moved.docs_processed,
+            moved.permissions_updated,
+            moved.upserted,
+            moved.api_calls
+        ),
+        (under3, under3, 0, 2),
+        "{moved:?}"
+    );
     assert_sink_matches(&env, &sim);
+    assert_contract(&env, &sim);
 
     // Rename the synced folder itself: every breadcrumb starts with it.
     assert!(sim.update_file("root-folder", Some("KB"), None));
@@ -583,4 +644,75 @@ async fn trashed_synced_folder_is_swept_under_the_guard() {
     );
     assert!(run.note.contains("trashed or deleted"), "{}", run.note);
     assert!(env.sink_docs().is_empty());
+}
+
+/// Sharing a file with a user, then unsharing it, reaches the sink's readers
+/// within one incremental sync each, as a change of permissions alone: the
+/// changes list (Drive bumps the file's `version` for it, not its
+/// `modifiedTime`) and, in a shared drive, whose files come without their
+/// `permissions`, one `permissions.list`; nothing is downloaded or exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_shared_and_unshared_changes_only_its_readers() {
+    use tidemark::simulators::gdrive::SimPermission;
+
+    for shared_drive in [false, true] {
+        let drive_id = shared_drive.then(|| "0ATeamDrive".to_owned());
+        let extra = if shared_drive { "drive_id = \"0ATeamDrive\"" } else { "" };
+        let (env, sim) = start(
+            SimConfig {
+                files: 12,
+                drive_id,
+                ..SimConfig::default()
+            },
+            extra,
+        )
+        .await;
+        let full = env.sync(SyncMode::Full).await;
+        assert_eq!(full.status, RunStatus::Completed, "{full:?}");
+        assert_contract(&env, &sim);
+        let file = sim.files_in_tree()[3].clone();
+        let readers_of = |env: &Env| {
+            env.sink_docs()
+                .into_iter()
+                .find(|d| d.id.0 == file.id)
+                .map(|d| d.permissions.readers)
+                .expect("in the sink")
+        };
+        let version_before = env
+            .sink_docs()
+            .into_iter()
+            .find(|d| d.id.0 == file.id)
+            .map(|d| d.version);
+        // One permissions.list per file of a shared drive; none in My Drive.
+        let per_file = u64::from(shared_drive);
+
+        let bob = sim
+            .share(&file.id, SimPermission::user("bob@example.com", "reader"))
+            .expect("share");
+        let inc = env.sync(SyncMode::Incremental).await;
+        assert_eq!(
+            (inc.status, inc.permissions_updated, inc.upserted, inc.api_calls),
+            (RunStatus::Completed, 1, 0, 1 + per_file),
+            "shared drive {shared_drive}: {inc:?}"
+        );
+        assert!(readers_of(&env).contains(&"user:bob@example.com".to_owned()));
+        assert_eq!(readers_of(&env), expected_readers(&sim, &file));
+
+        sim.unshare(&file.id, &bob.id).expect("unshare");
+        let inc = env.sync(SyncMode::Incremental).await;
+        assert_eq!(
+            (inc.permissions_updated, inc.upserted, inc.api_calls),
+            (1, 0, 1 + per_file),
+            "shared drive {shared_drive}: {inc:?}"
+        );
+        assert!(!readers_of(&env).contains(&"user:bob@example.com".to_owned()));
+        assert_eq!(readers_of(&env), expected_readers(&sim, &file));
+        let version_after = env
+            .sink_docs()
+            .into_iter()
+            .find(|d| d.id.0 == file.id)
+            .map(|d| d.version);
+        assert_eq!(version_before, version_after, "the content's version did not move");
+        assert_sink_matches(&env, &sim);
+    }
 }

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use tidemark::simulators::gdrive::{GdriveSim, SimConfig as GdriveConfig};
 use tidemark::sinks::SinkDocument;
-use tidemark::sources::gdrive::{Kind, version_string};
 use tidemark::state::RunStatus;
 use tidemark::types::SyncMode;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -219,9 +218,8 @@ fn assert_sink_matches_drive(env: &Env, sim: &GdriveSim) {
         .files_in_tree()
         .into_iter()
         .filter_map(|f| {
-            let kind = Kind::of_mime(&f.mime_type)?;
             let row = (
-                version_string(kind, &f.version.to_string()),
+                crate::gdrive::expected_version(&f)?,
                 f.name,
                 f.parent,
                 crate::harness::words(&f.text),

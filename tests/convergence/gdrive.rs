@@ -3,14 +3,16 @@
 //! and what the sink must hold for it: every file of the folder tree (every
 //! kind: Docs Editors files, real PDF and Office files, text, images), with
 //! `<kind>:<version>`, name, parent folder, folder breadcrumb (names from the
-//! synced folder down, through renames and moves of any folder) and text; no links.
+//! synced folder down, through renames and moves of any folder), text and
+//! readers (each file's effective permissions: sharing changes on files and
+//! on folders, the synced one included, drawn from a stream of their own so
+//! the other operations of a seed stay what they were); no links.
 
 use std::net::SocketAddr;
 
 use tidemark::extract::{DOCX_MIME, PDF_MIME, PPTX_MIME, XLSX_MIME};
 use tidemark::simulators::files;
 use tidemark::simulators::gdrive::{DOC_MIME, FORM_MIME, GdriveSim, SHEET_MIME, SimConfig};
-use tidemark::sources::gdrive::{Kind, version_string};
 
 use super::compare::{Doc, Docs};
 use super::ops::{Ops, SimulatedSource};
@@ -19,6 +21,8 @@ use super::rng::Rng;
 /// The simulated drive.
 pub struct Drive {
     pub sim: GdriveSim,
+    /// Sharing changes so far (what seeds their draws).
+    sharings: u64,
 }
 
 impl Drive {
@@ -38,7 +42,47 @@ impl Drive {
             .expect("outside folder");
         sim.create_file("Outside.txt", &outside, "text/plain", "outside, for now")
             .expect("outside file");
-        (Drive { sim }, addr)
+        (Drive { sim, sharings: 0 }, addr)
+    }
+
+    /// Shares a drawn file or folder with a user, a group, the domain or
+    /// anyone with the link, or takes one of its own permissions away.
+    fn reshare(&mut self, ops: &mut Ops) {
+        use tidemark::simulators::gdrive::SimPermission;
+        self.sharings += 1;
+        let mut rng = Rng::new(ops.seed ^ 0x7368_6172_6500_0000 ^ self.sharings);
+        let items: Vec<String> = self
+            .sim
+            .files()
+            .into_iter()
+            .filter(|f| f.id != self.sim.drive_root_id())
+            .map(|f| f.id)
+            .collect();
+        let Some(id) = rng.pick(&items).cloned() else { return };
+        let own: Vec<SimPermission> = self
+            .sim
+            .direct_permissions(&id)
+            .into_iter()
+            .filter(|p| p.role != "owner")
+            .collect();
+        if !own.is_empty() && rng.chance(40) {
+            let p = rng.pick(&own).cloned().expect("non-empty");
+            let ok = self.sim.unshare(&id, &p.id).is_ok();
+            ops.log.push(format!("drive unshare {id} {} ({ok})", p.id));
+            return;
+        }
+        let p = match rng.below(4) {
+            0 => SimPermission::user(&format!("user{}@example.com", rng.below(3)), "reader"),
+            1 => SimPermission::group("sales@example.com", "commenter"),
+            2 => SimPermission::domain("example.com", "reader", rng.chance(50)),
+            _ => SimPermission::anyone("reader", false),
+        };
+        let ok = self.sim.share(&id, p.clone()).is_ok();
+        ops.log.push(format!(
+            "drive share {id} with {:?} {:?} ({ok})",
+            p.r#type,
+            p.email_address.or(p.domain)
+        ));
     }
 
     /// A real file of type `mime` holding `text`, and the text a reader should get from it.
@@ -84,6 +128,7 @@ impl SimulatedSource for Drive {
     fn mutate(&mut self, ops: &mut Ops, n: usize) {
         let root = self.sim.root_folder_id();
         let drive_root = self.sim.drive_root_id();
+        self.reshare(ops);
         for _ in 0..n {
             let files = self.sim.files();
             let folders: Vec<String> = files
@@ -193,18 +238,19 @@ impl SimulatedSource for Drive {
             .files_in_tree()
             .into_iter()
             .filter_map(|f| {
-                let kind = Kind::of_mime(&f.mime_type)?;
+                let version = crate::gdrive::expected_version(&f)?;
                 let breadcrumb = crate::gdrive::folder_path(&self.sim, &f);
+                let readers = vec![crate::gdrive::expected_readers(&self.sim, &f)];
                 Some((
                     f.id,
                     Doc {
-                        version: version_string(kind, &f.version.to_string()),
+                        version,
                         title: f.name,
                         parent: f.parent,
                         breadcrumb,
                         content: crate::harness::words(&f.text),
                         links: Vec::new(),
-                        readers: super::compare::nobody(),
+                        readers,
                     },
                 ))
             })

@@ -474,7 +474,10 @@ impl SimState {
             e.text = text.to_owned();
         }
         e.version += 1;
-        e.modified = now();
+        // Drive applies one file's modifications one after another, each at
+        // its own time: two within a millisecond (a test's, never a person's)
+        // still get distinct `modifiedTime`s, the later one later.
+        e.modified = now().max(e.modified + chrono::Duration::milliseconds(1));
         self.record(id);
         true
     }

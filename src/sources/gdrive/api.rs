@@ -19,6 +19,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::settings::{GdriveSettings, is_drive_id};
+use super::sharing::{self, DrivePermission};
 use crate::extract::{self, Format};
 use crate::sources::client::{self, Body, RetryingClient, Verdict};
 use crate::sources::clock;
@@ -32,12 +33,36 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 pub(super) const FOLDER_MIME: &str = "application/vnd.google-apps.folder";
 /// `mimeType` of a shortcut (a pointer to another file; a document with no text).
 pub(super) const SHORTCUT_MIME: &str = "application/vnd.google-apps.shortcut";
+/// Fields asked of a file wherever one is read: `sha256Checksum` and
+/// `modifiedTime` make its content version (see [`content_version`]),
+/// `permissions` who may read it (absent in shared drives: see [`super::sharing`]).
+macro_rules! file_fields {
+    () => {
+        concat!(
+            "id,name,mimeType,parents,trashed,modifiedTime,version,size,sha256Checksum,webViewLink,driveId,permissions(",
+            permission_fields!(),
+            ")"
+        )
+    };
+}
+/// The Permission fields asked for wherever a file's permissions are read.
+macro_rules! permission_fields {
+    () => {
+        "id,type,role,emailAddress,domain,allowFileDiscovery,deleted,view,expirationTime"
+    };
+}
+/// [`permission_fields`], for `permissions.list`.
+pub(super) const PERMISSION_FIELDS: &str = permission_fields!();
 /// Fields asked of `changes.list`.
-const CHANGE_FIELDS: &str = "nextPageToken,newStartPageToken,changes(changeType,removed,fileId,time,file(id,name,mimeType,parents,trashed,modifiedTime,version,size,webViewLink,driveId))";
+const CHANGE_FIELDS: &str = concat!(
+    "nextPageToken,newStartPageToken,changes(changeType,removed,fileId,time,file(",
+    file_fields!(),
+    "))"
+);
 /// Fields asked of `files.get` for one file's metadata.
-const FILE_FIELDS: &str = "id,name,mimeType,parents,trashed,modifiedTime,version,size,webViewLink";
+const FILE_FIELDS: &str = file_fields!();
 /// Fields asked of `files.list`.
-const LIST_FIELDS: &str = "nextPageToken,files(id,name,mimeType,parents,trashed,modifiedTime,version,size,webViewLink)";
+const LIST_FIELDS: &str = concat!("nextPageToken,files(", file_fields!(), ")");
 
 /// Everything a request needs; shared by the source and its feeds.
 pub(super) struct Client {
@@ -195,7 +220,7 @@ impl Client {
     /// GETs `url` with auth, retrying rate limits (403/429 with a rate-limit reason),
     /// 5xx and network failures with exponential backoff (or `Retry-After` when sent).
     /// Every attempt is counted in `calls`. Other error statuses come back as a [`Refusal`].
-    async fn get(&self, url: &Url, calls: &ApiCalls) -> Result<Result<Vec<u8>, Refusal>, Error> {
+    pub(super) async fn get(&self, url: &Url, calls: &ApiCalls) -> Result<Result<Vec<u8>, Refusal>, Error> {
         self.send(reqwest::Method::GET, url, None, calls).await
     }
 
@@ -320,19 +345,27 @@ impl Client {
         }
     }
 
-    /// The name of folder `id` (the synced folder: the head of every breadcrumb).
+    /// The synced folder `id` as Drive has it: its name (the head of every
+    /// breadcrumb) and who may read it (everything under it inherits that).
     /// A folder Drive does not have is an error naming it: listing it would
     /// find nothing, and nothing should be deleted for that.
-    pub(super) async fn folder_name(&self, id: &str, calls: &ApiCalls) -> Result<String, Error> {
+    pub(super) async fn synced_folder(&self, id: &str, calls: &ApiCalls) -> Result<DriveFile, Error> {
         let mut url = self.url("drive/v3/files")?;
         if let Ok(mut s) = url.path_segments_mut() {
             s.push(id);
         }
         url.query_pairs_mut()
             .append_pair("supportsAllDrives", "true")
-            .append_pair("fields", "id,name");
+            .append_pair(
+                "fields",
+                concat!("id,name,driveId,permissions(", permission_fields!(), ")"),
+            );
         match self.get(&url, calls).await? {
-            Ok(body) => Ok(self.decode::<DriveFile>(&url, &body)?.name),
+            Ok(body) => {
+                let mut folder: DriveFile = self.decode(&url, &body)?;
+                self.fill_permissions(&mut [&mut folder], calls).await?;
+                Ok(folder)
+            }
             Err(r) if r.status == 404 => Err(Error::Permanent {
                 context: format!("{}: the synced folder {id} was not found (folder_id)", r.context),
             }),
@@ -352,7 +385,8 @@ impl Client {
             .append_pair("fields", FILE_FIELDS);
         match self.get(&url, calls).await? {
             Ok(body) => {
-                let f: DriveFile = self.decode(&url, &body)?;
+                let mut f: DriveFile = self.decode(&url, &body)?;
+                self.fill_permissions(&mut [&mut f], calls).await?;
                 Ok(if f.trashed { None } else { f.meta() })
             }
             Err(r) if r.status == 404 => Ok(None),
@@ -572,9 +606,32 @@ impl Kind {
     }
 }
 
-/// `DocMeta.version` for a Drive `version` of a file of kind `kind`.
-pub fn version_string(kind: Kind, version: &str) -> String {
-    format!("{}:{version}", kind.tag())
+/// `DocMeta.version` for a content stamp of a file of kind `kind`.
+pub fn version_string(kind: Kind, stamp: &str) -> String {
+    format!("{}:{stamp}", kind.tag())
+}
+
+/// Hex characters of `sha256Checksum` kept in a version: 64 bits tell edits apart.
+const CHECKSUM_HEX: usize = 16;
+
+/// The version of a file's *content*, which a change of its sharing does
+/// not move (Drive's own `version` "reflects every change made to the file
+/// on the server, even those not visible to the user", sharing included):
+/// the file's `sha256Checksum` where Drive stores its bytes ("only populated
+/// for files with content stored in Drive"), else its `modifiedTime` ("the
+/// last time the file was modified by anyone"), else Drive's `version`.
+pub fn content_version(
+    kind: Kind,
+    sha256: Option<&str>,
+    modified: Option<DateTime<Utc>>,
+    version: Option<&str>,
+) -> String {
+    let stamp = match (sha256, modified) {
+        (Some(sum), _) if !sum.is_empty() => format!("s{}", &sum[..sum.len().min(CHECKSUM_HEX)]),
+        (_, Some(t)) => format!("m{}", t.timestamp_millis()),
+        _ => format!("v{}", version.unwrap_or("0")),
+    };
+    version_string(kind, &stamp)
 }
 
 #[derive(Deserialize)]
@@ -628,6 +685,13 @@ pub(super) struct DriveFile {
     modified_time: Option<DateTime<Utc>>,
     /// Drive serves `version` (int64) as a JSON string.
     version: Option<String>,
+    /// SHA-256 of the bytes of a file stored in Drive (none for Docs Editors files).
+    sha256_checksum: Option<String>,
+    /// Who may read it (every permission, inherited ones included); absent
+    /// for items in shared drives, and unless the caller may share the file.
+    pub(super) permissions: Option<Vec<DrivePermission>>,
+    /// The shared drive it is in.
+    pub(super) drive_id: Option<String>,
     /// Bytes of a file stored in Drive (int64 as a string); absent for Docs Editors files.
     size: Option<String>,
     /// The link that opens the file in a browser.
@@ -648,14 +712,19 @@ impl DriveFile {
         let kind = Kind::of_mime(&self.mime_type)?;
         Some(DocMeta {
             id: DocumentId(self.id.clone()),
-            version: version_string(kind, self.version.as_deref().unwrap_or("0")),
+            version: content_version(
+                kind,
+                self.sha256_checksum.as_deref(),
+                self.modified_time,
+                self.version.as_deref(),
+            ),
             title: self.name.clone(),
             parent: self.parent().map(|p| DocumentId(p.to_owned())),
             modified_at: self.modified_time,
             url: self.web_view_link.clone(),
             mime_type: Some(self.mime_type.clone()),
             size: self.size.as_deref().and_then(|s| s.parse().ok()),
-            permissions: None,
+            permissions: self.permissions.as_ref().map(|p| sharing::permissions(p, Utc::now())),
         })
     }
 }
@@ -765,8 +834,8 @@ mod tests {
         for r in sim.requests() {
             let p = &r.params;
             assert_eq!(p.get("supportsAllDrives").map(String::as_str), Some("true"), "{r:?}");
-            if r.label == "GET /drive/v3/files/{id}" {
-                // files.get takes no driveId: a file id is unique across drives.
+            if r.label == "GET /drive/v3/files/{id}" || r.label == "GET /drive/v3/files/{id}/permissions" {
+                // files.get and permissions.list take no driveId: a file id is unique across drives.
                 continue;
             }
             assert_eq!(p.get("driveId").map(String::as_str), Some("0AShared"), "{r:?}");

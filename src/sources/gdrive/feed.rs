@@ -19,7 +19,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::api::Client;
-use super::tree::{Folders, SCOPE_FOLDER_NAME, Tree, changed_under, reachable};
+use super::api::DriveFile;
+use super::tree::{Folders, SCOPE_FOLDER_ACCESS, SCOPE_FOLDER_NAME, Tree, changed_under, reachable};
 use crate::sources::{ApiCalls, ChangeFeed, Checkpoint, Error, FeedEnd, FeedPage, Folder, Held, Observation};
 use crate::types::DocumentId;
 
@@ -28,6 +29,8 @@ use crate::types::DocumentId;
 struct Stats {
     changes: usize,
     listed_folders: usize,
+    /// Folders listed again because who may read them changed.
+    reshared_folders: usize,
     documents: usize,
     deleted: usize,
 }
@@ -59,6 +62,22 @@ pub(super) struct GdriveFeed {
     runs_since_sweep: u32,
     stats: Stats,
     reason: String,
+    /// Folder id -> fingerprint of its permissions ([`SCOPE_FOLDER_ACCESS`]).
+    access: BTreeMap<String, String>,
+}
+
+/// The fingerprint of who may read `f`, if Drive said.
+pub(super) fn access_of(f: &DriveFile) -> Option<String> {
+    f.permissions
+        .as_ref()
+        .map(|p| super::sharing::permissions(p, chrono::Utc::now()).fingerprint())
+}
+
+fn load_access(scope: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    scope
+        .get(SCOPE_FOLDER_ACCESS)
+        .and_then(|a| serde_json::from_str(a).ok())
+        .unwrap_or_default()
 }
 
 #[async_trait]
@@ -71,7 +90,9 @@ impl ChangeFeed for GdriveFeed {
             return Ok(None);
         };
         let c = Arc::clone(&self.client);
-        let list = c.list_children(&folder, page.as_deref(), &self.calls).await?;
+        let mut list = c.list_children(&folder, page.as_deref(), &self.calls).await?;
+        let mut files: Vec<&mut _> = list.files.iter_mut().collect();
+        c.fill_permissions(&mut files, &self.calls).await?;
         if page.is_none() {
             self.stats.listed_folders += 1;
         }
@@ -90,6 +111,9 @@ impl ChangeFeed for GdriveFeed {
                 continue;
             }
             if f.is_folder() {
+                if let Some(a) = access_of(&f) {
+                    self.access.insert(f.id.clone(), a);
+                }
                 if f.id != c.settings.folder_id {
                     self.tree.folders.insert(f.id.clone(), (folder.clone(), f.name.clone()));
                     if self.queued.insert(f.id.clone()) {
@@ -147,6 +171,17 @@ impl ChangeFeed for GdriveFeed {
     fn end(&self) -> FeedEnd {
         let mut scope = self.scope.clone();
         self.tree.save(&mut scope);
+        let root = &self.client.settings.folder_id;
+        let access: BTreeMap<&String, &String> = self
+            .access
+            .iter()
+            .filter(|(id, _)| *id == root || self.tree.folders.contains_key(*id))
+            .collect();
+        // A map of strings always serialises.
+        scope.insert(
+            SCOPE_FOLDER_ACCESS.to_owned(),
+            serde_json::to_string(&access).unwrap_or_default(),
+        );
         if let Some(name) = &self.root_name {
             scope.insert(SCOPE_FOLDER_NAME.to_owned(), name.clone());
         }
@@ -164,8 +199,14 @@ impl ChangeFeed for GdriveFeed {
             }
             if st.listed_folders > 0 {
                 note.push_str(&format!(
-                    ", {} folder(s) entering the tree listed ({} document(s))",
+                    ", {} folder(s) entering the tree or shared differently listed ({} document(s))",
                     st.listed_folders, st.documents
+                ));
+            }
+            if st.reshared_folders > 0 {
+                note.push_str(&format!(
+                    ", {} folder(s) shared differently: their files' permissions read again",
+                    st.reshared_folders
                 ));
             }
         }
@@ -197,6 +238,7 @@ impl GdriveFeed {
         scope: BTreeMap<String, String>,
     ) -> Self {
         let root_name = scope.get(SCOPE_FOLDER_NAME).cloned();
+        let access = load_access(&scope);
         Self {
             client,
             calls,
@@ -214,6 +256,7 @@ impl GdriveFeed {
             runs_since_sweep: base.runs_since_sweep.saturating_add(1),
             stats: Stats::default(),
             reason: format!("changes since page token {token}"),
+            access,
         }
     }
 
@@ -232,9 +275,11 @@ impl GdriveFeed {
         prior: Option<Tree>,
         scope: BTreeMap<String, String>,
         reason: &str,
+        root_access: Option<String>,
     ) -> Self {
         let prior = prior.map(|t| (t.folders, scope.get(SCOPE_FOLDER_NAME).cloned()));
         let root = client.settings.folder_id.clone();
+        let root_key = root.clone();
         let mut queue = VecDeque::new();
         queue.push_back((root.clone(), None));
         Self {
@@ -254,6 +299,8 @@ impl GdriveFeed {
             runs_since_sweep: 0,
             stats: Stats::default(),
             reason: format!("complete listing ({reason})"),
+            // Everything is listed: what each folder is shared with is read afresh.
+            access: root_access.map(|a| BTreeMap::from([(root_key, a)])).unwrap_or_default(),
         }
     }
 
@@ -287,17 +334,36 @@ impl GdriveFeed {
         self.cursor = Some(new_start);
         // Shared-drive changes (changeType "drive") are about the drive, not its files.
         changes.retain(|ch| ch.change_type.as_deref().is_none_or(|t| t == "file"));
+        let mut files: Vec<&mut _> = changes
+            .iter_mut()
+            .filter(|ch| !ch.removed)
+            .filter_map(|ch| ch.file.as_mut())
+            .collect();
+        c.fill_permissions(&mut files, &self.calls).await?;
         self.stats.changes = changes.len();
 
         let old = self.tree.folders.clone();
         let mut folders = old.clone();
         let mut root_gone = false;
+        // Folders (the synced one included) whose permissions changed, or
+        // were not known: every file under them inherits the change, and
+        // Drive reports none of those files.
+        let mut reshared: Vec<String> = Vec::new();
         // Pass 1: the folder tree after every change.
         for ch in &changes {
             let Some(id) = ch.file_id.as_deref().or(ch.file.as_ref().map(|f| f.id.as_str())) else {
                 continue;
             };
             let gone = ch.removed || ch.file.as_ref().is_none_or(|f| f.trashed);
+            if let Some(f) = ch.file.as_ref().filter(|f| !gone && (id == root || f.is_folder()))
+                && let Some(now) = access_of(f)
+                && self
+                    .access
+                    .insert(id.to_owned(), now.clone())
+                    .is_none_or(|before| before != now)
+            {
+                reshared.push(id.to_owned());
+            }
             if id == root {
                 root_gone |= gone;
                 if let Some(f) = ch.file.as_ref().filter(|_| !gone) {
@@ -385,6 +451,15 @@ impl GdriveFeed {
             if !old.contains_key(id) && (parent == &root || old.contains_key(parent)) && self.queued.insert(id.clone())
             {
                 self.queue.push_back((id.clone(), None));
+            }
+        }
+        // Folders shared differently, still in the tree: list their subtrees
+        // again, so each file below is reported with what it now inherits
+        // (its permissions alone changed: the run rewrites, never fetches).
+        for id in reshared {
+            if (id == root || folders.contains_key(&id)) && self.queued.insert(id.clone()) {
+                self.stats.reshared_folders += 1;
+                self.queue.push_back((id, None));
             }
         }
         self.tree.folders = folders;

@@ -66,6 +66,7 @@ mod api;
 mod channels;
 mod feed;
 mod settings;
+mod sharing;
 mod tree;
 
 use std::collections::HashSet;
@@ -82,7 +83,7 @@ use super::{ApiCalls, ChangeFeed, Channel, Checkpoint, DocMeta, Error, Fetched, 
 use crate::gate::Gates;
 use crate::types::{DocumentId, SourceId, SyncMode};
 
-pub use self::api::{GoogleError, Kind, MAX_PAGE_SIZE, is_token_refusal, version_string};
+pub use self::api::{GoogleError, Kind, MAX_PAGE_SIZE, content_version, is_token_refusal, version_string};
 pub use self::channels::MAX_CHANNEL_SECS;
 pub use self::settings::GdriveSettings;
 pub use self::tree::{
@@ -156,7 +157,7 @@ impl Source for Gdrive {
             (reason, _, tree) => {
                 // Before listing: whatever changes while we list is in the next run.
                 let token = c.start_page_token(&calls).await?;
-                let root_name = c.folder_name(&s.folder_id, &calls).await?;
+                let synced = c.synced_folder(&s.folder_id, &calls).await?;
                 scope.insert(SCOPE_SWEPT_AT.to_owned(), Utc::now().to_rfc3339());
                 let reason = reason.unwrap_or("no change token yet");
                 let prior = tree.filter(|_| same_scope);
@@ -166,10 +167,11 @@ impl Source for Gdrive {
                     held,
                     checkpoint,
                     token,
-                    root_name,
+                    synced.name.clone(),
                     prior,
                     scope,
                     reason,
+                    feed::access_of(&synced),
                 )
             }
         };

@@ -25,6 +25,12 @@ pub const SCOPE_FOLDERS: &str = "folders";
 pub const SCOPE_DOCS: &str = "docs";
 /// `Checkpoint.scope` key: the synced folder's own name (the first breadcrumb of every document).
 pub const SCOPE_FOLDER_NAME: &str = "folder_name";
+/// `Checkpoint.scope` key: JSON `{folder id: fingerprint}` of who may read
+/// each folder (the synced folder included), as Drive reported them: a
+/// folder whose fingerprint changes (shared, unshared, moved under other
+/// sharing) has its subtree listed again, since Drive reports no change for
+/// the files that inherit it.
+pub const SCOPE_FOLDER_ACCESS: &str = "folder_access";
 /// `Checkpoint.scope` key: when the last full listing started (RFC 3339, our clock; only schedules sweeps).
 pub const SCOPE_SWEPT_AT: &str = "swept_at";
 
