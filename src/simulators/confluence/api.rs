@@ -28,6 +28,7 @@ use super::ConfluenceSim;
 use super::attachments;
 use super::cql::{matches, matches_attachment, parse_cql};
 use super::model::{Page, PageStatus, SimState};
+use super::{restrictions, space_permissions};
 use crate::simulators::http::{self, query_pairs, rfc3339_millis as ts};
 use crate::simulators::traffic::Admission;
 
@@ -50,6 +51,14 @@ pub(super) fn routes(sim: &ConfluenceSim) -> Router<ConfluenceSim> {
         .route("/wiki/api/v2/pages", get(api_pages))
         .route("/wiki/rest/api/content/search", get(api_search))
         .route("/wiki/rest/api/content/{id}", get(api_content))
+        .route(
+            "/wiki/rest/api/content/{id}/restriction/byOperation/{operation}",
+            get(restrictions::api_restriction_by_operation),
+        )
+        .route(
+            "/wiki/api/v2/spaces/{id}/permissions",
+            get(space_permissions::api_space_permissions),
+        )
         .route(
             "/wiki/rest/api/content/{id}/child/attachment/{attachment_id}/download",
             get(attachments::api_download),
@@ -195,11 +204,11 @@ fn parse_limit(pairs: &[(String, String)], default: usize, max: usize) -> Result
     }
 }
 
-fn encode_cursor(last: u64) -> String {
+pub(super) fn encode_cursor(last: u64) -> String {
     hex::encode(format!("sim-cursor:{last}"))
 }
 
-fn decode_cursor(c: &str) -> Option<u64> {
+pub(super) fn decode_cursor(c: &str) -> Option<u64> {
     let bytes = hex::decode(c).ok()?;
     let text = String::from_utf8(bytes).ok()?;
     text.strip_prefix("sim-cursor:")?.parse().ok()
@@ -213,7 +222,7 @@ fn parse_cursor(pairs: &[(String, String)]) -> Result<u64, String> {
 }
 
 /// `http://{Host}/wiki`, what `_links.base` says.
-fn base_link(headers: &HeaderMap) -> String {
+pub(super) fn base_link(headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -222,7 +231,7 @@ fn base_link(headers: &HeaderMap) -> String {
 }
 
 /// `path?query` with `cursor` replaced.
-fn next_link(path: &str, pairs: &[(String, String)], cursor: &str) -> String {
+pub(super) fn next_link(path: &str, pairs: &[(String, String)], cursor: &str) -> String {
     let mut ser = url::form_urlencoded::Serializer::new(String::new());
     for (k, v) in pairs.iter().filter(|(k, _)| k != "cursor") {
         ser.append_pair(k, v);
@@ -576,6 +585,11 @@ fn v1_content(st: &SimState, id: u64, p: &Page, expand: &[&str]) -> Value {
             })
             .collect();
         v["ancestors"] = json!(ancestors);
+    }
+    // Content's `_expandable` names `restrictions` until it is expanded.
+    match restrictions::inline_restrictions(&id.to_string(), &st.read_restriction(id), expand) {
+        Some(r) => v["restrictions"] = r,
+        None => v["_expandable"]["restrictions"] = json!(format!("/rest/api/content/{id}/restriction/byOperation")),
     }
     v
 }

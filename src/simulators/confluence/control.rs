@@ -1,6 +1,11 @@
 //! The `/_sim/` control endpoints that change the simulated space over HTTP
 //! (tests and the demo drive it with them): create, list, edit, delete (to
-//! the trash), purge and restore pages.
+//! the trash), purge and restore pages; set a page's read restriction; replace
+//! the space's permission assignments:
+//! - `PUT /_sim/pages/{id}/restrictions/read` with
+//!   `{"users":[{"accountId","email"?,"publicName"?,"displayName"?}],"groups":[{"name","id"}]}`
+//!   (both lists may be omitted; empty = no restriction): 204, or 404.
+//! - `PUT /_sim/space/permissions` with `[{"id"?,"principal":{"type","id"},"operation":{"key","targetType"}}]`: 204.
 //!
 //! Invariants: these are not Confluence endpoints; they sit outside the API
 //! gate, so they are never counted, failed, delayed or rate limited. Each one
@@ -17,7 +22,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::api::error_response;
-use super::{ConfluenceSim, SimPage};
+use super::{ConfluenceSim, SimPage, SimRestriction, SimSpacePermission};
 
 /// The page control routes.
 pub(super) fn routes() -> Router<ConfluenceSim> {
@@ -26,6 +31,8 @@ pub(super) fn routes() -> Router<ConfluenceSim> {
         .route("/_sim/pages/{id}", put(ctl_update).delete(ctl_delete))
         .route("/_sim/pages/{id}/purge", post(ctl_purge))
         .route("/_sim/pages/{id}/restore", post(ctl_restore))
+        .route("/_sim/pages/{id}/restrictions/read", put(ctl_read_restriction))
+        .route("/_sim/space/permissions", put(ctl_space_permissions))
 }
 
 #[derive(Deserialize)]
@@ -81,6 +88,25 @@ async fn ctl_purge(State(sim): State<ConfluenceSim>, Path(id): Path<String>) -> 
 
 async fn ctl_restore(State(sim): State<ConfluenceSim>, Path(id): Path<String>) -> Response {
     no_content_or_404(sim.restore_page(&id), format!("Page {id} is not in the trash"))
+}
+
+async fn ctl_read_restriction(
+    State(sim): State<ConfluenceSim>,
+    Path(id): Path<String>,
+    Json(r): Json<SimRestriction>,
+) -> Response {
+    no_content_or_404(
+        sim.set_read_restriction(&id, r.users, r.groups),
+        format!("Page {id} not found"),
+    )
+}
+
+async fn ctl_space_permissions(
+    State(sim): State<ConfluenceSim>,
+    Json(perms): Json<Vec<SimSpacePermission>>,
+) -> Response {
+    sim.set_space_permissions(perms);
+    StatusCode::NO_CONTENT.into_response()
 }
 
 #[cfg(test)]

@@ -5,7 +5,12 @@
 //! - `GET /wiki/api/v2/spaces?keys=..`
 //! - `GET /wiki/api/v2/spaces/{id}/pages?limit=&cursor=&status=&body-format=`
 //! - `GET /wiki/api/v2/pages?id=1,2&space-id=&body-format=&limit=&cursor=`
-//! - `GET /wiki/rest/api/content/search?cql=&limit=&cursor=&expand=` (v1, CQL)
+//! - `GET /wiki/rest/api/content/search?cql=&limit=&cursor=&expand=` (v1, CQL;
+//!   `expand` takes `version`, `ancestors`, `container`,
+//!   `restrictions.read.restrictions.user` and `restrictions.read.restrictions.group`)
+//! - `GET /wiki/rest/api/content/{id}?status=&expand=` (v1)
+//! - `GET /wiki/rest/api/content/{id}/restriction/byOperation/{read|update}?start=&limit=&expand=` (v1)
+//! - `GET /wiki/api/v2/spaces/{id}/permissions?limit=&cursor=`
 //!
 //! plus control endpoints under `/_sim/` (not Confluence; not counted as API calls).
 //!
@@ -19,7 +24,9 @@
 //!   literals are read in `user_timezone` and compared at minute precision, as
 //!   Confluence does. Anything else is a 400 with Atlassian's v1 error body.
 //! - Basic auth: any credentials, or none, are accepted; the simulator models
-//!   data and traffic, not permissions (use `fail_next(n, 401)` for auth failures).
+//!   data and traffic. Page read restrictions and space permission assignments
+//!   are served as data (module `restrictions`, `space_permissions`), never
+//!   enforced: every caller sees everything (use `fail_next(n, 401)` for auth failures).
 //! - Deleting a page purges it (no trash) and, like Confluence, moves its
 //!   children up to its parent.
 //! - Rate limit: a token bucket of `rate_limit_per_sec` tokens refilled per second;
@@ -27,7 +34,8 @@
 //!
 //! Where things are: [`ConfluenceSim`] and its control methods here; the space
 //! and its mutations in `model`; the REST endpoints, their JSON and errors in
-//! `api`; the CQL subset in `cql`; the `/_sim/` endpoints in `control`.
+//! `api`; the CQL subset in `cql`; the `/_sim/` endpoints in `control`; page
+//! read restrictions in `restrictions`; space permissions in `space_permissions`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -42,6 +50,13 @@ use super::traffic::{Admission, TrafficStats};
 pub use attachments::SimAttachment;
 pub use model::SimPage;
 use model::SimState;
+pub use restrictions::{
+    RESTRICTION_LIST_LIMIT, RESTRICTION_MAX_LIMIT, SimGroup, SimRestriction, SimUser, group_confluence_administrators,
+    group_confluence_users, group_engineering, seed_users,
+};
+pub use space_permissions::{
+    SPACE_PERMISSIONS_DEFAULT_LIMIT, SPACE_PERMISSIONS_MAX_LIMIT, SimOperation, SimPrincipal, SimSpacePermission,
+};
 
 use super::files::Sample;
 
@@ -50,6 +65,8 @@ mod attachments;
 mod control;
 mod cql;
 mod model;
+mod restrictions;
+mod space_permissions;
 
 /// How a simulator starts.
 #[derive(Debug, Clone)]
@@ -194,6 +211,87 @@ impl ConfluenceSim {
     /// Every visible attachment (current, on a current page), sorted by id.
     pub fn attachments(&self) -> Vec<SimAttachment> {
         self.lock().attachment_snapshot()
+    }
+
+    /// Replaces page `id`'s own read restriction with `users` and `groups`
+    /// (both empty: no restriction). Like Confluence's restriction
+    /// sub-resource, this creates no page version and leaves the page's
+    /// modification time alone. A user's empty `publicName` becomes its
+    /// accountId, an empty `displayName` its publicName. `false` if there is
+    /// no such current page.
+    pub fn set_read_restriction(&self, id: &str, users: Vec<SimUser>, groups: Vec<SimGroup>) -> bool {
+        self.lock().set_read_restriction(id, users, groups)
+    }
+
+    /// Page `id`'s own read restriction, as the API lists it (empty when it
+    /// has none; inherited restrictions are not in it). `None` if there is no
+    /// such current page.
+    pub fn read_restriction(&self, id: &str) -> Option<SimRestriction> {
+        let st = self.lock();
+        let id = id.parse::<u64>().ok().filter(|id| st.is_current(*id))?;
+        Some(st.read_restriction(id))
+    }
+
+    /// Every current page with a read restriction of its own, by id.
+    pub fn read_restrictions(&self) -> BTreeMap<String, SimRestriction> {
+        let st = self.lock();
+        st.restrictions
+            .iter()
+            .filter(|(id, _)| st.is_current(**id))
+            .map(|(id, r)| (id.to_string(), r.clone()))
+            .collect()
+    }
+
+    /// Page `id`'s ancestors from the root down to its parent, each with its
+    /// own read restriction (empty when it has none). Combining them into
+    /// effective access is the reader's job. Empty for an unknown page.
+    pub fn ancestor_restrictions(&self, id: &str) -> Vec<(String, SimRestriction)> {
+        let st = self.lock();
+        let Some(id) = id.parse::<u64>().ok().filter(|id| st.is_current(*id)) else {
+            return Vec::new();
+        };
+        st.ancestors(id)
+            .into_iter()
+            .map(|a| (a.to_string(), st.read_restriction(a)))
+            .collect()
+    }
+
+    /// The space's permission assignments, in id order.
+    pub fn space_permissions(&self) -> Vec<SimSpacePermission> {
+        self.lock().space_permissions.clone()
+    }
+
+    /// The principals holding `read`/`space` ("view space"), in assignment order.
+    pub fn space_read_principals(&self) -> Vec<SimPrincipal> {
+        self.lock()
+            .space_permissions
+            .iter()
+            .filter(|p| p.is_read_space())
+            .map(|p| p.principal.clone())
+            .collect()
+    }
+
+    /// Replaces every assignment of the space; those without a numeric id get one.
+    pub fn set_space_permissions(&self, perms: Vec<SimSpacePermission>) {
+        self.lock().space_permissions = space_permissions::with_ids(perms);
+    }
+
+    /// Adds one assignment (its id is replaced by a fresh one); returns the id.
+    pub fn add_space_permission(&self, mut perm: SimSpacePermission) -> String {
+        let mut st = self.lock();
+        perm.id = String::new();
+        let mut all = std::mem::take(&mut st.space_permissions);
+        all.push(perm);
+        st.space_permissions = space_permissions::with_ids(all);
+        st.space_permissions.last().map(|p| p.id.clone()).unwrap_or_default()
+    }
+
+    /// Removes assignment `id`. `false` if there is none.
+    pub fn remove_space_permission(&self, id: &str) -> bool {
+        let mut st = self.lock();
+        let before = st.space_permissions.len();
+        st.space_permissions.retain(|p| p.id != id);
+        st.space_permissions.len() != before
     }
 
     /// Every trashed page, sorted by id.

@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use super::SimConfig;
 use super::attachments::{Attachment, attachment};
+use super::restrictions::SimRestriction;
+use super::space_permissions::{self, SimSpacePermission};
 use crate::simulators::files::{self, Stored};
 use crate::simulators::seed::splitmix;
 use crate::simulators::traffic::Traffic;
@@ -91,6 +93,10 @@ pub(super) struct SimState {
     pub(super) seeded_links: BTreeMap<u64, Vec<String>>,
     /// Files attached to pages, by id (same id sequence as pages).
     pub(super) attachments: BTreeMap<u64, Attachment>,
+    /// Each page's own read restriction, by page id (absent = unrestricted).
+    pub(super) restrictions: BTreeMap<u64, SimRestriction>,
+    /// The space's permission assignments, ordered by (numeric) id.
+    pub(super) space_permissions: Vec<SimSpacePermission>,
     pub(super) traffic: Traffic,
 }
 
@@ -183,7 +189,7 @@ impl SimState {
                 }
             }
         }
-        SimState {
+        let mut st = SimState {
             space_key: cfg.space_key,
             space_id: cfg.space_id,
             tz: cfg.user_timezone,
@@ -193,8 +199,13 @@ impl SimState {
             pages,
             seeded_links,
             attachments,
+            restrictions: BTreeMap::new(),
+            space_permissions: space_permissions::seeded(),
             traffic: Traffic::new(cfg.rate_limit_per_sec),
-        }
+        };
+        // Last, from a stream of its own: every value drawn above stays.
+        st.seed_restrictions(cfg.seed);
+        st
     }
 
     /// The source clock, at the millisecond precision Confluence stores and serves.
