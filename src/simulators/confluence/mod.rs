@@ -27,8 +27,8 @@
 //!   data and traffic. Page read restrictions and space permission assignments
 //!   are served as data (module `restrictions`, `space_permissions`), never
 //!   enforced: every caller sees everything (use `fail_next(n, 401)` for auth failures).
-//! - Deleting a page purges it (no trash) and, like Confluence, moves its
-//!   children up to its parent.
+//! - Deleting a page moves it to the space's trash (`status=trashed`; purging
+//!   removes it from there) and, like Confluence, moves its children up to its parent.
 //! - Rate limit: a token bucket of `rate_limit_per_sec` tokens refilled per second;
 //!   an empty bucket answers 429 with `Retry-After` and `X-RateLimit-*` headers.
 //!
