@@ -627,7 +627,8 @@ pub fn content_version(
     version: Option<&str>,
 ) -> String {
     let stamp = match (sha256, modified) {
-        (Some(sum), _) if !sum.is_empty() => format!("s{}", &sum[..sum.len().min(CHECKSUM_HEX)]),
+        // By characters: a checksum is Drive's to send, hex or not.
+        (Some(sum), _) if !sum.is_empty() => format!("s{}", sum.chars().take(CHECKSUM_HEX).collect::<String>()),
         (_, Some(t)) => format!("m{}", t.timestamp_millis()),
         _ => format!("v{}", version.unwrap_or("0")),
     };
@@ -890,6 +891,20 @@ mod tests {
         assert_eq!(Kind::of_mime(FOLDER_MIME), None);
         assert_eq!(Kind::of_mime(SHORTCUT_MIME), Some(Kind::MetadataOnly));
         assert_eq!(version_string(Kind::Sheet, "17"), "gsheet:17");
+        // The content's version: the checksum's first 16 characters (whatever
+        // Drive sent), else the modification time, else Drive's version.
+        let t = DateTime::from_timestamp_millis(1_764_547_200_123);
+        assert_eq!(
+            content_version(Kind::File, Some(&"ab".repeat(32)), t, Some("9")),
+            format!("file:s{}", "ab".repeat(8))
+        );
+        let odd = format!("a{}", "é".repeat(8)); // 17 bytes: byte 16 is inside a character
+        assert_eq!(
+            content_version(Kind::File, Some(&odd), None, None),
+            format!("file:s{odd}")
+        );
+        assert_eq!(content_version(Kind::Doc, None, t, Some("9")), "gdoc:m1764547200123");
+        assert_eq!(content_version(Kind::Doc, None, None, Some("9")), "gdoc:v9");
         assert_eq!(Kind::from_tag("gslides"), Some(Kind::Slides));
         assert_eq!(Kind::from_tag("text"), Some(Kind::File), "versions of older builds");
         assert_eq!(Kind::from_tag("nope"), None);
