@@ -514,15 +514,19 @@ impl Coordinator {
                             h.version == meta.version && h.title == meta.title && h.parent == meta.parent
                         });
                         // Who may read changed, nothing else: rewritten from the sink's copy.
-                        let access_changed = h.is_some_and(|h| {
-                            meta.permissions
-                                .as_ref()
-                                .is_some_and(|p| h.access.as_deref() != Some(p.fingerprint().as_str()))
-                        });
-                        if mode == SyncMode::Incremental && same_as_held && !access_changed {
+                        // (Fingerprinted only then: anything else is fetched and written anyway.)
+                        let access_changed = || {
+                            h.is_some_and(|h| {
+                                meta.permissions
+                                    .as_ref()
+                                    .is_some_and(|p| h.access.as_deref() != Some(p.fingerprint().as_str()))
+                            })
+                        };
+                        let incremental_and_same = mode == SyncMode::Incremental && same_as_held;
+                        if incremental_and_same && !access_changed() {
                             plan.unchanged += 1;
                             writes.push(PlanWrite::Drop(meta.id.clone()));
-                        } else if mode == SyncMode::Incremental && same_as_held {
+                        } else if incremental_and_same {
                             plan.permissions_changed += 1;
                             writes.push(PlanWrite::Put(PlanEntry {
                                 action: Action::Refresh,
