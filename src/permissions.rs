@@ -6,7 +6,8 @@
 //! gives no name), `domain:DOMAIN` (anyone signed in to that domain),
 //! `domain_with_link:DOMAIN` (the same, holding the link), `anyone`, and
 //! `anyone_with_link`. A connector that knows a user only by an id of its
-//! own writes `user:SOURCE_KIND:ID` (`user:unix:1000`, `user:atlassian:557058:...`).
+//! own writes `user:SOURCE_KIND:ID` (`user:unix:1000`, `user:atlassian:557058:...`);
+//! a role a source grants access to (Confluence's space roles) is `role:ID`.
 //! Groups are never expanded: a retriever passes the groups its reader is in.
 //!
 //! Invariants:
@@ -82,7 +83,8 @@ impl Permissions {
         // The shortest list becomes `readers`; a list holding every principal
         // of a list already kept is implied by it (an empty list, nobody,
         // implies all).
-        lists.sort_by_key(Vec::len);
+        // Ties broken by content, so the same lists in any order give the same form.
+        lists.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
         let mut kept: Vec<Vec<String>> = Vec::new();
         for l in lists {
             if !kept.iter().any(|k| k.iter().all(|p| l.binary_search(p).is_ok())) {
@@ -139,9 +141,9 @@ pub fn check(principal: &str) -> Result<(), String> {
     let p = normalize(principal);
     match p.split_once(':') {
         None if p == ANYONE || p == ANYONE_WITH_LINK => Ok(()),
-        Some(("user" | "group" | "domain" | "domain_with_link", rest)) if !rest.is_empty() => Ok(()),
+        Some(("user" | "group" | "role" | "domain" | "domain_with_link", rest)) if !rest.is_empty() => Ok(()),
         _ => Err(format!(
-            "{principal:?} is not a principal (user:EMAIL, group:NAME, domain:DOMAIN, \
+            "{principal:?} is not a principal (user:EMAIL, group:NAME, role:ID, domain:DOMAIN, \
              domain_with_link:DOMAIN, anyone or anyone_with_link)"
         )),
     }

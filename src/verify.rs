@@ -317,6 +317,7 @@ async fn list(source: &dyn sources::Source, held: sources::Held, calls: &sources
                 Observation::Deleted(id) => {
                     docs.remove(&id);
                 }
+                Observation::Access { .. } => {}
             }
         }
     }

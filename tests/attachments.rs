@@ -76,7 +76,12 @@ async fn attachments_are_synced_updated_and_deleted() {
         (RunStatus::Completed, 2, 2),
         "{run:?}"
     );
-    assert_eq!(run.api_calls, 4, "search, trash, two downloads: {:?}", env.sim.calls());
+    assert_eq!(
+        run.api_calls,
+        6,
+        "search, trash, two downloads, the space's permissions and the restriction scan: {:?}",
+        env.sim.calls()
+    );
     env.assert_sink_matches_source();
     assert!(
         env.sink_docs()

@@ -42,8 +42,13 @@ fn source_toml(root: &Path) -> String {
 
 /// `tidemark query eng WORDS --as ...`: the titles it prints, sorted.
 fn query(env: &Env, words: &str, principals: &[&str]) -> Vec<String> {
+    query_in(env, "eng", words, principals)
+}
+
+/// The titles `tidemark query SOURCE WORDS --as ...` returns, sorted.
+fn query_in(env: &Env, source: &str, words: &str, principals: &[&str]) -> Vec<String> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemark"));
-    cmd.args(["query", "eng", words, "--json"]);
+    cmd.args(["query", source, words, "--json", "--limit", "1000"]);
     for p in principals {
         cmd.args(["--as", p]);
     }
@@ -211,4 +216,132 @@ async fn postgres_returns_restricted_documents_only_to_their_readers() {
         .await
         .expect("query");
     assert_eq!(rows.len(), 1, "Bob reads the handbook only");
+}
+
+/// Issue 13's Done-when for Confluence: a page restricted to one group
+/// carries the restriction in the sink after one incremental sync, and so do
+/// its children, grandchildren and attachments, with no content fetched
+/// (restrictions move no version: nothing but the restriction scan sees
+/// them); a query as someone outside the group no longer finds them, as
+/// someone in it still does; lifting the restriction is synced the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confluence_restriction_reaches_the_subtree_without_fetching() {
+    use tidemark::simulators::confluence::{group_confluence_users, group_engineering, seed_users};
+    use tidemark::simulators::files::{self, Stored};
+
+    let env = Env::start(Options {
+        pages: 60,
+        ..Options::default()
+    })
+    .await;
+    env.coordinator("c1");
+    env.worker("w1");
+    let pages = env.sim.pages();
+    let kids = |id: &str| -> Vec<String> {
+        pages
+            .iter()
+            .filter(|c| c.parent_id.as_deref() == Some(id))
+            .map(|c| c.id.clone())
+            .collect()
+    };
+    // An unrestricted page with grandchildren, under nothing restricted.
+    let top = pages
+        .iter()
+        .filter(|p| env.expected_readers(&p.id).len() == 1)
+        .filter(|p| env.sim.read_restriction(&p.id).is_some_and(|r| r.is_empty()))
+        .max_by_key(|p| kids(&p.id).iter().map(|k| kids(k).len()).sum::<usize>())
+        .expect("a page nothing restricts")
+        .id
+        .clone();
+    let mut subtree = vec![top.clone()];
+    let mut i = 0;
+    while i < subtree.len() {
+        subtree.extend(kids(&subtree[i]));
+        i += 1;
+    }
+    assert!(subtree.len() >= 3, "a page with descendants: {subtree:?}");
+    let attachment = env
+        .sim
+        .attach(&subtree[1], files::stored(Stored::Text, 3, "restricted minutes"))
+        .expect("attached");
+    subtree.push(attachment);
+
+    let full = env.sync(SyncMode::Full).await;
+    assert_eq!(full.status, RunStatus::Completed, "{full:?}");
+    env.assert_sink_matches_source();
+    let everyone = format!("group:{}", group_confluence_users().id);
+    let engineering = format!("group:{}", group_engineering().id);
+    let readable_by = |who: &str| -> Vec<String> {
+        let docs = env.sink_docs();
+        subtree
+            .iter()
+            .filter(|id| doc(&docs, id).permissions.may_read(&[who]))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(readable_by(&everyone), subtree, "open to the space before");
+    let title = doc(&env.sink_docs(), &top).title.clone();
+    let words = title.split_whitespace().next().unwrap_or_default().to_owned();
+    let titles = query_in(&env, "eng", &words, &[&everyone]);
+    assert!(titles.contains(&title), "{title:?} in {titles:?}");
+
+    // Restricted to engineering: one incremental run, nothing fetched.
+    assert!(
+        env.sim
+            .set_read_restriction(&top, Vec::new(), vec![group_engineering()])
+    );
+    env.sim.reset_calls();
+    let run = env.sync(SyncMode::Incremental).await;
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    assert_eq!(run.permissions_updated, subtree.len() as u64, "{run:?}");
+    assert_eq!((run.upserted, run.deleted), (0, 0), "{run:?}");
+    let calls = env.sim.calls();
+    assert!(
+        calls
+            .keys()
+            .all(|k| !k.starts_with("GET /wiki/api/v2/pages") && !k.contains("download")),
+        "no content fetched: {calls:?}"
+    );
+    assert_eq!(run.api_calls, env.sim.total_calls());
+    env.assert_sink_matches_source();
+    assert!(readable_by(&everyone).is_empty(), "the whole subtree is restricted");
+    assert_eq!(readable_by(&engineering), subtree);
+    assert!(
+        !query_in(&env, "eng", &words, &[&everyone]).contains(&title),
+        "a reader outside the group no longer finds it"
+    );
+    assert!(query_in(&env, "eng", &words, &[&engineering]).contains(&title));
+    // A nested restriction narrows below: Alice alone, and she must be in engineering too.
+    let nested = subtree[1].clone();
+    let alice = format!("user:atlassian:{}", seed_users()[0].account_id);
+    assert!(
+        env.sim
+            .set_read_restriction(&nested, vec![seed_users()[0].clone()], Vec::new())
+    );
+    let run = env.sync(SyncMode::Incremental).await;
+    assert_eq!((run.upserted, run.deleted), (0, 0), "{run:?}");
+    env.assert_sink_matches_source();
+    let docs = env.sink_docs();
+    let p = &doc(&docs, &nested).permissions;
+    assert!(p.may_read(&[alice.as_str(), engineering.as_str()]));
+    assert!(!p.may_read(&[alice.as_str()]) && !p.may_read(&[engineering.as_str()]));
+
+    // Lifted: likewise one run, nothing fetched, open to the space again.
+    assert!(env.sim.set_read_restriction(&top, Vec::new(), Vec::new()));
+    assert!(env.sim.set_read_restriction(&nested, Vec::new(), Vec::new()));
+    env.sim.reset_calls();
+    let run = env.sync(SyncMode::Incremental).await;
+    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+    assert_eq!(run.permissions_updated, subtree.len() as u64, "{run:?}");
+    assert_eq!((run.upserted, run.deleted), (0, 0), "{run:?}");
+    assert!(
+        env.sim
+            .calls()
+            .keys()
+            .all(|k| !k.starts_with("GET /wiki/api/v2/pages") && !k.contains("download")),
+        "{:?}",
+        env.sim.calls()
+    );
+    env.assert_sink_matches_source();
+    assert_eq!(readable_by(&everyone), subtree);
 }

@@ -205,12 +205,13 @@ async fn a_plan_that_lost_writes_fails_its_run_and_the_next_run_syncs_everything
     env.app = env.app.clone().with_hooks(director.clone());
     env.coordinator("c1");
     env.worker("w1");
-    director.arm(&env.source, When::FeedPage(0));
+    // Feed pages 0 to 5 are the restriction scan's (they plan nothing); 6 is the listing's first.
+    director.arm(&env.source, When::FeedPage(6));
     let request = env.enqueue(SyncMode::Full, "lossy").await;
     let at_first_page = reached(&mut paused).await;
     let snapshot = tempfile::tempdir().expect("tmp");
     crate::harness::redis_server::copy_dir(&env.redis.dir(), snapshot.path());
-    director.arm(&env.source, When::FeedPage(2));
+    director.arm(&env.source, When::FeedPage(8));
     at_first_page.resume();
     let at_third_page = reached(&mut paused).await;
     // Back to the data as it was after the first feed page.

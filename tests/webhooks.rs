@@ -93,7 +93,9 @@ fn pending_len(env: &Env) -> u64 {
 }
 
 /// A signed Confluence page event becomes a targeted run: only that page is
-/// fetched (one API call, no listing), and the sink has its new version.
+/// fetched (one API call, no listing) with who may read it (four: the
+/// space, its permissions, the page's restriction and ancestors, theirs),
+/// and the sink has its new version and its readers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_page_event_triggers_a_targeted_run() {
     let env = env_with_webhook(0).await;
@@ -109,7 +111,13 @@ async fn signed_page_event_triggers_a_targeted_run() {
     let run = webhook_run(&env).await;
     assert_eq!(run.status, RunStatus::Completed, "{run:?}");
     assert_eq!((run.docs_processed, run.upserted), (1, 1), "{run:?}");
-    assert_eq!(env.sim.total_calls(), 1, "one fetch, no listing: {:?}", env.sim.calls());
+    assert_eq!(
+        env.sim.total_calls(),
+        1 + 4,
+        "one fetch and its readers, no listing: {:?}",
+        env.sim.calls()
+    );
+    assert_eq!(env.sim.calls().get("GET /wiki/api/v2/pages"), Some(&1));
     env.assert_sink_matches_source();
 }
 

@@ -22,6 +22,7 @@ use crate::ancestry::Tree;
 use crate::config::SourcePolicy;
 use crate::hooks::Point;
 use crate::keys::Keys;
+use crate::permissions::Permissions;
 use crate::queue::jobs::{Action, SyncRequest};
 use crate::sources::{self, DocMeta, Observation, Source};
 use crate::state::{self, plan as plan_store};
@@ -115,15 +116,17 @@ pub fn effective_mode(
 }
 
 /// An upsert of a document named without a feed observation (by a webhook, or
-/// unsettled): fetched again, with what we hold as the hint; a document the
-/// source no longer has becomes a deletion in the worker.
-fn named_entry(id: &DocumentId, held: Option<HeldMeta>) -> PlanEntry {
+/// unsettled): fetched again, with what we hold as the hint (and who may read
+/// it, when the feed said so in an `Access`); a document the source no
+/// longer has becomes a deletion in the worker.
+fn named_entry(id: &DocumentId, held: Option<HeldMeta>, permissions: Option<Permissions>) -> PlanEntry {
     PlanEntry {
         meta: DocMeta {
             id: id.clone(),
             version: held.as_ref().map(|h| h.version.clone()).unwrap_or_default(),
             title: held.as_ref().map(|h| h.title.clone()).unwrap_or_default(),
             parent: held.as_ref().and_then(|h| h.parent.clone()),
+            permissions,
             ..DocMeta::default()
         },
         action: Action::Upsert,
@@ -199,11 +202,12 @@ impl Coordinator {
             let writes: Vec<PlanWrite> = chunk
                 .iter()
                 .zip(held)
-                .map(|(id, h)| PlanWrite::Put(named_entry(id, h)))
+                .map(|(id, h)| PlanWrite::Put(named_entry(id, h, None)))
                 .collect();
             self.write_plan(source, run, &mut plan, &writes, lost).await?;
         }
-        self.include_unsettled(source, run, &mut plan, lost).await?;
+        self.include_unsettled(source, run, &mut plan, &HashMap::new(), lost)
+            .await?;
         self.tally(source, run, &mut plan, lost).await?;
         Ok(plan)
     }
@@ -328,24 +332,18 @@ impl Coordinator {
         source: &SourceId,
         run: &RunId,
         plan: &mut Plan,
+        announced: &HashMap<DocumentId, Permissions>,
         lost: &CancellationToken,
     ) -> Result<(), Error> {
-        let unsettled = self
-            .redis(lost, "reading unsettled documents", || self.state.unsettled(source))
-            .await?;
-        let failed = self
-            .redis(lost, "reading failed documents", || self.state.failures(source))
-            .await?;
-        let mut extra: Vec<&DocumentId> = unsettled.keys().chain(failed.keys()).collect();
-        extra.sort();
-        extra.dedup();
+        let extra = self.to_redo(source, lost).await?;
         let mut added = 0;
         for chunk in extra.chunks(plan_store::READ_BATCH) {
-            let held = self.held(source, chunk, lost).await?;
+            let refs: Vec<&DocumentId> = chunk.iter().collect();
+            let held = self.held(source, &refs, lost).await?;
             let writes: Vec<PlanWrite> = chunk
                 .iter()
                 .zip(held)
-                .map(|(id, h)| PlanWrite::PutIfAbsent(named_entry(id, h)))
+                .map(|(id, h)| PlanWrite::PutIfAbsent(named_entry(id, h, announced.get(id).cloned())))
                 .collect();
             added += self.write_plan(source, run, plan, &writes, lost).await?;
         }
@@ -355,6 +353,20 @@ impl Coordinator {
             ));
         }
         Ok(())
+    }
+
+    /// The source's unsettled and failed documents, sorted: every run redoes them.
+    async fn to_redo(&self, source: &SourceId, lost: &CancellationToken) -> Result<Vec<DocumentId>, Error> {
+        let unsettled = self
+            .redis(lost, "reading unsettled documents", || self.state.unsettled(source))
+            .await?;
+        let failed = self
+            .redis(lost, "reading failed documents", || self.state.failures(source))
+            .await?;
+        let mut extra: Vec<DocumentId> = unsettled.into_keys().chain(failed.into_keys()).collect();
+        extra.sort();
+        extra.dedup();
+        Ok(extra)
     }
 
     /// Adds the held children of documents a feed of changes deleted: parts
@@ -390,14 +402,21 @@ impl Coordinator {
                 .await?;
             let mut writes = Vec::new();
             for ((kid, h), planned) in chunk.iter().zip(held).zip(planned) {
-                // Already planned (the feed changed it too): that stands.
-                let (Some(h), None) = (h, planned) else { continue };
+                let Some(h) = h else { continue };
+                // Already planned (the feed changed it too): that stands, but
+                // for a rewrite for new readers only, which is fetched instead
+                // (its parent changed), with those readers.
+                let (write, permissions): (fn(PlanEntry) -> PlanWrite, _) = match planned {
+                    None => (PlanWrite::PutIfAbsent, None),
+                    Some(e) if e.action == Action::Refresh => (PlanWrite::Put, e.meta.permissions),
+                    Some(_) => continue,
+                };
                 if source.dies_with_parent(kid) {
                     parts += 1;
-                    writes.push(PlanWrite::PutIfAbsent(deletion(kid, h)));
+                    writes.push(write(deletion(kid, h)));
                 } else {
                     moved += 1;
-                    writes.push(PlanWrite::PutIfAbsent(named_entry(kid, Some(h))));
+                    writes.push(write(named_entry(kid, Some(h), permissions)));
                 }
             }
             self.write_plan(id, run, plan, &writes, lost).await?;
@@ -455,6 +474,11 @@ impl Coordinator {
             other => other.map_err(src_err)?,
         };
 
+        // Documents every run redoes (unsettled, failed): what an `Access`
+        // says of them is kept for their named entries, which have no other
+        // observation to carry it (a handful; everything else is streamed).
+        let redo: HashSet<DocumentId> = self.to_redo(&id, lost).await?.into_iter().collect();
+        let mut redo_permissions: HashMap<DocumentId, Permissions> = HashMap::new();
         let mut feed_pages = 0u32;
         loop {
             if lost.is_cancelled() {
@@ -487,7 +511,7 @@ impl Coordinator {
                 .iter()
                 .flat_map(|o| match o {
                     Observation::Present(m) => vec![&m.id],
-                    Observation::Deleted(d) => vec![d],
+                    Observation::Deleted(d) | Observation::Access { id: d, .. } => vec![d],
                     Observation::Moved { from, to } => vec![from, &to.id],
                 })
                 .collect();
@@ -546,6 +570,34 @@ impl Coordinator {
                     Observation::Deleted(doc) => {
                         unmark.push(doc);
                         writes.push(gone(doc));
+                    }
+                    // Not a listing: nothing is marked. A document not held is
+                    // written when its listing or search reports it; a full
+                    // run rewrites everything it lists anyway.
+                    Observation::Access { id: doc, permissions } => {
+                        if redo.contains(doc) {
+                            redo_permissions.insert(doc.clone(), permissions.clone());
+                        }
+                        let Some(h) = held.get(doc) else { continue };
+                        if mode != SyncMode::Incremental
+                            || h.access.as_deref() == Some(permissions.fingerprint().as_str())
+                        {
+                            continue;
+                        }
+                        plan.permissions_changed += 1;
+                        writes.push(PlanWrite::Put(PlanEntry {
+                            meta: DocMeta {
+                                id: doc.clone(),
+                                version: h.version.clone(),
+                                title: h.title.clone(),
+                                parent: h.parent.clone(),
+                                permissions: Some(permissions.clone()),
+                                ..DocMeta::default()
+                            },
+                            action: Action::Refresh,
+                            before: Some(h.clone()),
+                            placed: true,
+                        }));
                     }
                 }
             }
@@ -611,7 +663,8 @@ impl Coordinator {
         }
         self.redis(lost, "clearing the seen set", || self.state.clear_seen(&seen))
             .await?;
-        self.include_unsettled(&id, run, &mut plan, lost).await?;
+        self.include_unsettled(&id, run, &mut plan, &redo_permissions, lost)
+            .await?;
         self.tally(&id, run, &mut plan, lost).await?;
         Ok((plan, end))
     }

@@ -7,7 +7,8 @@
 //! page they are about to report, at the end of a complete listing
 //! [`HeldVersions::unlisted`] for the held documents no page has named yet,
 //! and [`HeldVersions::children_of`] for what sits under a folder that left
-//! the scope (the state's children index: Drive keeps no map of its own).
+//! the scope (the state's children index: Drive keeps no map of its own),
+//! [`HeldVersions::children_each`] for each page's attachments (Confluence).
 //! Memory stays proportional to a page, not to the source: a million held
 //! documents cost the coordinator nothing until a page names them.
 //!
@@ -37,6 +38,8 @@ pub trait HeldVersions: Send + Sync {
     async fn unlisted(&self, cursor: u64) -> Result<(u64, Vec<(DocumentId, String)>), Error>;
     /// The held documents whose parent is one of `parents` (direct children only).
     async fn children_of(&self, parents: &[DocumentId]) -> Result<Vec<DocumentId>, Error>;
+    /// The held children of each of `parents`, in the same order.
+    async fn children_each(&self, parents: &[DocumentId]) -> Result<Vec<Vec<DocumentId>>, Error>;
 }
 
 /// A shared handle on what we hold for the source of one feed.
@@ -122,6 +125,14 @@ impl HeldVersions for HeldMap {
             .collect();
         kids.sort();
         Ok(kids)
+    }
+
+    async fn children_each(&self, parents: &[DocumentId]) -> Result<Vec<Vec<DocumentId>>, Error> {
+        let mut each = Vec::with_capacity(parents.len());
+        for p in parents {
+            each.push(self.children_of(std::slice::from_ref(p)).await?);
+        }
+        Ok(each)
     }
 }
 

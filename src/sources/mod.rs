@@ -124,6 +124,17 @@ pub enum Observation {
         /// The document under its new id.
         to: DocMeta,
     },
+    /// Who may read the document, and nothing else: no version, no title, no
+    /// place (a source whose permissions change without any of those moving,
+    /// like a Confluence restriction). Rewrites a held document whose
+    /// permissions differ, from the sink's copy; says nothing of a document
+    /// not held, and is not a listing (nothing is deleted for missing one).
+    Access {
+        /// The document.
+        id: DocumentId,
+        /// Who may read it now.
+        permissions: Permissions,
+    },
 }
 
 /// One page of a change feed.
@@ -142,7 +153,7 @@ impl FeedPage {
                 Observation::Present(meta) | Observation::Moved { to: meta, .. } => {
                     meta.permissions.get_or_insert_with(|| permissions.clone());
                 }
-                Observation::Deleted(_) => {}
+                Observation::Deleted(_) | Observation::Access { .. } => {}
             }
         }
     }

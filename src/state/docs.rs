@@ -363,6 +363,23 @@ impl StateStore {
         Ok(members.into_iter().map(DocumentId).collect())
     }
 
+    /// The members of each set in `keys`, in order (one round trip).
+    pub async fn members_each(&self, keys: &[String]) -> Result<Vec<Vec<DocumentId>>, Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.pool.get().await?;
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("SMEMBERS").arg(k);
+        }
+        let each: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+        Ok(each
+            .into_iter()
+            .map(|members| members.into_iter().map(DocumentId).collect())
+            .collect())
+    }
+
     /// Number of documents held for `source`.
     pub async fn doc_count(&self, source: &SourceId) -> Result<u64, Error> {
         let mut conn = self.pool.get().await?;

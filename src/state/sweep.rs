@@ -159,4 +159,16 @@ impl sources::HeldVersions for HeldLookup {
         .await
         .map_err(|e| self.failed("reading the children index of", e))
     }
+
+    async fn children_each(&self, parents: &[DocumentId]) -> Result<Vec<Vec<DocumentId>>, sources::Error> {
+        let keys: Vec<String> = parents
+            .iter()
+            .map(|p| self.state.keys.children(&self.source, p))
+            .collect();
+        retry(self.backoff, &self.stop, "reading the children index", || {
+            self.state.members_each(&keys)
+        })
+        .await
+        .map_err(|e| self.failed("reading the children index of", e))
+    }
 }

@@ -334,13 +334,22 @@ impl Worker {
                 content_note: doc.content_note.clone(),
                 raw_html: doc.raw_html.clone(),
             };
-            // Neither the fetch nor the feed said: nobody, never everybody.
-            let permissions = doc
+            // Neither the fetch nor the feed said: what the sink holds stands
+            // (a document named by a webhook), else nobody, never everybody.
+            let permissions = match doc
                 .meta
                 .permissions
                 .clone()
                 .or_else(|| announced_permissions.get(&doc.meta.id).map(|p| (*p).clone()))
-                .unwrap_or_default();
+            {
+                Some(p) => p,
+                None if sink.reads_back() && held.contains_key(&doc.meta.id) => sink
+                    .get(&job.source, &doc.meta.id)
+                    .await?
+                    .map(|held| held.permissions)
+                    .unwrap_or_default(),
+                None => Permissions::default(),
+            };
             let hash = content_hash(
                 &doc.meta.title,
                 doc.meta.parent.as_ref(),

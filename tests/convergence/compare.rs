@@ -24,17 +24,7 @@ pub struct Doc {
     pub readers: Vec<Vec<String>>,
 }
 
-/// Readers as compared: `readers`, then `also_required`.
-pub fn readers_of(p: &tidemark::permissions::Permissions) -> Vec<Vec<String>> {
-    std::iter::once(p.readers.clone())
-        .chain(p.also_required.iter().cloned())
-        .collect()
-}
-
-/// What a source that does not read permissions yet writes: nobody.
-pub fn nobody() -> Vec<Vec<String>> {
-    vec![Vec::new()]
-}
+pub use crate::harness::readers_of;
 
 pub type Docs = BTreeMap<String, Doc>;
 

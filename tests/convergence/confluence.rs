@@ -1,14 +1,18 @@
 //! The Confluence source (`eng`, served by the simulator): how the test
 //! creates, edits, renames and deletes its pages, and what the sink must hold
 //! for it: every page with its version, title, parent, body, ancestor titles
-//! as breadcrumb, and each link target with the target's current title.
+//! as breadcrumb, each link target with the target's current title, and its
+//! readers (the space's "view space" holders and every read restriction from
+//! the root down to the page: restrictions set and removed, and the space's
+//! readers changed, drawn from a stream of their own so the other operations
+//! of a seed stay what they were); an attachment's readers are its page's.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use chrono_tz::Tz;
-use tidemark::simulators::confluence::{ConfluenceSim, SimConfig};
+use tidemark::simulators::confluence::{ConfluenceSim, SimConfig, SimSpacePermission, group_engineering, seed_users};
 use tidemark::simulators::files::{self, Stored};
 
 use super::compare::{Doc, Docs};
@@ -28,6 +32,8 @@ pub struct Confluence {
     /// ones as the simulator seeded them): the expected links come from what
     /// was written, not from the connector's reading of the markup.
     links: HashMap<String, Vec<String>>,
+    /// Restriction changes so far (what seeds their draws).
+    restrictions: u64,
 }
 
 impl Confluence {
@@ -45,7 +51,16 @@ impl Confluence {
         let (addr, _) = sim.serve("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
         let ids = sim.pages().into_iter().map(|p| p.id).collect();
         let links = sim.seeded_links().into_iter().collect();
-        (Confluence { sim, sweep, ids, links }, addr)
+        (
+            Confluence {
+                sim,
+                sweep,
+                ids,
+                links,
+                restrictions: 0,
+            },
+            addr,
+        )
     }
 
     /// Records that `id`'s body now links to `targets` (each once, in order).
@@ -57,6 +72,65 @@ impl Confluence {
             }
         }
         self.links.insert(id.to_owned(), once);
+    }
+
+    /// Restricts a drawn page to a group, a user or two users, lifts its
+    /// restriction, or gives (or takes back) the space's "view space" to a
+    /// group: nothing a search of changes can see.
+    fn restrict(&mut self, ops: &mut Ops) {
+        self.restrictions += 1;
+        let mut rng = Rng::new(ops.seed ^ 0x7265_7374_7200_0000 ^ self.restrictions);
+        let ids: Vec<String> = self.sim.pages().into_iter().map(|p| p.id).collect();
+        let Some(id) = rng.pick(&ids).cloned() else { return };
+        let users = seed_users();
+        let restricted = self.sim.read_restriction(&id).is_some_and(|r| !r.is_empty());
+        match rng.below(5) {
+            _ if restricted && rng.chance(50) => {
+                self.sim.set_read_restriction(&id, Vec::new(), Vec::new());
+                ops.log.push(format!("conf unrestrict {id}"));
+            }
+            0 => {
+                self.sim
+                    .set_read_restriction(&id, Vec::new(), vec![group_engineering()]);
+                ops.log.push(format!("conf restrict {id} to engineering"));
+            }
+            1 => {
+                self.sim.set_read_restriction(&id, vec![users[0].clone()], Vec::new());
+                ops.log.push(format!("conf restrict {id} to alice"));
+            }
+            2 => {
+                self.sim
+                    .set_read_restriction(&id, vec![users[1].clone(), users[2].clone()], Vec::new());
+                ops.log.push(format!("conf restrict {id} to bob and carol"));
+            }
+            _ => {
+                let held = self
+                    .sim
+                    .space_permissions()
+                    .into_iter()
+                    .find(|p| p.principal.id == "g-contractors" && p.is_read_space());
+                match held {
+                    Some(p) => {
+                        self.sim.remove_space_permission(&p.id);
+                        ops.log.push("conf space read taken from g-contractors".to_owned());
+                    }
+                    None => {
+                        self.sim.add_space_permission(SimSpacePermission::new(
+                            "group",
+                            "g-contractors",
+                            "read",
+                            "space",
+                        ));
+                        ops.log.push("conf space read given to g-contractors".to_owned());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Who may read `id` (a page or an attachment), by the simulator's space and restrictions.
+    fn readers(&self, id: &str) -> Vec<Vec<String>> {
+        super::compare::readers_of(&self.sim.expected_permissions(id).unwrap_or_default())
     }
 
     fn body(&mut self, ops: &mut Ops) -> (String, Vec<String>) {
@@ -81,6 +155,7 @@ impl Confluence {
 
 impl SimulatedSource for Confluence {
     fn mutate(&mut self, ops: &mut Ops, n: usize) {
+        self.restrict(ops);
         for _ in 0..n {
             let pages = self.sim.pages();
             let ids: Vec<String> = pages.iter().map(|p| p.id.clone()).collect();
@@ -196,7 +271,7 @@ impl SimulatedSource for Confluence {
                         breadcrumb: crumbs,
                         content: crate::harness::words(&tidemark::extract::storage_text(&p.body)),
                         links,
-                        readers: super::compare::nobody(),
+                        readers: self.readers(&p.id),
                     },
                 )
             })
@@ -216,7 +291,7 @@ impl SimulatedSource for Confluence {
                         breadcrumb: crumbs,
                         content: crate::harness::words(&a.text),
                         links: Vec::new(),
-                        readers: super::compare::nobody(),
+                        readers: self.readers(&a.id),
                     },
                 ))
             }))

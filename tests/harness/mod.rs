@@ -432,14 +432,28 @@ listen = ""
             .expect("sink readable")
     }
 
-    /// Asserts the sink holds exactly the simulator's pages: ids, versions, titles, content, breadcrumbs.
+    /// Who may read `id` by the simulator's space permissions and
+    /// restrictions: readers, then each further list.
+    pub fn expected_readers(&self, id: &str) -> Vec<Vec<String>> {
+        readers_of(&self.sim.expected_permissions(id).unwrap_or_default())
+    }
+
+    /// Asserts the sink holds exactly the simulator's pages: ids, versions,
+    /// titles, content, breadcrumbs, links and readers.
     pub fn assert_sink_matches_source(&self) {
         let pages = self.sim.pages();
         let titles: BTreeMap<String, (String, Option<String>)> = pages
             .iter()
             .map(|p| (p.id.clone(), (p.title.clone(), p.parent_id.clone())))
             .collect();
-        type Expected = (String, String, String, Vec<String>, Vec<(String, Option<String>)>);
+        type Expected = (
+            String,
+            String,
+            String,
+            Vec<String>,
+            Vec<(String, Option<String>)>,
+            Vec<Vec<String>>,
+        );
         let expected: BTreeMap<String, Expected> = pages
             .iter()
             .map(|p| {
@@ -470,6 +484,7 @@ listen = ""
                         tidemark::extract::storage_text(&p.body),
                         crumbs,
                         links,
+                        self.expected_readers(&p.id),
                     ),
                 )
             })
@@ -477,7 +492,7 @@ listen = ""
         // Attachments: under their page, so their breadcrumb is the page's plus its title.
         let mut expected = expected;
         for a in self.sim.attachments() {
-            let Some((_, _, _, page_crumbs, _)) = expected.get(&a.page_id).cloned() else {
+            let Some((_, _, _, page_crumbs, _, _)) = expected.get(&a.page_id).cloned() else {
                 continue;
             };
             let mut crumbs = page_crumbs;
@@ -490,6 +505,7 @@ listen = ""
                     a.text.clone(),
                     crumbs,
                     Vec::new(),
+                    self.expected_readers(&a.id),
                 ),
             );
         }
@@ -498,7 +514,8 @@ listen = ""
             .into_iter()
             .map(|d| {
                 let links = d.links.into_iter().map(|l| (l.target.0, l.title)).collect();
-                (d.id.0, (d.version, d.title, d.content, d.breadcrumb, links))
+                let readers = readers_of(&d.permissions);
+                (d.id.0, (d.version, d.title, d.content, d.breadcrumb, links, readers))
             })
             .collect();
         assert_same_docs("source", &expected, &got);
@@ -513,6 +530,13 @@ impl Drop for Env {
             let _ = c.wait();
         }
     }
+}
+
+/// Readers as compared: `readers`, then `also_required`.
+pub fn readers_of(p: &tidemark::permissions::Permissions) -> Vec<Vec<String>> {
+    std::iter::once(p.readers.clone())
+        .chain(p.also_required.iter().cloned())
+        .collect()
 }
 
 /// Text compared by its words: extraction may lay lines out differently (a

@@ -452,11 +452,11 @@ async fn api_search(State(sim): State<ConfluenceSim>, headers: HeaderMap, RawQue
     // are the attachments of trashed pages); ids are one sequence for both.
     let mut hits: Vec<u64> = st
         .current()
-        .filter(|(_, p)| matches(&st, &clauses, p))
+        .filter(|(id, p)| matches(&st, &clauses, **id, p))
         .map(|(id, _)| *id)
         .chain(
             st.visible_attachments()
-                .filter(|(_, a)| matches_attachment(&st, &clauses, a))
+                .filter(|(id, a)| matches_attachment(&st, &clauses, **id, a))
                 .map(|(id, _)| *id),
         )
         .collect();

@@ -2,7 +2,8 @@
 //! understands: tokenizer, parser and the matcher a page is tested with.
 //!
 //! Invariants and deliberate simplifications:
-//! - Only `space = ..`, `type = ..` and `lastmodified <op> ..` clauses, joined
+//! - Only `space = ..`, `type = ..` (or `in (..)`), `id = ..` (or `in (..)`,
+//!   `content` being its alias) and `lastmodified <op> ..` clauses, joined
 //!   by `and` (any case); anything else is a parse error, which the search
 //!   endpoint turns into a 400 with Atlassian's v1 error body.
 //! - Date literals (`yyyy/MM/dd HH:mm`, `yyyy-MM-dd HH:mm` or date only) are
@@ -21,6 +22,8 @@ pub(super) enum Clause {
     /// `type = X` or `type in (X, Y)`.
     Type(Vec<String>),
     LastModified(Cmp, DateTime<Utc>),
+    /// `id = N` or `id in (N, M)` (alias `content`): content with one of these ids.
+    Id(Vec<u64>),
 }
 
 /// A `lastmodified` comparison operator.
@@ -123,9 +126,9 @@ pub(super) fn parse_cql(cql: &str, tz: Tz) -> Result<Vec<Clause>, String> {
     let mut clauses = Vec::new();
     let mut i = 0;
     loop {
-        // `type in (a, b)`: the one list this subset reads.
+        // `type in (a, b)` and `id in (1, 2)`: the lists this subset reads.
         if let (Some(Tok::Word(field)), Some(Tok::Word(op))) = (toks.get(i), toks.get(i + 1))
-            && field.eq_ignore_ascii_case("type")
+            && ["type", "id", "content"].iter().any(|f| field.eq_ignore_ascii_case(f))
             && op.eq_ignore_ascii_case("in")
         {
             let mut types = Vec::new();
@@ -143,10 +146,14 @@ pub(super) fn parse_cql(cql: &str, tz: Tz) -> Result<Vec<Clause>, String> {
                             break;
                         }
                     }
-                    _ => return Err("expected a list of types: (page, attachment)".to_owned()),
+                    _ => return Err("expected a list of values: (page, attachment) or (123, 456)".to_owned()),
                 }
             }
-            clauses.push(Clause::Type(types));
+            clauses.push(if field.eq_ignore_ascii_case("type") {
+                Clause::Type(types)
+            } else {
+                Clause::Id(ids(&types)?)
+            });
             i = j;
             match toks.get(i) {
                 None => return Ok(clauses),
@@ -168,6 +175,7 @@ pub(super) fn parse_cql(cql: &str, tz: Tz) -> Result<Vec<Clause>, String> {
         let clause = match (field.to_ascii_lowercase().as_str(), op.as_str()) {
             ("space", "=") => Clause::Space(value),
             ("type", "=") => Clause::Type(vec![value]),
+            ("id" | "content", "=") => Clause::Id(ids(std::slice::from_ref(&value))?),
             ("lastmodified", op) => {
                 let cmp = match op {
                     "=" => Cmp::Eq,
@@ -194,17 +202,25 @@ pub(super) fn parse_cql(cql: &str, tz: Tz) -> Result<Vec<Clause>, String> {
     }
 }
 
-/// Whether page `p` of the space satisfies every clause.
-pub(super) fn matches(st: &SimState, clauses: &[Clause], p: &Page) -> bool {
-    holds(st, clauses, "page", p.modified_at)
+/// Content ids as CQL writes them (numbers).
+fn ids(values: &[String]) -> Result<Vec<u64>, String> {
+    values
+        .iter()
+        .map(|v| v.parse().map_err(|_| format!("invalid content id {v:?}")))
+        .collect()
+}
+
+/// Whether page `id` (`p`) of the space satisfies every clause.
+pub(super) fn matches(st: &SimState, clauses: &[Clause], id: u64, p: &Page) -> bool {
+    holds(st, clauses, "page", id, p.modified_at)
 }
 
 /// Whether attachment `a` of the space satisfies every clause.
-pub(super) fn matches_attachment(st: &SimState, clauses: &[Clause], a: &Attachment) -> bool {
-    holds(st, clauses, "attachment", a.modified_at)
+pub(super) fn matches_attachment(st: &SimState, clauses: &[Clause], id: u64, a: &Attachment) -> bool {
+    holds(st, clauses, "attachment", id, a.modified_at)
 }
 
-fn holds(st: &SimState, clauses: &[Clause], kind: &str, modified_at: DateTime<Utc>) -> bool {
+fn holds(st: &SimState, clauses: &[Clause], kind: &str, id: u64, modified_at: DateTime<Utc>) -> bool {
     // CQL dates have minute precision: the content's time is truncated to its minute.
     let minute = modified_at
         .with_second(0)
@@ -214,5 +230,6 @@ fn holds(st: &SimState, clauses: &[Clause], kind: &str, modified_at: DateTime<Ut
         Clause::Space(k) => *k == st.space_key,
         Clause::Type(types) => types.iter().any(|t| t == kind),
         Clause::LastModified(cmp, at) => cmp.holds(minute, *at),
+        Clause::Id(ids) => ids.contains(&id),
     })
 }

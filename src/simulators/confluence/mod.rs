@@ -256,6 +256,58 @@ impl ConfluenceSim {
             .collect()
     }
 
+    /// Who may view page `id`, by the references' rules, as the lists of
+    /// principals a reader must hold one of each: the space's "view space"
+    /// holders, then every non-empty read restriction from the root down to
+    /// the page itself ("view restrictions are inherited"). Principals are
+    /// written as tidemark writes them (`user:atlassian:ACCOUNT_ID`,
+    /// `group:GROUP_ID`, `role:ID`), so a test can compare. `None` for an
+    /// unknown page; an attachment is its page's.
+    pub fn reader_lists(&self, id: &str) -> Option<Vec<Vec<String>>> {
+        let page = match attachments::parse_id(id) {
+            Some(n) => self.lock().attachments.get(&n).map(|a| a.page.to_string())?,
+            None => id.to_owned(),
+        };
+        let own = self.read_restriction(&page)?;
+        let space = self
+            .space_read_principals()
+            .into_iter()
+            .map(|p| match p.kind.as_str() {
+                "user" => format!("user:atlassian:{}", p.id),
+                kind => format!("{kind}:{}", p.id),
+            })
+            .collect();
+        let mut lists = vec![space];
+        for (_, r) in self
+            .ancestor_restrictions(&page)
+            .into_iter()
+            .chain([(page.clone(), own)])
+        {
+            if !r.is_empty() {
+                let users = r.users.iter().map(|u| format!("user:atlassian:{}", u.account_id));
+                lists.push(
+                    users
+                        .chain(r.groups.iter().map(|g| format!("group:{}", g.id)))
+                        .collect(),
+                );
+            }
+        }
+        Some(lists)
+    }
+
+    /// [`ConfluenceSim::reader_lists`] as tidemark's [`Permissions`]
+    /// (`source` left empty): the space's list, also requiring each restriction.
+    ///
+    /// [`Permissions`]: crate::permissions::Permissions
+    pub fn expected_permissions(&self, id: &str) -> Option<crate::permissions::Permissions> {
+        let mut lists = self.reader_lists(id)?.into_iter();
+        let space = lists.next().unwrap_or_default();
+        Some(lists.fold(
+            crate::permissions::Permissions::new(space, serde_json::Value::Null),
+            |p, l| p.also_require(l),
+        ))
+    }
+
     /// The space's permission assignments, in id order.
     pub fn space_permissions(&self) -> Vec<SimSpacePermission> {
         self.lock().space_permissions.clone()

@@ -109,6 +109,21 @@ impl Client {
         Ok(url)
     }
 
+    /// The next page of a v2 listing: its `_links.next`, else the `Link`
+    /// header's, resolved on our site (`None` on the last page).
+    pub(super) fn v2_next(
+        &self,
+        links: Option<V2Links>,
+        link_next: Option<String>,
+        url: &Url,
+    ) -> Result<Option<Url>, Error> {
+        links
+            .and_then(|l| l.next)
+            .or(link_next)
+            .map(|next| self.resolve_site_path(&next, url))
+            .transpose()
+    }
+
     /// GETs `url` with auth, retrying 429/5xx/network failures, and decodes the JSON body.
     /// `calls` is incremented for every attempt.
     pub(super) async fn get_json<T: DeserializeOwned>(&self, url: &Url, calls: &ApiCalls) -> Result<Reply<T>, Error> {
@@ -439,6 +454,8 @@ pub(super) struct V1Content {
     pub(super) container: Option<V1Ancestor>,
     /// An attachment's media type and size.
     pub(super) extensions: Option<V1Extensions>,
+    /// Its own restrictions (`expand=restrictions.read.restrictions.user,...group`).
+    pub(super) restrictions: Option<super::access::V1Restrictions>,
     #[serde(default, rename = "_links")]
     pub(super) links: Option<V1ContentLinks>,
 }
@@ -567,8 +584,11 @@ mod tests {
         sim.fail_next(1, 429);
         let (pages, _, calls) = read_feed(&src, &Checkpoint::default(), SyncMode::Full).await;
         assert_eq!(metas(&pages).len(), 3);
-        assert_eq!(calls, 4, "429 + retried lookup + listing + attachment search");
-        assert_eq!(sim.total_calls(), 4);
+        assert_eq!(
+            calls, 6,
+            "429 + retried lookup + space permissions + restriction scan + listing + attachment search"
+        );
+        assert_eq!(sim.total_calls(), 6);
     }
 
     /// Retries that run out give Retryable, carrying the source's Retry-After.
@@ -645,12 +665,16 @@ mod tests {
         let mut stale = Checkpoint::default();
         stale.scope.insert(SCOPE_SPACE_ID.to_owned(), "999".to_owned());
         stale.scope.insert(SCOPE_SPACE_KEY.to_owned(), "ENG".to_owned());
-        let mut feed = src
-            .open_feed(&stale, SyncMode::Full, crate::sources::nothing_held(), meter.clone())
-            .await
-            .expect("open");
-        let ctx = permanent_context(feed.next_page().await.expect_err("404"));
-        assert!(ctx.contains("GET /wiki/api/v2/spaces/999/pages: HTTP 404"), "{ctx}");
+        let ctx = permanent_context(
+            src.open_feed(&stale, SyncMode::Full, crate::sources::nothing_held(), meter.clone())
+                .await
+                .err()
+                .expect("404"),
+        );
+        assert!(
+            ctx.contains("GET /wiki/api/v2/spaces/999/permissions: HTTP 404"),
+            "{ctx}"
+        );
 
         let other = connector(base, |s| s.space_key = "NOPE".to_owned());
         let ctx = permanent_context(

@@ -28,6 +28,7 @@
 //! - `mod.rs` (this file): [`Confluence`], the [`Source`] that chooses the feed and fetches
 //!   page bodies, and [`page_links`].
 
+mod access;
 mod api;
 mod attachments;
 mod feed;
@@ -43,8 +44,9 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use url::Url;
 
+use self::access::AccessMap;
 use self::api::{Client, Reply, SEARCH_LIMIT, V2List, V2Page, cql_escape, is_attachment_id, is_numeric_id};
-use self::feed::{ConfluenceFeed, FeedKind};
+use self::feed::{ConfluenceFeed, Stage};
 use super::clock::{self, Watermark};
 use super::{ApiCalls, ChangeFeed, Checkpoint, DocMeta, Error, Fetched, FetchedDoc, Held, Source};
 use crate::gate::Gates;
@@ -54,10 +56,17 @@ pub use self::settings::{ConfluenceSettings, MAX_PAGE_LIMIT};
 
 /// Ids per batched v2 `GET /pages?id=...` call (the endpoint's documented maximum).
 const FETCH_BATCH: usize = 250;
+/// What a v1 search expands to read each page's own read restriction.
+pub(super) const RESTRICTIONS_EXPAND: &str = "restrictions.read.restrictions.user,restrictions.read.restrictions.group";
 /// `Checkpoint.scope` key caching the numeric space id.
 pub const SCOPE_SPACE_ID: &str = "space_id";
 /// `Checkpoint.scope` key recording which space key the cached id belongs to.
 pub const SCOPE_SPACE_KEY: &str = "space_key";
+/// `Checkpoint.scope` key: the restricted pages the last restriction scan
+/// saw, as JSON (`{"page id": ["principal", ...]}`), for the runs until the next.
+pub const SCOPE_RESTRICTIONS: &str = "restrictions";
+/// `Checkpoint.scope` key: incremental runs since the last restriction scan.
+pub const SCOPE_RUNS_SINCE_SCAN: &str = "runs_since_restriction_scan";
 /// `Checkpoint.scope` key: when the last complete listing started (our clock, RFC 3339).
 pub const SCOPE_SWEPT_AT: &str = "swept_at";
 
@@ -111,7 +120,7 @@ impl Source for Confluence {
         &self,
         checkpoint: &Checkpoint,
         mode: SyncMode,
-        _held: Held,
+        held: Held,
         calls: ApiCalls,
     ) -> Result<Box<dyn ChangeFeed>, Error> {
         let c = &self.client;
@@ -165,26 +174,65 @@ impl Source for Confluence {
         } else {
             "type = page"
         };
-        let search = |clauses: &str| -> Result<Url, Error> {
+        let search = |clauses: &str, expand: &str| -> Result<Url, Error> {
             let cql = format!("space = \"{}\" and {clauses}", cql_escape(&s.space_key));
             let mut url = c.url("wiki/rest/api/content/search")?;
             url.query_pairs_mut()
                 .append_pair("cql", &cql)
                 .append_pair("limit", &SEARCH_LIMIT.to_string())
-                .append_pair("expand", "version,ancestors,container");
+                .append_pair("expand", expand);
             Ok(url)
         };
+        // Who may read: the space's holders now, every page's restriction
+        // by the scan (the feed's first stage), before anything is reported;
+        // between scans (`restriction_scan_every`), the restrictions the last
+        // scan kept in the scope, under each reported page's own ancestors.
+        let space = c.space_readers(&space_id, &calls).await?;
+        let runs_since_scan: u32 = checkpoint
+            .scope
+            .get(SCOPE_RUNS_SINCE_SCAN)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(u32::MAX);
+        let cached = match (listing_reason, checkpoint.scope.get(SCOPE_RESTRICTIONS)) {
+            // Only a search of changes skips the scan: a listing reads every page's from it.
+            (None, Some(cache))
+                if clock.query_from().is_some() && runs_since_scan.saturating_add(1) < s.restriction_scan_every =>
+            {
+                AccessMap::from_cache(space.clone(), cache)
+            }
+            _ => None,
+        };
+        let scanning = cached.is_none();
+        let access = cached.unwrap_or_else(|| AccessMap::new(space));
+        let runs_since_scan = if scanning { 0 } else { runs_since_scan.saturating_add(1) };
+        scope.insert(SCOPE_RUNS_SINCE_SCAN.to_owned(), runs_since_scan.to_string());
+        let scan = Stage::Scan(search("type = page", &format!("ancestors,{RESTRICTIONS_EXPAND}"))?);
+        let changes_expand = format!("version,ancestors,container,{RESTRICTIONS_EXPAND}");
         let feed = match (listing_reason, clock.query_from()) {
             (None, Some(since)) => {
                 let literal = clock::cql_minute_literal(since, c.tz);
-                let search = search(&format!("{types} and lastmodified >= \"{literal}\""))?;
+                let search = search(&format!("{types} and lastmodified >= \"{literal}\""), &changes_expand)?;
                 ConfluenceFeed {
                     client: Arc::clone(&self.client),
-                    kind: FeedKind::Search,
-                    next: Some(search),
-                    // Deleted pages sit in the space's trash until purged; search
-                    // never returns them, so each such run also reads the trash.
-                    then: Some((FeedKind::Trash, space_pages("trashed")?)),
+                    // A restriction changed moves nothing the search can find:
+                    // every page's permissions are announced, the plan keeps
+                    // the ones that changed. Deleted pages sit in the space's
+                    // trash until purged; search never returns them, so each
+                    // such run also reads the trash.
+                    stages: if scanning {
+                        [
+                            scan,
+                            Stage::Grants,
+                            Stage::Search(search),
+                            Stage::Trash(space_pages("trashed")?),
+                        ]
+                        .into()
+                    } else {
+                        [Stage::Search(search), Stage::Trash(space_pages("trashed")?)].into()
+                    },
+                    access,
+                    granted: 0,
+                    held,
                     calls,
                     clock,
                     scope,
@@ -195,17 +243,20 @@ impl Source for Confluence {
             }
             (reason, _) => {
                 scope.insert(SCOPE_SWEPT_AT.to_owned(), Utc::now().to_rfc3339());
+                // Only live pages: the default also includes archived ones, which
+                // CQL search and our fetch do not return.
+                let mut stages: std::collections::VecDeque<Stage> =
+                    [scan, Stage::Listing(space_pages("current")?)].into();
+                if s.attachments {
+                    // Every attachment of the space: v2 lists them per page only.
+                    stages.push_back(Stage::Search(search("type = attachment", &changes_expand)?));
+                }
                 ConfluenceFeed {
                     client: Arc::clone(&self.client),
-                    kind: FeedKind::Listing,
-                    // Only live pages: the default also includes archived ones, which
-                    // CQL search and our fetch do not return.
-                    next: Some(space_pages("current")?),
-                    // Every attachment of the space: v2 lists them per page only.
-                    then: match s.attachments {
-                        true => Some((FeedKind::Search, search("type = attachment")?)),
-                        false => None,
-                    },
+                    stages,
+                    access,
+                    granted: 0,
+                    held,
                     calls,
                     clock,
                     scope,
@@ -295,8 +346,8 @@ impl Source for Confluence {
                         raw_html: None,
                     });
                 }
-                match reply.body.links.and_then(|l| l.next).or(reply.link_next) {
-                    Some(next) => url = c.resolve_site_path(&next, &url)?,
+                match c.v2_next(reply.body.links, reply.link_next, &url)? {
+                    Some(next) => url = next,
                     None => break,
                 }
             }
@@ -314,6 +365,28 @@ impl Source for Confluence {
                 // A passing failure retries the whole page; a lasting one fails this file alone.
                 Err(e) if e.is_retryable() => return Err(e),
                 Err(e) => out.failed.push((meta.id.clone(), e)),
+            }
+        }
+        // Who may read what no feed announced (an attachment: its page's).
+        let announced: HashSet<&DocumentId> = docs.iter().filter(|d| d.permissions.is_some()).map(|d| &d.id).collect();
+        let page_of = |d: &FetchedDoc| -> Option<u64> {
+            match is_attachment_id(&d.meta.id.0) {
+                true => d.meta.parent.as_ref()?.0.parse().ok(),
+                false => d.meta.id.0.parse().ok(),
+            }
+        };
+        let mut unknown: Vec<u64> = out
+            .docs
+            .iter()
+            .filter(|d| d.meta.permissions.is_none() && !announced.contains(&d.meta.id))
+            .filter_map(page_of)
+            .collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        let found = c.permissions_of(&unknown, calls).await?;
+        for doc in &mut out.docs {
+            if doc.meta.permissions.is_none() && !announced.contains(&doc.meta.id) {
+                doc.meta.permissions = page_of(doc).and_then(|p| found.get(&p).cloned());
             }
         }
         Ok(out)
@@ -404,9 +477,22 @@ mod tests {
             .flat_map(|p| &p.observations)
             .filter_map(|o| match o {
                 Observation::Present(m) => Some(m.clone()),
-                Observation::Deleted(_) | Observation::Moved { .. } => None,
+                Observation::Deleted(_) | Observation::Moved { .. } | Observation::Access { .. } => None,
             })
             .collect()
+    }
+
+    /// `meta` carries the readers the simulator's space permissions and
+    /// restrictions give (by the references' rules, `ConfluenceSim::reader_lists`).
+    pub(super) fn assert_readers(meta: &DocMeta, sim: &ConfluenceSim) {
+        let want = sim.expected_permissions(&meta.id.0).expect("a page the simulator has");
+        let got = meta.permissions.as_ref().expect("readers announced");
+        assert_eq!(
+            (&got.readers, &got.also_required),
+            (&want.readers, &want.also_required),
+            "{}",
+            meta.id
+        );
     }
 
     pub(super) fn permanent_context(e: Error) -> String {
@@ -482,11 +568,19 @@ mod tests {
             Some(&2),
             "each named attachment looked up once"
         );
-        assert_eq!(meter.get(), 3, "two lookups, one download");
+        assert_eq!(
+            meter.get(),
+            3 + 4,
+            "two lookups, one download; who may read: the space, its permissions, the page and its ancestors"
+        );
+        assert_readers(&doc.meta, &sim);
     }
 
     /// Fetch asks for all ids in one batched call, reports deleted ids as
-    /// missing, and hands over each page's text, web UI link and fingerprint.
+    /// missing, and hands over each page's text, web UI link and fingerprint;
+    /// pages no feed announced readers for get them from four more calls (the
+    /// space, its permissions, the pages' restrictions and ancestors, the
+    /// ancestors' restrictions), the others from the feed, at no call.
     #[tokio::test]
     async fn fetch_batches_ids_and_reports_missing() {
         let (sim, base) = start(SimConfig {
@@ -512,8 +606,22 @@ mod tests {
         sim.reset_calls();
         let meter = ApiCalls::default();
         let got = src.fetch(&wanted, &meter).await.expect("fetch");
-        assert_eq!(meter.get(), 1);
+        assert_eq!(meter.get(), 1 + 4, "{:?}", sim.calls());
         assert_eq!(sim.calls().get("GET /wiki/api/v2/pages"), Some(&1));
+        for doc in &got.docs {
+            assert_readers(&doc.meta, &sim);
+        }
+        let announced: Vec<DocMeta> = wanted
+            .iter()
+            .map(|m| DocMeta {
+                permissions: Some(crate::permissions::Permissions::public(serde_json::Value::Null)),
+                ..m.clone()
+            })
+            .collect();
+        let meter = ApiCalls::default();
+        let again = src.fetch(&announced, &meter).await.expect("fetch");
+        assert_eq!(meter.get(), 1, "the feed said who may read");
+        assert!(again.docs.iter().all(|d| d.meta.permissions.is_none()));
         assert_eq!(got.missing, vec![DocumentId(gone.clone())]);
         assert_eq!(got.docs.len(), 5);
         let now = sim.pages();

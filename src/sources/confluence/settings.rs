@@ -35,6 +35,9 @@ fn default_page_limit() -> u32 {
 fn default_sweep_every_hours() -> u64 {
     24
 }
+fn default_restriction_scan_every() -> u32 {
+    1
+}
 fn default_attachments() -> bool {
     true
 }
@@ -83,6 +86,14 @@ pub struct ConfluenceSettings {
     /// count; 1 = every run lists the whole space, as before trash listings).
     #[serde(default)]
     pub sweep_every: Option<u32>,
+    /// Read every page's read restriction on every Nth incremental run
+    /// (default 1: every run). A restriction set or lifted changes nothing a
+    /// search of changes can see, so it reaches the knowledge base on the
+    /// next run that scans (a call per 100 pages); runs between scans give
+    /// the pages they report the restrictions the last scan saw. Complete
+    /// listings always scan.
+    #[serde(default = "default_restriction_scan_every")]
+    pub restriction_scan_every: u32,
     /// Sync the pages' attachments as documents of their own (default true).
     #[serde(default = "default_attachments")]
     pub attachments: bool,
@@ -116,6 +127,7 @@ impl ConfluenceSettings {
             page_limit: default_page_limit(),
             sweep_every_hours: default_sweep_every_hours(),
             sweep_every: None,
+            restriction_scan_every: default_restriction_scan_every(),
             attachments: default_attachments(),
             max_attachment_bytes: default_max_attachment_bytes(),
             max_retries: default_max_retries(),
@@ -158,6 +170,11 @@ impl ConfluenceSettings {
         if self.sweep_every == Some(0) {
             problems.push(format!(
                 "{key}.sweep_every: must be at least 1 (1 = every incremental run lists everything)"
+            ));
+        }
+        if self.restriction_scan_every == 0 {
+            problems.push(format!(
+                "{key}.restriction_scan_every: must be at least 1 (1 = every incremental run reads every page's restrictions)"
             ));
         }
         if self.sweep_every_hours == 0 {

@@ -306,7 +306,9 @@ mod tests {
         obs.iter()
             .map(|o| match o {
                 Observation::Present(m) | Observation::Moved { to: m, .. } => (m.id.clone(), m.version.clone()),
-                Observation::Deleted(id) => panic!("no deletions expected, got {id}"),
+                Observation::Deleted(id) | Observation::Access { id, .. } => {
+                    panic!("no deletions or access changes expected, got {id}")
+                }
             })
             .collect()
     }

@@ -120,7 +120,7 @@ pub(super) fn meta_for(id: &str, version: String, mtime: Option<i128>) -> DocMet
 fn observed_id(o: &Observation) -> &DocumentId {
     match o {
         Observation::Present(m) | Observation::Moved { to: m, .. } => &m.id,
-        Observation::Deleted(id) => id,
+        Observation::Deleted(id) | Observation::Access { id, .. } => id,
     }
 }
 

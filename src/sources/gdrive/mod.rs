@@ -293,6 +293,7 @@ mod tests {
                     held.remove(from);
                     held.insert(to.id.clone(), to.version.clone(), to.parent.clone());
                 }
+                Observation::Access { .. } => {}
             }
         }
     }
