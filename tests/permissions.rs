@@ -345,3 +345,61 @@ async fn a_confluence_restriction_reaches_the_subtree_without_fetching() {
     env.assert_sink_matches_source();
     assert_eq!(readable_by(&everyone), subtree);
 }
+
+/// A document whose last write failed is redone by every run; when its
+/// readers change meanwhile, the permissions-only rewrite is a fetch, not a
+/// rewrite of the sink's copy (which is older than the source's: the edit
+/// that failed to land). The sink ends with the edit *and* the new readers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_document_whose_readers_change_is_fetched_not_rewritten() {
+    use tidemark::simulators::confluence::group_engineering;
+    use tidemark::sinks::directory::DirectorySink;
+    use tidemark::types::DocumentId;
+
+    let env = Env::start(Options::default()).await;
+    env.coordinator("c1");
+    env.worker("w1");
+    let victim = env
+        .sim
+        .pages()
+        .into_iter()
+        .find(|p| env.expected_readers(&p.id).len() == 1)
+        .expect("an unrestricted page")
+        .id;
+    assert_eq!(env.sync(SyncMode::Full).await.status, RunStatus::Completed);
+    let path = DirectorySink::new(env.sink_dir.path()).doc_path(&env.source, &DocumentId(victim.clone()));
+    let old_copy = std::fs::read(&path).expect("the victim's file");
+
+    // Edited at the source, and its file's path taken by a directory: the write fails.
+    std::fs::remove_file(&path).expect("rm");
+    std::fs::create_dir_all(&path).expect("mkdir");
+    assert!(
+        env.sim
+            .update_page(&victim, None, Some("<p>the edit that failed to land</p>"))
+    );
+    let failed = env.sync(SyncMode::Incremental).await;
+    assert_eq!(
+        (failed.status, failed.docs_failed),
+        (RunStatus::CompletedWithErrors, 1),
+        "{failed:?}"
+    );
+
+    // The old copy back in the sink, and the page restricted: no new version, no edit.
+    std::fs::remove_dir(&path).expect("rmdir");
+    std::fs::write(&path, &old_copy).expect("old copy");
+    assert!(
+        env.sim
+            .set_read_restriction(&victim, Vec::new(), vec![group_engineering()])
+    );
+    env.sim.reset_calls();
+    let run = env.sync(SyncMode::Incremental).await;
+    assert_eq!((run.status, run.docs_failed), (RunStatus::Completed, 0), "{run:?}");
+    assert!(
+        env.sim.calls().contains_key("GET /wiki/api/v2/pages"),
+        "fetched: {:?}",
+        env.sim.calls()
+    );
+    env.assert_sink_matches_source();
+    let docs = env.sink_docs();
+    assert!(doc(&docs, &victim).content.contains("failed to land"));
+}

@@ -450,21 +450,32 @@ async fn api_search(State(sim): State<ConfluenceSim>, headers: HeaderMap, RawQue
         .unwrap_or_default();
     // Search sees current content only (trashed pages are not indexed, nor
     // are the attachments of trashed pages); ids are one sequence for both.
-    let mut hits: Vec<u64> = st
-        .current()
-        .filter(|(id, p)| matches(&st, &clauses, **id, p))
+    // Only the ids after the cursor are read, up to one past the limit of
+    // each kind (a page costs what it returns, not what the space holds).
+    let from = after.saturating_add(1);
+    let pages = st
+        .pages
+        .range(from..)
+        .filter(|(id, p)| p.status == super::model::PageStatus::Current && matches(&st, &clauses, **id, p))
         .map(|(id, _)| *id)
-        .chain(
-            st.visible_attachments()
-                .filter(|(id, a)| matches_attachment(&st, &clauses, **id, a))
-                .map(|(id, _)| *id),
-        )
-        .collect();
-    hits.sort_unstable();
-    let start = hits.iter().filter(|id| **id <= after).count();
-    let mut chosen: Vec<u64> = hits.iter().copied().filter(|id| *id > after).take(limit + 1).collect();
+        .take(limit + 1);
+    let files = st
+        .attachments
+        .range(from..)
+        .filter(|(id, a)| st.attachment_visible(**id) && matches_attachment(&st, &clauses, **id, a))
+        .map(|(id, _)| *id)
+        .take(limit + 1);
+    let mut chosen: Vec<u64> = pages.chain(files).collect();
+    chosen.sort_unstable();
+    chosen.truncate(limit + 1);
     let more = chosen.len() > limit;
     chosen.truncate(limit);
+    // Where this page starts in the whole result: 0 first, then what the
+    // previous page's `next` link says (Confluence's links carry `start` too).
+    let start: usize = match after {
+        0 => 0,
+        _ => param(&pairs, "start").and_then(|s| s.parse().ok()).unwrap_or(0),
+    };
     let results: Vec<Value> = chosen
         .iter()
         .filter_map(|id| match st.pages.get(id) {
@@ -482,7 +493,9 @@ async fn api_search(State(sim): State<ConfluenceSim>, headers: HeaderMap, RawQue
         "self": format!("{base}/rest/api/content/search"),
     });
     if more && let Some(last) = chosen.last() {
-        links["next"] = json!(next_link("/rest/api/content/search", &pairs, &encode_cursor(*last)));
+        let mut on: Vec<(String, String)> = pairs.iter().filter(|(k, _)| k != "start").cloned().collect();
+        on.push(("start".to_owned(), (start + chosen.len()).to_string()));
+        links["next"] = json!(next_link("/rest/api/content/search", &on, &encode_cursor(*last)));
     }
     Json(json!({
         "results": results,
