@@ -259,7 +259,7 @@ async fn fill(env: &Env) -> usize {
         held += writes.len();
         let children = ChildrenIndex::if_needed(source.needs_children_index());
         state
-            .apply_docs(&env.source, token, &writes, children)
+            .apply_docs(&env.source, token, &writes, children, &[])
             .await
             .expect("record");
     }

@@ -466,3 +466,80 @@ async fn a_parent_that_comes_back_gives_its_held_children_their_breadcrumbs() {
     let next = env.sync(SyncMode::Incremental).await;
     assert_eq!((next.docs_processed, next.dependents), (0, 0), "{next:?}");
 }
+
+/// Found by the cluster chaos test (seed 1, the web source): a page resolved
+/// its link to a page the same run creates with the title the plan
+/// announced (a guess: that page's probe had failed); the target's own page,
+/// running beside it, fetched the real title and was written first, when
+/// nobody linked to it yet, so it owed no link refresh; the linker was then
+/// written with the guess, and the run died before its dependents. Nothing
+/// was left to correct the link. Now a page's write records, with it, that a
+/// target it names with a title from the plan is owed a link-title refresh
+/// when the state already holds that target under another title.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_written_with_a_stale_planned_title_owes_a_refresh() {
+    use tidemark::state::{ChildrenIndex, DocState, DocWrite};
+
+    let env = Env::start(Options::default()).await;
+    let state = env.app.state();
+    let token = FencingToken(1);
+    let doc = |title: &str, links: &[&DocumentId]| DocState {
+        version: "1".into(),
+        content_hash: "00".repeat(32),
+        title: title.into(),
+        parent: None,
+        links: links.iter().map(|l| (*l).clone()).collect(),
+        access: None,
+    };
+    let put = |id: &DocumentId, new: DocState| DocWrite::Put {
+        id: id.clone(),
+        new,
+        old: None,
+    };
+    let (target, linker, other) = (
+        DocumentId("p432".into()),
+        DocumentId("p272".into()),
+        DocumentId("p7".into()),
+    );
+
+    // The target, created with its real title: nobody links to it yet, nothing owed.
+    state
+        .apply_docs(
+            &env.source,
+            token,
+            &[put(&target, doc("Web 433", &[]))],
+            ChildrenIndex::Kept,
+            &[],
+        )
+        .await
+        .expect("target");
+    assert!(state.owed(&env.source).await.expect("owed").is_empty());
+
+    // A linker naming it with the plan's title, which is its real one: nothing owed.
+    state
+        .apply_docs(
+            &env.source,
+            token,
+            &[put(&other, doc("Other", &[&target]))],
+            ChildrenIndex::Kept,
+            &[(target.clone(), "Web 433".into())],
+        )
+        .await
+        .expect("other");
+    assert!(state.owed(&env.source).await.expect("owed").is_empty());
+
+    // The linker written with the plan's guess: the target owes its linkers a refresh.
+    state
+        .apply_docs(
+            &env.source,
+            token,
+            &[put(&linker, doc("Web 273", &[&target]))],
+            ChildrenIndex::Kept,
+            &[(target.clone(), "/s1/p432.html".into())],
+        )
+        .await
+        .expect("linker");
+    let owed = state.owed(&env.source).await.expect("owed");
+    assert_eq!(owed.links, vec![target.clone()], "{owed:?}");
+    assert!(owed.crumbs.is_empty(), "{owed:?}");
+}

@@ -193,19 +193,27 @@ impl StateStore {
             new: state.clone(),
             old: None,
         };
-        self.apply_docs(source, token, &[put], ChildrenIndex::Kept).await
+        self.apply_docs(source, token, &[put], ChildrenIndex::Kept, &[]).await
     }
 
     /// Records written documents and forgets deleted ones, and keeps the reverse
     /// indexes (children, as `children` says, and linked-from) in step, in one
     /// fenced script: one round trip per page, and the indexes never disagree
     /// with the documents.
+    ///
+    /// `linked_titles`: the link targets this page's writes name with a title
+    /// taken from the run's plan (another page of the run writes them), and
+    /// that title. A target the state holds by then under another title (its
+    /// page fetched a newer one and was written first) is owed a link-title
+    /// refresh, recorded with these writes: the linkers were written with
+    /// the plan's title after the target's write looked for linkers to owe.
     pub async fn apply_docs(
         &self,
         source: &SourceId,
         token: FencingToken,
         writes: &[DocWrite],
         children: ChildrenIndex,
+        linked_titles: &[(DocumentId, String)],
     ) -> Result<(), Error> {
         if writes.is_empty() {
             return Ok(());
@@ -302,6 +310,10 @@ impl StateStore {
                     id.0.clone(),
                 ]);
             }
+        }
+        // After the writes' own ops: the linked-from sets name these linkers now.
+        for (target, title) in linked_titles {
+            ops.push([format!("OWEIFTITLE{title}"), links.clone(), target.0.clone()]);
         }
         args.push(puts.to_string().into_bytes());
         args.extend(put_args);

@@ -7,7 +7,11 @@
 //! held, written without it: a parent restored, or re-created after a
 //! deletion a dead run left half done); a created, renamed or deleted one
 //! owes the documents linking to it a link-title refresh
-//! (`tm:{S}:owed:links`). Only when it has any: the script records the debt
+//! (`tm:{S}:owed:links`), and so does a target a page's links name with the
+//! run's planned title when the state holds it under another by the time
+//! the page is written (its own page fetched a newer title and was written
+//! first, before this linker was in its linked-from set: the script compares
+//! titles itself). Only when it has any: the script records the debt
 //! only if the document's children or linked-from set exists at that moment
 //! (a child or linker written later reads the new state, or its run's plan),
 //! so a first sync of a million documents owes little; and the run that

@@ -6,7 +6,7 @@
 //! page is either applied (some documents perhaps failed alone, each recorded)
 //! or returns an error that leaves its entry for redelivery or the dead letters.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::Utc;
 use sha2::{Digest, Sha256};
@@ -269,19 +269,25 @@ impl Worker {
         // Documents this run writes, wherever their page is: the titles its feed
         // announced (see `state::titles`), so a link to one created or renamed
         // by a later page is right at this first write.
+        // (Which titles came from the plan: another page of the run may write
+        // one of them first, with a newer title; see `StateStore::apply_docs`.)
+        let mut from_plan: HashSet<DocumentId> = HashSet::new();
         for (id, planned) in wanted
             .iter()
             .zip(self.state.planned_titles(&job.source, &job.run, &wanted).await?)
         {
             if let Some(title) = planned {
                 titles.insert((*id).clone(), Some(title));
+                from_plan.insert((*id).clone());
             }
         }
         for d in &fetched {
             titles.insert(d.meta.id.clone(), Some(d.meta.title.clone()));
+            from_plan.remove(&d.meta.id);
         }
         for id in &deletes {
             titles.insert(id.clone(), None);
+            from_plan.remove(id);
         }
         let resolve = |links: &[DocumentId]| -> Vec<Link> {
             links
@@ -507,8 +513,20 @@ impl Worker {
             )));
         }
         let children = ChildrenIndex::if_needed(source.needs_children_index());
+        let linked_titles: BTreeMap<&DocumentId, String> = applied
+            .iter()
+            .filter_map(|w| match w {
+                DocWrite::Put { new, .. } => Some(new.links.iter()),
+                DocWrite::Delete { .. } => None,
+            })
+            .flatten()
+            .filter(|t| from_plan.contains(*t))
+            .map(|t| (t, titles.get(t).cloned().flatten().unwrap_or_default()))
+            .collect();
+        let linked_titles: Vec<(DocumentId, String)> =
+            linked_titles.into_iter().map(|(t, title)| (t.clone(), title)).collect();
         self.state
-            .apply_docs(&job.source, job.token, &applied, children)
+            .apply_docs(&job.source, job.token, &applied, children, &linked_titles)
             .await?;
         if !failures.is_empty() {
             stats.failed = failures.len() as u64;
