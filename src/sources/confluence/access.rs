@@ -26,8 +26,9 @@
 //! - a page's permissions are computed from one scan's view of the tree and
 //!   restrictions; a page the scan did not see (created after it) gets them
 //!   from its own reported ancestors when it has them, else none are
-//!   announced (the worker then writes it for nobody, and the next run's scan
-//!   corrects it): never more readers than the source allows;
+//!   announced and its fetch reads them ([`Client::permissions_of`]); a
+//!   page nobody can tell is written for nobody: never more readers than
+//!   the source allows;
 //! - memory is a pair of ids per page (16 bytes) and the restricted pages'
 //!   lists, for the length of one run.
 
