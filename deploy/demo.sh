@@ -173,6 +173,36 @@ if still_held; then
 fi
 echo "== deleted page \"$gone_title\" is no longer in the knowledge base: ok"
 [ "$inc_docs" = 6 ] || { echo "FAIL: expected 6 documents processed, got $inc_docs" >&2; exit 1; }
+
+# Who may read: a page restricted to one group (the simulator's seeded
+# `engineering`), and a query as someone outside it and as someone in it.
+users_group="group:6a7c1f4e-0b1d-4c38-9d5e-000000000001"
+engineering="6a7c1f4e-0b1d-4c38-9d5e-000000000003"
+# Every seeded reader at once: may read anything in the space.
+insider=(--as "$users_group" --as "group:$engineering"
+  --as "user:atlassian:557058:a11ce000-0000-4000-8000-000000000001"
+  --as "user:atlassian:557058:b0b00000-0000-4000-8000-000000000002")
+secret_id=$(jq -r '.[50].id' <<<"$leaves")
+secret_title=$(jq -r '.[50].title' <<<"$leaves")
+echo
+echo "== restricting \"$secret_title\" to the group engineering (no new version: only the restriction scan sees it)"
+curl -sf -X PUT -H 'content-type: application/json' \
+  -d "{\"groups\":[{\"name\":\"engineering\",\"id\":\"$engineering\"}]}" \
+  "$sim/_sim/pages/$secret_id/restrictions/read" >/dev/null
+run_sync restricted
+updated=$(jq .permissions_updated "$work/restricted.json")
+echo "   documents with new readers, rewritten without fetching: $updated"
+[ "$updated" -ge 1 ] || { echo "FAIL: the restriction changed no document's readers" >&2; exit 1; }
+finds() { # finds PRINCIPAL-ARGS...: whether a query as them returns the restricted page
+  "$bin" query confluence-eng "$secret_title" --limit 1000 --json "$@" 2>/dev/null \
+    | jq -e --arg id "$secret_id" 'any(.[]; .id == $id)' >/dev/null
+}
+if finds --as "$users_group"; then
+  echo "FAIL: a reader outside engineering still finds \"$secret_title\"" >&2
+  exit 1
+fi
+finds "${insider[@]}" || { echo "FAIL: a reader in engineering no longer finds \"$secret_title\"" >&2; exit 1; }
+echo "== tidemark query as $users_group: not found; as a member of engineering: found: ok"
 if [ "$sink_kind" = postgres ]; then
   echo
   echo "== asking the knowledge base: websearch_to_tsquery('english', 'edited today')"
