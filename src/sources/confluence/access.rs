@@ -333,10 +333,7 @@ impl Client {
                 .search_ids(chunk, &format!("ancestors,{}", super::RESTRICTIONS_EXPAND), calls)
                 .await?
             {
-                let (Ok(id), Some(own)) = (
-                    item.id.parse::<u64>(),
-                    self.restriction(&item.id, item.restrictions.as_ref(), calls).await?,
-                ) else {
+                let Some((id, own)) = self.own_restriction(&item, calls).await? else {
                     continue;
                 };
                 let ancestors = item.ancestors.iter().filter_map(|a| a.id.parse().ok()).collect();
@@ -348,10 +345,7 @@ impl Client {
         above.dedup();
         for chunk in above.chunks(super::api::SEARCH_LIMIT as usize) {
             for item in self.search_ids(chunk, super::RESTRICTIONS_EXPAND, calls).await? {
-                let (Ok(id), Some(own)) = (
-                    item.id.parse::<u64>(),
-                    self.restriction(&item.id, item.restrictions.as_ref(), calls).await?,
-                ) else {
+                let Some((id, own)) = self.own_restriction(&item, calls).await? else {
                     continue;
                 };
                 map.insert(id, None, own);
@@ -362,6 +356,22 @@ impl Client {
             .into_iter()
             .map(|(id, ancestors, own)| (id, map.of_reported(id, &ancestors, Some(&own))))
             .collect())
+    }
+
+    /// A search result's numeric id and own read restriction; `None` when
+    /// either does not read (left out, never taken as unrestricted).
+    async fn own_restriction(
+        &self,
+        item: &super::api::V1Content,
+        calls: &ApiCalls,
+    ) -> Result<Option<(u64, Restriction)>, Error> {
+        let Ok(id) = item.id.parse::<u64>() else {
+            return Ok(None);
+        };
+        Ok(self
+            .restriction(&item.id, item.restrictions.as_ref(), calls)
+            .await?
+            .map(|own| (id, own)))
     }
 
     /// One v1 search for the content with these ids (at most a page of them), `expand`ed.

@@ -127,8 +127,13 @@ impl ConfluenceFeed {
             Some(next) => self.stages.push_front(Stage::Scan(next)),
             None => {
                 self.access.seal();
-                // For the runs until the next scan; too large to keep, they scan.
-                match self.access.cache() {
+                // For the runs until the next scan, if any run goes without
+                // one (else the checkpoint would carry it for nothing); too
+                // large to keep, they scan.
+                let cache = (self.client.settings.restriction_scan_every > 1)
+                    .then(|| self.access.cache())
+                    .flatten();
+                match cache {
                     Some(cache) => self.scope.insert(SCOPE_RESTRICTIONS.to_owned(), cache),
                     None => self.scope.remove(SCOPE_RESTRICTIONS),
                 };
@@ -356,6 +361,10 @@ mod tests {
         assert!(expected.iter().any(|p| p.parent_id.is_some()) && expected.iter().any(|p| p.parent_id.is_none()));
         assert!(end.complete_listing);
         assert_eq!(end.checkpoint.runs_since_sweep, 0);
+        assert!(
+            !end.checkpoint.scope.contains_key(super::super::SCOPE_RESTRICTIONS),
+            "every run scans: no restrictions kept for runs between scans"
+        );
         assert_eq!(
             end.checkpoint.scope.get(SCOPE_SPACE_ID).map(String::as_str),
             Some("98304")
